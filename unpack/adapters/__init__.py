@@ -1,0 +1,38 @@
+"""Architecture adapters: one module per family, each exposing ``MODEL_TYPES`` and
+``build_spec(model) -> ModelSpec``. Adding a family is one new module listed here."""
+from __future__ import annotations
+
+import importlib
+
+from .base import LayerWeights, MLPWeights, ModelSpec, Norm, Rotary
+
+_FAMILIES = ("gpt2", "gpt_neox", "llama")
+
+
+def _modules():
+    for name in _FAMILIES:
+        try:
+            yield importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:  # a family module not written yet
+            if e.name != f"{__name__}.{name}":
+                raise
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for m in _modules() for t in m.MODEL_TYPES)
+
+
+def build_spec(model) -> ModelSpec:
+    """The :class:`ModelSpec` of a loaded Hugging Face causal LM."""
+    mtype = getattr(model.config, "model_type", None)
+    for m in _modules():
+        if mtype in m.MODEL_TYPES:
+            return m.build_spec(model)
+    raise ValueError(
+        f"unsupported architecture {mtype!r} ({type(model).__name__}); "
+        f"supported model types: {', '.join(supported_model_types())}. "
+        "Adding one is a new module in unpack/adapters/.")
+
+
+__all__ = ["LayerWeights", "MLPWeights", "ModelSpec", "Norm", "Rotary", "build_spec",
+           "supported_model_types"]
