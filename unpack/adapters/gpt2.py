@@ -46,6 +46,6 @@ def build_spec(model) -> ModelSpec:
     return ModelSpec(
         family="gpt2", n_layers=cfg.n_layer, n_heads=H, n_kv_heads=H, d_model=D, d_head=d,
         parallel=False, W_E=tf.wte.weight, W_pos=tf.wpe.weight, layers=layers,
-        ln_final=_ln(tf.ln_f), W_U=model.lm_head.weight,
-        b_U=getattr(model.lm_head, "bias", None), rotary=None, max_positions=cfg.n_positions,
+        ln_final=_ln(tf.ln_f), W_U=model.get_output_embeddings().weight,
+        b_U=getattr(model.get_output_embeddings(), "bias", None), rotary=None, max_positions=cfg.n_positions,
     )

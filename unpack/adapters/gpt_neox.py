@@ -48,7 +48,7 @@ def build_spec(model) -> ModelSpec:
     return ModelSpec(
         family="gpt_neox", n_layers=cfg.num_hidden_layers, n_heads=H, n_kv_heads=H, d_model=D,
         d_head=d, parallel=bool(cfg.use_parallel_residual), W_E=base.embed_in.weight, W_pos=None,
-        layers=layers, ln_final=_ln(base.final_layer_norm), W_U=model.embed_out.weight,
-        b_U=getattr(model.embed_out, "bias", None), rotary=Rotary(rot_dim, cos_sin),
+        layers=layers, ln_final=_ln(base.final_layer_norm), W_U=model.get_output_embeddings().weight,
+        b_U=getattr(model.get_output_embeddings(), "bias", None), rotary=Rotary(rot_dim, cos_sin),
         max_positions=cfg.max_position_embeddings,
     )

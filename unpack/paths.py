@@ -1,0 +1,210 @@
+"""Named paths (METHOD.md §7), expanded with the same factors as the sweep.
+
+A partial path is a node: (prompt b, root r, component, position, depth class,
+score, parent node, mode of the hop into it). Layer by layer, top down, every
+pending node of that layer is expanded at once (tensor code over nodes, writers
+and positions) into children whose ``|score| >= path_min_frac · Σ|seeds|``.
+Children that are embeddings end a path. Steps through the same (parent@q,
+child@s, mode) are one hop: the Q branch is summed over the sources it reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .flow import MODES, TINY, thr
+
+Tensor = torch.Tensor
+SEED = -1
+
+
+@dataclass
+class Path:
+    chain: str
+    score: float
+    score_pct: float
+    source_pos: int
+    source_token: str
+    modes: list[str]
+    depth: int
+    hops: list[tuple[str, int, Optional[str]]]
+
+    def to_dict(self) -> dict:
+        return {"chain": self.chain, "score": self.score, "score_pct": self.score_pct,
+                "source_pos": self.source_pos, "source_token": self.source_token,
+                "modes": self.modes, "depth": self.depth,
+                "hops": [list(h) for h in self.hops]}
+
+
+@dataclass
+class PathSearch:
+    """Vectorized path expansion over a batch. Construct with the seeds, then call
+    :meth:`expand_layer` from the sweep's ``on_layer`` hook."""
+
+    comps: object
+    seeds: Tensor  # [B, R, N, S] depth-0 credit
+    min_score: Tensor  # [B, R] pruning threshold
+    max_nodes: int
+    keep_remainder: bool = False
+    # node table (1-D tensors, one entry per node)
+    b: Tensor = field(init=False)
+    r: Tensor = field(init=False)
+    comp: Tensor = field(init=False)
+    pos: Tensor = field(init=False)
+    dclass: Tensor = field(init=False)
+    score: Tensor = field(init=False)
+    parent: Tensor = field(init=False)
+    mode: Tensor = field(init=False)
+    pending: Tensor = field(init=False)  # bool per node: still to expand
+    truncated: bool = field(init=False, default=False)
+    remainder: Optional[tuple[Tensor, Tensor]] = field(init=False, default=None)
+
+    def __post_init__(self):
+        s = self.seeds
+        floor = self.min_score.clamp_min(TINY)[:, :, None, None]
+        keep = s.abs() >= floor
+        if self.keep_remainder:
+            self.remainder = (torch.where(keep, torch.zeros_like(s), s), torch.zeros_like(s))
+        b, r, c, p = keep.nonzero(as_tuple=True)
+        long = lambda t: t.to(torch.long)  # noqa: E731
+        self.b, self.r, self.comp, self.pos = long(b), long(r), long(c), long(p)
+        self.dclass = torch.zeros_like(self.b)
+        self.score = s[b, r, c, p]
+        self.parent = torch.full_like(self.b, -1)
+        self.mode = torch.full_like(self.b, SEED)
+        self.pending = self.comp >= self.comps.n_emb
+        if len(self.b) > self.max_nodes:
+            self._cap_seeds()
+
+    def _cap_seeds(self):
+        order = self.score.abs().argsort(descending=True)[: self.max_nodes]
+        for name in ("b", "r", "comp", "pos", "dclass", "score", "parent", "mode", "pending"):
+            setattr(self, name, getattr(self, name)[order])
+        self.truncated = True
+
+    def _add(self, parent_idx: Tensor, cand: Tensor, child_comp: Tensor, child_pos: Tensor,
+             mode: Tensor):
+        """Append children ``cand[i, j]`` (score) of node ``parent_idx[i]`` whose
+        component/position/mode are ``child_comp/child_pos/mode[i, j]``, pruned."""
+        b, r = self.b[parent_idx], self.r[parent_idx]
+        floor = self.min_score[b, r].clamp_min(TINY)[:, None]
+        keep = cand.abs() >= floor
+        if self.remainder is not None:
+            drop = torch.where(keep, torch.zeros_like(cand), cand)
+            Fk = self.remainder[1]
+            bi = b[:, None].expand_as(cand)
+            ri = r[:, None].expand_as(cand)
+            Fk.index_put_((bi.reshape(-1), ri.reshape(-1), child_comp.reshape(-1),
+                           child_pos.reshape(-1)), drop.reshape(-1), accumulate=True)
+        i, j = keep.nonzero(as_tuple=True)
+        score = cand[i, j]
+        room = self.max_nodes - len(self.b)
+        if len(i) > room:
+            order = score.abs().argsort(descending=True)
+            cut, order = order[max(room, 0):], order[: max(room, 0)]
+            if self.remainder is not None:
+                self.remainder[1].index_put_(
+                    (b[i[cut]], r[i[cut]], child_comp[i[cut], j[cut]], child_pos[i[cut], j[cut]]),
+                    score[cut], accumulate=True)
+            i, j, score = i[order], j[order], score[order]
+            self.truncated = True
+        comp = child_comp[i, j]
+        self.b = torch.cat([self.b, b[i]])
+        self.r = torch.cat([self.r, r[i]])
+        self.comp = torch.cat([self.comp, comp])
+        self.pos = torch.cat([self.pos, child_pos[i, j]])
+        self.dclass = torch.cat([self.dclass, torch.ones_like(comp)])
+        self.score = torch.cat([self.score, score])
+        self.parent = torch.cat([self.parent, parent_idx[i]])
+        self.mode = torch.cat([self.mode, mode[i, j]])
+        self.pending = torch.cat([self.pending, comp >= self.comps.n_emb])
+
+    def _take(self, lo: int, hi: int) -> Tensor:
+        """Pending nodes whose component lies in ``[lo, hi)``; marks them expanded."""
+        sel = self.pending & (self.comp >= lo) & (self.comp < hi)
+        idx = sel.nonzero(as_tuple=True)[0]
+        self.pending[idx] = False
+        return idx
+
+    def expand_layer(self, L: int, mops, hops):
+        """Expand ``mlp_L`` nodes, then the heads of layer L (same order as the sweep)."""
+        comps = self.comps
+        slot = comps.mlp_slot(L)
+        idx = self._take(slot, slot + 1)
+        dev = self.score.device
+        if len(idx):
+            b, q, dc = self.b[idx], self.pos[idx], self.dclass[idx]
+            fac = torch.where((dc == 0)[:, None], mops.fac0[b, :, q], mops.fack[b, :, q])  # [n, C]
+            C = fac.shape[1]
+            cand = self.score[idx, None] * fac
+            self._add(idx, cand, torch.arange(C, device=dev).expand_as(cand), q[:, None].expand_as(cand),
+                      torch.full_like(cand, 3, dtype=torch.long))
+        slot, H = comps.head_slot(L), comps.n_heads
+        idx = self._take(slot, slot + H)
+        if not len(idx):
+            return
+        b, q, dc, h = self.b[idx], self.pos[idx], self.dclass[idx], self.comp[idx] - slot
+        f = torch.where((dc == 0)[:, None], hops.f0[b, h, q], hops.fk[b, h, q])  # [n, S]
+        xs = thr(self.score[idx, None] * f)
+        n, S = xs.shape
+        cands, comps_, poss, modes = [], [], [], []
+        for m, ops in ((0, hops.Kn), (2, hops.Vn)):  # children at the source position s
+            if ops is None:
+                continue
+            rows = ops.permute(0, 2, 3, 1, 4)[b, h, q] if m == 0 else ops.permute(0, 2, 1, 3)[b, h]
+            cand = (xs[:, None, :] * rows).reshape(n, -1)  # [n, C*S]
+            C = rows.shape[1]
+            cands.append(cand)
+            comps_.append(torch.arange(C, device=dev).repeat_interleave(S).expand(n, -1))
+            poss.append(torch.arange(S, device=dev).repeat(C).expand(n, -1))
+            modes.append(torch.full_like(cand, m, dtype=torch.long))
+        if hops.Qn is not None:  # children at the query position q
+            rows = hops.Qn.permute(0, 2, 3, 1, 4)[b, h, q]  # [n, C, S]
+            cand = (xs[:, None, :] * rows).sum(-1)
+            cands.append(cand)
+            comps_.append(torch.arange(cand.shape[1], device=dev).expand(n, -1))
+            poss.append(q[:, None].expand_as(cand))
+            modes.append(torch.full_like(cand, 1, dtype=torch.long))
+        if cands:
+            self._add(idx, torch.cat(cands, 1), torch.cat(comps_, 1), torch.cat(poss, 1),
+                      torch.cat(modes, 1))
+
+    def terminal_credit(self, S: int) -> Tensor:
+        """Σ of complete path scores ending at each position → ``[B, R, S]``."""
+        B, R = self.seeds.shape[:2]
+        out = self.seeds.new_zeros(B, R, S)
+        end = (self.comp < self.comps.n_emb).nonzero(as_tuple=True)[0]
+        out.index_put_((self.b[end], self.r[end], self.pos[end]), self.score[end], accumulate=True)
+        return out
+
+    def top_paths(self, b: int, r: int, k: int, tokens: list[str], pos_total: float) -> list[Path]:
+        """The ``k`` complete paths of prompt ``b``, root ``r`` with the largest ``|score|``."""
+        end = ((self.comp < self.comps.n_emb) & (self.b == b) & (self.r == r)).nonzero(as_tuple=True)[0]
+        if not len(end) or k == 0:
+            return []
+        top = end[self.score[end].abs().argsort(descending=True)[:k]].tolist()
+        parent, comp, pos, mode, score = (self.parent.tolist(), self.comp.tolist(), self.pos.tolist(),
+                                          self.mode.tolist(), self.score.tolist())
+        names = self.comps.names
+        out = []
+        for node in top:
+            chain_nodes = []
+            i = node
+            while i != -1:
+                chain_nodes.append(i)
+                i = parent[i]
+            chain_nodes.reverse()
+            hops = []
+            for a, nxt in zip(chain_nodes, chain_nodes[1:] + [None]):
+                hops.append((names[comp[a]], pos[a], MODES[mode[nxt]] if nxt is not None else None))
+            text = "→".join(f"{n}[{m}]@{p}" if m in ("K", "Q", "V") else f"{n}@{p}"
+                            for n, p, m in hops)
+            src = pos[node]
+            out.append(Path(chain=text, score=score[node],
+                            score_pct=100.0 * score[node] / pos_total if pos_total > 0 else 0.0,
+                            source_pos=src, source_token=tokens[src] if src < len(tokens) else "",
+                            modes=[m for _, _, m in hops if m is not None], depth=len(hops) - 1,
+                            hops=hops))
+        return out

@@ -1,0 +1,375 @@
+"""The public API: ``Tracer(model).trace(text, target=..., ...)`` (METHOD.md §3-8)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import decompose as dec
+from .adapters import build_spec
+from .capture import Capture, capture
+from .components import Components
+from .config import Config, make_config
+from .errors import InputError
+from .flow import MODES, sweep
+from .paths import Path, PathSearch
+from .tokens import encode
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Prepared:
+    """A tokenized, validated prompt with the roots to trace (None = the seeds)."""
+
+    text: str
+    ids: list[int]
+    tokens: list[str]
+    target: str
+    target_id: int
+    distractor: Optional[str]
+    distractor_id: Optional[int]
+    roots: list[Optional[tuple[str, int, int]]]  # (name@pos as given, component index, position)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TraceFailure:
+    """A prompt that could not be traced (``trace_batch(..., on_error="collect")``)."""
+
+    index: int
+    prompt: dict
+    error: str
+
+
+@dataclass
+class TraceResult:
+    text: str
+    target: str
+    distractor: Optional[str]
+    root: Optional[str]
+    target_id: int
+    distractor_id: Optional[int]
+    tokens: list[str]
+    token_ids: list[int]
+    target_pos: int
+    token_credit: np.ndarray
+    token_credit_pct: np.ndarray
+    suppression: float
+    seeds: dict[str, float]
+    component_flow: dict[str, np.ndarray]
+    edges: "object"  # pandas.DataFrame
+    position_edges: "object"
+    paths: list[Path]
+    paths_truncated: bool
+    target_prob: float
+    target_logit: float
+    logit_diff: Optional[float]
+    config: dict
+    timing: dict
+    warnings: list[str]
+    path_credit: np.ndarray = None  # Σ of the complete paths found, per source position
+
+    def to_frame(self):
+        """One row per token: position, token, id, raw and percent credit."""
+        import pandas as pd
+        return pd.DataFrame({"position": np.arange(len(self.tokens)), "token": self.tokens,
+                             "token_id": self.token_ids, "credit": self.token_credit,
+                             "credit_pct": self.token_credit_pct})
+
+    def to_dict(self) -> dict:
+        """JSON-ready; edges aggregated over positions."""
+        d = {
+            "text": self.text, "target": self.target, "distractor": self.distractor,
+            "root": self.root, "tokens": self.tokens, "token_ids": self.token_ids,
+            "target_pos": self.target_pos,
+            "token_credit": self.token_credit.tolist(),
+            "token_credit_pct": self.token_credit_pct.tolist(),
+            "suppression": self.suppression,
+            "paths": [p.to_dict() for p in self.paths], "paths_truncated": self.paths_truncated,
+            "component_flow": {k: float(v.sum()) for k, v in self.component_flow.items()},
+            "edges": self.edges.to_dict(orient="records"),
+            "seeds": self.seeds, "target_prob": self.target_prob,
+            "target_logit": self.target_logit, "logit_diff": self.logit_diff,
+            "config": self.config, "timing": self.timing, "warnings": self.warnings,
+        }
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def __str__(self) -> str:
+        lines = [f"prompt: {self.text!r}",
+                 f"target: {self.target!r}" + (f" vs {self.distractor!r}" if self.distractor else "")
+                 + f"   p(target)={self.target_prob:.4f}"
+                 + (f"   logit diff={self.logit_diff:+.3f}" if self.logit_diff is not None else ""),
+                 f"root: {self.root or 'seeds (target logit)'}   suppression={self.suppression:.3f}",
+                 "token credit:"]
+        for i, (tok, c, p) in enumerate(zip(self.tokens, self.token_credit, self.token_credit_pct)):
+            bar = "+" * min(40, int(abs(p) / 2.5)) if c >= 0 else "-" * min(40, int(abs(p) / 2.5))
+            lines.append(f"  {i:>3} {tok!r:>16} {c:+10.4f} {p:+8.2f}%  {bar}")
+        lines.append(f"top {len(self.paths)} paths" + (" (truncated search)" if self.paths_truncated else "") + ":")
+        for p in self.paths:
+            lines.append(f"  {p.score:+10.4f} {p.score_pct:+8.2f}%  {p.chain}")
+        t = self.timing
+        lines.append("timing: " + "  ".join(f"{k}={v:.3f}s" for k, v in t.items()))
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        return "\n".join(lines)
+
+    def print(self):
+        print(str(self))
+
+
+class Tracer:
+    """Unpack on one model. ``Tracer("dir-or-name")`` or ``Tracer(model=..., tokenizer=...)``.
+
+    ``dtype`` is the dtype of the decomposition math (fp32 by default; fp64 when
+    the model is fp64); weights stay in the model's dtype and are cast one layer
+    at a time.
+    """
+
+    def __init__(self, model_name_or_path=None, *, model=None, tokenizer=None, dtype=None,
+                 device=None):
+        if model_name_or_path is not None and model is not None:
+            raise InputError("give either a model name/path or model=..., not both")
+        if isinstance(model_name_or_path, str):
+            from .loading import load_model
+            model, tokenizer = load_model(model_name_or_path, device=device or "cpu")
+        elif model_name_or_path is not None:
+            model = model_name_or_path
+        if model is None or tokenizer is None:
+            raise InputError("Tracer needs a model name/path, or both model=... and tokenizer=...")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.spec = build_spec(model)
+        self.comps = Components.from_spec(self.spec)
+        pdtype = self.spec.W_E.dtype
+        self.dtype = dtype or (torch.float64 if pdtype == torch.float64 else torch.float32)
+        W_U = self.spec.W_U.to(self.dtype)
+        self._W_U_mean = W_U.mean(0)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # ------------------------------------------------------------------ input
+    def _encode_target(self, s: str, what: str, warnings: list[str]) -> int:
+        if not isinstance(s, str) or s == "":
+            raise InputError(f"{what} is empty: give the {what} as text, e.g. ' Mary' (with its leading space)")
+        ids, _ = encode(self.tokenizer, s)
+        if not ids:
+            raise InputError(f"{what} {s!r} encodes to no token: give a string the tokenizer can encode")
+        if len(ids) > 1:
+            first = self.tokenizer.decode(ids[:1])
+            warnings.append(f"{what} {s!r} encodes to {len(ids)} tokens; using the first, {first!r}")
+        return ids[0]
+
+    def _parse_root(self, root: str, n: int) -> tuple[str, int, int]:
+        if not isinstance(root, str) or "@" not in root:
+            raise InputError(f"root {root!r} must look like COMPONENT@POSITION, e.g. attn_9_head_9@13")
+        name, _, p = root.rpartition("@")
+        idx = self.comps.check(name)
+        try:
+            pos = int(p)
+        except ValueError:
+            raise InputError(f"root {root!r}: position {p!r} is not an integer") from None
+        if not -n <= pos < n:
+            raise InputError(f"root {root!r}: position {pos} is out of range for a prompt of "
+                             f"{n} tokens (use 0..{n - 1}, or negative positions from the end)")
+        return root, idx, pos % n
+
+    def prepare(self, text: str, target: str, distractor: Optional[str] = None,
+                roots=(None,)) -> Prepared:
+        """Tokenize and check one prompt; every problem is an InputError naming it."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("text is empty: give a prompt with at least one token")
+        ids, _ = encode(self.tokenizer, text)
+        if not ids:
+            raise InputError(f"text {text!r} encodes to no token")
+        mx = self.spec.max_positions
+        if mx is not None and len(ids) > mx:
+            raise InputError(f"text has {len(ids)} tokens, more than the model's context of {mx}; "
+                             "shorten the prompt")
+        warnings: list[str] = []
+        tid = self._encode_target(target, "target", warnings)
+        did = self._encode_target(distractor, "distractor", warnings) if distractor is not None else None
+        rs = [None if r is None else self._parse_root(r, len(ids)) for r in roots]
+        tokens = [self.tokenizer.decode([i]) for i in ids]
+        return Prepared(text, ids, tokens, target, tid, distractor, did, rs, warnings)
+
+    # ------------------------------------------------------------------ API
+    def trace(self, text: str, target: str, distractor: Optional[str] = None,
+              preset: str = "kqv_aligned", root: Optional[str] = None, **overrides) -> TraceResult:
+        """Trace one prompt; ``root="name@pos"`` reroots (seed 1.0 there, §3)."""
+        return self.trace_batch([{"text": text, "target": target, "distractor": distractor,
+                                  "root": root}], preset=preset, **overrides)[0]
+
+    def trace_batch(self, prompts: list[dict], preset: str = "kqv_aligned", batch_size: int = 16,
+                    on_error: str = "raise", **overrides) -> list:
+        """Trace many prompts (dicts with text, target, optional distractor and root).
+
+        Returns one result per dict, in order. Dicts with the same text, target and
+        distractor share one forward pass. With ``on_error="collect"`` a bad prompt
+        yields a :class:`TraceFailure` in its place instead of raising."""
+        cfg = make_config(preset, **overrides)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            if not isinstance(p, dict) or "text" not in p or "target" not in p:
+                raise InputError(f"prompt #{i} must be a dict with at least 'text' and 'target'")
+            key = (p["text"], p["target"], p.get("distractor"))
+            groups.setdefault(key, []).append(i)
+        out: list = [None] * len(prompts)
+        ready: list[tuple[Prepared, list[int]]] = []
+        for (text, target, distractor), idxs in groups.items():
+            try:
+                prep = self.prepare(text, target, distractor, [prompts[i].get("root") for i in idxs])
+                ready.append((prep, idxs))
+            except InputError as e:
+                if on_error != "collect":
+                    raise
+                for i in idxs:
+                    out[i] = TraceFailure(i, prompts[i], str(e))
+        ready.sort(key=lambda x: len(x[0].ids))  # less padding
+        for k in range(0, len(ready), batch_size):
+            chunk = ready[k:k + batch_size]
+            results = self._run([p for p, _ in chunk], cfg)
+            for (_, idxs), res in zip(chunk, results):
+                for i, r in zip(idxs, res):
+                    out[i] = r
+        return out
+
+    # ------------------------------------------------------------------ engine
+    def seeds(self, cap: Capture, chat: Tensor, tid: Tensor, did: Optional[Tensor],
+              cfg: Config) -> Tensor:
+        """§3 seeds ``I_c`` for every credited component → ``[B, N]``."""
+        B = tid.shape[0]
+        W_U = self.spec.W_U
+        u_mean = W_U[tid].to(self.dtype) - self._W_U_mean
+        if cfg.seed == "metric":
+            u = W_U[tid].to(self.dtype) - W_U[did].to(self.dtype) if did is not None else u_mean
+        else:
+            u = u_mean
+        dirn = dec.target_direction(cap, u)  # [B, D]
+        c_t = chat[torch.arange(B), :, cap.t]  # [B, N, D]
+        return torch.einsum("bnD,bD->bn", c_t, dirn)
+
+    @torch.no_grad()
+    def _run(self, preps: list[Prepared], cfg: Config) -> list[list[TraceResult]]:
+        t0 = time.perf_counter()
+        B = len(preps)
+        S = max(len(p.ids) for p in preps)
+        R = max(len(p.roots) for p in preps)
+        dev = self.spec.W_E.device
+        ids = torch.full((B, S), self._pad_id, dtype=torch.long)
+        for b, p in enumerate(preps):
+            ids[b, :len(p.ids)] = torch.tensor(p.ids)
+        lengths = torch.tensor([len(p.ids) for p in preps])
+        cap = capture(self.spec, ids, lengths, dtype=self.dtype)
+        t1 = time.perf_counter()
+
+        tid = torch.tensor([p.target_id for p in preps], device=dev)
+        has_d = [p.distractor_id is not None for p in preps]
+        did = torch.tensor([p.distractor_id if p.distractor_id is not None else p.target_id
+                            for p in preps], device=dev)
+        chat = dec.centered_writers(cap, cap.credited_writers())
+        I = self.seeds(cap, chat, tid, did, cfg)  # [B, N]
+        W_U = self.spec.W_U
+        u = torch.where(torch.tensor(has_d, device=dev)[:, None],
+                        W_U[tid].to(self.dtype) - W_U[did].to(self.dtype),
+                        W_U[tid].to(self.dtype) - self._W_U_mean)
+        d_hat = dec.center_vec(cap, dec.target_direction(cap, u))
+        N = len(self.comps)
+        F0 = torch.zeros(B, R, N, S, dtype=self.dtype, device=dev)
+        for b, p in enumerate(preps):
+            for r, root in enumerate(p.roots):
+                if root is None:
+                    F0[b, r, :, len(p.ids) - 1] = I[b]
+                else:
+                    F0[b, r, root[1], root[2]] = 1.0
+        mass = F0.abs().sum((2, 3))  # Σ|seeds| per (b, r)
+        search = PathSearch(self.comps, F0, cfg.path_min_frac * mass, cfg.max_path_nodes)
+        timers = {"decompose_s": 0.0, "paths_s": 0.0}
+
+        def ops_for_layer(L):
+            s = time.perf_counter()
+            ops = dec.mlp_ops(cap, L, chat, d_hat, cfg), dec.head_ops(cap, L, chat, d_hat, cfg)
+            timers["decompose_s"] += time.perf_counter() - s
+            return ops
+
+        def on_layer(L, mops, hops):
+            s = time.perf_counter()
+            search.expand_layer(L, mops, hops)
+            timers["paths_s"] += time.perf_counter() - s
+
+        t2 = time.perf_counter()
+        flow = sweep(cap, ops_for_layer, F0, cfg.edge_min_frac * mass if cfg.position_edges else None,
+                     on_layer=on_layer)
+        t3 = time.perf_counter()
+        sweep_s = (t3 - t2) - timers["decompose_s"] - timers["paths_s"]
+        credit = flow.token_credit(self.comps.n_emb)
+        path_credit = search.terminal_credit(S)
+        total = flow.total
+        pos_edges = flow.position_edges()
+        logp = cap.logits_t.float().log_softmax(-1)
+        results = []
+        t4 = time.perf_counter()
+        for b, p in enumerate(preps):
+            n = len(p.ids)
+            per_root = []
+            for r, root in enumerate(p.roots):
+                res = self._result(p, b, r, root, n, credit, path_credit, total, flow.E, pos_edges,
+                                   I, cap, logp, search, cfg)
+                per_root.append(res)
+            results.append(per_root)
+        t5 = time.perf_counter()
+        timing = {"forward_s": (t1 - t0) / B, "decompose_s": timers["decompose_s"] / B,
+                  "sweep_s": sweep_s / B, "paths_s": (timers["paths_s"] + t5 - t4) / B}
+        timing["total_s"] = (t5 - t0) / B
+        for per_root in results:
+            for res in per_root:
+                res.timing = dict(timing)
+        return results
+
+    def _result(self, p: Prepared, b, r, root, n, credit, path_credit, total, E, pos_edges, I, cap,
+                logp, search, cfg) -> TraceResult:
+        import pandas as pd
+        names = self.comps.names
+        cr = credit[b, r, :n].double().cpu().numpy()
+        pos_total = float(cr[cr > 0].sum())
+        neg_total = float(-cr[cr < 0].sum())
+        pct = 100.0 * cr / pos_total if pos_total > 0 else np.zeros_like(cr)
+        supp = neg_total / (pos_total + neg_total) if pos_total + neg_total > 0 else 0.0
+        Eb = E[b, r].double().cpu().numpy()
+        pi, ci, mi = np.nonzero(Eb)
+        edges = pd.DataFrame({"parent": [names[i] for i in pi], "child": [names[i] for i in ci],
+                              "mode": [MODES[m] for m in mi], "weight": Eb[pi, ci, mi]})
+        pe = None
+        if pos_edges is not None:
+            bb, rr, par, ppos, ch, cpos, mode, w = pos_edges
+            sel = ((bb == b) & (rr == r)).nonzero(as_tuple=True)[0]
+            pe = pd.DataFrame({
+                "parent": [names[i] for i in par[sel].tolist()], "parent_pos": ppos[sel].tolist(),
+                "child": [names[i] for i in ch[sel].tolist()], "child_pos": cpos[sel].tolist(),
+                "mode": [MODES[m] for m in mode[sel].tolist()], "weight": w[sel].double().tolist()})
+        flows = total[b, r, :, :n].double().cpu().numpy()
+        if root is None:
+            seeds = dict(zip(names, I[b].double().tolist()))
+        else:
+            seeds = {f"{names[root[1]]}@{root[2]}": 1.0}
+        lp = logp[b]
+        logit_diff = None
+        if p.distractor_id is not None:
+            logit_diff = float(cap.logits_t[b, p.target_id] - cap.logits_t[b, p.distractor_id])
+        return TraceResult(
+            text=p.text, target=p.target, distractor=p.distractor,
+            root=None if root is None else root[0], target_id=p.target_id,
+            distractor_id=p.distractor_id, tokens=p.tokens, token_ids=p.ids, target_pos=n - 1,
+            token_credit=cr, token_credit_pct=pct, suppression=supp, seeds=seeds,
+            component_flow={nm: flows[i] for i, nm in enumerate(names)}, edges=edges,
+            position_edges=pe,
+            paths=search.top_paths(b, r, cfg.top_paths_k, p.tokens, pos_total),
+            paths_truncated=search.truncated, target_prob=float(lp[p.target_id].exp()),
+            target_logit=float(cap.logits_t[b, p.target_id]), logit_diff=logit_diff,
+            config=cfg.to_dict(), timing={}, warnings=list(p.warnings),
+            path_credit=path_credit[b, r, :n].double().cpu().numpy())
