@@ -51,7 +51,7 @@ class Flow:
     def _keep(self, amount: Tensor, parent: Tensor, ppos: Tensor, cpos: Tensor, mode: int):
         """Store position-resolved edges ``amount[b, r, i, c]`` above the threshold,
         where ``i`` indexes (parent, ppos, cpos) triples."""
-        big = amount.abs() >= self.pos_min[:, :, None, None]
+        big = (amount.abs() >= self.pos_min[:, :, None, None]) & (amount != 0)
         b, r, i, c = big.nonzero(as_tuple=True)
         self.pos_edges.append((b, r, parent[i], ppos[i], c, cpos[i],
                                torch.full_like(b, mode), amount[b, r, i, c]))

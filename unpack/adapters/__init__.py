@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import InputError
 from .base import LayerWeights, MLPWeights, ModelSpec, Norm, Rotary
 
 _FAMILIES = ("gpt2", "gpt_neox", "llama")
@@ -28,7 +29,7 @@ def build_spec(model) -> ModelSpec:
     for m in _modules():
         if mtype in m.MODEL_TYPES:
             return m.build_spec(model)
-    raise ValueError(
+    raise InputError(
         f"unsupported architecture {mtype!r} ({type(model).__name__}); "
         f"supported model types: {', '.join(supported_model_types())}. "
         "Adding one is a new module in unpack/adapters/.")
