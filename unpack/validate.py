@@ -137,10 +137,9 @@ def check_capture(tracer, texts, dtype, tol) -> list[tuple[str, float]]:
         out = torch.einsum("bhqs,bhsD->bqD", lc.A, pv)
         if lw.b_O is not None:
             out = out + lw.b_O
-        attn_out = (lc.resid_mlp_in - lc.resid_pre) if not spec.parallel else None
-        if attn_out is None:  # parallel: resid_post − resid_pre − mlp_out
-            nxt = cap.layers[L + 1].resid_pre if L + 1 < spec.n_layers else cap.resid_final
-            attn_out = nxt - lc.resid_pre - lc.mlp_out
+        # the sublayer's output as the capture added it to the residual, (A V) W_O per
+        # head; not resid differences, whose fp32 cancellation swamps the check
+        attn_out = lc.head_out.sum(1) + (lw.b_O if lw.b_O is not None else 0)
         upd("6 attention output closure", out, attn_out, real)
     upd("1 residual closure", W.sum(1), cap.resid_final, real)
     # 7. seeds: Σ_c I_c (bias components too) + constant parts = target − mean logit

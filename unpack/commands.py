@@ -1,0 +1,143 @@
+"""``unpack trace``, ``unpack validate`` and ``unpack bench``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import InputError
+
+EXAMPLE = ('unpack trace --model smollm2-135m --text "When Mary and John went to the store, '
+           'John gave a drink to" --target " Mary" --distractor " John"')
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "trace", help="trace prompts: token credit, paths, component flow, edges",
+        description="Decompose one prompt (--text/--target) or a JSONL file of prompts "
+                    "(--prompts; keys text, target, optional distractor and root) and print "
+                    f"the result, or one JSON object per prompt with --json. Example: {EXAMPLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="local HF directory, .gguf file, hub name, or smollm2-135m")
+    p.add_argument("--text", help="the prompt")
+    p.add_argument("--target", help="target token text, e.g. ' Mary' (leading space matters)")
+    p.add_argument("--distractor", help="optional distractor token text, e.g. ' John'")
+    p.add_argument("--root", help="reroot at COMPONENT@POSITION, e.g. attn_9_head_9@-1")
+    p.add_argument("--prompts", help="JSONL file with text, target, optional distractor, root")
+    p.add_argument("--preset", default="kqv_aligned", help="one of the METHOD.md §8 presets (default kqv_aligned)")
+    p.add_argument("--top-paths", type=int, default=None, help="number of paths to return (default 20)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set beta=0.5 --set path_min_frac=1e-5")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout")
+    p.set_defaults(func=cmd_trace)
+
+    v = sub.add_parser("validate", help="check every METHOD.md §9 invariant on a model",
+                       description="Runs the §9 invariants on a few prompts and prints each with "
+                                   "its worst relative error and tolerance; exit status 1 if any fails.")
+    v.add_argument("--model", required=True)
+    v.add_argument("--text", action="append", help="prompt(s) to check (default: three built-in ones)")
+    v.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    v.set_defaults(func=cmd_validate)
+
+    b = sub.add_parser("bench", help="time the engine on random models of real shapes",
+                       description="Per-prompt times (forward, decompose, sweep, paths), peak "
+                                   "memory, scaling with prompt length and batch size, and the "
+                                   "ratio to the plain-loop reference measured in the same run.")
+    b.add_argument("--shapes", default="gpt2-small,pythia-410m",
+                   help="comma list of gpt2-small, pythia-410m, pythia-1.4b, tiny")
+    b.add_argument("--lengths", default="8,16,32,64,128")
+    b.add_argument("--batches", default="1,4,16")
+    b.add_argument("--reference-tokens", type=int, default=16,
+                   help="prompt length for the reference comparison (0 to skip)")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--model", help="also time a real model (e.g. smollm2-135m): load times and a 16-token trace")
+    b.add_argument("--json", help="also write the measurements to this JSON file")
+    b.set_defaults(func=cmd_bench)
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for item in args.set:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected FIELD=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    if args.top_paths is not None:
+        out["top_paths_k"] = args.top_paths
+    return out
+
+
+def _dtype(name):
+    import torch
+    return {None: None, "float32": torch.float32, "float64": torch.float64}[name]
+
+
+def _read_prompts(path: str) -> list[dict]:
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "text" not in row or "target" not in row:
+                raise InputError(f"{path}:{i}: each line needs 'text' and 'target'")
+            prompts.append({k: row.get(k) for k in ("text", "target", "distractor", "root")})
+    if not prompts:
+        raise InputError(f"{path}: no prompts in the file")
+    return prompts
+
+
+def cmd_trace(args) -> int:
+    if args.prompts:
+        if args.text:
+            raise InputError("give --text or --prompts, not both")
+        prompts = _read_prompts(args.prompts)
+    else:
+        if not args.text or args.target is None:
+            raise InputError(f"--text and --target are required (or --prompts FILE). Example: {EXAMPLE}")
+        prompts = [{"text": args.text, "target": args.target, "distractor": args.distractor,
+                    "root": args.root}]
+    overrides = _overrides(args)
+    from .tracer import TraceFailure, Tracer
+    tracer = Tracer(args.model, dtype=_dtype(args.dtype))
+    results = tracer.trace_batch(prompts, preset=args.preset, batch_size=args.batch_size,
+                                 on_error="collect", **overrides)
+    failed = 0
+    for res in results:
+        if isinstance(res, TraceFailure):
+            failed += 1
+            msg = f"prompt #{res.index}: {res.error}"
+            if args.json:
+                print(json.dumps({"error": res.error, "index": res.index}))
+            print(f"unpack trace: error: {msg}", file=sys.stderr)
+            continue
+        print(res.to_json() if args.json else str(res) + "\n")
+    return 0 if failed == 0 else (2 if failed == len(results) else 1)
+
+
+def cmd_validate(args) -> int:
+    from .tracer import Tracer
+    from .validate import validate_model
+    tracer = Tracer(args.model, dtype=_dtype(args.dtype))
+    checks = validate_model(tracer=tracer, texts=args.text)
+    print(f"model {args.model}: {tracer.spec.family}, {tracer.spec.n_layers} layers, "
+          f"{tracer.spec.n_heads} heads ({tracer.spec.n_kv_heads} kv), width {tracer.spec.d_model}, "
+          f"math in {str(tracer.dtype).replace('torch.', '')}")
+    for c in checks:
+        print(c)
+    bad = [c for c in checks if not c.ok]
+    print(f"{len(checks) - len(bad)} passed, {len(bad)} failed")
+    return 1 if bad else 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    return run_bench(args)

