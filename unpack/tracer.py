@@ -337,7 +337,7 @@ class Tracer:
         names = self.comps.names
         cr = credit[b, r, :n].double().cpu().numpy()
         pos_total = float(cr[cr > 0].sum())
-        neg_total = float(-cr[cr < 0].sum())
+        neg_total = float(abs(cr[cr < 0].sum()))
         pct = 100.0 * cr / pos_total if pos_total > 0 else np.zeros_like(cr)
         supp = neg_total / (pos_total + neg_total) if pos_total + neg_total > 0 else 0.0
         Eb = E[b, r].double().cpu().numpy()
