@@ -101,7 +101,7 @@ def cmd_trace(args) -> int:
             raise InputError("give --text or --prompts, not both")
         prompts = _read_prompts(args.prompts)
     else:
-        if not args.text or args.target is None:
+        if args.text is None or args.target is None:
             raise InputError(f"--text and --target are required (or --prompts FILE). Example: {EXAMPLE}")
         prompts = [{"text": args.text, "target": args.target, "distractor": args.distractor,
                     "root": args.root}]
