@@ -131,6 +131,11 @@ class Tracer:
     ``dtype`` is the dtype of the decomposition math (fp32 by default; fp64 when
     the model is fp64); weights stay in the model's dtype and are cast one layer
     at a time.
+
+    Creating a Tracer turns on flush-to-zero for subnormal floats
+    (``torch.set_flush_denormal(True)``, process-wide): on CPUs subnormals slow the
+    arithmetic 10x or more (random models produce many), and they lie far below
+    every threshold of the method (1e-14).
     """
 
     def __init__(self, model_name_or_path=None, *, model=None, tokenizer=None, dtype=None,
@@ -145,6 +150,7 @@ class Tracer:
         if model is None or tokenizer is None:
             raise InputError("Tracer needs a model name/path, or both model=... and tokenizer=...")
         self.model, self.tokenizer = model.eval(), tokenizer
+        torch.set_flush_denormal(True)
         self.spec = build_spec(model)
         self.comps = Components.from_spec(self.spec)
         pdtype = self.spec.W_E.dtype
