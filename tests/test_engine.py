@@ -275,16 +275,18 @@ def test_unknown_preset_and_field():
     assert (cfg.w_K, cfg.w_Q, cfg.w_V) == (1.0, 0.0, 0.0)  # (deviation) not 0.3
 
 
-@pytest.mark.parametrize("parallel", [True, False])
-def test_rotary_fold_and_project_agree(tok, parallel):
-    """The two rotary contractions (METHOD.md §4: fold W_K R_s^T Q, or project and
-    rotate each writer) are the same numbers; each is also checked against the
-    reference through prompts on either side of the S < d switch."""
+@pytest.mark.parametrize("make", [lambda: tiny_neox(parallel=True, hidden=32),
+                                  lambda: tiny_neox(parallel=False, hidden=32),
+                                  lambda: tiny_gpt2(n_embd=32)], ids=["neox_par", "neox_seq", "gpt2"])
+def test_fold_and_project_agree(tok, make):
+    """The two K/Q contractions (METHOD.md §4: fold W_K (R_s^T) Q into one vector,
+    or project and rotate each writer) are the same numbers; each is also checked
+    against the reference through prompts on either side of the S < d switch."""
     from unpack import decompose as dec
-    tr = Tracer(model=tiny_neox(parallel=parallel, hidden=32, n_head=2), tokenizer=tok)  # d = 16
+    tr = Tracer(model=make(), tokenizer=tok)  # d = 16
     prep = tr.prepare(PROMPTS[0][0], " Mary")
     n = len(prep.ids)
-    assert dec.rotary_mode(tr.spec, 1, n) == "fold"
+    assert dec.score_mode(tr.spec, 1, n) == "fold" and dec.score_mode(tr.spec, 1, 20) == "project"
     cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64)
     chat = dec.centered_writers(cap, cap.credited_writers())
     for L in range(tr.spec.n_layers):
@@ -292,7 +294,7 @@ def test_rotary_fold_and_project_agree(tok, parallel):
         for fn in (dec.raw_key_scores, dec.raw_query_scores):
             a = fn(tr.spec, lw, lc, chat, cap.cos, cap.sin, mode="fold")
             b = fn(tr.spec, lw, lc, chat, cap.cos, cap.sin, mode="project")
-            assert rel(a.numpy(), b.numpy()) <= 1e-12
+            assert rel(a.detach().numpy(), b.detach().numpy()) <= 1e-12
     for text in (PROMPTS[0][0], "<bos> " + " ".join(f"w{i % 7}" for i in range(20))):
         prep = tr.prepare(text, " Mary", " John")
         res = tr.trace(text, " Mary", " John")

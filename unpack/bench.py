@@ -130,7 +130,7 @@ def run_bench(args) -> int:
         rec["peak_rss_mib"] = peak_mib()
         print(f"\npeak memory (process RSS so far): {rec['peak_rss_mib']:.0f} MiB; "
               f"weights {n_params * 4 / 2**20:.0f} MiB")
-        if args.reference_tokens:
+        if args.reference_tokens and shape in args.reference_on.split(","):
             ref_s = time_reference(tracer, args.reference_tokens)
             ours = head["total_s"] if args.reference_tokens == 16 else \
                 time_trace(tracer, args.reference_tokens, 1, 1)["total_s"]

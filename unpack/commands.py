@@ -51,6 +51,8 @@ def register(sub) -> None:
     b.add_argument("--batches", default="1,4,16")
     b.add_argument("--reference-tokens", type=int, default=16,
                    help="prompt length for the reference comparison (0 to skip)")
+    b.add_argument("--reference-on", default="tiny,gpt2-small",
+                   help="shapes on which to time the reference (it is slow: ~35 s per GPT-2-small prompt)")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--model", help="also time a real model (e.g. smollm2-135m): load times and a 16-token trace")
     b.add_argument("--json", help="also write the measurements to this JSON file")

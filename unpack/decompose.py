@@ -49,17 +49,20 @@ def causal_center(raw: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- §4
-# Rotary scores can be computed two ways. "fold": one D-vector per (h, q, s),
-# ``W_K R_s^T Q[h,q]``, contracted with the writers (cost ~ C·H·S²·D); "project":
-# project every writer into head space, rotate, contract (cost ~ C·S·H·d·D). The
-# first is cheaper while S < d; the second needs no [H, S, S, D] buffer.
+# K/Q scores can be computed two ways. "fold": contract the writers with one
+# D-vector per (h, q) — ``W_K Q[h,q]`` — or, with rotary, per (h, q, s) —
+# ``W_K R_s^T Q[h,q]`` (cost ~ C·H·S²·D). "project": project every writer into
+# head space, rotate, contract (cost ~ C·S·H·d·D + C·H·S²·d). The first is cheaper
+# while S < d; the second needs no [H, S, S, D] buffer.
 FOLD_MAX_ELEMENTS = 64_000_000
 
 
-def rotary_mode(spec: ModelSpec, B: int, S: int) -> str:
-    if S < spec.d_head and B * spec.n_heads * S * S * spec.d_model <= FOLD_MAX_ELEMENTS:
-        return "fold"
-    return "project"
+def score_mode(spec: ModelSpec, B: int, S: int) -> str:
+    if S >= spec.d_head:
+        return "project"
+    if spec.rotary is not None and B * spec.n_heads * S * S * spec.d_model > FOLD_MAX_ELEMENTS:
+        return "project"
+    return "fold"
 
 
 def raw_key_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
@@ -68,19 +71,21 @@ def raw_key_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Te
     B, C, S, D = chat.shape
     g = lw.ln_attn.weight
     sigma = lc.sigma_attn  # [B, S]
-    W_K = expand_kv(lw.W_K, spec, 0)  # [H, D, d]
-    if spec.rotary is None:
-        # Q[h,q]·(m W_K) = m·(W_K Q[h,q]): one D-vector per (h, q), no per-writer keys.
-        WKQ = torch.einsum("bhqe,hDe->bhqD", lc.Q, W_K) * g
-        raw = torch.einsum("bcsD,bhqD->bchqs", chat, WKQ) / sigma[:, None, None, None, :]
-    elif (mode or rotary_mode(spec, B, S)) == "fold":
-        # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s.
-        Qr = spec.rotary.apply(lc.Q[:, :, :, None, :].expand(-1, -1, -1, S, -1), cos, -sin)
-        u = torch.einsum("bhqse,hDe->bhqsD", Qr, W_K) * g
-        raw = torch.einsum("bcsD,bhqsD->bchqs", chat, u) / sigma[:, None, None, None, :]
+    if (mode or score_mode(spec, B, S)) == "fold":
+        W_K = expand_kv(lw.W_K, spec, 0)  # [H, D, d]
+        if spec.rotary is None:  # Q[h,q]·(m W_K) = m·(W_K Q[h,q])
+            u = torch.einsum("bhqe,hDe->bhqD", lc.Q, W_K) * g
+            raw = torch.einsum("bcsD,bhqD->bchqs", chat, u)
+        else:  # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
+            Qr = spec.rotary.apply(lc.Q[:, :, :, None, :].expand(-1, -1, -1, S, -1), cos, -sin)
+            u = torch.einsum("bhqse,hDe->bhqsD", Qr, W_K) * g
+            raw = torch.einsum("bcsD,bhqsD->bchqs", chat, u)
+        raw = raw / sigma[:, None, None, None, :]
     else:
         m = chat * g / sigma[:, None, :, None]
-        kc = spec.rotary.apply(torch.einsum("bcsD,gDe->bcgse", m, lw.W_K), cos, sin)
+        kc = torch.einsum("bcsD,gDe->bcgse", m, lw.W_K)  # per-writer keys, kv heads only
+        if spec.rotary is not None:
+            kc = spec.rotary.apply(kc, cos, sin)
         Hkv, G = spec.n_kv_heads, spec.group_size
         Qg = lc.Q.reshape(B, Hkv, G, S, -1)
         raw = torch.einsum("bcgse,bgiqe->bcgiqs", kc, Qg).reshape(B, C, spec.n_heads, S, S)
@@ -94,18 +99,21 @@ def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: 
     g = lw.ln_attn.weight
     sigma = lc.sigma_attn
     K = expand_kv(lc.K, spec)  # [B, H, S, d]
-    if spec.rotary is None:
-        WQK = torch.einsum("bhse,hDe->bhsD", K, lw.W_Q) * g
-        raw = torch.einsum("bcqD,bhsD->bchqs", chat, WQK) / sigma[:, None, None, :, None]
-    elif (mode or rotary_mode(spec, B, S)) == "fold":
-        # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
-        Kr = spec.rotary.apply(K[:, :, None, :, :].expand(-1, -1, S, -1, -1),
-                               cos[:, None], -sin[:, None])
-        u = torch.einsum("bhqse,hDe->bhqsD", Kr, lw.W_Q) * g
-        raw = torch.einsum("bcqD,bhqsD->bchqs", chat, u) / sigma[:, None, None, :, None]
+    if (mode or score_mode(spec, B, S)) == "fold":
+        if spec.rotary is None:  # (m W_Q)·K[s] = m·(W_Q K[s])
+            u = torch.einsum("bhse,hDe->bhsD", K, lw.W_Q) * g
+            raw = torch.einsum("bcqD,bhsD->bchqs", chat, u)
+        else:  # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
+            Kr = spec.rotary.apply(K[:, :, None, :, :].expand(-1, -1, S, -1, -1),
+                                   cos[:, None], -sin[:, None])
+            u = torch.einsum("bhqse,hDe->bhqsD", Kr, lw.W_Q) * g
+            raw = torch.einsum("bcqD,bhqsD->bchqs", chat, u)
+        raw = raw / sigma[:, None, None, :, None]
     else:
         m = chat * g / sigma[:, None, :, None]
-        qc = spec.rotary.apply(torch.einsum("bcqD,hDe->bchqe", m, lw.W_Q), cos, sin)
+        qc = torch.einsum("bcqD,hDe->bchqe", m, lw.W_Q)
+        if spec.rotary is not None:
+            qc = spec.rotary.apply(qc, cos, sin)
         raw = torch.einsum("bchqe,bhse->bchqs", qc, K)
     return lw.attn_scale * raw
 

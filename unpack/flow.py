@@ -78,18 +78,19 @@ class Flow:
         """Distribute the credit of heads ``slot .. slot+H-1`` through K, Q and V."""
         xs = self.source_split(slot, H, ops)
         heads = slice(slot, slot + H)
-        if ops.Kn is not None:
-            C = ops.Kn.shape[1]
-            self.Fk[:, :, :C] += torch.einsum("brhqs,bchqs->brcs", xs, ops.Kn)
-            self.E[:, :, heads, :C, 0] += torch.einsum("brhqs,bchqs->brhc", xs, ops.Kn)
-        if ops.Qn is not None:
-            C = ops.Qn.shape[1]
-            self.Fk[:, :, :C] += torch.einsum("brhqs,bchqs->brcq", xs, ops.Qn)
-            self.E[:, :, heads, :C, 1] += torch.einsum("brhqs,bchqs->brhc", xs, ops.Qn)
-        if ops.Vn is not None:
-            C = ops.Vn.shape[1]
-            self.Fk[:, :, :C] += torch.einsum("brhqs,bchs->brcs", xs, ops.Vn)
-            self.E[:, :, heads, :C, 2] += torch.einsum("brhqs,bchs->brhc", xs, ops.Vn)
+        # one pass over each branch's [B,C,H,Q,S] factors gives both the children's
+        # credit (summed over parent heads) and the edges (summed over positions)
+        branches = []
+        if ops.Kn is not None:  # to writers at the source position s
+            branches.append((0, torch.einsum("brhqs,bchqs->brchs", xs, ops.Kn)))
+        if ops.Qn is not None:  # to writers at the query position q
+            branches.append((1, torch.einsum("brhqs,bchqs->brchq", xs, ops.Qn)))
+        if ops.Vn is not None:  # to writers at s; value shares do not depend on q
+            branches.append((2, xs.sum(3)[:, :, None] * ops.Vn[:, None]))
+        for mode, T in branches:  # T: [B, R, C, H, S]
+            C = T.shape[2]
+            self.Fk[:, :, :C] += T.sum(3)
+            self.E[:, :, heads, :C, mode] += T.sum(4).transpose(2, 3)
         if self.pos_min is not None:
             self._keep_heads(slot, H, xs, ops)
 
