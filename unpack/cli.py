@@ -17,6 +17,7 @@ _REGISTRARS = (
     "unpack.toy.cli",
     "ingest.cli",
     "app.cli",
+    "app.reports.cli",
 )
 
 
