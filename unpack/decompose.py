@@ -69,21 +69,21 @@ def raw_key_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Te
                    cos: Optional[Tensor], sin: Optional[Tensor], mode: Optional[str] = None) -> Tensor:
     """``rawK_c[h,q,s] = scale · Q[h,q] · RoPE_s(m(c)[s] W_K[g(h)])`` → ``[B,C,H,S,S]``."""
     B, C, S, D = chat.shape
-    g = lw.ln_attn.weight
     sigma = lc.sigma_attn  # [B, S]
+    W_K = lw.W_K * lw.ln_attn.weight[:, None]  # γ folded into the weights: m·W = (ĉ/σ)·(γ⊙W)
     if (mode or score_mode(spec, B, S)) == "fold":
-        W_K = expand_kv(lw.W_K, spec, 0)  # [H, D, d]
+        W_K = expand_kv(W_K, spec, 0)  # [H, D, d]
         if spec.rotary is None:  # Q[h,q]·(m W_K) = m·(W_K Q[h,q])
-            u = torch.einsum("bhqe,hDe->bhqD", lc.Q, W_K) * g
+            u = torch.einsum("bhqe,hDe->bhqD", lc.Q, W_K)
             raw = torch.einsum("bcsD,bhqD->bchqs", chat, u)
         else:  # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
             Qr = spec.rotary.apply(lc.Q[:, :, :, None, :].expand(-1, -1, -1, S, -1), cos, -sin)
-            u = torch.einsum("bhqse,hDe->bhqsD", Qr, W_K) * g
+            u = torch.einsum("bhqse,hDe->bhqsD", Qr, W_K)
             raw = torch.einsum("bcsD,bhqsD->bchqs", chat, u)
         raw = raw / sigma[:, None, None, None, :]
     else:
-        m = chat * g / sigma[:, None, :, None]
-        kc = torch.einsum("bcsD,gDe->bcgse", m, lw.W_K)  # per-writer keys, kv heads only
+        m = chat / sigma[:, None, :, None]
+        kc = torch.einsum("bcsD,gDe->bcgse", m, W_K)  # per-writer keys, kv heads only
         if spec.rotary is not None:
             kc = spec.rotary.apply(kc, cos, sin)
         Hkv, G = spec.n_kv_heads, spec.group_size
@@ -96,22 +96,22 @@ def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: 
                      cos: Optional[Tensor], sin: Optional[Tensor], mode: Optional[str] = None) -> Tensor:
     """``rawQ_c[h,q,s] = scale · RoPE_q(m(c)[q] W_Q[h]) · K[g(h),s]`` → ``[B,C,H,S,S]``."""
     B, C, S, D = chat.shape
-    g = lw.ln_attn.weight
     sigma = lc.sigma_attn
     K = expand_kv(lc.K, spec)  # [B, H, S, d]
+    W_Q = lw.W_Q * lw.ln_attn.weight[:, None]  # γ folded into the weights
     if (mode or score_mode(spec, B, S)) == "fold":
         if spec.rotary is None:  # (m W_Q)·K[s] = m·(W_Q K[s])
-            u = torch.einsum("bhse,hDe->bhsD", K, lw.W_Q) * g
+            u = torch.einsum("bhse,hDe->bhsD", K, W_Q)
             raw = torch.einsum("bcqD,bhsD->bchqs", chat, u)
         else:  # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
             Kr = spec.rotary.apply(K[:, :, None, :, :].expand(-1, -1, S, -1, -1),
                                    cos[:, None], -sin[:, None])
-            u = torch.einsum("bhqse,hDe->bhqsD", Kr, lw.W_Q) * g
+            u = torch.einsum("bhqse,hDe->bhqsD", Kr, W_Q)
             raw = torch.einsum("bcqD,bhqsD->bchqs", chat, u)
         raw = raw / sigma[:, None, None, :, None]
     else:
-        m = chat * g / sigma[:, None, :, None]
-        qc = torch.einsum("bcqD,hDe->bchqe", m, lw.W_Q)
+        m = chat / sigma[:, None, :, None]
+        qc = torch.einsum("bcqD,hDe->bchqe", m, W_Q)
         if spec.rotary is not None:
             qc = spec.rotary.apply(qc, cos, sin)
         raw = torch.einsum("bchqe,bhse->bchqs", qc, K)
@@ -120,7 +120,7 @@ def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: 
 
 def value_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor) -> Tensor:
     """``value_c[h,s] = (m(c)[s] W_V[g(h)]) · V[g(h),s]`` → ``[B,C,H,S]``."""
-    WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V) * lw.ln_attn.weight
+    WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V * lw.ln_attn.weight[:, None])
     val = torch.einsum("bcsD,bgsD->bcgs", chat, WVV) / lc.sigma_attn[:, None, None, :]
     return expand_kv(val, spec, 2)
 
