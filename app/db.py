@@ -87,3 +87,23 @@ def run_query(con, sql: str, limit: int | None = 10_000):
                                           "lock_configuration", "locked")):
             raise InputError(f"refused: {msg} (this connection is read-only and cannot reach files)") from None
         raise InputError(f"query failed: {msg}") from None
+
+
+import threading  # noqa: E402  (used by shared_db only)
+
+_SHARED: dict = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_db(path) -> duckdb.DuckDBPyConnection:
+    """One :func:`open_db` connection per database file for the whole process.
+
+    DuckDB refuses a second ``open_db`` of a file this process already has open
+    (its settings are locked), so the app's pages and sessions share this one;
+    run each query on its own ``con.cursor()`` (cursors keep temp tables private
+    and may run in parallel threads)."""
+    key = str(Path(path).resolve())
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = open_db(key)
+        return _SHARED[key]

@@ -40,6 +40,7 @@ class Item:
     trace_s: float = 0.0
     fields: dict = field(default_factory=dict)  # prompt columns for records that did not parse
     label: str = ""  # where it came from, for messages
+    prompt_id: int | None = None  # a prompt already stored that gets more traces (roots)
 
 
 @lru_cache(maxsize=None)
@@ -132,6 +133,11 @@ def build(items: list[Item], run_id: int, first: dict[str, int], now) -> dict[st
     prompt_id, trace_id, path_id = first["prompt_id"], first["trace_id"], first["path_id"]
     prompt_rows = []
     for it in items:
+        if it.prompt_id is not None:  # stored already: only its new traces
+            for root, res in zip(it.roots, it.results or ()):
+                path_id = _add_trace(cols, res, root, it.prompt_id, trace_id, path_id)
+                trace_id += 1
+            continue
         prompt_rows.append(_prompt_row(it, prompt_id, run_id, now))
         if it.error is None and it.results:
             _add_prompt(cols, it, prompt_id)

@@ -1,9 +1,11 @@
 """The ingest: prompt records -> batched traces -> DuckDB.
 
 A run is one (model, preset, config); a prompt within a run is identified by a
-hash of its task, text, target, distractor and roots. Each batch of prompts is
-written in one transaction, so a killed ingest leaves whole prompts only, and
-the same command run again skips every prompt already stored (ok or failed).
+hash of its task, text, target and distractor, and each of its traces by its
+root. Each batch is written in one transaction, so a killed ingest leaves whole
+prompts only; the same command run again skips every prompt already stored (ok
+or failed), and a run that names new roots adds only the missing traces to the
+prompts already stored (never a second copy of a prompt).
 """
 from __future__ import annotations
 
@@ -125,9 +127,9 @@ def resolve_roots(record, roots: list[tuple[str, str]]) -> tuple[list[Root], lis
     return out, warnings
 
 
-def prompt_key(record, root_specs: list[str]) -> str:
-    blob = json.dumps([record.task, record.text, record.target, record.distractor,
-                       sorted(root_specs)], ensure_ascii=False)
+def prompt_key(record) -> str:
+    blob = json.dumps([record.task, record.text, record.target, record.distractor],
+                      ensure_ascii=False)
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
@@ -287,7 +289,6 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
         extra["edge_min_frac"] = edge_min_frac
     config = make_config(preset, **dict(extra, position_edges=True)).to_dict()
     root_list = parse_roots(roots, list(tracer.comps.names))
-    root_specs = [f"{c}@{w}" for c, w in root_list]
     if model_info is None:
         from unpack.loading import model_info as _info
         model_info = _info(tracer.model)
@@ -297,11 +298,10 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
         with engine.connect() as conn:
             with conn.begin():
                 run_id = _run_id(conn, _model_id(conn, model_name, model_info), config)
-                stored = set(conn.execute(sa.select(S.prompts.c.prompt_key)
-                                          .where(S.prompts.c.run_id == run_id)).scalars())
+                stored = _stored(conn, run_id)
                 ids = _first_ids(conn)  # this process is the only writer (DuckDB's file lock)
             summary = Summary(db=str(db), model=model_name, preset=preset, run_id=run_id)
-            todo = _plan(records, errors, root_list, root_specs, stored, summary)
+            todo = _plan(records, errors, root_list, stored, summary)
 
             bad = [it for it in todo if it.error]  # rejected corpus rows: no tracing needed
             if bad:
@@ -341,15 +341,27 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     return summary
 
 
-def _plan(records, errors, root_list, root_specs, stored: set, summary: Summary) -> list[Item]:
-    """Items still to do, in input order: rejected corpus rows first, then records."""
-    todo, seen = [], set(stored)
+def _stored(conn, run_id: int) -> dict[str, tuple[int, str, set]]:
+    """``prompt_key -> (prompt_id, status, roots traced)`` for the prompts of a run."""
+    out: dict[str, tuple[int, str, set]] = {}
+    q = sa.text("SELECT p.prompt_key, p.prompt_id, p.status, t.root FROM prompts p "
+                "LEFT JOIN traces t USING (prompt_id) WHERE p.run_id = :r")
+    for key, pid, status, root in conn.execute(q, {"r": run_id}):
+        out.setdefault(key, (pid, status, set()))[2].add(root)
+    return out
+
+
+def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[Item]:
+    """Items still to do, in input order: rejected corpus rows first, then records
+    (new prompts, and stored prompts that lack some of the requested roots)."""
+    todo, seen = [], set()
     for e in errors or ():
         file, line, reason = getattr(e, "file", None), getattr(e, "line", None), getattr(e, "reason", str(e))
         key = hashlib.sha1(json.dumps(["rejected", str(file), line]).encode()).hexdigest()[:20]
         summary.n_input += 1
-        if key in seen:
+        if key in stored or key in seen:
             summary.n_skipped += key in stored
+            summary.n_duplicates += key not in stored
             continue
         seen.add(key)
         todo.append(Item(seq=-1, key=key, record=None, error=str(reason), label=f"{file}:{line}",
@@ -357,17 +369,21 @@ def _plan(records, errors, root_list, root_specs, stored: set, summary: Summary)
                                  "metadata": json.dumps({"file": str(file), "line": line})}))
     for seq, rec in enumerate(records):
         summary.n_input += 1
-        key = prompt_key(rec, root_specs)
-        if key in stored:
-            summary.n_skipped += 1
-            continue
+        key = prompt_key(rec)
         if key in seen:
             summary.n_duplicates += 1
             continue
         seen.add(key)
         roots, warnings = resolve_roots(rec, root_list)
+        prompt_id = None
+        if key in stored:
+            prompt_id, status, have = stored[key]
+            roots = [r for r in roots if r.spec not in have]
+            if status != "ok" or not roots:
+                summary.n_skipped += 1
+                continue
         todo.append(Item(seq=seq, key=key, record=rec, roots=roots, warnings=warnings,
-                         label=f"prompt {seq} {rec.text[:50]!r}"))
+                         label=f"prompt {seq} {rec.text[:50]!r}", prompt_id=prompt_id))
     return todo
 
 

@@ -50,7 +50,7 @@ prompts = sa.Table(
     "prompts", metadata,
     sa.Column("prompt_id", Int, primary_key=True, autoincrement=False),
     sa.Column("run_id", Int, nullable=False),
-    sa.Column("prompt_key", Str, nullable=False),  # hash of task, text, target, distractor, roots
+    sa.Column("prompt_key", Str, nullable=False),  # hash of task, text, target, distractor
     sa.Column("seq", Int),  # order in the input
     sa.Column("task", Str),
     sa.Column("text", Str),

@@ -140,6 +140,30 @@ def test_ingest_20_prompts_row_counts_and_rerun_adds_nothing(tmp_path, tracer, r
     assert sql(db, "SELECT status, finished_at IS NOT NULL FROM runs") == [("done", True)]
 
 
+def test_new_roots_add_traces_to_stored_prompts_not_copies(tmp_path, tracer, records):
+    """Ingesting again with more roots traces only the missing roots of the stored
+    prompts: the same prompts, no second target trace, and the same rows as
+    ingesting everything at once."""
+    from ingest.run import ingest
+
+    db, once = tmp_path / "u.duckdb", tmp_path / "once.duckdb"
+    ingest(records, tracer=tracer, model_name="tiny", db=db, batch_size=6, progress=False)
+    assert sql(db, "SELECT count(*) FROM traces") == [(20,)]
+    s = ingest(records, tracer=tracer, model_name="tiny", db=db, roots=ROOTS, batch_size=6,
+               progress=False)
+    assert s.n_ok == 20 and s.n_skipped == 0
+    ingest(records, tracer=tracer, model_name="tiny", db=once, roots=ROOTS, batch_size=6,
+           progress=False)
+    assert table_counts(db) == table_counts(once)
+    assert sql(db, "SELECT count(*), count(DISTINCT (prompt_id, root)) FROM traces") == \
+        sql(once, "SELECT count(*), count(DISTINCT (prompt_id, root)) FROM traces")
+    assert sql(db, "SELECT count(*) FROM prompts") == [(20,)]
+    # and once everything is there, nothing more
+    s3 = ingest(records, tracer=tracer, model_name="tiny", db=db, roots=ROOTS, batch_size=6,
+                progress=False)
+    assert (s3.n_skipped, s3.n_done) == (20, 0)
+
+
 def test_stored_values_equal_the_trace(tmp_path, tracer, records):
     from ingest.run import ingest
 

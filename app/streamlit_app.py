@@ -1,0 +1,34 @@
+"""The Unpack explorer: ``unpack app --db PATH`` runs this with Streamlit.
+
+Run by hand: ``streamlit run app/streamlit_app.py -- --db unpack.duckdb``
+(or set UNPACK_DB). The database is opened read-only with external access off.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app.ui import state
+
+HERE = Path(__file__).resolve().parent
+
+st.set_page_config(page_title="Unpack explorer", page_icon=":material/account_tree:",
+                   layout="wide")
+
+PAGES_DIR = HERE / "ui" / "pages"  # not ./pages: that name would make Streamlit list the files
+PAGES = [
+    st.Page(PAGES_DIR / "overview.py", title="Overview", url_path="overview", default=True,
+            icon=":material/dashboard:"),
+    st.Page(PAGES_DIR / "prompt.py", title="Prompt", url_path="prompt",
+            icon=":material/text_fields:"),
+    st.Page(PAGES_DIR / "circuit.py", title="Circuit", url_path="circuit", icon=":material/hub:"),
+    st.Page(PAGES_DIR / "compare.py", title="Compare", url_path="compare",
+            icon=":material/compare:"),
+    st.Page(PAGES_DIR / "sql.py", title="SQL", url_path="sql", icon=":material/terminal:"),
+]
+
+page = st.navigation(PAGES)
+state.connection()  # a clear message and a stop when the store cannot be opened
+st.session_state["ws"] = state.working_set()
+page.run()

@@ -1,0 +1,117 @@
+"""Circuit: the aggregated circuit graph of the working set, one model at a time."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app.ui import data as D
+from app.ui import state, views
+
+ws: D.WorkingSet = st.session_state["ws"]
+st.title("Circuit")
+
+if not ws.models:
+    st.info("No models in the store.")
+    st.stop()
+c1, c2, c3 = st.columns([2, 2, 1])
+model = c1.selectbox("Model", ws.models, key="circuit_model", format_func=D.short_model)
+mws = D.WorkingSet((model,), ws.task, ws.preset, ws.condition, ws.template)
+roots = state.get("roots", mws)
+if not roots:
+    st.info(f"No traces of {D.short_model(model)} match the working set ({mws.describe()}). "
+            "Widen it in the sidebar.")
+    st.stop()
+if st.session_state.get("circuit_root") not in roots:
+    st.session_state["circuit_root"] = roots[0]
+root = c2.selectbox("Root", roots, key="circuit_root",
+                    help="'target': everything that feeds the target logit; a stored reroot: "
+                         "everything that feeds that component")
+agg = c3.selectbox("Aggregate", ["mean", "sum"], key="circuit_agg",
+                   help="mean over the selected prompts (a prompt without an edge counts 0) or sum")
+c4, c5, c6, c7 = st.columns([2, 2, 2, 2])
+modes = c4.multiselect("Modes", ["K", "Q", "V", "MLP"], default=["K", "Q", "V", "MLP"],
+                       key="circuit_modes")
+if not modes:
+    st.warning("Pick at least one mode (K, Q, V or MLP).")
+    st.stop()
+top_k = c5.slider("Top-k edges", 5, 300, 40, step=5, key="circuit_topk")
+rel = c6.slider("Min |weight| (% of the strongest edge)", 0.0, 50.0, 0.0, step=0.5,
+                key="circuit_minw")
+min_share = c7.slider("Min share of prompts with the edge", 0.0, 1.0, 0.0, step=0.05,
+                      key="circuit_minshare")
+
+
+try:
+    with st.spinner("Aggregating the circuit over the working set ..."):
+        G_all = state.circuit(model, ws, root, tuple(modes), agg, float(min_share))
+except Exception as e:  # InputError from app.graphs names the filters
+    st.error(str(e))
+    st.stop()
+wmax = max([abs(w) for *_, w in G_all.edges(data="weight")] or [0.0])
+G = views.threshold(G_all, rel / 100.0 * wmax, top_k)
+from app.graphs import layered_layout  # noqa: E402
+
+st.caption(f"{G_all.graph.get('n_prompts')} prompts · {G_all.number_of_edges()} edges in all, "
+           f"{G.number_of_edges()} shown between {G.number_of_nodes()} components · edges go "
+           "from a reader to the writer it reads (credit flows right to left) · width = "
+           "|interaction strength|, color = dominant mode · node size = |flow|")
+if G.number_of_nodes() == 0:
+    st.info("No edges pass the thresholds: lower the minimum weight or share.")
+    st.stop()
+fig = views.graph_figure(G, layered_layout(G),
+                         title=f"{D.short_model(model)} · {ws.task} · root {root}", height=560)
+event = st.plotly_chart(fig, key="circuit_chart", on_select="rerun", selection_mode="points")
+
+# a click on a node selects it below
+nodes = sorted(G.nodes, key=lambda n: -abs(G.nodes[n].get("flow", 0.0) or 0.0))
+try:
+    pts = event.selection.points if event else []
+except AttributeError:
+    pts = []
+clicked = next((p.get("customdata") for p in pts if p.get("customdata") in G), None)
+if clicked and clicked != st.session_state.get("circuit_clicked"):
+    st.session_state["circuit_clicked"] = clicked
+    st.session_state["circuit_node"] = clicked
+if st.session_state.get("circuit_node") not in nodes:
+    st.session_state["circuit_node"] = nodes[0]
+node = st.selectbox("Inspect a component (or click a node)", nodes, key="circuit_node")
+
+a = G.nodes[node]
+st.markdown(f"**{node}** · kind {a.get('kind')} · layer {a.get('layer')} · flow "
+            f"{float(a.get('flow', 0) or 0):+.4g}")
+
+
+def edge_table(pairs):
+    rows = [dict(component=o, mode=d.get("mode"), weight=d.get("weight"), share=d.get("share"),
+                 **{f"w_{m}": w for m, w in (d.get("by_mode") or {}).items()}) for o, d in pairs]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    return df.reindex(df["weight"].abs().sort_values(ascending=False).index).head(10)
+
+
+e1, e2 = st.columns(2)
+with e1:
+    st.markdown("Reads from (upstream writers)")
+    t = edge_table([(v, d) for _, v, d in G_all.out_edges(node, data=True)])
+    if len(t):
+        st.dataframe(t, hide_index=True)
+    else:
+        st.caption("none")
+with e2:
+    st.markdown("Read by (downstream readers)")
+    t = edge_table([(u, d) for u, _, d in G_all.in_edges(node, data=True)])
+    if len(t):
+        st.dataframe(t, hide_index=True)
+    else:
+        st.caption("none")
+st.markdown("Example prompts where it carries the most |flow|")
+st.dataframe(state.get("example_prompts", mws, node, root, 5), hide_index=True)
+
+with st.expander("Download the graph"):
+    from app.graphs import graph_frame, to_json
+
+    st.download_button("Edges (CSV)", graph_frame(G).to_csv(index=False).encode(),
+                       file_name="circuit_edges.csv", mime="text/csv", key="circuit_csv")
+    st.download_button("Graph (JSON)", json.dumps(to_json(G)).encode(),
+                       file_name="circuit.json", mime="application/json", key="circuit_json")

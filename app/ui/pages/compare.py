@@ -1,0 +1,115 @@
+"""Compare: models side by side on the working set's task, aligned by role and depth."""
+import plotly.express as px
+import streamlit as st
+
+from app.ui import data as D
+from app.ui import state, views
+
+ws: D.WorkingSet = st.session_state["ws"]
+st.title("Compare")
+
+summary = state.get("ws_summary", ws)
+models = summary["model"].tolist() if not summary.empty else []
+if len(models) < 2:
+    st.info(f"Compare needs two or more models with prompts in the working set "
+            f"({len(models)} now: {', '.join(D.short_model(m) for m in models) or 'none'}). "
+            "Pick more models in the sidebar, or ingest the same task on another model: "
+            f"`unpack ingest --model MODEL --task {ws.task or 'ioi'} --controls`.")
+    st.stop()
+st.caption(f"{ws.describe()} · models ordered by size")
+
+# ------------------------------------------------------------------ credit by role
+st.subheader("Credit by role")
+cbr = state.get("credit_by_role", ws)
+if cbr.empty:
+    st.info("No role positions stored for these prompts.")
+else:
+    cbr = cbr.assign(model=cbr["model"].map(D.short_model))
+    value = st.radio("Value", ["mean_credit", "mean_credit_pct", "share_negative"],
+                     horizontal=True, key="compare_value")
+    fig = px.bar(cbr, x="role", y=value, color="model", barmode="group",
+                 facet_col="condition" if cbr["condition"].nunique() > 1 else None,
+                 facet_col_wrap=4, height=340,
+                 category_orders={"role": [r for r in D.ROLE_ORDER if r in set(cbr["role"])],
+                                  "model": [D.short_model(m) for m in models]})
+    fig.update_layout(margin=dict(l=10, r=10, t=30, b=10))
+    fig.update_yaxes(matches=None)
+    st.plotly_chart(fig, key="compare_roles_chart")
+    wide = cbr.pivot_table(index=["condition", "role"], columns="model", values=value,
+                           sort=False).reset_index()
+    st.dataframe(wide, hide_index=True)
+
+# ------------------------------------------------------------------ duplicate suppression
+st.subheader("Duplicate suppression")
+try:
+    if ws.task != "ioi":
+        raise ValueError(f"it is an IOI measure and the working set's task is {ws.task!r}")
+    with st.spinner("Computing the duplicate-suppression table ..."):
+        sup, sup_cond = state.suppression(tuple(models), ws.preset)
+except Exception as e:  # NoData / InputError explain what is missing
+    st.info(f"No duplicate-suppression table for this working set: {e}")
+else:
+    st.caption("METHOD.md §10: IOI with target = S (ioi_s): credit at S1 stays positive while "
+               "S2 turns negative; ABC controls abc_c (copying, C positive) and abc_b.")
+    st.dataframe(sup.assign(model=sup["model"].map(D.short_model)), hide_index=True)
+    with st.expander("Per condition"):
+        st.dataframe(sup_cond, hide_index=True)
+
+# ------------------------------------------------------------------ graphs by relative depth
+st.subheader("Circuits aligned by relative depth")
+c1, c2 = st.columns(2)
+top_k = c1.slider("Top-k edges per model", 5, 150, 25, step=5, key="compare_topk")
+modes = c2.multiselect("Modes", ["K", "Q", "V", "MLP"], default=["K", "Q", "V"],
+                       key="compare_modes")
+if not modes:
+    st.warning("Pick at least one mode.")
+    st.stop()
+from plotly.subplots import make_subplots  # noqa: E402
+
+from app.graphs import compare_graphs, layered_layout  # noqa: E402
+
+graphs = {}
+with st.spinner("Aggregating each model's circuit ..."):
+    for m in models:
+        try:
+            graphs[m] = state.circuit(m, ws, "target", tuple(modes))
+        except Exception as e:
+            st.warning(f"{D.short_model(m)}: {e}")
+fig = make_subplots(rows=len(graphs), cols=1, shared_xaxes=True,
+                    vertical_spacing=min(0.12, 0.3 / max(1, len(graphs))),
+                    subplot_titles=[f"{D.short_model(m)} ({G.graph.get('n_layers')} layers)"
+                                    for m, G in graphs.items()])
+for i, (m, G) in enumerate(graphs.items(), start=1):
+    H = views.threshold(G, 0.0, top_k)
+    pos = layered_layout(H)
+    nl = G.graph.get("n_layers") or 1
+    # relative depth: embeddings 0, the last layer's (sequential) MLP 1
+    xy = {n: ((H.nodes[n].get("depth", H.nodes[n].get("layer", 0)) + 1.0) / (nl + 0.5), pos[n][1])
+          for n in H.nodes}
+    for tr in views.graph_traces(H, xy, show_legend=(i == 1)):
+        fig.add_trace(tr, row=i, col=1)
+    fig.update_yaxes(visible=False, row=i, col=1)
+fig.update_xaxes(title_text="relative depth (0 = embeddings, 1 = the last layer)", row=len(graphs),
+                 col=1)
+fig.update_layout(height=max(320, 260 * len(graphs)), margin=dict(l=10, r=10, t=40, b=30),
+                  legend=dict(title="mode", orientation="h"))
+st.plotly_chart(fig, key="compare_graphs_chart")
+
+# ------------------------------------------------------------------ what changes with size
+st.subheader("What changes with size")
+size = state.get("size_table", ws)
+st.dataframe(size, hide_index=True)
+names = list(graphs)
+if len(names) >= 2:
+    pairs = [(a, b) for a, b in zip(names, names[1:])]
+    pick = st.selectbox("Edges, smaller model against the next larger", pairs, key="compare_pair",
+                        format_func=lambda p: f"{D.short_model(p[0])} → {D.short_model(p[1])}")
+    a, b = pick
+    diff = compare_graphs(views.threshold(graphs[a], 0.0, top_k),
+                          views.threshold(graphs[b], 0.0, top_k))
+    counts = diff.attrs.get("counts", {})
+    st.caption(f"aligned by {diff.attrs.get('align')}"
+               + (f" ({diff.attrs.get('n_bins')} depth bins)" if diff.attrs.get("n_bins") else "")
+               + " · " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+    st.dataframe(diff.reindex(diff["weight_diff"].abs().sort_values(ascending=False).index),
+                 hide_index=True)

@@ -1,0 +1,162 @@
+"""Prompt: one prompt's token credit, top paths, and what feeds any component."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app.ui import data as D
+from app.ui import state, views
+
+ws: D.WorkingSet = st.session_state["ws"]
+st.title("Prompt")
+
+search = st.text_input("Filter prompts by text", key="prompt_search",
+                       placeholder="e.g. Mary (case-insensitive)")
+prompts = state.get("prompt_list", ws, search.strip(), 1000)
+if prompts.empty:
+    st.info("No prompt of the working set matches. Clear the filter or widen the working set in "
+            "the sidebar.")
+    st.stop()
+labels = {int(r.prompt_id): f"#{r.prompt_id} · {D.short_model(r.model)} · {r.condition or '-'} · "
+                            f"{r.text[-70:]}" for r in prompts.itertuples(index=False)}
+ids = list(labels)
+if st.session_state.get("prompt_id") not in ids:
+    st.session_state["prompt_id"] = ids[0]
+pid = st.selectbox(f"Prompt ({len(ids)} in the working set{', first 1000' if len(ids) == 1000 else ''})",
+                   ids, key="prompt_id", format_func=labels.get)
+info = state.get("prompt_info", pid)
+traces = state.get("prompt_traces", pid)
+toks = state.get("tokens", pid)
+tokens = toks["token"].tolist()
+
+st.markdown(f"**Text:** `{info['text']}`  \n**Model:** `{info['model']}` · preset "
+            f"`{info['preset']}` · task `{info['task']}` · condition `{info['condition'] or '-'}`"
+            f" · template `{info['template'] or '-'}`")
+m = st.columns(5)
+m[0].metric("target", repr(info["target"]))
+m[1].metric("distractor", repr(info["distractor"]) if info["distractor"] else "-")
+m[2].metric("p(target)", f"{info['target_prob']:.4f}" if pd.notna(info["target_prob"]) else "-")
+m[3].metric("logit diff", f"{info['logit_diff']:+.3f}" if pd.notna(info["logit_diff"]) else "-")
+
+roots = traces["root"].tolist()
+if st.session_state.get("prompt_root") not in roots:
+    st.session_state["prompt_root"] = roots[0]
+root = st.selectbox("Stored trace (root)", roots, key="prompt_root",
+                    help="'target' is the trace from the target logit; the others are stored "
+                         "reroots at a component")
+tr = traces[traces["root"] == root].iloc[0]
+tid = int(tr["trace_id"])
+m[4].metric("suppression", f"{tr['suppression']:.3f}")
+
+st.subheader("Token credit")
+excl = st.toggle("Color scale ignores the last token", value=True, key="prompt_excl_last",
+                 help="The target position often holds most of the credit; leaving it out of "
+                      "the color scale makes the other tokens readable")
+credit = state.get("token_credit", tid)
+st.markdown(views.token_strip_html(credit, exclude_last=excl), unsafe_allow_html=True)
+
+if st.toggle("Credit per position as a chart and a table", key="prompt_chart"):
+    import plotly.graph_objects as go
+
+    scale = views.color_scale(credit["credit"], excl)
+    fig = go.Figure(go.Bar(
+        x=[f"{p}:{t}" for p, t in zip(credit["pos"], credit["token"])], y=credit["credit"],
+        marker_color=[views.diverging(v, scale) for v in credit["credit"]],
+        hovertext=[f"{r if isinstance(r, str) else ''} {pct:+.2f}%" for r, pct
+                   in zip(credit["role"], credit["credit_pct"])]))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="credit")
+    st.plotly_chart(fig, key="prompt_credit_chart")
+    st.dataframe(credit, hide_index=True)
+
+st.subheader("Top paths")
+k = st.slider("Paths shown", 1, 50, 8, key="prompt_k")
+paths = state.get("top_paths", tid, 50)
+if paths.empty:
+    st.info("No paths stored for this trace.")
+else:
+    st.markdown(views.paths_html(paths, tokens, n=k), unsafe_allow_html=True)
+    with st.expander("All stored paths as a table"):
+        st.dataframe(paths, hide_index=True)
+
+# ------------------------------------------------------------------ reroot
+st.subheader("Reroot: what feeds a component")
+comps = state.get("components", pid)
+roles = info["roles"]
+role_at = {}
+for r, p in roles.items():
+    role_at.setdefault(int(p), []).append(r)
+c1, c2 = st.columns(2)
+default_comp = next((c for c in reversed(comps) if c.startswith("attn_")), comps[-1])
+if st.session_state.get("reroot_comp") not in comps:
+    st.session_state["reroot_comp"] = default_comp
+comp = c1.selectbox("Component", comps, key="reroot_comp")
+positions = list(range(len(tokens)))
+if st.session_state.get("reroot_pos") not in positions:
+    st.session_state["reroot_pos"] = int(info["target_pos"])
+pos = c2.selectbox("Position", positions, key="reroot_pos",
+                   format_func=lambda p: f"{p}: {tokens[p]!r}"
+                                         + (f" ({','.join(role_at[p])})" if p in role_at else ""))
+spec = f"{comp}@{pos}"
+
+stored = traces[(traces["root_component"] == comp) & (traces["root_pos"] == pos)]
+tab_rows, tab_stored, tab_live = st.tabs(["From stored edges", "Stored reroot", "Trace on demand"])
+with tab_rows:
+    flow = state.get("flow_at", tid, comp, pos)
+    feed = state.get("feeders", tid, comp, pos, 25)
+    st.caption(f"Within the stored trace from `{root}`: {flow:+.4g} of its credit flows through "
+               f"`{spec}`. The writers it reads, strongest first (edges are stored above the "
+               "ingest's edge_min_frac):")
+    if feed.empty:
+        st.info(f"No stored edges read by `{spec}` in this trace: little or no credit reaches "
+                "it. Try the target position or another component.")
+    else:
+        st.dataframe(feed, hide_index=True)
+with tab_stored:
+    if stored.empty:
+        st.info(f"No stored trace is rooted at `{spec}`. Stored roots of this prompt: "
+                + ", ".join(f"`{r}`" for r in roots) + ". Ingest more with "
+                "`unpack ingest ... --roots COMPONENT@ROLE`, or trace on demand.")
+    else:
+        st_tid = int(stored.iloc[0]["trace_id"])
+        st.caption(f"Stored trace `{stored.iloc[0]['root']}`: token credit of everything that "
+                   f"feeds `{spec}`.")
+        st.markdown(views.token_strip_html(state.get("token_credit", st_tid), exclude_last=False),
+                    unsafe_allow_html=True)
+        st.markdown(views.paths_html(state.get("top_paths", st_tid, 50), tokens, n=k),
+                    unsafe_allow_html=True)
+with tab_live:
+    ok, why = state.model_availability(info["model"])
+    if not ok:
+        st.warning(f"Tracing on demand is not available: {why}. Stored roots of this prompt: "
+                   + ", ".join(f"`{r}`" for r in roots) + ".")
+    else:
+        st.caption(f"Model: {why}. Traces this prompt again from `{spec}` with the run's config.")
+        if st.button(f"Trace from {spec}", key="reroot_go"):
+            st.session_state["reroot_live"] = spec
+        if st.session_state.get("reroot_live") == spec:
+            try:
+                model_label = D.short_model(info["model"])
+                with st.spinner(f"Loading {model_label} and tracing from {spec} ..."):
+                    res = state.trace_on_demand(info["model"], info["text"], info["target"],
+                                                info["distractor"], json.dumps(info["config"]),
+                                                spec)
+            except Exception as e:  # a model that fails to load or trace: say so, keep the page
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                st.error(f"Tracing {spec} failed: {why}")
+            else:
+                live = pd.DataFrame({"pos": range(len(res["tokens"])), "token": res["tokens"],
+                                     "credit": res["credit"], "credit_pct": res["credit_pct"],
+                                     "role": [",".join(role_at.get(p, [])) or None
+                                              for p in range(len(res["tokens"]))]})
+                st.caption(f"Traced in {res['timing_s']:.2f} s; suppression "
+                           f"{res['suppression']:.3f}.")
+                st.markdown(views.token_strip_html(live, exclude_last=False),
+                            unsafe_allow_html=True)
+                st.markdown(views.paths_html(pd.DataFrame(res["paths"]), tokens, n=k),
+                            unsafe_allow_html=True)
+                if res["feeders"] is not None and len(res["feeders"]):
+                    f = res["feeders"].copy()
+                    f["writer_token"] = [tokens[p] if 0 <= p < len(tokens) else None
+                                         for p in f["writer_pos"]]
+                    st.dataframe(f.reindex(f["weight"].abs().sort_values(ascending=False).index)
+                                 .head(25), hide_index=True)

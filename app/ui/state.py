@@ -1,0 +1,214 @@
+"""Streamlit glue: the one read-only connection, cached queries, the working set
+in the sidebar, and the model for tracing on demand."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from app.db import shared_db
+from unpack.errors import InputError
+
+from . import data as D
+
+ALL = "(all)"
+
+
+def db_path() -> str:
+    """The store the app shows: $UNPACK_DB (set by ``unpack app``), else ``--db PATH``
+    after ``--`` on the streamlit command line, else ./unpack.duckdb."""
+    if os.environ.get("UNPACK_DB"):
+        return str(Path(os.environ["UNPACK_DB"]).resolve())
+    argv = sys.argv
+    for i, a in enumerate(argv):
+        if a == "--db" and i + 1 < len(argv):
+            return str(Path(argv[i + 1]).resolve())
+        if a.startswith("--db="):
+            return str(Path(a[5:]).resolve())
+    return str(Path("unpack.duckdb").resolve())
+
+
+def _connection(path: str):
+    return shared_db(path)
+
+
+def connection():
+    """The shared read-only connection, or a clear message and a stop."""
+    path = db_path()
+    try:
+        return _connection(path)
+    except InputError as e:
+        st.error(f"Cannot open the database: {e}")
+        st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def cached(fn_name: str, path: str, *args):
+    """``app.ui.data.<fn_name>(connection, *args)``, cached per database and arguments."""
+    return getattr(D, fn_name)(_connection(path), *args)
+
+
+def get(fn_name: str, *args):
+    return cached(fn_name, db_path(), *args)
+
+
+# ------------------------------------------------------------------ the working set
+
+def _pick(label: str, options: list, key: str, default=None, all_option: bool = False, **kw):
+    """A sidebar selectbox whose remembered value survives option changes."""
+    opts = ([ALL] if all_option else []) + list(options)
+    if not opts:
+        st.sidebar.selectbox(label, ["(none stored)"], key=key + "_empty", disabled=True)
+        return None
+    if st.session_state.get(key) not in opts:
+        st.session_state[key] = default if default in opts else opts[0]
+    v = st.sidebar.selectbox(label, opts, key=key, **kw)
+    return None if v == ALL else v
+
+
+def working_set() -> D.WorkingSet:
+    """The sidebar pickers; every page reads the same working set."""
+    st.sidebar.subheader("Working set")
+    models = get("model_names")
+    if "ws_models" not in st.session_state:
+        st.session_state["ws_models"] = models[:4]
+    st.session_state["ws_models"] = [m for m in st.session_state["ws_models"] if m in models]
+    sel = st.sidebar.multiselect("Models", models, key="ws_models", format_func=D.short_model,
+                                 help="Compare uses every model picked here; Circuit and "
+                                      "Prompt one at a time")
+    use = tuple(sel) or tuple(models)
+    if models and not sel:
+        st.sidebar.caption("No model picked: the pages use every model.")
+    task = _pick("Task", get("distinct", "task", use), "ws_task")
+    preset = _pick("Preset", get("distinct", "preset", use, task), "ws_preset")
+    conds = get("distinct", "condition", use, task)
+    cond = _pick("Condition", conds, "ws_condition", default="ioi_io", all_option=True)
+    templates = sorted(get("distinct", "template", use, task))
+    templ = _pick("Template", templates, "ws_template", all_option=True)
+    ws = D.WorkingSet(models=use, task=task, preset=preset, condition=cond, template=templ)
+    n = get("ws_summary", ws)["prompts"].sum() if models else 0
+    st.sidebar.caption(f"{int(n)} prompts in the working set")
+    st.sidebar.caption(f"Database: `{db_path()}` (read-only)")
+    return ws
+
+
+# ------------------------------------------------------------------ graphs
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _circuit(path, model, task, preset, condition, template, root, modes, agg, min_share):
+    from app.graphs import circuit_graph
+
+    cur = _connection(path).cursor()  # its own connection: the temp table stays private
+    try:
+        return circuit_graph(cur, model=model, task=task, preset=preset, condition=condition,
+                             template=template, root=root, modes=tuple(modes), agg=agg,
+                             min_share=min_share)
+    finally:
+        cur.close()
+
+
+def circuit(model: str, ws: D.WorkingSet, root: str = "target", modes=("K", "Q", "V", "MLP"),
+            agg: str = "mean", min_share: float = 0.0):
+    """The working set's circuit for one model with every edge (app.graphs.circuit_graph);
+    thresholds are applied afterwards with :func:`app.ui.views.threshold`."""
+    return _circuit(db_path(), model, ws.task, ws.preset, ws.condition, ws.template, root,
+                    tuple(modes), agg, float(min_share))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _suppression(path, models, preset):
+    """``(by_model, by_condition)`` from app.reports.suppression on the app's connection."""
+    try:
+        from app.reports.suppression import load_credits, summarize
+    except ModuleNotFoundError as e:
+        if e.name != "app.reports.suppression":
+            raise
+        raise InputError("the suppression report (app.reports.suppression) is not installed in "
+                         "this checkout") from None
+    cur = _connection(path).cursor()
+    try:
+        df = load_credits(cur, list(models), preset)
+    finally:
+        cur.close()
+    if df.empty or not (df["condition"] == "ioi_s").any():
+        raise InputError("it needs IOI prompts with their controls (conditions ioi_s, abc_c, "
+                         "abc_b); ingest them with `unpack ingest --model MODEL --task ioi "
+                         "--controls`")
+    _, by_cond, by_model = summarize(df, n_boot=1000, seed=0)
+    return by_model.drop(columns=["n_params"]), by_cond
+
+
+def suppression(models: tuple, preset: str | None):
+    """The duplicate-suppression tables (app.reports.suppression) for these models:
+    ``(by_model, by_condition)``."""
+    return _suppression(db_path(), tuple(models), preset or "kqv_aligned")
+
+
+# ------------------------------------------------------------------ tracing on demand
+
+def model_availability(name: str) -> tuple[bool, str]:
+    """Can this process load ``name`` to trace on demand? ``(ok, why)``."""
+    import importlib.util
+
+    from unpack.loading import SMOLLM2_ALIAS, SMOLLM2_INSTALL, SMOLLM2_PACKAGE
+
+    if name == SMOLLM2_ALIAS:
+        if importlib.util.find_spec(SMOLLM2_PACKAGE) is None:
+            return False, f"the offline SmolLM2 package is not installed ({SMOLLM2_INSTALL})"
+        return True, "offline SmolLM2 (loads in about 25 s the first time)"
+    p = Path(name).expanduser()
+    if p.exists():
+        return True, f"local model at {p}"
+    if name.startswith(("/", ".", "~")) or name.lower().endswith(".gguf"):
+        return False, f"the model {name!r} is not on this machine (no such file or directory)"
+    try:  # a hub name: only from the local Hugging Face cache, never over the network
+        from huggingface_hub import try_to_load_from_cache
+
+        cached_cfg = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id
+        cached_cfg = None
+    if isinstance(cached_cfg, str):
+        return True, f"{name!r} from the local Hugging Face cache"
+    return False, (f"{name!r} is a hub name that is not in the local Hugging Face cache; trace "
+                   f"it with `unpack trace --model {name} --root COMPONENT@POS` where the hub "
+                   "is reachable")
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _tracer(name: str):
+    from unpack import Tracer
+    from unpack.loading import load_model
+
+    model, tok = load_model(name)
+    return Tracer(model=model, tokenizer=tok)
+
+
+@st.cache_data(show_spinner=False, max_entries=200)
+def trace_on_demand(model: str, text: str, target: str, distractor, config_json: str,
+                    root: str) -> dict:
+    """Trace one prompt from ``root`` with the run's config; plain data for caching."""
+    import json
+
+    cfg = json.loads(config_json)
+    preset = cfg.pop("preset", "kqv_aligned")
+    cfg["position_edges"] = True
+    res = _tracer(model).trace(text, target=target, distractor=distractor or None, preset=preset,
+                               root=root, **cfg)
+    comp, _, pos = root.rpartition("@")
+    pe = res.position_edges
+    feed = pe[(pe["parent"] == comp) & (pe["parent_pos"] == int(pos))] if pe is not None else None
+    return {
+        "tokens": list(res.tokens),
+        "credit": [float(x) for x in res.token_credit],
+        "credit_pct": [float(x) for x in res.token_credit_pct],
+        "suppression": float(res.suppression),
+        "paths": [{"rank": i + 1, "score": float(p.score), "score_pct": float(p.score_pct),
+                   "chain": p.chain, "source_pos": p.source_pos, "source_token": p.source_token,
+                   "modes": ",".join(p.modes), "depth": p.depth} for i, p in enumerate(res.paths)],
+        "feeders": None if feed is None else feed.rename(
+            columns={"child": "writer", "child_pos": "writer_pos"})[
+            ["writer", "writer_pos", "mode", "weight"]].reset_index(drop=True),
+        "timing_s": float(res.timing.get("total_s", 0.0)),
+    }

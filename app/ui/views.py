@@ -1,0 +1,184 @@
+"""What the pages draw: the token credit strip, path chains with K/Q/V labels,
+and circuit graphs as plotly figures. Pure functions (HTML strings and figures)."""
+from __future__ import annotations
+
+import html
+import math
+import re
+
+import pandas as pd
+
+MODE_COLORS = {"K": "#1f77b4", "Q": "#ff7f0e", "V": "#2ca02c", "MLP": "#7f7f7f"}
+KIND_COLORS = {"embedding": "#8c564b", "pos_embedding": "#c49c94", "head": "#9467bd",
+               "mlp": "#bcbd22"}
+_NEG, _MID, _POS = (178, 24, 43), (247, 247, 247), (33, 102, 172)
+
+
+def diverging(v: float, scale: float) -> str:
+    """Red (negative) - white - blue (positive), saturating at ``|v| = scale``."""
+    t = 0.0 if not scale or not math.isfinite(v) else max(-1.0, min(1.0, v / scale))
+    end = _POS if t >= 0 else _NEG
+    a = abs(t)
+    r, g, b = (round(m + (e - m) * a) for m, e in zip(_MID, end))
+    return f"rgb({r},{g},{b})"
+
+
+def color_scale(values, exclude_last: bool) -> float:
+    vals = [abs(float(x)) for x in values if x is not None and math.isfinite(float(x))]
+    if exclude_last and len(vals) > 1:
+        vals = vals[:-1]
+    return max(vals) if vals else 0.0
+
+
+def token_strip_html(df: pd.DataFrame, exclude_last: bool = True) -> str:
+    """The prompt's tokens as boxes colored by signed credit; hovering a box shows
+    its position, role, credit and percent. ``df``: pos, token, credit, credit_pct, role."""
+    scale = color_scale(df["credit"], exclude_last)
+    boxes = []
+    for row in df.itertuples(index=False):
+        credit = float(row.credit)
+        pct = float(row.credit_pct) if row.credit_pct is not None else float("nan")
+        role = row.role if isinstance(row.role, str) else ""
+        t = 0.0 if not scale else min(1.0, abs(credit) / scale)
+        fg = "#fff" if t > 0.6 else "#111"
+        where = f"pos {row.pos}{' · ' + role if role else ''} · {row.token!r}"
+        tip = f"{where}\ncredit {credit:+.6g} ({pct:+.2f}%)"
+        label = f"{row.pos}{' ' + role if role else ''}"
+        boxes.append(
+            f'<span class="unpack-tok" title="{html.escape(tip)}" data-pos="{row.pos}" '
+            f'data-credit="{credit:.6g}" style="display:inline-block;margin:2px 1px;'
+            f'padding:2px 4px;border-radius:4px;background:{diverging(credit, scale)};color:{fg};'
+            f'text-align:center;font-family:monospace;white-space:pre">'
+            f'{html.escape(str(row.token)) or "&nbsp;"}<br>'
+            f'<span style="font-size:0.7em;opacity:0.75">{html.escape(label)}</span></span>')
+    legend = (f'<div style="font-size:0.8em;margin-top:4px">'
+              f'<span style="background:{diverging(-1, 1)};color:#fff;padding:1px 6px">'
+              f'−{scale:.3g}</span><span style="background:{diverging(0, 1)};padding:1px 6px">0'
+              f'</span><span style="background:{diverging(1, 1)};color:#fff;padding:1px 6px">'
+              f'+{scale:.3g}</span> credit (hover a token for its value)</div>')
+    return f'<div class="unpack-strip" style="line-height:1.2">{"".join(boxes)}</div>{legend}'
+
+
+_HOP = re.compile(r"^(?P<comp>[^\[@]+)(\[(?P<mode>[A-Z]+)\])?@(?P<pos>-?\d+)$")
+
+
+def chain_html(chain: str, tokens: list[str] | None = None) -> str:
+    """A path chain with each hop's K/Q/V mode as a colored badge and, when
+    ``tokens`` are given, the token at each position."""
+    parts = []
+    for hop in str(chain).split("→"):
+        m = _HOP.match(hop.strip())
+        if not m:
+            parts.append(html.escape(hop))
+            continue
+        comp, mode, pos = m["comp"], m["mode"], int(m["pos"])
+        tok = ""
+        if tokens is not None and 0 <= pos < len(tokens):
+            tok = f' <span style="opacity:0.7">{html.escape(repr(tokens[pos]))}</span>'
+        badge = ""
+        if mode:
+            badge = (f'<span style="background:{MODE_COLORS.get(mode, "#999")};color:#fff;'
+                     'border-radius:3px;padding:0 4px;margin-left:2px;font-size:0.85em">'
+                     f'{mode}</span>')
+        parts.append(f'<code>{html.escape(comp)}</code>{badge}'
+                     f'<span style="opacity:0.8">@{pos}</span>{tok}')
+    return " → ".join(parts)
+
+
+def paths_html(paths: pd.DataFrame, tokens: list[str], n: int = 8) -> str:
+    rows = []
+    for r in paths.head(n).itertuples(index=False):
+        rows.append(f'<div class="unpack-path" style="margin:2px 0"><b>{r.score_pct:+.2f}%</b> '
+                    f'({r.score:+.4g}) {chain_html(r.chain, tokens)}</div>')
+    return "".join(rows)
+
+
+# ------------------------------------------------------------------ graphs
+
+def threshold(G, min_weight: float = 0.0, top_k: int | None = None):
+    """A view of a circuit graph for display: the ``top_k`` strongest edges with
+    |weight| >= ``min_weight`` and their nodes (a rerooted graph's root stays)."""
+    edges = sorted(G.edges(data="weight"), key=lambda e: -abs(e[2]))
+    keep = [(u, v) for u, v, w in edges if abs(w) >= min_weight][:top_k]
+    H = G.edge_subgraph(keep).copy()
+    H.graph.update(G.graph)
+    for n in G.nodes:
+        if G.degree(n) == 0 and n not in H:
+            H.add_node(n, **G.nodes[n])
+    return H
+
+
+def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = ""):
+    """Plotly traces: edges grouped by dominant mode (width by |weight|), then the
+    nodes (size by |flow|, color by kind, hover with flow and layer)."""
+    import plotly.graph_objects as go
+
+    traces = []
+    edges = list(G.edges(data=True))
+    wmax = max([abs(float(d.get("weight", 0.0))) for _, _, d in edges] or [1.0]) or 1.0
+    groups: dict = {}
+    # one line trace per (mode, width bucket): few traces for any graph; widths grow with
+    # sqrt(|weight|) so weak edges stay visible next to one dominant edge
+    for u, v, d in edges:
+        b = min(4, int(5 * math.sqrt(abs(float(d.get("weight", 0.0))) / wmax)))
+        groups.setdefault((d.get("mode") or "MLP", b), []).append((u, v))
+    seen = set()
+    for (mode, b), uv in sorted(groups.items(), key=lambda kv: kv[0][1]):
+        xs, ys = [], []
+        for u, v in uv:
+            xs += [xy[u][0], xy[v][0], None]
+            ys += [xy[u][1], xy[v][1], None]
+        traces.append(go.Scatter(
+            x=xs, y=ys, mode="lines", hoverinfo="skip", legendgroup=mode,
+            line=dict(color=MODE_COLORS.get(mode, "#999"), width=0.8 + 1.6 * b),
+            opacity=0.45 + 0.12 * b, name=f"{name_prefix}{mode}",
+            showlegend=show_legend and mode not in seen))
+        seen.add(mode)
+    if edges:  # hover targets at the edge midpoints
+        hover = []
+        for u, v, d in edges:
+            by_mode = d.get("by_mode") or {}
+            detail = ", ".join(f"{k} {float(x):+.3g}" for k, x in by_mode.items())
+            hover.append(f"{u} → {v}<br>{d.get('mode')}: {float(d.get('weight', 0)):+.4g}"
+                         + (f"<br>{detail}" if detail else ""))
+        traces.append(go.Scatter(
+            x=[(xy[u][0] + xy[v][0]) / 2 for u, v, _ in edges],
+            y=[(xy[u][1] + xy[v][1]) / 2 for u, v, _ in edges], mode="markers",
+            marker=dict(size=6, color="rgba(0,0,0,0)"), hoverinfo="text", hovertext=hover,
+            showlegend=False, name=f"{name_prefix}edges"))
+    names = list(G.nodes)
+    flows = [abs(float(G.nodes[n].get("flow", 0.0) or 0.0)) for n in names]
+    fmax = max(flows) if flows and max(flows) > 0 else 1.0
+    traces.append(go.Scatter(
+        x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers+text",
+        marker=dict(size=[8 + 30 * math.sqrt(f / fmax) for f in flows],
+                    color=[KIND_COLORS.get(G.nodes[n].get("kind"), "#444") for n in names],
+                    line=dict(color="#222", width=1)),
+        text=[short_label(n) for n in names], textposition="top center",
+        customdata=names, hoverinfo="text",
+        hovertext=[f"{n}<br>layer {G.nodes[n].get('layer')}<br>flow "
+                   f"{float(G.nodes[n].get('flow', 0) or 0):+.4g}" for n in names],
+        name=f"{name_prefix}components", showlegend=False))
+    return traces
+
+
+def short_label(name: str) -> str:
+    """attn_9_head_6 -> 9.6, mlp_3 -> m3, embedding -> emb."""
+    if name.startswith("attn_") and "_head_" in name:
+        p = name.split("_")
+        return f"{p[1]}.{p[3]}"
+    if name.startswith("mlp_"):
+        return "m" + name[4:]
+    return {"embedding": "emb", "pos_embedding": "pos"}.get(name, name)
+
+
+def graph_figure(G, xy: dict, title: str = "", height: int = 520):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(graph_traces(G, xy))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=30),
+                      hovermode="closest", clickmode="event+select",
+                      legend=dict(title="mode", orientation="h", y=-0.08),
+                      xaxis=dict(title="layer", zeroline=False),
+                      yaxis=dict(visible=False))
+    return fig
