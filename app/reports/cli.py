@@ -136,27 +136,13 @@ def suppression_handler(args) -> int:
 def _induction_options(p) -> None:
     """The options of the toy induction report: those of ``unpack toy-report``
     (unpack.toy.cli, argparse only at import), so both commands take the same."""
-    try:
-        from unpack.toy.cli import add_induction_options
-    except ModuleNotFoundError as e:
-        if e.name not in ("unpack.toy.cli", "unpack.toy"):
-            raise
-        p.add_argument("--model", nargs="+", default=None, metavar="DIR", help="toy model directories")
-        p.add_argument("--out", default=None, metavar="DIR", help="output folder")
-        return
+    from unpack.toy.cli import add_induction_options
     add_induction_options(p)
 
 
 def induction_handler(args) -> int:
     """Delegates to :func:`unpack.toy.report.main` (the same as ``unpack toy-report``)."""
-    try:
-        from unpack.toy import report
-    except ModuleNotFoundError as e:
-        if e.name != "unpack.toy.report":
-            raise
-        from unpack.errors import InputError
-        raise InputError("the toy induction report (unpack.toy.report) is not installed "
-                         "in this checkout") from None
+    from unpack.toy import report
     return int(report.main(args) or 0)
 
 

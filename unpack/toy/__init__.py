@@ -1,0 +1,14 @@
+"""Toy transformers with a known circuit (induction), the ground truth for circuit recovery.
+
+- :mod:`unpack.toy.data`: repeated-segment sequences and the word-level tokenizer.
+- :mod:`unpack.toy.train`: the trainer (CPU, deterministic by seed) and the variants.
+- :mod:`unpack.toy.groundtruth`: previous-token and induction heads, read off the attention.
+- :mod:`unpack.toy.report`: does Unpack recover previous-token -> induction via K?
+- :mod:`unpack.toy.cli`: ``unpack toy-train`` and ``unpack toy-report`` (the same report
+  as ``unpack report induction``).
+
+Shipped checkpoints: ``toy_models/{attn-only,mlp}-d{64,128}``, rebuilt bit for bit by
+``unpack toy-train --variant all --out toy_models --seed 0 --threads 1``.
+
+Nothing is imported here, so the CLI stays light.
+"""
