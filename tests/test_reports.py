@@ -336,10 +336,10 @@ def test_composition_ingests_missing_reroots_and_matches_the_tracer(tmp_path):
 # ------------------------------------------------------------------ the toy, end to end
 
 # The toy model: UNPACK_TOY_MODEL (a `unpack toy-train --out DIR` directory), else
-# the shipped checkpoint toy_models/attn-only-d64 when the checkout has it, else
+# the shipped checkpoint unpack/toy/checkpoints/attn-only-d64 when the checkout has it, else
 # one trained here with the fast setting below (about 10 s).
 TOY_ENV = "UNPACK_TOY_MODEL"
-TOY_SHIPPED = "toy_models/attn-only-d64"
+TOY_SHIPPED = "unpack/toy/checkpoints/attn-only-d64"
 TOY_FAST = ("tiny", {})
 
 

@@ -18,7 +18,7 @@ from unpack.toy import train as toy
 from unpack.toy.cli import SHIPPED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOY_MODELS = os.path.join(ROOT, "toy_models")
+TOY_MODELS = os.path.join(ROOT, "unpack", "toy", "checkpoints")
 
 
 @pytest.fixture(autouse=True)
@@ -237,7 +237,7 @@ def test_bad_input(tmp_path, capsys):
 def test_shipped_checkpoint(name):
     d = os.path.join(TOY_MODELS, name)
     if not os.path.isdir(d):
-        pytest.fail(f"{d} is missing; rebuild with `unpack toy-train --variant all --out toy_models`")
+        pytest.fail(f"{d} is missing; rebuild with `unpack toy-train --variant all --out unpack/toy/checkpoints`")
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     assert size < 5e6
     meta = json.load(open(os.path.join(d, "toy.json")))

@@ -7,8 +7,8 @@
 - :mod:`unpack.toy.cli`: ``unpack toy-train`` and ``unpack toy-report`` (the same report
   as ``unpack report induction``).
 
-Shipped checkpoints: ``toy_models/{attn-only,mlp}-d{64,128}``, rebuilt bit for bit by
-``unpack toy-train --variant all --out toy_models --seed 0 --threads 1``.
+Shipped checkpoints: ``unpack/toy/checkpoints/{attn-only,mlp}-d{64,128}``, rebuilt bit for bit by
+``unpack toy-train --variant all --out unpack/toy/checkpoints --seed 0 --threads 1``.
 
 Nothing is imported here, so the CLI stays light.
 """

@@ -21,8 +21,8 @@ did not form (accuracy on the repeated half < 90% or no previous-token /
 induction head); 2 bad input.
 
 Example:
-  unpack toy-train --variant attn-only-d64 --out toy_models/attn-only-d64 --seed 0
-  unpack toy-report --model toy_models/attn-only-d64
+  unpack toy-train --variant attn-only-d64 --out unpack/toy/checkpoints/attn-only-d64 --seed 0
+  unpack toy-report --model unpack/toy/checkpoints/attn-only-d64
 """
 
 _REPORT_EPILOG = """\
@@ -32,7 +32,7 @@ and per reroot, and credit peak >= 90%; K the largest mode of the edge) or its
 random-init control meets it; 2 bad input.
 
 Example:
-  unpack toy-report --model toy_models/attn-only-d64 toy_models/mlp-d128 --n 100 --out reports/
+  unpack toy-report --model unpack/toy/checkpoints/attn-only-d64 unpack/toy/checkpoints/mlp-d128 --n 100 --out reports/
 """
 
 

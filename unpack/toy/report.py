@@ -276,7 +276,7 @@ def main(args) -> int:
     (or a random control meets it); InputError (2) for bad input."""
     models = getattr(args, "model", None)
     if not models:
-        raise InputError("--model is required: a toy model directory, e.g. toy_models/attn-only-d64 "
+        raise InputError("--model is required: a toy model directory, e.g. unpack/toy/checkpoints/attn-only-d64 "
                          "(train one with `unpack toy-train --variant attn-only-d64 --out DIR`)")
     models = [models] if isinstance(models, str) else list(models)
     n = getattr(args, "n", 100)
