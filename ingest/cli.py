@@ -142,20 +142,9 @@ def demo_handler(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m ingest.cli ingest|demo ...``: these two subcommands on their own
-    (``unpack ingest`` and ``unpack demo`` are the same)."""
-    import sys
-
-    from unpack.errors import InputError
-
-    p = argparse.ArgumentParser(prog="unpack")
-    register(p.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = p.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (InputError, FileNotFoundError) as e:
-        print(f"unpack {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    """``python -m ingest.cli ingest|demo ...``: the same as ``unpack ingest|demo``."""
+    from unpack.cli import main as unpack_main
+    return unpack_main(argv)
 
 
 if __name__ == "__main__":
