@@ -237,13 +237,32 @@ class Tracer:
                 for i in idxs:
                     out[i] = TraceFailure(i, prompts[i], str(e))
         ready.sort(key=lambda x: len(x[0].ids))  # less padding
-        for k in range(0, len(ready), batch_size):
-            chunk = ready[k:k + batch_size]
+        for chunk in self._chunks(ready, batch_size):
             results = self._run([p for p, _ in chunk], cfg)
             for (_, idxs), res in zip(chunk, results):
                 for i, r in zip(idxs, res):
                     out[i] = r
         return out
+
+    # Largest [B, ...] score buffer a batch may build (elements). Past it, memory
+    # traffic makes a batch slower per prompt than one prompt alone on a CPU.
+    BATCH_BUDGET = 2_500_000
+
+    def _chunks(self, ready: list, batch_size: int):
+        """Consecutive groups of at most ``batch_size`` prompts whose largest score
+        buffer (``B·H·S²·C``, or the rotary fold's ``B·H·S²·D``) stays in budget."""
+        spec = self.spec
+        width = max(len(self.comps), spec.d_model if spec.rotary is not None else 0)
+        chunk: list = []
+        for item in ready:
+            S = len(item[0].ids)
+            if chunk and (len(chunk) >= batch_size
+                          or (len(chunk) + 1) * spec.n_heads * S * S * width > self.BATCH_BUDGET):
+                yield chunk
+                chunk = []
+            chunk.append(item)
+        if chunk:
+            yield chunk
 
     # ------------------------------------------------------------------ engine
     def seeds(self, cap: Capture, chat: Tensor, tid: Tensor, did: Optional[Tensor],
