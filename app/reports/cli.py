@@ -112,10 +112,7 @@ def composition_handler(args) -> int:
                                  progress=not args.no_progress)
     except NoData as e:
         return _no_data(e)
-    files = rep.write(args.out)
-    print(rep.markdown)
-    print("\nwritten: " + ", ".join(str(f) for f in files))
-    return 0
+    return _publish(rep, args.out)
 
 
 def suppression_handler(args) -> int:
@@ -127,7 +124,12 @@ def suppression_handler(args) -> int:
                                  n_boot=args.n_boot, seed=args.seed)
     except NoData as e:
         return _no_data(e)
-    files = rep.write(args.out)
+    return _publish(rep, args.out)
+
+
+def _publish(rep, out) -> int:
+    """Write a report's files, print its Markdown and where the files went."""
+    files = rep.write(out)
     print(rep.markdown)
     print("\nwritten: " + ", ".join(str(f) for f in files))
     return 0
