@@ -43,8 +43,9 @@ def markdown_table(df, floatfmt=None) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out_dir, name: str, markdown: str, tables: dict) -> list[Path]:
-    """Write ``{name}.md`` and one ``{name}_{key}.csv`` per table into ``out_dir``."""
+def write_outputs(out_dir, name: str, markdown: str, tables: dict, figure=None) -> list[Path]:
+    """Write ``{name}.md``, one ``{name}_{key}.csv`` per table and, if given, the
+    matplotlib ``figure`` as ``{name}.png`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{name}.md"]
@@ -52,5 +53,9 @@ def write_outputs(out_dir, name: str, markdown: str, tables: dict) -> list[Path]
     for key, df in tables.items():
         p = out / f"{name}_{key}.csv"
         df.to_csv(p, index=False)
+        written.append(p)
+    if figure is not None:
+        p = out / f"{name}.png"
+        figure.savefig(p, dpi=100)
         written.append(p)
     return written

@@ -269,12 +269,7 @@ class CompositionReport:
     figure: object = None
 
     def write(self, out_dir) -> list[Path]:
-        files = write_outputs(out_dir, "composition", self.markdown, self.tables)
-        if self.figure is not None:
-            p = Path(out_dir) / "composition.png"
-            self.figure.savefig(p, dpi=100)
-            files.append(p)
-        return files
+        return write_outputs(out_dir, "composition", self.markdown, self.tables, self.figure)
 
 
 def summarize(ranks: pd.DataFrame) -> pd.DataFrame:

@@ -46,12 +46,7 @@ class SuppressionReport:
     per_prompt: pd.DataFrame | None = None
 
     def write(self, out_dir) -> list[Path]:
-        files = write_outputs(out_dir, "suppression", self.markdown, self.tables)
-        if self.figure is not None:
-            p = Path(out_dir) / "suppression.png"
-            self.figure.savefig(p, dpi=100)
-            files.append(p)
-        return files
+        return write_outputs(out_dir, "suppression", self.markdown, self.tables, self.figure)
 
 
 def ingest_command(db, model: str | None = None) -> str:

@@ -70,17 +70,24 @@ def _check_string(tokenizer, row: dict, key: str, required: bool) -> str | None:
     return v
 
 
+def _json_object(value, what: str, not_object: str) -> dict:
+    """``value`` as a dict: parsed from JSON text (CSV cells) or taken as it is."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise _Bad(f"{what} is not a JSON object ({e.msg})")
+    if not isinstance(value, dict):
+        raise _Bad(not_object)
+    return value
+
+
 def _roles(spec, text: str, offsets, shift_chars: int, shift_tokens: int) -> dict[str, int]:
     """Resolve user roles (character offsets or token positions) to token positions."""
     if spec is None or spec == "":
         return {}
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise _Bad(f"roles is not a JSON object ({e.msg})")
-    if not isinstance(spec, dict):
-        raise _Bad("roles must be an object of name -> character offset or {\"token\": k}")
+    spec = _json_object(spec, "roles",
+                        "roles must be an object of name -> character offset or {\"token\": k}")
     out = {}
     for name, v in spec.items():
         kind = "char"
@@ -125,14 +132,7 @@ def _record(tokenizer, row: dict, where: str, bos: str) -> PromptRecord:
         raise _Bad("text encodes to no token")
     roles = _roles(row.get("roles"), text, offsets, shift_chars, shift_tokens)
     roles.setdefault("END", len(ids) - 1)
-    meta = row.get("metadata") or {}
-    if isinstance(meta, str):
-        try:
-            meta = json.loads(meta)
-        except json.JSONDecodeError as e:
-            raise _Bad(f"metadata is not a JSON object ({e.msg})")
-    if not isinstance(meta, dict):
-        raise _Bad("metadata must be an object")
+    meta = _json_object(row.get("metadata") or {}, "metadata", "metadata must be an object")
     meta = dict(meta, **{k: v for k, v in row.items() if k not in _KNOWN and k is not None})
     fields = {k: row.get(k) for k in ("task", "template", "group", "condition")}
     for k, v in fields.items():

@@ -90,21 +90,22 @@ def edge_table(pairs):
     return df.reindex(df["weight"].abs().sort_values(ascending=False).index).head(10)
 
 
+def show_edges(title, rows):
+    st.markdown(title)
+    t = edge_table(rows)
+    if len(t):
+        st.dataframe(t, hide_index=True)
+    else:
+        st.caption("none")
+
+
 e1, e2 = st.columns(2)
 with e1:
-    st.markdown("Reads from (upstream writers)")
-    t = edge_table([(v, d) for _, v, d in G_all.out_edges(node, data=True)])
-    if len(t):
-        st.dataframe(t, hide_index=True)
-    else:
-        st.caption("none")
+    show_edges("Reads from (upstream writers)",
+               [(v, d) for _, v, d in G_all.out_edges(node, data=True)])
 with e2:
-    st.markdown("Read by (downstream readers)")
-    t = edge_table([(u, d) for u, _, d in G_all.in_edges(node, data=True)])
-    if len(t):
-        st.dataframe(t, hide_index=True)
-    else:
-        st.caption("none")
+    show_edges("Read by (downstream readers)",
+               [(u, d) for u, _, d in G_all.in_edges(node, data=True)])
 st.markdown("Example prompts where it carries the most |flow|")
 st.dataframe(state.get("example_prompts", mws, node, root, 5), hide_index=True)
 
