@@ -66,3 +66,14 @@ PROMPTS = [
     ("<bos> Then , Anne and Mary went to the park .", " Anne", None),
     ("<bos> w1 w2 w3 w1 w2", " w3", " w4"),
 ]
+
+
+def tiny_llama_gqa(seed=0, n_layer=2, dtype=torch.float64, **extra):
+    """Llama with grouped-query attention (6 heads, 2 kv heads, d = 8), RMSNorm, SwiGLU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=48, intermediate_size=80,
+                      num_hidden_layers=n_layer, num_attention_heads=6, num_key_value_heads=2,
+                      max_position_embeddings=64, attn_implementation="eager",
+                      bos_token_id=0, eos_token_id=0, **extra)
+    torch.manual_seed(seed)
+    return randomize(LlamaForCausalLM(cfg), seed, std=0.15).to(dtype)

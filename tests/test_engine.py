@@ -278,24 +278,34 @@ def test_unknown_preset_and_field():
 @pytest.mark.parametrize("make", [lambda: tiny_neox(parallel=True, hidden=32),
                                   lambda: tiny_neox(parallel=False, hidden=32),
                                   lambda: tiny_gpt2(n_embd=32)], ids=["neox_par", "neox_seq", "gpt2"])
-def test_fold_and_project_agree(tok, make):
-    """The two K/Q contractions (METHOD.md §4: fold W_K (R_s^T) Q into one vector,
-    or project and rotate each writer) are the same numbers; each is also checked
-    against the reference through prompts on either side of the S < d switch."""
+def test_fold_project_and_virtual_agree(tok, make):
+    """The three K/Q contractions (METHOD.md §4: fold W_K (R_s^T) Q into one vector;
+    project and rotate each writer; project head writers through virtual weights)
+    are the same numbers, on prompts shorter and longer than d; each is also
+    checked against the reference."""
     from unpack import decompose as dec
     tr = Tracer(model=make(), tokenizer=tok)  # d = 16
-    prep = tr.prepare(PROMPTS[0][0], " Mary")
-    n = len(prep.ids)
-    assert dec.score_mode(tr.spec, 1, n) == "fold" and dec.score_mode(tr.spec, 1, 20) == "project"
-    cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64)
-    chat = dec.centered_writers(cap, cap.credited_writers())
-    for L in range(tr.spec.n_layers):
-        lw, lc = tr.spec.layers[L].cast(torch.float64), cap.layers[L]
-        for fn in (dec.raw_key_scores, dec.raw_query_scores):
-            a = fn(tr.spec, lw, lc, chat, cap.cos, cap.sin, mode="fold")
-            b = fn(tr.spec, lw, lc, chat, cap.cos, cap.sin, mode="project")
-            assert rel(a.detach().numpy(), b.detach().numpy()) <= 1e-12
-    for text in (PROMPTS[0][0], "<bos> " + " ".join(f"w{i % 7}" for i in range(20))):
-        prep = tr.prepare(text, " Mary", " John")
-        res = tr.trace(text, " Mary", " John")
-        assert_same(res, reference_for(tr, prep, make_config("kqv_aligned")), tr.comps.names)
+    long_text = "<bos> " + " ".join(f"w{i % 7}" for i in range(20))
+    for text in (PROMPTS[0][0], long_text):
+        prep = tr.prepare(text, " Mary")
+        n = len(prep.ids)
+        cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64)
+        chat = dec.writers_hat(cap)
+        virtual = (cap.comps, cap.Z, tr.engine.vws)
+        for L in range(tr.spec.n_layers):
+            lc = cap.layers[L]
+            lw, C = lc.weights(), cap.comps.n_writers_attn(L)
+            sc = {m: dec.AttnScores(tr.spec, lw, lc, chat[:, :C], cap.cos, cap.sin, m, virtual)
+                  for m in ("fold", "project", "virtual")}
+            for side in ("raw_key", "raw_query"):
+                a = getattr(sc["fold"], side)(0, n, n)
+                for m in ("project", "virtual"):
+                    b = getattr(sc[m], side)(0, n, n)
+                    assert rel(a.numpy(), b.numpy()) <= 1e-12, (L, side, m)
+                assert a.abs().max() > 0
+        for mode in ("fold", "project", "virtual"):
+            tr.engine.mode = mode
+            res = tr.trace(text, " Mary", " John")
+            prep = tr.prepare(text, " Mary", " John")
+            assert_same(res, reference_for(tr, prep, make_config("kqv_aligned")), tr.comps.names)
+        tr.engine.mode = None

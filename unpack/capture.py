@@ -6,6 +6,12 @@ captured tensor is exactly the one the model used; §9 invariant 9 checks that t
 logits equal the model's own forward pass. Prompts of different lengths are
 right-padded: with causal attention a pad never influences an earlier position,
 so each prompt's numbers equal those of tracing it alone.
+
+Memory: the only tensor of size ``N·S·D`` is the writers buffer (every credited
+component's output, written in place during the pass). Per layer the capture
+keeps ``[B, S, D]`` and ``[B, H, S, d]`` tensors only; the attention
+probabilities (``H·S²``) and the MLP activations (``S·F``) are recomputed from
+them with the very same operations when a reader needs them, one layer at a time.
 """
 from __future__ import annotations
 
@@ -14,28 +20,106 @@ from typing import Optional
 
 import torch
 
-from .adapters.base import ModelSpec
+from .adapters.base import LayerWeights, ModelSpec
 from .components import Components
 
 Tensor = torch.Tensor
 
 
+def causal_mask(S: int, device=None, q0: int = 0, q1: Optional[int] = None, s1: Optional[int] = None) -> Tensor:
+    """``[q1-q0, s1]`` boolean, True where key position s <= query position q
+    (the rows ``q0 .. q1-1`` of the ``[S, S]`` causal mask, columns ``0 .. s1-1``)."""
+    q1 = S if q1 is None else q1
+    s1 = S if s1 is None else s1
+    q = torch.arange(q0, q1, device=device)[:, None]
+    return torch.arange(s1, device=device)[None, :] <= q
+
+
+def expand_kv(x: Tensor, spec: ModelSpec, dim: int = 1) -> Tensor:
+    """Repeat kv-head tensors along ``dim`` so head h sees kv head g(h)."""
+    return x.repeat_interleave(spec.group_size, dim=dim) if spec.group_size > 1 else x
+
+
+def attention_probs(spec: ModelSpec, lw: LayerWeights, Q: Tensor, K: Tensor) -> Tensor:
+    """``A [B, H, S, S]``: causal softmax of ``scale · Q K^T`` (the model's own)."""
+    S = Q.shape[-2]
+    logits = lw.attn_scale * Q @ expand_kv(K, spec).transpose(-1, -2)
+    return logits.masked_fill(~causal_mask(S, Q.device), float("-inf")).softmax(-1)
+
+
+def run_mlp(mlp, y: Tensor):
+    """``(out, act, pre, gate, up)`` of a plain or gated MLP on normed input ``y``."""
+    a, pre, gate, up = mlp_activations(mlp, y)
+    out = a @ mlp.W_out.T
+    if mlp.b_out is not None:
+        out = out + mlp.b_out
+    return out, a, pre, gate, up
+
+
+def mlp_activations(mlp, y: Tensor):
+    """``(a, pre, gate, up)``: the cells ``a_j`` and their pre-activations."""
+    if mlp.gated:
+        gate, up = y @ mlp.W_gate.T, y @ mlp.W_up.T
+        return mlp.act(gate) * up, None, gate, up
+    pre = y @ mlp.W_in.T
+    if mlp.b_in is not None:
+        pre = pre + mlp.b_in
+    return mlp.act(pre), pre, None, None
+
+
 @dataclass
 class LayerCapture:
-    A: Tensor  # [B, H, S, S] attention probabilities (causal)
+    spec: ModelSpec
+    L: int
+    dtype: torch.dtype
     Q: Tensor  # [B, H, S, d] actual queries (bias, rotary)
     K: Tensor  # [B, Hkv, S, d]
     V: Tensor  # [B, Hkv, S, d] (with bias)
+    z: Tensor  # [B, H, S, d] mixed values A·V per head
     sigma_attn: Tensor  # [B, S] σ of the attention's input residual
     sigma_mlp: Tensor  # [B, S] σ of the MLP's input residual
-    act: Tensor  # [B, S, F] a_j
-    pre: Optional[Tensor]  # [B, S, F] plain MLP pre-activations
-    gate: Optional[Tensor]  # [B, S, F] gated MLP
-    up: Optional[Tensor]
-    head_out: Tensor  # [B, H, S, D] z_h W_O[h], no bias
+    attn_out: Tensor  # [B, S, D] Σ_h z_h W_O[h] (no bias)
     mlp_out: Tensor  # [B, S, D] with its bias
-    resid_pre: Optional[Tensor] = None  # kept for validation
-    resid_mlp_in: Optional[Tensor] = None
+    resid_pre: Tensor  # [B, S, D] the attention's input residual
+    resid_mlp_in: Tensor  # [B, S, D] the MLP's input residual
+    cells: Optional[tuple] = None  # (a, pre, gate, up) kept when small (see KEEP_CELLS)
+
+    def weights(self) -> LayerWeights:
+        return self.spec.layers[self.L].cast(self.dtype)
+
+    @property
+    def A(self) -> Tensor:
+        """``[B, H, S, S]`` attention probabilities, recomputed exactly as in the pass."""
+        return attention_probs(self.spec, self.weights(), self.Q, self.K)
+
+    def mlp_cells(self, lw: Optional[LayerWeights] = None):
+        """``(a, pre, gate, up)``: kept from the pass, or recomputed from the MLP's input
+        with the very same operations."""
+        if self.cells is not None:
+            return self.cells
+        lw = lw or self.weights()
+        return mlp_activations(lw.mlp, lw.ln_mlp(self.resid_mlp_in))
+
+    @property
+    def act(self) -> Tensor:
+        return self.mlp_cells()[0]
+
+    @property
+    def pre(self) -> Optional[Tensor]:
+        return self.mlp_cells()[1]
+
+    @property
+    def gate(self) -> Optional[Tensor]:
+        return self.mlp_cells()[2]
+
+    @property
+    def up(self) -> Optional[Tensor]:
+        return self.mlp_cells()[3]
+
+    @property
+    def head_out(self) -> Tensor:
+        """``[B, H, S, D]``: ``z_h W_O[h]``, no bias."""
+        return torch.einsum("bhsd,hdD->bhsD", self.z, self.weights().W_O)
 
 
 @dataclass
@@ -44,8 +128,9 @@ class Capture:
     comps: Components
     input_ids: Tensor  # [B, S]
     lengths: Tensor  # [B]
-    embed: Tensor  # [B, S, D]
-    pos: Optional[Tensor]  # [B, S, D]
+    writers: Tensor  # [B, N, S, D] credited components' outputs, comps.names order
+    Z: Tensor  # [B, L, H, S, d] every layer's mixed values z_h = A·V
+    centered: bool  # writers hold ĉ (centered over D for LayerNorm models) instead of c
     layers: list[LayerCapture]
     resid_final: Tensor  # [B, S, D]
     sigma_final: Tensor  # [B, S]
@@ -56,78 +141,92 @@ class Capture:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed.dtype
+        return self.writers.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.writers.device
+
+    @property
+    def embed(self) -> Tensor:
+        return self.writers[:, 0]
+
+    @property
+    def pos(self) -> Optional[Tensor]:
+        return self.writers[:, 1] if self.comps.has_pos else None
 
     @property
     def t(self) -> Tensor:
         """Target position of each prompt: its last real token."""
         return self.lengths - 1
 
-    def credited_writers(self) -> Tensor:
-        """``[B, N, S, D]``: the outputs of the credited components, in ``comps.names`` order."""
-        parts = [self.embed[:, None]] + ([self.pos[:, None]] if self.pos is not None else [])
-        for lc in self.layers:
-            parts += [lc.head_out, lc.mlp_out[:, None]]
-        return torch.cat(parts, dim=1)
-
     def all_writers(self) -> Tensor:
-        """``[B, N_all, S, D]`` in ``comps.all_names`` order (bias components included)."""
-        B, S, _ = self.embed.shape
-        parts = [self.embed[:, None]] + ([self.pos[:, None]] if self.pos is not None else [])
-        for L, lc in enumerate(self.layers):
-            parts.append(lc.head_out)
+        """``[B, N_all, S, D]`` in ``comps.all_names`` order (bias components included),
+        as written (uncentered: capture with ``center=False``)."""
+        if self.centered:
+            raise ValueError("all_writers needs a capture made with center=False")
+        B, S = self.input_ids.shape
+        comps, W = self.comps, self.writers
+        parts = [W[:, :comps.n_emb]]
+        for L in range(self.spec.n_layers):
+            slot = comps.head_slot(L)
+            parts.append(W[:, slot:slot + comps.n_heads])
             b_O = self.spec.layers[L].b_O
             if b_O is not None:
                 parts.append(b_O.to(self.dtype).expand(B, 1, S, -1))
-            parts.append(lc.mlp_out[:, None])
+            parts.append(W[:, comps.mlp_slot(L)][:, None])
         return torch.cat(parts, dim=1)
 
 
-def causal_mask(S: int, device=None) -> Tensor:
-    """``[S, S]`` boolean, True where key position s <= query position q."""
-    return torch.ones(S, S, dtype=torch.bool, device=device).tril()
+# Keep every layer's MLP cells (a, pre / gate, up) from the pass while they take at
+# most this many bytes; beyond it they are recomputed one layer at a time.
+KEEP_CELLS = 256 << 20
 
 
-def expand_kv(x: Tensor, spec: ModelSpec, dim: int = 1) -> Tensor:
-    """Repeat kv-head tensors along ``dim`` so head h sees kv head g(h)."""
-    return x.repeat_interleave(spec.group_size, dim=dim) if spec.group_size > 1 else x
+def unembed(x: Tensor, W_U: Tensor, b_U: Optional[Tensor], rows: int = 8192) -> Tensor:
+    """``x @ W_U^T + b_U`` in ``x``'s dtype, casting ``W_U`` a block of rows at a
+    time (no full-precision copy of a large unembedding)."""
+    outs = [x @ W_U[i:i + rows].to(x.dtype).T for i in range(0, W_U.shape[0], rows)]
+    out = torch.cat(outs, -1)
+    return out + b_U.to(x.dtype) if b_U is not None else out
 
 
-def run_mlp(mlp, y: Tensor):
-    """``(out, act, pre, gate, up)`` of a plain or gated MLP on normed input ``y``."""
-    if mlp.gated:
-        gate, up = y @ mlp.W_gate.T, y @ mlp.W_up.T
-        a, pre = mlp.act(gate) * up, None
-    else:
-        pre = y @ mlp.W_in.T
-        if mlp.b_in is not None:
-            pre = pre + mlp.b_in
-        a, gate, up = mlp.act(pre), None, None
-    out = a @ mlp.W_out.T
-    if mlp.b_out is not None:
-        out = out + mlp.b_out
-    return out, a, pre, gate, up
+def unembed_mean(W_U: Tensor, dtype: torch.dtype, rows: int = 8192) -> Tensor:
+    """``mean_v W_U[v]`` in ``dtype``, a block of rows at a time."""
+    total = torch.zeros(W_U.shape[1], dtype=dtype, device=W_U.device)
+    for i in range(0, W_U.shape[0], rows):
+        total += W_U[i:i + rows].to(dtype).sum(0)
+    return total / W_U.shape[0]
 
 
 @torch.no_grad()
 def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.float32,
-            keep_resid: bool = False, full_logits: bool = False) -> Capture:
-    """Run the model described by ``spec`` on right-padded ``input_ids [B, S]``."""
+            keep_resid: bool = False, full_logits: bool = False, center: bool = True) -> Capture:
+    """Run the model described by ``spec`` on right-padded ``input_ids [B, S]``.
+
+    ``center``: leave ``ĉ`` (METHOD.md §3) in the writers buffer, centered in place
+    for LayerNorm models. ``keep_resid`` is accepted for compatibility: the
+    residuals are always kept (``[B, S, D]`` per layer)."""
+    del keep_resid
     B, S = input_ids.shape
+    F = spec.layers[0].mlp.W_out.shape[1]
+    keep_cells = B * S * F * spec.n_layers * 3 * torch.empty((), dtype=dtype).element_size() <= KEEP_CELLS
     dev = spec.W_E.device
     input_ids, lengths = input_ids.to(dev), lengths.to(dev)
-    embed = spec.W_E[input_ids].to(dtype)
-    pos = None
+    comps = Components.from_spec(spec)
+    W = torch.empty(B, len(comps), S, spec.d_model, dtype=dtype, device=dev)
+    W[:, 0] = spec.W_E[input_ids].to(dtype)
+    x = W[:, 0].clone()
     if spec.W_pos is not None:
-        pos = spec.W_pos[:S].to(dtype).expand(B, S, -1)
-    x = embed + pos if pos is not None else embed
+        W[:, 1] = spec.W_pos[:S].to(dtype)
+        x = x + W[:, 1]
     cos = sin = None
     if spec.rotary is not None:
         cos, sin = spec.rotary.cos_sin(torch.arange(S, device=dev))
         cos, sin = cos.to(dtype), sin.to(dtype)
-    mask = causal_mask(S, dev)
     layers = []
-    for lw in spec.layers:
+    Z = torch.empty(B, spec.n_layers, spec.n_heads, S, spec.d_head, dtype=dtype, device=dev)
+    for L, lw in enumerate(spec.layers):
         lw = lw.cast(dtype)
         resid_pre = x
         h = lw.ln_attn(x)
@@ -142,31 +241,36 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
             V = V + lw.b_V[:, None]
         if spec.rotary is not None:
             Q, K = spec.rotary.apply(Q, cos, sin), spec.rotary.apply(K, cos, sin)
-        logits = lw.attn_scale * Q @ expand_kv(K, spec).transpose(-1, -2)
-        A = logits.masked_fill(~mask, float("-inf")).softmax(-1)
-        z = A @ expand_kv(V, spec)
-        head_out = torch.einsum("bhsd,hdD->bhsD", z, lw.W_O)
-        attn_out = head_out.sum(1)
-        if lw.b_O is not None:
-            attn_out = attn_out + lw.b_O
-        mlp_in = resid_pre if spec.parallel else resid_pre + attn_out
-        out, act, pre, gate, up = run_mlp(lw.mlp, lw.ln_mlp(mlp_in))
-        x = resid_pre + attn_out + out
+        z = Z[:, L]
+        torch.matmul(attention_probs(spec, lw, Q, K), expand_kv(V, spec), out=z)
+        slot = comps.head_slot(L)
+        heads = W[:, slot:slot + spec.n_heads]
+        heads.copy_(torch.einsum("bhsd,hdD->bhsD", z, lw.W_O))
+        attn_out = heads.sum(1)
+        attn_b = attn_out + lw.b_O if lw.b_O is not None else attn_out
+        mlp_in = resid_pre if spec.parallel else resid_pre + attn_b
+        out, *cells = run_mlp(lw.mlp, lw.ln_mlp(mlp_in))
+        keep = cells if keep_cells else None
+        W[:, comps.mlp_slot(L)] = out
+        x = resid_pre + attn_b + out
         layers.append(LayerCapture(
-            A=A, Q=Q, K=K, V=V, sigma_attn=lw.ln_attn.scale(resid_pre),
-            sigma_mlp=lw.ln_mlp.scale(mlp_in), act=act, pre=pre, gate=gate, up=up,
-            head_out=head_out, mlp_out=out,
-            resid_pre=resid_pre if keep_resid else None,
-            resid_mlp_in=mlp_in if keep_resid else None))
+            spec=spec, L=L, dtype=dtype, Q=Q, K=K, V=V, z=z,
+            sigma_attn=lw.ln_attn.scale(resid_pre), sigma_mlp=lw.ln_mlp.scale(mlp_in),
+            attn_out=attn_out, mlp_out=out, resid_pre=resid_pre,
+            resid_mlp_in=mlp_in, cells=keep))
+        del lw
     ln_f = spec.ln_final.cast(dtype)
-    W_U = spec.W_U.to(dtype)
-    b_U = spec.b_U.to(dtype) if spec.b_U is not None else None
     t = lengths - 1
     final_t = ln_f(x[torch.arange(B, device=dev), t])
-    logits_t = final_t @ W_U.T + (b_U if b_U is not None else 0)
-    full = None
-    if full_logits:
-        full = ln_f(x) @ W_U.T + (b_U if b_U is not None else 0)
-    return Capture(spec=spec, comps=Components.from_spec(spec), input_ids=input_ids,
-                   lengths=lengths, embed=embed, pos=pos, layers=layers, resid_final=x,
-                   sigma_final=ln_f.scale(x), logits_t=logits_t, cos=cos, sin=sin, logits=full)
+    logits_t = unembed(final_t, spec.W_U, spec.b_U)
+    full = unembed(ln_f(x), spec.W_U, spec.b_U) if full_logits else None
+    centered = False
+    if center and spec.ln_final.kind == "layer":
+        for b in range(B):  # in place, one prompt at a time: no second N·S·D buffer
+            W[b] -= W[b].mean(-1, keepdim=True)
+        centered = True
+    elif center:
+        centered = True  # RMSNorm: ĉ = c
+    return Capture(spec=spec, comps=comps, input_ids=input_ids, lengths=lengths, writers=W, Z=Z,
+                   centered=centered, layers=layers, resid_final=x, sigma_final=ln_f.scale(x),
+                   logits_t=logits_t, cos=cos, sin=sin, logits=full)

@@ -4,16 +4,21 @@ Shapes: ``B`` prompts, ``C`` eligible writers, ``H`` heads, ``S`` positions,
 ``D`` width, ``d`` head dim, ``F`` MLP width. Writers enter as ``ĉ`` (centered
 for LayerNorm models); the marginal norm ``m(c)[s] = γ ⊙ ĉ[s] / σ(x[s])`` is
 folded into the contractions: ``m(c)[s]·v = (ĉ[s]·(γ⊙v)) / σ[s]``.
+
+The K and Q scores (``C·H·S²`` numbers per reader) are never held for a whole
+layer: :class:`AttnScores` produces them a chunk of query positions at a time,
+and the sweep and the path search consume each chunk before the next is made.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
 from .adapters.base import LayerWeights, ModelSpec
 from .capture import Capture, LayerCapture, causal_mask, expand_kv
+from .cost import Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
 
 Tensor = torch.Tensor
 EPS_DEN = 1e-10
@@ -35,87 +40,267 @@ def normalize(v: Tensor, beta: float, dim: int) -> Tensor:
     return v / den.unsqueeze(dim) * valid.unsqueeze(dim)
 
 
+def inverse_denom(v: Tensor, beta: float, dim: int, weight: float = 1.0) -> Tensor:
+    """``weight / safe_denom(v)`` along ``dim``, zero where the denominator vanishes."""
+    den, valid = safe_denom(v, beta, dim)
+    return weight * valid.to(v.dtype) / den
+
+
 def centered_writers(cap: Capture, writers: Tensor) -> Tensor:
     """``ĉ`` for every writer (§3): centered over D for LayerNorm models."""
     return cap.spec.ln_final.center(writers) if cap.spec.ln_final.kind == "layer" else writers
 
 
-def causal_center(raw: Tensor) -> Tensor:
-    """``raw[..., q, s] − mean_{s' <= q} raw[..., q, s']``, zero for ``s > q``."""
-    S = raw.shape[-1]
-    mask = causal_mask(S, raw.device).to(raw.dtype)
-    mean = (raw * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)
-    return (raw - mean) * mask
+def writers_hat(cap: Capture) -> Tensor:
+    """``ĉ`` of every credited writer ``[B, N, S, D]`` (the capture's buffer when it
+    was made centered; no copy)."""
+    return cap.writers if cap.centered else centered_writers(cap, cap.writers)
+
+
+def causal_center(raw: Tensor, q0: int, sdim: int) -> Tensor:
+    """§4 centering, in place, of a chunk of scores whose query positions are
+    ``q0, q0+1, ...`` along dim ``3 - (sdim == 3)`` and source positions ``0 .. S1-1``
+    along ``sdim``: ``raw[q, s] − mean_{s' <= q} raw[q, s']``, zero for ``s > q``.
+    Layouts: K chunks ``[B, H, Qc, S1, C]`` (``sdim=3``), Q chunks
+    ``[B, H, S1, Qc, C]`` (``sdim=2``)."""
+    qdim = 2 if sdim == 3 else 3
+    Qc = raw.shape[qdim]
+    q = torch.arange(q0, q0 + Qc, device=raw.device)
+    tri = (q[None, :] >= q[:, None])  # [s - q0, q - q0]: s <= q
+    if sdim == 3:
+        tri = tri.T  # [q - q0, s - q0]
+    tri = tri[..., None].to(raw.dtype)
+    block = raw.narrow(sdim, q0, Qc)  # sources inside the chunk: zero those after q
+    block.mul_(tri)
+    count = (q + 1).to(raw.dtype)
+    count = count[:, None, None] if qdim == 2 else count[:, None]
+    raw.sub_(raw.sum(sdim, keepdim=True) / count)
+    block.mul_(tri)
+    return raw
 
 
 # --------------------------------------------------------------------------- §4
-# K/Q scores can be computed two ways. "fold": contract the writers with one
-# D-vector per (h, q) — ``W_K Q[h,q]`` — or, with rotary, per (h, q, s) —
-# ``W_K R_s^T Q[h,q]`` (cost ~ C·H·S²·D). "project": project every writer into
-# head space, rotate, contract (cost ~ C·S·H·d·D + C·H·S²·d). The first is cheaper
-# while S < d; the second needs no [H, S, S, D] buffer.
-FOLD_MAX_ELEMENTS = 64_000_000
+# Three contractions give the same K/Q scores (see unpack/cost.py for their costs):
+#   fold     contract ĉ with one D-vector per (h, q): W_K Q[h,q] (with rotary one per
+#            (h, q, s): W_K R_s^T Q[h,q]); best while S is short;
+#   project  project every writer into head space, rotate, contract;
+#   virtual  as project, but a head writer's projection is z_h' (W_O[h'] P Γ W_K): a
+#            d×d "virtual weight" per (writer head, reader head), cached per model
+#            when it fits, else built per batch.
 
 
-def score_mode(spec: ModelSpec, B: int, S: int) -> str:
-    if S >= spec.d_head:
-        return "project"
-    if spec.rotary is not None and B * spec.n_heads * S * S * spec.d_model > FOLD_MAX_ELEMENTS:
-        return "project"
-    return "fold"
+class VirtualWeights:
+    """``W_O[h'] P Γ_L [W_K | W_Q]`` per (writer layer, reader layer): ``[H, d, P]``.
+
+    Kept for the life of the tracer when all of them fit in ``budget_bytes``
+    (GPT-2 small: about 300 MB); otherwise built when needed and dropped."""
+
+    def __init__(self, spec: ModelSpec, dtype: torch.dtype, budget_bytes: int = 1 << 30):
+        self.spec, self.dtype = spec, dtype
+        elem = torch.empty((), dtype=dtype).element_size()
+        self.cached = virtual_bytes(Shape.from_spec(spec), elem) <= budget_bytes
+        self._store: dict[tuple[int, int], Tensor] = {}
+
+    def get(self, L: int, Wkq: Tensor) -> Tensor:
+        """``[L·H, d, P]``: the virtual weights of every head of layers ``< L`` into
+        reader ``L`` (``Wkq = Γ_L [W_K | W_Q]``, ``[D, P]``)."""
+        if L in self._store:
+            return self._store[L]
+        W_O = torch.cat([lw.W_O.detach() for lw in self.spec.layers[:L]]).to(self.dtype)
+        if self.spec.ln_final.kind == "layer":  # P: center each head's output over D
+            W_O = W_O - W_O.mean(-1, keepdim=True)
+        vw = W_O @ Wkq.detach()
+        if self.cached:
+            self._store[L] = vw
+        return vw
+
+
+@dataclass
+class EngineOptions:
+    """How the engine computes (never what): the K/Q contraction (None: the
+    cheapest by :func:`unpack.cost.choose_mode`), the size of a query chunk's
+    buffers in elements, the largest projected-writers buffer, the virtual weights."""
+
+    mode: Optional[str] = None
+    chunk_elements: int = 1 << 22
+    max_proj_bytes: int = 1 << 30
+    vws: Optional[VirtualWeights] = None
+
+
+def _gamma_weights(lw: LayerWeights) -> tuple[Tensor, Tensor]:
+    """``(Γ W_K, Γ W_Q)``: the attention norm's γ folded into the weights (m·W = (ĉ/σ)·(γ⊙W))."""
+    gam = lw.ln_attn.weight[:, None]
+    return lw.W_K * gam, lw.W_Q * gam
+
+
+def _transpose_scaled(proj: Tensor, inv_sigma: Tensor, block: int = 1 << 18) -> Tensor:
+    """``out[b, p, s, c] = proj[b, c, s, p] · inv_sigma[b, s]`` → ``[B, P, S, C]``.
+
+    A cache-blocked transpose (a few positions per copy): one strided copy of the
+    whole ``[C, S, P]`` buffer is three times slower on a CPU."""
+    B, C, S, P = proj.shape
+    out = proj.new_empty(B, P, S, C)
+    step = max(1, block // max(C * P, 1))
+    for s0 in range(0, S, step):
+        s1 = min(S, s0 + step)
+        torch.mul(proj[:, :, s0:s1].permute(0, 3, 2, 1), inv_sigma[:, None, s0:s1, None],
+                  out=out[:, :, s0:s1])
+    return out
+
+
+def _rotate_head_major(x: Tensor, cos: Tensor, sin: Tensor, r: int) -> None:
+    """Rotary embedding in place on ``x [B, G, d, S, C]`` (head dim third, positions
+    fourth), ``cos, sin: [S, r]``: the same rotate-half rotation as
+    :meth:`unpack.adapters.base.Rotary.apply`, laid out for the chunked scores."""
+    half = r // 2
+    xr = x[:, :, :r]
+    rot = torch.cat((-xr[:, :, half:], xr[:, :, :half]), 2)
+    c, s_ = cos.T[:, :, None], sin.T[:, :, None]  # [r, S, 1]
+    x[:, :, :r] = xr * c + rot * s_
+
+
+class AttnScores:
+    """§4 raw K and Q scores of one attention reader, a chunk of query positions at a
+    time, writers last (so that every sum over writers is contiguous):
+
+    * ``key(q0, q1)``   → ``[B, H, Qc, S1, C]``: ``key_c[h, q, s]``
+    * ``query(q0, q1)`` → ``[B, H, S1, Qc, C]``: ``query_c[h, q, s]`` (sources first)
+
+    for the query positions ``q0 .. q1-1`` (``Qc`` of them) and the sources
+    ``0 .. q1-1`` (``S1 = q1``), centered over ``s' <= q`` and zero for ``s > q``.
+
+    ``chat [B, C, S, D]``: the eligible writers ``ĉ``. ``virtual=(comps, z, vws)``
+    (mode "virtual" only): the component table, every layer's mixed values
+    ``Z [B, L, H, S, d]``, and the :class:`VirtualWeights`."""
+
+    @torch.no_grad()
+    def __init__(self, spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
+                 cos: Optional[Tensor], sin: Optional[Tensor], mode: str, virtual=None):
+        if mode not in ("fold", "project", "virtual"):
+            raise ValueError(f"unknown K/Q contraction {mode!r}; use fold, project or virtual")
+        if mode == "virtual" and virtual is None:
+            mode = "project"  # the same numbers without the factored head writers
+        self.spec, self.lw, self.lc, self.chat, self.mode = spec, lw, lc, chat, mode
+        self.cos, self.sin = cos, sin
+        self.W_K, self.W_Q = _gamma_weights(lw)
+        self.Kx = expand_kv(lc.K, spec)  # [B, H, S, d]
+        B, C, S, D = chat.shape
+        H, Hkv, d = spec.n_heads, spec.n_kv_heads, spec.d_head
+        sigma = lc.sigma_attn
+        if mode == "fold":
+            if spec.rotary is None:  # Q[h,q]·(m W_K) = m·(W_K Q[h,q]);  (m W_Q)·K[s] = m·(W_Q K[s])
+                self.uK = torch.einsum("bhqe,hDe->bhqD", lc.Q, expand_kv(self.W_K, spec, 0))
+                self.uQ = torch.einsum("bhse,hDe->bhsD", self.Kx, self.W_Q)
+            return
+        proj = self._project(virtual)  # [B, C, S, P], P = (Hkv + H)·d
+        # into [B, Hkv + H, d, S, C] with 1/σ[s] in the same pass: one GEMM per head
+        # then makes a whole chunk, writers last
+        allT = _transpose_scaled(proj, 1.0 / sigma).view(B, Hkv + H, d, S, C)
+        del proj
+        if spec.rotary is not None:
+            _rotate_head_major(allT, cos, sin, spec.rotary.dim)
+        self.kcT, self.qcT = allT[:, :Hkv], allT[:, Hkv:]  # [B, Hkv, d, S, C], [B, H, d, S, C]
+
+    def _project(self, virtual) -> Tensor:
+        """Every writer through ``Γ [W_K | W_Q]`` (σ not yet applied) → ``[B, C, S, P]``."""
+        D = self.spec.d_model
+        Wkq = torch.cat([self.W_K.permute(1, 0, 2).reshape(D, -1),
+                         self.W_Q.permute(1, 0, 2).reshape(D, -1)], 1)  # [D, P]
+        L = self.lc.L
+        if self.mode == "project" or L == 0:
+            return self.chat @ Wkq
+        comps, Z, vws = virtual
+        B, C, S, _ = self.chat.shape
+        H = self.spec.n_heads
+        proj = self.chat.new_empty(B, C, S, Wkq.shape[1])
+        full = list(range(comps.n_emb)) + [comps.mlp_slot(Lw) for Lw in range(L)]
+        proj[:, full] = self.chat[:, full] @ Wkq
+        # every head of layers < L through its virtual weight, z_h' (W_O[h'] P Γ W), at once
+        vw = vws.get(L, Wkq)
+        heads = torch.einsum("blhsd,lhdP->blhsP", Z[:, :L], vw.view(L, H, *vw.shape[1:]))
+        for Lw in range(L):
+            slot = comps.head_slot(Lw)
+            proj[:, slot:slot + H] = heads[:, Lw]
+        return proj
+
+    @torch.no_grad()
+    def raw_key(self, q0: int, q1: int, s1: int) -> Tensor:
+        """``rawK_c[h,q,s]`` for ``q0 <= q < q1``, ``s < s1``, uncentered → ``[B,H,Qc,s1,C]``."""
+        spec, lc = self.spec, self.lc
+        B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
+        H, Hkv = spec.n_heads, spec.n_kv_heads
+        if self.mode != "fold":
+            Qg = lc.Q[:, :, q0:q1].reshape(B, Hkv, spec.group_size * Qc, -1)
+            kT = self.kcT[:, :, :, :s1].reshape(B, Hkv, spec.d_head, s1 * C)
+            raw = (Qg @ kT).view(B, H, Qc, s1, C)
+        else:
+            ch = self.chat[:, :, :s1]
+            if spec.rotary is None:
+                raw = torch.einsum("bcsD,bhqD->bhqsc", ch, self.uK[:, :, q0:q1])
+            else:  # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
+                Qr = spec.rotary.apply(lc.Q[:, :, q0:q1, None, :].expand(-1, -1, -1, s1, -1),
+                                       self.cos[:s1], -self.sin[:s1])
+                u = torch.einsum("bhqse,hDe->bhqsD", Qr, expand_kv(self.W_K, spec, 0))
+                raw = torch.einsum("bcsD,bhqsD->bhqsc", ch, u)
+            raw = raw.contiguous().div_(lc.sigma_attn[:, None, None, :s1, None])
+        return raw.mul_(self.lw.attn_scale)
+
+    @torch.no_grad()
+    def raw_query(self, q0: int, q1: int, s1: int) -> Tensor:
+        """``rawQ_c[h,q,s]`` for ``q0 <= q < q1``, ``s < s1``, uncentered → ``[B,H,s1,Qc,C]``."""
+        spec, lc = self.spec, self.lc
+        B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
+        if self.mode != "fold":
+            qT = self.qcT[:, :, :, q0:q1].reshape(B, spec.n_heads, spec.d_head, Qc * C)
+            raw = (self.Kx[:, :, :s1] @ qT).view(B, spec.n_heads, s1, Qc, C)
+        else:
+            ch = self.chat[:, :, q0:q1]
+            if spec.rotary is None:
+                raw = torch.einsum("bcqD,bhsD->bhsqc", ch, self.uQ[:, :, :s1])
+            else:  # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
+                Kr = spec.rotary.apply(self.Kx[:, :, None, :s1, :].expand(-1, -1, Qc, -1, -1),
+                                       self.cos[q0:q1, None], -self.sin[q0:q1, None])
+                u = torch.einsum("bhqse,hDe->bhqsD", Kr, self.W_Q)
+                raw = torch.einsum("bcqD,bhqsD->bhsqc", ch, u)
+            raw = raw.contiguous().div_(lc.sigma_attn[:, None, None, q0:q1, None])
+        return raw.mul_(self.lw.attn_scale)
+
+    def key(self, q0: int, q1: int) -> Tensor:
+        """``key_c[h,q,s]`` (§4): ``rawK_c`` minus its mean over ``s' <= q`` → ``[B,H,Qc,S1,C]``."""
+        return causal_center(self.raw_key(q0, q1, q1), q0, sdim=3)
+
+    def query(self, q0: int, q1: int) -> Tensor:
+        """``query_c[h,q,s]`` (§4): ``rawQ_c`` minus its mean over ``s' <= q`` → ``[B,H,S1,Qc,C]``."""
+        return causal_center(self.raw_query(q0, q1, q1), q0, sdim=2)
+
+
+def score_mode(spec: ModelSpec, B: int, S: int, L: Optional[int] = None,
+               opts: Optional[EngineOptions] = None) -> str:
+    """The K/Q contraction the engine uses for reader layer ``L`` (default: the last)."""
+    opts = opts or EngineOptions()
+    if opts.mode is not None:
+        return opts.mode
+    shape = shape_of(spec)
+    L = spec.n_layers - 1 if L is None else L
+    cached = opts.vws is not None and opts.vws.cached
+    return choose_mode(shape, L, B, S, cached, opts.max_proj_bytes)
 
 
 def raw_key_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
                    cos: Optional[Tensor], sin: Optional[Tensor], mode: Optional[str] = None) -> Tensor:
-    """``rawK_c[h,q,s] = scale · Q[h,q] · RoPE_s(m(c)[s] W_K[g(h)])`` → ``[B,C,H,S,S]``."""
-    B, C, S, D = chat.shape
-    sigma = lc.sigma_attn  # [B, S]
-    W_K = lw.W_K * lw.ln_attn.weight[:, None]  # γ folded into the weights: m·W = (ĉ/σ)·(γ⊙W)
-    if (mode or score_mode(spec, B, S)) == "fold":
-        W_K = expand_kv(W_K, spec, 0)  # [H, D, d]
-        if spec.rotary is None:  # Q[h,q]·(m W_K) = m·(W_K Q[h,q])
-            u = torch.einsum("bhqe,hDe->bhqD", lc.Q, W_K)
-            raw = torch.einsum("bcsD,bhqD->bchqs", chat, u)
-        else:  # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
-            Qr = spec.rotary.apply(lc.Q[:, :, :, None, :].expand(-1, -1, -1, S, -1), cos, -sin)
-            u = torch.einsum("bhqse,hDe->bhqsD", Qr, W_K)
-            raw = torch.einsum("bcsD,bhqsD->bchqs", chat, u)
-        raw = raw / sigma[:, None, None, None, :]
-    else:
-        m = chat / sigma[:, None, :, None]
-        kc = torch.einsum("bcsD,gDe->bcgse", m, W_K)  # per-writer keys, kv heads only
-        if spec.rotary is not None:
-            kc = spec.rotary.apply(kc, cos, sin)
-        Hkv, G = spec.n_kv_heads, spec.group_size
-        Qg = lc.Q.reshape(B, Hkv, G, S, -1)
-        raw = torch.einsum("bcgse,bgiqe->bcgiqs", kc, Qg).reshape(B, C, spec.n_heads, S, S)
-    return lw.attn_scale * raw
+    """``rawK_c[h,q,s] = scale · Q[h,q] · RoPE_s(m(c)[s] W_K[g(h)])`` → ``[B,C,H,S,S]``
+    for every writer in ``chat``, all pairs, uncentered (a whole layer: for checks)."""
+    S = chat.shape[2]
+    mode = mode or score_mode(spec, chat.shape[0], S, lc.L)
+    return AttnScores(spec, lw, lc, chat, cos, sin, mode).raw_key(0, S, S).permute(0, 4, 1, 2, 3)
 
 
 def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
                      cos: Optional[Tensor], sin: Optional[Tensor], mode: Optional[str] = None) -> Tensor:
-    """``rawQ_c[h,q,s] = scale · RoPE_q(m(c)[q] W_Q[h]) · K[g(h),s]`` → ``[B,C,H,S,S]``."""
-    B, C, S, D = chat.shape
-    sigma = lc.sigma_attn
-    K = expand_kv(lc.K, spec)  # [B, H, S, d]
-    W_Q = lw.W_Q * lw.ln_attn.weight[:, None]  # γ folded into the weights
-    if (mode or score_mode(spec, B, S)) == "fold":
-        if spec.rotary is None:  # (m W_Q)·K[s] = m·(W_Q K[s])
-            u = torch.einsum("bhse,hDe->bhsD", K, W_Q)
-            raw = torch.einsum("bcqD,bhsD->bchqs", chat, u)
-        else:  # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
-            Kr = spec.rotary.apply(K[:, :, None, :, :].expand(-1, -1, S, -1, -1),
-                                   cos[:, None], -sin[:, None])
-            u = torch.einsum("bhqse,hDe->bhqsD", Kr, W_Q)
-            raw = torch.einsum("bcqD,bhqsD->bchqs", chat, u)
-        raw = raw / sigma[:, None, None, :, None]
-    else:
-        m = chat / sigma[:, None, :, None]
-        qc = torch.einsum("bcqD,hDe->bchqe", m, W_Q)
-        if spec.rotary is not None:
-            qc = spec.rotary.apply(qc, cos, sin)
-        raw = torch.einsum("bchqe,bhse->bchqs", qc, K)
-    return lw.attn_scale * raw
+    """``rawQ_c[h,q,s] = scale · RoPE_q(m(c)[q] W_Q[h]) · K[g(h),s]`` → ``[B,C,H,S,S]``, uncentered."""
+    S = chat.shape[2]
+    mode = mode or score_mode(spec, chat.shape[0], S, lc.L)
+    return AttnScores(spec, lw, lc, chat, cos, sin, mode).raw_query(0, S, S).permute(0, 4, 1, 3, 2)
 
 
 def value_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor) -> Tensor:
@@ -130,13 +315,13 @@ def projected_values(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> Ten
     return torch.einsum("bhse,heD->bhsD", expand_kv(lc.V, spec), lw.W_O)
 
 
-def value_shares(lc: LayerCapture, pv: Tensor, d_hat: Tensor) -> tuple[Tensor, Tensor]:
+def value_shares(lc: LayerCapture, A: Tensor, pv: Tensor, d_hat: Tensor) -> tuple[Tensor, Tensor]:
     """``(share0, shareA)``, each ``[B,H,S,S]``: depth-0 shares ``A·(p̂v·d_t)`` and
     aligned shares ``A·(pv·o[q]) / max(‖o[q]‖², 1e-10)`` with ``o[q] = Σ_h Σ_s A pv``."""
-    share0 = lc.A * torch.einsum("bhsD,bD->bhs", pv, d_hat)[:, :, None, :]
-    o = lc.head_out.sum(1)  # [B, S, D] = Σ_h Σ_s A pv
+    share0 = A * torch.einsum("bhsD,bD->bhs", pv, d_hat)[:, :, None, :]
+    o = lc.attn_out  # [B, S, D] = Σ_h Σ_s A pv
     onorm = o.pow(2).sum(-1).clamp_min(EPS_DEN)  # [B, S]
-    shareA = lc.A * torch.einsum("bhsD,bqD->bhqs", pv, o) / onorm[:, None, :, None]
+    shareA = A * torch.einsum("bhsD,bqD->bhqs", pv, o) / onorm[:, None, :, None]
     return share0, shareA
 
 
@@ -145,24 +330,29 @@ def _safe(x: Tensor) -> Tensor:
     return torch.where(x.abs() < EPS_DEN, torch.full_like(x, EPS_DEN), x)
 
 
-def mlp_cell_weights(lw: LayerWeights, lc: LayerCapture, d_hat: Tensor) -> dict[str, Tensor]:
-    """Cell weights ``w_j`` of the three weighted rules, each ``[B,S,F]``."""
-    a, W_out = lc.act, lw.mlp.W_out  # W_out: [D, F]
+def mlp_cell_weights(lw: LayerWeights, a: Tensor, d_hat: Tensor) -> dict[str, Tensor]:
+    """Cell weights ``w_j`` of the three weighted rules, each ``[B,S,F]``, from the
+    cells ``a [B,S,F]``."""
+    W_out = lw.mlp.W_out  # [D, F]
+    B, S, _ = a.shape
     h = a @ W_out.T  # Σ_j a_j W_out[:, j], no bias
+    both = torch.cat([d_hat[:, None], h], 1) @ W_out  # one pass over W_out: [B, 1+S, F]
     return {
-        "depth0": a * (d_hat @ W_out)[:, None, :],
-        "aligned": a * (h @ W_out) / h.pow(2).sum(-1, keepdim=True).clamp_min(EPS_DEN),
+        "depth0": a * both[:, :1],
+        "aligned": a * both[:, 1:] / h.pow(2).sum(-1, keepdim=True).clamp_min(EPS_DEN),
         "weighted": a / a.sum(-1, keepdim=True).clamp_min(EPS_DEN),
     }
 
 
-def mlp_score_vectors(lw: LayerWeights, lc: LayerCapture, w: Tensor) -> Tensor:
-    """``Σ_j (w_j / pre_j) W_in[j]`` (gated: the ½(gate + up) share) → ``[B,S,D]``,
-    so that ``score_c[q] = m(c)[q] · vec[q]``."""
+def mlp_score_vectors(lw: LayerWeights, cells, w: Tensor) -> Tensor:
+    """``Σ_j (w_j / pre_j) W_in[j]`` (gated: the ½(gate + up) share) → ``[..., B,S,D]``,
+    so that ``score_c[q] = m(c)[q] · vec[q]``; ``cells = (a, pre, gate, up)``; ``w``
+    may hold several rules stacked in front."""
     mlp = lw.mlp
+    _, pre, gate, up = cells
     if mlp.gated:
-        return 0.5 * ((w / _safe(lc.gate)) @ mlp.W_gate + (w / _safe(lc.up)) @ mlp.W_up)
-    return (w / _safe(lc.pre)) @ mlp.W_in
+        return 0.5 * ((w / _safe(gate)) @ mlp.W_gate + (w / _safe(up)) @ mlp.W_up)
+    return (w / _safe(pre)) @ mlp.W_in
 
 
 def mlp_scores(lw: LayerWeights, lc: LayerCapture, chat: Tensor, vec: Tensor) -> Tensor:
@@ -170,12 +360,18 @@ def mlp_scores(lw: LayerWeights, lc: LayerCapture, chat: Tensor, vec: Tensor) ->
     return torch.einsum("bcqD,bqD->bcq", chat, vec * lw.ln_mlp.weight) / lc.sigma_mlp[:, None, :]
 
 
-def mlp_l2(lw: LayerWeights, lc: LayerCapture, chat: Tensor) -> Tensor:
-    """``l2_c[q] = ‖m(c)[q] · W_in^T‖`` (gated: over the concatenated gate and up parts)."""
-    m = chat * lw.ln_mlp.weight / lc.sigma_mlp[:, None, :, None]
+def mlp_l2(lw: LayerWeights, lc: LayerCapture, chat: Tensor, max_elements: int = 1 << 24) -> Tensor:
+    """``l2_c[q] = ‖m(c)[q] · W_in^T‖`` (gated: over the concatenated gate and up
+    parts), a block of writers at a time (the parts are ``[B, C, S, F]``)."""
     mlp = lw.mlp
     mats = (mlp.W_gate, mlp.W_up) if mlp.gated else (mlp.W_in,)
-    return torch.sqrt(sum((m @ W.T).pow(2).sum(-1) for W in mats))
+    B, C, S, _ = chat.shape
+    step = max(1, max_elements // max(B * S * mats[0].shape[0], 1))
+    out = []
+    for c0 in range(0, C, step):
+        m = chat[:, c0:c0 + step] * lw.ln_mlp.weight / lc.sigma_mlp[:, None, :, None]
+        out.append(torch.sqrt(sum((m @ W.T).pow(2).sum(-1) for W in mats)))
+    return torch.cat(out, 1)
 
 
 def target_direction(cap: Capture, u: Tensor) -> Tensor:
@@ -190,16 +386,59 @@ def center_vec(cap: Capture, v: Tensor) -> Tensor:
 
 
 @dataclass
+class HeadChunk:
+    """The K and Q factors of query positions ``q0..q1-1`` (sources ``0..q1-1``):
+    the centered scores and, per (h, q, s), ``w / safe_denom`` over the writers
+    (zero where the credit is dropped). ``Kn = key · kscale`` is what the credit
+    is distributed with; it is formed only where a consumer needs it."""
+
+    q0: int
+    q1: int
+    key: Optional[Tensor]  # [B, H, Qc, S1, C]
+    kscale: Optional[Tensor]  # [B, H, Qc, S1]
+    query: Optional[Tensor]  # [B, H, S1, Qc, C]
+    qscale: Optional[Tensor]  # [B, H, S1, Qc]
+
+    @property
+    def Kn(self) -> Optional[Tensor]:
+        """``[B, H, Qc, S1, C]``: ``w_K · key_c / safe_denom``."""
+        return None if self.key is None else self.key * self.kscale[..., None]
+
+    @property
+    def Qn(self) -> Optional[Tensor]:
+        """``[B, H, S1, Qc, C]``: ``w_Q · query_c / safe_denom``."""
+        return None if self.query is None else self.query * self.qscale[..., None]
+
+
+@dataclass
 class HeadOps:
     """Everything the sweep and the paths need for the heads of one layer, per unit
     of credit: source splits and writer shares already divided by their
-    denominators and multiplied by the branch weights (zero where dropped)."""
+    denominators and multiplied by the branch weights (zero where dropped). The
+    K and Q factors come a chunk of query positions at a time from :meth:`chunks`."""
 
     f0: Tensor  # [B,H,Q,S] depth-0 source split
     fk: Tensor  # [B,H,Q,S] depth>=1 source split
-    Kn: Optional[Tensor]  # [B,C,H,Q,S]  w_K · key_c / safe_denom
-    Qn: Optional[Tensor]  # [B,C,H,Q,S]  w_Q · query_c / safe_denom
     Vn: Optional[Tensor]  # [B,C,H,S]    w_V · value_c / safe_denom
+    C: int
+    scores: Optional[AttnScores]
+    rows: int  # query positions per chunk
+    w_K: float
+    w_Q: float
+    beta: float
+
+    def chunks(self) -> Iterator[HeadChunk]:
+        S = self.f0.shape[-1]
+        for q0 in range(0, S, self.rows):
+            q1 = min(S, q0 + self.rows)
+            key = query = ks = qs = None
+            if self.w_K:
+                key = self.scores.key(q0, q1)
+                ks = inverse_denom(key, self.beta, -1, self.w_K)
+            if self.w_Q:
+                query = self.scores.query(q0, q1)
+                qs = inverse_denom(query, self.beta, -1, self.w_Q)
+            yield HeadChunk(q0, q1, key, ks, query, qs)
 
 
 @dataclass
@@ -208,29 +447,36 @@ class MLPOps:
     fack: Tensor  # [B,C,S] the same at depth >= 1
 
 
-def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg) -> HeadOps:
+def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
+             opts: Optional[EngineOptions] = None) -> HeadOps:
     """§4 scores of layer L turned into the §6 distribution factors."""
+    opts = opts or EngineOptions()
     spec = cap.spec
-    lw, lc = spec.layers[L].cast(cap.dtype), cap.layers[L]
+    lc = cap.layers[L]
+    lw = lc.weights()
     C = cap.comps.n_writers_attn(L)
     ch = chat[:, :C]
+    A = lc.A
     pv = projected_values(spec, lw, lc)
-    share0, shareA = value_shares(lc, pv, d_hat)
+    share0, shareA = value_shares(lc, A, pv, d_hat)
+    del pv
     f0 = normalize(share0, cfg.beta, -1)
     if cfg.value_shares == "aligned":
         fk = normalize(shareA, cfg.beta, -1)
     else:
-        fk = lc.A / lc.A.sum(-1, keepdim=True)
-    Kn = Qn = Vn = None
-    if cfg.w_K:
-        key = causal_center(raw_key_scores(spec, lw, lc, ch, cap.cos, cap.sin))
-        Kn = cfg.w_K * normalize(key, cfg.beta, 1)
-    if cfg.w_Q:
-        query = causal_center(raw_query_scores(spec, lw, lc, ch, cap.cos, cap.sin))
-        Qn = cfg.w_Q * normalize(query, cfg.beta, 1)
-    if cfg.w_V:
-        Vn = cfg.w_V * normalize(value_scores(spec, lw, lc, ch), cfg.beta, 1)
-    return HeadOps(f0, fk, Kn, Qn, Vn)
+        fk = A / A.sum(-1, keepdim=True)
+    del share0, shareA, A
+    Vn = cfg.w_V * normalize(value_scores(spec, lw, lc, ch), cfg.beta, 1) if cfg.w_V else None
+    B, S = cap.input_ids.shape
+    scores, rows = None, S
+    if cfg.w_K or cfg.w_Q:
+        mode = score_mode(spec, B, S, L, opts)
+        virtual = (cap.comps, cap.Z, opts.vws or
+                   VirtualWeights(spec, cap.dtype, budget_bytes=0)) if mode == "virtual" else None
+        scores = AttnScores(spec, lw, lc, ch, cap.cos, cap.sin, mode, virtual)
+        rows = chunk_rows(shape_of(spec), L, B, S, mode,
+                          opts.chunk_elements)
+    return HeadOps(f0, fk, Vn, C, scores, rows, cfg.w_K, cfg.w_Q, cfg.beta)
 
 
 _CHAIN = ("depth0", "aligned", "weighted", "l2")
@@ -239,11 +485,12 @@ _CHAIN = ("depth0", "aligned", "weighted", "l2")
 def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg) -> MLPOps:
     """§5-6 MLP factors: the first rule with a non-vanishing denominator, starting at
     depth0 (depth 0) or the preset's rule (depth >= 1); else all to ``embedding``."""
-    spec = cap.spec
-    lw, lc = spec.layers[L].cast(cap.dtype), cap.layers[L]
+    lc = cap.layers[L]
+    lw = lc.weights()
     C = cap.comps.n_writers_mlp(L)
     ch = chat[:, :C]
-    weights = mlp_cell_weights(lw, lc, d_hat)
+    cells = lc.mlp_cells(lw)
+    weights = mlp_cell_weights(lw, cells[0], d_hat)
     cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     def rule(name: str) -> tuple[Tensor, Tensor]:  # (factors [B,C,S], valid [B,S])
@@ -254,13 +501,18 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg) -> MLPOps:
                 valid = tot >= EPS_DEN
                 cache[name] = (l2 / torch.where(valid, tot, 1.0)[:, None] * valid[:, None], valid)
             else:
-                sc = mlp_scores(lw, lc, ch, mlp_score_vectors(lw, lc, weights[name]))
-                den, valid = safe_denom(sc, cfg.beta, 1)
-                cache[name] = (sc / den[:, None] * valid[:, None], valid)
+                # the rules a sweep always needs share one pass over W_in
+                names = [name] + [r for r in ("depth0", cfg.mlp_rule)
+                                  if r != name and r != "l2" and r not in cache]
+                vecs = mlp_score_vectors(lw, cells, torch.stack([weights[r] for r in names]))
+                for r, vec in zip(names, vecs):
+                    sc = mlp_scores(lw, lc, ch, vec)
+                    den, valid = safe_denom(sc, cfg.beta, 1)
+                    cache[r] = (sc / den[:, None] * valid[:, None], valid)
         return cache[name]
 
     def chain(start: str) -> Tensor:
-        B, S = lc.act.shape[:2]
+        B, S = cells[0].shape[:2]
         fac = torch.zeros(B, C, S, dtype=cap.dtype, device=ch.device)
         # Padding positions never hold credit: count them as done so they cannot
         # force the costlier fallback rules.
@@ -276,3 +528,30 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg) -> MLPOps:
         return fac
 
     return MLPOps(chain("depth0"), chain(cfg.mlp_rule))
+
+
+# --------------------------------------------------------------------------- §3
+def unembed_direction(W_U: Tensor, W_U_mean: Tensor, tid: Tensor, did: Optional[Tensor] = None) -> Tensor:
+    """§3 ``u`` per prompt → ``[B, D]``: ``W_U[τ] − W_U[δ]`` where a distractor is
+    given (``did >= 0``), else ``W_U[τ] − mean_v W_U[v]``. ``did``: ``[B]`` token
+    ids, ``-1`` for none; ``None`` for no distractors at all."""
+    ut = W_U[tid].to(W_U_mean.dtype)
+    if did is None:
+        return ut - W_U_mean
+    ud = W_U[did.clamp_min(0)].to(W_U_mean.dtype)
+    return torch.where((did >= 0)[:, None], ut - ud, ut - W_U_mean)
+
+
+def seeds(cap: Capture, chat: Tensor, W_U: Tensor, W_U_mean: Tensor, tid: Tensor,
+          did: Optional[Tensor], seed: str = "importance") -> Tensor:
+    """§3 seeds ``I_c = ĉ[t] · d_t`` for every writer in ``chat`` → ``[B, N]``.
+
+    ``seed="importance"`` (the paper's): ``u = W_U[τ] − mean_v W_U[v]`` even when a
+    distractor is given; ``seed="metric"``: the distractor's direction where there
+    is one (the seeds then add up to the logit difference, with the bias parts),
+    else the same as importance."""
+    u = unembed_direction(W_U, W_U_mean, tid, did if seed == "metric" else None)
+    dirn = target_direction(cap, u)  # [B, D]
+    B = tid.shape[0]
+    c_t = chat[torch.arange(B, device=chat.device), :, cap.t]  # [B, N, D]
+    return torch.einsum("bnD,bD->bn", c_t, dirn)

@@ -8,12 +8,13 @@ V, MLP) and, when asked for, kept position-resolved above a threshold.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from .decompose import HeadOps, MLPOps
+from .decompose import HeadChunk, HeadOps, MLPOps
 
 Tensor = torch.Tensor
 MODES = ("K", "Q", "V", "MLP")
@@ -74,42 +75,56 @@ class Flow:
         xk = thr(self.Fk[:, :, slot:slot + H])[..., None]
         return thr(x0 * ops.f0[:, None]) + thr(xk * ops.fk[:, None])
 
-    def heads_step(self, slot: int, H: int, ops: HeadOps):
-        """Distribute the credit of heads ``slot .. slot+H-1`` through K, Q and V."""
-        xs = self.source_split(slot, H, ops)
-        heads = slice(slot, slot + H)
-        # one pass over each branch's [B,C,H,Q,S] factors gives both the children's
-        # credit (summed over parent heads) and the edges (summed over positions)
-        branches = []
-        if ops.Kn is not None:  # to writers at the source position s
-            branches.append((0, torch.einsum("brhqs,bchqs->brchs", xs, ops.Kn)))
-        if ops.Qn is not None:  # to writers at the query position q
-            branches.append((1, torch.einsum("brhqs,bchqs->brchq", xs, ops.Qn)))
-        if ops.Vn is not None:  # to writers at s; value shares do not depend on q
-            branches.append((2, xs.sum(3)[:, :, None] * ops.Vn[:, None]))
-        for mode, T in branches:  # T: [B, R, C, H, S]
-            C = T.shape[2]
-            self.Fk[:, :, :C] += T.sum(3)
-            self.E[:, :, heads, :C, mode] += T.sum(4).transpose(2, 3)
-        if self.pos_min is not None:
-            self._keep_heads(slot, H, xs, ops)
+    def values_step(self, slot: int, H: int, xs: Tensor, ops: HeadOps):
+        """The V branch of heads ``slot .. slot+H-1``: to writers at the source s
+        (value shares do not depend on q)."""
+        if ops.Vn is None:
+            return
+        T = xs.sum(3)[:, :, None] * ops.Vn[:, None]  # [B, R, C, H, S]
+        C = T.shape[2]
+        self.Fk[:, :, :C] += T.sum(3)
+        self.E[:, :, slot:slot + H, :C, 2] += T.sum(4).transpose(2, 3)
 
-    def _keep_heads(self, slot: int, H: int, xs: Tensor, ops: HeadOps):
-        B, R, _, S, _ = xs.shape
-        dev = xs.device
-        h, q, s = torch.meshgrid(torch.arange(H, device=dev), torch.arange(S, device=dev),
-                                 torch.arange(S, device=dev), indexing="ij")
+    def heads_chunk(self, slot: int, H: int, xs: Tensor, ops: HeadOps, ch: HeadChunk):
+        """The K and Q branches for the query positions of one chunk: each child's
+        credit, per parent head, in one pass over the branch's scores; summed over
+        parent heads into ``Fk`` and over positions into the edges."""
+        q0, q1 = ch.q0, ch.q1
+        x = xs[:, :, :, q0:q1, :q1]  # [B, R, H, Qc, S1]
+        heads, C = slice(slot, slot + H), ops.C
+        if ch.key is not None:  # to writers at the source position s: Σ_q
+            y = x * ch.kscale[:, None]
+            T = torch.stack([(ch.key * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
+            self.Fk[:, :, :C, :q1] += T.sum(2).transpose(2, 3)  # T: [B, R, H, S1, C]
+            self.E[:, :, heads, :C, 0] += T.sum(3)
+        if ch.query is not None:  # to writers at the query position q: Σ_s
+            y = (x * ch.qscale.transpose(-1, -2)[:, None]).transpose(-1, -2)  # [B, R, H, S1, Qc]
+            T = torch.stack([(ch.query * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
+            self.Fk[:, :, :C, q0:q1] += T.sum(2).transpose(2, 3)  # T: [B, R, H, Qc, C]
+            self.E[:, :, heads, :C, 1] += T.sum(3)
+        if self.pos_min is not None:
+            self._keep_heads(slot, H, x, ops, ch)
+
+    def _keep_heads(self, slot: int, H: int, x: Tensor, ops: HeadOps, ch: HeadChunk):
+        B, R, _, Qc, S1 = x.shape
+        dev = x.device
+        h, q, s = torch.meshgrid(torch.arange(H, device=dev), torch.arange(ch.q0, ch.q1, device=dev),
+                                 torch.arange(S1, device=dev), indexing="ij")
         h, q, s = h.reshape(-1), q.reshape(-1), s.reshape(-1)
-        if ops.Kn is not None:  # parent h@q -> child c@s
-            amt = xs[..., None] * ops.Kn.permute(0, 2, 3, 4, 1)[:, None]  # [B,R,H,Q,S,C]
-            self._keep(amt.reshape(B, R, H * S * S, -1), slot + h, q, s, 0)
-        if ops.Qn is not None:  # parent h@q -> child c@q, summed over sources
-            amt = torch.einsum("brhqs,bchqs->brhqc", xs, ops.Qn)
-            hq = torch.arange(H * S, device=dev)
-            self._keep(amt.reshape(B, R, H * S, -1), slot + hq // S, hq % S, hq % S, 1)
+        Kn = ch.Kn
+        if Kn is not None:  # parent h@q -> child c@s
+            amt = x[..., None] * Kn[:, None]  # [B,R,H,Qc,S1,C]
+            self._keep(amt.reshape(B, R, H * Qc * S1, -1), slot + h, q, s, 0)
+        Qn = ch.Qn
+        if Qn is not None:  # parent h@q -> child c@q, summed over sources
+            amt = torch.einsum("brhqs,bhsqc->brhqc", x, Qn)
+            hq = torch.arange(H * Qc, device=dev)
+            qq = ch.q0 + hq % Qc
+            self._keep(amt.reshape(B, R, H * Qc, -1), slot + hq // Qc, qq, qq, 1)
         if ops.Vn is not None:  # parent h@q -> child c@s
-            amt = xs[..., None] * ops.Vn.permute(0, 2, 3, 1)[:, None, :, None]  # [B,R,H,Q,S,C]
-            self._keep(amt.reshape(B, R, H * S * S, -1), slot + h, q, s, 2)
+            Vn = ops.Vn[..., :S1].permute(0, 2, 3, 1)[:, None, :, None]  # [B,1,H,1,S1,C]
+            amt = x[..., None] * Vn
+            self._keep(amt.reshape(B, R, H * Qc * S1, -1), slot + h, q, s, 2)
 
     def position_edges(self):
         """All kept position-resolved edges as a tuple of 1-D tensors
@@ -121,18 +136,43 @@ class Flow:
 
 
 def sweep(cap, ops_for_layer, F0: Tensor, pos_min: Optional[Tensor] = None,
-          Fk: Optional[Tensor] = None, on_layer=None) -> Flow:
+          Fk: Optional[Tensor] = None, search=None, timer: Optional[dict] = None) -> Flow:
     """Run §6 from layer L-1 down to 0: ``mlp_L`` first, then the heads of L.
 
-    ``ops_for_layer(L) -> (MLPOps, HeadOps)`` supplies the factors;
-    ``on_layer(L, mops, hops)``, if given, is called after they are built (paths
-    use it to expand with the same factors while they are alive)."""
+    ``ops_for_layer(L) -> (MLPOps, HeadOps)`` supplies the factors; the heads' K
+    and Q factors come a chunk of query positions at a time and are freed after
+    use. ``search`` (a :class:`unpack.paths.PathSearch`), if given, expands its
+    paths with the same factors while they are alive. ``timer``, if given, gains
+    the seconds spent making chunks (``decompose_s``) and expanding paths (``paths_s``)."""
     comps = cap.comps
     flow = Flow.start(F0, pos_min, Fk)
+    H = comps.n_heads
+    clock = {"decompose_s": 0.0, "paths_s": 0.0}
+
+    def timed(key, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        clock[key] += time.perf_counter() - t
+        return out
+
     for L in reversed(range(cap.spec.n_layers)):
         mops, hops = ops_for_layer(L)
         flow.mlp_step(comps.mlp_slot(L), mops)
-        flow.heads_step(comps.head_slot(L), comps.n_heads, hops)
-        if on_layer is not None:
-            on_layer(L, mops, hops)
+        if search is not None:
+            timed("paths_s", search.expand_mlp, L, mops)
+        slot = comps.head_slot(L)
+        xs = flow.source_split(slot, H, hops)
+        flow.values_step(slot, H, xs, hops)
+        if search is not None:
+            search.start_heads(L)
+        chunks = hops.chunks()
+        while (ch := timed("decompose_s", next, chunks, None)) is not None:
+            flow.heads_chunk(slot, H, xs, hops, ch)
+            if search is not None:
+                timed("paths_s", search.expand_heads, L, hops, ch)
+            del ch
+        del mops, hops, xs
+    if timer is not None:
+        for k, v in clock.items():
+            timer[k] = timer.get(k, 0.0) + v
     return flow

@@ -41,6 +41,7 @@ def load_model(name_or_path, dtype=None, device="cpu", *, cache_dir=None):
     ``cache_dir``: where converted GGUF models are kept (default: :func:`cache_root`).
     """
     dtype = _dtype(dtype)
+    device = resolve_device(device)
     kind, where = _resolve(name_or_path)
     if kind == "gguf":
         model, tok = _load_gguf(where, str(name_or_path), dtype, cache_dir)
@@ -51,6 +52,33 @@ def load_model(name_or_path, dtype=None, device="cpu", *, cache_dir=None):
         model, tok = _load_hub(where, dtype)
     model = model.to(device).eval()
     return model, tok
+
+
+def resolve_device(name) -> "torch.device":
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the first GPU if there is one, else
+    the CPU) as a device that exists here; a clear error otherwise."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "cpu").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"device {name!r} is not a device name; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise InputError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise InputError(f"device {name!r} is not available: this machine has no CUDA GPU that "
+                         "torch can use (torch.cuda.is_available() is False); use --device cpu, "
+                         "or install a CUDA build of torch on a machine with a GPU")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise InputError(f"device {name!r} is not available: this machine has {n} CUDA "
+                         f"device(s), cuda:0 .. cuda:{n - 1}; choose one with --device")
+    return dev
 
 
 def load_tokenizer(name_or_path, *, cache_dir=None):

@@ -41,7 +41,8 @@ class Path:
 @dataclass
 class PathSearch:
     """Vectorized path expansion over a batch. Construct with the seeds, then call
-    :meth:`expand_layer` from the sweep's ``on_layer`` hook."""
+    hand it to :func:`unpack.flow.sweep`, which calls :meth:`expand_mlp`,
+    :meth:`start_heads` and :meth:`expand_heads` with the factors while they are alive."""
 
     comps: object
     seeds: Tensor  # [B, R, N, S] depth-0 credit
@@ -128,40 +129,56 @@ class PathSearch:
         self.pending[idx] = False
         return idx
 
-    def expand_layer(self, L: int, mops, hops):
-        """Expand ``mlp_L`` nodes, then the heads of layer L (same order as the sweep)."""
-        comps = self.comps
-        slot = comps.mlp_slot(L)
+    def expand_mlp(self, L: int, mops):
+        """Expand the pending ``mlp_L`` nodes (the sweep's order: the MLP, then the heads)."""
+        slot = self.comps.mlp_slot(L)
         idx = self._take(slot, slot + 1)
-        dev = self.score.device
-        if len(idx):
-            b, q, dc = self.b[idx], self.pos[idx], self.dclass[idx]
-            fac = torch.where((dc == 0)[:, None], mops.fac0[b, :, q], mops.fack[b, :, q])  # [n, C]
-            C = fac.shape[1]
-            cand = self.score[idx, None] * fac
-            self._add(idx, cand, torch.arange(C, device=dev).expand_as(cand), q[:, None].expand_as(cand),
-                      torch.full_like(cand, 3, dtype=torch.long))
-        slot, H = comps.head_slot(L), comps.n_heads
-        idx = self._take(slot, slot + H)
         if not len(idx):
             return
+        b, q, dc = self.b[idx], self.pos[idx], self.dclass[idx]
+        fac = torch.where((dc == 0)[:, None], mops.fac0[b, :, q], mops.fack[b, :, q])  # [n, C]
+        cand = self.score[idx, None] * fac
+        C = fac.shape[1]
+        self._add(idx, cand, torch.arange(C, device=cand.device).expand_as(cand),
+                  q[:, None].expand_as(cand), torch.full_like(cand, 3, dtype=torch.long))
+
+    def start_heads(self, L: int):
+        """Take the pending nodes at the heads of layer L; :meth:`expand_heads`
+        expands them chunk by chunk of query positions."""
+        slot = self.comps.head_slot(L)
+        self._heads = self._take(slot, slot + self.comps.n_heads)
+
+    def expand_heads(self, L: int, hops, ch):
+        """Expand the taken head nodes whose position lies in the chunk ``ch``."""
+        idx = self._heads
+        if not len(idx):
+            return
+        idx = idx[(self.pos[idx] >= ch.q0) & (self.pos[idx] < ch.q1)]
+        if not len(idx):
+            return
+        dev = self.score.device
+        slot = self.comps.head_slot(L)
+        S1 = ch.q1
         b, q, dc, h = self.b[idx], self.pos[idx], self.dclass[idx], self.comp[idx] - slot
-        f = torch.where((dc == 0)[:, None], hops.f0[b, h, q], hops.fk[b, h, q])  # [n, S]
+        qi = q - ch.q0
+        f = torch.where((dc == 0)[:, None], hops.f0[b, h, q, :S1], hops.fk[b, h, q, :S1])  # [n, S1]
         xs = thr(self.score[idx, None] * f)
-        n, S = xs.shape
+        n = xs.shape[0]
         cands, comps_, poss, modes = [], [], [], []
-        for m, ops in ((0, hops.Kn), (2, hops.Vn)):  # children at the source position s
-            if ops is None:
+        rowsK = None if ch.key is None else (ch.key[b, h, qi] * ch.kscale[b, h, qi][..., None]
+                                              ).transpose(1, 2)  # [n, C, S1]
+        rowsV = None if hops.Vn is None else hops.Vn.permute(0, 2, 1, 3)[b, h][..., :S1]
+        for m, rows in ((0, rowsK), (2, rowsV)):  # children at the source position s
+            if rows is None:
                 continue
-            rows = ops.permute(0, 2, 3, 1, 4)[b, h, q] if m == 0 else ops.permute(0, 2, 1, 3)[b, h]
-            cand = (xs[:, None, :] * rows).reshape(n, -1)  # [n, C*S]
+            cand = (xs[:, None, :] * rows).reshape(n, -1)  # [n, C*S1]
             C = rows.shape[1]
             cands.append(cand)
-            comps_.append(torch.arange(C, device=dev).repeat_interleave(S).expand(n, -1))
-            poss.append(torch.arange(S, device=dev).repeat(C).expand(n, -1))
+            comps_.append(torch.arange(C, device=dev).repeat_interleave(S1).expand(n, -1))
+            poss.append(torch.arange(S1, device=dev).repeat(C).expand(n, -1))
             modes.append(torch.full_like(cand, m, dtype=torch.long))
-        if hops.Qn is not None:  # children at the query position q
-            rows = hops.Qn.permute(0, 2, 3, 1, 4)[b, h, q]  # [n, C, S]
+        if ch.query is not None:  # children at the query position q
+            rows = (ch.query[b, h, :, qi] * ch.qscale[b, h, :, qi][..., None]).transpose(1, 2)
             cand = (xs[:, None, :] * rows).sum(-1)
             cands.append(cand)
             comps_.append(torch.arange(cand.shape[1], device=dev).expand(n, -1))

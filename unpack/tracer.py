@@ -11,7 +11,7 @@ import torch
 
 from . import decompose as dec
 from .adapters import build_spec
-from .capture import Capture, capture
+from .capture import capture, unembed_mean
 from .components import Components
 from .config import Config, make_config
 from .errors import InputError
@@ -139,12 +139,13 @@ class Tracer:
     """
 
     def __init__(self, model_name_or_path=None, *, model=None, tokenizer=None, dtype=None,
-                 device=None):
+                 device=None, weights_dtype=None):
         if model_name_or_path is not None and model is not None:
             raise InputError("give either a model name/path or model=..., not both")
         if isinstance(model_name_or_path, str):
             from .loading import load_model
-            model, tokenizer = load_model(model_name_or_path, device=device or "cpu")
+            model, tokenizer = load_model(model_name_or_path, dtype=weights_dtype,
+                                          device=device or "cpu")
         elif model_name_or_path is not None:
             model = model_name_or_path
         if model is None or tokenizer is None:
@@ -155,9 +156,10 @@ class Tracer:
         self.comps = Components.from_spec(self.spec)
         pdtype = self.spec.W_E.dtype
         self.dtype = dtype or (torch.float64 if pdtype == torch.float64 else torch.float32)
-        W_U = self.spec.W_U.to(self.dtype)
-        self._W_U_mean = W_U.mean(0)
+        self.device = self.spec.W_E.device
+        self._W_U_mean = unembed_mean(self.spec.W_U, self.dtype)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.engine = dec.EngineOptions(vws=dec.VirtualWeights(self.spec, self.dtype))
 
     # ------------------------------------------------------------------ input
     def _encode_target(self, s: str, what: str, warnings: list[str]) -> int:
@@ -265,20 +267,6 @@ class Tracer:
             yield chunk
 
     # ------------------------------------------------------------------ engine
-    def seeds(self, cap: Capture, chat: Tensor, tid: Tensor, did: Optional[Tensor],
-              cfg: Config) -> Tensor:
-        """§3 seeds ``I_c`` for every credited component → ``[B, N]``."""
-        B = tid.shape[0]
-        W_U = self.spec.W_U
-        u_mean = W_U[tid].to(self.dtype) - self._W_U_mean
-        if cfg.seed == "metric":
-            u = W_U[tid].to(self.dtype) - W_U[did].to(self.dtype) if did is not None else u_mean
-        else:
-            u = u_mean
-        dirn = dec.target_direction(cap, u)  # [B, D]
-        c_t = chat[torch.arange(B), :, cap.t]  # [B, N, D]
-        return torch.einsum("bnD,bD->bn", c_t, dirn)
-
     @torch.no_grad()
     def _run(self, preps: list[Prepared], cfg: Config) -> list[list[TraceResult]]:
         t0 = time.perf_counter()
@@ -294,15 +282,12 @@ class Tracer:
         t1 = time.perf_counter()
 
         tid = torch.tensor([p.target_id for p in preps], device=dev)
-        has_d = [p.distractor_id is not None for p in preps]
-        did = torch.tensor([p.distractor_id if p.distractor_id is not None else p.target_id
+        did = torch.tensor([p.distractor_id if p.distractor_id is not None else -1
                             for p in preps], device=dev)
-        chat = dec.centered_writers(cap, cap.credited_writers())
-        I = self.seeds(cap, chat, tid, did, cfg)  # [B, N]
+        chat = cap.writers  # ĉ of every credited component
         W_U = self.spec.W_U
-        u = torch.where(torch.tensor(has_d, device=dev)[:, None],
-                        W_U[tid].to(self.dtype) - W_U[did].to(self.dtype),
-                        W_U[tid].to(self.dtype) - self._W_U_mean)
+        I = dec.seeds(cap, chat, W_U, self._W_U_mean, tid, did, cfg.seed)  # [B, N]
+        u = dec.unembed_direction(W_U, self._W_U_mean, tid, did)
         d_hat = dec.center_vec(cap, dec.target_direction(cap, u))
         N = len(self.comps)
         F0 = torch.zeros(B, R, N, S, dtype=self.dtype, device=dev)
@@ -318,18 +303,14 @@ class Tracer:
 
         def ops_for_layer(L):
             s = time.perf_counter()
-            ops = dec.mlp_ops(cap, L, chat, d_hat, cfg), dec.head_ops(cap, L, chat, d_hat, cfg)
+            ops = (dec.mlp_ops(cap, L, chat, d_hat, cfg),
+                   dec.head_ops(cap, L, chat, d_hat, cfg, self.engine))
             timers["decompose_s"] += time.perf_counter() - s
             return ops
 
-        def on_layer(L, mops, hops):
-            s = time.perf_counter()
-            search.expand_layer(L, mops, hops)
-            timers["paths_s"] += time.perf_counter() - s
-
         t2 = time.perf_counter()
         flow = sweep(cap, ops_for_layer, F0, cfg.edge_min_frac * mass if cfg.position_edges else None,
-                     on_layer=on_layer)
+                     search=search, timer=timers)
         t3 = time.perf_counter()
         sweep_s = (t3 - t2) - timers["decompose_s"] - timers["paths_s"]
         credit = flow.token_credit(self.comps.n_emb)

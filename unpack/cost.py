@@ -1,0 +1,121 @@
+"""Shapes and arithmetic costs of the decomposition, shared by the engine (which
+contraction to use for the K/Q scores, how many query positions per chunk) and
+the planner (``unpack plan``: memory and time before anything runs).
+
+Counts are multiply-adds (MACs) per batch; ``B`` prompts, ``S`` positions,
+``C`` eligible writers of a reader, ``P = (H + Hkv)·d`` the width of a writer
+projected into the reader's key and query spaces (METHOD.md §4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("fold", "project", "virtual")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The facts about a model that set its cost (no weights needed)."""
+
+    family: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    vocab: int
+    gated: bool
+    rotary: bool
+    has_pos: bool
+    parallel: bool
+    n_params: int
+    weight_bytes: int = 4  # bytes per weight element (2 for bf16/fp16)
+
+    @property
+    def n_emb(self) -> int:
+        return 2 if self.has_pos else 1
+
+    @property
+    def n_components(self) -> int:
+        return self.n_emb + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def proj_width(self) -> int:
+        return (self.n_heads + self.n_kv_heads) * self.d_head
+
+    def n_writers_attn(self, L: int) -> int:
+        return self.n_emb + L * (self.n_heads + 1)
+
+    @classmethod
+    def from_spec(cls, spec, n_params: int | None = None) -> "Shape":
+        lw = spec.layers[0]
+        d_mlp = (lw.mlp.W_gate if lw.mlp.gated else lw.mlp.W_in).shape[0]
+        if n_params is None:
+            n_params = spec.W_E.numel() + sum(
+                t.numel() for lw in spec.layers for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.mlp.W_out)
+            ) + sum((lw.mlp.W_gate.numel() * 2 if lw.mlp.gated else lw.mlp.W_in.numel())
+                    for lw in spec.layers)
+        return cls(spec.family, spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model,
+                   spec.d_head, d_mlp, spec.W_U.shape[0], lw.mlp.gated, spec.rotary is not None,
+                   spec.W_pos is not None, spec.parallel, int(n_params),
+                   spec.W_E.element_size())
+
+
+def virtual_bytes(shape: Shape, elem: int = 4) -> int:
+    """Bytes of every virtual weight ``W_O[h'] P Γ [W_K | W_Q]`` of the model (all
+    pairs writer layer < reader layer), as the engine would cache them."""
+    L, H, d = shape.n_layers, shape.n_heads, shape.d_head
+    return L * (L - 1) // 2 * H * d * shape.proj_width * elem
+
+
+def kq_costs(shape: Shape, L: int, B: int, S: int, vw_cached: bool) -> dict[str, float]:
+    """MACs of the K and Q scores of reader layer ``L`` by each contraction
+    (causal: only ``s <= q`` is scored, so ``S²/2`` pairs per head)."""
+    H, D, d, P = shape.n_heads, shape.d_model, shape.d_head, shape.proj_width
+    C = shape.n_writers_attn(L)
+    Ch = L * H  # head writers
+    Cm = C - Ch  # full-rank writers: embeddings and MLPs
+    pairs = S * (S + 1) / 2
+    fold = 2 * C * H * pairs * D  # a D-dot per (writer, head, q, s), both sides
+    if shape.rotary:  # one D-vector W R_s^T Q per (h, q, s) on each side
+        fold += 2 * H * pairs * D * d
+    scores = 2 * C * H * pairs * d
+    project = C * S * D * P + scores
+    virtual = Cm * S * D * P + Ch * S * d * P + scores
+    if not vw_cached:
+        virtual += Ch * d * D * P / B  # built once per batch
+    return {"fold": B * fold, "project": B * project, "virtual": B * virtual}
+
+
+def proj_bytes(shape: Shape, L: int, B: int, S: int, elem: int = 4) -> int:
+    """Bytes of the writers projected into head space (project and virtual modes)."""
+    return B * shape.n_writers_attn(L) * S * shape.proj_width * elem
+
+
+def choose_mode(shape: Shape, L: int, B: int, S: int, vw_cached: bool,
+                max_proj_bytes: int, elem: int = 4) -> str:
+    """The cheapest K/Q contraction whose buffers fit (fold always fits: it is chunked)."""
+    costs = kq_costs(shape, L, B, S, vw_cached)
+    if proj_bytes(shape, L, B, S, elem) > max_proj_bytes:
+        return "fold"
+    return min(MODES, key=lambda m: costs[m])
+
+
+def chunk_rows(shape: Shape, L: int, B: int, S: int, mode: str, max_elements: int) -> int:
+    """Query positions per chunk so that one chunk's buffers stay near ``max_elements``:
+    the K and Q scores ``[B, C, H, rows, S]`` and, for the rotary fold, the
+    ``[B, H, rows, S, D]`` folded vectors."""
+    C, H = shape.n_writers_attn(L), shape.n_heads
+    per_row = B * H * S * C * 2
+    if mode == "fold" and shape.rotary:
+        per_row = max(per_row, B * H * S * shape.d_model)
+    return max(1, min(S, max_elements // max(per_row, 1)))
+
+
+def shape_of(spec) -> Shape:
+    """The :class:`Shape` of a ModelSpec (computed once, kept on the spec)."""
+    shape = spec.extras.get("shape")
+    if shape is None:
+        shape = spec.extras["shape"] = Shape.from_spec(spec)
+    return shape
