@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from unpack.commands import add_device_flags
+
 DEFAULT_DB = "unpack.duckdb"
 DEFAULT_PORT = 8501
 DEFAULT_HOST = "127.0.0.1"
@@ -40,6 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to listen on (default {DEFAULT_HOST}; anything else exposes "
                         "the database to the network)")
+    add_device_flags(p, "the model of a trace on demand (a reroot on the Prompt page)")
     p.set_defaults(func=app_handler)
 
 
@@ -90,6 +93,8 @@ def app_handler(args) -> int:
 
     db = Path(args.db).resolve()
     open_db(db).close()  # missing file, not a store or an old schema: a clear error now
+    from unpack.loading import resolve_device
+    resolve_device(args.device)  # a device that is not there: a clear error now
     check_port(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"unpack app: warning: listening on {args.host}: anyone who can reach port "
@@ -97,7 +102,8 @@ def app_handler(args) -> int:
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"unpack app: {db} (read-only) at http://{url_host}:{args.port}  (Ctrl-C stops it)",
           flush=True)
-    env = dict(os.environ, UNPACK_DB=str(db))
+    env = dict(os.environ, UNPACK_DB=str(db), UNPACK_DEVICE=args.device,
+               UNPACK_DTYPE=args.dtype or "float32")
     try:
         return subprocess.call(streamlit_command(str(db), args.host, args.port), env=env)
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from unpack.commands import add_device_flags
+
 DEFAULT_DB = "unpack.duckdb"
 
 _INGEST_EPILOG = """\
@@ -57,7 +59,7 @@ def register(subparsers) -> None:
                         "config's, 1e-3)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set beta=0.9 (repeatable)")
-    p.add_argument("--dtype", default=None, help="model weights dtype (default float32)")
+    add_device_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=ingest_handler)
 
@@ -74,6 +76,7 @@ def register(subparsers) -> None:
     d.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     d.add_argument("--batch-size", type=int, default=4, help="prompts per batch (default 4)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_flags(d)
     d.set_defaults(func=demo_handler)
 
 
@@ -118,9 +121,17 @@ def ingest_handler(args) -> int:
     if args.controls and args.task != "ioi":
         raise InputError("--controls applies to --task ioi only; drop it")
     overrides = parse_set(args.set)
-    model, tok = load_model(args.model, dtype=args.dtype)
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     records, rejected = load_records(args, tok)
     tracer = Tracer(model=model, tokenizer=tok)
+    if records:  # a prompt that cannot fit in memory stops here, before the store is touched
+        from unpack.plan import check_fits
+        from unpack.tokens import encode
+        ctx = tracer.spec.max_positions or 1 << 30
+        lengths = [len(encode(tok, r.text)[0]) for r in sorted(records, key=lambda r: -len(r.text))[:8]]
+        lengths = [n for n in lengths if n <= ctx]  # longer ones fail alone, as bad prompts
+        if lengths:
+            check_fits(tracer, max(lengths), 1 + len(args.roots))
     try:
         summary = ingest(records, errors=rejected, tracer=tracer, model_name=args.model,
                          db=args.db, preset=args.preset, roots=args.roots,
@@ -138,7 +149,7 @@ def demo_handler(args) -> int:
     from .demo import run_demo
 
     return run_demo(model=args.model, n=args.n, db=args.db, batch_size=args.batch_size,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, device=args.device, dtype=args.dtype)
 
 
 def main(argv=None) -> int:

@@ -92,7 +92,7 @@ def pick_heads(tracer, record, k: int = 3) -> list[str]:
 
 
 def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_size: int = 4,
-             progress: bool = True) -> int:
+             progress: bool = True, device: str = "cpu", dtype=None) -> int:
     from unpack import Tracer
     from unpack.loading import load_model
     from unpack.tasks import ioi
@@ -101,7 +101,7 @@ def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_
 
     t0 = time.perf_counter()
     print(f"loading {model} ...", flush=True)
-    mdl, tok = load_model(model)
+    mdl, tok = load_model(model, dtype=dtype, device=device)
     tracer = Tracer(model=mdl, tokenizer=tok)
     records = ioi(tok, n, seed=0, controls=True)
     heads = pick_heads(tracer, records[0])

@@ -94,3 +94,66 @@ def test_bench_prints_the_table_and_ratio(tmp_path):
     assert "faster" in p.stdout and "peak memory" in p.stdout
     rec = json.loads(out.read_text())["shapes"]["tiny"]
     assert rec["speedup_vs_reference"] > 0 and rec["16 tokens, batch 1"]["total_s"] > 0
+
+
+def test_every_model_command_takes_device_and_dtype(model_dir, tmp_path):
+    """--device and the weights' --dtype on trace, validate, bench, ingest, demo and app;
+    a device that is not there is a clear error (exit 2) before anything loads."""
+    for cmd in ("trace", "validate", "bench", "ingest", "demo", "app", "plan"):
+        out = unpack(cmd, "--help", check=0).stdout
+        assert "--device" in out and "--dtype" in out and "bfloat16" in out, cmd
+    if torch.cuda.is_available():
+        missing = f"cuda:{torch.cuda.device_count()}"
+    else:
+        missing = "cuda"
+    p = unpack("trace", "--model", model_dir, "--text", "<bos> Mary John", "--target", " Mary",
+               "--device", missing)
+    assert p.returncode == 2 and f"device {missing!r} is not available" in p.stderr
+    assert "--device" in p.stderr and "Traceback" not in p.stderr
+    p = unpack("ingest", "--model", model_dir, "--task", "induction", "--n", "2",
+               "--db", str(tmp_path / "x.duckdb"), "--device", missing)
+    assert p.returncode == 2 and "not available" in p.stderr
+    assert not (tmp_path / "x.duckdb").exists()
+    # bf16 weights: the math still runs in fp32 and the trace is finite
+    p = unpack("trace", "--model", model_dir, "--text", "<bos> When Mary and John went to the store",
+               "--target", " Mary", "--distractor", " John", "--dtype", "bfloat16", "--json", check=0)
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert all(abs(c) < 1e6 for c in out["token_credit"]) and max(map(abs, out["token_credit"])) > 0
+    p = unpack("validate", "--model", model_dir, "--dtype", "bfloat16", "--text",
+               "<bos> When Mary and John went to the store", check=0)
+    assert "weights bfloat16 on cpu, math in float32" in p.stdout and "9 passed, 0 failed" in p.stdout
+
+
+def test_plan_predicts_and_refuses(model_dir):
+    """`unpack plan` from shapes only: JSON with the figures; exit 1 with the fix when a
+    case does not fit; exit 2 for bad input."""
+    p = unpack("plan", "--model", "gpt2-small", "--tokens", "256", "--json", check=0)
+    d = json.loads(p.stdout)
+    assert d["fits"] and d["peak_bytes"] > 475 * 2**20 and d["seconds_per_prompt"] > 0
+    assert sum(d["modes"].values()) == 12 and set(d["modes"]) <= {"fold", "project", "virtual"}
+    assert set(d["parts"]) >= {"weights", "capture", "layer", "flow"}
+    p = unpack("plan", "--model", model_dir, "--tokens", "16", check=0)
+    assert "peak memory" in p.stdout and "fits" in p.stdout
+    p = unpack("plan", "--model", "pythia-6.9b", "--tokens", "4096")
+    assert p.returncode == 1 and "DOES NOT FIT" in p.stdout and "--dtype bfloat16" in p.stdout
+    p = unpack("plan", "--model", "pythia-6.9b", "--tokens", "0")
+    assert p.returncode == 2 and "--tokens 0" in p.stderr
+    p = unpack("plan", "--model", "no-such-model-dir/", "--tokens", "16")
+    assert p.returncode == 2 and "bench shape" in p.stderr
+
+
+def test_ingest_refuses_a_prompt_that_cannot_fit(model_dir, tmp_path):
+    """With less memory than a trace needs (UNPACK_MEMORY_LIMIT), ingest stops before the
+    store is touched and says how much it needs and what to change; with enough it runs."""
+    db = tmp_path / "s.duckdb"
+    args = [sys.executable, "-m", "unpack.cli", "ingest", "--model", model_dir, "--task",
+            "induction", "--n", "2", "--db", str(db), "--no-progress"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                       env=dict(ENV, UNPACK_MEMORY_LIMIT="200M"))
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "GiB (unpack plan)" in p.stderr and "fewer tokens" in p.stderr
+    assert not db.exists()
+    p = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                       env=dict(ENV, UNPACK_MEMORY_LIMIT="20G"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert db.exists()

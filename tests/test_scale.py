@@ -145,7 +145,7 @@ def test_metric_seeds(tok, kind):
         Wt = cap.all_writers()[0, :, n - 1]
         if spec.ln_final.kind == "layer":
             Wt = Wt - Wt.mean(-1, keepdim=True)
-        per_writer = Wt @ d  # credited and bias components
+        per_writer = (Wt @ d).detach()  # credited and bias components
         bias_parts = float(per_writer.sum()) - float(sum(res.seeds.values()))
         if spec.ln_final.bias is not None:
             bias_parts += float(spec.ln_final.bias.double() @ u)

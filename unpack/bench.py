@@ -1,9 +1,13 @@
 """``unpack bench``: engine timings on random models of real shapes.
 
 Every figure is measured in this run on this machine: per-prompt phase times
-(median of repeats), process peak memory, scaling with prompt length and batch
-size, and the plain-loop reference (``unpack.reference``) on the same prompt,
-as a ratio.
+(median of repeats), the peak memory of each case (the process's resident-set
+high-water mark, reset before the case; on a GPU the peak allocated memory),
+the planner's prediction for the same case (``unpack plan``), scaling with
+prompt length and batch size, the plain-loop reference (``unpack.reference``)
+on one prompt, and with ``--against COMMIT`` the engine of an earlier commit on
+the same cases, checked out in a temporary git worktree and run in a
+subprocess.
 """
 from __future__ import annotations
 
@@ -11,8 +15,11 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,6 +31,9 @@ SHAPES = {
                                      use_parallel_residual=True)),
     "pythia-1.4b": ("gpt_neox", dict(num_hidden_layers=24, num_attention_heads=16, hidden_size=2048,
                                      intermediate_size=8192, vocab_size=50304, rotary_pct=0.25,
+                                     use_parallel_residual=True)),
+    "pythia-6.9b": ("gpt_neox", dict(num_hidden_layers=32, num_attention_heads=32, hidden_size=4096,
+                                     intermediate_size=16384, vocab_size=50432, rotary_pct=0.25,
                                      use_parallel_residual=True)),
 }
 PHASES = ("forward_s", "decompose_s", "sweep_s", "paths_s", "total_s")
@@ -39,16 +49,24 @@ def numbered_tokenizer(vocab_size: int):
                                    pad_token="w0", unk_token="w0")
 
 
-def random_model(shape: str):
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+def config_for(shape: str):
+    from transformers import GPT2Config, GPTNeoXConfig
     family, kw = SHAPES[shape]
-    torch.manual_seed(0)
     if family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_positions=1024, attn_implementation="eager", **kw))
-    else:
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(max_position_embeddings=2048,
-                                                 attn_implementation="eager", **kw))
-    return model.eval(), numbered_tokenizer(kw["vocab_size"])
+        return GPT2Config(n_positions=1024, attn_implementation="eager", **kw)
+    return GPTNeoXConfig(max_position_embeddings=2048, attn_implementation="eager", **kw)
+
+
+def random_model(shape: str, dtype=None, device="cpu"):
+    """A randomly initialized model of a real shape, built directly in ``dtype``
+    (no float32 copy of a 7B model), and a tokenizer for it."""
+    from transformers import AutoModelForCausalLM
+    from .loading import _dtype, resolve_device
+    dtype = _dtype(dtype)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config_for(shape), dtype=dtype)
+    model = model.to(resolve_device(device)).eval()
+    return model, numbered_tokenizer(SHAPES[shape][1]["vocab_size"])
 
 
 def prompt(n_tokens: int, seed: int = 0) -> str:
@@ -61,18 +79,61 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_trace(tracer, n_tokens: int, batch: int, repeats: int) -> dict:
-    """Median per-prompt phase times of ``repeats`` batches (after one warm-up)."""
+class PeakMemory:
+    """The peak memory of what runs inside ``with``: on a CPU the process's RSS
+    high-water mark (reset first through /proc/self/clear_refs), on a GPU the peak
+    allocated memory plus what was resident before."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self.resettable = True
+            except OSError:
+                self.resettable = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return False
+        hwm = None
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        self.peak = hwm if hwm is not None and self.resettable else int(peak_mib() * 2**20)
+        return False
+
+
+def time_trace(tracer, n_tokens: int, batch: int, repeats: int, warm: bool = True) -> dict:
+    """Median per-prompt phase times of ``repeats`` batches (after one warm-up),
+    and the peak memory of the whole case."""
     prompts = [{"text": prompt(n_tokens, seed=i), "target": " w5", "distractor": " w9"}
                for i in range(batch)]
-    tracer.trace_batch(prompts, batch_size=batch)
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        res = tracer.trace_batch(prompts, batch_size=batch)
-        wall = (time.perf_counter() - t0) / batch
-        runs.append(dict(res[0].timing, wall_s=wall))
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    with PeakMemory(tracer.device) as mem:
+        if warm:
+            tracer.trace_batch(prompts, batch_size=batch)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            res = tracer.trace_batch(prompts, batch_size=batch)
+            wall = (time.perf_counter() - t0) / batch
+            runs.append(dict(res[0].timing, wall_s=wall))
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["peak_mib"] = mem.peak / 2**20
+    return out
 
 
 def time_reference(tracer, n_tokens: int) -> float:
@@ -84,55 +145,87 @@ def time_reference(tracer, n_tokens: int) -> float:
     t0 = time.perf_counter()
     cap = capture(tracer.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]))
     ref = Reference(cap, 0, make_config("kqv_aligned"), dtype=torch.float32)
-    ref.trace(prep.target_id, prep.distractor_id, with_paths=True, path_min_frac=1e-4,
+    ref.trace(prep.target_id, prep.distractor_id, with_paths=True, path_min_frac=1e-3,
               max_nodes=2_000_000)
     return time.perf_counter() - t0
 
 
-def fmt_row(name: str, t: dict) -> str:
-    return f"| {name} | " + " | ".join(f"{t[k]:.3f}" for k in PHASES) + " |"
+def fmt_row(name: str, t: dict, pred: dict | None = None) -> str:
+    row = f"| {name} | " + " | ".join(f"{t[k]:.3f}" for k in PHASES)
+    if pred is not None:
+        row += (f" | {pred['seconds']:.3f} | {t['peak_mib'] / 1024:.2f} | {pred['peak'] / 2**30:.2f}"
+                f" | {t['total_s'] / pred['seconds']:.2f} | {t['peak_mib'] * 2**20 / pred['peak']:.2f}")
+    return row + " |"
+
+
+HEADER = ("| prompt | " + " | ".join(PHASES) + " | predicted s | peak GiB | predicted GiB "
+          "| time measured/predicted | memory measured/predicted |")
+
+
+def predicted(tracer, n_tokens: int, batch: int, rates, base: int) -> dict:
+    from .cost import shape_of
+    from .plan import predict
+    p = predict(shape_of(tracer.spec), n_tokens, batch, rates=rates, base_bytes=base,
+                chunk_elements=tracer.engine.chunk_elements,
+                max_proj_bytes=tracer.engine.max_proj_bytes)
+    return {"seconds": sum(p["seconds"].values()), "peak": p["peak"]}
 
 
 def run_bench(args) -> int:
+    from .loading import resolve_device
+    from .plan import Rates, current_rss_bytes
     torch.set_grad_enabled(False)
-    out: dict = {"threads": torch.get_num_threads(), "shapes": {}}
+    device = resolve_device(getattr(args, "device", "cpu"))
+    dtype = getattr(args, "dtype", None)
+    out: dict = {"threads": torch.get_num_threads(), "device": str(device), "shapes": {}}
     lengths = [int(x) for x in args.lengths.split(",") if x]
     batches = [int(x) for x in args.batches.split(",") if x]
-    print(f"unpack bench: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"preset kqv_aligned, top-20 paths, fp32")
-    from .tracer import Tracer
-    for shape in [s for s in args.shapes.split(",") if s]:
+    shapes = [s for s in args.shapes.split(",") if s]
+    for shape in shapes:
         if shape not in SHAPES:
             print(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
             return 2
-        model, tok = random_model(shape)
+    rates = Rates.calibrate(device)
+    out["rates"] = {"gemm_gflops": rates.gemm_flops / 1e9, "stream_gbs": rates.stream_bytes / 1e9}
+    print(f"unpack bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, "
+          f"weights {dtype or 'float32'}, math float32, preset kqv_aligned, top-20 paths; "
+          f"calibration {rates.gemm_flops / 1e9:.0f} GFLOP/s GEMM, "
+          f"{rates.stream_bytes / 1e9:.1f} GB/s stream")
+    from .tracer import Tracer
+    for shape in shapes:
+        t0 = time.perf_counter()
+        model, tok = random_model(shape, dtype=dtype, device=device)
+        build_s = time.perf_counter() - t0
         tracer = Tracer(model=model, tokenizer=tok)
+        base = current_rss_bytes() - sum(p.numel() * p.element_size() for p in model.parameters()) \
+            if device.type == "cpu" else 0
         n_params = sum(p.numel() for p in model.parameters())
-        rec: dict = {"params": n_params}
-        print(f"\n## {shape} (random weights, {n_params / 1e6:.0f}M parameters)\n")
-        print("| prompt | " + " | ".join(PHASES) + " |")
-        print("|---" * (len(PHASES) + 1) + "|")
-        head = time_trace(tracer, 16, 1, args.repeats)
-        rec["16 tokens, batch 1"] = head
-        print(fmt_row("16 tokens, batch 1", head))
-        for n in lengths:
-            if n == 16:
-                continue
-            t = time_trace(tracer, n, 1, max(1, args.repeats // 2 if n >= 64 else args.repeats))
-            rec[f"{n} tokens, batch 1"] = t
-            print(fmt_row(f"{n} tokens, batch 1", t))
-        for bsz in batches:
-            if bsz == 1:
-                continue
-            t = time_trace(tracer, 16, bsz, max(1, args.repeats // 2))
-            rec[f"16 tokens, batch {bsz} (per prompt)"] = t
-            print(fmt_row(f"16 tokens, batch {bsz} (per prompt)", t))
+        rec: dict = {"params": n_params, "build_s": build_s}
+        big = n_params > 3e9
+        print(f"\n## {shape} (random weights, {n_params / 1e6:.0f}M parameters, "
+              f"{next(model.parameters()).dtype}; built in {build_s:.0f} s)\n")
+        print(HEADER)
+        print("|---" * 11 + "|")
+        cases = [(n, 1) for n in ([16] + [n for n in lengths if n != 16])]
+        cases += [(16, b) for b in batches if b != 1]
+        for n, bsz in cases:
+            reps = 1 if big or n >= 256 else max(1, args.repeats // 2 if n >= 64 or bsz > 1 else args.repeats)
+            t = time_trace(tracer, n, bsz, reps, warm=not big)
+            pr = predicted(tracer, n, bsz, rates, base)
+            name = f"{n} tokens, batch {bsz}" + (" (per prompt)" if bsz > 1 else "")
+            rec[name] = dict(t, predicted_s=pr["seconds"], predicted_peak_mib=pr["peak"] / 2**20)
+            print(fmt_row(name, t, pr), flush=True)
         rec["peak_rss_mib"] = peak_mib()
-        print(f"\npeak memory (process RSS so far): {rec['peak_rss_mib']:.0f} MiB; "
-              f"weights {n_params * 4 / 2**20:.0f} MiB")
+        print(f"\npeak memory (process RSS so far): {rec['peak_rss_mib']:.0f} MiB; weights "
+              f"{sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20:.0f} MiB")
+        for n in [int(x) for x in getattr(args, "plan_only", "").split(",") if x]:
+            pr = predicted(tracer, n, 1, rates, base)
+            rec[f"plan {n} tokens"] = {"predicted_s": pr["seconds"], "predicted_peak_mib": pr["peak"] / 2**20}
+            print(f"planner only, {n} tokens: {pr['seconds']:.1f} s per prompt, peak "
+                  f"{pr['peak'] / 2**30:.2f} GiB")
         if args.reference_tokens and shape in args.reference_on.split(","):
             ref_s = time_reference(tracer, args.reference_tokens)
-            ours = head["total_s"] if args.reference_tokens == 16 else \
+            ours = rec["16 tokens, batch 1"]["total_s"] if args.reference_tokens == 16 else \
                 time_trace(tracer, args.reference_tokens, 1, 1)["total_s"]
             rec["reference_s"] = ref_s
             rec["speedup_vs_reference"] = ref_s / ours
@@ -140,12 +233,57 @@ def run_bench(args) -> int:
                   f"vectorized {ours:.3f} s: {ref_s / ours:.1f}x faster")
         out["shapes"][shape] = rec
         del tracer, model
+    if getattr(args, "against", None):
+        out["against"] = against(args, shapes, lengths, out)
     if args.model:
         out["model"] = bench_real_model(args.model, args.repeats)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     return 0
+
+
+def against(args, shapes, lengths, out) -> dict:
+    """The same batch-1 cases on the engine of ``args.against``, from a temporary
+    worktree, in a subprocess; prints old/new per case."""
+    from .errors import InputError
+    root = Path(__file__).resolve().parent.parent
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True).returncode:
+        raise InputError(f"--against needs a git checkout of unpack; {root} is not one")
+    old_shapes = [s for s in shapes if s in ("tiny", "gpt2-small", "pythia-410m", "pythia-1.4b")]
+    res: dict = {}
+    with tempfile.TemporaryDirectory(prefix="unpack-against-") as tmp:
+        wt = Path(tmp) / "tree"
+        r = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(wt), args.against],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise InputError(f"--against {args.against}: git worktree failed: {r.stderr.strip()}")
+        try:
+            js = Path(tmp) / "old.json"
+            cmd = [sys.executable, "-c", "import sys; from unpack.cli import main; sys.exit(main())",
+                   "bench", "--shapes", ",".join(old_shapes), "--lengths", ",".join(map(str, lengths)),
+                   "--batches", "1", "--reference-tokens", "0", "--repeats", str(args.repeats),
+                   "--json", str(js)]
+            env = dict(os.environ, PYTHONPATH=str(wt))
+            print(f"\n## against {args.against} (engine of that commit, same cases, this run)\n", flush=True)
+            p = subprocess.run(cmd, cwd=str(wt), env=env, capture_output=True, text=True)
+            if p.returncode:
+                raise InputError(f"--against {args.against}: its bench failed: {p.stderr.strip()[-400:]}")
+            old = json.loads(js.read_text())["shapes"]
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(wt)],
+                           capture_output=True)
+    print(f"| shape | prompt | {args.against[:10]} total_s | now total_s | speed-up |")
+    print("|---|---|---|---|---|")
+    for shape in old_shapes:
+        for key, o in old[shape].items():
+            new = out["shapes"].get(shape, {}).get(key)
+            if not isinstance(o, dict) or not new:
+                continue
+            ratio = o["total_s"] / new["total_s"]
+            res[f"{shape}: {key}"] = {"old_s": o["total_s"], "new_s": new["total_s"], "speedup": ratio}
+            print(f"| {shape} | {key} | {o['total_s']:.3f} | {new['total_s']:.3f} | {ratio:.1f}x |")
+    return res
 
 
 def bench_real_model(name: str, repeats: int) -> dict:
@@ -177,5 +315,6 @@ def bench_real_model(name: str, repeats: int) -> dict:
     print(f"\n## {name}\n\nload: cold {rec['load_cold_s']:.1f} s, cached {rec['load_cached_s']:.1f} s\n")
     print("| prompt | " + " | ".join(PHASES) + " |")
     print("|---" * (len(PHASES) + 1) + "|")
-    print(fmt_row(f"{rec['tokens']} tokens, batch 1", rec["trace"]))
+    row = f"| {rec['tokens']} tokens, batch 1 | " + " | ".join(f"{rec['trace'][k]:.3f}" for k in PHASES) + " |"
+    print(row)
     return rec

@@ -11,6 +11,20 @@ EXAMPLE = ('unpack trace --model smollm2-135m --text "When Mary and John went to
            'John gave a drink to" --target " Mary" --distractor " John"')
 
 
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def add_device_flags(p, what: str = "the model") -> None:
+    """``--device`` and the weights' ``--dtype``, the same on every command that loads a model."""
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help=f"where {what} runs: cpu (default), cuda, cuda:N or auto (a GPU if "
+                        "there is one)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="dtype of the weights (default float32): bfloat16/float16 keep a 7B "
+                        "model at 2 bytes a weight; the decomposition math runs in float32 "
+                        "(float64 with float64 weights)")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "trace", help="trace prompts: token credit, paths, component flow, edges",
@@ -29,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set beta=0.5 --set path_min_frac=1e-5")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    add_device_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout")
     p.set_defaults(func=cmd_trace)
 
@@ -38,7 +52,7 @@ def register(sub) -> None:
                                    "its worst relative error and tolerance; exit status 1 if any fails.")
     v.add_argument("--model", required=True)
     v.add_argument("--text", action="append", help="prompt(s) to check (default: three built-in ones)")
-    v.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    add_device_flags(v)
     v.set_defaults(func=cmd_validate)
 
     b = sub.add_parser("bench", help="time the engine on random models of real shapes",
@@ -46,7 +60,7 @@ def register(sub) -> None:
                                    "memory, scaling with prompt length and batch size, and the "
                                    "ratio to the plain-loop reference measured in the same run.")
     b.add_argument("--shapes", default="gpt2-small,pythia-410m",
-                   help="comma list of gpt2-small, pythia-410m, pythia-1.4b, tiny")
+                   help="comma list of gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, tiny")
     b.add_argument("--lengths", default="8,16,32,64,128")
     b.add_argument("--batches", default="1,4,16")
     b.add_argument("--reference-tokens", type=int, default=16,
@@ -56,7 +70,28 @@ def register(sub) -> None:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--model", help="also time a real model (e.g. smollm2-135m): load times and a 16-token trace")
     b.add_argument("--json", help="also write the measurements to this JSON file")
+    b.add_argument("--plan-only", default="", metavar="LENGTHS",
+                   help="also print the planner's prediction (not run) at these lengths, e.g. 256,1024")
+    b.add_argument("--against", metavar="COMMIT",
+                   help="also time the engine of COMMIT (checked out in a temporary git "
+                        "worktree) on the same cases, in this run, and print the ratios")
+    add_device_flags(b, "the random models")
     b.set_defaults(func=cmd_bench)
+
+    pl = sub.add_parser(
+        "plan", help="predict peak memory and time per prompt before anything runs",
+        description="Predict, from the model's shapes (no weights are loaded) and a short "
+                    "calibration of this device, the peak memory and the time per prompt of a "
+                    "trace at a prompt length; says whether it fits and what to change if not.")
+    pl.add_argument("--model", required=True,
+                    help="a bench shape (gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, tiny), "
+                         "a local model directory (its config.json is read), or smollm2-135m")
+    pl.add_argument("--tokens", type=int, required=True, help="prompt length in tokens")
+    pl.add_argument("--prompts", type=int, default=1, help="prompts in the corpus (total time)")
+    pl.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default 1)")
+    pl.add_argument("--json", action="store_true", help="print one JSON object")
+    add_device_flags(pl)
+    pl.set_defaults(func=cmd_plan)
 
 
 def _overrides(args) -> dict:
@@ -72,11 +107,6 @@ def _overrides(args) -> dict:
     if args.top_paths is not None:
         out["top_paths_k"] = args.top_paths
     return out
-
-
-def _dtype(name):
-    import torch
-    return {None: None, "float32": torch.float32, "float64": torch.float64}[name]
 
 
 def _read_prompts(path: str) -> list[dict]:
@@ -109,7 +139,7 @@ def cmd_trace(args) -> int:
                     "root": args.root}]
     overrides = _overrides(args)
     from .tracer import TraceFailure, Tracer
-    tracer = Tracer(args.model, dtype=_dtype(args.dtype))
+    tracer = Tracer(args.model, weights_dtype=args.dtype, device=args.device)
     results = tracer.trace_batch(prompts, preset=args.preset, batch_size=args.batch_size,
                                  on_error="collect", **overrides)
     failed = 0
@@ -128,10 +158,11 @@ def cmd_trace(args) -> int:
 def cmd_validate(args) -> int:
     from .tracer import Tracer
     from .validate import validate_model
-    tracer = Tracer(args.model, dtype=_dtype(args.dtype))
+    tracer = Tracer(args.model, weights_dtype=args.dtype, device=args.device)
     checks = validate_model(tracer=tracer, texts=args.text)
     print(f"model {args.model}: {tracer.spec.family}, {tracer.spec.n_layers} layers, "
           f"{tracer.spec.n_heads} heads ({tracer.spec.n_kv_heads} kv), width {tracer.spec.d_model}, "
+          f"weights {str(tracer.spec.W_E.dtype).replace('torch.', '')} on {tracer.device}, "
           f"math in {str(tracer.dtype).replace('torch.', '')}")
     for c in checks:
         print(c)
@@ -143,3 +174,8 @@ def cmd_validate(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
     return run_bench(args)
+
+
+def cmd_plan(args) -> int:
+    from .plan import run_plan
+    return run_plan(args)

@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import torch
 
 from .adapters.base import LayerWeights, ModelSpec
-from .capture import Capture, LayerCapture, causal_mask, expand_kv
+from .capture import Capture, LayerCapture, attention_probs, expand_kv
 from .cost import Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
 
 Tensor = torch.Tensor
@@ -448,15 +448,16 @@ class MLPOps:
 
 
 def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
-             opts: Optional[EngineOptions] = None) -> HeadOps:
-    """§4 scores of layer L turned into the §6 distribution factors."""
+             opts: Optional[EngineOptions] = None, lw: Optional[LayerWeights] = None) -> HeadOps:
+    """§4 scores of layer L turned into the §6 distribution factors (``lw``: the
+    layer's weights in the math dtype, when the caller already cast them)."""
     opts = opts or EngineOptions()
     spec = cap.spec
     lc = cap.layers[L]
-    lw = lc.weights()
+    lw = lw or lc.weights()
     C = cap.comps.n_writers_attn(L)
     ch = chat[:, :C]
-    A = lc.A
+    A = attention_probs(spec, lw, lc.Q, lc.K)
     pv = projected_values(spec, lw, lc)
     share0, shareA = value_shares(lc, A, pv, d_hat)
     del pv
@@ -482,11 +483,12 @@ def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
 _CHAIN = ("depth0", "aligned", "weighted", "l2")
 
 
-def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg) -> MLPOps:
+def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
+            lw: Optional[LayerWeights] = None) -> MLPOps:
     """§5-6 MLP factors: the first rule with a non-vanishing denominator, starting at
     depth0 (depth 0) or the preset's rule (depth >= 1); else all to ``embedding``."""
     lc = cap.layers[L]
-    lw = lc.weights()
+    lw = lw or lc.weights()
     C = cap.comps.n_writers_mlp(L)
     ch = chat[:, :C]
     cells = lc.mlp_cells(lw)

@@ -303,8 +303,9 @@ class Tracer:
 
         def ops_for_layer(L):
             s = time.perf_counter()
-            ops = (dec.mlp_ops(cap, L, chat, d_hat, cfg),
-                   dec.head_ops(cap, L, chat, d_hat, cfg, self.engine))
+            lw = cap.layers[L].weights()  # one cast of the layer for all its readers
+            ops = (dec.mlp_ops(cap, L, chat, d_hat, cfg, lw),
+                   dec.head_ops(cap, L, chat, d_hat, cfg, self.engine, lw))
             timers["decompose_s"] += time.perf_counter() - s
             return ops
 

@@ -186,8 +186,9 @@ def check_paths(tracer, text, dtype, path_min_frac=1e-3, max_nodes=200_000) -> f
     F0[0, 0, :, S - 1] = I[0]
 
     def ops_for_layer(L):
-        return (dec.mlp_ops(cap, L, chat, d_hat, cfg),
-                dec.head_ops(cap, L, chat, d_hat, cfg, tracer.engine))
+        lw = cap.layers[L].weights()
+        return (dec.mlp_ops(cap, L, chat, d_hat, cfg, lw),
+                dec.head_ops(cap, L, chat, d_hat, cfg, tracer.engine, lw))
 
     search = PathSearch(cap.comps, F0, cfg.path_min_frac * F0.abs().sum((2, 3)), max_nodes,
                         keep_remainder=True)

@@ -178,10 +178,15 @@ def model_availability(name: str) -> tuple[bool, str]:
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _tracer(name: str):
+    """The tracer of a trace on demand, on ``unpack app --device/--dtype``
+    (``$UNPACK_DEVICE``, ``$UNPACK_DTYPE``; default the CPU and float32)."""
+    import os
+
     from unpack import Tracer
     from unpack.loading import load_model
 
-    model, tok = load_model(name)
+    model, tok = load_model(name, dtype=os.environ.get("UNPACK_DTYPE") or None,
+                            device=os.environ.get("UNPACK_DEVICE") or "cpu")
     return Tracer(model=model, tokenizer=tok)
 
 

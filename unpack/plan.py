@@ -1,0 +1,327 @@
+"""``unpack plan``: peak memory and time per prompt of a trace, predicted from the
+model's shapes before anything runs.
+
+Memory is counted tensor by tensor, as the engine allocates them (weights in
+their dtype, the writers buffer, the per-layer captures, the largest layer's
+transient buffers and a query chunk's scores). Time is the arithmetic of
+:mod:`unpack.cost` divided by rates measured on the device in a short
+calibration (a GEMM and a memory-bound pass), plus the memory-bound passes
+over every chunk of scores. ``unpack bench`` prints the prediction next to the
+measurement for every case it runs.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .cost import Shape, chunk_rows, choose_mode, kq_costs, proj_bytes, virtual_bytes
+from .errors import InputError
+
+GiB = float(1 << 30)
+# Calibrated on a 2-core CPU against `unpack bench`: passes over each element of the
+# K and Q chunks (write, centering, |.| and Σ over writers, the flow's contraction)
+ELEMENTWISE_PASSES = 9
+PATH_NODES_BYTES = 120 << 20  # the path search's node table at its default cap
+PYTHON_S = 4e-4  # seconds of interpreter and dispatch per tensor operation group
+
+
+def shape_from_config(cfg, weight_bytes: int = 4) -> Shape:
+    """A :class:`Shape` from a Hugging Face config (GPT-2, GPT-NeoX, Llama family)."""
+    mt = cfg.model_type
+    if mt == "gpt2":
+        L, H, D, V = cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size
+        F = cfg.n_inner or 4 * D
+        n = V * D + cfg.n_positions * D + L * (4 * D * D + 2 * D * F)
+        return Shape("gpt2", L, H, H, D, D // H, F, V, False, False, True, False, n, weight_bytes)
+    if mt == "gpt_neox":
+        L, H, D, V = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.vocab_size
+        F = cfg.intermediate_size
+        n = 2 * V * D + L * (4 * D * D + 2 * D * F)
+        return Shape("gpt_neox", L, H, H, D, D // H, F, V, False, True, False,
+                     bool(cfg.use_parallel_residual), n, weight_bytes)
+    if mt in ("llama", "mistral", "qwen2"):
+        L, H, D, V = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.vocab_size
+        Hkv = cfg.num_key_value_heads or H
+        d = getattr(cfg, "head_dim", None) or D // H
+        F = cfg.intermediate_size
+        tied = bool(getattr(cfg, "tie_word_embeddings", False))
+        n = V * D * (1 if tied else 2) + L * (2 * D * H * d + 2 * D * Hkv * d + 3 * D * F)
+        return Shape("llama", L, H, Hkv, D, d, F, V, True, True, False, False, n, weight_bytes)
+    raise InputError(f"model type {mt!r} has no planner shape; supported: gpt2, gpt_neox, "
+                     "llama, mistral, qwen2")
+
+
+def resolve_shape(model: str, weight_bytes: int) -> Shape:
+    """A bench shape name, the SmolLM2 alias, or a local directory's config.json."""
+    from .bench import SHAPES, config_for
+    from .loading import SMOLLM2_ALIAS
+    if model in SHAPES:
+        return shape_from_config(config_for(model), weight_bytes)
+    if model.strip().lower() == SMOLLM2_ALIAS:
+        from transformers import LlamaConfig
+        return shape_from_config(LlamaConfig(
+            num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
+            intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True), weight_bytes)
+    from pathlib import Path
+    p = Path(model).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        from transformers import AutoConfig
+        return shape_from_config(AutoConfig.from_pretrained(str(p)), weight_bytes)
+    raise InputError(f"model {model!r}: give a bench shape ({', '.join(SHAPES)}), "
+                     f"{SMOLLM2_ALIAS}, or a local model directory with a config.json")
+
+
+@dataclass
+class Rates:
+    gemm_flops: float  # fp32 multiply-adds per second ×2, large GEMM
+    stream_bytes: float  # bytes per second of a memory-bound elementwise pass
+    device: str
+
+    @classmethod
+    def calibrate(cls, device: torch.device) -> "Rates":
+        """About half a second: a 1024² GEMM and a 64 MB multiply, each timed at its best of a few."""
+        a = torch.randn(1024, 1024, device=device)
+        x = torch.randn(1 << 24, device=device)
+
+        def best(fn, n):
+            fn()
+            out = []
+            for _ in range(n):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                out.append(time.perf_counter() - t)
+            return min(out)
+
+        g = best(lambda: a @ a, 5)
+        s = best(lambda: x * 1.0001, 5)
+        return cls(2 * 1024 ** 3 / g, 2 * x.numel() * 4 / s, str(device))
+
+
+@dataclass
+class Plan:
+    model: str
+    tokens: int
+    batch: int
+    device: str
+    weights_dtype: str
+    modes: dict  # K/Q contraction per reader layer (counted)
+    peak_bytes: int
+    parts: dict  # bytes by part
+    seconds_per_prompt: float
+    seconds_parts: dict
+    fits: bool
+    available_bytes: int
+    advice: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [f"plan: {self.model}, {self.tokens} tokens, batch {self.batch}, weights "
+                 f"{self.weights_dtype} on {self.device}",
+                 f"  K/Q contraction by reader layer: " + ", ".join(f"{m} x{n}" for m, n in self.modes.items()),
+                 f"  peak memory  {self.peak_bytes / GiB:7.2f} GiB   ("
+                 + ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items()) + ")",
+                 f"  time/prompt  {self.seconds_per_prompt:7.2f} s     ("
+                 + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds_parts.items()) + ")",
+                 f"  available    {self.available_bytes / GiB:7.2f} GiB   -> "
+                 + ("fits" if self.fits else "DOES NOT FIT")]
+        if self.advice:
+            lines.append(f"  {self.advice}")
+        return "\n".join(lines)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory a trace may use on ``device``: free GPU memory, or the machine's
+    available memory (cgroup limit where there is one) plus what this process holds."""
+    limit = memory_limit()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(free, limit))
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                v = f.read().strip()
+            if v.isdigit() and int(v) < (1 << 60):
+                avail = min(avail or int(v), int(v))
+        except OSError:
+            pass
+    return int(min((avail or 0) + current_rss_bytes(), limit))
+
+
+def memory_limit() -> float:
+    """``$UNPACK_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix: ``12G``): the most a
+    trace may plan to use, for a machine shared with other work; unset: no limit."""
+    import os
+    v = os.environ.get("UNPACK_MEMORY_LIMIT", "").strip().upper().removesuffix("B").removesuffix("I")
+    if not v:
+        return float("inf")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(v[-1], 1)
+    try:
+        return float(v[:-1] if mult > 1 else v) * mult
+    except ValueError:
+        raise InputError(f"UNPACK_MEMORY_LIMIT={os.environ['UNPACK_MEMORY_LIMIT']!r} is not a "
+                         "size; give bytes or a size like 12G or 512M") from None
+
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0
+
+
+def predict(shape: Shape, S: int, B: int = 1, R: int = 1, rates: Rates | None = None,
+            base_bytes: int = 0, chunk_elements: int = 1 << 22, max_proj_bytes: int = 1 << 30,
+            vw_budget: int = 1 << 30, max_path_nodes: int = 200_000, elem: int = 4) -> dict:
+    """Peak bytes (by part) and seconds per prompt (by phase) of one batch."""
+    L, H, Hkv, D, d, F = (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.d_model,
+                          shape.d_head, shape.d_mlp)
+    N, V, P = shape.n_components, shape.vocab, shape.proj_width
+    cached = virtual_bytes(shape, elem) <= vw_budget
+    # ---- memory
+    weights = shape.n_params * shape.weight_bytes
+    writers = B * N * S * D * elem
+    Z = B * L * H * S * d * elem
+    per_layer = B * S * ((H + 2 * Hkv) * d + 4 * D + 2) * elem
+    keep_cells = B * S * F * L * 3 * elem <= (256 << 20)
+    cells = B * S * F * L * 3 * elem if keep_cells else 0
+    capture_b = writers + Z + L * per_layer + cells
+    layer_w = (shape.n_params - V * D * (1 if shape.has_pos else 2)) // L
+    cast = layer_w * elem if shape.weight_bytes != elem else 0
+    transient = 0
+    modes: dict = {}
+    for Lr in range(L):
+        C = shape.n_writers_attn(Lr)
+        mode = choose_mode(shape, Lr, B, S, cached, max_proj_bytes, elem)
+        modes[mode] = modes.get(mode, 0) + 1
+        rows = chunk_rows(shape, Lr, B, S, mode, chunk_elements)
+        attn = B * H * S * S * elem * (4 + R)  # A, the source splits, x_s
+        attn += B * H * S * D * elem + B * C * H * S * elem  # pv, value factors
+        proj = 2 * proj_bytes(shape, Lr, B, S, elem) if mode != "fold" else 0
+        if mode == "virtual" and not cached:
+            proj += Lr * H * d * P * elem
+        if mode == "fold":
+            proj += 2 * B * H * S * D * elem
+        chunk = 3 * 2 * rows * B * H * S * C * elem
+        if mode == "fold" and shape.rotary:
+            chunk += rows * B * H * S * D * elem
+        mlp = B * S * F * elem * (5 if keep_cells else 8)
+        transient = max(transient, attn + proj + chunk, mlp + B * C * S * elem * 4)
+    vw = virtual_bytes(shape, elem) if cached and "virtual" in modes else 0
+    flow = B * R * N * S * elem * 3 + B * R * N * N * 4 * elem + PATH_NODES_BYTES
+    parts = {"base": base_bytes, "weights": weights, "capture": capture_b,
+             "layer": transient + cast, "virtual_weights": vw, "flow": flow}
+    peak = sum(parts.values())
+    # ---- time
+    secs = {}
+    if rates is not None:
+        g, bw = rates.gemm_flops, rates.stream_bytes
+        fwd = 2 * B * S * (shape.n_params - V * D) + 2 * B * L * H * S * S * d * 2 + 2 * B * V * D
+        casts = (shape.n_params * (shape.weight_bytes + elem) * 2 / bw) if shape.weight_bytes != elem else 0
+        # few rows per GEMM: the weights stream from memory once per pass over them
+        secs["forward"] = max(fwd / g, shape.n_params * shape.weight_bytes / bw) + casts / 2
+        dec = 0.0
+        n_chunks = 0
+        for Lr in range(L):
+            C = shape.n_writers_attn(Lr)
+            mode = choose_mode(shape, Lr, B, S, cached, max_proj_bytes, elem)
+            n_chunks += -(-S // chunk_rows(shape, Lr, B, S, mode, chunk_elements))
+            macs = kq_costs(shape, Lr, B, S, cached)[mode]
+            elems = 2 * B * C * H * S * (S + 1) / 2
+            mlp_macs = 8 * B * S * D * F + B * C * S * D * 3
+            attn_macs = B * H * S * S * D * 2 + B * C * H * S * D
+            dec += 2 * (macs + mlp_macs + attn_macs) / g + ELEMENTWISE_PASSES * elems * elem / bw
+            if mode != "fold":
+                dec += 2 * proj_bytes(shape, Lr, B, S, elem) * 2 / bw  # the transposing copy
+        weights_read = L * (5 * D * F + 4 * D * D) * elem  # MLP ops and γ-folded W_Q/W_K/W_V
+        dec = max(dec, weights_read / bw) + PYTHON_S * L * (12 + n_chunks)
+        secs["decompose"] = dec + casts / 2
+        secs["paths"] = PYTHON_S * L * 8 + 1e-7 * B * N * S
+        secs = {k: v / B for k, v in secs.items()}
+    return {"peak": peak, "parts": parts, "seconds": secs, "modes": modes}
+
+
+def make_plan(model: str, tokens: int, device="cpu", dtype=None, batch: int = 1,
+              calibrate: bool = True) -> Plan:
+    from .loading import _dtype, resolve_device
+    if tokens < 1:
+        raise InputError(f"--tokens {tokens}: give a prompt length of at least 1 token")
+    if batch < 1:
+        raise InputError(f"--batch-size {batch}: give at least 1")
+    dev = resolve_device(device)
+    wdt = _dtype(dtype)
+    elem = 8 if wdt == torch.float64 else 4
+    shape = resolve_shape(model, torch.empty((), dtype=wdt).element_size())
+    rates = Rates.calibrate(dev) if calibrate else None
+    base = current_rss_bytes() if dev.type == "cpu" else 0
+    pr = predict(shape, tokens, batch, rates=rates, base_bytes=base, elem=elem)
+    avail = available_bytes(dev)
+    fits = pr["peak"] <= avail
+    advice = ""
+    if not fits:
+        tips = []
+        if shape.weight_bytes == 4:
+            tips.append("--dtype bfloat16 (halves the weights)")
+        if dev.type == "cpu":
+            tips.append("a GPU (--device cuda)")
+        tips.append("fewer tokens")
+        if batch > 1:
+            tips.append("a smaller --batch-size")
+        advice = "does not fit: try " + ", or ".join(tips)
+    return Plan(model, tokens, batch, str(dev), str(wdt).replace("torch.", ""), pr["modes"],
+                int(pr["peak"]), {k: int(v) for k, v in pr["parts"].items()},
+                float(sum(pr["seconds"].values())) if pr["seconds"] else float("nan"),
+                pr["seconds"], fits, int(avail), advice)
+
+
+def run_plan(args) -> int:
+    plan = make_plan(args.model, args.tokens, args.device, args.dtype, args.batch_size)
+    if args.json:
+        d = plan.to_dict()
+        d["total_seconds"] = plan.seconds_per_prompt * args.prompts
+        print(json.dumps(d))
+    else:
+        print(plan.format())
+        if args.prompts > 1:
+            print(f"  {args.prompts} prompts: about {plan.seconds_per_prompt * args.prompts / 60:.1f} min")
+    return 0 if plan.fits else 1
+
+
+def check_fits(tracer, n_tokens: int, n_roots: int = 1, what: str = "the longest prompt") -> None:
+    """Refuse early (an InputError with the figures and the fix) when tracing a
+    prompt of ``n_tokens`` would not fit in the memory of the tracer's device."""
+    from .cost import shape_of
+    dev = tracer.device
+    base = current_rss_bytes() - sum(p.numel() * p.element_size() for p in tracer.model.parameters()) \
+        if dev.type == "cpu" else 0
+    pr = predict(shape_of(tracer.spec), n_tokens, 1, R=n_roots, base_bytes=max(base, 0),
+                 chunk_elements=tracer.engine.chunk_elements,
+                 max_proj_bytes=tracer.engine.max_proj_bytes)
+    avail = available_bytes(dev)
+    if pr["peak"] > avail:
+        tips = ["fewer tokens (shorten or drop the longest prompts)"]
+        if tracer.spec.W_E.element_size() == 4:
+            tips.append("--dtype bfloat16")
+        if dev.type == "cpu":
+            tips.append("a GPU (--device cuda)")
+        raise InputError(f"{what} has {n_tokens} tokens: tracing it needs about "
+                         f"{pr['peak'] / GiB:.1f} GiB (unpack plan), more than the "
+                         f"{avail / GiB:.1f} GiB available on {dev}; use " + ", or ".join(tips))
