@@ -75,6 +75,9 @@ def register(sub) -> None:
     b.add_argument("--against", metavar="COMMIT",
                    help="also time the engine of COMMIT (checked out in a temporary git "
                         "worktree) on the same cases, in this run, and print the ratios")
+    b.add_argument("--against-max-tokens", type=int, default=256,
+                   help="longest prompt timed on --against (default 256: older engines hold "
+                        "every C·H·S² score buffer at once)")
     add_device_flags(b, "the random models")
     b.set_defaults(func=cmd_bench)
 
