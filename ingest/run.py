@@ -83,6 +83,24 @@ class Summary:
 _SHORT = re.compile(r"^(\d+|\*)\.(\d+|\*)$")  # 9.9 -> attn_9_head_9
 
 
+def split_roots(specs) -> list[tuple[str, list[str], str]]:
+    """``(spec, component patterns, where)`` for each root spec, checked for shape
+    only (no model needed): ``COMPONENTS@WHERE``, ``L.H`` expanded."""
+    out = []
+    for spec in specs or ():
+        for part in str(spec).split():
+            comps, at, where = part.rpartition("@")
+            if not at or not comps or not where or "" in comps.split(","):
+                raise InputError(f"root {part!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
+                                 "e.g. attn_9_head_9@END, 9.9,9.6@END or mlp_0@-1")
+            pats = []
+            for c in comps.split(","):
+                m = _SHORT.match(c)
+                pats.append(f"attn_{m[1]}_head_{m[2]}" if m else c)
+            out.append((part, pats, where))
+    return out
+
+
 def parse_roots(specs, names: list[str]) -> list[tuple[str, str]]:
     """``(component, where)`` for each root spec ``COMPONENTS@WHERE``.
 
@@ -91,22 +109,14 @@ def parse_roots(specs, names: list[str]) -> list[tuple[str, str]]:
     WHERE: a role of the prompt (``END``, ``S2``, ...) or a token position
     (negative counts from the end). ``names`` are the model's components."""
     out: list[tuple[str, str]] = []
-    for spec in specs or ():
-        for part in str(spec).split():
-            comps, at, where = part.rpartition("@")
-            if not at or not comps or not where:
-                raise InputError(f"root {part!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
-                                 "e.g. attn_9_head_9@END, 9.9,9.6@END or mlp_0@-1")
-            for c in comps.split(","):
-                m = _SHORT.match(c)
-                if m:
-                    c = f"attn_{m[1]}_head_{m[2]}"
-                pattern = re.compile("^" + re.escape(c).replace(r"\*", r"\d+") + "$")
-                found = [n for n in names if pattern.match(n)]
-                if not found:
-                    raise InputError(f"root {part!r}: no component {c!r} in this model "
-                                     f"(components look like {names[0]}, {names[-1]})")
-                out += [(n, where) for n in found if (n, where) not in out]
+    for part, pats, where in split_roots(specs):
+        for c in pats:
+            pattern = re.compile("^" + re.escape(c).replace(r"\*", r"\d+") + "$")
+            found = [n for n in names if pattern.match(n)]
+            if not found:
+                raise InputError(f"root {part!r}: no component {c!r} in this model "
+                                 f"(components look like {names[0]}, {names[-1]})")
+            out += [(n, where) for n in found if (n, where) not in out]
     return out
 
 
@@ -264,6 +274,27 @@ def run_counts(conn, run_id: int) -> dict[str, int]:
 
 # ------------------------------------------------------------------ the ingest
 
+def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict:
+    """The run's config from the preset, overrides and flags, every value typed and
+    range-checked, and the roots' shape: all that needs no model (the CLI calls
+    this before loading one)."""
+    from unpack.config import check_field, make_config
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch-size {batch_size!r} must be a positive integer")
+    extra = dict(overrides or {})
+    if "preset" in extra:
+        raise InputError("the preset is not a --set field; use --preset NAME")
+    if edge_min_frac is not None:
+        try:
+            extra["edge_min_frac"] = check_field("edge_min_frac", edge_min_frac)
+        except InputError:
+            raise InputError(f"--edge-min-frac {edge_min_frac} must be a finite number >= 0, "
+                             "e.g. --edge-min-frac 1e-3") from None
+    split_roots(roots)
+    return make_config(preset, **dict(extra, position_edges=True)).to_dict()
+
+
 def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str = "kqv_aligned",
            roots=(), batch_size: int = 8, edge_min_frac: float | None = None,
            overrides: dict | None = None, errors=(), progress: bool = True,
@@ -273,25 +304,32 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     ``errors``: rejected corpus rows (file, line, reason), stored as failed
     prompts. ``roots``: root specs (see :func:`parse_roots`), traced for every
     prompt besides the target. Position-resolved edges are kept above
-    ``edge_min_frac`` of Σ|seeds| (the config default unless given)."""
-    from tqdm.auto import tqdm
-
-    from unpack.config import make_config
-
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"--batch-size {batch_size!r} must be a positive integer")
-    extra = dict(overrides or {})
-    if "preset" in extra:
-        raise InputError("the preset is not a --set field; use --preset NAME")
-    if edge_min_frac is not None:
-        if not edge_min_frac >= 0:
-            raise InputError(f"--edge-min-frac {edge_min_frac} must be >= 0")
-        extra["edge_min_frac"] = edge_min_frac
-    config = make_config(preset, **dict(extra, position_edges=True)).to_dict()
+    ``edge_min_frac`` of Σ|seeds| (the config default unless given). A problem
+    of the database file is a :class:`ingest.store.StoreError` (batches already
+    committed stay)."""
+    config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
     root_list = parse_roots(roots, list(tracer.comps.names))
     if model_info is None:
         from unpack.loading import model_info as _info
         model_info = _info(tracer.model)
+
+    try:
+        summary = _ingest_into(db, records, errors, tracer, model_name, preset, config,
+                               root_list, batch_size, model_info, progress)
+    except Exception as e:  # a problem of the file (full disk, read-only, corrupt): say so
+        store_side = isinstance(e, (sa.exc.DBAPIError, OSError)) or \
+            type(e).__module__.startswith("duckdb")
+        mapped = store.store_error(db, e) if store_side else None
+        if mapped is None:
+            raise
+        raise mapped from None
+    summary.db_bytes = store.file_bytes(db)
+    return summary
+
+
+def _ingest_into(db, records, errors, tracer, model_name, preset, config, root_list, batch_size,
+                 model_info, progress) -> Summary:
+    from tqdm.auto import tqdm
 
     engine = store.connect(db)
     try:
@@ -337,7 +375,6 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
                                                   .select_from(S.prompts)).scalar()
     finally:
         engine.dispose()
-    summary.db_bytes = store.file_bytes(db)
     return summary
 
 

@@ -193,13 +193,10 @@ def _csv_rows(data: bytes, path: str):
         yield line, {k: v for k, v in zip(header, cells)}
 
 
-def load_corpus(path, tokenizer, bos: bool = False, fmt: str | None = None):
-    """Read a JSONL or CSV corpus; return ``(records, errors)``.
-
-    ``errors`` is a list of :class:`CorpusError` (file, line, reason), one per
-    rejected row; the good rows load regardless. ``fmt`` ("jsonl" or "csv")
-    overrides the guess from the file extension. A missing file, an unknown
-    format or a CSV header without text and target raise InputError."""
+def check_corpus_path(path, fmt: str | None = None) -> str:
+    """The corpus format (``jsonl`` or ``csv``) of an existing, readable file;
+    an InputError naming the file and the fix otherwise. Needs no tokenizer, so
+    the CLI checks this before loading a model."""
     path = str(path)
     if fmt is None:
         ext = os.path.splitext(path)[1].lower()
@@ -209,6 +206,20 @@ def load_corpus(path, tokenizer, bos: bool = False, fmt: str | None = None):
                          "(or pass fmt='jsonl'/'csv')")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such corpus file; check the path")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: the corpus file cannot be read (permissions); check them")
+    return fmt
+
+
+def load_corpus(path, tokenizer, bos: bool = False, fmt: str | None = None):
+    """Read a JSONL or CSV corpus; return ``(records, errors)``.
+
+    ``errors`` is a list of :class:`CorpusError` (file, line, reason), one per
+    rejected row; the good rows load regardless. ``fmt`` ("jsonl" or "csv")
+    overrides the guess from the file extension. A missing file, an unknown
+    format or a CSV header without text and target raise InputError."""
+    path = str(path)
+    fmt = check_corpus_path(path, fmt)
     with open(path, "rb") as f:
         data = f.read()
     bos_str = bos_text(tokenizer) if bos else ""
