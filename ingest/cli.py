@@ -106,6 +106,7 @@ def ingest_handler(args) -> int:
     from unpack.tasks.corpus import check_corpus_path
 
     from .run import check_arguments, ingest
+    from .store import check_store
 
     if args.controls and args.task != "ioi":
         raise InputError("--controls applies to --task ioi only; drop it")
@@ -114,6 +115,7 @@ def ingest_handler(args) -> int:
     check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots)
     if args.corpus:
         check_corpus_path(args.corpus)
+    check_store(args.db)
     model, tok = load_model(args.model, dtype=args.dtype)
     records, rejected = load_records(args, tok)
     tracer = Tracer(model=model, tokenizer=tok)
