@@ -46,6 +46,7 @@ class Summary:
     db_bytes: int = 0
     db_prompts: int = 0  # prompts in the whole database, all runs
     errors: list = field(default_factory=list)  # (where, reason) of the first few failures
+    warnings: list = field(default_factory=list)  # about the whole run (e.g. roles no prompt has)
 
     @property
     def n_done(self) -> int:
@@ -72,6 +73,8 @@ class Summary:
                      f"prompts of all runs{per}")
         for where, reason in self.errors:
             lines.append(f"  failed: {where}: {reason}")
+        for w in self.warnings:
+            lines.append(f"  warning: {w}")
         if self.n_failed > len(self.errors):
             lines.append(f"  ... {self.n_failed - len(self.errors)} more failed; "
                          "see SELECT seq, text, error FROM prompts WHERE status = 'failed'")
@@ -339,7 +342,8 @@ def _ingest_into(db, records, errors, tracer, model_name, preset, config, root_l
                 stored = _stored(conn, run_id)
                 ids = _first_ids(conn)  # this process is the only writer (DuckDB's file lock)
             summary = Summary(db=str(db), model=model_name, preset=preset, run_id=run_id)
-            todo = _plan(records, errors, root_list, stored, summary)
+            todo = _plan(records, errors, root_list, stored, summary, list(tracer.comps.names))
+            _warn_missing_roles(records, root_list, summary)
 
             bad = [it for it in todo if it.error]  # rejected corpus rows: no tracing needed
             if bad:
@@ -373,6 +377,9 @@ def _ingest_into(db, records, errors, tracer, model_name, preset, config, root_l
                 summary.rows = run_counts(conn, run_id)
                 summary.db_prompts = conn.execute(sa.select(sa.func.count())
                                                   .select_from(S.prompts)).scalar()
+            # Fold the write-ahead log into the file now: DuckDB's own checkpoint at
+            # close hides its errors (a full disk would go unreported).
+            conn.exec_driver_sql("CHECKPOINT")
     finally:
         engine.dispose()
     return summary
@@ -388,10 +395,11 @@ def _stored(conn, run_id: int) -> dict[str, tuple[int, str, set]]:
     return out
 
 
-def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[Item]:
+def _plan(records, errors, root_list, stored: dict, summary: Summary,
+          names: list[str] = ()) -> list[Item]:
     """Items still to do, in input order: rejected corpus rows first, then records
     (new prompts, and stored prompts that lack some of the requested roots)."""
-    todo, seen = [], set()
+    todo, seen, n_rejected = [], set(), 0
     for e in errors or ():
         file, line, reason = getattr(e, "file", None), getattr(e, "line", None), getattr(e, "reason", str(e))
         key = hashlib.sha1(json.dumps(["rejected", str(file), line]).encode()).hexdigest()[:20]
@@ -401,9 +409,12 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[It
             summary.n_duplicates += key not in stored
             continue
         seen.add(key)
-        todo.append(Item(seq=-1, key=key, record=None, error=str(reason), label=f"{file}:{line}",
-                         fields={"task": "corpus",
+        # after the rows that loaded, in file order; the text is the row's (or its line)
+        todo.append(Item(seq=len(records) + n_rejected, key=key, record=None, error=str(reason),
+                         label=f"{file}:{line}",
+                         fields={"task": "corpus", "text": getattr(e, "text", None),
                                  "metadata": json.dumps({"file": str(file), "line": line})}))
+        n_rejected += 1
     for seq, rec in enumerate(records):
         summary.n_input += 1
         key = prompt_key(rec)
@@ -412,6 +423,23 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[It
             continue
         seen.add(key)
         roots, warnings = resolve_roots(rec, root_list)
+        error = None
+        if getattr(rec, "root", None):  # the record's own root (a corpus column)
+            try:
+                extra, more = resolve_roots(rec, parse_roots([rec.root], names))
+            except InputError as e:
+                error = f"root {rec.root!r}: {e}"
+            else:
+                if more:
+                    error = "; ".join(more)
+                roots += [r for r in extra[1:] if r.spec not in {x.spec for x in roots}]
+        if error is not None:
+            if key not in stored:
+                todo.append(Item(seq=seq, key=key, record=rec, error=error,
+                                 label=f"prompt {seq} {rec.text[:50]!r}"))
+            else:
+                summary.n_skipped += 1
+            continue
         prompt_id = None
         if key in stored:
             prompt_id, status, have = stored[key]
@@ -422,6 +450,23 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[It
         todo.append(Item(seq=seq, key=key, record=rec, roots=roots, warnings=warnings,
                          label=f"prompt {seq} {rec.text[:50]!r}", prompt_id=prompt_id))
     return todo
+
+
+def _warn_missing_roles(records, root_list, summary: Summary) -> None:
+    """A --roots role that no prompt has traces nothing: say so, with the roles
+    the prompts do have."""
+    import sys
+
+    have = sorted({r for rec in records for r in (rec.roles or {})})
+    missing = sorted({w for _, w in root_list
+                      if not re.fullmatch(r"-?\d+", w) and w not in have})
+    for w in missing:
+        specs = sorted({f"{c}@{w}" for c, ww in root_list if ww == w})
+        shown = ", ".join(specs[:3]) + (f" and {len(specs) - 3} more" if len(specs) > 3 else "")
+        msg = (f"--roots {shown}: no prompt has the role {w!r}, so nothing is traced from it; "
+               f"the prompts' roles are {', '.join(have) or '(none)'}")
+        summary.warnings.append(msg)
+        print(f"unpack ingest: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def _count(summary: Summary, items: list[Item]) -> None:

@@ -193,3 +193,68 @@ def test_valid_overrides_are_typed_by_their_field():
                    "seed": "metric", "path_min_frac": 1e-5}
     assert type(got["top_paths_k"]) is int and type(got["w_K"]) is float
     assert make_config("kqv_aligned", **got).top_paths_k == 3
+
+
+# ------------------------------------------------------------------ 6. corpus roots, roles, SIGINT
+
+def _ioi_model(tmp_path_factory):
+    from test_ingest import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("ioi-gpt2"))
+
+
+@pytest.fixture(scope="module")
+def ioi_model_dir(tmp_path_factory):
+    return _ioi_model(tmp_path_factory)
+
+
+def test_corpus_root_is_traced_and_bad_rows_keep_their_text(ioi_model_dir, tmp_path):
+    rows = [
+        {"text": "When Mary and John went to the store, John gave a drink to",
+         "target": " Mary", "root": "attn_1_head_0@END"},
+        {"text": "Then Anne and Mary went to the park", "target": " Anne", "root": "mlp_0@2"},
+        {"text": "When Anne went to the store", "target": " Anne", "root": "attn_1_head_0@IO"},
+        {"text": "When John went to the park", "target": " John", "root": "attn_7_head_0@END"},
+        "this line is not JSON",
+    ]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join((json.dumps(r) if isinstance(r, dict) else r) + "\n" for r in rows))
+    db = tmp_path / "u.duckdb"
+    p = unpack("ingest", "--model", str(ioi_model_dir), "--corpus", str(corpus), "--db", str(db),
+               "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    con = duckdb.connect(str(db), read_only=True)
+    traces = con.execute("SELECT p.text, t.root, t.root_pos FROM traces t JOIN prompts p "
+                         "USING (prompt_id) ORDER BY p.seq, t.root").fetchall()
+    failed = con.execute("SELECT seq, text, error FROM prompts WHERE status = 'failed' "
+                         "ORDER BY seq").fetchall()
+    con.close()
+    assert traces == [(rows[0]["text"], "attn_1_head_0@END", 13), (rows[0]["text"], "target", 13),
+                      (rows[1]["text"], "mlp_0@2", 2), (rows[1]["text"], "target", 7)], traces
+    assert [f[0] for f in failed] == [2, 3, 4]  # seq set, after the rows that loaded
+    texts = {f[1]: f[2] for f in failed}
+    assert "no role 'IO'" in texts[rows[2]["text"]] and "END" in texts[rows[2]["text"]]
+    assert "no component 'attn_7_head_0'" in texts[rows[3]["text"]]
+    assert "not valid JSON" in texts["this line is not JSON"]
+
+
+def test_a_role_no_prompt_has_is_a_warning_with_the_roles_there_are(ioi_model_dir, tmp_path):
+    db = tmp_path / "u.duckdb"
+    p = unpack("ingest", "--model", str(ioi_model_dir), "--task", "ioi", "--n", "1", "--db",
+               str(db), "--roots", "1.0@S3", "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    msg = "no prompt has the role 'S3'"
+    assert msg in p.stderr and "END, IO, S1, S2" in p.stderr, p.stderr
+    assert msg in p.stdout  # in the summary too
+
+
+def test_sigint_during_start_up_of_trace_exits_130_without_a_traceback(model_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "unpack.cli", "trace", "--model", model_dir,
+                             "--text", TEXT, "--target", " Mary"], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # importing torch
+    assert proc.poll() is None, "trace ended before the signal"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "unpack trace: interrupted" in err and "Traceback" not in err
