@@ -244,3 +244,13 @@ def test_sigterm_stops_the_server_and_frees_the_port(db):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
         s.listen()
+
+
+@pytest.mark.parametrize("flag, value", [("--sql-timeout", "0"), ("--sql-timeout", "nan"),
+                                         ("--sql-max-mb", "-5")])
+def test_app_limit_flags_are_checked(db, capsys, flag, value):
+    from unpack.cli import main
+
+    assert main(["app", "--db", str(db), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {float(value)}" in err and "above 0" in err, err
