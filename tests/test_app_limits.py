@@ -213,7 +213,7 @@ def alive(pid: int) -> bool:
 def test_sigterm_stops_the_server_and_frees_the_port(db):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "unpack.cli", "app", "--db", str(db),
-                             "--port", str(port), "--sql-timeout", "5"], cwd=REPO, env=env(),
+                             "--port", str(port)], cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
