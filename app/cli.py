@@ -5,6 +5,7 @@ Streamlit started inside the handler."""
 from __future__ import annotations
 
 import argparse
+import time
 
 from unpack.commands import add_device_flags
 
@@ -43,6 +44,12 @@ def register(subparsers) -> None:
                    help=f"address to listen on (default {DEFAULT_HOST}; anything else exposes "
                         "the database to the network)")
     add_device_flags(p, "the model of a trace on demand (a reroot on the Prompt page)")
+    p.add_argument("--sql-timeout", type=float, default=None, metavar="SECONDS",
+                   help="time limit of one query in the SQL box (default 10); a query past it "
+                        "is interrupted and says so")
+    p.add_argument("--sql-max-mb", type=float, default=None, metavar="MB",
+                   help="size limit of one SQL result in MiB (default 32); the result cache "
+                        "holds at most four times this")
     p.set_defaults(func=app_handler)
 
 
@@ -83,16 +90,76 @@ def check_port(host: str, port: int) -> None:
                              "with --port, or stop what is using it") from None
 
 
+def _limits(args) -> dict[str, str]:
+    """The SQL limits as the environment the Streamlit process reads."""
+    from unpack.errors import InputError
+
+    from .db import DEFAULT_MAX_MB, DEFAULT_TIMEOUT_S
+
+    out = {}
+    for flag, value, default, name, top in (
+            ("--sql-timeout", args.sql_timeout, DEFAULT_TIMEOUT_S, "UNPACK_SQL_TIMEOUT", 86400),
+            ("--sql-max-mb", args.sql_max_mb, DEFAULT_MAX_MB, "UNPACK_SQL_MAX_MB", 65536)):
+        v = default if value is None else value
+        if not 0 < v <= top:  # also refuses nan
+            raise InputError(f"{flag} {value} must be a number above 0 and at most {top}, "
+                             f"e.g. {flag} {default:g}")
+        out[name] = repr(float(v))
+    return out
+
+
+def serve(cmd: list[str], env: dict, grace_s: float = 20.0) -> int:
+    """Run the Streamlit server as a child in its own session and stay its parent:
+    SIGTERM and SIGINT (Ctrl-C) are forwarded to it, and this process returns
+    only once the server has stopped (killed after ``grace_s``), so no server is
+    left running, re-parented, once ``unpack app`` is gone. Returns 128 + the
+    signal when stopped by one, else the server's exit status."""
+    import os
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    received: list[tuple[int, float]] = []
+
+    def group_signal(sig) -> None:
+        try:
+            os.killpg(child.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def forward(signum, _frame):
+        received.append((signum, time.monotonic()))
+        group_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                rc = child.wait(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                if received and time.monotonic() - received[0][1] > grace_s:
+                    group_signal(signal.SIGKILL)
+    finally:
+        if child.poll() is None:  # an error in this process: never leave the server behind
+            group_signal(signal.SIGKILL)
+            child.wait()
+        group_signal(signal.SIGKILL)  # anything the server started in its session
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 128 + received[0][0] if received else rc
+
+
 def app_handler(args) -> int:
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
     from .db import open_db
 
     db = Path(args.db).resolve()
-    open_db(db).close()  # missing file, not a store or an old schema: a clear error now
+    limits = _limits(args)
+    open_db(db).close()  # missing, not a store, truncated or a schema of other code: say so now
     from unpack.loading import resolve_device
     resolve_device(args.device)  # a device that is not there: a clear error now
     check_port(args.host, args.port)
@@ -103,8 +170,5 @@ def app_handler(args) -> int:
     print(f"unpack app: {db} (read-only) at http://{url_host}:{args.port}  (Ctrl-C stops it)",
           flush=True)
     env = dict(os.environ, UNPACK_DB=str(db), UNPACK_DEVICE=args.device,
-               UNPACK_DTYPE=args.dtype or "float32")
-    try:
-        return subprocess.call(streamlit_command(str(db), args.host, args.port), env=env)
-    except KeyboardInterrupt:
-        return 130
+               UNPACK_DTYPE=args.dtype or "float32", **limits)
+    return serve(streamlit_command(str(db), args.host, args.port), env)

@@ -7,6 +7,8 @@ install extensions or read the file system.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -22,74 +24,234 @@ SAFE_CONFIG = {
 
 def open_db(path) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the store at ``path`` with external access off,
-    its settings locked, and its schema checked against this code."""
+    its settings locked, its schema checked against this code, and its length
+    checked against its metadata (a truncated copy is refused here, not on every
+    page). Problems of the file are ``ingest.store.StoreError`` (an InputError)."""
+    from ingest.store import check_complete, check_store_path, store_error
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"database {str(p)!r} does not exist; create it with "
                          "`unpack demo` or `unpack ingest --model M --task ioi --db PATH`")
+    check_store_path(p, for_writing=False)
     try:
         con = duckdb.connect(str(p), read_only=True, config=dict(SAFE_CONFIG))
     except duckdb.Error as e:
+        mapped = store_error(p, e)
+        if mapped is not None:
+            raise mapped from None
         raise InputError(f"cannot open database {str(p)!r} read-only: {str(e).splitlines()[0]}") from None
-    con.execute("SET lock_configuration = true")
-    check_schema(con, p)
+    try:
+        con.execute("SET lock_configuration = true")
+        check_complete(con, p)
+        check_schema(con, p)
+    except duckdb.Error as e:
+        con.close()
+        mapped = store_error(p, e)
+        if mapped is not None:
+            raise mapped from None
+        raise
+    except Exception:
+        con.close()
+        raise
     return con
 
 
 def check_schema(con, path) -> None:
     import migrations
+
+    from ingest.store import _refuse_newer
+
     head = migrations.head_revision()
     try:
         rev = con.execute("SELECT version_num FROM alembic_version").fetchone()
     except duckdb.Error:
         rev = None
     rev = rev[0] if rev else None
+    _refuse_newer(rev, path)
+    if rev is None:
+        raise InputError(f"database {str(path)!r} has no unpack schema (schema None, this code "
+                         f"needs {head}): it is not a store made by `unpack ingest`; create one "
+                         "with `unpack demo` or `unpack ingest --db PATH`")
     if rev != head:
         raise InputError(f"database {str(path)!r} has schema {rev}, this code needs {head}; "
-                         "open it once with `unpack ingest` to upgrade it")
+                         f"upgrade it with `python -m migrations --db {str(path)} upgrade` "
+                         "(any `unpack ingest` into it upgrades it too)")
 
 
-_LEADING = re.compile(r"^\s*(--[^\n]*\n\s*|/\*.*?\*/\s*)*", re.S)
-_ALLOWED = ("select", "with", "from", "values", "table", "describe", "show", "summarize", "explain",
-            "pivot", "unpivot")
+# What the SQL box runs: statements whose type DuckDB's own parser reports as one
+# of these (DESCRIBE, SHOW, SUMMARIZE, FROM ..., VALUES, TABLE parse as SELECT;
+# PIVOT as MULTI). The connection is read-only underneath either way.
+_ALLOWED_TYPES = ("SELECT", "EXPLAIN")
+_ALLOWED_MULTI = ("pivot", "unpivot")
+_HINT = "SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN only"
+
+DEFAULT_TIMEOUT_S = 10.0  # per query; `unpack app --sql-timeout`
+DEFAULT_MAX_MB = 32.0  # result size; `unpack app --sql-max-mb`
+
+
+class QueryLimitError(InputError):
+    """A query ran past the time limit or its result past the size limit."""
+
+
+def _first_word(stmt: str) -> str:
+    body = re.sub(r"^\s*((--[^\n]*(\n|$))|(/\*.*?\*/)|\s)*", "", stmt, flags=re.S)
+    m = re.match(r"[A-Za-z_]+", body)
+    return m.group(0) if m else body[:1]
 
 
 def check_readonly_sql(sql: str) -> str:
-    """Refuse anything but a single read query, with a message that says why.
+    """The one read statement in ``sql`` (its text), or an InputError that says why
+    not. DuckDB's parser splits the statements, so a ';' inside a string or a
+    comment is not a separator, and a typo is a syntax error, not a refusal.
 
-    The database enforces this too (read-only, no external access, locked
+    The database enforces read-only too (read-only, no external access, locked
     settings); this check gives the clear message first."""
-    body = _LEADING.sub("", sql or "").strip().rstrip(";").strip()
-    if not body:
-        raise InputError("the query is empty: write a SELECT")
-    if ";" in body:
-        raise InputError("one statement at a time: remove the ';' between statements")
-    first = body.split(None, 1)[0].lower()
-    if first not in _ALLOWED:
-        raise InputError(f"{first.upper()} is not allowed here: this SQL box is read-only "
-                         "(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN only)")
-    return body
-
-
-def run_query(con, sql: str, limit: int | None = 10_000):
-    """A read query's result as a DataFrame (at most ``limit`` rows)."""
-    body = check_readonly_sql(sql)
+    text = sql or ""
     try:
-        rel = con.sql(body)
+        stmts = [st for st in duckdb.extract_statements(text)
+                 if st.query.strip().rstrip(";").strip()]
+    except duckdb.Error as e:
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        msg = lines[0].replace("Parser Error: ", "")
+        where = f" ({lines[1].strip()})" if len(lines) > 1 and lines[1].startswith("LINE") else ""
+        raise InputError(f"the query is not valid SQL: {msg}{where}; check the spelling, e.g. "
+                         "SELECT * FROM prompts LIMIT 10") from None
+    if not stmts:
+        raise InputError("the query is empty: write a SELECT")
+    if len(stmts) > 1:
+        raise InputError(f"one statement at a time: this has {len(stmts)}; remove the ';' "
+                         "between statements")
+    st = stmts[0]
+    kind = st.type.name
+    word = _first_word(st.query)
+    if kind not in _ALLOWED_TYPES and not (kind == "MULTI" and word.lower() in _ALLOWED_MULTI):
+        label = kind.split("_")[0] if word.upper() in ("WITH", "(", "") else word.upper()
+        raise InputError(f"{label} is not allowed here: this SQL box is read-only ({_HINT})")
+    return _without_terminator(st.query)
+
+
+def _without_terminator(stmt: str) -> str:
+    """The statement without its closing ';' (and the comments after it), found
+    with DuckDB's tokenizer so a ';' in a string or a comment is left alone."""
+    toks = [(off, kind.name if hasattr(kind, "name") else str(kind))
+            for off, kind in duckdb.tokenize(stmt)]
+    code = [(off, kind) for off, kind in toks if kind != "comment"]
+    if code and code[-1][1] == "operator" and stmt[code[-1][0]:].lstrip().startswith(";"):
+        stmt = stmt[:code[-1][0]]
+    return stmt.strip()
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
+
+
+def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+              max_bytes: int | None = int(DEFAULT_MAX_MB * 2**20)):
+    """A read query's result as a DataFrame: at most ``limit`` rows (one more is
+    fetched, so ``df.attrs["truncated"]`` says whether rows were left out), at most
+    ``max_bytes`` of result (else :class:`QueryLimitError`), and stopped after
+    ``timeout_s`` seconds (DuckDB interrupts the query; :class:`QueryLimitError`).
+
+    The query runs on its own cursor of ``con``, so a slow one holds up no other
+    session. Rows stream in small batches: a result past the size limit is never
+    held whole."""
+    import pyarrow as pa
+
+    body = check_readonly_sql(sql)
+    cur = con.cursor()
+    timed_out = threading.Event()
+
+    def stop():
+        timed_out.set()
+        cur.interrupt()
+
+    timer = threading.Timer(timeout_s, stop) if timeout_s else None
+    t0 = time.perf_counter()
+    try:
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        rel = cur.sql(body)
         if rel is None:
             raise InputError("the statement returned no rows")
         if limit is not None:
-            rel = rel.limit(limit)
-        return rel.df()
+            rel = rel.limit(limit + 1)
+        reader = rel.to_arrow_reader(64)
+        batches, n_rows, n_bytes = [], 0, 0
+        for batch in reader:
+            batches.append(batch)
+            n_rows += batch.num_rows
+            n_bytes += batch.nbytes
+            if max_bytes is not None and n_bytes > max_bytes:
+                raise QueryLimitError(
+                    f"the result is larger than the size limit of {_mb(max_bytes)} (passed it "
+                    f"after {n_rows:,} rows): select fewer or narrower columns, add a LIMIT, or "
+                    "raise the limit with `unpack app --sql-max-mb`")
+            if limit is not None and n_rows > limit:
+                break
+        table = pa.Table.from_batches(batches, schema=reader.schema)
     except duckdb.Error as e:
+        if timed_out.is_set():
+            raise QueryLimitError(
+                f"the query ran past the time limit of {timeout_s:g} s and was stopped: narrow "
+                "it (a WHERE, a LIMIT, fewer joins), or raise the limit with "
+                "`unpack app --sql-timeout`") from None
         msg = str(e).splitlines()[0]
         if any(k in msg.lower() for k in ("read-only", "read only", "external access", "permission",
                                           "lock_configuration", "locked")):
             raise InputError(f"refused: {msg} (this connection is read-only and cannot reach files)") from None
         raise InputError(f"query failed: {msg}") from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+        cur.close()
+    truncated = limit is not None and table.num_rows > limit
+    if truncated:
+        table = table.slice(0, limit)
+    df = table.to_pandas()
+    df.attrs.update(truncated=truncated, bytes=int(n_bytes), seconds=time.perf_counter() - t0)
+    return df
 
 
-import threading  # noqa: E402  (used by shared_db only)
+class ResultCache:
+    """Least-recently-used query results, bounded in bytes (not entries): one
+    large result cannot keep gigabytes alive. Thread-safe; the lock is never held
+    while a query runs."""
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        self.max_bytes = int(max_bytes)
+        self._items: "OrderedDict[tuple, tuple[object, int]]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key):
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+            return hit[0]
+
+    def put(self, key, value, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, n) = self._items.popitem(last=False)
+                self._bytes -= n
+
 
 _SHARED: dict = {}
 _SHARED_LOCK = threading.Lock()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import streamlit as st
 
 from app.ui import state
@@ -30,5 +31,11 @@ PAGES = [
 
 page = st.navigation(PAGES)
 state.connection()  # a clear message and a stop when the store cannot be opened
-st.session_state["ws"] = state.working_set()
-page.run()
+try:
+    st.session_state["ws"] = state.working_set()
+    page.run()
+except duckdb.Error as e:  # damage the start-up check cannot see (a corrupt block)
+    from ingest.store import store_error
+
+    problem = store_error(state.db_path(), e)
+    st.error(f"Cannot read the database: {problem or str(e).splitlines()[0]}")

@@ -81,21 +81,11 @@ def register(subparsers) -> None:
 
 
 def parse_set(items) -> dict:
-    """``FIELD=VALUE`` pairs; values are JSON when they parse (numbers, true), else text."""
-    import json
+    """``FIELD=VALUE`` pairs, each typed by its config field and range-checked
+    (``unpack.config.parse_overrides``)."""
+    from unpack.config import parse_overrides
 
-    from unpack.errors import InputError
-
-    out = {}
-    for item in items or ():
-        field, eq, value = item.partition("=")
-        if not eq or not field:
-            raise InputError(f"--set {item!r} must look like FIELD=VALUE, e.g. --set beta=0.9")
-        try:
-            out[field] = json.loads(value)
-        except json.JSONDecodeError:
-            out[field] = value
-    return out
+    return parse_overrides(items)
 
 
 def load_records(args, tokenizer):
@@ -116,11 +106,19 @@ def ingest_handler(args) -> int:
     from unpack.errors import InputError
     from unpack.loading import load_model
 
-    from .run import ingest
+    from unpack.tasks.corpus import check_corpus_path
+
+    from .run import check_arguments, ingest
+    from .store import check_store
 
     if args.controls and args.task != "ioi":
         raise InputError("--controls applies to --task ioi only; drop it")
+    # everything that needs no model is checked before loading it
     overrides = parse_set(args.set)
+    check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots)
+    if args.corpus:
+        check_corpus_path(args.corpus)
+    check_store(args.db)
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     records, rejected = load_records(args, tok)
     tracer = Tracer(model=model, tokenizer=tok)

@@ -46,6 +46,7 @@ class Summary:
     db_bytes: int = 0
     db_prompts: int = 0  # prompts in the whole database, all runs
     errors: list = field(default_factory=list)  # (where, reason) of the first few failures
+    warnings: list = field(default_factory=list)  # about the whole run (e.g. roles no prompt has)
 
     @property
     def n_done(self) -> int:
@@ -72,6 +73,8 @@ class Summary:
                      f"prompts of all runs{per}")
         for where, reason in self.errors:
             lines.append(f"  failed: {where}: {reason}")
+        for w in self.warnings:
+            lines.append(f"  warning: {w}")
         if self.n_failed > len(self.errors):
             lines.append(f"  ... {self.n_failed - len(self.errors)} more failed; "
                          "see SELECT seq, text, error FROM prompts WHERE status = 'failed'")
@@ -83,6 +86,24 @@ class Summary:
 _SHORT = re.compile(r"^(\d+|\*)\.(\d+|\*)$")  # 9.9 -> attn_9_head_9
 
 
+def split_roots(specs) -> list[tuple[str, list[str], str]]:
+    """``(spec, component patterns, where)`` for each root spec, checked for shape
+    only (no model needed): ``COMPONENTS@WHERE``, ``L.H`` expanded."""
+    out = []
+    for spec in specs or ():
+        for part in str(spec).split():
+            comps, at, where = part.rpartition("@")
+            if not at or not comps or not where or "" in comps.split(","):
+                raise InputError(f"root {part!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
+                                 "e.g. attn_9_head_9@END, 9.9,9.6@END or mlp_0@-1")
+            pats = []
+            for c in comps.split(","):
+                m = _SHORT.match(c)
+                pats.append(f"attn_{m[1]}_head_{m[2]}" if m else c)
+            out.append((part, pats, where))
+    return out
+
+
 def parse_roots(specs, names: list[str]) -> list[tuple[str, str]]:
     """``(component, where)`` for each root spec ``COMPONENTS@WHERE``.
 
@@ -91,22 +112,14 @@ def parse_roots(specs, names: list[str]) -> list[tuple[str, str]]:
     WHERE: a role of the prompt (``END``, ``S2``, ...) or a token position
     (negative counts from the end). ``names`` are the model's components."""
     out: list[tuple[str, str]] = []
-    for spec in specs or ():
-        for part in str(spec).split():
-            comps, at, where = part.rpartition("@")
-            if not at or not comps or not where:
-                raise InputError(f"root {part!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
-                                 "e.g. attn_9_head_9@END, 9.9,9.6@END or mlp_0@-1")
-            for c in comps.split(","):
-                m = _SHORT.match(c)
-                if m:
-                    c = f"attn_{m[1]}_head_{m[2]}"
-                pattern = re.compile("^" + re.escape(c).replace(r"\*", r"\d+") + "$")
-                found = [n for n in names if pattern.match(n)]
-                if not found:
-                    raise InputError(f"root {part!r}: no component {c!r} in this model "
-                                     f"(components look like {names[0]}, {names[-1]})")
-                out += [(n, where) for n in found if (n, where) not in out]
+    for part, pats, where in split_roots(specs):
+        for c in pats:
+            pattern = re.compile("^" + re.escape(c).replace(r"\*", r"\d+") + "$")
+            found = [n for n in names if pattern.match(n)]
+            if not found:
+                raise InputError(f"root {part!r}: no component {c!r} in this model "
+                                 f"(components look like {names[0]}, {names[-1]})")
+            out += [(n, where) for n in found if (n, where) not in out]
     return out
 
 
@@ -264,6 +277,27 @@ def run_counts(conn, run_id: int) -> dict[str, int]:
 
 # ------------------------------------------------------------------ the ingest
 
+def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict:
+    """The run's config from the preset, overrides and flags, every value typed and
+    range-checked, and the roots' shape: all that needs no model (the CLI calls
+    this before loading one)."""
+    from unpack.config import check_field, make_config
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch-size {batch_size!r} must be a positive integer")
+    extra = dict(overrides or {})
+    if "preset" in extra:
+        raise InputError("the preset is not a --set field; use --preset NAME")
+    if edge_min_frac is not None:
+        try:
+            extra["edge_min_frac"] = check_field("edge_min_frac", edge_min_frac)
+        except InputError:
+            raise InputError(f"--edge-min-frac {edge_min_frac} must be a finite number >= 0, "
+                             "e.g. --edge-min-frac 1e-3") from None
+    split_roots(roots)
+    return make_config(preset, **dict(extra, position_edges=True)).to_dict()
+
+
 def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str = "kqv_aligned",
            roots=(), batch_size: int = 8, edge_min_frac: float | None = None,
            overrides: dict | None = None, errors=(), progress: bool = True,
@@ -273,25 +307,32 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     ``errors``: rejected corpus rows (file, line, reason), stored as failed
     prompts. ``roots``: root specs (see :func:`parse_roots`), traced for every
     prompt besides the target. Position-resolved edges are kept above
-    ``edge_min_frac`` of Σ|seeds| (the config default unless given)."""
-    from tqdm.auto import tqdm
-
-    from unpack.config import make_config
-
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"--batch-size {batch_size!r} must be a positive integer")
-    extra = dict(overrides or {})
-    if "preset" in extra:
-        raise InputError("the preset is not a --set field; use --preset NAME")
-    if edge_min_frac is not None:
-        if not edge_min_frac >= 0:
-            raise InputError(f"--edge-min-frac {edge_min_frac} must be >= 0")
-        extra["edge_min_frac"] = edge_min_frac
-    config = make_config(preset, **dict(extra, position_edges=True)).to_dict()
+    ``edge_min_frac`` of Σ|seeds| (the config default unless given). A problem
+    of the database file is a :class:`ingest.store.StoreError` (batches already
+    committed stay)."""
+    config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
     root_list = parse_roots(roots, list(tracer.comps.names))
     if model_info is None:
         from unpack.loading import model_info as _info
         model_info = _info(tracer.model)
+
+    try:
+        summary = _ingest_into(db, records, errors, tracer, model_name, preset, config,
+                               root_list, batch_size, model_info, progress)
+    except Exception as e:  # a problem of the file (full disk, read-only, corrupt): say so
+        store_side = isinstance(e, (sa.exc.DBAPIError, OSError)) or \
+            type(e).__module__.startswith("duckdb")
+        mapped = store.store_error(db, e) if store_side else None
+        if mapped is None:
+            raise
+        raise mapped from None
+    summary.db_bytes = store.file_bytes(db)
+    return summary
+
+
+def _ingest_into(db, records, errors, tracer, model_name, preset, config, root_list, batch_size,
+                 model_info, progress) -> Summary:
+    from tqdm.auto import tqdm
 
     engine = store.connect(db)
     try:
@@ -301,7 +342,8 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
                 stored = _stored(conn, run_id)
                 ids = _first_ids(conn)  # this process is the only writer (DuckDB's file lock)
             summary = Summary(db=str(db), model=model_name, preset=preset, run_id=run_id)
-            todo = _plan(records, errors, root_list, stored, summary)
+            todo = _plan(records, errors, root_list, stored, summary, list(tracer.comps.names))
+            _warn_missing_roles(records, root_list, summary)
 
             bad = [it for it in todo if it.error]  # rejected corpus rows: no tracing needed
             if bad:
@@ -335,9 +377,11 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
                 summary.rows = run_counts(conn, run_id)
                 summary.db_prompts = conn.execute(sa.select(sa.func.count())
                                                   .select_from(S.prompts)).scalar()
+            # Fold the write-ahead log into the file now: DuckDB's own checkpoint at
+            # close hides its errors (a full disk would go unreported).
+            conn.exec_driver_sql("CHECKPOINT")
     finally:
         engine.dispose()
-    summary.db_bytes = store.file_bytes(db)
     return summary
 
 
@@ -351,10 +395,11 @@ def _stored(conn, run_id: int) -> dict[str, tuple[int, str, set]]:
     return out
 
 
-def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[Item]:
+def _plan(records, errors, root_list, stored: dict, summary: Summary,
+          names: list[str] = ()) -> list[Item]:
     """Items still to do, in input order: rejected corpus rows first, then records
     (new prompts, and stored prompts that lack some of the requested roots)."""
-    todo, seen = [], set()
+    todo, seen, n_rejected = [], set(), 0
     for e in errors or ():
         file, line, reason = getattr(e, "file", None), getattr(e, "line", None), getattr(e, "reason", str(e))
         key = hashlib.sha1(json.dumps(["rejected", str(file), line]).encode()).hexdigest()[:20]
@@ -364,9 +409,12 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[It
             summary.n_duplicates += key not in stored
             continue
         seen.add(key)
-        todo.append(Item(seq=-1, key=key, record=None, error=str(reason), label=f"{file}:{line}",
-                         fields={"task": "corpus",
+        # after the rows that loaded, in file order; the text is the row's (or its line)
+        todo.append(Item(seq=len(records) + n_rejected, key=key, record=None, error=str(reason),
+                         label=f"{file}:{line}",
+                         fields={"task": "corpus", "text": getattr(e, "text", None),
                                  "metadata": json.dumps({"file": str(file), "line": line})}))
+        n_rejected += 1
     for seq, rec in enumerate(records):
         summary.n_input += 1
         key = prompt_key(rec)
@@ -375,6 +423,23 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[It
             continue
         seen.add(key)
         roots, warnings = resolve_roots(rec, root_list)
+        error = None
+        if getattr(rec, "root", None):  # the record's own root (a corpus column)
+            try:
+                extra, more = resolve_roots(rec, parse_roots([rec.root], names))
+            except InputError as e:
+                error = f"root {rec.root!r}: {e}"
+            else:
+                if more:
+                    error = "; ".join(more)
+                roots += [r for r in extra[1:] if r.spec not in {x.spec for x in roots}]
+        if error is not None:
+            if key not in stored:
+                todo.append(Item(seq=seq, key=key, record=rec, error=error,
+                                 label=f"prompt {seq} {rec.text[:50]!r}"))
+            else:
+                summary.n_skipped += 1
+            continue
         prompt_id = None
         if key in stored:
             prompt_id, status, have = stored[key]
@@ -385,6 +450,23 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary) -> list[It
         todo.append(Item(seq=seq, key=key, record=rec, roots=roots, warnings=warnings,
                          label=f"prompt {seq} {rec.text[:50]!r}", prompt_id=prompt_id))
     return todo
+
+
+def _warn_missing_roles(records, root_list, summary: Summary) -> None:
+    """A --roots role that no prompt has traces nothing: say so, with the roles
+    the prompts do have."""
+    import sys
+
+    have = sorted({r for rec in records for r in (rec.roles or {})})
+    missing = sorted({w for _, w in root_list
+                      if not re.fullmatch(r"-?\d+", w) and w not in have})
+    for w in missing:
+        specs = sorted({f"{c}@{w}" for c, ww in root_list if ww == w})
+        shown = ", ".join(specs[:3]) + (f" and {len(specs) - 3} more" if len(specs) > 3 else "")
+        msg = (f"--roots {shown}: no prompt has the role {w!r}, so nothing is traced from it; "
+               f"the prompts' roles are {', '.join(have) or '(none)'}")
+        summary.warnings.append(msg)
+        print(f"unpack ingest: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def _count(summary: Summary, items: list[Item]) -> None:

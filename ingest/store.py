@@ -17,32 +17,232 @@ from unpack.errors import InputError
 DEFAULT_DB = "unpack.duckdb"
 
 
+class StoreError(InputError):
+    """The database file cannot be used as it is. The message names the file, what
+    is wrong with it and the fix; the CLI prints it and exits with status 2, and
+    nothing already stored is lost."""
+
+
+_HEADER = 3 * 4096  # DuckDB's main header and its two database headers
+
+
+def _describe(head: bytes) -> str:
+    if head.startswith(b"SQLite format 3"):
+        return "an SQLite database"
+    if head.startswith(b"PAR1"):
+        return "a Parquet file"
+    if head[:2] == b"PK":
+        return "a zip archive"
+    try:
+        head.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "some other binary format"
+
+
+def check_store_path(path, for_writing: bool = True) -> None:
+    """Checks on the file itself, before DuckDB or a model is involved: the
+    folder exists, the file (if there is one) is a DuckDB file, not empty, and
+    it can be written when ``for_writing``."""
+    p = Path(path)
+    name = str(p)
+    if not p.parent.exists():
+        raise InputError(f"database {name!r}: folder {str(p.parent)!r} does not exist; "
+                         "create it or pick another --db")
+    if p.is_dir():
+        raise StoreError(f"database {name!r} is a folder, not a file; give a file path with --db")
+    if p.exists():
+        try:
+            size = p.stat().st_size
+            with open(p, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise StoreError(f"database {name!r} cannot be read ({e.strerror}); check its "
+                             "permissions or choose another --db") from None
+        if size == 0:
+            raise StoreError(f"database {name!r} is an empty file (0 bytes), not a DuckDB "
+                             "database: restore it from a backup, or delete it to start a new "
+                             "store there, or choose another --db")
+        if head[8:12] != b"DUCK":
+            raise StoreError(f"database {name!r} is not a DuckDB database (the file holds "
+                             f"{_describe(head)}): choose another --db, or restore the store "
+                             "from a backup")
+    if for_writing:
+        target = p if p.exists() else p.parent
+        if not os.access(target, os.W_OK):
+            ro = _read_only_fs(target)
+            why = "is on a read-only file system" if ro else "is not writable (permissions)"
+            raise StoreError(f"database {name!r} {why}: choose a writable path with --db"
+                             + ("" if ro else ", or fix the permissions"))
+
+
+def check_store(path) -> None:
+    """Everything about the store file that can be checked without a model: the
+    path (:func:`check_store_path`), and for an existing file that DuckDB opens
+    it, that it is not truncated, not held by another writer and not of a newer
+    schema. The CLI runs this before loading a model."""
+    import duckdb
+
+    check_store_path(path, for_writing=True)
+    p = Path(path)
+    if not p.exists():
+        return
+    try:
+        raw = duckdb.connect(str(p), read_only=True,
+                             config={"autoinstall_known_extensions": False,
+                                     "autoload_known_extensions": False})
+    except duckdb.Error as e:
+        mapped = store_error(p, e)
+        if mapped is not None:
+            raise mapped from None
+        raise
+    try:
+        check_complete(raw, p)
+        has = raw.execute("SELECT count(*) FROM information_schema.tables "
+                          "WHERE table_name = 'alembic_version'").fetchone()[0]
+        rev = raw.execute("SELECT max(version_num) FROM alembic_version").fetchone()[0] if has else None
+        _refuse_newer(rev, p)
+    except duckdb.Error as e:
+        mapped = store_error(p, e)
+        if mapped is not None:
+            raise mapped from None
+        raise
+    finally:
+        raw.close()
+
+
+def _refuse_newer(rev, path) -> None:
+    import migrations
+
+    if rev is not None and not migrations.known_revision(rev):
+        raise StoreError(f"database {str(path)!r} has schema revision {rev}, newer than this "
+                         f"code (which knows up to {migrations.head_revision()}): upgrade the "
+                         "code (git pull, then bash .ci/setup), or use a store made by this "
+                         "version")
+
+
+def _read_only_fs(path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_complete(raw, path) -> None:
+    """A checkpointed DuckDB file reaches past the last block its tables and
+    metadata use; a shorter one was cut off (an interrupted copy or download).
+    Reads only the metadata, not the rows."""
+    p = Path(path)
+    if Path(f"{p}.wal").exists():  # blocks of the log may not be in the file yet
+        return
+    block_size = int(raw.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0])
+    last = raw.execute("SELECT max(block_id) FROM pragma_metadata_info()").fetchone()[0]
+    last = -1 if last is None else int(last)
+    for (table,) in raw.execute("SELECT table_name FROM duckdb_tables() "
+                                "WHERE database_name = current_database()").fetchall():
+        q = ("SELECT max(greatest(block_id, coalesce(list_max(additional_block_ids), -1))) "
+             "FROM pragma_storage_info(?) WHERE persistent")
+        b = raw.execute(q, [table]).fetchone()[0]
+        if b is not None:
+            last = max(last, int(b))
+    need, have = _HEADER + (last + 1) * block_size, p.stat().st_size
+    if have < need:
+        raise StoreError(f"database {str(p)!r} is truncated: it has {have:,} bytes, its "
+                         f"contents need {need:,} (an interrupted copy or download?); restore "
+                         "it from a backup or copy it again")
+
+
+def store_error(path, exc) -> StoreError | None:
+    """The :class:`StoreError` for a failure of DuckDB or the OS on ``path``, or
+    None when it is not a problem of the file (then it is a bug: keep the traceback)."""
+    import errno
+
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig)
+    low = text.lower()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(orig).__name__]
+    keys = ("no space left", "read-only file system", "permission denied", "lock", "corrupt",
+            "checksum", "could not read enough bytes", "not a valid duckdb")
+    msg = next((ln for ln in lines if any(k in ln.lower() for k in keys)), lines[0])
+    msg = msg.replace('Original error: "', "").rstrip('"')
+    name = str(path)
+    code = getattr(orig, "errno", None)
+    if code == errno.ENOSPC or "no space left" in low or "disk is full" in low:
+        return StoreError(f"database {name!r}: the disk is full ({msg}); free some space (or "
+                          "choose another --db) and run the same command again: the prompts "
+                          "stored so far are kept and the rest are added")
+    if code == errno.EROFS or "read-only file system" in low:
+        return StoreError(f"database {name!r} is on a read-only file system ({msg}); choose "
+                          "a writable path with --db")
+    if code in (errno.EACCES, errno.EPERM) or "permission denied" in low:
+        return StoreError(f"database {name!r} cannot be written ({msg}); fix its permissions "
+                          "or choose another --db")
+    if "conflicting lock" in low or ("lock" in low and "could not set lock" in low):
+        return StoreError(f"database {name!r} is open in another process (DuckDB allows one "
+                          "writer); wait for it to finish or use another --db")
+    if "not a valid duckdb database" in low:
+        return StoreError(f"database {name!r} is not a DuckDB database ({msg}); choose another "
+                          "--db, or restore the store from a backup")
+    if "could not read enough bytes" in low or "truncated" in low:
+        return StoreError(f"database {name!r} is truncated ({msg}); restore it from a backup "
+                          "or copy it again")
+    if "corrupt" in low or "checksum" in low:
+        return StoreError(f"database {name!r} is corrupt ({msg}); restore it from a backup "
+                          "(a rerun cannot repair it)")
+    if "version number" in low or "storage version" in low or "serialization" in low:
+        return StoreError(f"database {name!r} was written by another DuckDB version ({msg}); "
+                          "open it with the DuckDB version that wrote it, or export and import")
+    return None
+
+
+def stored_revision(conn) -> str | None:
+    """The Alembic revision recorded in the file (None: no schema yet)."""
+    has = conn.execute(sa.text("SELECT count(*) FROM information_schema.tables "
+                               "WHERE table_name = 'alembic_version'")).scalar()
+    if not has:
+        return None
+    return conn.execute(sa.text("SELECT max(version_num) FROM alembic_version")).scalar()
+
+
+def _check_revision(conn, path, read_only: bool) -> None:
+    """A schema this code knows: older ones are upgraded (writing) or named with
+    the command that upgrades them (read-only); newer ones need newer code."""
+    import migrations
+
+    rev, head = stored_revision(conn), migrations.head_revision()
+    _refuse_newer(rev, path)
+    if read_only and rev != head:
+        raise InputError(f"database {str(path)!r} has schema {rev}, this code needs {head}; "
+                         f"upgrade it with `python -m migrations --db {str(path)} upgrade` (any "
+                         "`unpack ingest` into it upgrades it too)")
+
+
 def connect(path=DEFAULT_DB, read_only: bool = False) -> sa.Engine:
     """An engine on the DuckDB file ``path``; unless read-only, the schema is
-    upgraded to head first. One writing process per file (DuckDB locks it)."""
+    upgraded to head first. One writing process per file (DuckDB locks it).
+    Every problem of the file is a :class:`StoreError` that names it and the fix."""
     import migrations
 
     path = Path(path)
     if read_only and not path.exists():
         raise InputError(f"database {str(path)!r} does not exist; create it with `unpack ingest`")
-    if not path.parent.exists():
-        raise InputError(f"database {str(path)!r}: folder {str(path.parent)!r} does not exist; "
-                         "create it or pick another --db")
+    check_store_path(path, for_writing=not read_only)
+    existed = path.exists()
     engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": read_only})
     try:
         with engine.begin() as conn:
-            if read_only:
-                rev, head = migrations.current_revision(conn), migrations.head_revision()
-                if rev != head:
-                    raise InputError(f"database {str(path)!r} has schema {rev}, this code needs "
-                                     f"{head}; open it once for writing (`unpack ingest`) to upgrade")
-            else:
+            if existed:
+                check_complete(conn.connection.driver_connection, path)
+            _check_revision(conn, path, read_only)
+            if not read_only:
                 migrations.upgrade(conn)
     except Exception as e:
         engine.dispose()
-        if isinstance(e, sa.exc.OperationalError) and "lock" in str(e).lower():
-            raise InputError(f"database {str(path)!r} is open in another process (DuckDB allows "
-                             "one writer); wait for it to finish or use another --db") from None
+        if isinstance(e, InputError):
+            raise
+        mapped = store_error(path, e)
+        if mapped is not None:
+            raise mapped from None
         raise
     return engine
 

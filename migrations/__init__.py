@@ -48,3 +48,14 @@ def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def known_revision(rev: str) -> bool:
+    """Whether ``rev`` is a revision of this code's history (a store written by
+    newer code has one this code does not know)."""
+    from alembic.script import ScriptDirectory
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(rev) is not None
+    except Exception:  # Alembic's ResolutionError / CommandError for an unknown id
+        return False

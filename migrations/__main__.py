@@ -27,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     cfg = alembic_config(url=f"duckdb:///{a.db}")
+    if a.cmd in ("upgrade", "downgrade", "current"):
+        from ingest.store import check_store
+        from unpack.errors import InputError
+
+        try:
+            check_store(a.db)  # a newer schema, a foreign or damaged file: say so, exit 2
+        except InputError as e:
+            print(f"python -m migrations: error: {e}", file=sys.stderr)
+            return 2
     if a.cmd == "upgrade":
         command.upgrade(cfg, a.revision)
     elif a.cmd == "downgrade":

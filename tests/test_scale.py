@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import tiny_gpt2, tiny_llama_gqa, tiny_neox, word_tokenizer
+from models import tiny_gpt2, tiny_llama_gqa, tiny_neox
+from test_engine import rel, tok  # noqa: F401  (the relative error and the tokenizer fixture)
 from unpack import InputError, Tracer, make_config
 from unpack.capture import capture
 from unpack.reference import Reference
@@ -25,16 +26,6 @@ KINDS = {
     "neox_full_rotary_sequential": lambda: tiny_neox(parallel=False, rotary_pct=1.0),
     "llama_gqa": lambda: tiny_llama_gqa(),
 }
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
 
 
 def reference(tr, prep, cfg, root=None):
@@ -125,6 +116,7 @@ def dec_rows(tr):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
+@torch.no_grad()
 def test_metric_seeds(tok, kind):
     """``seed="metric"``: with a distractor the seeds plus the bias parts add up to
     the logit difference; without one they are the default seeds (target minus

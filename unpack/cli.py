@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, FileNotFoundError) as e:
         print(f"unpack {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while starting up (imports, loading a model)
+        print(f"unpack {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

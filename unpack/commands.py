@@ -98,18 +98,34 @@ def register(sub) -> None:
 
 
 def _overrides(args) -> dict:
-    out = {}
-    for item in args.set:
-        if "=" not in item:
-            raise InputError(f"--set {item!r}: expected FIELD=VALUE")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+    """``--set`` and ``--top-paths``, typed and range-checked, and the whole config
+    (preset included) checked, all before any model is loaded."""
+    from .config import check_field, make_config, parse_overrides
+
+    out = parse_overrides(args.set)
     if args.top_paths is not None:
-        out["top_paths_k"] = args.top_paths
+        try:
+            out["top_paths_k"] = check_field("top_paths_k", args.top_paths)
+        except InputError:
+            raise InputError(f"--top-paths {args.top_paths}: give a whole number >= 0, "
+                             "e.g. --top-paths 20") from None
+    make_config(getattr(args, "preset", "kqv_aligned"), **out)
     return out
+
+
+def _check_root_syntax(root, where: str) -> None:
+    """``--root`` is COMPONENT@POSITION; its component and range need the model, its
+    shape does not (a bad root in a --prompts file fails that prompt only)."""
+    if root is None:
+        return
+    name, at, pos = str(root).rpartition("@")
+    try:
+        int(pos)
+    except ValueError:
+        pos = None
+    if not isinstance(root, str) or not at or not name or pos is None:
+        raise InputError(f"{where}: root {root!r} must look like COMPONENT@POSITION, "
+                         "e.g. attn_9_head_9@13 or mlp_0@-1")
 
 
 def _read_prompts(path: str) -> list[dict]:
@@ -141,6 +157,7 @@ def cmd_trace(args) -> int:
         prompts = [{"text": args.text, "target": args.target, "distractor": args.distractor,
                     "root": args.root}]
     overrides = _overrides(args)
+    _check_root_syntax(args.root, "--root")
     from .tracer import TraceFailure, Tracer
     tracer = Tracer(args.model, weights_dtype=args.dtype, device=args.device)
     results = tracer.trace_batch(prompts, preset=args.preset, batch_size=args.batch_size,

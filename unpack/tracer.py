@@ -15,6 +15,7 @@ from .capture import capture, unembed_mean
 from .components import Components
 from .config import Config, make_config
 from .errors import InputError
+from .finite import NonFiniteError, non_finite
 from .flow import MODES, sweep
 from .paths import Path, PathSearch
 from .tokens import encode
@@ -243,7 +244,10 @@ class Tracer:
             results = self._run([p for p, _ in chunk], cfg)
             for (_, idxs), res in zip(chunk, results):
                 for i, r in zip(idxs, res):
-                    out[i] = r
+                    why = non_finite(self, r, cfg)  # NaN or infinity: an error, never a result
+                    if why is not None and on_error != "collect":
+                        raise NonFiniteError(why)
+                    out[i] = r if why is None else TraceFailure(i, prompts[i], why)
         return out
 
     # Largest [B, ...] score buffer a batch may build (elements). Past it, memory

@@ -30,6 +30,35 @@ def db_path() -> str:
     return str(Path("unpack.duckdb").resolve())
 
 
+def sql_limits() -> tuple[float, int]:
+    """The SQL box's time limit (s) and result size limit (bytes): $UNPACK_SQL_TIMEOUT
+    and $UNPACK_SQL_MAX_MB, set by ``unpack app --sql-timeout/--sql-max-mb``."""
+    from app.db import DEFAULT_MAX_MB, DEFAULT_TIMEOUT_S
+
+    def num(name, default):
+        try:
+            v = float(os.environ.get(name, default))
+        except ValueError:
+            return default
+        return v if v > 0 and v == v and v != float("inf") else default
+
+    return num("UNPACK_SQL_TIMEOUT", DEFAULT_TIMEOUT_S), int(num("UNPACK_SQL_MAX_MB", DEFAULT_MAX_MB) * 2**20)
+
+
+_SQL_CACHE: dict = {}
+
+
+def sql_cache():
+    """The SQL box's result cache for the whole process, bounded at four times the
+    result size limit (a result past the limit is never kept)."""
+    from app.db import ResultCache
+
+    limit = 4 * sql_limits()[1]
+    if _SQL_CACHE.get("cache") is None or _SQL_CACHE["cache"].max_bytes != limit:
+        _SQL_CACHE["cache"] = ResultCache(limit)
+    return _SQL_CACHE["cache"]
+
+
 def _connection(path: str):
     return shared_db(path)
 

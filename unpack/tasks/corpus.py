@@ -14,6 +14,9 @@ Columns (JSONL keys or CSV header):
   column or key is kept in ``metadata`` too.
 - ``task``, ``template``, ``group``, ``condition`` (optional): copied to the
   record (defaults: "corpus", "", "<file name>:<line>", "").
+- ``root`` (optional): one more trace of the prompt, ``COMPONENT@ROLE`` or
+  ``COMPONENT@POSITION`` (as ``unpack ingest --roots``, for this row only); the
+  role must be one of the row's roles and the position inside its text.
 
 A bad row (not UTF-8, not JSON, missing text or target, a target or distractor
 that encodes to no token or to the unknown token, a role outside the text) is
@@ -34,7 +37,7 @@ from ..tokens import bos_text, encode, token_at_char
 from .records import PromptRecord
 
 _KNOWN = ("text", "target", "distractor", "roles", "metadata",
-          "task", "template", "group", "condition")
+          "task", "template", "group", "condition", "root")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class CorpusError:
     file: str
     line: int
     reason: str
+    text: str | None = None  # the row's text, or the line itself when it has none
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
@@ -114,6 +118,31 @@ def _roles(spec, text: str, offsets, shift_chars: int, shift_tokens: int) -> dic
     return out
 
 
+def _root(spec, roles: dict[str, int], n: int) -> str | None:
+    """A row's ``root``: COMPONENTS@ROLE with a role of this row, or
+    COMPONENTS@POSITION inside the text. The components are checked against the
+    model when the row is traced."""
+    if spec is None or spec == "":
+        return None
+    if not isinstance(spec, str):
+        raise _Bad(f"root must be a string like attn_1_head_0@END, got {type(spec).__name__}")
+    comps, at, where = spec.strip().rpartition("@")
+    if not at or not comps or not where or " " in spec.strip():
+        raise _Bad(f"root {spec!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
+                   "e.g. attn_1_head_0@END or mlp_0@-1")
+    try:
+        pos = int(where)
+    except ValueError:
+        if where not in roles:
+            raise _Bad(f"root {spec!r}: the row has no role {where!r} (its roles: "
+                       f"{', '.join(sorted(roles))})") from None
+        return spec.strip()
+    if not -n <= pos < n:
+        raise _Bad(f"root {spec!r}: position {pos} is outside the text of {n} tokens "
+                   f"(0..{n - 1}, or negative from the end)")
+    return spec.strip()
+
+
 def _record(tokenizer, row: dict, where: str, bos: str) -> PromptRecord:
     """Validate one parsed row and build its record; raises _Bad."""
     text = row.get("text")
@@ -132,6 +161,7 @@ def _record(tokenizer, row: dict, where: str, bos: str) -> PromptRecord:
         raise _Bad("text encodes to no token")
     roles = _roles(row.get("roles"), text, offsets, shift_chars, shift_tokens)
     roles.setdefault("END", len(ids) - 1)
+    root = _root(row.get("root"), roles, len(ids))
     meta = _json_object(row.get("metadata") or {}, "metadata", "metadata must be an object")
     meta = dict(meta, **{k: v for k, v in row.items() if k not in _KNOWN and k is not None})
     fields = {k: row.get(k) for k in ("task", "template", "group", "condition")}
@@ -141,7 +171,7 @@ def _record(tokenizer, row: dict, where: str, bos: str) -> PromptRecord:
     return PromptRecord(task=fields["task"] or "corpus", text=text, target=target,
                         distractor=distractor, roles=roles, template=fields["template"] or "",
                         group=fields["group"] or where, condition=fields["condition"] or "",
-                        metadata=meta)
+                        metadata=meta, root=root)
 
 
 def _jsonl_rows(data: bytes):
@@ -193,13 +223,10 @@ def _csv_rows(data: bytes, path: str):
         yield line, {k: v for k, v in zip(header, cells)}
 
 
-def load_corpus(path, tokenizer, bos: bool = False, fmt: str | None = None):
-    """Read a JSONL or CSV corpus; return ``(records, errors)``.
-
-    ``errors`` is a list of :class:`CorpusError` (file, line, reason), one per
-    rejected row; the good rows load regardless. ``fmt`` ("jsonl" or "csv")
-    overrides the guess from the file extension. A missing file, an unknown
-    format or a CSV header without text and target raise InputError."""
+def check_corpus_path(path, fmt: str | None = None) -> str:
+    """The corpus format (``jsonl`` or ``csv``) of an existing, readable file;
+    an InputError naming the file and the fix otherwise. Needs no tokenizer, so
+    the CLI checks this before loading a model."""
     path = str(path)
     if fmt is None:
         ext = os.path.splitext(path)[1].lower()
@@ -209,17 +236,36 @@ def load_corpus(path, tokenizer, bos: bool = False, fmt: str | None = None):
                          "(or pass fmt='jsonl'/'csv')")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such corpus file; check the path")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: the corpus file cannot be read (permissions); check them")
+    return fmt
+
+
+def load_corpus(path, tokenizer, bos: bool = False, fmt: str | None = None):
+    """Read a JSONL or CSV corpus; return ``(records, errors)``.
+
+    ``errors`` is a list of :class:`CorpusError` (file, line, reason), one per
+    rejected row; the good rows load regardless. ``fmt`` ("jsonl" or "csv")
+    overrides the guess from the file extension. A missing file, an unknown
+    format or a CSV header without text and target raise InputError."""
+    path = str(path)
+    fmt = check_corpus_path(path, fmt)
     with open(path, "rb") as f:
         data = f.read()
     bos_str = bos_text(tokenizer) if bos else ""
     name = os.path.basename(path)
     rows = _jsonl_rows(data) if fmt == "jsonl" else _csv_rows(data, path)
     records, errors = [], []
+    raw_lines = data.split(b"\n")
     for line, row in rows:
         try:
             if isinstance(row, _Bad):
                 raise row
             records.append(_record(tokenizer, row, f"{name}:{line}", bos_str))
         except _Bad as e:
-            errors.append(CorpusError(path, line, str(e)))
+            text = row.get("text") if isinstance(row, dict) else None
+            if not isinstance(text, str) or not text:
+                raw = raw_lines[line - 1] if 0 < line <= len(raw_lines) else b""
+                text = raw.decode("utf-8", errors="replace").strip()[:2000] or None
+            errors.append(CorpusError(path, line, str(e), text))
     return records, errors

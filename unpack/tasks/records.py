@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..tokens import encode, token_at_char
 
 FIELDS = ("task", "text", "target", "distractor", "roles", "template",
-          "group", "condition", "metadata")
+          "group", "condition", "metadata", "root")
 
 
 @dataclass
@@ -29,10 +29,15 @@ class PromptRecord:
     group: str = ""
     condition: str = ""
     metadata: dict = field(default_factory=dict)
+    root: str | None = None  # one more trace of this prompt, COMPONENT@ROLE or @POSITION
 
     def to_json(self) -> str:
-        """One JSON object on one line, keys sorted, so equal records give equal bytes."""
-        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        """One JSON object on one line, keys sorted, so equal records give equal bytes
+        (``root`` only when set)."""
+        d = asdict(self)
+        if d["root"] is None:
+            del d["root"]
+        return json.dumps(d, sort_keys=True, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, line: str | dict) -> "PromptRecord":

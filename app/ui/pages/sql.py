@@ -12,7 +12,9 @@ ws: D.WorkingSet = st.session_state["ws"]
 st.title("SQL")
 st.caption("Read-only: the database is opened read-only with DuckDB's external access off, so "
            "queries cannot write, attach files, install extensions or read the file system. "
-           "One SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN statement at a time.")
+           "One SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN statement at a time; "
+           "each query has a time limit and a result size limit (`unpack app --sql-timeout`, "
+           "`--sql-max-mb`).")
 
 examples = D.example_queries(list(ws.models))
 titles = [t for t, _ in examples]
@@ -33,26 +35,32 @@ limit = c1.number_input("Row limit", min_value=1, max_value=1_000_000, value=10_
 run = c2.button("Run query", type="primary", key="sql_run")
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+timeout_s, max_bytes = state.sql_limits()
+
+
 def cached_query(db: str, sql: str, limit: int):
-    """Results are cached per database, query text and limit."""
-    cur = state._connection(db).cursor()
-    try:
-        return run_query(cur, sql, limit)
-    finally:
-        cur.close()
+    """Results are cached per database, query text, limit and size limit, in a
+    cache bounded in bytes (state.sql_cache)."""
+    cache = state.sql_cache()
+    key = (db, sql, limit, timeout_s, max_bytes)
+    df = cache.get(key)
+    if df is None:
+        df = run_query(state._connection(db), sql, limit, timeout_s=timeout_s, max_bytes=max_bytes)
+        cache.put(key, df, int(df.memory_usage(index=True, deep=True).sum()))
+    return df
 
 
 if run:
     st.session_state["sql_last"] = sql
 if st.session_state.get("sql_last") == sql:  # edits need Run again; a new row limit does not
     try:
-        with st.spinner("Running the query ..."):
+        with st.spinner(f"Running the query (time limit {timeout_s:g} s) ..."):
             df = cached_query(state.db_path(), sql, int(limit))
     except InputError as e:
         st.error(str(e))
     else:
-        st.caption(f"{len(df):,} rows{' (the row limit)' if len(df) == limit else ''}")
+        more = " (truncated at the row limit: there are more rows)" if df.attrs.get("truncated") else ""
+        st.caption(f"{len(df):,} rows{more}")
         st.dataframe(df, hide_index=True)
         d1, d2 = st.columns(2)
         d1.download_button("Download CSV", df.to_csv(index=False).encode(), file_name="query.csv",
