@@ -26,13 +26,9 @@ from .components import Components
 Tensor = torch.Tensor
 
 
-def causal_mask(S: int, device=None, q0: int = 0, q1: Optional[int] = None, s1: Optional[int] = None) -> Tensor:
-    """``[q1-q0, s1]`` boolean, True where key position s <= query position q
-    (the rows ``q0 .. q1-1`` of the ``[S, S]`` causal mask, columns ``0 .. s1-1``)."""
-    q1 = S if q1 is None else q1
-    s1 = S if s1 is None else s1
-    q = torch.arange(q0, q1, device=device)[:, None]
-    return torch.arange(s1, device=device)[None, :] <= q
+def causal_mask(S: int, device=None) -> Tensor:
+    """``[S, S]`` boolean, True where key position s <= query position q."""
+    return torch.ones(S, S, dtype=torch.bool, device=device).tril()
 
 
 def expand_kv(x: Tensor, spec: ModelSpec, dim: int = 1) -> Tensor:
@@ -201,13 +197,11 @@ def unembed_mean(W_U: Tensor, dtype: torch.dtype, rows: int = 8192) -> Tensor:
 
 @torch.no_grad()
 def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.float32,
-            keep_resid: bool = False, full_logits: bool = False, center: bool = True) -> Capture:
+            full_logits: bool = False, center: bool = True) -> Capture:
     """Run the model described by ``spec`` on right-padded ``input_ids [B, S]``.
 
     ``center``: leave ``ĉ`` (METHOD.md §3) in the writers buffer, centered in place
-    for LayerNorm models. ``keep_resid`` is accepted for compatibility: the
-    residuals are always kept (``[B, S, D]`` per layer)."""
-    del keep_resid
+    for LayerNorm models. The residuals are always kept (``[B, S, D]`` per layer)."""
     B, S = input_ids.shape
     F = spec.layers[0].mlp.W_out.shape[1]
     keep_cells = B * S * F * spec.n_layers * 3 * torch.empty((), dtype=dtype).element_size() <= KEEP_CELLS

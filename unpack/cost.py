@@ -52,7 +52,9 @@ class Shape:
         lw = spec.layers[0]
         d_mlp = (lw.mlp.W_gate if lw.mlp.gated else lw.mlp.W_in).shape[0]
         if n_params is None:
-            n_params = spec.W_E.numel() + sum(
+            tied = spec.W_U.data_ptr() == spec.W_E.data_ptr()
+            n_params = spec.W_E.numel() + (0 if tied else spec.W_U.numel()) + (
+                spec.W_pos.numel() if spec.W_pos is not None else 0) + sum(
                 t.numel() for lw in spec.layers for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.mlp.W_out)
             ) + sum((lw.mlp.W_gate.numel() * 2 if lw.mlp.gated else lw.mlp.W_in.numel())
                     for lw in spec.layers)
