@@ -173,7 +173,7 @@ def predicted(tracer, n_tokens: int, batch: int, rates, base: int) -> dict:
 
 def run_bench(args) -> int:
     from .loading import resolve_device
-    from .plan import Rates, current_rss_bytes
+    from .plan import Rates, base_bytes
     torch.set_grad_enabled(False)
     device = resolve_device(getattr(args, "device", "cpu"))
     dtype = getattr(args, "dtype", None)
@@ -197,8 +197,7 @@ def run_bench(args) -> int:
         model, tok = random_model(shape, dtype=dtype, device=device)
         build_s = time.perf_counter() - t0
         tracer = Tracer(model=model, tokenizer=tok)
-        base = current_rss_bytes() - sum(p.numel() * p.element_size() for p in model.parameters()) \
-            if device.type == "cpu" else 0
+        base = base_bytes(model, device)
         n_params = sum(p.numel() for p in model.parameters())
         rec: dict = {"params": n_params, "build_s": build_s}
         big = n_params > 3e9

@@ -180,6 +180,28 @@ def memory_limit() -> float:
                          "size; give bytes or a size like 12G or 512M") from None
 
 
+def base_bytes(model, device: torch.device) -> int:
+    """What this process holds besides the model's weights (on a CPU; 0 on a GPU):
+    the planner's ``base`` part."""
+    if device.type != "cpu":
+        return 0
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(current_rss_bytes() - weights, 0)
+
+
+def fixes(weight_bytes: int, device: torch.device, batch: int = 1, tokens: str = "fewer tokens") -> str:
+    """What to change when a case does not fit, as one phrase."""
+    tips = []
+    if weight_bytes == 4:
+        tips.append("--dtype bfloat16 (halves the weights)")
+    if device.type == "cpu":
+        tips.append("a GPU (--device cuda)")
+    tips.append(tokens)
+    if batch > 1:
+        tips.append("a smaller --batch-size")
+    return ", or ".join(tips)
+
+
 def current_rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -275,17 +297,7 @@ def make_plan(model: str, tokens: int, device="cpu", dtype=None, batch: int = 1,
     pr = predict(shape, tokens, batch, rates=rates, base_bytes=base, elem=elem)
     avail = available_bytes(dev)
     fits = pr["peak"] <= avail
-    advice = ""
-    if not fits:
-        tips = []
-        if shape.weight_bytes == 4:
-            tips.append("--dtype bfloat16 (halves the weights)")
-        if dev.type == "cpu":
-            tips.append("a GPU (--device cuda)")
-        tips.append("fewer tokens")
-        if batch > 1:
-            tips.append("a smaller --batch-size")
-        advice = "does not fit: try " + ", or ".join(tips)
+    advice = "" if fits else "does not fit: try " + fixes(shape.weight_bytes, dev, batch)
     return Plan(model, tokens, batch, str(dev), str(wdt).replace("torch.", ""), pr["modes"],
                 int(pr["peak"]), {k: int(v) for k, v in pr["parts"].items()},
                 float(sum(pr["seconds"].values())) if pr["seconds"] else float("nan"),
@@ -310,18 +322,13 @@ def check_fits(tracer, n_tokens: int, n_roots: int = 1, what: str = "the longest
     prompt of ``n_tokens`` would not fit in the memory of the tracer's device."""
     from .cost import shape_of
     dev = tracer.device
-    base = current_rss_bytes() - sum(p.numel() * p.element_size() for p in tracer.model.parameters()) \
-        if dev.type == "cpu" else 0
-    pr = predict(shape_of(tracer.spec), n_tokens, 1, R=n_roots, base_bytes=max(base, 0),
+    pr = predict(shape_of(tracer.spec), n_tokens, 1, R=n_roots, base_bytes=base_bytes(tracer.model, dev),
                  chunk_elements=tracer.engine.chunk_elements,
                  max_proj_bytes=tracer.engine.max_proj_bytes)
     avail = available_bytes(dev)
     if pr["peak"] > avail:
-        tips = ["fewer tokens (shorten or drop the longest prompts)"]
-        if tracer.spec.W_E.element_size() == 4:
-            tips.append("--dtype bfloat16")
-        if dev.type == "cpu":
-            tips.append("a GPU (--device cuda)")
         raise InputError(f"{what} has {n_tokens} tokens: tracing it needs about "
                          f"{pr['peak'] / GiB:.1f} GiB (unpack plan), more than the "
-                         f"{avail / GiB:.1f} GiB available on {dev}; use " + ", or ".join(tips))
+                         f"{avail / GiB:.1f} GiB available on {dev}; use "
+                         + fixes(tracer.spec.W_E.element_size(), dev,
+                                 tokens="fewer tokens (shorten or drop the longest prompts)"))
