@@ -91,24 +91,16 @@ def check_store(path) -> None:
         raw = duckdb.connect(str(p), read_only=True,
                              config={"autoinstall_known_extensions": False,
                                      "autoload_known_extensions": False})
+        try:
+            check_complete(raw, p)
+            has = raw.execute("SELECT count(*) FROM information_schema.tables "
+                              "WHERE table_name = 'alembic_version'").fetchone()[0]
+            rev = raw.execute("SELECT max(version_num) FROM alembic_version").fetchone()[0] if has else None
+            _refuse_newer(rev, p)
+        finally:
+            raw.close()
     except duckdb.Error as e:
-        mapped = store_error(p, e)
-        if mapped is not None:
-            raise mapped from None
-        raise
-    try:
-        check_complete(raw, p)
-        has = raw.execute("SELECT count(*) FROM information_schema.tables "
-                          "WHERE table_name = 'alembic_version'").fetchone()[0]
-        rev = raw.execute("SELECT max(version_num) FROM alembic_version").fetchone()[0] if has else None
-        _refuse_newer(rev, p)
-    except duckdb.Error as e:
-        mapped = store_error(p, e)
-        if mapped is not None:
-            raise mapped from None
-        raise
-    finally:
-        raw.close()
+        raise_mapped(p, e)
 
 
 def _refuse_newer(rev, path) -> None:
@@ -150,6 +142,15 @@ def check_complete(raw, path) -> None:
         raise StoreError(f"database {str(p)!r} is truncated: it has {have:,} bytes, its "
                          f"contents need {need:,} (an interrupted copy or download?); restore "
                          "it from a backup or copy it again")
+
+
+def raise_mapped(path, exc: BaseException):
+    """Raise the :class:`StoreError` that ``exc`` means for ``path``, or ``exc`` itself
+    when it is not a store problem (call from an ``except`` block)."""
+    mapped = store_error(path, exc)
+    if mapped is not None:
+        raise mapped from None
+    raise exc
 
 
 def store_error(path, exc) -> StoreError | None:
@@ -240,10 +241,7 @@ def connect(path=DEFAULT_DB, read_only: bool = False) -> sa.Engine:
         engine.dispose()
         if isinstance(e, InputError):
             raise
-        mapped = store_error(path, e)
-        if mapped is not None:
-            raise mapped from None
-        raise
+        raise_mapped(path, e)
     return engine
 
 
