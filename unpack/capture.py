@@ -36,6 +36,16 @@ def expand_kv(x: Tensor, spec: ModelSpec, dim: int = 1) -> Tensor:
     return x.repeat_interleave(spec.group_size, dim=dim) if spec.group_size > 1 else x
 
 
+def head_inputs(x: Tensor, W: Tensor) -> Tensor:
+    """``x [B, S, D] @ W[h] [D, d]`` for every head → ``[B, H, S, d]``: one batched
+    GEMM reading each head's weights in place, whatever their strides (a fused
+    per-head QKV matrix is never copied)."""
+    B, S, D = x.shape
+    out = torch.bmm(x.reshape(1, B * S, D).expand(W.shape[0], -1, -1), W)  # [H, B·S, d]
+    out = out.view(W.shape[0], B, S, -1).transpose(0, 1)
+    return out if B == 1 else out.contiguous()
+
+
 def attention_probs(spec: ModelSpec, lw: LayerWeights, Q: Tensor, K: Tensor) -> Tensor:
     """``A [B, H, S, S]``: causal softmax of ``scale · Q K^T`` (the model's own)."""
     S = Q.shape[-2]
@@ -44,12 +54,10 @@ def attention_probs(spec: ModelSpec, lw: LayerWeights, Q: Tensor, K: Tensor) -> 
 
 
 def run_mlp(mlp, y: Tensor):
-    """``(out, act, pre, gate, up)`` of a plain or gated MLP on normed input ``y``."""
+    """``(h, act, pre, gate, up)`` of a plain or gated MLP on normed input ``y``, with
+    ``h = Σ_j a_j W_out[:, j]`` (the output without ``b_out``)."""
     a, pre, gate, up = mlp_activations(mlp, y)
-    out = a @ mlp.W_out.T
-    if mlp.b_out is not None:
-        out = out + mlp.b_out
-    return out, a, pre, gate, up
+    return a @ mlp.W_out.T, a, pre, gate, up
 
 
 def mlp_activations(mlp, y: Tensor):
@@ -75,7 +83,7 @@ class LayerCapture:
     sigma_attn: Tensor  # [B, S] σ of the attention's input residual
     sigma_mlp: Tensor  # [B, S] σ of the MLP's input residual
     attn_out: Tensor  # [B, S, D] Σ_h z_h W_O[h] (no bias)
-    mlp_out: Tensor  # [B, S, D] with its bias
+    mlp_h: Tensor  # [B, S, D] Σ_j a_j W_out[:, j], the output without its bias
     resid_pre: Tensor  # [B, S, D] the attention's input residual
     resid_mlp_in: Tensor  # [B, S, D] the MLP's input residual
     cells: Optional[tuple] = None  # (a, pre, gate, up) kept when small (see KEEP_CELLS)
@@ -111,6 +119,12 @@ class LayerCapture:
     @property
     def up(self) -> Optional[Tensor]:
         return self.mlp_cells()[3]
+
+    @property
+    def mlp_out(self) -> Tensor:
+        """``[B, S, D]``: the MLP's output with its bias."""
+        b_out = self.spec.layers[self.L].mlp.b_out
+        return self.mlp_h + b_out.to(self.dtype) if b_out is not None else self.mlp_h
 
     @property
     def head_out(self) -> Tensor:
@@ -224,9 +238,7 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
         lw = lw.cast(dtype)
         resid_pre = x
         h = lw.ln_attn(x)
-        Q = torch.einsum("bsD,hDd->bhsd", h, lw.W_Q)
-        K = torch.einsum("bsD,gDd->bgsd", h, lw.W_K)
-        V = torch.einsum("bsD,gDd->bgsd", h, lw.W_V)
+        Q, K, V = head_inputs(h, lw.W_Q), head_inputs(h, lw.W_K), head_inputs(h, lw.W_V)
         if lw.b_Q is not None:
             Q = Q + lw.b_Q[:, None]
         if lw.b_K is not None:
@@ -243,14 +255,15 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
         attn_out = heads.sum(1)
         attn_b = attn_out + lw.b_O if lw.b_O is not None else attn_out
         mlp_in = resid_pre if spec.parallel else resid_pre + attn_b
-        out, *cells = run_mlp(lw.mlp, lw.ln_mlp(mlp_in))
+        h_mlp, *cells = run_mlp(lw.mlp, lw.ln_mlp(mlp_in))
+        out = h_mlp + lw.mlp.b_out if lw.mlp.b_out is not None else h_mlp
         keep = cells if keep_cells else None
         W[:, comps.mlp_slot(L)] = out
         x = resid_pre + attn_b + out
         layers.append(LayerCapture(
             spec=spec, L=L, dtype=dtype, Q=Q, K=K, V=V, z=z,
             sigma_attn=lw.ln_attn.scale(resid_pre), sigma_mlp=lw.ln_mlp.scale(mlp_in),
-            attn_out=attn_out, mlp_out=out, resid_pre=resid_pre,
+            attn_out=attn_out, mlp_h=h_mlp, resid_pre=resid_pre,
             resid_mlp_in=mlp_in, cells=keep))
         del lw
     ln_f = spec.ln_final.cast(dtype)

@@ -129,23 +129,24 @@ class EngineOptions:
 
 def _gamma_weights(lw: LayerWeights) -> tuple[Tensor, Tensor]:
     """``(Γ W_K, Γ W_Q)``: the attention norm's γ folded into the weights (m·W = (ĉ/σ)·(γ⊙W))."""
-    gam = lw.ln_attn.weight[:, None]
-    return lw.W_K * gam, lw.W_Q * gam
+    gam = lw.ln_attn.weight
+    # multiplied along each head's rows as they lie in memory ([H, d, D] views):
+    # a fused per-head QKV matrix is then read in order, not transposed
+    return (lw.W_K.transpose(1, 2) * gam).transpose(1, 2), (lw.W_Q.transpose(1, 2) * gam).transpose(1, 2)
 
 
-def _transpose_scaled(proj: Tensor, inv_sigma: Tensor, block: int = 1 << 18) -> Tensor:
-    """``out[b, p, s, c] = proj[b, c, s, p] · inv_sigma[b, s]`` → ``[B, P, S, C]``.
+def _transpose_scaled(proj: Tensor, inv_sigma: Tensor, out: Tensor, block: int = 1 << 18) -> None:
+    """``out[b, p, s, c] = proj[b, c, s, p] · inv_sigma[b, s]`` into ``out [B, P, S', C]``
+    (``inv_sigma`` and ``out`` cover ``proj``'s positions).
 
     A cache-blocked transpose (a few positions per copy): one strided copy of the
     whole ``[C, S, P]`` buffer is three times slower on a CPU."""
     B, C, S, P = proj.shape
-    out = proj.new_empty(B, P, S, C)
     step = max(1, block // max(C * P, 1))
     for s0 in range(0, S, step):
         s1 = min(S, s0 + step)
         torch.mul(proj[:, :, s0:s1].permute(0, 3, 2, 1), inv_sigma[:, None, s0:s1, None],
                   out=out[:, :, s0:s1])
-    return out
 
 
 def _rotate_head_major(x: Tensor, cos: Tensor, sin: Tensor, r: int) -> None:
@@ -157,6 +158,46 @@ def _rotate_head_major(x: Tensor, cos: Tensor, sin: Tensor, r: int) -> None:
     rot = torch.cat((-xr[:, :, half:], xr[:, :, :half]), 2)
     c, s_ = cos.T[:, :, None], sin.T[:, :, None]  # [r, S, 1]
     x[:, :, :r] = xr * c + rot * s_
+
+
+def _fold(u: Tensor, ch: Tensor, inv: Tensor, q0: int, q_on_u: bool, blocks: int = 4) -> Tensor:
+    """``out[b, h, i, j, c] = (u[b, h, i] · ch[b, c, j]) · inv`` → ``[B, H, I, J, C]``,
+    causal: only pairs with source ``<=`` query are formed (the rest stay zero).
+
+    The query index ``q = q0 + i`` runs along ``u`` (K side, sources along ``ch``)
+    when ``q_on_u``, else ``q = q0 + j`` runs along ``ch`` (Q side). The query range
+    is cut into ``blocks`` GEMMs, each over the sources it can see, with the writers
+    as they lie in the buffer (rows ``(c, j)``); one pass per block then lays the
+    result out writers last and applies ``inv`` (broadcast over ``[B, H, I, J, C]``)."""
+    B, H, I, D = u.shape
+    C, J = ch.shape[1], ch.shape[2]
+    out = u.new_zeros(B, H, I, J, C)
+    n = I if q_on_u else J
+    step = -(-n // max(1, min(blocks, n)))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        if q_on_u:  # queries a..b-1 along u see sources < q0 + b along ch
+            ub, cb, jb = u[:, :, a:b], ch[:, :, :min(J, q0 + b)], slice(0, min(J, q0 + b))
+            ib, iv = slice(a, b), inv[..., jb, :]
+        else:  # queries a..b-1 along ch see sources < q0 + b along u
+            ub, cb, ib = u[:, :, :min(I, q0 + b)], ch[:, :, a:b], slice(0, min(I, q0 + b))
+            jb, iv = slice(a, b), inv[..., a:b, :]
+        i, j = ub.shape[2], cb.shape[2]
+        prod = ub.reshape(B, H * i, D) @ cb.reshape(B, C * j, D).transpose(1, 2)  # [B, H·i, C·j]
+        torch.mul(prod.view(B, H, i, C, j).transpose(-1, -2), iv, out=out[:, :, ib, jb])
+    return out
+
+
+def _fold_per_source(u: Tensor, ch: Tensor, inv: Tensor) -> Tensor:
+    """``out[b, h, i, j, c] = (u[b, h, i, j] · ch[b, c, j]) · inv`` → ``[B, H, I, J, C]``
+    (the rotary fold: one D-vector per pair): a GEMM per position ``j`` over the
+    writers as they lie in the buffer."""
+    B, H, I, J, D = u.shape
+    C = ch.shape[1]
+    uj = u.permute(0, 3, 1, 2, 4).reshape(B, J, H * I, D)
+    prod = torch.matmul(uj, ch.transpose(1, 2).transpose(-1, -2))  # [B, J, H·I, C]
+    prod = prod.view(B, J, H, I, C).permute(0, 2, 3, 1, 4)
+    return torch.mul(prod, inv, out=u.new_empty(B, H, I, J, C))
 
 
 class AttnScores:
@@ -182,50 +223,71 @@ class AttnScores:
             mode = "project"  # the same numbers without the factored head writers
         self.spec, self.lw, self.lc, self.chat, self.mode = spec, lw, lc, chat, mode
         self.cos, self.sin = cos, sin
-        self.W_K, self.W_Q = _gamma_weights(lw)
         self.Kx = expand_kv(lc.K, spec)  # [B, H, S, d]
         B, C, S, D = chat.shape
         H, Hkv, d = spec.n_heads, spec.n_kv_heads, spec.d_head
         sigma = lc.sigma_attn
-        if mode == "fold":
-            if spec.rotary is None:  # Q[h,q]·(m W_K) = m·(W_K Q[h,q]);  (m W_Q)·K[s] = m·(W_Q K[s])
-                self.uK = torch.einsum("bhqe,hDe->bhqD", lc.Q, expand_kv(self.W_K, spec, 0))
-                self.uQ = torch.einsum("bhse,hDe->bhsD", self.Kx, self.W_Q)
+        if mode == "fold" and spec.rotary is None:
+            # Q[h,q]·(m W_K) = m·(γ ⊙ W_K Q[h,q]);  (m W_Q)·K[s] = m·(γ ⊙ W_Q K[s])
+            gam = lw.ln_attn.weight
+            self.uK = torch.einsum("bhqe,hDe->bhqD", lc.Q, expand_kv(lw.W_K, spec, 0)).mul_(gam)
+            self.uQ = torch.einsum("bhse,hDe->bhsD", self.Kx, lw.W_Q).mul_(gam)
             return
-        proj = self._project(virtual)  # [B, C, S, P], P = (Hkv + H)·d
-        # into [B, Hkv + H, d, S, C] with 1/σ[s] in the same pass: one GEMM per head
-        # then makes a whole chunk, writers last
-        allT = _transpose_scaled(proj, 1.0 / sigma).view(B, Hkv + H, d, S, C)
-        del proj
+        self.W_K, self.W_Q = _gamma_weights(lw)
+        if mode == "fold":
+            return
+        # every writer in head space, laid out [B, Hkv + H, d, S, C] with 1/σ[s]
+        # applied: one GEMM per head then makes a whole chunk, writers last
+        allT = self._projected_T(virtual, 1.0 / sigma).view(B, Hkv + H, d, S, C)
         if spec.rotary is not None:
             _rotate_head_major(allT, cos, sin, spec.rotary.dim)
         self.kcT, self.qcT = allT[:, :Hkv], allT[:, Hkv:]  # [B, Hkv, d, S, C], [B, H, d, S, C]
 
-    def _project(self, virtual) -> Tensor:
-        """Every writer through ``Γ [W_K | W_Q]`` (σ not yet applied) → ``[B, C, S, P]``."""
+    def _projected_T(self, virtual, inv_sigma: Tensor, block: int = 1 << 24) -> Tensor:
+        """Every writer through ``Γ [W_K | W_Q]`` and scaled by ``1/σ[s]``, laid out
+        ``[B, P, S, C]``. The ``[B, C, S, P]`` projection is made a block of positions
+        at a time (at most ``block`` elements alive besides the result)."""
         D = self.spec.d_model
         Wkq = torch.cat([self.W_K.permute(1, 0, 2).reshape(D, -1),
                          self.W_Q.permute(1, 0, 2).reshape(D, -1)], 1)  # [D, P]
-        L = self.lc.L
-        if self.mode == "project" or L == 0:
-            return self.chat @ Wkq
-        comps, Z, vws = virtual
         B, C, S, _ = self.chat.shape
-        H = self.spec.n_heads
-        proj = self.chat.new_empty(B, C, S, Wkq.shape[1])
+        P = Wkq.shape[1]
+        vw = None
+        if self.mode == "virtual" and self.lc.L > 0:
+            comps, Z, vws = virtual
+            vw = vws.get(self.lc.L, Wkq)
+        out = self.chat.new_empty(B, P, S, C)
+        step = max(1, block // max(B * C * P, 1))
+        for s0 in range(0, S, step):
+            s1 = min(S, s0 + step)
+            proj = self._project(Wkq, vw, virtual, s0, s1)
+            _transpose_scaled(proj, inv_sigma[:, s0:s1], out[:, :, s0:s1])
+            del proj
+        return out
+
+    def _project(self, Wkq: Tensor, vw: Optional[Tensor], virtual, s0: int, s1: int) -> Tensor:
+        """Positions ``s0 .. s1-1`` of every writer through ``Wkq`` (σ not yet
+        applied) → ``[B, C, s1 - s0, P]``; with virtual weights ``vw`` a head writer
+        goes through ``z_h' (W_O[h'] P Γ W)``, all heads at once."""
+        chat = self.chat[:, :, s0:s1]
+        if vw is None:
+            return chat @ Wkq
+        comps, Z, _ = virtual
+        L, H = self.lc.L, self.spec.n_heads
+        B, C, Sb, _ = chat.shape
+        proj = chat.new_empty(B, C, Sb, Wkq.shape[1])
         full = list(range(comps.n_emb)) + [comps.mlp_slot(Lw) for Lw in range(L)]
-        proj[:, full] = self.chat[:, full] @ Wkq
-        # every head of layers < L through its virtual weight, z_h' (W_O[h'] P Γ W), at once
-        vw = vws.get(L, Wkq)
-        heads = torch.einsum("blhsd,lhdP->blhsP", Z[:, :L], vw.view(L, H, *vw.shape[1:]))
+        proj[:, full] = chat[:, full] @ Wkq
+        heads = torch.einsum("blhsd,lhdP->blhsP", Z[:, :L, :, s0:s1], vw.view(L, H, *vw.shape[1:]))
         for Lw in range(L):
             slot = comps.head_slot(Lw)
             proj[:, slot:slot + H] = heads[:, Lw]
         return proj
 
     @torch.no_grad()
-    def raw_key(self, q0: int, q1: int, s1: int) -> Tensor:
-        """``rawK_c[h,q,s]`` for ``q0 <= q < q1``, ``s < s1``, uncentered → ``[B,H,Qc,s1,C]``."""
+    def raw_key(self, q0: int, q1: int, s1: int, causal: bool = False) -> Tensor:
+        """``rawK_c[h,q,s]`` for ``q0 <= q < q1``, ``s < s1``, uncentered → ``[B,H,Qc,s1,C]``;
+        ``causal``: the pairs with ``s > q`` may be left zero (they are never used)."""
         spec, lc = self.spec, self.lc
         B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
         H, Hkv = spec.n_heads, spec.n_kv_heads
@@ -235,19 +297,20 @@ class AttnScores:
             raw = (Qg @ kT).view(B, H, Qc, s1, C)
         else:
             ch = self.chat[:, :, :s1]
+            inv = self.lw.attn_scale / lc.sigma_attn[:, None, None, :s1, None]
             if spec.rotary is None:
-                raw = torch.einsum("bcsD,bhqD->bhqsc", ch, self.uK[:, :, q0:q1])
-            else:  # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
-                Qr = spec.rotary.apply(lc.Q[:, :, q0:q1, None, :].expand(-1, -1, -1, s1, -1),
-                                       self.cos[:s1], -self.sin[:s1])
-                u = torch.einsum("bhqse,hDe->bhqsD", Qr, expand_kv(self.W_K, spec, 0))
-                raw = torch.einsum("bcsD,bhqsD->bhqsc", ch, u)
-            raw = raw.contiguous().div_(lc.sigma_attn[:, None, None, :s1, None])
+                return _fold(self.uK[:, :, q0:q1], ch, inv, q0, True, 4 if causal else 1)
+            # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
+            Qr = spec.rotary.apply(lc.Q[:, :, q0:q1, None, :].expand(-1, -1, -1, s1, -1),
+                                   self.cos[:s1], -self.sin[:s1])
+            u = torch.einsum("bhqse,hDe->bhqsD", Qr, expand_kv(self.W_K, spec, 0))
+            return _fold_per_source(u, ch, inv)
         return raw.mul_(self.lw.attn_scale)
 
     @torch.no_grad()
-    def raw_query(self, q0: int, q1: int, s1: int) -> Tensor:
-        """``rawQ_c[h,q,s]`` for ``q0 <= q < q1``, ``s < s1``, uncentered → ``[B,H,s1,Qc,C]``."""
+    def raw_query(self, q0: int, q1: int, s1: int, causal: bool = False) -> Tensor:
+        """``rawQ_c[h,q,s]`` for ``q0 <= q < q1``, ``s < s1``, uncentered → ``[B,H,s1,Qc,C]``;
+        ``causal``: the pairs with ``s > q`` may be left zero (they are never used)."""
         spec, lc = self.spec, self.lc
         B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
         if self.mode != "fold":
@@ -255,23 +318,23 @@ class AttnScores:
             raw = (self.Kx[:, :, :s1] @ qT).view(B, spec.n_heads, s1, Qc, C)
         else:
             ch = self.chat[:, :, q0:q1]
+            inv = self.lw.attn_scale / lc.sigma_attn[:, None, None, q0:q1, None]
             if spec.rotary is None:
-                raw = torch.einsum("bcqD,bhsD->bhsqc", ch, self.uQ[:, :, :s1])
-            else:  # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
-                Kr = spec.rotary.apply(self.Kx[:, :, None, :s1, :].expand(-1, -1, Qc, -1, -1),
-                                       self.cos[q0:q1, None], -self.sin[q0:q1, None])
-                u = torch.einsum("bhqse,hDe->bhqsD", Kr, self.W_Q)
-                raw = torch.einsum("bcqD,bhqsD->bhsqc", ch, u)
-            raw = raw.contiguous().div_(lc.sigma_attn[:, None, None, q0:q1, None])
+                return _fold(self.uQ[:, :, :s1], ch, inv, q0, False, 4 if causal else 1)
+            # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
+            Kr = spec.rotary.apply(self.Kx[:, :, None, :s1, :].expand(-1, -1, Qc, -1, -1),
+                                   self.cos[q0:q1, None], -self.sin[q0:q1, None])
+            u = torch.einsum("bhqse,hDe->bhqsD", Kr, self.W_Q)
+            return _fold_per_source(u.transpose(2, 3), ch, inv)
         return raw.mul_(self.lw.attn_scale)
 
     def key(self, q0: int, q1: int) -> Tensor:
         """``key_c[h,q,s]`` (§4): ``rawK_c`` minus its mean over ``s' <= q`` → ``[B,H,Qc,S1,C]``."""
-        return causal_center(self.raw_key(q0, q1, q1), q0, sdim=3)
+        return causal_center(self.raw_key(q0, q1, q1, causal=True), q0, sdim=3)
 
     def query(self, q0: int, q1: int) -> Tensor:
         """``query_c[h,q,s]`` (§4): ``rawQ_c`` minus its mean over ``s' <= q`` → ``[B,H,S1,Qc,C]``."""
-        return causal_center(self.raw_query(q0, q1, q1), q0, sdim=2)
+        return causal_center(self.raw_query(q0, q1, q1, causal=True), q0, sdim=2)
 
 
 def score_mode(spec: ModelSpec, B: int, S: int, L: Optional[int] = None,
@@ -305,8 +368,15 @@ def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: 
 
 def value_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor) -> Tensor:
     """``value_c[h,s] = (m(c)[s] W_V[g(h)]) · V[g(h),s]`` → ``[B,C,H,S]``."""
-    WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V * lw.ln_attn.weight[:, None])
-    val = torch.einsum("bcsD,bgsD->bcgs", chat, WVV) / lc.sigma_attn[:, None, None, :]
+    gam = lw.ln_attn.weight
+    S = chat.shape[2]
+    if S <= spec.d_head:  # γ on whichever is smaller: [G, S, D] or the weights [G, D, d]
+        WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V).mul_(gam)
+    else:
+        WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V * gam[:, None])
+    # one GEMM per position over the writers as they lie in the buffer: [B, S, C, G]
+    val = torch.matmul(chat.transpose(1, 2), WVV.permute(0, 2, 3, 1))
+    val = val.permute(0, 2, 3, 1) / lc.sigma_attn[:, None, None, :]
     return expand_kv(val, spec, 2)
 
 
@@ -330,12 +400,10 @@ def _safe(x: Tensor) -> Tensor:
     return torch.where(x.abs() < EPS_DEN, torch.full_like(x, EPS_DEN), x)
 
 
-def mlp_cell_weights(lw: LayerWeights, a: Tensor, d_hat: Tensor) -> dict[str, Tensor]:
+def mlp_cell_weights(lw: LayerWeights, a: Tensor, h: Tensor, d_hat: Tensor) -> dict[str, Tensor]:
     """Cell weights ``w_j`` of the three weighted rules, each ``[B,S,F]``, from the
-    cells ``a [B,S,F]``."""
+    cells ``a [B,S,F]`` and ``h = Σ_j a_j W_out[:, j]`` (no bias, as captured)."""
     W_out = lw.mlp.W_out  # [D, F]
-    B, S, _ = a.shape
-    h = a @ W_out.T  # Σ_j a_j W_out[:, j], no bias
     both = torch.cat([d_hat[:, None], h], 1) @ W_out  # one pass over W_out: [B, 1+S, F]
     return {
         "depth0": a * both[:, :1],
@@ -492,7 +560,7 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
     C = cap.comps.n_writers_mlp(L)
     ch = chat[:, :C]
     cells = lc.mlp_cells(lw)
-    weights = mlp_cell_weights(lw, cells[0], d_hat)
+    weights = mlp_cell_weights(lw, cells[0], lc.mlp_h, d_hat)
     cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     def rule(name: str) -> tuple[Tensor, Tensor]:  # (factors [B,C,S], valid [B,S])
