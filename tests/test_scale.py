@@ -70,6 +70,9 @@ def test_chunked_modes_equal_reference(tok, kind, mode):
     per_row = 2 * spec.n_heads * S * max(2 * tr.comps.n_writers_attn(L), spec.d_model)
     for elements in (3 * per_row, 1):
         tr.engine.chunk_elements = elements
+        # project/virtual: the writers' projection 7 positions at a time (batch of 2), or one
+        P = (spec.n_heads + spec.n_kv_heads) * spec.d_head
+        tr.engine.proj_elements = 2 * tr.comps.n_writers_attn(L) * P * 7 if elements > 1 else 1
         rows = chunk_rows(shape_of(spec), L, 2, S, mode, elements)
         assert rows == 1 if elements == 1 else 1 < rows < S
         for preset in ("kqv_aligned", "kqv_weighted"):
@@ -188,3 +191,24 @@ def test_half_weights_math_in_fp32(tok, wdtype):
     assert nine.worst_error > 1e-6  # it did compare against the low-precision forward
     res = tr.trace(LONG, " Mary", " John")
     assert np.isfinite(res.token_credit).all() and np.abs(res.token_credit).max() > 0
+
+
+def test_planner_cuts_batches_as_the_tracer(tok, monkeypatch):
+    """`unpack plan` predicts a batch the way the tracer runs it: the same cut into
+    batches under the score-buffer budget (its peak is the largest batch's)."""
+    from unpack import cost
+    from unpack.plan import predict
+    tr = Tracer(model=tiny_gpt2(), tokenizer=tok)
+    S = len(tr.prepare(LONG, " Mary").ids)
+    shape = cost.shape_of(tr.spec)
+    # a budget that holds three prompts of this length, not four
+    monkeypatch.setattr(cost, "BATCH_BUDGET", 3 * shape.n_heads * S * S * shape.n_components + 1)
+    seen, run = [], tr._run
+    monkeypatch.setattr(tr, "_run", lambda preps, cfg: (seen.append(len(preps)), run(preps, cfg))[1])
+    words = ["w1", "w2", "w3", "w4", "w5", "w6", "w9"]
+    prompts = [{"text": LONG.replace("w6", w), "target": " Mary"} for w in words]
+    tr.trace_batch(prompts, batch_size=16)
+    assert seen == [3, 3, 1]
+    assert predict(shape, S, len(prompts))["batches"] == seen
+    one = predict(shape, S, 3)["peak"]
+    assert predict(shape, S, len(prompts))["peak"] == one > predict(shape, S, 1)["peak"]

@@ -173,7 +173,8 @@ def predicted(tracer, n_tokens: int, batch: int, rates, base: int) -> dict:
 
 def run_bench(args) -> int:
     from .loading import resolve_device
-    from .plan import Rates, base_bytes
+    from .cost import shape_of
+    from .plan import Rates, fold_rate, base_bytes
     torch.set_grad_enabled(False)
     device = resolve_device(getattr(args, "device", "cpu"))
     dtype = getattr(args, "dtype", None)
@@ -185,7 +186,7 @@ def run_bench(args) -> int:
         if shape not in SHAPES:
             print(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
             return 2
-    rates = Rates.calibrate(device)
+    rates = Rates.calibrate(device)  # the fold's own rate: per shape, below
     out["rates"] = {"gemm_gflops": rates.gemm_flops / 1e9, "stream_gbs": rates.stream_bytes / 1e9}
     print(f"unpack bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, "
           f"weights {dtype or 'float32'}, math float32, preset kqv_aligned, top-20 paths; "
@@ -197,12 +198,15 @@ def run_bench(args) -> int:
         model, tok = random_model(shape, dtype=dtype, device=device)
         build_s = time.perf_counter() - t0
         tracer = Tracer(model=model, tokenizer=tok)
+        rates = Rates(rates.gemm_flops, rates.stream_bytes, rates.device,
+                      fold_rate(shape_of(tracer.spec), device))
         base = base_bytes(model, device)
         n_params = sum(p.numel() for p in model.parameters())
-        rec: dict = {"params": n_params, "build_s": build_s}
+        rec: dict = {"params": n_params, "build_s": build_s, "fold_gflops": rates.fold_flops / 1e9}
         big = n_params > 3e9
         print(f"\n## {shape} (random weights, {n_params / 1e6:.0f}M parameters, "
-              f"{next(model.parameters()).dtype}; built in {build_s:.0f} s)\n")
+              f"{next(model.parameters()).dtype}; built in {build_s:.0f} s; the fold's kernels "
+              f"calibrated at {rates.fold_flops / 1e9:.0f} GFLOP/s)\n")
         print(HEADER)
         print("|---" * 11 + "|")
         cases = [(n, 1) for n in ([16] + [n for n in lengths if n != 16])]

@@ -11,6 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODES = ("fold", "project", "virtual")
+# Elements of the writers' projection into head space made at once (project and
+# virtual modes): a block of positions at a time, beside the [B, P, S, C] result.
+PROJ_BLOCK = 1 << 24
+# Largest [B, ...] score buffer a batch may build (elements) before the tracer
+# splits it. Past it, memory traffic makes a batch slower per prompt than one
+# prompt alone on a CPU.
+BATCH_BUDGET = 2_500_000
+# The fold cuts each chunk's query range into this many GEMMs, each over the
+# sources its queries can see (causal).
+FOLD_BLOCKS = 4
 
 
 @dataclass(frozen=True)
@@ -71,23 +81,46 @@ def virtual_bytes(shape: Shape, elem: int = 4) -> int:
     return L * (L - 1) // 2 * H * d * shape.proj_width * elem
 
 
-def kq_costs(shape: Shape, L: int, B: int, S: int, vw_cached: bool) -> dict[str, float]:
-    """MACs of the K and Q scores of reader layer ``L`` by each contraction
-    (causal: only ``s <= q`` is scored, so ``S²/2`` pairs per head)."""
+def scored_pairs(S: int, rows: int, mode: str) -> float:
+    """(query, source) pairs a reader's K or Q side actually scores, per head and
+    writer: each chunk of ``rows`` queries is scored against every source up to its
+    last query, the fold in :data:`FOLD_BLOCKS` causal blocks."""
+    per_chunk = min(rows, S) / (FOLD_BLOCKS if mode == "fold" else 1)
+    return S * (S + per_chunk) / 2
+
+
+def kq_costs(shape: Shape, L: int, B: int, S: int, vw_cached: bool,
+             chunk_elements: int = 1 << 22) -> dict[str, float]:
+    """MACs of the K and Q scores of reader layer ``L`` by each contraction (only
+    the pairs :func:`scored_pairs` counts are formed)."""
     H, D, d, P = shape.n_heads, shape.d_model, shape.d_head, shape.proj_width
     C = shape.n_writers_attn(L)
     Ch = L * H  # head writers
     Cm = C - Ch  # full-rank writers: embeddings and MLPs
-    pairs = S * (S + 1) / 2
-    fold = 2 * C * H * pairs * D  # a D-dot per (writer, head, q, s), both sides
+    pairs = {m: scored_pairs(S, chunk_rows(shape, L, B, S, m, chunk_elements), m) for m in MODES}
+    fold = 2 * C * H * pairs["fold"] * D  # a D-dot per (writer, head, q, s), both sides
     if shape.rotary:  # one D-vector W R_s^T Q per (h, q, s) on each side
-        fold += 2 * H * pairs * D * d
-    scores = 2 * C * H * pairs * d
-    project = C * S * D * P + scores
-    virtual = Cm * S * D * P + Ch * S * d * P + scores
+        fold += 2 * H * pairs["fold"] * D * d
+    project = C * S * D * P + 2 * C * H * pairs["project"] * d
+    virtual = Cm * S * D * P + Ch * S * d * P + 2 * C * H * pairs["virtual"] * d
     if not vw_cached:
         virtual += Ch * d * D * P / B  # built once per batch
     return {"fold": B * fold, "project": B * project, "virtual": B * virtual}
+
+
+def batch_sizes(shape: Shape, lengths: list[int], batch_size: int) -> list[int]:
+    """How the tracer cuts prompts (sorted by length) into batches: at most
+    ``batch_size`` each, and a batch's largest score buffer (``B·H·S²`` times the
+    writers, or the rotary fold's ``D``) within :data:`BATCH_BUDGET`."""
+    width = max(shape.n_components, shape.d_model if shape.rotary else 0)
+    sizes: list[int] = []
+    n = 0
+    for S in lengths:
+        if n and (n >= batch_size or (n + 1) * shape.n_heads * S * S * width > BATCH_BUDGET):
+            sizes.append(n)
+            n = 0
+        n += 1
+    return sizes + [n] if n else sizes
 
 
 def proj_bytes(shape: Shape, L: int, B: int, S: int, elem: int = 4) -> int:
@@ -96,9 +129,9 @@ def proj_bytes(shape: Shape, L: int, B: int, S: int, elem: int = 4) -> int:
 
 
 def choose_mode(shape: Shape, L: int, B: int, S: int, vw_cached: bool,
-                max_proj_bytes: int, elem: int = 4) -> str:
+                max_proj_bytes: int, elem: int = 4, chunk_elements: int = 1 << 22) -> str:
     """The cheapest K/Q contraction whose buffers fit (fold always fits: it is chunked)."""
-    costs = kq_costs(shape, L, B, S, vw_cached)
+    costs = kq_costs(shape, L, B, S, vw_cached, chunk_elements)
     if proj_bytes(shape, L, B, S, elem) > max_proj_bytes:
         return "fold"
     return min(MODES, key=lambda m: costs[m])

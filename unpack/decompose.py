@@ -18,7 +18,7 @@ import torch
 
 from .adapters.base import LayerWeights, ModelSpec
 from .capture import Capture, LayerCapture, attention_probs, expand_kv
-from .cost import Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
+from .cost import PROJ_BLOCK, Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
 
 Tensor = torch.Tensor
 EPS_DEN = 1e-10
@@ -125,6 +125,7 @@ class EngineOptions:
     chunk_elements: int = 1 << 22
     max_proj_bytes: int = 1 << 30
     vws: Optional[VirtualWeights] = None
+    proj_elements: int = PROJ_BLOCK
 
 
 def _gamma_weights(lw: LayerWeights) -> tuple[Tensor, Tensor]:
@@ -216,7 +217,8 @@ class AttnScores:
 
     @torch.no_grad()
     def __init__(self, spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
-                 cos: Optional[Tensor], sin: Optional[Tensor], mode: str, virtual=None):
+                 cos: Optional[Tensor], sin: Optional[Tensor], mode: str, virtual=None,
+                 proj_elements: int = PROJ_BLOCK):
         if mode not in ("fold", "project", "virtual"):
             raise ValueError(f"unknown K/Q contraction {mode!r}; use fold, project or virtual")
         if mode == "virtual" and virtual is None:
@@ -238,12 +240,12 @@ class AttnScores:
             return
         # every writer in head space, laid out [B, Hkv + H, d, S, C] with 1/σ[s]
         # applied: one GEMM per head then makes a whole chunk, writers last
-        allT = self._projected_T(virtual, 1.0 / sigma).view(B, Hkv + H, d, S, C)
+        allT = self._projected_T(virtual, 1.0 / sigma, proj_elements).view(B, Hkv + H, d, S, C)
         if spec.rotary is not None:
             _rotate_head_major(allT, cos, sin, spec.rotary.dim)
         self.kcT, self.qcT = allT[:, :Hkv], allT[:, Hkv:]  # [B, Hkv, d, S, C], [B, H, d, S, C]
 
-    def _projected_T(self, virtual, inv_sigma: Tensor, block: int = 1 << 24) -> Tensor:
+    def _projected_T(self, virtual, inv_sigma: Tensor, block: int) -> Tensor:
         """Every writer through ``Γ [W_K | W_Q]`` and scaled by ``1/σ[s]``, laid out
         ``[B, P, S, C]``. The ``[B, C, S, P]`` projection is made a block of positions
         at a time (at most ``block`` elements alive besides the result)."""
@@ -346,7 +348,7 @@ def score_mode(spec: ModelSpec, B: int, S: int, L: Optional[int] = None,
     shape = shape_of(spec)
     L = spec.n_layers - 1 if L is None else L
     cached = opts.vws is not None and opts.vws.cached
-    return choose_mode(shape, L, B, S, cached, opts.max_proj_bytes)
+    return choose_mode(shape, L, B, S, cached, opts.max_proj_bytes, chunk_elements=opts.chunk_elements)
 
 
 def raw_key_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
@@ -542,7 +544,7 @@ def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
         mode = score_mode(spec, B, S, L, opts)
         virtual = (cap.comps, cap.Z, opts.vws or
                    VirtualWeights(spec, cap.dtype, budget_bytes=0)) if mode == "virtual" else None
-        scores = AttnScores(spec, lw, lc, ch, cap.cos, cap.sin, mode, virtual)
+        scores = AttnScores(spec, lw, lc, ch, cap.cos, cap.sin, mode, virtual, opts.proj_elements)
         rows = chunk_rows(shape_of(spec), L, B, S, mode,
                           opts.chunk_elements)
     return HeadOps(f0, fk, Vn, C, scores, rows, cfg.w_K, cfg.w_Q, cfg.beta)

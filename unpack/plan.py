@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .cost import Shape, chunk_rows, choose_mode, kq_costs, proj_bytes, virtual_bytes
+from .cost import (PROJ_BLOCK, Shape, batch_sizes, chunk_rows, choose_mode, kq_costs, proj_bytes,
+                   scored_pairs, virtual_bytes)
 from .errors import InputError
 
 GiB = float(1 << 30)
@@ -80,29 +81,59 @@ class Rates:
     gemm_flops: float  # fp32 multiply-adds per second ×2, large GEMM
     stream_bytes: float  # bytes per second of a memory-bound elementwise pass
     device: str
+    fold_flops: float = 0.0  # the same for the fold's own kernels at a model's shape (0: unknown)
 
     @classmethod
-    def calibrate(cls, device: torch.device) -> "Rates":
-        """About half a second: a 1024² GEMM and a 64 MB multiply, each timed at its best of a few."""
+    def calibrate(cls, device: torch.device, shape: Shape | None = None) -> "Rates":
+        """About half a second: a 1024² GEMM and a 64 MB multiply, each timed at its
+        best of a few; with ``shape``, also a small K-side fold chunk of that model
+        (its width and heads; the rotary fold's per-pair vectors where it has rotary),
+        whose GEMMs are thin and run well below the square GEMM's rate."""
         a = torch.randn(1024, 1024, device=device)
         x = torch.randn(1 << 24, device=device)
+        g = _best(lambda: a @ a, 5, device)
+        s = _best(lambda: x * 1.0001, 5, device)
+        del a, x
+        fold = fold_rate(shape, device) if shape is not None else 0.0
+        return cls(2 * 1024 ** 3 / g, 2 * (1 << 24) * 4 / s, str(device), fold)
 
-        def best(fn, n):
-            fn()
-            out = []
-            for _ in range(n):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                fn()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                out.append(time.perf_counter() - t)
-            return min(out)
 
-        g = best(lambda: a @ a, 5)
-        s = best(lambda: x * 1.0001, 5)
-        return cls(2 * 1024 ** 3 / g, 2 * x.numel() * 4 / s, str(device))
+def _best(fn, n: int, device: torch.device) -> float:
+    """The shortest of ``n`` timed calls of ``fn`` (after one untimed)."""
+    fn()
+    out = []
+    for _ in range(n):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    return min(out)
+
+
+def fold_rate(shape: Shape, device: torch.device, C: int = 64, S: int = 16, tokens: int = 64) -> float:
+    """FLOP/s of the engine's own fold on a chunk of ``shape``'s width and heads:
+    ``C`` writers, ``S`` sources, and (rotary) the query rows per chunk the engine
+    uses at ``tokens`` tokens."""
+    from .decompose import _fold, _fold_per_source
+    H, D, d = shape.n_heads, shape.d_model, shape.d_head
+    ch = torch.randn(1, C, S, D, device=device)
+    inv = torch.ones(1, 1, 1, S, 1, device=device)
+    if not shape.rotary:
+        u = torch.randn(1, H, S, D, device=device)
+        t = _best(lambda: _fold(u, ch, inv, 0, True), 3, device)
+        return 2 * C * H * D * scored_pairs(S, S, "fold") / t
+    rows = min(S, chunk_rows(shape, shape.n_layers - 1, 1, tokens, "fold", 1 << 22))
+    Qr = torch.randn(1, H, rows, S, d, device=device)
+    W = torch.randn(H, D, d, device=device)
+
+    def step():
+        u = torch.einsum("bhqse,hDe->bhqsD", Qr, W)
+        return _fold_per_source(u, ch, inv)
+    t = _best(step, 3, device)
+    return 2 * H * rows * S * D * (C + d) / t
 
 
 @dataclass
@@ -213,72 +244,96 @@ def current_rss_bytes() -> int:
 def predict(shape: Shape, S: int, B: int = 1, R: int = 1, rates: Rates | None = None,
             base_bytes: int = 0, chunk_elements: int = 1 << 22, max_proj_bytes: int = 1 << 30,
             vw_budget: int = 1 << 30, max_path_nodes: int = 200_000, elem: int = 4) -> dict:
-    """Peak bytes (by part) and seconds per prompt (by phase) of one batch."""
+    """Peak bytes (by part) and seconds per prompt (by phase) of tracing ``B``
+    prompts of ``S`` tokens, cut into batches as the tracer cuts them
+    (:func:`unpack.cost.batch_sizes`): the peak is the largest batch's, the time
+    is summed over the batches."""
+    sizes = batch_sizes(shape, [S] * B, B)
+    cached = virtual_bytes(shape, elem) <= vw_budget
+    kw = dict(cached=cached, chunk_elements=chunk_elements, max_proj_bytes=max_proj_bytes, elem=elem)
+    parts, modes = _memory(shape, S, sizes[0], R, base_bytes, **kw)
+    secs: dict = {}
+    if rates is not None:
+        for b in sizes:
+            for k, v in _seconds(shape, S, b, rates, **kw).items():
+                secs[k] = secs.get(k, 0.0) + v * b / B
+    return {"peak": sum(parts.values()), "parts": parts, "seconds": secs, "modes": modes,
+            "batches": sizes}
+
+
+def _memory(shape: Shape, S: int, B: int, R: int, base_bytes: int, cached: bool,
+            chunk_elements: int, max_proj_bytes: int, elem: int) -> tuple[dict, dict]:
+    """Bytes by part of one batch, tensor by tensor as the engine allocates them,
+    and the K/Q contraction of each reader layer."""
     L, H, Hkv, D, d, F = (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.d_model,
                           shape.d_head, shape.d_mlp)
     N, V, P = shape.n_components, shape.vocab, shape.proj_width
-    cached = virtual_bytes(shape, elem) <= vw_budget
-    # ---- memory
-    weights = shape.n_params * shape.weight_bytes
     writers = B * N * S * D * elem
     Z = B * L * H * S * d * elem
     per_layer = B * S * ((H + 2 * Hkv) * d + 4 * D + 2) * elem
     keep_cells = B * S * F * L * 3 * elem <= (256 << 20)
     cells = B * S * F * L * 3 * elem if keep_cells else 0
-    capture_b = writers + Z + L * per_layer + cells
     layer_w = (shape.n_params - V * D * (1 if shape.has_pos else 2)) // L
     cast = layer_w * elem if shape.weight_bytes != elem else 0
     transient = 0
     modes: dict = {}
     for Lr in range(L):
         C = shape.n_writers_attn(Lr)
-        mode = choose_mode(shape, Lr, B, S, cached, max_proj_bytes, elem)
+        mode = choose_mode(shape, Lr, B, S, cached, max_proj_bytes, elem, chunk_elements)
         modes[mode] = modes.get(mode, 0) + 1
         rows = chunk_rows(shape, Lr, B, S, mode, chunk_elements)
         attn = B * H * S * S * elem * (4 + R)  # A, the source splits, x_s
         attn += B * H * S * D * elem + B * C * H * S * elem  # pv, value factors
-        proj = 2 * proj_bytes(shape, Lr, B, S, elem) if mode != "fold" else 0
-        if mode == "virtual" and not cached:
-            proj += Lr * H * d * P * elem
         if mode == "fold":
-            proj += 2 * B * H * S * D * elem
+            proj = 2 * B * H * S * D * elem
+        else:  # the [B, P, S, C] result and one block of positions (and its heads) being made
+            proj = proj_bytes(shape, Lr, B, S, elem)
+            proj += min(proj, 2 * PROJ_BLOCK * elem)
+            if mode == "virtual" and not cached:
+                proj += Lr * H * d * P * elem
         chunk = 3 * 2 * rows * B * H * S * C * elem
         if mode == "fold" and shape.rotary:
-            chunk += rows * B * H * S * D * elem
+            chunk += 2 * rows * B * H * S * D * elem  # the folded vectors and their copy
         mlp = B * S * F * elem * (5 if keep_cells else 8)
         transient = max(transient, attn + proj + chunk, mlp + B * C * S * elem * 4)
     vw = virtual_bytes(shape, elem) if cached and "virtual" in modes else 0
     flow = B * R * N * S * elem * 3 + B * R * N * N * 4 * elem + PATH_NODES_BYTES
-    parts = {"base": base_bytes, "weights": weights, "capture": capture_b,
-             "layer": transient + cast, "virtual_weights": vw, "flow": flow}
-    peak = sum(parts.values())
-    # ---- time
-    secs = {}
-    if rates is not None:
-        g, bw = rates.gemm_flops, rates.stream_bytes
-        fwd = 2 * B * S * (shape.n_params - V * D) + 2 * B * L * H * S * S * d * 2 + 2 * B * V * D
-        casts = (shape.n_params * (shape.weight_bytes + elem) * 2 / bw) if shape.weight_bytes != elem else 0
-        # few rows per GEMM: the weights stream from memory once per pass over them
-        secs["forward"] = max(fwd / g, shape.n_params * shape.weight_bytes / bw) + casts / 2
-        dec = 0.0
-        n_chunks = 0
-        for Lr in range(L):
-            C = shape.n_writers_attn(Lr)
-            mode = choose_mode(shape, Lr, B, S, cached, max_proj_bytes, elem)
-            n_chunks += -(-S // chunk_rows(shape, Lr, B, S, mode, chunk_elements))
-            macs = kq_costs(shape, Lr, B, S, cached)[mode]
-            elems = 2 * B * C * H * S * (S + 1) / 2
-            mlp_macs = 8 * B * S * D * F + B * C * S * D * 3
-            attn_macs = B * H * S * S * D * 2 + B * C * H * S * D
-            dec += 2 * (macs + mlp_macs + attn_macs) / g + ELEMENTWISE_PASSES * elems * elem / bw
-            if mode != "fold":
-                dec += 2 * proj_bytes(shape, Lr, B, S, elem) * 2 / bw  # the transposing copy
-        weights_read = L * (5 * D * F + 4 * D * D) * elem  # MLP ops and γ-folded W_Q/W_K/W_V
-        dec = max(dec, weights_read / bw) + PYTHON_S * L * (12 + n_chunks)
-        secs["decompose"] = dec + casts / 2
-        secs["paths"] = PYTHON_S * L * 8 + 1e-7 * B * N * S
-        secs = {k: v / B for k, v in secs.items()}
-    return {"peak": peak, "parts": parts, "seconds": secs, "modes": modes}
+    parts = {"base": base_bytes, "weights": shape.n_params * shape.weight_bytes,
+             "capture": writers + Z + L * per_layer + cells, "layer": transient + cast,
+             "virtual_weights": vw, "flow": flow}
+    return parts, modes
+
+
+def _seconds(shape: Shape, S: int, B: int, rates: Rates, cached: bool, chunk_elements: int,
+             max_proj_bytes: int, elem: int) -> dict:
+    """Seconds per prompt of one batch of ``B``: arithmetic over the calibrated
+    rates (the fold at its own measured rate), memory-bound passes over the
+    streamed rate, and a fixed cost per group of tensor operations."""
+    L, D, F, V, H = shape.n_layers, shape.d_model, shape.d_mlp, shape.vocab, shape.n_heads
+    g, bw = rates.gemm_flops, rates.stream_bytes
+    fold_g = rates.fold_flops or g
+    fwd = 2 * B * S * (shape.n_params - V * D) + 2 * B * L * H * S * S * shape.d_head * 2 + 2 * B * V * D
+    casts = (shape.n_params * (shape.weight_bytes + elem) * 2 / bw) if shape.weight_bytes != elem else 0
+    secs = {"forward": fwd / g + shape.n_params * shape.weight_bytes / bw + casts / 2}
+    dec = 0.0
+    n_chunks = 0
+    for Lr in range(L):
+        C = shape.n_writers_attn(Lr)
+        mode = choose_mode(shape, Lr, B, S, cached, max_proj_bytes, elem, chunk_elements)
+        rows = chunk_rows(shape, Lr, B, S, mode, chunk_elements)
+        n_chunks += -(-S // rows)
+        macs = kq_costs(shape, Lr, B, S, cached, chunk_elements)[mode]
+        elems = 2 * B * C * H * scored_pairs(S, rows, mode)
+        mlp_macs = 8 * B * S * D * F + B * C * S * D * 3
+        attn_macs = B * H * S * S * D * 2 + B * C * H * S * D
+        dec += 2 * macs / (fold_g if mode == "fold" else g) + 2 * (mlp_macs + attn_macs) / g
+        dec += ELEMENTWISE_PASSES * elems * elem / bw
+        if mode != "fold":
+            dec += 2 * proj_bytes(shape, Lr, B, S, elem) * 2 / bw  # the transposing copy
+    weights_read = L * (4 * D * F + 4 * D * D) * elem  # MLP rules, γ-folded W_Q/W_K/W_V, W_O
+    secs["decompose"] = dec + weights_read / bw + PYTHON_S * L * (12 + n_chunks) + casts / 2
+    secs["paths"] = PYTHON_S * L * 8 + 1e-7 * B * shape.n_components * S
+    return {k: v / B for k, v in secs.items()}
 
 
 def make_plan(model: str, tokens: int, device="cpu", dtype=None, batch: int = 1,
@@ -292,7 +347,7 @@ def make_plan(model: str, tokens: int, device="cpu", dtype=None, batch: int = 1,
     wdt = _dtype(dtype)
     elem = 8 if wdt == torch.float64 else 4
     shape = resolve_shape(model, torch.empty((), dtype=wdt).element_size())
-    rates = Rates.calibrate(dev) if calibrate else None
+    rates = Rates.calibrate(dev, shape) if calibrate else None
     base = current_rss_bytes() if dev.type == "cpu" else 0
     pr = predict(shape, tokens, batch, rates=rates, base_bytes=base, elem=elem)
     avail = available_bytes(dev)

@@ -14,6 +14,7 @@ from .adapters import build_spec
 from .capture import capture, unembed_mean
 from .components import Components
 from .config import Config, make_config
+from .cost import batch_sizes, shape_of
 from .errors import InputError
 from .finite import NonFiniteError, non_finite
 from .flow import MODES, sweep
@@ -250,25 +251,13 @@ class Tracer:
                     out[i] = r if why is None else TraceFailure(i, prompts[i], why)
         return out
 
-    # Largest [B, ...] score buffer a batch may build (elements). Past it, memory
-    # traffic makes a batch slower per prompt than one prompt alone on a CPU.
-    BATCH_BUDGET = 2_500_000
-
     def _chunks(self, ready: list, batch_size: int):
-        """Consecutive groups of at most ``batch_size`` prompts whose largest score
-        buffer (``B·H·S²·C``, or the rotary fold's ``B·H·S²·D``) stays in budget."""
-        spec = self.spec
-        width = max(len(self.comps), spec.d_model if spec.rotary is not None else 0)
-        chunk: list = []
-        for item in ready:
-            S = len(item[0].ids)
-            if chunk and (len(chunk) >= batch_size
-                          or (len(chunk) + 1) * spec.n_heads * S * S * width > self.BATCH_BUDGET):
-                yield chunk
-                chunk = []
-            chunk.append(item)
-        if chunk:
-            yield chunk
+        """Consecutive batches of the length-sorted prompts, cut as
+        :func:`unpack.cost.batch_sizes` says (the planner cuts the same way)."""
+        i = 0
+        for n in batch_sizes(shape_of(self.spec), [len(p.ids) for p, _ in ready], batch_size):
+            yield ready[i:i + n]
+            i += n
 
     # ------------------------------------------------------------------ engine
     @torch.no_grad()
