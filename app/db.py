@@ -270,20 +270,28 @@ class ResultCache:
 class ShortLived:
     """The app's handle on a store, used like a DuckDB connection: each
     ``cursor()`` is one query's read-only connection, and the file is open only
-    while some query runs (queries at the same time share one opening). So an
-    ingest into the same file can commit between two queries, and a query that
-    meets a commit waits for it (``ingest.store.retry_locked``); every query
-    sees the rows committed before it started. Close each cursor (the app's
-    queries do, in ``finally``)."""
+    while some query runs, and :attr:`LINGER_S` after (queries at the same time,
+    or one right after another, share one opening). So an ingest into the same
+    file can commit between two pages' queries, and a query that meets a commit
+    waits for it (``ingest.store.retry_locked``); every opening sees the rows
+    committed before it. Close each cursor (the app's queries do, in
+    ``finally``)."""
+
+    LINGER_S = 0.3  # the file stays open this long after the last query: a page's
+    #                 queries share one opening, and a commit waits at most this much more
 
     def __init__(self, path):
         self.path = str(path)
         self._con = None
         self._users = 0
         self._lock = threading.Lock()
+        self._closing = None  # the timer that closes the file after LINGER_S
 
     def cursor(self) -> "_Cursor":
         with self._lock:
+            if self._closing is not None:
+                self._closing.cancel()
+                self._closing = None
             if self._con is None:
                 self._con = _open_read(self.path)
             self._users += 1
@@ -305,8 +313,15 @@ class ShortLived:
     def _release_locked(self) -> None:
         self._users -= 1
         if self._users == 0:
-            con, self._con = self._con, None
-            con.close()
+            self._closing = threading.Timer(self.LINGER_S, self._close_idle)
+            self._closing.daemon = True
+            self._closing.start()
+
+    def _close_idle(self) -> None:
+        with self._lock:
+            if self._users == 0 and self._con is not None:
+                con, self._con = self._con, None
+                con.close()
 
 
 class _Cursor:

@@ -77,3 +77,86 @@ def test_app_and_ingest_on_the_same_file_at_once(store):
     assert seen == sorted(seen) and all(before <= n <= after for n in seen), seen
     assert any(before < n < after for n in seen), \
         f"no refresh during the ingest showed part of its prompts: {seen}"
+
+
+# ------------------------------------------------------------------ the two sides, one at a time
+
+HOLD = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "read")
+print("holding", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def hold(db, how: str, seconds: float) -> subprocess.Popen:
+    """Another process that holds ``db`` open (``read`` or ``write``) for ``seconds``."""
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(db), how, str(seconds)],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "holding"
+    return p
+
+
+@pytest.fixture
+def empty_store(tmp_path):
+    from ingest import store
+
+    db = tmp_path / "s.duckdb"
+    store.connect(db, short=True).dispose()
+    return db
+
+
+def test_a_commit_waits_for_a_reader_and_says_so_past_the_limit(empty_store, monkeypatch):
+    import sqlalchemy as sa
+
+    from ingest import store
+
+    engine = store.connect(empty_store, short=True)
+    try:
+        reader = hold(empty_store, "read", 1.5)
+        t0 = time.monotonic()
+        with store.transaction(engine, empty_store) as conn:  # waits for the reader to go
+            waited = time.monotonic() - t0
+            conn.execute(sa.text("SELECT count(*) FROM prompts")).scalar()
+        reader.wait(10)
+        assert waited > 0.5
+
+        monkeypatch.setenv("UNPACK_LOCK_WAIT", "0.3")
+        reader = hold(empty_store, "read", 3)
+        with pytest.raises(Exception) as e:
+            with store.transaction(engine, empty_store):
+                pass
+        reader.kill()
+        reader.wait(10)
+        assert store.is_lock_conflict(e.value)
+        mapped = store.store_error(empty_store, e.value)
+        assert "open in another process" in str(mapped) and str(empty_store) in str(mapped)
+    finally:
+        engine.dispose()
+
+
+def test_app_reads_wait_for_a_commit_and_let_the_file_go(empty_store):
+    import duckdb
+
+    from app.db import ShortLived, shared_db
+    from app.ui.data import q
+
+    handle = shared_db(empty_store)
+    writer = hold(empty_store, "write", 1.5)  # as an ingest's commit, but longer
+    t0 = time.monotonic()
+    assert q(handle, "SELECT count(*) AS n FROM prompts")["n"].tolist() == [0]
+    assert time.monotonic() - t0 > 0.5  # it waited for the writer instead of failing
+    writer.wait(10)
+    time.sleep(ShortLived.LINGER_S + 0.3)
+    assert not handle.is_open()
+    duckdb.connect(str(empty_store)).close()  # free for a writer again
+    cur = handle.cursor()  # still the app's safe connection underneath
+    try:
+        for stmt in ("CREATE TABLE t (x INT)", "SET enable_external_access = true",
+                     "SELECT * FROM read_csv('/etc/passwd')"):
+            with pytest.raises(duckdb.Error):
+                cur.execute(stmt).fetchall()
+    finally:
+        cur.close()
