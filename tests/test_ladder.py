@@ -7,7 +7,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from test_app import assert_clean, build_model_dir, open_app, widget
+from test_app import assert_clean, build_model_dir, open_app, sql, widget
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,10 @@ def test_compare_page_shows_the_two_runs_side_by_side(monkeypatch, ladder):
     assert_clean(at)
     role_table = [d.value for d in at.dataframe if "role" in d.value.columns][0]
     assert {"small-gpt2", "large-neox"} <= set(role_table.columns)
-    want = rows(db, "SELECT model, condition, role, mean_credit FROM credit_by_role "
-                    "WHERE root = 'target'")
+    # through the app's own handle: this process has the file open with its settings
+    want = sql(db, "SELECT model, condition, role, mean_credit FROM credit_by_role "
+                   "WHERE root = 'target'").itertuples(index=False)
+    want = list(want)
     assert len(want) > 0
     for model, cond, role, mean in want:
         got = role_table[(role_table["condition"] == cond) & (role_table["role"] == role)]
