@@ -20,8 +20,10 @@ graph of the working set), Compare (models side by side on one task) and SQL (a
 read-only query box with CSV/Parquet download).
 
 The database is opened read-only with DuckDB's external access off: nothing in
-the app can write to it, attach another file or read the file system. While the
-app has the file open, an ingest into the same file waits for it to close.
+the app can write to it, attach another file or read the file system. Each query
+opens the file for its own duration, so `unpack ingest` can write the same file
+while the app runs: a query that meets a commit waits for it (a moment), and a
+refresh shows the prompts committed so far.
 
 The app listens on 127.0.0.1 only. --host 0.0.0.0 exposes it to the network:
 anyone who can reach the port can read the whole database.

@@ -22,6 +22,21 @@ SAFE_CONFIG = {
 }
 
 
+def _open_read(path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection with external access off and its settings locked,
+    waiting (``ingest.store.retry_locked``) while an ingest commits a batch."""
+    from ingest.store import retry_locked
+
+    con = retry_locked(lambda: duckdb.connect(str(path), read_only=True, config=dict(SAFE_CONFIG)),
+                       path)
+    try:
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 def open_db(path) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the store at ``path`` with external access off,
     its settings locked, its schema checked against this code, and its length
@@ -35,14 +50,13 @@ def open_db(path) -> duckdb.DuckDBPyConnection:
                          "`unpack demo` or `unpack ingest --model M --task ioi --db PATH`")
     check_store_path(p, for_writing=False)
     try:
-        con = duckdb.connect(str(p), read_only=True, config=dict(SAFE_CONFIG))
+        con = _open_read(p)
     except duckdb.Error as e:
         mapped = store_error(p, e)
         if mapped is not None:
             raise mapped from None
         raise InputError(f"cannot open database {str(p)!r} read-only: {str(e).splitlines()[0]}") from None
     try:
-        con.execute("SET lock_configuration = true")
         check_complete(con, p)
         check_schema(con, p)
     except duckdb.Error as e:
@@ -253,19 +267,126 @@ class ResultCache:
                 self._bytes -= n
 
 
+class ShortLived:
+    """The app's handle on a store, used like a DuckDB connection: each
+    ``cursor()`` is one query's read-only connection, and the file is open only
+    while some query runs, and :attr:`LINGER_S` after (queries at the same time,
+    or one right after another, share one opening). So an ingest into the same
+    file can commit between two pages' queries, and a query that meets a commit
+    waits for it (``ingest.store.retry_locked``); every opening sees the rows
+    committed before it. Close each cursor (the app's queries do, in
+    ``finally``)."""
+
+    LINGER_S = 0.3  # the file stays open this long after the last query: a page's
+    #                 queries share one opening, and a commit waits at most this much more
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._con = None
+        self._users = 0
+        self._lock = threading.Lock()
+        self._closing = None  # the timer that closes the file after LINGER_S
+
+    def cursor(self) -> "_Cursor":
+        with self._lock:
+            if self._closing is not None:
+                self._closing.cancel()
+                self._closing = None
+            if self._con is None:
+                self._con = _open_read(self.path)
+            self._users += 1
+            try:
+                cur = self._con.cursor()
+            except BaseException:
+                self._release_locked()
+                raise
+        return _Cursor(self, cur)
+
+    def is_open(self) -> bool:
+        """Does this process have the file open now (a query running)?"""
+        return self._con is not None
+
+    def _release(self) -> None:
+        with self._lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._closing = threading.Timer(self.LINGER_S, self._close_idle)
+            self._closing.daemon = True
+            self._closing.start()
+
+    def _close_idle(self) -> None:
+        with self._lock:
+            if self._users == 0 and self._con is not None:
+                con, self._con = self._con, None
+                con.close()
+
+
+class _Cursor:
+    """A DuckDB cursor of a :class:`ShortLived` store; ``close()`` ends its hold on
+    the file. Everything else is the DuckDB cursor's."""
+
+    def __init__(self, owner: ShortLived, cur):
+        self._owner, self._cur = owner, cur
+
+    def __getattr__(self, name):
+        if self._cur is None:
+            raise duckdb.ConnectionException("this cursor is closed")
+        return getattr(self._cur, name)
+
+    def cursor(self) -> "_Cursor":
+        return self._owner.cursor()
+
+    def close(self) -> None:
+        cur, self._cur = self._cur, None
+        if cur is not None:
+            try:
+                cur.close()
+            finally:
+                self._owner._release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):  # a cursor dropped without close() must not keep the file open
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 _SHARED: dict = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_db(path) -> duckdb.DuckDBPyConnection:
-    """One :func:`open_db` connection per database file for the whole process.
-
-    DuckDB refuses a second ``open_db`` of a file this process already has open
-    (its settings are locked), so the app's pages and sessions share this one;
-    run each query on its own ``con.cursor()`` (cursors keep temp tables private
-    and may run in parallel threads)."""
+def shared_db(path) -> ShortLived:
+    """The app's handle on the store at ``path``, one per file for the whole
+    process: checked once with :func:`open_db` (schema, length), then read
+    through short-lived connections (:class:`ShortLived`), so an ingest can
+    write the file while the app shows it. Run each query on its own
+    ``con.cursor()`` and close it."""
     key = str(Path(path).resolve())
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = open_db(key)
+            open_db(key).close()
+            _SHARED[key] = ShortLived(key)
         return _SHARED[key]
+
+
+def db_version(path) -> tuple:
+    """What changes when an ingest commits to ``path``: the size and time of the
+    file and of its write-ahead log. The app's caches are keyed by it, so a
+    refresh after a commit shows the new rows."""
+    out = []
+    for p in (str(path), f"{path}.wal"):
+        try:
+            st = Path(p).stat()
+            out += [st.st_size, st.st_mtime_ns]
+        except OSError:
+            out += [None, None]
+    return tuple(out)

@@ -18,12 +18,28 @@ the prompt does not have is skipped (noted in the prompt's warnings).
 Resuming: a run is (model, preset, config). Running the same command again skips
 every prompt already stored, so a killed ingest continues where it stopped.
 
+Several models (--model A --model B ...): one run per model, one after the other,
+each model's prompts made with its own tokenizer from the same --seed (so models
+that share a tokenizer get the same prompts); a bar per model and one overall.
+
+Workers (Ray, an optional extra: pip install -e ".[ray]"): --workers N starts a
+local Ray instance with N workers, --ray ADDRESS joins a cluster (auto: the one
+`ray start` made here). Each worker holds one replica of the model (one GPU each
+with --device cuda or auto on a cluster with GPUs) and traces batches; this
+process is the one writer and commits each batch as it comes back. A worker that
+dies is restarted and its batch traced again.
+
+Browsing meanwhile: the file is held only while a batch commits, so `unpack app`
+can show it during the ingest (a refresh shows the new prompts). A second ingest
+into the same file is refused.
+
 Exit codes: 0 finished (prompts that failed are stored with their error and listed
 in the summary); 1 every prompt traced in this call failed; 2 bad input;
 130 interrupted (stored batches are kept; run again to continue).
 
 Example:
   unpack ingest --model smollm2-135m --task ioi --n 100 --controls --roots "20.*@END"
+  unpack ingest --model pythia-160m --model pythia-410m --task ioi --n 100 --workers 2
   duckdb unpack.duckdb "SELECT * FROM credit_by_role WHERE task = 'ioi'"
 """
 
@@ -35,8 +51,9 @@ def register(subparsers) -> None:
                     "interaction edges and paths into a DuckDB file (one transaction per "
                     "batch; resumable).",
         epilog=_INGEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="local model directory, .gguf file, hub name, or smollm2-135m")
+    p.add_argument("--model", required=True, action="append",
+                   help="local model directory, .gguf file, hub name, or smollm2-135m; repeat "
+                        "it for a ladder of models (one run each, the same prompts)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", choices=("ioi", "induction"), help="a built-in task")
     src.add_argument("--corpus", metavar="FILE", help="a JSONL or CSV corpus (see `unpack tasks corpus`)")
@@ -60,6 +77,12 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set beta=0.9 (repeatable)")
     add_device_flags(p)
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="trace on N Ray workers, one model replica each (a local Ray instance "
+                        "unless --ray); needs the ray extra")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="join the Ray cluster at ADDRESS (host:6379, or auto); --workers "
+                        "defaults to its GPU count (1 without GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=ingest_handler)
 
@@ -102,45 +125,147 @@ def load_records(args, tokenizer):
 def ingest_handler(args) -> int:
     import sys
 
-    from unpack import Tracer
     from unpack.errors import InputError
-    from unpack.loading import load_model
-
     from unpack.tasks.corpus import check_corpus_path
 
-    from .run import check_arguments, ingest
-    from .store import check_store
+    from .run import check_arguments
+    from .store import check_store, check_store_path, writer_lock
 
     if args.controls and args.task != "ioi":
         raise InputError("--controls applies to --task ioi only; drop it")
-    # everything that needs no model is checked before loading it
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers} must be a positive number of workers, "
+                         "e.g. --workers 2")
+    # everything that needs no model is checked before loading one
     overrides = parse_set(args.set)
     check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots)
     if args.corpus:
         check_corpus_path(args.corpus)
-    check_store(args.db)
-    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
-    records, rejected = load_records(args, tok)
-    tracer = Tracer(model=model, tokenizer=tok)
-    if records:  # a prompt that cannot fit in memory stops here, before the store is touched
-        from unpack.plan import check_fits
-        from unpack.tokens import encode
-        ctx = tracer.spec.max_positions or 1 << 30
-        lengths = [len(encode(tok, r.text)[0]) for r in sorted(records, key=lambda r: -len(r.text))[:8]]
-        lengths = [n for n in lengths if n <= ctx]  # longer ones fail alone, as bad prompts
-        if lengths:
-            check_fits(tracer, max(lengths), 1 + len(args.roots))
+    ray_started = _start_ray(args)
     try:
-        summary = ingest(records, errors=rejected, tracer=tracer, model_name=args.model,
-                         db=args.db, preset=args.preset, roots=args.roots,
-                         batch_size=args.batch_size, edge_min_frac=args.edge_min_frac,
-                         overrides=overrides, progress=not args.no_progress)
+        check_store_path(args.db)
+        with writer_lock(args.db):  # one ingest per file, from here to the end
+            check_store(args.db)
+            return _ingest_models(args, overrides)
     except KeyboardInterrupt:
         print("unpack ingest: interrupted; the batches written so far are kept, run the same "
               "command again to continue", file=sys.stderr)
         return 130
-    print(summary.format())
-    return 1 if summary.n_done and summary.n_ok == 0 else 0
+    finally:
+        if ray_started:
+            import ray
+            ray.shutdown()
+
+
+def _start_ray(args) -> bool:
+    """Start or join Ray when asked (before any model loads, so a missing Ray is
+    said at once); sets ``args.workers``. Returns whether Ray was started here."""
+    if args.workers is None and not args.ray:
+        return False
+    from .shard import start_ray
+
+    ray, started = start_ray(args.ray, args.workers or 1)
+    if args.workers is None:
+        args.workers = max(1, int(ray.cluster_resources().get("GPU", 0)))
+    return started
+
+
+def _ingest_models(args, overrides) -> int:
+    """One run per ``--model``, in order; each model's prompts from its own tokenizer
+    and the same seed. Prints each run's summary; 1 if every prompt a run traced failed."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from unpack.loading import load_tokenizer
+
+    from .run import ingest
+
+    inputs = {m: load_records(args, load_tokenizer(m)) for m in args.model}
+    _warn_different_prompts(inputs)
+    overall = None
+    if len(args.model) > 1 and not args.no_progress:
+        overall = tqdm(total=sum(len(r) + len(e) for r, e in inputs.values()), unit="prompt",
+                       desc=f"ingest {len(args.model)} models", position=0, file=sys.stderr,
+                       dynamic_ncols=True)
+    code = 0
+    try:
+        for name, (records, rejected) in inputs.items():
+            with _backend(args, name) as backend:
+                _check_fits(backend, records, len(args.roots))
+                summary = ingest(records, errors=rejected, tracer=backend, model_name=name,
+                                 db=args.db, preset=args.preset, roots=args.roots,
+                                 batch_size=args.batch_size, edge_min_frac=args.edge_min_frac,
+                                 overrides=overrides, progress=not args.no_progress,
+                                 overall=overall)
+            if overall is not None:
+                overall.clear()
+            print(summary.format(), flush=True)
+            code = max(code, 1 if summary.n_done and summary.n_ok == 0 else 0)
+    finally:
+        if overall is not None:
+            overall.close()
+    return code
+
+
+def _backend(args, name):
+    """Where ``name`` traces: Ray workers (``ingest.shard.RayTracing``) or a Tracer
+    here; a context manager either way."""
+    import contextlib
+
+    if args.workers:
+        from .shard import RayTracing
+        return RayTracing(name, args.workers, device=args.device, dtype=args.dtype)
+    from unpack import Tracer
+    from unpack.loading import load_model
+
+    model, tok = load_model(name, dtype=args.dtype, device=args.device)
+    return contextlib.nullcontext(Tracer(model=model, tokenizer=tok))
+
+
+def _check_fits(backend, records, n_roots: int) -> None:
+    """A prompt that cannot fit in memory stops here, before the store is touched
+    (on a worker, for its device)."""
+    if not records:
+        return
+    from unpack.loading import load_tokenizer
+    from unpack.tokens import encode
+
+    tracer = None if hasattr(backend, "check_fits") else backend  # Ray workers, or a Tracer
+    tok = tracer.tokenizer if tracer is not None else load_tokenizer(backend.model)
+    longest = sorted(records, key=lambda r: -len(r.text))[:8]
+    lengths = [len(encode(tok, r.text)[0]) for r in longest]
+    if tracer is None:
+        backend.check_fits(lengths, 1 + n_roots)
+    else:
+        check_lengths(tracer, lengths, 1 + n_roots)
+
+
+def check_lengths(tracer, lengths: list[int], n_traces: int) -> None:
+    """``unpack.plan.check_fits`` for the longest prompt that fits the model's
+    context (longer ones fail alone, as bad prompts)."""
+    from unpack.plan import check_fits
+
+    ctx = tracer.spec.max_positions or 1 << 30
+    lengths = [n for n in lengths if n <= ctx]
+    if lengths:
+        check_fits(tracer, max(lengths), n_traces)
+
+
+def _warn_different_prompts(inputs: dict) -> None:
+    """Models whose tokenizers gave other prompts from the same seed cannot be
+    compared prompt by prompt: say so (they can still be compared by role)."""
+    import sys
+
+    texts = {m: [r.text for r in recs] for m, (recs, _) in inputs.items()}
+    first, *rest = texts
+    for m in rest:
+        if texts[m] != texts[first]:
+            n = sum(a != b for a, b in zip(texts[m], texts[first])) + abs(len(texts[m]) - len(texts[first]))
+            print(f"unpack ingest: warning: {m} got other prompts than {first} from the same "
+                  f"seed ({n} of {max(len(texts[m]), len(texts[first]))} differ: their "
+                  "tokenizers differ); compare them by role, not prompt by prompt",
+                  file=sys.stderr, flush=True)
 
 
 def demo_handler(args) -> int:

@@ -298,27 +298,52 @@ def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict
     return make_config(preset, **dict(extra, position_edges=True)).to_dict()
 
 
+class LocalTracing:
+    """Tracing in this process: batches are traced one after the other with
+    ``tracer``. (``ingest.shard.RayTracing`` is the same interface over Ray workers.)"""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+        self.names = list(tracer.comps.names)
+
+    def model_info(self) -> dict:
+        from unpack.loading import model_info
+        return model_info(self.tracer.model)
+
+    def traced(self, batches, config: dict, batch_size: int):
+        """Each batch of items, traced (``trace_items``), as it is done."""
+        for batch in batches:
+            trace_items(self.tracer, batch, config, batch_size)
+            yield batch
+
+
 def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str = "kqv_aligned",
            roots=(), batch_size: int = 8, edge_min_frac: float | None = None,
            overrides: dict | None = None, errors=(), progress: bool = True,
-           model_info: dict | None = None) -> Summary:
+           model_info: dict | None = None, overall=None) -> Summary:
     """Trace ``records`` with ``tracer`` and store everything in ``db``.
 
-    ``errors``: rejected corpus rows (file, line, reason), stored as failed
-    prompts. ``roots``: root specs (see :func:`parse_roots`), traced for every
-    prompt besides the target. Position-resolved edges are kept above
-    ``edge_min_frac`` of Σ|seeds| (the config default unless given). A problem
-    of the database file is a :class:`ingest.store.StoreError` (batches already
-    committed stay)."""
+    ``tracer``: a :class:`unpack.Tracer`, or a tracing backend such as
+    ``ingest.shard.RayTracing`` (Ray workers; results still come back to this
+    process, the one writer). ``errors``: rejected corpus rows (file, line,
+    reason), stored as failed prompts. ``roots``: root specs (see
+    :func:`parse_roots`), traced for every prompt besides the target.
+    Position-resolved edges are kept above ``edge_min_frac`` of Σ|seeds| (the
+    config default unless given). ``overall``: a progress bar over several
+    models, advanced with this one. The file is held only while a batch commits
+    (an app may read it in between); a second ingest into it is refused. A
+    problem of the database file is a :class:`ingest.store.StoreError` (batches
+    already committed stay)."""
     config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
-    root_list = parse_roots(roots, list(tracer.comps.names))
+    backend = tracer if hasattr(tracer, "traced") else LocalTracing(tracer)
+    root_list = parse_roots(roots, backend.names)
     if model_info is None:
-        from unpack.loading import model_info as _info
-        model_info = _info(tracer.model)
+        model_info = backend.model_info()
 
     try:
-        summary = _ingest_into(db, records, errors, tracer, model_name, preset, config,
-                               root_list, batch_size, model_info, progress)
+        with store.writer_lock(db):
+            summary = _ingest_into(db, records, errors, backend, model_name, preset, config,
+                                   root_list, batch_size, model_info, progress, overall)
     except Exception as e:  # a problem of the file (full disk, read-only, corrupt): say so
         store_side = isinstance(e, (sa.exc.DBAPIError, OSError)) or \
             type(e).__module__.startswith("duckdb")
@@ -330,59 +355,75 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     return summary
 
 
-def _ingest_into(db, records, errors, tracer, model_name, preset, config, root_list, batch_size,
-                 model_info, progress) -> Summary:
-    from tqdm.auto import tqdm
-
-    engine = store.connect(db)
+def _ingest_into(db, records, errors, backend, model_name, preset, config, root_list, batch_size,
+                 model_info, progress, overall) -> Summary:
+    engine = store.connect(db, short=True)  # each transaction opens and closes the file
     try:
-        with engine.connect() as conn:
-            with conn.begin():
-                run_id = _run_id(conn, _model_id(conn, model_name, model_info), config)
-                stored = _stored(conn, run_id)
-                ids = _first_ids(conn)  # this process is the only writer (DuckDB's file lock)
-            summary = Summary(db=str(db), model=model_name, preset=preset, run_id=run_id)
-            todo = _plan(records, errors, root_list, stored, summary, list(tracer.comps.names))
-            _warn_missing_roles(records, root_list, summary)
+        with store.transaction(engine, db) as conn:
+            run_id = _run_id(conn, _model_id(conn, model_name, model_info), config)
+            stored = _stored(conn, run_id)
+            ids = _first_ids(conn)  # this process is the only writer (store.writer_lock)
+        summary = Summary(db=str(db), model=model_name, preset=preset, run_id=run_id)
+        todo = _plan(records, errors, root_list, stored, summary, backend.names)
+        _warn_missing_roles(records, root_list, summary)
+        if overall is not None:
+            overall.update(summary.n_skipped + summary.n_duplicates)
 
-            bad = [it for it in todo if it.error]  # rejected corpus rows: no tracing needed
-            if bad:
-                t0 = time.perf_counter()
-                with conn.begin():
-                    _write(conn, bad, run_id, ids)
-                summary.write_s += time.perf_counter() - t0
-                _count(summary, bad)
-            todo = [it for it in todo if not it.error]
-
-            bar = tqdm(total=len(todo), unit="prompt", desc=f"ingest {model_name}",
-                       disable=not progress, dynamic_ncols=True, file=sys.stderr)
-            try:
-                for k in range(0, len(todo), batch_size):
-                    batch = todo[k:k + batch_size]
-                    t0 = time.perf_counter()
-                    trace_items(tracer, batch, config, batch_size)
-                    t1 = time.perf_counter()
-                    with conn.begin():
-                        _write(conn, batch, run_id, ids)
-                    summary.trace_s += t1 - t0
-                    summary.write_s += time.perf_counter() - t1
-                    _count(summary, batch)
-                    bar.update(len(batch))
-                    bar.set_postfix(failed=summary.n_failed, refresh=False)
-            finally:
-                bar.close()
-            with conn.begin():
-                conn.execute(S.runs.update().where(S.runs.c.run_id == run_id).values(
-                    status="done", updated_at=_now(), finished_at=_now()))
-                summary.rows = run_counts(conn, run_id)
-                summary.db_prompts = conn.execute(sa.select(sa.func.count())
-                                                  .select_from(S.prompts)).scalar()
-            # Fold the write-ahead log into the file now: DuckDB's own checkpoint at
-            # close hides its errors (a full disk would go unreported).
+        bad = [it for it in todo if it.error]  # rejected corpus rows: no tracing needed
+        if bad:
+            _commit(engine, db, bad, run_id, ids, summary, overall)
+        todo = [it for it in todo if not it.error]
+        _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids, summary,
+                          progress, overall)
+        with store.transaction(engine, db) as conn:
+            conn.execute(S.runs.update().where(S.runs.c.run_id == run_id).values(
+                status="done", updated_at=_now(), finished_at=_now()))
+            summary.rows = run_counts(conn, run_id)
+            summary.db_prompts = conn.execute(sa.select(sa.func.count())
+                                              .select_from(S.prompts)).scalar()
+        # Fold the write-ahead log into the file now: DuckDB's own checkpoint at
+        # close hides its errors (a full disk would go unreported).
+        with store.retry_locked(engine.connect, db) as conn:
             conn.exec_driver_sql("CHECKPOINT")
     finally:
         engine.dispose()
     return summary
+
+
+def _commit(engine, db, items, run_id, ids, summary, overall=None) -> None:
+    """Write ``items`` in one transaction (the file is open only meanwhile)."""
+    t0 = time.perf_counter()
+    with store.transaction(engine, db) as conn:
+        _write(conn, items, run_id, ids)
+    summary.write_s += time.perf_counter() - t0
+    _count(summary, items)
+    if overall is not None:
+        overall.update(len(items))
+
+
+def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids, summary,
+                      progress, overall) -> None:
+    """Trace ``todo`` batch by batch (in this process or on workers) and commit each
+    batch as it comes back, in whatever order."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), unit="prompt", desc=f"ingest {summary.model}",
+               disable=not progress, dynamic_ncols=True, file=sys.stderr,
+               position=0 if overall is None else 1, leave=overall is None)
+    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    try:
+        results = backend.traced(batches, config, batch_size)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(results, None)
+            summary.trace_s += time.perf_counter() - t0
+            if batch is None:
+                break
+            _commit(engine, db, batch, run_id, ids, summary, overall)
+            bar.update(len(batch))
+            bar.set_postfix(failed=summary.n_failed, refresh=False)
+    finally:
+        bar.close()
 
 
 def _stored(conn, run_id: int) -> dict[str, tuple[int, str, set]]:

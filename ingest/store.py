@@ -8,6 +8,9 @@ table, on the same connection and inside the caller's transaction.
 from __future__ import annotations
 
 import os
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -88,9 +91,8 @@ def check_store(path) -> None:
     if not p.exists():
         return
     try:
-        raw = duckdb.connect(str(p), read_only=True,
-                             config={"autoinstall_known_extensions": False,
-                                     "autoload_known_extensions": False})
+        raw = retry_locked(lambda: duckdb.connect(str(p), read_only=True, config={
+            "autoinstall_known_extensions": False, "autoload_known_extensions": False}), p)
         try:
             check_complete(raw, p)
             has = raw.execute("SELECT count(*) FROM information_schema.tables "
@@ -218,10 +220,14 @@ def _check_revision(conn, path, read_only: bool) -> None:
                          "`unpack ingest` into it upgrades it too)")
 
 
-def connect(path=DEFAULT_DB, read_only: bool = False) -> sa.Engine:
+def connect(path=DEFAULT_DB, read_only: bool = False, short: bool = False) -> sa.Engine:
     """An engine on the DuckDB file ``path``; unless read-only, the schema is
     upgraded to head first. One writing process per file (DuckDB locks it).
-    Every problem of the file is a :class:`StoreError` that names it and the fix."""
+    Every problem of the file is a :class:`StoreError` that names it and the fix.
+
+    ``short``: no connection pool, so the file is open only while a connection
+    from ``engine.connect()`` is (see :func:`transaction`); the app can read the
+    file between two of them."""
     import migrations
 
     path = Path(path)
@@ -229,9 +235,12 @@ def connect(path=DEFAULT_DB, read_only: bool = False) -> sa.Engine:
         raise InputError(f"database {str(path)!r} does not exist; create it with `unpack ingest`")
     check_store_path(path, for_writing=not read_only)
     existed = path.exists()
-    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": read_only})
+    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": read_only},
+                              **({"poolclass": sa.pool.NullPool} if short else {}))
+    if short and not read_only:
+        sa.event.listen(engine, "connect", _no_checkpoint_on_close)
     try:
-        with engine.begin() as conn:
+        with retry_locked(engine.connect, path) as conn, conn.begin():
             if existed:
                 check_complete(conn.connection.driver_connection, path)
             _check_revision(conn, path, read_only)
@@ -243,6 +252,100 @@ def connect(path=DEFAULT_DB, read_only: bool = False) -> sa.Engine:
             raise
         raise_mapped(path, e)
     return engine
+
+
+def _no_checkpoint_on_close(dbapi_conn, _record) -> None:
+    """A short connection leaves its commits in the write-ahead log when it closes,
+    as a connection kept open would; DuckDB folds the log into the file once it
+    passes :data:`WAL_LIMIT` and the ingest checkpoints at its end. (A checkpoint
+    at every close rewrites blocks for every batch and grows the file in 256 KiB
+    steps; a longer log costs every opening more to read back, about 50 ms per
+    4 MiB here.)"""
+    dbapi_conn.execute("PRAGMA disable_checkpoint_on_shutdown")
+    dbapi_conn.execute(f"SET checkpoint_threshold = '{WAL_LIMIT}'")
+
+
+# ------------------------------------------------------------------ sharing the file
+
+WAL_LIMIT = "4MiB"  # the write-ahead log an ingest leaves between checkpoints
+LOCK_WAIT_S = 120.0  # how long a connection waits for another process's short hold
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Did DuckDB refuse to open the file because another process holds it?"""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return "could not set lock" in text or "conflicting lock" in text
+
+
+def retry_locked(open_fn, path, wait_s: float | None = None):
+    """``open_fn()``, tried again while another process holds the file (an app
+    reading it, an ingest committing a batch: both hold it for moments). After
+    ``wait_s`` (default :data:`LOCK_WAIT_S`, or ``$UNPACK_LOCK_WAIT``) the last
+    refusal is raised."""
+    if wait_s is None:
+        wait_s = float(os.environ.get("UNPACK_LOCK_WAIT", LOCK_WAIT_S))
+    deadline, delay = time.monotonic() + wait_s, 0.01
+    while True:
+        try:
+            return open_fn()
+        except Exception as e:
+            if not is_lock_conflict(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.25)
+
+
+@contextmanager
+def transaction(engine: sa.Engine, path):
+    """One write, as short as it can be: open the file (waiting while a reader
+    holds it), run the caller's statements in one transaction, commit, close.
+    ``engine`` comes from ``connect(path, short=True)``."""
+    conn = retry_locked(engine.connect, path)
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.close()
+
+
+_HELD: dict[str, list] = {}  # path -> [open lock file, how many holders in this process]
+_HELD_LOCK = threading.Lock()
+
+
+@contextmanager
+def writer_lock(path):
+    """The one-ingest-per-file rule, held for a whole ingest: an exclusive
+    ``flock`` on ``PATH.ingest.lock`` (the kernel drops it when the process dies,
+    so a killed ingest never blocks the next one). Re-entrant in one process.
+    DuckDB's own lock is held only while a batch commits, so an app can read the
+    file meanwhile; this lock keeps a second ingest out."""
+    import fcntl
+
+    check_store_path(path, for_writing=True)  # the folder exists and can be written
+    key = str(Path(path).resolve())
+    with _HELD_LOCK:
+        if key in _HELD:
+            _HELD[key][1] += 1
+        else:
+            try:
+                f = open(key + ".ingest.lock", "a")
+            except OSError as e:
+                raise_mapped(path, e)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                raise StoreError(f"database {str(path)!r} is open in another process: another "
+                                 "ingest is writing it (one ingest per file); wait for it to "
+                                 "finish or use another --db") from None
+            _HELD[key] = [f, 1]
+    try:
+        yield
+    finally:
+        with _HELD_LOCK:
+            _HELD[key][1] -= 1
+            if _HELD[key][1] == 0:
+                _HELD.pop(key)[0].close()
 
 
 def insert_arrow(conn: sa.Connection, table: str, data) -> int:

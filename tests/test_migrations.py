@@ -158,10 +158,13 @@ def test_cli_module_runs_alembic_commands(tmp_path, capsys):
     assert revision(db) == "0001"
 
 
-def test_a_database_held_by_another_process_is_a_clear_error(tmp_path):
+def test_a_database_held_by_another_process_is_a_clear_error(tmp_path, monkeypatch):
     import subprocess
     import sys
 
+    # a store waits for a short hold (an app's query, an ingest's commit); past the
+    # wait, a file held open all along is this clear error
+    monkeypatch.setenv("UNPACK_LOCK_WAIT", "1")
     db = tmp_path / "s.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
                                f"c = duckdb.connect({str(db)!r}); print('ready', flush=True); "

@@ -1,5 +1,8 @@
-"""Streamlit glue: the one read-only connection, cached queries, the working set
-in the sidebar, and the model for tracing on demand."""
+"""Streamlit glue: the store's read-only handle, cached queries, the working set
+in the sidebar, and the model for tracing on demand.
+
+Caches are keyed by the database file's version (``app.db.db_version``): after
+an ingest commits, the next run of a page (a refresh) reads the new rows."""
 from __future__ import annotations
 
 import os
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.db import shared_db
+from app.db import db_version, shared_db
 from unpack.errors import InputError
 
 from . import data as D
@@ -54,8 +57,10 @@ def sql_cache():
     from app.db import ResultCache
 
     limit = 4 * sql_limits()[1]
-    if _SQL_CACHE.get("cache") is None or _SQL_CACHE["cache"].max_bytes != limit:
-        _SQL_CACHE["cache"] = ResultCache(limit)
+    version = db_version(db_path())
+    if _SQL_CACHE.get("cache") is None or _SQL_CACHE["cache"].max_bytes != limit \
+            or _SQL_CACHE.get("version") != version:  # the store changed: results are stale
+        _SQL_CACHE["cache"], _SQL_CACHE["version"] = ResultCache(limit), version
     return _SQL_CACHE["cache"]
 
 
@@ -64,7 +69,7 @@ def _connection(path: str):
 
 
 def connection():
-    """The shared read-only connection, or a clear message and a stop."""
+    """The store's read-only handle (``app.db.shared_db``), or a clear message and a stop."""
     path = db_path()
     try:
         return _connection(path)
@@ -74,13 +79,15 @@ def connection():
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
-def cached(fn_name: str, path: str, *args):
-    """``app.ui.data.<fn_name>(connection, *args)``, cached per database and arguments."""
+def cached(fn_name: str, path: str, version: tuple, *args):
+    """``app.ui.data.<fn_name>(connection, *args)``, cached per database, its
+    version and the arguments."""
     return getattr(D, fn_name)(_connection(path), *args)
 
 
 def get(fn_name: str, *args):
-    return cached(fn_name, db_path(), *args)
+    path = db_path()
+    return cached(fn_name, path, db_version(path), *args)
 
 
 # ------------------------------------------------------------------ the working set
@@ -126,7 +133,7 @@ def working_set() -> D.WorkingSet:
 # ------------------------------------------------------------------ graphs
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _circuit(path, model, task, preset, condition, template, root, modes, agg, min_share):
+def _circuit(path, version, model, task, preset, condition, template, root, modes, agg, min_share):
     from app.graphs import circuit_graph
 
     cur = _connection(path).cursor()  # its own connection: the temp table stays private
@@ -142,12 +149,13 @@ def circuit(model: str, ws: D.WorkingSet, root: str = "target", modes=("K", "Q",
             agg: str = "mean", min_share: float = 0.0):
     """The working set's circuit for one model with every edge (app.graphs.circuit_graph);
     thresholds are applied afterwards with :func:`app.ui.views.threshold`."""
-    return _circuit(db_path(), model, ws.task, ws.preset, ws.condition, ws.template, root,
-                    tuple(modes), agg, float(min_share))
+    path = db_path()
+    return _circuit(path, db_version(path), model, ws.task, ws.preset, ws.condition, ws.template,
+                    root, tuple(modes), agg, float(min_share))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _suppression(path, models, preset):
+def _suppression(path, version, models, preset):
     """``(by_model, by_condition)`` from app.reports.suppression on the app's connection."""
     try:
         from app.reports.suppression import load_credits, summarize
@@ -172,7 +180,8 @@ def _suppression(path, models, preset):
 def suppression(models: tuple, preset: str | None):
     """The duplicate-suppression tables (app.reports.suppression) for these models:
     ``(by_model, by_condition)``."""
-    return _suppression(db_path(), tuple(models), preset or "kqv_aligned")
+    path = db_path()
+    return _suppression(path, db_version(path), tuple(models), preset or "kqv_aligned")
 
 
 # ------------------------------------------------------------------ tracing on demand

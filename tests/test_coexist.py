@@ -1,0 +1,162 @@
+"""Browse while ingesting: a real ``unpack app`` process and a real ``unpack
+ingest`` process on the same DuckDB file at the same time. The ingest holds the
+file only while it commits a batch, the app reads through short-lived
+read-only connections; neither fails, and a refresh shows the new prompts."""
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from test_app import build_model_dir
+from test_app_browser import (chromium_page, no_exception, open_page, require_browser,
+                              running_app, unpack_command)
+from test_ingest import _env
+
+
+def prompts_shown(page, url: str) -> int:
+    """Load the Overview page afresh and read its "prompts" metric."""
+    open_page(page, url + "/", "h1:has-text('Overview')")
+    no_exception(page)
+    alerts = page.locator('[data-testid="stAlert"]')
+    errors = [alerts.nth(i).inner_text() for i in range(alerts.count())
+              if "Cannot" in alerts.nth(i).inner_text()]
+    assert not errors, errors
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text="prompts").first
+    return int(metric.locator('[data-testid="stMetricValue"]').inner_text().replace(",", ""))
+
+
+def healthy(url: str) -> bool:
+    with urllib.request.urlopen(url + "/_stcore/health", timeout=10) as r:
+        return r.status == 200
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store with one model's run (8 prompts), and a second model to ingest."""
+    from unpack.cli import main
+
+    require_browser()
+    where = tmp_path_factory.mktemp("coexist")
+    first = build_model_dir(where / "first-gpt2", "gpt2", 2, seed=0)
+    second = build_model_dir(where / "second-neox", "neox", 2, seed=1)
+    db = where / "shared.duckdb"
+    assert main(["ingest", "--model", str(first), "--task", "ioi", "--n", "2", "--controls",
+                 "--db", str(db), "--no-progress"]) == 0
+    return db, second
+
+
+def test_app_and_ingest_on_the_same_file_at_once(store):
+    db, second = store
+    cmd = unpack_command() + ["ingest", "--model", str(second), "--task", "ioi", "--n", "10",
+                              "--controls", "--roots", "1.*@END", "--db", str(db),
+                              "--batch-size", "1", "--no-progress"]
+    with running_app(db) as url, chromium_page() as page:
+        before = prompts_shown(page, url)
+        assert before == 8
+        ingest = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        seen, t0 = [], time.monotonic()
+        try:
+            while ingest.poll() is None and time.monotonic() - t0 < 300:
+                assert healthy(url)
+                seen.append(prompts_shown(page, url))  # a refresh, while the ingest writes
+                time.sleep(0.5)
+        finally:
+            if ingest.poll() is None:
+                ingest.kill()
+            out, err = ingest.communicate(timeout=60)
+        assert ingest.returncode == 0, err[-3000:]
+        assert "40 done now (40 ok, 0 failed)" in out
+        after = prompts_shown(page, url)  # a refresh after it: every new prompt
+    assert after == 48
+    print("prompts shown during the ingest:", seen, f"({time.monotonic() - t0:.1f} s)")
+    assert len(seen) >= 2, f"the app answered only {len(seen)} times during the ingest"
+    assert seen == sorted(seen) and all(before <= n <= after for n in seen), seen
+    assert any(before < n < after for n in seen), \
+        f"no refresh during the ingest showed part of its prompts: {seen}"
+
+
+# ------------------------------------------------------------------ the two sides, one at a time
+
+HOLD = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "read")
+print("holding", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def hold(db, how: str, seconds: float) -> subprocess.Popen:
+    """Another process that holds ``db`` open (``read`` or ``write``) for ``seconds``."""
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(db), how, str(seconds)],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "holding"
+    return p
+
+
+@pytest.fixture
+def empty_store(tmp_path):
+    from ingest import store
+
+    db = tmp_path / "s.duckdb"
+    store.connect(db, short=True).dispose()
+    return db
+
+
+def test_a_commit_waits_for_a_reader_and_says_so_past_the_limit(empty_store, monkeypatch):
+    import sqlalchemy as sa
+
+    from ingest import store
+
+    engine = store.connect(empty_store, short=True)
+    try:
+        reader = hold(empty_store, "read", 1.5)
+        t0 = time.monotonic()
+        with store.transaction(engine, empty_store) as conn:  # waits for the reader to go
+            waited = time.monotonic() - t0
+            conn.execute(sa.text("SELECT count(*) FROM prompts")).scalar()
+        reader.wait(10)
+        assert waited > 0.5
+
+        monkeypatch.setenv("UNPACK_LOCK_WAIT", "0.3")
+        reader = hold(empty_store, "read", 3)
+        with pytest.raises(Exception) as e:
+            with store.transaction(engine, empty_store):
+                pass
+        reader.kill()
+        reader.wait(10)
+        assert store.is_lock_conflict(e.value)
+        mapped = store.store_error(empty_store, e.value)
+        assert "open in another process" in str(mapped) and str(empty_store) in str(mapped)
+    finally:
+        engine.dispose()
+
+
+def test_app_reads_wait_for_a_commit_and_let_the_file_go(empty_store):
+    import duckdb
+
+    from app.db import ShortLived, shared_db
+    from app.ui.data import q
+
+    handle = shared_db(empty_store)
+    writer = hold(empty_store, "write", 1.5)  # as an ingest's commit, but longer
+    t0 = time.monotonic()
+    assert q(handle, "SELECT count(*) AS n FROM prompts")["n"].tolist() == [0]
+    assert time.monotonic() - t0 > 0.5  # it waited for the writer instead of failing
+    writer.wait(10)
+    time.sleep(ShortLived.LINGER_S + 0.3)
+    assert not handle.is_open()
+    duckdb.connect(str(empty_store)).close()  # free for a writer again
+    cur = handle.cursor()  # still the app's safe connection underneath
+    try:
+        for stmt in ("CREATE TABLE t (x INT)", "SET enable_external_access = true",
+                     "SELECT * FROM read_csv('/etc/passwd')"):
+            with pytest.raises(duckdb.Error):
+                cur.execute(stmt).fetchall()
+    finally:
+        cur.close()
