@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--distractor", help="optional distractor token text, e.g. ' John'")
     p.add_argument("--root", help="reroot at COMPONENT@POSITION, e.g. attn_9_head_9@-1")
     p.add_argument("--prompts", help="JSONL file with text, target, optional distractor, root")
-    p.add_argument("--preset", default="kqv_aligned", help="one of the METHOD.md §8 presets (default kqv_aligned)")
+    p.add_argument("--preset", default="kqv_aligned", help="one of the docs/METHOD.md §8 presets (default kqv_aligned)")
     p.add_argument("--top-paths", type=int, default=None, help="number of paths to return (default 20)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set beta=0.5 --set path_min_frac=1e-5")
@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout")
     p.set_defaults(func=cmd_trace)
 
-    v = sub.add_parser("validate", help="check every METHOD.md §9 invariant on a model",
+    v = sub.add_parser("validate", help="check every docs/METHOD.md §9 invariant on a model",
                        description="Runs the §9 invariants on a few prompts and prints each with "
                                    "its worst relative error and tolerance; exit status 1 if any fails.")
     v.add_argument("--model", required=True)

@@ -49,7 +49,7 @@ try:
 except Exception as e:  # NoData / InputError explain what is missing
     st.info(f"No duplicate-suppression table for this working set: {e}")
 else:
-    st.caption("METHOD.md §10: IOI with target = S (ioi_s): credit at S1 stays positive while "
+    st.caption("docs/METHOD.md §10: IOI with target = S (ioi_s): credit at S1 stays positive while "
                "S2 turns negative; ABC controls abc_c (copying, C positive) and abc_b.")
     st.dataframe(sup.assign(model=sup["model"].map(D.short_model)), hide_index=True)
     with st.expander("Per condition"):
