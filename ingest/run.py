@@ -209,6 +209,10 @@ def _now():
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+# models columns of migration 0004, taken from unpack.loading.model_info
+MODEL_FACTS = ("n_kv_heads", "d_head", "family", "parallel_residual", "revision", "step")
+
+
 def _model_id(conn, name: str, info: dict) -> int:
     m = S.models
     found = conn.execute(sa.select(m.c.model_id).where(m.c.name == name)).scalar()
@@ -218,7 +222,8 @@ def _model_id(conn, name: str, info: dict) -> int:
     conn.execute(m.insert().values(
         model_id=mid, name=name, model_type=info.get("model_type"), n_layers=info.get("n_layers"),
         n_heads=info.get("n_heads"), d_model=info.get("d_model"), n_params=info.get("n_params"),
-        info=json.dumps(info, sort_keys=True, default=str), created_at=_now()))
+        info=json.dumps(info, sort_keys=True, default=str), created_at=_now(),
+        **{k: info.get(k) for k in MODEL_FACTS}))
     return mid
 
 
@@ -314,7 +319,7 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     root_list = parse_roots(roots, list(tracer.comps.names))
     if model_info is None:
         from unpack.loading import model_info as _info
-        model_info = _info(tracer.model)
+        model_info = _info(tracer.model, tracer.spec)
 
     try:
         summary = _ingest_into(db, records, errors, tracer, model_name, preset, config,

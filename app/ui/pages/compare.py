@@ -8,6 +8,27 @@ from app.ui import state, views
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Compare")
 
+# ------------------------------------------------------------------ the toy ladder
+ladder = state.get("induction_strength", ws.preset)
+if not ladder.empty and ws.task == "induction":
+    st.subheader("The induction circuit across size and training")
+    st.caption("docs/METHOD.md §10 · every toy model in the store (all sizes and steps, whatever "
+               "the sidebar picks): the K-mode interaction from the induction heads (rerooted at "
+               "END) into the previous-token heads, its share of K+Q+V, and the accuracy on the "
+               "repeated half. The circuit forms where both jump.")
+    c1, c2 = st.columns(2)
+    for col, y, title in ((c1, "K_prev_to_ind", "K interaction, previous-token → induction"),
+                          (c2, "acc_repeat", "accuracy on the repeated half")):
+        f = px.line(ladder, x="step", y=y, color="family", markers=True, height=300, title=title,
+                    category_orders={"family": list(dict.fromkeys(ladder["family"]))})
+        f.update_layout(margin=dict(l=10, r=10, t=40, b=10))
+        col.plotly_chart(f, key=f"ladder_{y}")
+    st.dataframe(ladder.drop(columns=["family"]), hide_index=True,
+                 column_config={"n_params": st.column_config.NumberColumn(format="localized")})
+elif not ladder.empty:
+    st.caption(f"The store holds {len(ladder)} toy ladder checkpoints: pick the task "
+               "`induction` in the sidebar to see the induction circuit across size and training.")
+
 summary = state.get("ws_summary", ws)
 models = summary["model"].tolist() if not summary.empty else []
 if len(models) < 2:
@@ -16,7 +37,7 @@ if len(models) < 2:
             "Pick more models in the sidebar, or ingest the same task on another model: "
             f"`unpack ingest --model MODEL --task {ws.task or 'ioi'} --controls`.")
     st.stop()
-st.caption(f"{ws.describe()} · models ordered by size")
+st.caption(f"{ws.describe()} · models ordered by size, one model's checkpoints by step")
 
 # ------------------------------------------------------------------ credit by role
 st.subheader("Credit by role")
