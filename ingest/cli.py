@@ -24,7 +24,7 @@ in the summary); 1 every prompt traced in this call failed; 2 bad input;
 
 Example:
   unpack ingest --model smollm2-135m --task ioi --n 100 --controls --roots "20.*@END"
-  duckdb unpack.duckdb "SELECT * FROM credit_by_role WHERE task = 'ioi'"
+  python -c "import duckdb; print(duckdb.connect('unpack.duckdb', read_only=True).sql('SELECT * FROM credit_by_role'))"
 """
 
 

@@ -100,6 +100,7 @@ fig = make_subplots(rows=len(graphs), cols=1, shared_xaxes=True,
                     vertical_spacing=min(0.12, 0.3 / max(1, len(graphs))),
                     subplot_titles=[f"{D.short_model(m)} ({G.graph.get('n_layers')} layers)"
                                     for m, G in graphs.items()])
+in_legend: set = set()  # each mode drawn in any model's graph is listed once
 for i, (m, G) in enumerate(graphs.items(), start=1):
     H = views.threshold(G, 0.0, top_k)
     pos = layered_layout(H)
@@ -107,7 +108,7 @@ for i, (m, G) in enumerate(graphs.items(), start=1):
     # relative depth: embeddings 0, the last layer's (sequential) MLP 1
     xy = {n: ((H.nodes[n].get("depth", H.nodes[n].get("layer", 0)) + 1.0) / (nl + 0.5), pos[n][1])
           for n in H.nodes}
-    for tr in views.graph_traces(H, xy, show_legend=(i == 1)):
+    for tr in views.graph_traces(H, xy, legend_seen=in_legend):
         fig.add_trace(tr, row=i, col=1)
     fig.update_yaxes(visible=False, row=i, col=1)
 fig.update_xaxes(title_text="relative depth (0 = embeddings, 1 = the last layer)", row=len(graphs),
