@@ -28,9 +28,10 @@ def induction_roots(circuit: dict) -> list[str]:
 
 
 def ingest_ladder(db, n: int = 20, batch_size: int = 32, progress: bool = True,
-                  out=print) -> list:
+                  out=print, keep=None) -> list:
     """Trace ``n`` induction prompts on every ladder checkpoint into ``db``; the
-    ingest summaries, one per checkpoint."""
+    ingest summaries, one per checkpoint. ``keep(member, revision)``: which
+    checkpoints to take (default all)."""
     from transformers.utils import logging as hf_logging
 
     from unpack import Tracer
@@ -42,6 +43,8 @@ def ingest_ladder(db, n: int = 20, batch_size: int = 32, progress: bool = True,
     hf_logging.disable_progress_bar()
     summaries = []
     for member, rev, circuit in checkpoints():
+        if keep is not None and not keep(member, rev):
+            continue
         name = f"{member}@{rev}"
         out(f"loading {name} ...", flush=True)
         model, tok = load_model(name)
