@@ -415,7 +415,9 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
             continue
         seen.add(key)
         # after the rows that loaded, in file order; the text is the row's (or its line)
-        todo.append(Item(seq=len(records) + n_rejected, key=key, record=None, error=str(reason),
+        # the error names the file and line too, so a plain query of the errors finds the row
+        todo.append(Item(seq=len(records) + n_rejected, key=key, record=None,
+                         error=f"{file}:{line}: {reason}" if file is not None else str(reason),
                          label=f"{file}:{line}",
                          fields={"task": "corpus", "text": getattr(e, "text", None),
                                  "metadata": json.dumps({"file": str(file), "line": line})}))
@@ -479,6 +481,6 @@ def _count(summary: Summary, items: list[Item]) -> None:
         if it.error:
             summary.n_failed += 1
             if len(summary.errors) < 5:
-                summary.errors.append((it.label, it.error))
+                summary.errors.append((it.label, it.error.removeprefix(f"{it.label}: ")))
         else:
             summary.n_ok += 1

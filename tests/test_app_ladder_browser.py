@@ -149,10 +149,11 @@ def shots(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with running_app(Path(a.db).resolve()) as url, chromium_page() as page:
         open_page(page, link(url, "compare", {"ws_task": "induction"}),
-                  "h3:has-text('The induction circuit across size and training')")
+                  ".js-plotly-plot .scatterlayer .trace")
+        settle(page, 2.0)
         page.screenshot(path=str(out / "compare_ladder.png"))
         page.get_by_text("Circuits aligned by relative depth").scroll_into_view_if_needed()
-        page.wait_for_timeout(500)
+        page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "compare_ladder_graphs.png"))
         open_page(page, url + "/overview", "h1:has-text('Overview')")
         page.screenshot(path=str(out / "overview.png"))
