@@ -130,6 +130,7 @@ def ingest_handler(args) -> int:
         check_corpus_path(args.corpus)
     check_store(args.db)
     args.model = with_revision(args.model, args.revision)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     records, rejected = load_records(args, tok)
     tracer = Tracer(model=model, tokenizer=tok)

@@ -99,6 +99,19 @@ def register(subparsers) -> None:
     add_induction_options(r)
     r.set_defaults(func=report_handler)
 
+    b = subparsers.add_parser(
+        "random-model", help="an untrained baseline: a model's architecture with random weights",
+        description="Save a model with the architecture and tokenizer of --like (optionally cut "
+                    "to --layers layers) and freshly initialized random weights (seeded), as a "
+                    "Hugging Face directory: the untrained baseline to compare a trained model "
+                    "with. Example: unpack random-model --like smollm2-135m --layers 6 --out "
+                    "random-llama-6l")
+    b.add_argument("--like", required=True, help="the model whose architecture and tokenizer to use")
+    b.add_argument("--layers", type=int, default=None, help="keep this many layers (default all)")
+    b.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
+    b.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    b.set_defaults(func=random_model_handler)
+
 
 def train_handler(args) -> int:
     import os
@@ -189,3 +202,33 @@ def report_handler(args) -> int:
     from . import report
 
     return report.main(args)
+
+
+def random_model_handler(args) -> int:
+    """``unpack random-model``: the architecture of ``--like`` with random weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..errors import InputError
+    from ..loading import load_model
+
+    if args.layers is not None and args.layers < 1:
+        raise InputError(f"--layers {args.layers}: give at least 1")
+    print(f"loading {args.like} ...", flush=True)
+    model, tok = load_model(args.like)
+    cfg = model.config
+    key = next((k for k in ("num_hidden_layers", "n_layer") if hasattr(cfg, k)), None)
+    if args.layers is not None:
+        if key is None or args.layers > getattr(cfg, key):
+            raise InputError(f"--layers {args.layers}: {args.like} has "
+                             f"{getattr(cfg, key, '?')} layers; give at most that many")
+        setattr(cfg, key, args.layers)
+    cfg.unpack_revision = None
+    torch.manual_seed(args.seed)
+    rnd = AutoModelForCausalLM.from_config(cfg)
+    rnd.save_pretrained(args.out)
+    tok.save_pretrained(args.out)
+    n = sum(p.numel() for p in rnd.parameters())
+    print(f"saved {args.out}: {getattr(cfg, key, '?')} layers, {n:,} parameters, random weights "
+          f"(seed {args.seed})")
+    return 0
