@@ -114,6 +114,7 @@ def test_a_copied_link_reproduces_the_view(app, name):
         for k, v in params.items():  # the view is the one the link asked for
             assert view["params"].get(k) == (v if isinstance(v, list) else [v]), (k, view["params"])
         assert text in first.inner_text("body")
+        assert "Cannot read the database" not in first.inner_text("body")
         if name == "sql":
             assert first.get_by_label("Query").input_value() == params["sql_text"]
     with chromium_page() as second:  # a new browser session opens the copied link

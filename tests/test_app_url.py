@@ -81,6 +81,15 @@ def test_circuit_view_from_a_link(monkeypatch, store):
     assert widget(at.multiselect, "Modes").value == ["Q"]
 
 
+def test_overview_from_a_link(monkeypatch, store):
+    db, names = store
+    at = open_link(monkeypatch, db, "overview", {"ws_models": [names[1]], "ws_condition": "abc_b"})
+    assert widget(at.multiselect, "Models").value == [names[1]]
+    assert widget(at.selectbox, "Condition").value == "abc_b"
+    shown = [d.value for d in at.dataframe if "n_params" in d.value.columns][0]
+    assert shown["model"].tolist() == names  # every model, smallest first
+
+
 def test_sql_view_and_a_bad_link(monkeypatch, store):
     db, _ = store
     at = open_link(monkeypatch, db, "sql", {"sql_text": "SELECT 42 AS answer"})

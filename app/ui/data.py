@@ -81,15 +81,18 @@ def counts(con) -> dict:
 
 
 def models_table(con) -> pd.DataFrame:
+    """Every model with its size, training step, runs and prompts: smallest first, one
+    model's checkpoints by step."""
     return q(con, """
-        SELECT m.name AS model, m.model_type, m.n_layers, m.n_heads, m.d_model, m.n_params,
-               m.step, count(DISTINCT r.run_id) AS runs,
-               count(p.prompt_id) FILTER (WHERE p.status = 'ok') AS prompts_ok,
-               count(p.prompt_id) FILTER (WHERE p.status <> 'ok') AS failed
-        FROM models m LEFT JOIN runs r ON r.model_id = m.model_id
-        LEFT JOIN prompts p ON p.run_id = r.run_id
-        GROUP BY ALL ORDER BY m.n_params NULLS LAST, split_part(m.name, '@', 1), m.step NULLS FIRST,
-                 m.name""")
+        SELECT * FROM (
+            SELECT m.name AS model, m.model_type, m.n_layers, m.n_heads, m.d_model, m.n_params,
+                   m.step, count(DISTINCT r.run_id) AS runs,
+                   count(p.prompt_id) FILTER (WHERE p.status = 'ok') AS prompts_ok,
+                   count(p.prompt_id) FILTER (WHERE p.status <> 'ok') AS failed
+            FROM models m LEFT JOIN runs r ON r.model_id = m.model_id
+            LEFT JOIN prompts p ON p.run_id = r.run_id
+            GROUP BY ALL)
+        ORDER BY n_params NULLS LAST, split_part(model, '@', 1), step NULLS FIRST, model""")
 
 
 def runs_table(con) -> pd.DataFrame:
