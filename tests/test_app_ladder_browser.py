@@ -18,13 +18,14 @@ from urllib.parse import urlencode
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app_browser import (chromium_page, no_exception, open_page, require_browser,  # noqa: E402
+from test_app_browser import (CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT_MS, VIEWPORT,  # noqa: E402
+                              chromium_page, no_exception, open_page, require_browser,
                               running_app, settle, shot, sql)
 
 KEEP = ("step0", "step200")  # and each member's last step
 
 
-def build_ladder_store(where: Path, n: int = 4) -> Path:
+def build_ladder_store(where: Path, n: int = 3) -> Path:
     from ingest.ladder import checkpoints, ingest_ladder
 
     last = {m: r for m, r, _ in checkpoints()}
@@ -42,30 +43,50 @@ def app(tmp_path_factory):
         yield url, db
 
 
+@pytest.fixture(scope="module")
+def browser(app):
+    """One Chromium for the module; each ``session()`` is a fresh browser context
+    (its own cookies and storage), i.e. a new visitor."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def session(browser):
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    page.set_default_timeout(LOAD_TIMEOUT_MS)
+    return page
+
+
 def link(url: str, page: str, params: dict) -> str:
     return f"{url}/{page}?{urlencode(params, doseq=True)}"
 
 
-def test_compare_shows_the_ladder_across_size_and_step(app):
+def test_compare_shows_the_ladder_across_size_and_step(app, browser):
     url, db = app
     models = sql(db, "SELECT name FROM models ORDER BY n_params, step")["name"].tolist()
     assert len(models) == 9
-    with chromium_page() as page:
-        open_page(page, link(url, "compare", {"ws_task": "induction", "ws_models": models[:3]}),
-                  "h3:has-text('The induction circuit across size and training')")
-        no_exception(page)
-        body = page.inner_text("body")
-        for text in ("K interaction, previous-token → induction", "accuracy on the repeated half",
-                     "Credit by role", "Circuits aligned by relative depth", "What changes with size"):
-            assert text in body, text
-        # the two ladder charts: one line per size, in size order, one point per stored step
-        charts = page.locator(".js-plotly-plot").filter(has_text="previous-token → induction")
-        legend = [t.text_content() for t in charts.first.locator(".legendtext").all()]
-        assert legend == ["ladder-d64", "ladder-d96", "ladder-d128"], legend
-        points = charts.first.locator(".scatterlayer .trace").first.locator("path.point")
-        assert points.count() == 3  # step 0, 200 and the last
-        assert page.locator(".js-plotly-plot").count() >= 4
-        shot(page, "compare_ladder")
+    page = session(browser)
+    open_page(page, link(url, "compare", {"ws_task": "induction", "ws_models": models[:3]}),
+              "h3:has-text('The induction circuit across size and training')")
+    no_exception(page)
+    body = page.inner_text("body")
+    for text in ("K interaction, previous-token → induction", "accuracy on the repeated half",
+                 "Credit by role", "Circuits aligned by relative depth", "What changes with size"):
+        assert text in body, text
+    # the two ladder charts: one line per size, in size order, one point per stored step
+    charts = page.locator(".js-plotly-plot").filter(has_text="previous-token → induction")
+    legend = [t.text_content() for t in charts.first.locator(".legendtext").all()]
+    assert legend == ["ladder-d64", "ladder-d96", "ladder-d128"], legend
+    points = charts.first.locator(".scatterlayer .trace").first.locator("path.point")
+    assert points.count() == 3  # step 0, 200 and the last
+    assert page.locator(".js-plotly-plot").count() >= 4
+    shot(page, "compare_ladder")
 
 
 def _view(page, keys) -> dict:
@@ -103,38 +124,38 @@ LINKS = {  # page -> (parameters, a selector that must be visible, text that mus
 
 
 @pytest.mark.parametrize("name", list(LINKS))
-def test_a_copied_link_reproduces_the_view(app, name):
+def test_a_copied_link_reproduces_the_view(app, browser, name):
     url, db = app
     params, ready, text = LINKS[name]
-    with chromium_page() as first:
-        open_page(first, link(url, name, params), ready)
-        no_exception(first)
-        copied = _stable_url(first)
-        view = _view(first, params)
-        for k, v in params.items():  # the view is the one the link asked for
-            assert view["params"].get(k) == (v if isinstance(v, list) else [v]), (k, view["params"])
-        assert text in first.inner_text("body")
-        assert "Cannot read the database" not in first.inner_text("body")
-        if name == "sql":
-            assert first.get_by_label("Query").input_value() == params["sql_text"]
-    with chromium_page() as second:  # a new browser session opens the copied link
-        open_page(second, copied, ready)
-        no_exception(second)
-        _stable_url(second)
-        again = _view(second, params)
-        assert again == view, (again, view)
-        if name == "sql":
-            assert second.get_by_label("Query").input_value() == params["sql_text"]
+    first, second = session(browser), session(browser)
+    open_page(first, link(url, name, params), ready)
+    no_exception(first)
+    copied = _stable_url(first)
+    view = _view(first, params)
+    for k, v in params.items():  # the view is the one the link asked for
+        assert view["params"].get(k) == (v if isinstance(v, list) else [v]), (k, view["params"])
+    assert text in first.inner_text("body")
+    assert "Cannot read the database" not in first.inner_text("body")
+    if name == "sql":
+        assert first.get_by_label("Query").input_value() == params["sql_text"]
+    # a new browser session opens the copied link
+    open_page(second, copied, ready)
+    no_exception(second)
+    _stable_url(second)
+    again = _view(second, params)
+    assert again == view, (again, view)
+    if name == "sql":
+        assert second.get_by_label("Query").input_value() == params["sql_text"]
 
 
-def test_the_url_follows_the_view(app):
+def test_the_url_follows_the_view(app, browser):
     url, db = app
-    with chromium_page() as page:
-        open_page(page, link(url, "compare", {"ws_task": "induction"}),
-                  "h3:has-text('Circuits aligned by relative depth')")
-        page.get_by_text("share_negative", exact=True).click()
-        settle(page)
-        assert "compare_value=share_negative" in page.url
+    page = session(browser)
+    open_page(page, link(url, "compare", {"ws_task": "induction"}),
+              "h3:has-text('Circuits aligned by relative depth')")
+    page.get_by_text("share_negative", exact=True).click()
+    settle(page)
+    assert "compare_value=share_negative" in page.url
 
 
 # ------------------------------------------------------------------ docs/screenshots from a store
