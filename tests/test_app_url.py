@@ -3,6 +3,7 @@ link shows the view they describe, and changing a widget writes it into the URL.
 Driven with Streamlit's test harness on the real-ingest store of test_app."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -98,3 +99,23 @@ def test_sql_view_and_a_bad_link(monkeypatch, store):
     at = open_link(monkeypatch, db, "compare", {"compare_topk": "many", "ws_task": "nope",
                                                 "prompt_excl_last": "maybe"})
     assert widget(at.slider, "Top-k edges per model").value == 25
+
+
+def test_a_linked_query_runs_and_one_row_is_one_row(monkeypatch, store):
+    """The SQL page opened from a link runs its query; the count reads '1 row'."""
+    from test_app import captions
+
+    db, _ = store
+    at = open_link(monkeypatch, db, "sql", {"sql_text": "SELECT 42 AS answer"})
+    widget(at.button, "Run query").click().run()
+    assert_clean(at)
+    assert at.dataframe[0].value["answer"].tolist() == [42]
+    assert "1 row" in captions(at) and not any("1 rows" in c for c in captions(at))
+
+
+def test_overview_formats_the_parameter_count(monkeypatch, store):
+    db, names = store
+    at = open_link(monkeypatch, db, "overview", {})
+    table = [d for d in at.dataframe if "n_params" in d.value.columns][0]
+    config = json.loads(table.proto.columns)
+    assert config["n_params"]["type_config"]["format"] == "localized"  # 53,058, not 53058

@@ -152,3 +152,21 @@ def test_readme_ladder_trace_runs_as_written(capsys, monkeypatch):
     assert main(shlex.split(cmd)[1:]) == 0
     out = capsys.readouterr().out
     assert "target: ' t1'" in out and "token credit" in out
+
+
+def test_node_labels_of_the_mlp_row_and_embeddings_keep_clear_of_the_heads():
+    import networkx as nx
+
+    from app.graphs import component_attrs
+    from app.ui import views
+
+    G = nx.DiGraph()
+    G.add_edge("attn_0_head_1", "embedding", weight=1.0, mode="V")
+    G.add_edge("mlp_0", "attn_0_head_0", weight=0.5, mode="MLP")
+    for n in G.nodes:
+        G.nodes[n].update(component_attrs(n, False))
+    xy = {n: (0.0, float(i)) for i, n in enumerate(G.nodes)}
+    nodes = [t for t in views.graph_traces(G, xy) if t.name == "components"][0]
+    side = dict(zip(nodes.customdata, nodes.textposition))
+    assert side == {"attn_0_head_1": "top center", "embedding": "middle left",
+                    "mlp_0": "bottom center", "attn_0_head_0": "top center"}
