@@ -32,7 +32,7 @@ did not form (accuracy on the repeated half < 90% or no previous-token /
 induction head); 2 bad input.
 
 Example:
-  unpack toy-train --variant attn-only-d64 --out unpack/toy/checkpoints/attn-only-d64 --seed 0
+  unpack toy-train --variant attn-only-d64 --out toy/attn-only-d64 --seed 0
   unpack toy-report --model unpack/toy/checkpoints/attn-only-d64
 """
 
