@@ -92,7 +92,7 @@ def pick_heads(tracer, record, k: int = 3) -> list[str]:
 
 
 def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_size: int = 4,
-             progress: bool = True, device: str = "cpu", dtype=None, ladder_n: int = 20) -> int:
+             progress: bool = True, device: str = "cpu", dtype=None, ladder_n: int = 0) -> int:
     from unpack import Tracer
     from unpack.loading import load_model
     from unpack.tasks import ioi

@@ -319,7 +319,7 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     root_list = parse_roots(roots, list(tracer.comps.names))
     if model_info is None:
         from unpack.loading import model_info as _info
-        model_info = _info(tracer.model, tracer.spec)
+        model_info = _info(tracer.model, getattr(tracer, "spec", None))
 
     try:
         summary = _ingest_into(db, records, errors, tracer, model_name, preset, config,
