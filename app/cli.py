@@ -65,7 +65,8 @@ def streamlit_command(db: str, host: str, port: int) -> list[str]:
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none", "--server.runOnSave", "false",
-            "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+            "--global.developmentMode", "false",
+            "--global.disableWidgetStateDuplicationWarning", "true", "--client.toolbarMode", "minimal",
             "--", "--db", db]
 
 

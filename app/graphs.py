@@ -1,4 +1,4 @@
-"""Circuit graphs from the store (METHOD.md §6 interaction edges, §1 layers).
+"""Circuit graphs from the store (docs/METHOD.md §6 interaction edges, §1 layers).
 
 :func:`circuit_graph` selects traces (model, run, task, preset, condition,
 template, prompts, root), sums each trace's position-resolved edges over

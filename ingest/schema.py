@@ -28,6 +28,13 @@ models = sa.Table(
     sa.Column("n_params", Big),
     sa.Column("info", Str),  # JSON: everything model_info() reported
     sa.Column("created_at", Time),
+    # 0004: size and training step (docs/METHOD.md §10, comparing models)
+    sa.Column("n_kv_heads", Int),
+    sa.Column("d_head", Int),
+    sa.Column("family", Str),  # adapter family: gpt2, gpt_neox, llama
+    sa.Column("parallel_residual", Bool),
+    sa.Column("revision", Str),  # hub revision (e.g. step1000) or checkpoint directory name
+    sa.Column("step", Big),  # training step, where known
 )
 
 runs = sa.Table(

@@ -71,7 +71,7 @@ class _Worker:
     def describe(self) -> dict:
         from unpack.loading import model_info
 
-        return {"names": list(self.tracer.comps.names), "model_info": model_info(self.tracer.model)}
+        return {"names": list(self.tracer.comps.names), "model_info": model_info(self.tracer.model, self.tracer.spec)}
 
     def check_fits(self, lengths: list, n_traces: int) -> None:
         from .cli import check_lengths

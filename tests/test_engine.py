@@ -1,7 +1,7 @@
 """The vectorized engine against the plain-loop reference, and §9 on tiny models.
 
 Everything here runs in fp64 on tiny random models, where the two
-implementations must agree to 1e-8 relative (METHOD.md §6-7)."""
+implementations must agree to 1e-8 relative (docs/METHOD.md §6-7)."""
 from __future__ import annotations
 
 import numpy as np
@@ -145,7 +145,7 @@ def test_top_paths_equal_reference_enumeration(tok):
     for c, s in got:
         assert c in ref_d, c
         assert abs(s - ref_d[c]) <= TOL * abs(ref_d[c])
-    # the chain format of METHOD.md §7, with positions and modes
+    # the chain format of docs/METHOD.md §7, with positions and modes
     p = res.paths[0]
     assert p.chain.split("→")[-1].startswith(("embedding@", "pos_embedding@"))
     assert p.depth == len(p.modes) == len(p.hops) - 1
@@ -279,7 +279,7 @@ def test_unknown_preset_and_field():
                                   lambda: tiny_neox(parallel=False, hidden=32),
                                   lambda: tiny_gpt2(n_embd=32)], ids=["neox_par", "neox_seq", "gpt2"])
 def test_fold_project_and_virtual_agree(tok, make):
-    """The three K/Q contractions (METHOD.md §4: fold W_K (R_s^T) Q into one vector;
+    """The three K/Q contractions (docs/METHOD.md §4: fold W_K (R_s^T) Q into one vector;
     project and rotate each writer; project head writers through virtual weights)
     are the same numbers, on prompts shorter and longer than d; each is also
     checked against the reference."""

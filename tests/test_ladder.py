@@ -1,72 +1,158 @@
-"""A ladder of models in one command: ``unpack ingest --model A --model B``
-writes one run per model on the same prompts, and the Compare page shows them
-side by side (Streamlit's test harness)."""
+"""The toy ladder (three sizes × training steps), checkpoints by revision, and the
+model facts the store keeps (migration 0004)."""
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import duckdb
-import numpy as np
 import pytest
+import torch
 
-from test_app import assert_clean, build_model_dir, open_app, sql, widget
+from tests.models import PROMPTS, tiny_gpt2, word_tokenizer
+from unpack.errors import InputError
+from unpack.loading import LADDER_DIR, load_model, model_info, split_revision, with_revision
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ladder(tmp_path_factory):
-    """``(db, [small, large], stdout)`` of one ``unpack ingest`` with two models
-    (2- and 3-layer random models sharing a word-level tokenizer)."""
-    import contextlib
-    import io
+def _checkpoints(tmp_path) -> Path:
+    """A local directory of checkpoints: step0/ and step40/ (random tiny GPT-2s)."""
+    base = tmp_path / "tiny-run"
+    for step, seed in ((0, 1), (40, 2)):
+        m = tiny_gpt2(seed=seed, dtype=torch.float32)
+        m.config.training_step = step
+        m.save_pretrained(base / f"step{step}")
+        word_tokenizer().save_pretrained(base / f"step{step}")
+    return base
 
+
+# ------------------------------------------------------------------ revisions
+
+def test_revision_of_a_local_directory_of_checkpoints(tmp_path):
+    base = _checkpoints(tmp_path)
+    model, _ = load_model(with_revision(str(base), "step40"))
+    info = model_info(model)
+    assert info["revision"] == "step40" and info["step"] == 40
+    same, _ = load_model(f"{base}@step40")
+    assert torch.equal(model.transformer.wte.weight, same.transformer.wte.weight)
+    other, _ = load_model(f"{base}@step0")
+    assert not torch.equal(model.transformer.wte.weight, other.transformer.wte.weight)
+    with pytest.raises(InputError, match="no checkpoint 'step9'; it has step0, step40"):
+        load_model(f"{base}@step9")
+    with pytest.raises(InputError, match="directory of checkpoints.*@REVISION.*step0, step40"):
+        load_model(str(base))
+    with pytest.raises(InputError, match="already names revision"):
+        with_revision(f"{base}@step0", "step40")
+
+
+def test_name_at_revision_parsing(tmp_path):
+    assert split_revision("EleutherAI/pythia-160m@step1000") == ("EleutherAI/pythia-160m", "step1000")
+    assert split_revision("gpt2") == ("gpt2", None)
+    odd = tmp_path / "dir@x"
+    odd.mkdir()
+    assert split_revision(str(odd)) == (str(odd), None)  # an existing path is never split
+
+
+def test_hub_revision_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="pythia-160m.*could not be downloaded.*offline"):
+        load_model("EleutherAI/pythia-160m@step1000")
+
+
+def test_ingest_stores_size_revision_and_step(tmp_path):
+    """--revision loads the checkpoint and the models row records its facts."""
+    base = _checkpoints(tmp_path)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "target": a, "distractor": b}) + "\n"
+                              for t, a, b in PROMPTS))
+    db = tmp_path / "s.duckdb"
     from unpack.cli import main
 
-    where = tmp_path_factory.mktemp("ladder")
-    small = str(build_model_dir(where / "small-gpt2", "gpt2", 2, seed=0))
-    large = str(build_model_dir(where / "large-neox", "neox", 3, seed=1))
-    db = where / "ladder.duckdb"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["ingest", "--model", small, "--model", large, "--task", "ioi", "--n", "3",
-                     "--controls", "--db", str(db), "--batch-size", "4", "--no-progress"])
-    assert code == 0, out.getvalue()
-    return db, [small, large], out.getvalue()
-
-
-def rows(db, q):
+    assert main(["ingest", "--model", str(base), "--revision", "step40", "--corpus", str(corpus),
+                 "--db", str(db), "--no-progress"]) == 0
     con = duckdb.connect(str(db), read_only=True)
+    row = con.sql("SELECT name, n_params, n_layers, n_heads, d_model, step, revision, family, "
+                  "parallel_residual, n_kv_heads, d_head FROM models").fetchall()
+    con.close()
+    n_params = sum(p.numel() for p in tiny_gpt2(dtype=torch.float32).parameters())
+    assert row == [(f"{base}@step40", n_params, 2, 2, 16, 40, "step40", "gpt2", False, 2, 8)]
+
+
+# ------------------------------------------------------------------ the shipped ladder
+
+def _shipped() -> dict[str, list[dict]]:
+    out = {}
+    for member in sorted(d.name for d in LADDER_DIR.iterdir() if d.is_dir()):
+        steps = []
+        for d in (LADDER_DIR / member).iterdir():
+            with open(d / "toy.json") as f:
+                steps.append(json.load(f))
+        out[member] = sorted(steps, key=lambda m: m["step"])
+    return out
+
+
+def test_shipped_ladder_sizes_steps_and_the_moment_the_circuit_forms():
+    ladder = _shipped()
+    assert len(ladder) >= 3
+    widths = [m[0]["config"]["d_model"] for m in ladder.values()]
+    assert len(set(widths)) == len(widths)  # three sizes
+    total = sum(f.stat().st_size for f in LADDER_DIR.rglob("*") if f.is_file())
+    assert total < 5 * 2**20, total
+    for member, steps in ladder.items():
+        assert len(steps) >= 6, member
+        acc = [s["eval"]["acc_repeat"] for s in steps]
+        assert acc[0] < 0.1 and acc[-1] > 0.9, (member, acc)
+        assert any(0.1 <= a <= 0.9 for a in acc), (member, acc)  # a step while it forms
+        assert steps[-1]["ground_truth"]["prev_found"] and steps[-1]["ground_truth"]["induction_found"]
+        assert all(s["circuit"]["induction_heads"] == steps[-1]["ground_truth"]["induction_heads"]
+                   for s in steps)
+
+
+def test_ladder_member_reproduces_bit_for_bit(tmp_path):
+    """The first 150 steps of the smallest member, retrained here: the snapshots at
+    steps 0 and 150 equal the shipped files byte for byte (a snapshot depends only on
+    the steps before it, so this checks the same code path as a full run, cheaply)."""
+    from unpack.toy import ladder
+    from unpack.toy.data import make_tokenizer
+    from unpack.toy.train import train
+
+    class Enough(Exception):
+        pass
+
+    cfg, tok = ladder.MEMBERS["ladder-d64"], make_tokenizer(ladder.MEMBERS["ladder-d64"].n_tokens)
+
+    def snap(step, model):
+        ladder.save_step(model, tok, cfg, str(tmp_path), "ladder-d64", 0, step)
+        if step == 150:
+            raise Enough
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        return con.execute(q).fetchall()
+        with pytest.raises(Enough):
+            train(cfg, seed=0, log=None, snapshot_at=(0, 150), on_snapshot=snap)
     finally:
-        con.close()
+        torch.set_num_threads(threads)
+    for step in (0, 150):
+        new = (tmp_path / "ladder-d64" / f"step{step}" / "model.safetensors").read_bytes()
+        old = (LADDER_DIR / "ladder-d64" / f"step{step}" / "model.safetensors").read_bytes()
+        assert new == old, step
 
 
-def test_two_models_in_one_command_write_two_runs_on_the_same_prompts(ladder):
-    db, names, out = ladder
-    assert out.count("ingest finished") == 2
-    runs = rows(db, "SELECT m.name, r.status, count(p.prompt_id) FROM runs r JOIN models m "
-                    "USING (model_id) JOIN prompts p USING (run_id) GROUP BY ALL ORDER BY 1")
-    assert runs == sorted([(n, "done", 12) for n in names])
-    texts = {n: rows(db, f"""SELECT p.seq, p.text, p.target, p.distractor, p.condition
-                             FROM prompts p JOIN runs r USING (run_id) JOIN models m USING (model_id)
-                             WHERE m.name = '{n}' ORDER BY p.seq""") for n in names}
-    assert texts[names[0]] == texts[names[1]] and len(texts[names[0]]) == 12
-    assert len({t[1] for t in texts[names[0]]}) >= 3  # real prompts, not one repeated
+def test_ladder_checkpoint_loads_by_alias_with_its_facts():
+    model, tok = load_model("ladder-d64@step0")
+    info = model_info(model)
+    assert info["step"] == 0 and info["revision"] == "step0"
+    assert info["toy"]["circuit"]["prev_heads"] and info["toy"]["eval"]["acc_repeat"] < 0.1
+    assert model.config.n_inner == 1 and model.dtype == torch.float32
 
 
-def test_compare_page_shows_the_two_runs_side_by_side(monkeypatch, ladder):
-    db, names, _ = ladder
-    at = open_app(monkeypatch, db, "compare")
-    widget(at.selectbox, "Condition").set_value("(all)").run()
-    assert_clean(at)
-    role_table = [d.value for d in at.dataframe if "role" in d.value.columns][0]
-    assert {"small-gpt2", "large-neox"} <= set(role_table.columns)
-    # through the app's own handle: this process has the file open with its settings
-    want = sql(db, "SELECT model, condition, role, mean_credit FROM credit_by_role "
-                   "WHERE root = 'target'").itertuples(index=False)
-    want = list(want)
-    assert len(want) > 0
-    for model, cond, role, mean in want:
-        got = role_table[(role_table["condition"] == cond) & (role_table["role"] == role)]
-        assert np.isclose(got[model.rsplit("/", 1)[-1]].iloc[0], mean, rtol=1e-9)
-    sup = [d.value for d in at.dataframe if "gap S1 - S2" in d.value.columns][0]
-    assert sup["model"].tolist() == ["small-gpt2", "large-neox"]  # smallest first
-    assert sup["n prompts"].tolist() == [3, 3]
+def test_toy_train_refuses_to_overwrite_shipped_checkpoints(capsys, monkeypatch):
+    from unpack.cli import main
+
+    monkeypatch.chdir(ROOT)
+    for out in ("unpack/toy/checkpoints", "unpack/toy/ladder/ladder-d64", "unpack/toy/checkpoints/x"):
+        assert main(["toy-train", "--variant", "tiny", "--out", out]) == 2
+        assert "--overwrite-shipped" in capsys.readouterr().err, out

@@ -1,6 +1,8 @@
 """The store's schema: Alembic migrations on real DuckDB files."""
 from __future__ import annotations
 
+import importlib
+
 import duckdb
 import pytest
 import sqlalchemy as sa
@@ -8,6 +10,11 @@ import sqlalchemy as sa
 import migrations
 from ingest import schema, store
 from unpack.errors import InputError
+
+HEAD = "0004"
+# The revision below the head (0004 revises it): read from the migration itself,
+# so the chain can be extended under it.
+BELOW_HEAD = importlib.import_module("migrations.versions.0004_model_facts").down_revision
 
 TYPES = {sa.Integer: "INTEGER", sa.BigInteger: "BIGINT", sa.String: "VARCHAR",
          sa.Double: "DOUBLE", sa.Boolean: "BOOLEAN", sa.DateTime: "TIMESTAMP"}
@@ -49,7 +56,7 @@ def test_upgrade_from_empty_creates_every_table_and_view(tmp_path):
     views = {t for t, kind in got.items() if kind == "VIEW"}
     assert tables == set(schema.metadata.tables) | {"alembic_version"}
     assert views == set(schema.VIEWS)
-    assert revision(db) == migrations.head_revision() == "0002"
+    assert revision(db) == migrations.head_revision() == HEAD
 
 
 def test_migrated_schema_matches_ingest_schema(tmp_path):
@@ -114,8 +121,36 @@ def test_downgrade_upgrade_round_trip_keeps_data(tmp_path):
     assert revision(db) is None
     assert set(objects(db)) <= {"alembic_version"}
     store.connect(db).dispose()  # upgrade on open, again from empty
-    assert revision(db) == "0002"
+    assert revision(db) == HEAD
     assert set(objects(db)) == set(schema.metadata.tables) | set(schema.VIEWS) | {"alembic_version"}
+
+
+def test_model_facts_migration_adds_and_drops_its_columns_keeping_rows(tmp_path):
+    """0004: size and step columns on ``models``; down and up again keeps the rows."""
+    db = tmp_path / "s.duckdb"
+    store.connect(db).dispose()
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO models (model_id, name, n_params, step, revision, family, "
+                "parallel_residual, n_kv_heads, d_head) VALUES (1, 'm', 123, 400, 'step400', "
+                "'gpt2', false, 2, 32)")
+    con.close()
+
+    def columns():
+        c = duckdb.connect(str(db), read_only=True)
+        try:
+            return [r[0] for r in c.sql("SELECT column_name FROM information_schema.columns "
+                                        "WHERE table_name = 'models' ORDER BY ordinal_position").fetchall()]
+        finally:
+            c.close()
+
+    added = ["n_kv_heads", "d_head", "family", "parallel_residual", "revision", "step"]
+    assert columns()[-6:] == added
+    migrate(db, migrations.downgrade, BELOW_HEAD)
+    assert not set(added) & set(columns()) and "n_params" in columns()
+    migrate(db, migrations.upgrade, "head")
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.sql("SELECT name, n_params, step, family FROM models").fetchall() == [("m", 123, None, None)]
+    con.close()
 
 
 def test_failed_migration_leaves_no_half_schema(tmp_path, monkeypatch):
@@ -153,9 +188,9 @@ def test_cli_module_runs_alembic_commands(tmp_path, capsys):
 
     db = tmp_path / "s.duckdb"
     assert main(["--db", str(db), "upgrade"]) == 0
-    assert revision(db) == "0002"
+    assert revision(db) == HEAD
     assert main(["--db", str(db), "downgrade"]) == 0
-    assert revision(db) == "0001"
+    assert revision(db) == BELOW_HEAD
 
 
 def test_a_database_held_by_another_process_is_a_clear_error(tmp_path, monkeypatch):

@@ -236,6 +236,9 @@ def test_corpus_root_is_traced_and_bad_rows_keep_their_text(ioi_model_dir, tmp_p
     assert "no role 'IO'" in texts[rows[2]["text"]] and "END" in texts[rows[2]["text"]]
     assert "no component 'attn_7_head_0'" in texts[rows[3]["text"]]
     assert "not valid JSON" in texts["this line is not JSON"]
+    # the error column itself names the file and the line (not only the metadata)
+    line = 1 + next(i for i, r in enumerate(rows) if r == "this line is not JSON")
+    assert texts["this line is not JSON"].startswith(f"{corpus}:{line}: "), texts
 
 
 def test_a_role_no_prompt_has_is_a_warning_with_the_roles_there_are(ioi_model_dir, tmp_path):

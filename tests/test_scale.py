@@ -1,6 +1,6 @@
 """The engine at scale: chunked K/Q scores, the three contractions, metric seeds,
 devices and weight dtypes. Every number is checked against the plain-loop
-reference in fp64 (METHOD.md §6-7), on prompts longer than the head dimension and
+reference in fp64 (docs/METHOD.md §6-7), on prompts longer than the head dimension and
 longer than a query chunk."""
 from __future__ import annotations
 

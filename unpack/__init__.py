@@ -1,5 +1,5 @@
 """Unpack: token credit, named K/Q/V paths and component interactions from a
-single forward pass (see METHOD.md).
+single forward pass (see docs/METHOD.md).
 
 The names below are imported on first use, so that ``unpack`` (the command)
 starts without torch and can answer bad arguments and Ctrl-C at once."""

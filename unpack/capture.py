@@ -1,5 +1,5 @@
 """One forward pass over a batch of prompts, from the adapter's weights, keeping
-every tensor the method needs (METHOD.md §1-5).
+every tensor the method needs (docs/METHOD.md §1-5).
 
 The pass is computed here, not hooked out of the Hugging Face module, so every
 captured tensor is exactly the one the model used; §9 invariant 9 checks that the
@@ -214,7 +214,7 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
             full_logits: bool = False, center: bool = True) -> Capture:
     """Run the model described by ``spec`` on right-padded ``input_ids [B, S]``.
 
-    ``center``: leave ``ĉ`` (METHOD.md §3) in the writers buffer, centered in place
+    ``center``: leave ``ĉ`` (docs/METHOD.md §3) in the writers buffer, centered in place
     for LayerNorm models. The residuals are always kept (``[B, S, D]`` per layer)."""
     B, S = input_ids.shape
     F = spec.layers[0].mlp.W_out.shape[1]

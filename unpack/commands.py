@@ -36,9 +36,17 @@ def register(sub) -> None:
     p.add_argument("--text", help="the prompt")
     p.add_argument("--target", help="target token text, e.g. ' Mary' (leading space matters)")
     p.add_argument("--distractor", help="optional distractor token text, e.g. ' John'")
-    p.add_argument("--root", help="reroot at COMPONENT@POSITION, e.g. attn_9_head_9@-1")
-    p.add_argument("--prompts", help="JSONL file with text, target, optional distractor, root")
-    p.add_argument("--preset", default="kqv_aligned", help="one of the METHOD.md §8 presets (default kqv_aligned)")
+    p.add_argument("--root", help="reroot at COMPONENT@POSITION, e.g. attn_23_head_1@-1")
+    p.add_argument("--prompts", help="JSONL file with text, target, optional distractor, root; a "
+                                     "bad line is reported and the other lines are traced")
+    p.add_argument("--bos", action="store_true",
+                   help="put the model's beginning-of-sequence token first (as `unpack ingest "
+                        "--task` does by default; positions in --root then count it). Without "
+                        "it the text is traced as given")
+    p.add_argument("--revision", default=None, metavar="REV",
+                   help="a checkpoint of the model: a hub revision (Pythia: step1000) or a "
+                        "sub-directory of a local directory of checkpoints (= --model NAME@REV)")
+    p.add_argument("--preset", default="kqv_aligned", help="one of the docs/METHOD.md §8 presets (default kqv_aligned)")
     p.add_argument("--top-paths", type=int, default=None, help="number of paths to return (default 20)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set beta=0.5 --set path_min_frac=1e-5")
@@ -47,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout")
     p.set_defaults(func=cmd_trace)
 
-    v = sub.add_parser("validate", help="check every METHOD.md §9 invariant on a model",
+    v = sub.add_parser("validate", help="check every docs/METHOD.md §9 invariant on a model",
                        description="Runs the §9 invariants on a few prompts and prints each with "
                                    "its worst relative error and tolerance; exit status 1 if any fails.")
     v.add_argument("--model", required=True)
@@ -128,8 +136,10 @@ def _check_root_syntax(root, where: str) -> None:
                          "e.g. attn_9_head_9@13 or mlp_0@-1")
 
 
-def _read_prompts(path: str) -> list[dict]:
-    prompts = []
+def _read_prompts(path: str) -> tuple[list[dict], list[str]]:
+    """``(prompts, bad)``: the prompts of a JSONL file, and for each line that is not
+    one a message ``FILE:LINE: reason`` (the other lines are still traced)."""
+    prompts, bad = [], []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -137,20 +147,31 @@ def _read_prompts(path: str) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                bad.append(f"{path}:{i}: not valid JSON ({e.msg})")
+                continue
             if not isinstance(row, dict) or "text" not in row or "target" not in row:
-                raise InputError(f"{path}:{i}: each line needs 'text' and 'target'")
+                bad.append(f"{path}:{i}: each line needs 'text' and 'target'")
+                continue
             prompts.append({k: row.get(k) for k in ("text", "target", "distractor", "root")})
-    if not prompts:
+    if not prompts and not bad:
         raise InputError(f"{path}: no prompts in the file")
-    return prompts
+    return prompts, bad
+
+
+def _loading(model) -> None:
+    print(f"loading {model} ...", file=sys.stderr, flush=True)
 
 
 def cmd_trace(args) -> int:
+    bad = []
     if args.prompts:
         if args.text:
             raise InputError("give --text or --prompts, not both")
-        prompts = _read_prompts(args.prompts)
+        prompts, bad = _read_prompts(args.prompts)
+        for msg in bad:
+            print(f"unpack trace: error: {msg}", file=sys.stderr)
+        if not prompts:
+            return 2
     else:
         if args.text is None or args.target is None:
             raise InputError(f"--text and --target are required (or --prompts FILE). Example: {EXAMPLE}")
@@ -158,11 +179,17 @@ def cmd_trace(args) -> int:
                     "root": args.root}]
     overrides = _overrides(args)
     _check_root_syntax(args.root, "--root")
+    from .loading import with_revision
+    from .tokens import bos_text
     from .tracer import TraceFailure, Tracer
-    tracer = Tracer(args.model, weights_dtype=args.dtype, device=args.device)
+    model = with_revision(args.model, args.revision)
+    _loading(model)
+    tracer = Tracer(model, weights_dtype=args.dtype, device=args.device)
+    if args.bos:
+        prompts = [dict(p, text=bos_text(tracer.tokenizer) + p["text"]) for p in prompts]
     results = tracer.trace_batch(prompts, preset=args.preset, batch_size=args.batch_size,
                                  on_error="collect", **overrides)
-    failed = 0
+    failed = len(bad)
     for res in results:
         if isinstance(res, TraceFailure):
             failed += 1
@@ -172,13 +199,17 @@ def cmd_trace(args) -> int:
             print(f"unpack trace: error: {msg}", file=sys.stderr)
             continue
         print(res.to_json() if args.json else str(res) + "\n")
-    return 0 if failed == 0 else (2 if failed == len(results) else 1)
+    return 0 if failed == 0 else (2 if failed == len(results) + len(bad) else 1)
 
 
 def cmd_validate(args) -> int:
     from .tracer import Tracer
-    from .validate import validate_model
+    from .validate import DEFAULT_TEXTS, validate_model
+    _loading(args.model)
     tracer = Tracer(args.model, weights_dtype=args.dtype, device=args.device)
+    n = len(args.text or DEFAULT_TEXTS)
+    print(f"checking the docs/METHOD.md §9 invariants on {n} prompt{'s' * (n != 1)} ...",
+          flush=True)
     checks = validate_model(tracer=tracer, texts=args.text)
     print(f"model {args.model}: {tracer.spec.family}, {tracer.spec.n_layers} layers, "
           f"{tracer.spec.n_heads} heads ({tracer.spec.n_kv_heads} kv), width {tracer.spec.d_model}, "

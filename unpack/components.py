@@ -1,4 +1,4 @@
-"""Component names, layer indices and eligibility (METHOD.md §1).
+"""Component names, layer indices and eligibility (docs/METHOD.md §1).
 
 Two orders are used. ``all_names`` lists every writer into the residual stream,
 bias components included (for closure checks). ``names`` lists the *credited*
@@ -100,7 +100,7 @@ class Components:
         kind, L, h = parse_component(name)
         if kind == "attn_bias":
             raise InputError(f"component {name!r} is a bias component: bias components are "
-                             "never credited (METHOD.md §1); pick a head, an MLP or an embedding")
+                             "never credited (docs/METHOD.md §1); pick a head, an MLP or an embedding")
         if name not in self.index:
             raise InputError(f"component {name!r} does not exist in this model "
                              f"({self.n_layers} layers, {self.n_heads} heads"

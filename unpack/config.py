@@ -1,4 +1,4 @@
-"""Presets and the trace configuration (METHOD.md §8)."""
+"""Presets and the trace configuration (docs/METHOD.md §8)."""
 from __future__ import annotations
 
 import math

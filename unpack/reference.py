@@ -1,4 +1,4 @@
-"""A deliberately plain implementation of METHOD.md §3-7: loops over layers,
+"""A deliberately plain implementation of docs/METHOD.md §3-7: loops over layers,
 components, heads, positions and sources, one prompt at a time.
 
 It shares nothing with the vectorized engine but the captured forward pass

@@ -1,4 +1,4 @@
-"""METHOD.md §9: the invariants, checked on any loaded model.
+"""docs/METHOD.md §9: the invariants, checked on any loaded model.
 
 Each check compares two independent computations and reports the worst error
 relative to the size of the reference quantity. "Bias parts" are the constants

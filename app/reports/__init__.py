@@ -1,4 +1,4 @@
-"""Reports over the store (METHOD.md §10): composition, duplicate suppression,
+"""Reports over the store (docs/METHOD.md §10): composition, duplicate suppression,
 and the toy induction report (delegated to ``unpack.toy``).
 
 Reports only read the database through :func:`app.db.open_db`; when traces

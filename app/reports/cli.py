@@ -14,7 +14,7 @@ gives the `unpack ingest` command that would store them); 2 bad input.
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="composition, duplicate-suppression and induction reports from a store",
-        description="Reports of METHOD.md §10 computed from a DuckDB store (opened read-only): "
+        description="Reports of docs/METHOD.md §10 computed from a DuckDB store (opened read-only): "
                     "tables as Markdown and CSV, figures as PNG.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="report", metavar="REPORT")

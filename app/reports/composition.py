@@ -1,4 +1,4 @@
-"""Composition report (METHOD.md §10).
+"""Composition report (docs/METHOD.md §10).
 
 A head-role table assigns heads to classes (GPT-2 small's table of Wang et al.
 is built in; any other model's comes from a CSV ``head,role``). A connection
@@ -40,7 +40,7 @@ from . import NoData, markdown_table, write_outputs
 
 MODES = ("K", "Q", "V", "all")
 
-# Wang et al. 2023, as listed in METHOD.md §10.
+# Wang et al. 2023, as listed in docs/METHOD.md §10.
 GPT2_SMALL_ROLES = {
     "name_mover": ["9.9", "9.6", "10.0"],
     "backup_name_mover": ["10.10", "11.2", "9.0", "9.7"],
@@ -490,7 +490,7 @@ def _ingest(records, db, model, preset, config, roots, tracer, progress, command
 def _markdown(model, task, preset, condition, min_layer, max_rank, complete, summary,
               verdicts) -> str:
     n_prompts = max((len(k) for _, k in complete.values()), default=0)
-    md = [f"# Composition (METHOD.md §10): {model}", "",
+    md = [f"# Composition (docs/METHOD.md §10): {model}", "",
           f"Task {task}{' (' + condition + ')' if condition else ''}, preset {preset}, "
           f"{n_prompts} prompts. Candidates: attention heads of layer >= {min_layer} below the "
           "rooted class; rank 1 = the strongest |interaction| (direct edges, summed over "

@@ -1,4 +1,4 @@
-"""Duplicate-suppression report (METHOD.md §10).
+"""Duplicate-suppression report (docs/METHOD.md §10).
 
 For every model with IOI traces (root = the target logit) the report reads the
 token credit at the name slots of the four conditions of each prompt group:
@@ -224,7 +224,7 @@ def suppression_report(db, models=None, preset: str = "kqv_aligned", n_boot: int
     show = head[["model", "params", "n prompts", "S1 (ioi_s)", "S2 (ioi_s)", "share S2 < 0 (ioi_s)",
                  "gap S1 - S2 [95% CI]", "S2 (ioi_io)", "C (abc_c, copy)", "C (abc_b, no copy)"]]
     probs = head[["model", "p(IO) ioi_io", "p(S) ioi_s", "p(C) abc_c", "p(B) abc_b"]]
-    md = [f"# Duplicate suppression (METHOD.md §10), preset {preset}", "",
+    md = [f"# Duplicate suppression (docs/METHOD.md §10), preset {preset}", "",
           "Token credit (raw, target-minus-mean logit units) at the name slots; "
           f"gap interval: percentile bootstrap over prompts ({n_boot} resamples).", "",
           markdown_table(show), "", "Mean target probability per condition:", "",

@@ -81,14 +81,18 @@ def counts(con) -> dict:
 
 
 def models_table(con) -> pd.DataFrame:
+    """Every model with its size, training step, runs and prompts: smallest first, one
+    model's checkpoints by step."""
     return q(con, """
-        SELECT m.name AS model, m.model_type, m.n_layers, m.n_heads, m.d_model, m.n_params,
-               count(DISTINCT r.run_id) AS runs,
-               count(p.prompt_id) FILTER (WHERE p.status = 'ok') AS prompts_ok,
-               count(p.prompt_id) FILTER (WHERE p.status <> 'ok') AS failed
-        FROM models m LEFT JOIN runs r ON r.model_id = m.model_id
-        LEFT JOIN prompts p ON p.run_id = r.run_id
-        GROUP BY ALL ORDER BY m.n_params NULLS LAST, m.name""")
+        SELECT * FROM (
+            SELECT m.name AS model, m.model_type, m.n_layers, m.n_heads, m.d_model, m.n_params,
+                   m.step, count(DISTINCT r.run_id) AS runs,
+                   count(p.prompt_id) FILTER (WHERE p.status = 'ok') AS prompts_ok,
+                   count(p.prompt_id) FILTER (WHERE p.status <> 'ok') AS failed
+            FROM models m LEFT JOIN runs r ON r.model_id = m.model_id
+            LEFT JOIN prompts p ON p.run_id = r.run_id
+            GROUP BY ALL)
+        ORDER BY n_params NULLS LAST, split_part(model, '@', 1), step NULLS FIRST, model""")
 
 
 def runs_table(con) -> pd.DataFrame:
@@ -135,14 +139,17 @@ def ws_summary(con, ws: WorkingSet) -> pd.DataFrame:
         SELECT m.name AS model, count(*) AS prompts, count(DISTINCT p.template) AS templates,
                avg(p.target_prob) AS mean_p_target, avg(p.logit_diff) AS mean_logit_diff,
                avg(CASE WHEN p.logit_diff > 0 THEN 1.0 ELSE 0.0 END) AS share_logit_diff_pos
-        FROM {FROM_PROMPTS} WHERE {where} GROUP BY m.name, m.n_params
-        ORDER BY m.n_params NULLS LAST, m.name""", params)
+        FROM {FROM_PROMPTS} WHERE {where} GROUP BY m.name, m.n_params, m.step
+        ORDER BY m.n_params NULLS LAST, split_part(m.name, '@', 1), m.step NULLS FIRST, m.name""",
+             params)
 
 
 # ------------------------------------------------------------------ working-set choices
 
 def model_names(con) -> list[str]:
-    return q(con, "SELECT name FROM models ORDER BY n_params NULLS LAST, name")["name"].tolist()
+    """Every model, smallest first; one model's checkpoints by training step."""
+    return q(con, "SELECT name FROM models ORDER BY n_params NULLS LAST, "
+                  "split_part(name, '@', 1), step NULLS FIRST, name")["name"].tolist()
 
 
 def distinct(con, column: str, models=(), task=None) -> list[str]:
@@ -285,7 +292,7 @@ def credit_by_role(con, ws: WorkingSet) -> pd.DataFrame:
     """Mean credit at each role position per model and condition (root = target)."""
     where, params = ws.where()
     df = q(con, f"""
-        SELECT m.name AS model, m.n_params, p.condition, rl.role, count(*) AS n_prompts,
+        SELECT m.name AS model, m.n_params, m.step, p.condition, rl.role, count(*) AS n_prompts,
                avg(c.credit) AS mean_credit, avg(c.credit_pct) AS mean_credit_pct,
                avg(CASE WHEN c.credit < 0 THEN 1.0 ELSE 0.0 END) AS share_negative
         FROM roles rl JOIN {FROM_PROMPTS} ON p.prompt_id = rl.prompt_id
@@ -295,8 +302,10 @@ def credit_by_role(con, ws: WorkingSet) -> pd.DataFrame:
     if df.empty:
         return df
     df["role_order"] = [ROLE_ORDER.index(x) if x in ROLE_ORDER else 99 for x in df["role"]]
-    return (df.sort_values(["n_params", "model", "condition", "role_order", "role"])
-              .drop(columns=["role_order"]).reset_index(drop=True))
+    df["base"] = df["model"].str.split("@").str[0]
+    return (df.sort_values(["n_params", "base", "step", "model", "condition", "role_order", "role"],
+                           na_position="first")
+              .drop(columns=["role_order", "base"]).reset_index(drop=True))
 
 
 def size_table(con, ws: WorkingSet) -> pd.DataFrame:
@@ -304,13 +313,15 @@ def size_table(con, ws: WorkingSet) -> pd.DataFrame:
     credit flows (share of |edge weight| by mode, the top heads at the target)."""
     where, params = ws.where()
     base = q(con, f"""
-        SELECT m.name AS model, any_value(m.n_params) AS n_params,
+        SELECT m.name AS model, any_value(m.n_params) AS n_params, any_value(m.step) AS step,
                any_value(m.n_layers) AS n_layers, any_value(m.n_heads) AS n_heads,
                count(DISTINCT p.prompt_id) AS prompts,
                avg(p.logit_diff) AS mean_logit_diff, avg(p.target_prob) AS mean_p_target,
                avg(t.suppression) AS mean_suppression
         FROM {FROM_PROMPTS} JOIN traces t ON t.prompt_id = p.prompt_id AND t.root = 'target'
-        WHERE {where} GROUP BY m.name ORDER BY n_params NULLS LAST, m.name""", params)
+        WHERE {where} GROUP BY m.name
+        ORDER BY n_params NULLS LAST, split_part(m.name, '@', 1), step NULLS FIRST, m.name""",
+             params)
     if base.empty:
         return base
     modes = q(con, f"""
@@ -339,6 +350,52 @@ def size_table(con, ws: WorkingSet) -> pd.DataFrame:
     if not heads.empty:
         base = base.merge(heads, on="model", how="left")
     return base
+
+
+def induction_strength(con, preset: str | None = None) -> pd.DataFrame:
+    """docs/METHOD.md §10, per toy model and training step: the K, Q and V
+    interaction from the induction heads (rerooted at END) into the previous-token
+    heads of the trained model, the mean over traces summed over those heads; the
+    K share of the three; the accuracy on the repeated half (the model's toy.json)
+    and the mean p(target) of the stored prompts. Models by size, then step."""
+    models = q(con, """SELECT name AS model, n_params, n_layers, n_heads, d_model, step, info
+                       FROM models WHERE json_extract(info, '$.toy.circuit') IS NOT NULL""")
+    if models.empty:
+        return models
+    prm = [] if preset is None else [preset]
+    pre = "" if preset is None else "AND r.preset = ?"
+    e = q(con, f"""
+        SELECT m.name AS model, t.trace_id, e.child_head AS prev_head, e.mode, sum(e.weight) AS w
+        FROM edges e JOIN traces t ON t.trace_id = e.trace_id
+        JOIN {FROM_PROMPTS} ON p.prompt_id = t.prompt_id
+        WHERE p.status = 'ok' AND p.task = 'induction' AND t.root_layer = 1 {pre}
+          AND e.parent = t.root_component AND e.child_layer = 0 AND e.child_head IS NOT NULL
+          AND e.mode IN ('K', 'Q', 'V')
+        GROUP BY ALL""", prm)
+    n = q(con, f"""
+        SELECT m.name AS model, count(*) FILTER (WHERE t.root_layer = 1) AS n_traces,
+               count(DISTINCT p.prompt_id) AS prompts,
+               avg(p.target_prob) FILTER (WHERE t.root = 'target') AS mean_p_target
+        FROM traces t JOIN {FROM_PROMPTS} ON p.prompt_id = t.prompt_id
+        WHERE p.status = 'ok' AND p.task = 'induction' {pre} GROUP BY ALL""", prm)
+    rows = []
+    for m in models.itertuples():
+        info = json.loads(m.info)["toy"]
+        prev = set(info["circuit"]["prev_heads"])
+        mine = e[(e["model"] == m.model) & e["prev_head"].isin(prev)]
+        cnt = n[n["model"] == m.model]
+        n_tr = int(cnt["n_traces"].iloc[0]) if len(cnt) else 0
+        by = {md: float(mine.loc[mine["mode"] == md, "w"].sum()) / max(n_tr, 1) for md in "KQV"}
+        tot = sum(abs(v) for v in by.values())
+        rows.append(dict(model=m.model, family=m.model.split("@")[0], n_params=m.n_params,
+                         d_model=m.d_model, n_heads=m.n_heads, step=m.step,
+                         acc_repeat=(info.get("eval") or {}).get("acc_repeat"),
+                         K_prev_to_ind=by["K"], Q=by["Q"], V=by["V"],
+                         K_share=by["K"] / tot if tot else None,
+                         mean_p_target=float(cnt["mean_p_target"].iloc[0]) if len(cnt) else None,
+                         prompts=int(cnt["prompts"].iloc[0]) if len(cnt) else 0, traces=n_tr))
+    out = pd.DataFrame(rows)
+    return out.sort_values(["n_params", "family", "step"]).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ SQL page

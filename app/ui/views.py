@@ -108,9 +108,12 @@ def threshold(G, min_weight: float = 0.0, top_k: int | None = None):
     return H
 
 
-def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = ""):
+def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
+                 legend_seen: set | None = None):
     """Plotly traces: edges grouped by dominant mode (width by |weight|), then the
-    nodes (size by |flow|, color by kind, hover with flow and layer)."""
+    nodes (size by |flow|, color by kind, hover with flow and layer). ``legend_seen``:
+    modes already in the figure's legend, shared by several graphs drawn in one
+    figure so that every mode drawn anywhere is listed once."""
     import plotly.graph_objects as go
 
     traces = []
@@ -122,7 +125,7 @@ def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = ""):
     for u, v, d in edges:
         b = min(4, int(5 * math.sqrt(abs(float(d.get("weight", 0.0))) / wmax)))
         groups.setdefault((d.get("mode") or "MLP", b), []).append((u, v))
-    seen = set()
+    seen = legend_seen if legend_seen is not None else set()
     for (mode, b), uv in sorted(groups.items(), key=lambda kv: kv[0][1]):
         xs, ys = [], []
         for u, v in uv:
@@ -154,12 +157,20 @@ def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = ""):
         marker=dict(size=[8 + 30 * math.sqrt(f / fmax) for f in flows],
                     color=[KIND_COLORS.get(G.nodes[n].get("kind"), "#444") for n in names],
                     line=dict(color="#222", width=1)),
-        text=[short_label(n) for n in names], textposition="top center",
+        text=[short_label(n) for n in names],
+        textposition=[LABEL_SIDE.get(G.nodes[n].get("kind"), "top center") for n in names],
         customdata=names, hoverinfo="text",
         hovertext=[f"{n}<br>layer {G.nodes[n].get('layer')}<br>flow "
                    f"{float(G.nodes[n].get('flow', 0) or 0):+.4g}" for n in names],
         name=f"{name_prefix}components", showlegend=False))
     return traces
+
+
+# Where a node's label sits: heads above their marker; MLPs, in the bottom row, below
+# theirs, and embeddings, in the first column, to their left, so that neither runs
+# into the labels of the heads next to them.
+LABEL_SIDE = {"head": "top center", "mlp": "bottom center", "embedding": "middle left",
+              "pos_embedding": "middle left"}
 
 
 def short_label(name: str) -> str:

@@ -4,7 +4,7 @@ An adapter turns a Hugging Face model into a :class:`ModelSpec`: weights laid ou
 per head in one convention, the norms, the rotary embedding and the residual
 topology. Nothing outside ``unpack/adapters`` knows how a family stores them.
 
-Conventions (METHOD.md notation): ``L`` layers, ``H`` query heads, ``Hkv``
+Conventions (docs/METHOD.md notation): ``L`` layers, ``H`` query heads, ``Hkv``
 key/value heads, width ``D``, head dim ``d``, MLP width ``F``, vocabulary ``V``.
 All projections act on row vectors: ``q = x @ W_Q[h] + b_Q[h]``.
 Tensors are views of the model's parameters (no copies); the capture casts one
@@ -38,7 +38,7 @@ class Norm:
     eps: float
 
     def scale(self, x: Tensor) -> Tensor:
-        """``σ(x)`` per position (METHOD.md §2): the divisor of the whole residual."""
+        """``σ(x)`` per position (docs/METHOD.md §2): the divisor of the whole residual."""
         if self.kind == "layer":
             return torch.sqrt(x.var(-1, unbiased=False) + self.eps)
         return torch.sqrt(x.pow(2).mean(-1) + self.eps)

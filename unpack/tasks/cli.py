@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("ioi", help="indirect object identification prompts",
                        description="IOI prompts (ABBA and BABA orders), roles IO, S1, S2, END. "
                                    "--controls adds, per prompt, the conditions ioi_s, abc_c "
-                                   "and abc_b with the same group id (METHOD.md §10).",
+                                   "and abc_b with the same group id (docs/METHOD.md §10).",
                        epilog=_EPILOG)
     common(q)
     q.add_argument("--controls", action="store_true",

@@ -11,7 +11,7 @@ IO, S1 (first mention of S), S2 (the giver), END (last token).
 The ABC control of a prompt keeps template, names, place and object and puts a
 third name C in the S2 slot; its roles are A (IO slot), B (S1 slot), C (S2 slot)
 and END. With ``controls=True`` each prompt yields the four conditions of
-METHOD.md §10, sharing one ``group`` id:
+docs/METHOD.md §10, sharing one ``group`` id:
 
 ===========  ======  ==========  ==========
 condition    text    target      distractor

@@ -8,7 +8,9 @@
   as ``unpack report induction``).
 
 Shipped checkpoints: ``unpack/toy/checkpoints/{attn-only,mlp}-d{64,128}``, rebuilt bit for bit by
-``unpack toy-train --variant all --out unpack/toy/checkpoints --seed 0 --threads 1``.
+``unpack toy-train --variant all --out /tmp/toy --seed 0 --threads 1`` (then compare the
+files with the shipped ones; writing into the package needs ``--overwrite-shipped``).
+The toy ladder (:mod:`unpack.toy.ladder`) ships in ``unpack/toy/ladder``.
 
 Nothing is imported here, so the CLI stays light.
 """

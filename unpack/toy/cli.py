@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 SHIPPED = ("attn-only-d64", "attn-only-d128", "mlp-d64", "mlp-d128")
-VARIANT_NAMES = SHIPPED + ("tiny",)
+LADDER = ("ladder-d64", "ladder-d96", "ladder-d128")
+VARIANT_NAMES = SHIPPED + ("tiny",) + LADDER
 
 _TRAIN_EPILOG = """\
 Variants (2 layers, 32-wide heads, 128 words, sequences of 33 tokens):
@@ -15,13 +16,23 @@ Variants (2 layers, 32-wide heads, 128 words, sequences of 33 tokens):
   mlp-d128        width 128, 4 heads, with MLPs
   tiny            width 32, 17 tokens: the test suite's fast setting
   all             the four shipped variants, into OUT/<variant>
+  ladder-d64, ladder-d96, ladder-d128
+                  the toy ladder: attention only, width 64/96/128 with 2/3/4
+                  heads, saved at steps 0, 150, 200, 250, 300 and the end into
+                  OUT/<member>/step<N> (float16, MLPs cut to one cell)
+  ladder          the three ladder members, into OUT/<member>/step<N>
+
+The shipped checkpoints (unpack/toy/checkpoints, unpack/toy/ladder) are not
+overwritten unless --overwrite-shipped is given; train elsewhere and compare:
+  unpack toy-train --variant ladder-d64 --out /tmp/ladder
+  cmp /tmp/ladder/ladder-d64/step250/model.safetensors unpack/toy/ladder/ladder-d64/step250/model.safetensors
 
 Exit codes: 0 trained and the model does induction; 1 trained but the circuit
 did not form (accuracy on the repeated half < 90% or no previous-token /
 induction head); 2 bad input.
 
 Example:
-  unpack toy-train --variant attn-only-d64 --out unpack/toy/checkpoints/attn-only-d64 --seed 0
+  unpack toy-train --variant attn-only-d64 --out toy/attn-only-d64 --seed 0
   unpack toy-report --model unpack/toy/checkpoints/attn-only-d64
 """
 
@@ -62,12 +73,15 @@ def register(subparsers) -> None:
                     "Prints the loss on the first occurrence vs the repeated half, the accuracy "
                     "and the previous-token / induction heads read off the attention.",
         epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--variant", default="attn-only-d64", choices=VARIANT_NAMES + ("all",),
+    t.add_argument("--variant", default="attn-only-d64", choices=VARIANT_NAMES + ("all", "ladder"),
                    help="model variant (default attn-only-d64)")
     t.add_argument("--out", required=True, metavar="DIR", help="output directory")
     t.add_argument("--seed", type=int, default=0, help="init and data seed (default 0)")
     t.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1; the shipped checkpoints used 1)")
+    t.add_argument("--overwrite-shipped", action="store_true",
+                   help="allow --out inside the shipped checkpoints (unpack/toy/checkpoints, "
+                        "unpack/toy/ladder)")
     for name, typ in (("d-model", int), ("n-head", int), ("induction-steps", int),
                       ("lm-steps", int), ("batch", int), ("lr", float)):
         t.add_argument(f"--{name}", type=typ, default=None, help="override the variant's setting")
@@ -85,6 +99,19 @@ def register(subparsers) -> None:
     add_induction_options(r)
     r.set_defaults(func=report_handler)
 
+    b = subparsers.add_parser(
+        "random-model", help="an untrained baseline: a model's architecture with random weights",
+        description="Save a model with the architecture and tokenizer of --like (optionally cut "
+                    "to --layers layers) and freshly initialized random weights (seeded), as a "
+                    "Hugging Face directory: the untrained baseline to compare a trained model "
+                    "with. Example: unpack random-model --like smollm2-135m --layers 6 --out "
+                    "random-llama-6l")
+    b.add_argument("--like", required=True, help="the model whose architecture and tokenizer to use")
+    b.add_argument("--layers", type=int, default=None, help="keep this many layers (default all)")
+    b.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
+    b.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    b.set_defaults(func=random_model_handler)
+
 
 def train_handler(args) -> int:
     import os
@@ -97,7 +124,10 @@ def train_handler(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: give at least 1")
+    check_out(args.out, args.overwrite_shipped)
     torch.set_num_threads(args.threads)
+    if args.variant == "ladder" or args.variant in LADDER:
+        return train_ladder(args)
     names = list(SHIPPED) if args.variant == "all" else [args.variant]
     overrides = dict(d_model=args.d_model, n_head=args.n_head, induction_steps=args.induction_steps,
                      lm_steps=args.lm_steps, batch=args.batch, lr=args.lr)
@@ -124,7 +154,81 @@ def train_handler(args) -> int:
     return status
 
 
+def check_out(out: str, overwrite: bool) -> None:
+    """Refuse an output directory inside the shipped checkpoints unless asked to."""
+    import os
+
+    from ..errors import InputError
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    target = os.path.realpath(out)
+    for shipped in ("checkpoints", "ladder"):
+        root = os.path.realpath(os.path.join(here, shipped))
+        if target == root or target.startswith(root + os.sep):
+            raise InputError(f"--out {out!r} is inside the shipped checkpoints ({root}); "
+                             "training would overwrite them. Train into another directory "
+                             "(e.g. --out /tmp/toy) or add --overwrite-shipped")
+
+
+def train_ladder(args) -> int:
+    """Train ladder members (``--variant ladder`` or one member) into OUT/<member>/step<N>."""
+    import time
+
+    from ..errors import InputError
+    from .ladder import MEMBERS, train_member
+
+    if any(v is not None for v in (args.d_model, args.n_head, args.induction_steps,
+                                   args.lm_steps, args.batch, args.lr)):
+        raise InputError("the ladder's settings are fixed (so it reproduces bit for bit); "
+                         "drop --d-model/--n-head/--induction-steps/--lm-steps/--batch/--lr")
+    status = 0
+    for member in (MEMBERS if args.variant == "ladder" else [args.variant]):
+        t0 = time.time()
+        print(f"== {member} -> {args.out}/{member}/step<N>")
+        rows = train_member(member, args.out, seed=args.seed, log=None)
+        for r in rows:
+            print(f"  step {r['step']:5d}  accuracy on the repeated half {100 * r['acc_repeat']:5.1f}%  "
+                  f"loss {r['loss_repeat']:.3f}  previous-token head {'yes' if r['prev_found'] else 'no '}"
+                  f"  induction head {'yes' if r['induction_found'] else 'no'}")
+        last = rows[-1]
+        if last["acc_repeat"] < 0.9 or not (last["prev_found"] and last["induction_found"]):
+            print(f"warning: {member} did not learn the induction circuit; try another --seed")
+            status = 1
+        print(f"trained and saved in {time.time() - t0:.1f}s")
+    return status
+
+
 def report_handler(args) -> int:
     from . import report
 
     return report.main(args)
+
+
+def random_model_handler(args) -> int:
+    """``unpack random-model``: the architecture of ``--like`` with random weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..errors import InputError
+    from ..loading import load_model
+
+    if args.layers is not None and args.layers < 1:
+        raise InputError(f"--layers {args.layers}: give at least 1")
+    print(f"loading {args.like} ...", flush=True)
+    model, tok = load_model(args.like)
+    cfg = model.config
+    key = next((k for k in ("num_hidden_layers", "n_layer") if hasattr(cfg, k)), None)
+    if args.layers is not None:
+        if key is None or args.layers > getattr(cfg, key):
+            raise InputError(f"--layers {args.layers}: {args.like} has "
+                             f"{getattr(cfg, key, '?')} layers; give at most that many")
+        setattr(cfg, key, args.layers)
+    cfg.unpack_revision = None
+    torch.manual_seed(args.seed)
+    rnd = AutoModelForCausalLM.from_config(cfg)
+    rnd.save_pretrained(args.out)
+    tok.save_pretrained(args.out)
+    n = sum(p.numel() for p in rnd.parameters())
+    print(f"saved {args.out}: {getattr(cfg, key, '?')} layers, {n:,} parameters, random weights "
+          f"(seed {args.seed})")
+    return 0

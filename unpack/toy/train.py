@@ -165,9 +165,11 @@ def evaluate(model, cfg: ToyConfig, seed: int = 12345, n_seqs: int = 512) -> dic
                 chance_loss=math.log(cfg.n_tokens), n_seqs=n_seqs)
 
 
-def train(cfg: ToyConfig, seed: int = 0, log=print, log_every: int = 200):
+def train(cfg: ToyConfig, seed: int = 0, log=print, log_every: int = 200, snapshot_at=(),
+          on_snapshot=None):
     """Train one model; returns ``(model, tokenizer, info)``. Deterministic given the
-    seed and the number of torch threads."""
+    seed and the number of torch threads. ``on_snapshot(step, model)`` is called
+    before each optimizer step listed in ``snapshot_at`` (0: the initialization)."""
     model = build_model(cfg, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -182,6 +184,9 @@ def train(cfg: ToyConfig, seed: int = 0, log=print, log_every: int = 200):
     model.train()
     ema, switch, step = None, None, 0  # running phase-1 loss; step where phase 2 began
     while switch is None or step < switch + cfg.lm_steps:
+        if on_snapshot and step in snapshot_at:
+            on_snapshot(step, model)
+            model.train()
         if switch is None:
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         else:

@@ -8,6 +8,27 @@ from app.ui import state, views
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Compare")
 
+# ------------------------------------------------------------------ the toy ladder
+ladder = state.get("induction_strength", ws.preset)
+if not ladder.empty and ws.task == "induction":
+    st.subheader("The induction circuit across size and training")
+    st.caption("docs/METHOD.md §10 · every toy model in the store (all sizes and steps, whatever "
+               "the sidebar picks): the K-mode interaction from the induction heads (rerooted at "
+               "END) into the previous-token heads, its share of K+Q+V, and the accuracy on the "
+               "repeated half. The circuit forms where both jump.")
+    c1, c2 = st.columns(2)
+    for col, y, title in ((c1, "K_prev_to_ind", "K interaction, previous-token → induction"),
+                          (c2, "acc_repeat", "accuracy on the repeated half")):
+        f = px.line(ladder, x="step", y=y, color="family", markers=True, height=300, title=title,
+                    category_orders={"family": list(dict.fromkeys(ladder["family"]))})
+        f.update_layout(margin=dict(l=10, r=10, t=40, b=10))
+        col.plotly_chart(f, key=f"ladder_{y}")
+    st.dataframe(ladder.drop(columns=["family"]), hide_index=True,
+                 column_config={"n_params": st.column_config.NumberColumn(format="localized")})
+elif not ladder.empty:
+    st.caption(f"The store holds {len(ladder)} toy ladder checkpoints: pick the task "
+               "`induction` in the sidebar to see the induction circuit across size and training.")
+
 summary = state.get("ws_summary", ws)
 models = summary["model"].tolist() if not summary.empty else []
 if len(models) < 2:
@@ -16,7 +37,7 @@ if len(models) < 2:
             "Pick more models in the sidebar, or ingest the same task on another model: "
             f"`unpack ingest --model MODEL --task {ws.task or 'ioi'} --controls`.")
     st.stop()
-st.caption(f"{ws.describe()} · models ordered by size")
+st.caption(f"{ws.describe()} · models ordered by size, one model's checkpoints by step")
 
 # ------------------------------------------------------------------ credit by role
 st.subheader("Credit by role")
@@ -49,7 +70,7 @@ try:
 except Exception as e:  # NoData / InputError explain what is missing
     st.info(f"No duplicate-suppression table for this working set: {e}")
 else:
-    st.caption("METHOD.md §10: IOI with target = S (ioi_s): credit at S1 stays positive while "
+    st.caption("docs/METHOD.md §10: IOI with target = S (ioi_s): credit at S1 stays positive while "
                "S2 turns negative; ABC controls abc_c (copying, C positive) and abc_b.")
     st.dataframe(sup.assign(model=sup["model"].map(D.short_model)), hide_index=True)
     with st.expander("Per condition"):
@@ -79,6 +100,7 @@ fig = make_subplots(rows=len(graphs), cols=1, shared_xaxes=True,
                     vertical_spacing=min(0.12, 0.3 / max(1, len(graphs))),
                     subplot_titles=[f"{D.short_model(m)} ({G.graph.get('n_layers')} layers)"
                                     for m, G in graphs.items()])
+in_legend: set = set()  # each mode drawn in any model's graph is listed once
 for i, (m, G) in enumerate(graphs.items(), start=1):
     H = views.threshold(G, 0.0, top_k)
     pos = layered_layout(H)
@@ -86,7 +108,7 @@ for i, (m, G) in enumerate(graphs.items(), start=1):
     # relative depth: embeddings 0, the last layer's (sequential) MLP 1
     xy = {n: ((H.nodes[n].get("depth", H.nodes[n].get("layer", 0)) + 1.0) / (nl + 0.5), pos[n][1])
           for n in H.nodes}
-    for tr in views.graph_traces(H, xy, show_legend=(i == 1)):
+    for tr in views.graph_traces(H, xy, legend_seen=in_legend):
         fig.add_trace(tr, row=i, col=1)
     fig.update_yaxes(visible=False, row=i, col=1)
 fig.update_xaxes(title_text="relative depth (0 = embeddings, 1 = the last layer)", row=len(graphs),

@@ -31,7 +31,8 @@ else:
                                                               format="%.2f")})
 
 st.subheader("Models")
-st.dataframe(state.get("models_table"), hide_index=True)
+st.dataframe(state.get("models_table"), hide_index=True,
+             column_config={"n_params": st.column_config.NumberColumn("n_params", format="localized")})
 st.subheader("Runs")
 st.dataframe(state.get("runs_table"), hide_index=True)
 st.subheader("Prompts per task and condition")

@@ -107,8 +107,11 @@ with tab_rows:
                f"`{spec}`. The writers it reads, strongest first (edges are stored above the "
                "ingest's edge_min_frac):")
     if feed.empty:
+        hint = ("another component (the Circuit page shows which carry credit)"
+                if pos == int(info["target_pos"]) else
+                f"the target position ({int(info['target_pos'])}) or another component")
         st.info(f"No stored edges read by `{spec}` in this trace: little or no credit reaches "
-                "it. Try the target position or another component.")
+                f"it. Try {hint}.")
     else:
         st.dataframe(feed, hide_index=True)
 with tab_stored:

@@ -60,7 +60,7 @@ if st.session_state.get("sql_last") == sql:  # edits need Run again; a new row l
         st.error(str(e))
     else:
         more = " (truncated at the row limit: there are more rows)" if df.attrs.get("truncated") else ""
-        st.caption(f"{len(df):,} rows{more}")
+        st.caption(f"{len(df):,} row{'' if len(df) == 1 else 's'}{more}")
         st.dataframe(df, hide_index=True)
         d1, d2 = st.columns(2)
         d1.download_button("Download CSV", df.to_csv(index=False).encode(), file_name="query.csv",

@@ -1,0 +1,189 @@
+"""In Chromium: Compare on a store holding the toy ladder (three sizes, several
+training steps) shows the induction circuit forming, and a link copied from each
+page opens the same view in a new browser session.
+
+The store is part of the ladder (every size at three of its steps, 4 prompts
+each) so the test stays short; the README's main command ingests all of it.
+Screenshots of the test go to artifacts/screenshots/; those in docs/screenshots/
+come from the store of `unpack demo`:
+
+    .venv/bin/python tests/test_app_ladder_browser.py shots --db unpack.duckdb --out docs/screenshots
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_app_browser import (CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT_MS, VIEWPORT,  # noqa: E402
+                              chromium_page, no_exception, open_page, require_browser,
+                              running_app, settle, shot, sql)
+
+KEEP = ("step0", "step200")  # and each member's last step
+
+
+def build_ladder_store(where: Path, n: int = 3) -> Path:
+    from ingest.ladder import checkpoints, ingest_ladder
+
+    last = {m: r for m, r, _ in checkpoints()}
+    db = where / "ladder.duckdb"
+    ingest_ladder(db, n=n, progress=False, out=lambda *a, **k: None,
+                  keep=lambda m, r: r in KEEP or r == last[m])
+    return db
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    require_browser()
+    db = build_ladder_store(tmp_path_factory.mktemp("ladder-store"))
+    with running_app(db) as url:
+        yield url, db
+
+
+@pytest.fixture(scope="module")
+def browser(app):
+    """One Chromium for the module; each ``session()`` is a fresh browser context
+    (its own cookies and storage), i.e. a new visitor."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def session(browser):
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    page.set_default_timeout(LOAD_TIMEOUT_MS)
+    return page
+
+
+def link(url: str, page: str, params: dict) -> str:
+    return f"{url}/{page}?{urlencode(params, doseq=True)}"
+
+
+def test_compare_shows_the_ladder_across_size_and_step(app, browser):
+    url, db = app
+    models = sql(db, "SELECT name FROM models ORDER BY n_params, step")["name"].tolist()
+    assert len(models) == 9
+    page = session(browser)
+    open_page(page, link(url, "compare", {"ws_task": "induction", "ws_models": models[:3]}),
+              "h3:has-text('The induction circuit across size and training')")
+    no_exception(page)
+    body = page.inner_text("body")
+    for text in ("K interaction, previous-token → induction", "accuracy on the repeated half",
+                 "Credit by role", "Circuits aligned by relative depth", "What changes with size"):
+        assert text in body, text
+    # the two ladder charts: one line per size, in size order, one point per stored step
+    charts = page.locator(".js-plotly-plot").filter(has_text="previous-token → induction")
+    legend = [t.text_content() for t in charts.first.locator(".legendtext").all()]
+    assert legend == ["ladder-d64", "ladder-d96", "ladder-d128"], legend
+    points = charts.first.locator(".scatterlayer .trace").first.locator("path.point")
+    assert points.count() == 3  # step 0, 200 and the last
+    assert page.locator(".js-plotly-plot").count() >= 4
+    shot(page, "compare_ladder")
+
+
+def _view(page, keys) -> dict:
+    """What identifies a view: the page, the link's parameters ``keys`` and the
+    values every slider and select box shows."""
+    from urllib.parse import parse_qs, urlparse
+
+    params = parse_qs(urlparse(page.url).query)
+    return dict(path=urlparse(page.url).path, params={k: params.get(k) for k in keys},
+                sliders=[s.inner_text() for s in page.locator('[data-testid="stSliderThumbValue"]').all()],
+                selects=[c.input_value() for c in page.get_by_role("combobox").all()])
+
+
+def _stable_url(page, quiet_ms: int = 1500) -> str:
+    """The address once the app has stopped rewriting it."""
+    last, same = page.url, 0
+    while same < quiet_ms:
+        page.wait_for_timeout(250)
+        same = same + 250 if page.url == last else 0
+        last = page.url
+    return last
+
+
+LINKS = {  # page -> (parameters, a selector that must be visible, text that must show)
+    "overview": ({"ws_task": "induction", "ws_models": ["ladder-d96@step200"]},
+                 "h1:has-text('Overview')", "ladder-d96@step200"),
+    "prompt": ({"ws_task": "induction", "ws_models": ["ladder-d128@step0"], "prompt_k": "3"},
+               ".unpack-tok", "ladder-d128@step0"),
+    "circuit": ({"ws_task": "induction", "ws_models": ["ladder-d64@step200"], "circuit_topk": "15",
+                 "circuit_agg": "sum"}, ".js-plotly-plot .scatterlayer", "15"),
+    "compare": ({"ws_task": "induction", "compare_topk": "50", "compare_value": "share_negative"},
+                "h3:has-text('Circuits aligned by relative depth')", "50"),
+    "sql": ({"sql_text": "SELECT 6 * 7 AS answer"}, "button:has-text('Run query')", ""),
+}
+
+
+@pytest.mark.parametrize("name", list(LINKS))
+def test_a_copied_link_reproduces_the_view(app, browser, name):
+    url, db = app
+    params, ready, text = LINKS[name]
+    first, second = session(browser), session(browser)
+    open_page(first, link(url, name, params), ready)
+    no_exception(first)
+    copied = _stable_url(first)
+    view = _view(first, params)
+    for k, v in params.items():  # the view is the one the link asked for
+        assert view["params"].get(k) == (v if isinstance(v, list) else [v]), (k, view["params"])
+    assert text in first.inner_text("body")
+    assert "Cannot read the database" not in first.inner_text("body")
+    if name == "sql":
+        assert first.get_by_label("Query").input_value() == params["sql_text"]
+    # a new browser session opens the copied link
+    open_page(second, copied, ready)
+    no_exception(second)
+    _stable_url(second)
+    again = _view(second, params)
+    assert again == view, (again, view)
+    if name == "sql":
+        assert second.get_by_label("Query").input_value() == params["sql_text"]
+
+
+def test_the_url_follows_the_view(app, browser):
+    url, db = app
+    page = session(browser)
+    open_page(page, link(url, "compare", {"ws_task": "induction"}),
+              "h3:has-text('Circuits aligned by relative depth')")
+    page.get_by_text("share_negative", exact=True).click()
+    settle(page)
+    assert "compare_value=share_negative" in page.url
+
+
+# ------------------------------------------------------------------ docs/screenshots from a store
+
+def shots(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="tests/test_app_ladder_browser.py shots")
+    p.add_argument("--db", default="unpack.duckdb")
+    p.add_argument("--out", default="docs/screenshots")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with running_app(Path(a.db).resolve()) as url, chromium_page() as page:
+        open_page(page, link(url, "compare", {"ws_task": "induction"}),
+                  ".js-plotly-plot .scatterlayer .trace")
+        settle(page, 2.0)
+        page.screenshot(path=str(out / "compare_ladder.png"))
+        page.get_by_text("Circuits aligned by relative depth").scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "compare_ladder_graphs.png"))
+        open_page(page, url + "/overview", "h1:has-text('Overview')")
+        page.screenshot(path=str(out / "overview.png"))
+    print(f"screenshots in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["shots"]:
+        sys.exit(shots(sys.argv[2:]))
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,121 @@
+"""Shareable views (app/ui/url.py): a page opened with the query parameters of a
+link shows the view they describe, and changing a widget writes it into the URL.
+Driven with Streamlit's test harness on the real-ingest store of test_app."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_app import APP, PAGES, assert_clean, build_store, sql, widget  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("url-store"), n=3)
+
+
+def open_link(monkeypatch, db, page: str, params: dict):
+    """The app as a browser opening ``/page?params``: the parameters are in place
+    before the first run of the session."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("UNPACK_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert_clean(at)
+    if PAGES.get(page):
+        at.switch_page(PAGES[page]).run()
+        assert_clean(at)
+    return at
+
+
+def url_of(at) -> dict:
+    return {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in at.query_params.items()}
+
+
+def test_working_set_and_compare_view_from_a_link(monkeypatch, store):
+    db, names = store
+    params = {"ws_models": names, "ws_condition": "ioi_s", "compare_value": "share_negative",
+              "compare_topk": "50", "compare_modes": ["K", "V"]}
+    at = open_link(monkeypatch, db, "compare", params)
+    assert widget(at.multiselect, "Models").value == names
+    assert widget(at.selectbox, "Condition").value == "ioi_s"
+    assert widget(at.radio, "Value").value == "share_negative"
+    assert widget(at.slider, "Top-k edges per model").value == 50
+    assert widget(at.multiselect, "Modes").value == ["K", "V"]
+    assert url_of(at)["compare_topk"] == ["50"] and url_of(at)["ws_condition"] == ["ioi_s"]
+    widget(at.slider, "Top-k edges per model").set_value(30).run()
+    assert url_of(at)["compare_topk"] == ["30"]  # the link follows the view
+
+
+def test_prompt_view_from_a_link(monkeypatch, store):
+    db, names = store
+    pid = int(sql(db, "SELECT max(prompt_id) FROM trace_info WHERE root <> 'target'").iat[0, 0])
+    root = sql(db, "SELECT max(root) FROM traces WHERE prompt_id = ? AND root <> 'target'",
+               [pid]).iat[0, 0]
+    model = sql(db, "SELECT model FROM trace_info WHERE prompt_id = ?", [pid]).iat[0, 0]
+    at = open_link(monkeypatch, db, "prompt", {"ws_models": [model], "ws_condition": "(all)",
+                                               "prompt_id": str(pid), "prompt_root": root,
+                                               "prompt_k": "3", "prompt_excl_last": "false"})
+    assert widget(at.selectbox, f"Stored trace (root)").value == root
+    assert [s for s in at.selectbox if s.label.startswith("Prompt (")][0].value == pid
+    assert widget(at.slider, "Paths shown").value == 3
+    assert widget(at.toggle, "Color scale ignores the last token").value is False
+    assert url_of(at)["prompt_id"] == [str(pid)]
+
+
+def test_circuit_view_from_a_link(monkeypatch, store):
+    db, names = store
+    at = open_link(monkeypatch, db, "circuit", {"ws_models": names, "circuit_model": names[1],
+                                                "circuit_agg": "sum", "circuit_topk": "15",
+                                                "circuit_minw": "2.5", "circuit_modes": ["Q"]})
+    assert widget(at.selectbox, "Model").value == names[1]
+    assert widget(at.selectbox, "Aggregate").value == "sum"
+    assert widget(at.slider, "Top-k edges").value == 15
+    assert widget(at.slider, "Min |weight| (% of the strongest edge)").value == 2.5
+    assert widget(at.multiselect, "Modes").value == ["Q"]
+
+
+def test_overview_from_a_link(monkeypatch, store):
+    db, names = store
+    at = open_link(monkeypatch, db, "overview", {"ws_models": [names[1]], "ws_condition": "abc_b"})
+    assert widget(at.multiselect, "Models").value == [names[1]]
+    assert widget(at.selectbox, "Condition").value == "abc_b"
+    shown = [d.value for d in at.dataframe if "n_params" in d.value.columns][0]
+    assert shown["model"].tolist() == names  # every model, smallest first
+
+
+def test_sql_view_and_a_bad_link(monkeypatch, store):
+    db, _ = store
+    at = open_link(monkeypatch, db, "sql", {"sql_text": "SELECT 42 AS answer"})
+    assert widget(at.text_area, "Query").value == "SELECT 42 AS answer"
+    # values that do not parse or are not offered open the page on its defaults
+    at = open_link(monkeypatch, db, "compare", {"compare_topk": "many", "ws_task": "nope",
+                                                "prompt_excl_last": "maybe"})
+    assert widget(at.slider, "Top-k edges per model").value == 25
+
+
+def test_a_linked_query_runs_and_one_row_is_one_row(monkeypatch, store):
+    """The SQL page opened from a link runs its query; the count reads '1 row'."""
+    from test_app import captions
+
+    db, _ = store
+    at = open_link(monkeypatch, db, "sql", {"sql_text": "SELECT 42 AS answer"})
+    widget(at.button, "Run query").click().run()
+    assert_clean(at)
+    assert at.dataframe[0].value["answer"].tolist() == [42]
+    assert "1 row" in captions(at) and not any("1 rows" in c for c in captions(at))
+
+
+def test_overview_formats_the_parameter_count(monkeypatch, store):
+    db, names = store
+    at = open_link(monkeypatch, db, "overview", {})
+    table = [d for d in at.dataframe if "n_params" in d.value.columns][0]
+    config = json.loads(table.proto.columns)
+    assert config["n_params"]["type_config"]["format"] == "localized"  # 53,058, not 53058

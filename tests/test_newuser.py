@@ -1,0 +1,172 @@
+"""What a new user tripped on, each pinned: `trace --prompts` goes on past a bad
+line, `trace --bos` offers the beginning-of-sequence token as ingest does, model
+loading and `validate` say what they are doing, the Compare legend lists every
+mode drawn, the Prompt page's reroot hint, and the README's commands."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import tiny_gpt2, word_tokenizer  # noqa: E402
+
+from unpack.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_gpt2")
+    tiny_gpt2(dtype=torch.float32).save_pretrained(d)
+    word_tokenizer().save_pretrained(d)
+    return str(d)
+
+
+def test_trace_prompts_goes_on_past_a_bad_line(model_dir, tmp_path, capsys):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"text": "<bos> Mary John", "target": " Mary"}) + "\n"
+                 + "{not json\n" + json.dumps({"text": "<bos> John"}) + "\n"
+                 + json.dumps({"text": "<bos> John Mary", "target": " John"}) + "\n")
+    assert main(["trace", "--model", model_dir, "--prompts", str(f), "--json"]) == 1
+    out, err = capsys.readouterr()
+    rows = [json.loads(x) for x in out.strip().splitlines()]
+    assert [r["tokens"][-1] for r in rows] == ["John", "Mary"]  # both good lines traced
+    assert f"{f}:2: not valid JSON" in err and f"{f}:3: each line needs 'text' and 'target'" in err
+    assert "loading" in err  # model loading is announced
+    f.write_text("{not json\n")
+    assert main(["trace", "--model", model_dir, "--prompts", str(f)]) == 2  # all failed
+
+
+def test_trace_bos_choice(model_dir, capsys):
+    args = ["trace", "--model", model_dir, "--text", " Mary John", "--target", " Mary", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(args + ["--bos"]) == 0
+    bos = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert plain["tokens"] == ["Mary", "John"] and bos["tokens"] == ["<bos>", "Mary", "John"]
+
+
+def test_validate_says_what_it_checks_before_the_results(model_dir, capsys):
+    assert main(["validate", "--model", model_dir, "--text", "<bos> Mary John"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("checking the docs/METHOD.md §9 invariants on 1 prompt") < out.index("PASS")
+
+
+def test_compare_legend_lists_every_mode_drawn_in_any_graph():
+    import networkx as nx
+
+    from app.ui import views
+
+    g1, g2 = nx.DiGraph(), nx.DiGraph()
+    g1.add_edge("attn_1_head_0", "attn_0_head_0", weight=1.0, mode="Q")
+    g2.add_edge("attn_1_head_0", "attn_0_head_0", weight=1.0, mode="K")
+    g2.add_edge("attn_1_head_1", "embedding", weight=0.5, mode="V")
+    seen: set = set()
+    names = []
+    for G in (g1, g2):
+        xy = {n: (0.0, float(i)) for i, n in enumerate(G.nodes)}
+        names += [t.name for t in views.graph_traces(G, xy, legend_seen=seen) if t.showlegend]
+    assert sorted(names) == ["K", "Q", "V"]
+
+
+# ------------------------------------------------------------------ README claims
+
+def test_readme_commands_use_the_venv_and_no_duckdb_cli():
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    lines = [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip()]
+    assert not [ln for ln in lines if re.match(r"^unpack\s", ln)], "bare unpack: use .venv/bin/unpack"
+    assert "duckdb -readonly" not in README and not re.search(r"^\s*duckdb ", README, flags=re.M)
+    assert "toy-train --variant all --out unpack/toy/checkpoints" not in README
+
+
+def test_readme_root_example_exists_on_the_offline_model():
+    """The --root example names a head SmolLM2-135M has (30 layers x 9 heads)."""
+    roots = re.findall(r"--root (attn_(\d+)_head_(\d+))@", README)
+    assert roots and all(int(L) < 30 and int(h) < 9 for _, L, h in roots), roots
+
+
+def test_readme_corpus_command_has_its_required_flags():
+    from unpack.cli import build_parser
+
+    cmds = re.findall(r"`(\.venv/bin/unpack tasks corpus [^`]*)`", README)
+    assert cmds
+    for c in cmds:
+        build_parser().parse_args(c.split()[1:])  # argparse exits 2 on a missing flag
+
+
+def test_random_model_is_the_architecture_with_fresh_weights(model_dir, tmp_path, capsys):
+    """`unpack random-model` (the README's untrained baseline), on a tiny model."""
+    from unpack.loading import load_model
+
+    out = tmp_path / "rnd"
+    assert main(["random-model", "--like", model_dir, "--layers", "1", "--seed", "3",
+                 "--out", str(out)]) == 0
+    rnd, tok = load_model(str(out))
+    ref, _ = load_model(model_dir)
+    assert rnd.config.n_layer == 1 and rnd.config.n_embd == ref.config.n_embd
+    assert not torch.equal(rnd.transformer.wte.weight, ref.transformer.wte.weight)
+    assert tok.get_vocab() == load_model(model_dir)[1].get_vocab()
+    assert main(["random-model", "--like", model_dir, "--layers", "9", "--out", str(out)]) == 2
+
+
+def _readme_commands() -> list[str]:
+    """Every `.venv/bin/unpack ...` command of the README: lines of ```bash blocks
+    (continuations joined, comments dropped) and inline code spans. Synopsis lines
+    (with [optional] parts or ...) are not commands."""
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            cmds += [c.strip() for c in line.split("&&")]
+    cmds += re.findall(r"`(\.venv/bin/unpack [^`]*)`", README)
+    cmds = [re.sub(r"\s+#.*$", "", c) for c in cmds]
+    return [c for c in cmds if c.startswith(".venv/bin/unpack") and "[" not in c and "..." not in c]
+
+
+def test_every_readme_command_parses_as_written():
+    """Each command's subcommand, flags and choices exist as written (argparse exits 2
+    on anything else). Running them all would take far too long for the suite (the
+    SmolLM2 and training ones take minutes); the next test runs a fast one for real."""
+    import shlex
+
+    from unpack.cli import build_parser
+
+    cmds = _readme_commands()
+    assert len(cmds) >= 20
+    for c in cmds:
+        args = build_parser().parse_args(shlex.split(c)[1:])
+        assert getattr(args, "func", None), c
+
+
+def test_readme_ladder_trace_runs_as_written(capsys, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(ROOT)
+    cmd = next(c for c in _readme_commands() if c.startswith(".venv/bin/unpack trace --model ladder"))
+    assert main(shlex.split(cmd)[1:]) == 0
+    out = capsys.readouterr().out
+    assert "target: ' t1'" in out and "token credit" in out
+
+
+def test_node_labels_of_the_mlp_row_and_embeddings_keep_clear_of_the_heads():
+    import networkx as nx
+
+    from app.graphs import component_attrs
+    from app.ui import views
+
+    G = nx.DiGraph()
+    G.add_edge("attn_0_head_1", "embedding", weight=1.0, mode="V")
+    G.add_edge("mlp_0", "attn_0_head_0", weight=0.5, mode="MLP")
+    for n in G.nodes:
+        G.nodes[n].update(component_attrs(n, False))
+    xy = {n: (0.0, float(i)) for i, n in enumerate(G.nodes)}
+    nodes = [t for t in views.graph_traces(G, xy) if t.name == "components"][0]
+    side = dict(zip(nodes.customdata, nodes.textposition))
+    assert side == {"attn_0_head_1": "top center", "embedding": "middle left",
+                    "mlp_0": "bottom center", "attn_0_head_0": "top center"}
