@@ -71,10 +71,17 @@ def register(sub) -> None:
 def cmd_discover(args) -> int:
     from app.circuits import check_params, discover
 
+    from app.reports import NoData
+    from unpack.errors import InputError
+
     check_params(args.seeds, args.per_mode, args.depth, args.min_share)
-    c = discover(args.db, model=args.model, task=args.task, condition=args.condition,
-                 preset=args.preset, seeds=args.seeds, per_mode=args.per_mode, depth=args.depth,
-                 min_share=args.min_share, n=args.n, progress=not args.json)
+    try:
+        c = discover(args.db, model=args.model, task=args.task, condition=args.condition,
+                     preset=args.preset, seeds=args.seeds, per_mode=args.per_mode,
+                     depth=args.depth, min_share=args.min_share, n=args.n,
+                     progress=not args.json)
+    except NoData as e:
+        raise InputError(f"{e}; store them first: {e.command}" if e.command else str(e)) from None
     print(json.dumps(c.to_dict(), default=str) if args.json else c.format())
     return 0
 

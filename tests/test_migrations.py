@@ -49,7 +49,7 @@ def test_upgrade_from_empty_creates_every_table_and_view(tmp_path):
     views = {t for t, kind in got.items() if kind == "VIEW"}
     assert tables == set(schema.metadata.tables) | {"alembic_version"}
     assert views == set(schema.VIEWS)
-    assert revision(db) == migrations.head_revision() == "0002"
+    assert revision(db) == migrations.head_revision() == "0003"
 
 
 def test_migrated_schema_matches_ingest_schema(tmp_path):
@@ -101,9 +101,14 @@ def test_downgrade_upgrade_round_trip_keeps_data(tmp_path):
     con.execute("INSERT INTO models (model_id, name) VALUES (1, 'm')")
     con.close()
 
+    migrate(db, migrations.downgrade, "0002")  # the circuit tables only
+    assert revision(db) == "0002"
+    assert set(objects(db)) == (set(schema.metadata.tables) - set(schema.CIRCUIT_TABLES)
+                                | set(schema.VIEWS) | {"alembic_version"})
     migrate(db, migrations.downgrade, "0001")  # views only
     assert revision(db) == "0001"
-    assert set(objects(db)) == set(schema.metadata.tables) | {"alembic_version"}
+    assert set(objects(db)) == (set(schema.metadata.tables) - set(schema.CIRCUIT_TABLES)
+                                | {"alembic_version"})
     migrate(db, migrations.upgrade, "head")
     assert set(schema.VIEWS) <= set(objects(db))
     con = duckdb.connect(str(db), read_only=True)
@@ -114,7 +119,7 @@ def test_downgrade_upgrade_round_trip_keeps_data(tmp_path):
     assert revision(db) is None
     assert set(objects(db)) <= {"alembic_version"}
     store.connect(db).dispose()  # upgrade on open, again from empty
-    assert revision(db) == "0002"
+    assert revision(db) == "0003"
     assert set(objects(db)) == set(schema.metadata.tables) | set(schema.VIEWS) | {"alembic_version"}
 
 
@@ -153,9 +158,9 @@ def test_cli_module_runs_alembic_commands(tmp_path, capsys):
 
     db = tmp_path / "s.duckdb"
     assert main(["--db", str(db), "upgrade"]) == 0
-    assert revision(db) == "0002"
+    assert revision(db) == "0003"
     assert main(["--db", str(db), "downgrade"]) == 0
-    assert revision(db) == "0001"
+    assert revision(db) == "0002"
 
 
 def test_a_database_held_by_another_process_is_a_clear_error(tmp_path):
