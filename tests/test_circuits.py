@@ -130,12 +130,18 @@ def test_discovery_recovers_the_ground_truth(toy, toy_circuit):
         assert strongest.loc[strongest["weight"].abs().idxmax(), "mode"] == "K"
 
 
-def test_knocking_the_circuit_out_destroys_induction(toy, toy_circuit):
+@pytest.fixture(scope="module")
+def toy_verification(toy, toy_circuit):
     from app.verify import verify
 
     db, tracer, _ = toy
-    v = verify(db, toy_circuit.circuit_id, ablation="resample", n_random=8, baseline="size",
-               tracer=tracer)
+    return verify(db, toy_circuit.circuit_id, ablation="resample", n_random=8, baseline="size",
+                  tracer=tracer)
+
+
+def test_knocking_the_circuit_out_destroys_induction(toy, toy_verification):
+    db, _, _ = toy
+    v = toy_verification
     assert v.accuracy["clean"] >= 0.9
     assert v.accuracy["knocked"] <= 0.1  # the repeated half is no longer predicted
     assert v.accuracy["kept"] >= 0.9  # the circuit alone still predicts it
@@ -281,3 +287,33 @@ def test_html_export_opens_offline_in_chromium(toy, toy_circuit, tmp_path):
                 page.hover("svg g.node[data-id='attn_0_head_0']")
                 assert "attn_0_head_0" in page.locator("#info").inner_text()
     assert all(u.startswith("file:") for u in requests)  # nothing but the file itself
+
+
+# ------------------------------------------------------------------ the app
+
+def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch, toy,
+                                                                     toy_circuit, toy_verification):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_app import assert_clean, figures, open_app, widget
+
+    db, _, _ = toy
+    at = open_app(monkeypatch, db, "circuit")
+    assert widget(at.selectbox, "Circuit").value == toy_circuit.circuit_id
+    fig = [f for f in figures(at) if "circuit" in (f["layout"].get("title") or {}).get("text", "")
+           and any(tr.get("name") == "circuit" for tr in f["data"])][0]
+    ringed = [tr for tr in fig["data"] if tr.get("name") == "circuit"][0]["customdata"]
+    assert sorted(ringed) == sorted(toy_circuit.components["component"])
+    tables = {tuple(d.value.columns): d.value for d in at.dataframe}
+    ver = tables[("measure", "circuit", "random_mean", "random_p5", "random_p95",
+                  "share_random_at_least")]
+    v = toy_verification
+    assert ver.set_index("measure")["circuit"].to_dict() == pytest.approx(
+        {"necessity": v.necessity, "faithfulness": v.faithfulness})
+    assert ver.set_index("measure")["random_mean"]["faithfulness"] == pytest.approx(
+        np.mean(v.baseline["faithfulness"]))
+    weakest = [d for k, d in tables.items() if "only_circuit" in k][0]
+    per = v.per_prompt.sort_values("faithfulness").head(5)
+    assert weakest["prompt_id"].tolist() == per["prompt_id"].tolist()
+    labels = [b.label for b in at.get("download_button")]
+    assert "Circuit (interactive HTML)" in labels and "Circuit (TikZ)" in labels
+    assert_clean(at)
