@@ -317,3 +317,60 @@ def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch,
     labels = [b.label for b in at.get("download_button")]
     assert "Circuit (interactive HTML)" in labels and "Circuit (TikZ)" in labels
     assert_clean(at)
+
+
+# ------------------------------------------------------------------ IOI with controls: mean ablation
+
+def test_mean_ablation_uses_the_abc_controls(tmp_path, capsys):
+    """--conditions keeps an IOI prompt and its ABC control; a circuit's mean ablation
+    replaces its heads by their mean over the controls of the same template and length."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_app import build_model_dir
+    from unpack.cli import main
+    from unpack.intervene import forward, logit_diff
+
+    model_dir = build_model_dir(tmp_path / "m", n_layer=2, seed=4)
+    db = tmp_path / "ioi.duckdb"
+    base = ["ingest", "--model", str(model_dir), "--task", "ioi", "--n", "6", "--db", str(db),
+            "--no-progress"]
+    assert main(base + ["--controls", "--conditions", "ioi_io,nope"]) == 2
+    assert "--conditions" in capsys.readouterr().err
+    assert main(base + ["--controls", "--conditions", "ioi_io,abc_c"]) == 0
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT condition, count(*) FROM prompts GROUP BY 1 ORDER BY 1"
+                       ).fetchall() == [("abc_c", 6), ("ioi_io", 6)]
+    con.close()
+    capsys.readouterr()
+    assert main(["discover", "--db", str(db), "--seeds", "2", "--depth", "1", "--min-share",
+                 "0.3", "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)
+    assert c["n_prompts"] == 6 and c["components"]
+    assert main(["verify", "--db", str(db), "--circuit", str(c["circuit_id"]), "--n", "4",
+                 "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["ablation"] == "mean" and "control prompts" in v["reference"]
+    # the same knock-out computed here: controls' mixed values, averaged per template
+    from app.circuits import encode_batch, load_tracer
+    from app.reports.composition import _records
+
+    con = duckdb.connect(str(db), read_only=True)
+    ids = json.loads(con.execute("SELECT prompt_ids FROM circuits").fetchone()[0])
+    ctrl = [r[0] for r in con.execute("SELECT prompt_id FROM prompts WHERE condition = 'abc_c' "
+                                      "ORDER BY prompt_id").fetchall()]
+    recs, crecs = _records(con, ids), _records(con, ctrl)
+    stored = dict(con.execute("SELECT prompt_id, knocked FROM circuit_prompt_results").fetchall())
+    con.close()
+    tr = load_tracer(str(model_dir))
+    spec = tr.spec
+    mask = torch.zeros(spec.n_layers, spec.n_heads, dtype=torch.bool)
+    for h in c["components"]:
+        mask[int(h.split("_")[1]), int(h.split("_")[3])] = True
+    for pid, rec in zip(ids, recs):
+        same = [r for r in crecs if r.template == rec.template]
+        cids, clen, _, _ = encode_batch(tr, same)
+        _, Z = forward(spec, cids, clen, dtype=tr.dtype, keep_z=True)
+        assert (clen == clen[0]).all()
+        pids, plen, tid, did = encode_batch(tr, [rec])
+        assert int(plen[0]) == int(clen[0])
+        logits = forward(spec, pids, plen, dtype=tr.dtype, ablate=mask, source=Z.mean(0, keepdim=True))
+        assert float(logit_diff(logits, tid, did)[0]) == pytest.approx(stored[pid], rel=1e-5, abs=1e-6)
