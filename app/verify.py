@@ -259,6 +259,8 @@ def _reference(con, db, c, ablation, records, templates, n_tok):
         raise InputError(f"mean ablation needs control prompts in run {c['run_id']}, and task "
                          f"{c['task']} has none stored: {fix} --ablation zero or --ablation "
                          "resample")
+    if ablation == "zero":
+        return ablation, [], [], "zero output"
     if refs:
         return ablation, refs, list(zip(r_templates, r_ntok)), \
             f"{len(refs)} control prompts (condition abc*), same template and length"

@@ -201,6 +201,7 @@ def test_cli_json_and_bad_input(toy, toy_circuit, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["circuit_id"] == toy_circuit.circuit_id
     assert len(out["baseline"]["necessity"]) == len(out["baseline"]["faithfulness"]) == 3
+    assert out["reference"] == "zero output"
     assert 0.9 <= out["necessity"] <= 1.1
 
 
