@@ -40,7 +40,7 @@ def weakest_prompts(con, verification_id: int, limit: int = 5) -> pd.DataFrame:
                               round(r.kept, 3) AS only_circuit, round(r.knocked, 3) AS knocked_out,
                               round(r.faithfulness, 3) AS faithfulness
                        FROM circuit_prompt_results r JOIN prompts p USING (prompt_id)
-                       WHERE r.verification_id = ? ORDER BY r.faithfulness ASC NULLS FIRST
+                       WHERE r.verification_id = ? ORDER BY r.faithfulness ASC NULLS FIRST, r.prompt_id
                        LIMIT ?""", [verification_id, limit])
 
 
