@@ -295,7 +295,7 @@ def test_html_export_opens_offline_in_chromium(toy, toy_circuit, tmp_path):
 def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch, toy,
                                                                      toy_circuit, toy_verification):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_app import assert_clean, figures, open_app, widget
+    from test_app import assert_clean, figures, open_app, sql, widget
 
     db, _, _ = toy
     at = open_app(monkeypatch, db, "circuit")
@@ -307,17 +307,13 @@ def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch,
     tables = {tuple(d.value.columns): d.value for d in at.dataframe}
     ver = tables[("measure", "circuit", "random_mean", "random_p5", "random_p95",
                   "share_random_at_least")]
-    con = duckdb.connect(str(db), read_only=True)  # the page shows the latest verification
-    try:
-        vid, nec, faith, base = con.execute(
-            "SELECT verification_id, necessity, faithfulness, baseline FROM circuit_verifications "
-            "WHERE circuit_id = ? ORDER BY verification_id DESC LIMIT 1",
-            [toy_circuit.circuit_id]).fetchone()
-        per = [r[0] for r in con.execute(
-            "SELECT prompt_id FROM circuit_prompt_results WHERE verification_id = ? "
-            "ORDER BY faithfulness NULLS FIRST, prompt_id LIMIT 5", [vid]).fetchall()]
-    finally:
-        con.close()
+    latest = sql(db, "SELECT verification_id, necessity, faithfulness, baseline FROM "
+                     "circuit_verifications WHERE circuit_id = ? ORDER BY verification_id DESC "
+                     "LIMIT 1", [toy_circuit.circuit_id]).iloc[0]  # the page shows the latest
+    vid, nec, faith, base = (int(latest["verification_id"]), latest["necessity"],
+                             latest["faithfulness"], latest["baseline"])
+    per = sql(db, "SELECT prompt_id FROM circuit_prompt_results WHERE verification_id = ? "
+                  "ORDER BY faithfulness NULLS FIRST, prompt_id LIMIT 5", [vid])["prompt_id"].tolist()
     assert vid >= toy_verification.verification_id
     assert ver.set_index("measure")["circuit"].to_dict() == pytest.approx(
         {"necessity": nec, "faithfulness": faith})
