@@ -66,6 +66,8 @@ def register(subparsers) -> None:
                    "IOI with --controls gives 4 records per prompt)")
     p.add_argument("--seed", type=int, default=0, help="task seed (default 0)")
     p.add_argument("--controls", action="store_true", help="IOI: add the ioi_s, abc_c, abc_b conditions")
+    p.add_argument("--conditions", default=None, metavar="C1,C2",
+                   help="IOI with --controls: keep only these conditions, e.g. ioi_io,abc_c")
     p.add_argument("--no-bos", action="store_true", help="tasks: no beginning-of-sequence prefix")
     p.add_argument("--bos", action="store_true", help="corpus: put the beginning-of-sequence text first")
     p.add_argument("--preset", default="kqv_aligned",
@@ -128,7 +130,9 @@ def load_records(args, tokenizer):
     if args.corpus:
         return load_corpus(args.corpus, tokenizer, bos=args.bos)
     if args.task == "ioi":
-        return ioi(tokenizer, args.n, seed=args.seed, controls=args.controls, bos=not args.no_bos), []
+        records = ioi(tokenizer, args.n, seed=args.seed, controls=args.controls, bos=not args.no_bos)
+        keep = set((args.conditions or "").split(",")) - {""}
+        return [r for r in records if not keep or r.condition in keep], []
     return induction(tokenizer, args.n, seed=args.seed, bos=not args.no_bos), []
 
 
@@ -147,6 +151,11 @@ def ingest_handler(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers} must be a positive number of workers, "
                          "e.g. --workers 2")
+    conds = set((getattr(args, "conditions", None) or "").split(",")) - {""}
+    known = {"ioi_io", "ioi_s", "abc_c", "abc_b"} if args.controls else {"ioi_io"}
+    if conds and (args.task != "ioi" or not conds <= known):
+        raise InputError(f"--conditions {args.conditions!r}: with --task ioi choose among "
+                         f"{', '.join(sorted(known))} (the ABC ones need --controls)")
     # everything that needs no model is checked before loading one
     overrides = parse_set(args.set)
     check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots)

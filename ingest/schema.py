@@ -173,6 +173,89 @@ path_hops = sa.Table(
     sa.Column("mode", Str),  # mode leaving this element; NULL at the embedding
 )
 
+# Circuits (migration 0003): found by `unpack discover`, checked by `unpack verify`.
+circuits = sa.Table(
+    "circuits", metadata,
+    sa.Column("circuit_id", Int, primary_key=True, autoincrement=False),
+    sa.Column("run_id", Int, nullable=False),
+    sa.Column("model", Str, nullable=False),
+    sa.Column("preset", Str),
+    sa.Column("task", Str),
+    sa.Column("condition", Str),
+    sa.Column("params", Str, nullable=False),  # JSON: seeds, per_mode, depth, min_share, ...
+    sa.Column("prompt_ids", Str, nullable=False),  # JSON list: the prompts it was found on
+    sa.Column("n_prompts", Int),
+    sa.Column("n_components", Int),
+    sa.Column("n_edges", Int),
+    sa.Column("code_version", Str),
+    sa.Column("created_at", Time),
+)
+
+circuit_components = sa.Table(
+    "circuit_components", metadata,
+    sa.Column("circuit_id", Int, nullable=False),
+    sa.Column("component", Str, nullable=False),
+    sa.Column("layer", Int),
+    sa.Column("head", Int),
+    sa.Column("depth", Int),  # 0 = a seed; k = reached after k reroots
+    sa.Column("root", Str),  # where it is rerooted, e.g. attn_1_head_0@END
+    sa.Column("share", Dbl),  # share of prompts in which it is selected
+    sa.Column("direct_effect", Dbl),  # mean direct effect on the metric
+    sa.PrimaryKeyConstraint("circuit_id", "component", name="pk_circuit_components"),
+)
+
+circuit_edges = sa.Table(
+    "circuit_edges", metadata,
+    sa.Column("circuit_id", Int, nullable=False),
+    sa.Column("parent", Str, nullable=False),
+    sa.Column("parent_layer", Int),
+    sa.Column("parent_head", Int),
+    sa.Column("child", Str, nullable=False),
+    sa.Column("child_layer", Int),
+    sa.Column("child_head", Int),
+    sa.Column("mode", Str, nullable=False),  # K | Q | V
+    sa.Column("weight", Dbl),  # mean interaction over the prompts (0 where absent)
+    sa.Column("share", Dbl),  # share of prompts in which it is among the parent's strongest
+    sa.PrimaryKeyConstraint("circuit_id", "parent", "child", "mode", name="pk_circuit_edges"),
+)
+
+circuit_verifications = sa.Table(
+    "circuit_verifications", metadata,
+    sa.Column("verification_id", Int, primary_key=True, autoincrement=False),
+    sa.Column("circuit_id", Int, nullable=False),
+    sa.Column("ablation", Str, nullable=False),  # mean | zero | resample
+    sa.Column("reference", Str),  # what the means or resamples come from
+    sa.Column("n_prompts", Int),
+    sa.Column("n_random", Int),
+    sa.Column("seed", Int),
+    sa.Column("clean_logit_diff", Dbl),
+    sa.Column("knocked_logit_diff", Dbl),
+    sa.Column("kept_logit_diff", Dbl),
+    sa.Column("necessity", Dbl),
+    sa.Column("faithfulness", Dbl),
+    sa.Column("clean_accuracy", Dbl),
+    sa.Column("knocked_accuracy", Dbl),
+    sa.Column("kept_accuracy", Dbl),
+    sa.Column("baseline_necessity_mean", Dbl),
+    sa.Column("baseline_faithfulness_mean", Dbl),
+    sa.Column("necessity_rank", Dbl),  # share of random circuits with necessity >= the circuit's
+    sa.Column("faithfulness_rank", Dbl),  # share with faithfulness >= the circuit's
+    sa.Column("baseline", Str, nullable=False),  # JSON: lists over the random circuits
+    sa.Column("code_version", Str),
+    sa.Column("created_at", Time),
+)
+
+circuit_prompt_results = sa.Table(
+    "circuit_prompt_results", metadata,
+    sa.Column("verification_id", Int, nullable=False),
+    sa.Column("prompt_id", Int, nullable=False),
+    sa.Column("clean", Dbl),  # logit differences: clean, circuit knocked out, only the circuit kept
+    sa.Column("knocked", Dbl),
+    sa.Column("kept", Dbl),
+    sa.Column("faithfulness", Dbl),  # kept / clean
+    sa.PrimaryKeyConstraint("verification_id", "prompt_id", name="pk_circuit_prompt_results"),
+)
+
 # Few indexes on purpose: children are written in trace_id order, so DuckDB's
 # zone maps already find a trace's rows; ART indexes would slow the bulk writes.
 sa.Index("ix_prompts_run", prompts.c.run_id)
@@ -181,5 +264,7 @@ sa.Index("ix_traces_prompt", traces.c.prompt_id)
 # Tables holding a prompt's rows (written with it, in one transaction).
 CHILD_TABLES = ("roles", "traces", "tokens", "token_credits", "component_flows",
                 "edges", "paths", "path_hops")
+CIRCUIT_TABLES = ("circuits", "circuit_components", "circuit_edges", "circuit_verifications",
+                  "circuit_prompt_results")
 VIEWS = ("trace_info", "credits", "credit_by_role", "interactions", "head_interactions",
          "model_vs_model", "path_info")

@@ -18,6 +18,7 @@ _REGISTRARS = (
     "ingest.cli",
     "app.cli",
     "app.reports.cli",
+    "app.circuit_cli",
 )
 
 

@@ -8,7 +8,7 @@ model) and ``step`` (the training step, where known). ``n_params``,
 ``n_layers``, ``n_heads`` and ``d_model`` exist since 0001.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-02
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

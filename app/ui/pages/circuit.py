@@ -116,3 +116,7 @@ with st.expander("Download the graph"):
                        file_name="circuit_edges.csv", mime="text/csv", key="circuit_csv")
     st.download_button("Graph (JSON)", json.dumps(to_json(G)).encode(),
                        file_name="circuit.json", mime="application/json", key="circuit_json")
+
+from app.ui import circuit_stored  # noqa: E402
+
+circuit_stored.show(model, G_all)

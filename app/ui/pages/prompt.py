@@ -77,6 +77,10 @@ else:
     st.markdown(views.paths_html(paths, tokens, n=k), unsafe_allow_html=True)
     with st.expander("All stored paths as a table"):
         st.dataframe(paths, hide_index=True)
+    with st.expander("Export the top paths for a paper"):
+        from app.ui.circuit_stored import path_downloads
+
+        path_downloads(int(pid), root)
 
 # ------------------------------------------------------------------ reroot
 st.subheader("Reroot: what feeds a component")

@@ -1,0 +1,117 @@
+"""``unpack discover``, ``unpack verify`` and ``unpack export``: circuits found
+across a stored run's prompts, checked by intervention, exported for papers."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DEFAULT_DB = "unpack.duckdb"
+
+
+def register(sub) -> None:
+    d = sub.add_parser(
+        "discover", help="find a circuit across the prompts of a stored run",
+        description="Seed with the heads of largest direct effect, reroot breadth-first "
+                    "through each head's strongest upstream heads per K/Q/V mode, keep what "
+                    "recurs in at least --min-share of the prompts; rerooted traces that are "
+                    "missing are traced and stored on the way. The circuit is stored "
+                    "(tables circuits, circuit_components, circuit_edges). Exit 0 found, 2 bad "
+                    "input or nothing to find it on.")
+    d.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    d.add_argument("--model", help="model name as stored (needed if the store holds several)")
+    d.add_argument("--task", help="task (needed if the model has several)")
+    d.add_argument("--condition", help="condition of the prompts (default: ioi_io for IOI)")
+    d.add_argument("--preset", default="kqv_aligned", help="the run's preset (default kqv_aligned)")
+    d.add_argument("--seeds", type=int, default=3, help="heads of largest direct effect (default 3)")
+    d.add_argument("--per-mode", type=int, default=1,
+                   help="strongest upstream heads kept per K/Q/V mode at each reroot (default 1)")
+    d.add_argument("--depth", type=int, default=2, help="reroot levels below the seeds (default 2)")
+    d.add_argument("--min-share", type=float, default=0.5,
+                   help="keep heads and edges selected in at least this share of prompts (0.5)")
+    d.add_argument("--n", type=int, default=None, help="use the first N prompts (default all)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=cmd_discover)
+
+    v = sub.add_parser(
+        "verify", help="necessity and faithfulness of a stored circuit, against random circuits",
+        description="Knock the circuit's heads out (necessity: the fraction of the clean logit "
+                    "difference lost) and every other head (faithfulness: the fraction kept), "
+                    "and the same for --n random circuits with the circuit's layer profile. "
+                    "Stored in circuit_verifications and circuit_prompt_results. Exit 0 done, "
+                    "2 bad input.")
+    v.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    v.add_argument("--circuit", type=int, required=True, help="circuit id (from unpack discover)")
+    v.add_argument("--ablation", choices=("mean", "zero", "resample"), default=None,
+                   help="mean (over the run's ABC control prompts), zero or resample; default "
+                        "mean where the run has controls, else resample")
+    v.add_argument("--n", type=int, default=20, help="random circuits (default 20)")
+    v.add_argument("--baseline", choices=("profile", "size"), default="profile",
+                   help="random circuits with the same heads per layer (profile, default) or "
+                        "the same number of heads anywhere (size)")
+    v.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.set_defaults(func=cmd_verify)
+
+    e = sub.add_parser(
+        "export", help="a circuit or a prompt's top paths as HTML, TikZ, GraphML or JSON",
+        description="One standalone interactive HTML file (opens offline), TikZ source for a "
+                    "paper, GraphML or JSON.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--circuit", type=int, help="a stored circuit id")
+    what.add_argument("--prompt", type=int, help="a prompt id: its top paths")
+    e.add_argument("--root", default="target", help="with --prompt: the trace's root (default target)")
+    e.add_argument("--top", type=int, default=10, help="with --prompt: number of paths (default 10)")
+    e.add_argument("--format", choices=("html", "tikz", "graphml", "json"), required=True)
+    e.add_argument("--out", required=True, help="file to write")
+    e.set_defaults(func=cmd_export)
+
+
+def cmd_discover(args) -> int:
+    from app.circuits import check_params, discover
+
+    from app.reports import NoData
+    from unpack.errors import InputError
+
+    check_params(args.seeds, args.per_mode, args.depth, args.min_share)
+    try:
+        c = discover(args.db, model=args.model, task=args.task, condition=args.condition,
+                     preset=args.preset, seeds=args.seeds, per_mode=args.per_mode,
+                     depth=args.depth, min_share=args.min_share, n=args.n,
+                     progress=not args.json)
+    except NoData as e:
+        raise InputError(f"{e}; store them first: {e.command}" if e.command else str(e)) from None
+    print(json.dumps(c.to_dict(), default=str) if args.json else c.format())
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from app.verify import check_args, verify
+
+    check_args(args.ablation, args.n, args.baseline)
+    v = verify(args.db, args.circuit, ablation=args.ablation, n_random=args.n, seed=args.seed,
+               baseline=args.baseline)
+    print(json.dumps(v.to_dict(), default=str) if args.json else v.format())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from app import export as ex
+    from app.db import open_db
+    from unpack.errors import InputError
+
+    if args.top < 1:
+        raise InputError(f"--top {args.top} must be at least 1")
+    con = open_db(args.db)
+    try:
+        G = ex.circuit_nx(con, args.circuit) if args.circuit is not None else \
+            ex.paths_nx(con, args.prompt, args.root, args.top)
+    finally:
+        con.close()
+    if G.number_of_nodes() == 0:
+        raise InputError("nothing to export: the selection has no nodes")
+    ex.write(G, args.format, args.out)
+    print(f"wrote {args.out} ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges)",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,161 @@
+"""The Circuit page's stored circuits (``unpack discover`` / ``unpack verify``):
+a circuit highlighted on the aggregate graph, its verification against random
+circuits, the prompts where it holds least, and exports for papers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app.ui import data as D
+from app.ui import state, views
+
+
+# ------------------------------------------------------------------ queries (no Streamlit)
+
+def circuits_of(con, model: str) -> pd.DataFrame:
+    return D.q(con, """SELECT circuit_id, task, condition, preset, n_prompts, n_components,
+                              n_edges, params, created_at
+                       FROM circuits WHERE model = ? ORDER BY circuit_id DESC""", [model])
+
+
+def circuit_parts(con, circuit_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    comps = D.q(con, "SELECT component, layer, head, depth, root, share, direct_effect FROM "
+                     "circuit_components WHERE circuit_id = ? ORDER BY layer, head", [circuit_id])
+    edges = D.q(con, "SELECT parent, child, mode, weight, share FROM circuit_edges WHERE "
+                     "circuit_id = ? ORDER BY abs(weight) DESC", [circuit_id])
+    return comps, edges
+
+
+def verifications(con, circuit_id: int) -> pd.DataFrame:
+    return D.q(con, "SELECT * FROM circuit_verifications WHERE circuit_id = ? "
+                    "ORDER BY verification_id DESC", [circuit_id])
+
+
+def weakest_prompts(con, verification_id: int, limit: int = 5) -> pd.DataFrame:
+    """Prompts where the circuit alone keeps the least of the clean logit difference."""
+    return D.q(con, """SELECT r.prompt_id, p.condition, p.text, round(r.clean, 3) AS clean,
+                              round(r.kept, 3) AS only_circuit, round(r.knocked, 3) AS knocked_out,
+                              round(r.faithfulness, 3) AS faithfulness
+                       FROM circuit_prompt_results r JOIN prompts p USING (prompt_id)
+                       WHERE r.verification_id = ? ORDER BY r.faithfulness ASC NULLS FIRST, r.prompt_id
+                       LIMIT ?""", [verification_id, limit])
+
+
+def verification_table(v: pd.Series) -> pd.DataFrame:
+    """One row per measure: the circuit, the random circuits' mean and 5–95% range, and
+    the share of random circuits that reach the circuit's value."""
+    base = json.loads(v["baseline"])
+    rows = []
+    for m in ("necessity", "faithfulness"):
+        b = np.array(base[m])
+        rows.append(dict(measure=m, circuit=float(v[m]), random_mean=float(b.mean()),
+                         random_p5=float(np.percentile(b, 5)), random_p95=float(np.percentile(b, 95)),
+                         share_random_at_least=float(v[f"{m}_rank"])))
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ the section
+
+@st.cache_data(show_spinner=False, max_entries=500)
+def _cached(fn_name: str, path: str, *args):
+    return globals()[fn_name](state._connection(path), *args)
+
+
+def get(fn_name: str, *args):
+    return _cached(fn_name, state.db_path(), *args)
+
+
+def highlight_figure(G, comps: pd.DataFrame, edges: pd.DataFrame, title: str):
+    """The aggregate graph with the circuit's heads ringed and its edges drawn over it."""
+    import plotly.graph_objects as go
+
+    from app.graphs import component_attrs, layered_layout
+
+    H = G.copy()
+    for n in comps["component"]:
+        if n not in H:
+            H.add_node(n, **component_attrs(n))
+    xy = layered_layout(H)
+    fig = views.graph_figure(H, xy, title=title, height=560)
+    xs, ys = [], []
+    for e in edges.itertuples():
+        xs += [xy[e.parent][0], xy[e.child][0], None]
+        ys += [xy[e.parent][1], xy[e.child][1], None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="circuit edges",
+                             line=dict(color="crimson", width=4), opacity=0.8, hoverinfo="skip"))
+    names = list(comps["component"])
+    fig.add_trace(go.Scatter(
+        x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers",
+        name="circuit", marker=dict(size=34, color="rgba(0,0,0,0)",
+                                    line=dict(color="crimson", width=3)),
+        customdata=names, hovertext=names, hoverinfo="text"))
+    return fig
+
+
+def show(model: str, G_all) -> None:
+    """The stored-circuits section for ``model`` under the aggregate graph ``G_all``."""
+    st.subheader("Stored circuits")
+    circuits = get("circuits_of", model)
+    if circuits.empty:
+        st.caption(f"No stored circuit for {D.short_model(model)}: find one with "
+                   "`unpack discover --db DB --model MODEL` and check it with `unpack verify`.")
+        return
+    cid = st.selectbox("Circuit", circuits["circuit_id"].tolist(), key="stored_circuit",
+                       format_func=lambda i: _label(circuits, i))
+    comps, edges = get("circuit_parts", int(cid))
+    st.plotly_chart(highlight_figure(G_all, comps, edges, f"circuit {cid} on the aggregate graph"),
+                    key="stored_circuit_chart")
+    c1, c2 = st.columns(2)
+    c1.markdown("Components")
+    c1.dataframe(comps, hide_index=True)
+    c2.markdown("Edges (reader ← writer)")
+    c2.dataframe(edges, hide_index=True)
+    ver = get("verifications", int(cid))
+    if ver.empty:
+        st.caption(f"Not verified yet: `unpack verify --db DB --circuit {cid}`.")
+    else:
+        v = ver.iloc[0]
+        st.markdown(f"**Verification {v['verification_id']}**: {v['ablation']} ablation "
+                    f"({v['reference']}), {v['n_prompts']} prompts, {v['n_random']} random "
+                    f"circuits · clean logit difference {v['clean_logit_diff']:+.3f}, circuit "
+                    f"knocked out {v['knocked_logit_diff']:+.3f}, only the circuit "
+                    f"{v['kept_logit_diff']:+.3f}")
+        st.dataframe(verification_table(v), hide_index=True, key="stored_circuit_verification")
+        st.markdown("Prompts where it holds least (lowest faithfulness)")
+        st.dataframe(get("weakest_prompts", int(v["verification_id"]), 5), hide_index=True)
+    _downloads(int(cid))
+
+
+def _label(circuits: pd.DataFrame, cid) -> str:
+    r = circuits[circuits["circuit_id"] == cid].iloc[0]
+    return (f"{cid}: {r['task']}{' ' + r['condition'] if r['condition'] else ''}, "
+            f"{r['n_components']} heads, {r['n_prompts']} prompts")
+
+
+def _downloads(cid: int) -> None:
+    from app import export as ex
+
+    G = ex.circuit_nx(state._connection(state.db_path()).cursor(), cid)
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Circuit (interactive HTML)", ex.to_html(G).encode(),
+                       file_name=f"circuit_{cid}.html", mime="text/html", key="circuit_html")
+    c2.download_button("Circuit (TikZ)", ex.to_tikz(G).encode(), file_name=f"circuit_{cid}.tex",
+                       mime="text/x-tex", key="circuit_tikz")
+    c3.download_button("Circuit (JSON)", json.dumps(ex.gr.to_json(G), default=str).encode(),
+                       file_name=f"circuit_{cid}.json", mime="application/json",
+                       key="circuit_stored_json")
+
+
+def path_downloads(prompt_id: int, root: str) -> None:
+    """The Prompt page's exports of a trace's top paths."""
+    from app import export as ex
+
+    G = ex.paths_nx(state._connection(state.db_path()).cursor(), prompt_id, root, 10)
+    c1, c2 = st.columns(2)
+    c1.download_button("Top paths (interactive HTML)", ex.to_html(G).encode(),
+                       file_name=f"paths_{prompt_id}.html", mime="text/html", key="paths_html")
+    c2.download_button("Top paths (TikZ)", ex.to_tikz(G).encode(),
+                       file_name=f"paths_{prompt_id}.tex", mime="text/x-tex", key="paths_tikz")

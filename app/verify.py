@@ -1,0 +1,318 @@
+"""Verifying a stored circuit by intervention (:mod:`unpack.intervene`).
+
+On the prompts the circuit was found on, with the metric ``m`` (the logit
+difference target − distractor; target − mean logit without a distractor):
+
+- **necessity** = ``1 − mean m(circuit knocked out) / mean m(clean)``: the
+  fraction of the clean logit difference lost when the circuit's heads are
+  ablated;
+- **faithfulness** = ``mean m(only the circuit) / mean m(clean)``: the fraction
+  kept when every attention head outside the circuit is ablated.
+
+Only attention heads are ablated; embeddings and MLPs always run (a circuit is
+a set of heads). Both numbers are measured the same way for ``n`` random
+circuits with the circuit's layer profile (the same number of heads in each
+layer, drawn uniformly; ``baseline="size"``: the same number of heads
+anywhere), giving a baseline distribution.
+
+Ablations (what replaces an ablated head's output at each position):
+
+- ``mean``: the head's mean output over the run's **control prompts** (for IOI
+  the ABC prompts, ``condition LIKE 'abc%'``: the same templates with three
+  different names, so nothing in them points at IO or S), position by position,
+  over the controls with the same template and token count as the prompt (or,
+  when there are none, the same token count). A task without controls cannot
+  be mean-ablated: that is an error naming the fix.
+- ``zero``: zero output (the same as zeroing the head's rows of ``W_O``).
+- ``resample``: the head's output on another prompt of the same token count,
+  drawn at random: a control prompt where there are controls, else another of
+  the circuit's prompts.
+
+Default: ``mean`` where the run has controls, ``resample`` otherwise.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from app.circuits import encode_batch, load_tracer, split_head
+from app.db import open_db
+from app.reports.composition import _records
+from unpack.errors import InputError
+
+ABLATIONS = ("mean", "zero", "resample")
+BASELINES = ("profile", "size")
+
+
+@dataclass
+class Verification:
+    circuit_id: int
+    ablation: str
+    reference: str
+    n_random: int
+    seed: int
+    clean: np.ndarray  # [P] metric per prompt
+    knocked: np.ndarray
+    kept: np.ndarray
+    accuracy: dict  # clean / knocked / kept: share of prompts whose top token is the target
+    baseline: dict  # necessity, faithfulness, knocked_accuracy, kept_accuracy: lists; circuits
+    per_prompt: pd.DataFrame
+    verification_id: int | None = None
+    warnings: list = field(default_factory=list)
+
+    @property
+    def necessity(self) -> float:
+        return float(1.0 - self.knocked.mean() / self.clean.mean())
+
+    @property
+    def faithfulness(self) -> float:
+        return float(self.kept.mean() / self.clean.mean())
+
+    def summary(self) -> dict:
+        """The columns of ``circuit_verifications`` (ids and times aside)."""
+        bn, bf = np.array(self.baseline["necessity"]), np.array(self.baseline["faithfulness"])
+        return dict(
+            circuit_id=self.circuit_id, ablation=self.ablation, reference=self.reference,
+            n_prompts=len(self.clean), n_random=self.n_random, seed=self.seed,
+            clean_logit_diff=float(self.clean.mean()), knocked_logit_diff=float(self.knocked.mean()),
+            kept_logit_diff=float(self.kept.mean()), necessity=self.necessity,
+            faithfulness=self.faithfulness, clean_accuracy=self.accuracy["clean"],
+            knocked_accuracy=self.accuracy["knocked"], kept_accuracy=self.accuracy["kept"],
+            baseline_necessity_mean=float(bn.mean()), baseline_faithfulness_mean=float(bf.mean()),
+            necessity_rank=float((bn >= self.necessity).mean()),
+            faithfulness_rank=float((bf >= self.faithfulness).mean()))
+
+    def to_dict(self) -> dict:
+        return dict(self.summary(), verification_id=self.verification_id,
+                    baseline=self.baseline, warnings=self.warnings)
+
+    def format(self) -> str:
+        s = self.summary()
+        bn, bf = np.array(self.baseline["necessity"]), np.array(self.baseline["faithfulness"])
+        q = lambda a: f"mean {a.mean():.3f}, 5-95% [{np.percentile(a, 5):.3f}, {np.percentile(a, 95):.3f}]"  # noqa: E731
+        return "\n".join([
+            f"circuit {self.circuit_id}: {s['n_prompts']} prompts, {self.ablation} ablation "
+            f"({self.reference})",
+            f"  logit difference: clean {s['clean_logit_diff']:+.3f}, circuit knocked out "
+            f"{s['knocked_logit_diff']:+.3f}, only the circuit {s['kept_logit_diff']:+.3f}",
+            f"  necessity    {s['necessity']:.3f}   random circuits ({self.n_random}, "
+            f"{self.baseline['kind']}): {q(bn)}; share >= circuit {s['necessity_rank']:.2f}",
+            f"  faithfulness {s['faithfulness']:.3f}   random circuits: {q(bf)}; share >= "
+            f"circuit {s['faithfulness_rank']:.2f}",
+            f"  accuracy (top token = target): clean {s['clean_accuracy']:.3f}, knocked out "
+            f"{s['knocked_accuracy']:.3f}, only the circuit {s['kept_accuracy']:.3f}; random "
+            f"knocked out mean {np.mean(self.baseline['knocked_accuracy']):.3f}"]
+            + [f"warning: {w}" for w in self.warnings])
+
+
+# ------------------------------------------------------------------ reading the circuit
+
+def load_circuit(con, db, circuit_id) -> dict:
+    """The stored circuit's row, heads and prompts; a clear error when it is not there."""
+    if isinstance(circuit_id, bool) or not isinstance(circuit_id, int):
+        raise InputError(f"--circuit {circuit_id!r} must be a circuit id (a whole number)")
+    row = con.execute("SELECT run_id, model, task, prompt_ids FROM circuits WHERE circuit_id = ?",
+                      [circuit_id]).fetchone()
+    if row is None:
+        have = [r[0] for r in con.execute("SELECT circuit_id FROM circuits ORDER BY 1").fetchall()]
+        listing = (f"the stored circuits are {', '.join(map(str, have[:20]))}" if have
+                   else "it holds no circuit")
+        raise InputError(f"circuit {circuit_id} does not exist in {db!s} ({listing}); find one "
+                         f"with `unpack discover --db {db}`")
+    heads = [r[0] for r in con.execute(
+        "SELECT component FROM circuit_components WHERE circuit_id = ? AND head IS NOT NULL "
+        "ORDER BY layer, head", [circuit_id]).fetchall()]
+    return dict(run_id=row[0], model=row[1], task=row[2], prompt_ids=json.loads(row[3]),
+                heads=heads)
+
+
+def circuit_prompts(con, db, c: dict, circuit_id: int):
+    """``(records, prompt ids, templates, n_tokens)`` of the circuit's prompts, all of
+    which must still be stored and ok."""
+    ids = sorted(int(i) for i in c["prompt_ids"])
+    ok = {r[0]: r[1:] for r in con.execute(
+        f"SELECT prompt_id, template, n_tokens FROM prompts WHERE status = 'ok' AND run_id = ? "
+        f"AND prompt_id IN ({', '.join('?' for _ in ids)})", [c["run_id"]] + ids).fetchall()} \
+        if ids else {}
+    missing = [i for i in ids if i not in ok]
+    if not ids or missing:
+        raise InputError(f"circuit {circuit_id} needs prompts {missing[:5] or '(none listed)'}"
+                         f"{' ...' if len(missing) > 5 else ''} of run {c['run_id']}, which "
+                         f"{db!s} does not hold (deleted, or a copy of another store); run "
+                         f"`unpack discover --db {db} --model {c['model']}` again on this store")
+    return _records(con, ids), ids, [ok[i][0] for i in ids], [int(ok[i][1]) for i in ids]
+
+
+def control_prompts(con, run_id: int):
+    """``(records, templates, n_tokens)`` of the run's control prompts (ABC)."""
+    rows = con.execute("SELECT min(prompt_id), template, n_tokens FROM prompts WHERE run_id = ? "
+                       "AND status = 'ok' AND condition LIKE 'abc%' GROUP BY text, template, "
+                       "n_tokens ORDER BY 1", [run_id]).fetchall()
+    return _records(con, [r[0] for r in rows]), [r[1] for r in rows], [int(r[2]) for r in rows]
+
+
+# ------------------------------------------------------------------ the interventions
+
+def mixed_values(tracer, records, batch_size: int = 16) -> list[torch.Tensor]:
+    """Every head's mixed values on each prompt, ``[L, H, n, d]`` (its own length n)."""
+    from unpack.intervene import forward
+
+    out = []
+    for k in range(0, len(records), batch_size):
+        ids, lengths, _, _ = encode_batch(tracer, records[k:k + batch_size])
+        _, Z = forward(tracer.spec, ids, lengths, dtype=tracer.dtype, keep_z=True)
+        out += [Z[b, :, :, :int(n)] for b, n in enumerate(lengths)]
+    return out
+
+
+def _same_shape(refs, key, n):
+    """Reference indices with the same (template, length), else the same length."""
+    exact = [i for i, k in enumerate(refs) if k == key]
+    return exact or [i for i, k in enumerate(refs) if k[1] == n]
+
+
+def sources(ablation, tracer, prompts, ref_records, ref_keys, rng) -> tuple[torch.Tensor | None, str]:
+    """``[P, L, H, S, d]`` replacement mixed values for each prompt (None for zero),
+    and a description of where they come from. ``prompts``: (record, template, n)."""
+    if ablation == "zero":
+        return None, "zero output"
+    Zr = mixed_values(tracer, ref_records)
+    S = max(n for _, _, n in prompts)
+    L, H, _, d = Zr[0].shape
+    out = torch.zeros(len(prompts), L, H, S, d, dtype=Zr[0].dtype)
+    for b, (rec, template, n) in enumerate(prompts):
+        cand = _same_shape(ref_keys, (template, n), n)
+        if ablation == "resample":
+            cand = [i for i in cand if ref_records[i].text != rec.text]
+        if not cand:
+            raise InputError(f"{ablation} ablation: no reference prompt of {n} tokens for "
+                             f"prompt {rec.text[:60]!r} (positions must line up); use "
+                             "--ablation zero, or store more prompts of that template")
+        if ablation == "mean":
+            out[b, :, :, :n] = torch.stack([Zr[i] for i in cand]).mean(0)
+        else:
+            out[b, :, :, :n] = Zr[int(rng.choice(cand))]
+    return out, None
+
+
+def random_masks(heads: list[str], L: int, H: int, n: int, kind: str, rng) -> list[np.ndarray]:
+    """``n`` random circuits ``[L, H]`` boolean: the same heads per layer (profile) or
+    the same number of heads anywhere (size)."""
+    out = []
+    for _ in range(n):
+        m = np.zeros((L, H), dtype=bool)
+        if kind == "size":
+            m.flat[rng.choice(L * H, size=len(heads), replace=False)] = True
+        else:
+            for layer, count in pd.Series([split_head(h)[0] for h in heads]).value_counts().items():
+                m[int(layer), rng.choice(H, size=int(count), replace=False)] = True
+        out.append(m)
+    return out
+
+
+def run_masks(tracer, batch, source, masks, batch_size: int = 32):
+    """Metric and top-1 hit per prompt for each mask: ``[M, P]`` twice. ``masks``:
+    ``[L, H]`` booleans (True = ablated), None for the clean pass."""
+    from unpack.intervene import forward, logit_diff
+
+    ids, lengths, tid, did = batch
+    P = ids.shape[0]
+    metric, hit = np.zeros((len(masks), P)), np.zeros((len(masks), P))
+    for j, m in enumerate(masks):
+        for k in range(0, P, batch_size):
+            sl = slice(k, k + batch_size)
+            ab = None if m is None else torch.as_tensor(m)
+            src = None if source is None else source[sl]
+            logits = forward(tracer.spec, ids[sl], lengths[sl], dtype=tracer.dtype,
+                             ablate=ab, source=src)
+            metric[j, sl] = logit_diff(logits, tid[sl], did[sl]).double().cpu().numpy()
+            hit[j, sl] = (logits.argmax(-1).cpu() == tid[sl]).double().numpy()
+    if not np.isfinite(metric).all():
+        raise InputError("the intervened forward pass gave a non-finite logit difference; "
+                         "run it in float64 (load the model with --dtype float64)")
+    return metric, hit
+
+
+# ------------------------------------------------------------------ verification
+
+def check_args(ablation, n_random, baseline) -> None:
+    if ablation is not None and ablation not in ABLATIONS:
+        raise InputError(f"--ablation {ablation!r} must be one of {', '.join(ABLATIONS)}")
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
+        raise InputError(f"--n {n_random!r} must be a positive whole number of random circuits")
+    if baseline not in BASELINES:
+        raise InputError(f"--baseline {baseline!r} must be one of {', '.join(BASELINES)}")
+
+
+def _reference(con, db, c, ablation, records, templates, n_tok):
+    """``(ablation, reference records, their (template, n) keys, description)``."""
+    refs, r_templates, r_ntok = control_prompts(con, c["run_id"])
+    if ablation is None:
+        ablation = "mean" if refs else "resample"
+    if ablation == "mean" and not refs:
+        fix = (f"store the ABC controls with `unpack ingest --model {c['model']} --task ioi "
+               f"--n N --controls --db {db}`, or use" if c["task"] == "ioi" else "use")
+        raise InputError(f"mean ablation needs control prompts in run {c['run_id']}, and task "
+                         f"{c['task']} has none stored: {fix} --ablation zero or --ablation "
+                         "resample")
+    if ablation == "zero":
+        return ablation, [], [], "zero output"
+    if refs:
+        return ablation, refs, list(zip(r_templates, r_ntok)), \
+            f"{len(refs)} control prompts (condition abc*), same template and length"
+    return ablation, records, list(zip(templates, n_tok)), \
+        f"the circuit's {len(records)} prompts, another prompt of the same length"
+
+
+def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, seed: int = 0,
+           baseline: str = "profile", tracer=None, store: bool = True) -> Verification:
+    """Necessity and faithfulness of a stored circuit against ``n_random`` random
+    circuits (see the module docstring); stored unless ``store=False``."""
+    check_args(ablation, n_random, baseline)
+    con = open_db(db)
+    try:
+        c = load_circuit(con, db, circuit_id)
+        records, ids, templates, n_tok = circuit_prompts(con, db, c, circuit_id)
+        ablation, refs, ref_keys, described = _reference(con, db, c, ablation, records,
+                                                         templates, n_tok)
+    finally:
+        con.close()
+    if not c["heads"]:
+        raise InputError(f"circuit {circuit_id} has no heads to knock out; discover it again "
+                         "with a lower --min-share")
+    tracer = tracer or load_tracer(c["model"], "verify needs it for the interventions")
+    rng = np.random.default_rng(seed)
+    source, _ = sources(ablation, tracer, list(zip(records, templates, n_tok)), refs, ref_keys, rng)
+    spec = tracer.spec
+    mask = np.zeros((spec.n_layers, spec.n_heads), dtype=bool)
+    for h in c["heads"]:
+        mask[split_head(h)] = True
+    rand = random_masks(c["heads"], spec.n_layers, spec.n_heads, n_random, baseline, rng)
+    masks = [None, mask, ~mask] + [m for r in rand for m in (r, ~r)]
+    metric, hit = run_masks(tracer, encode_batch(tracer, records), source, masks)
+    clean = metric[0]
+    if not abs(clean.mean()) > 1e-9:
+        raise InputError(f"circuit {circuit_id}: the clean logit difference is zero on average, "
+                         "so no fraction of it can be measured")
+    base = dict(kind=baseline,
+                necessity=[float(1 - metric[3 + 2 * i].mean() / clean.mean()) for i in range(n_random)],
+                faithfulness=[float(metric[4 + 2 * i].mean() / clean.mean()) for i in range(n_random)],
+                knocked_accuracy=[float(hit[3 + 2 * i].mean()) for i in range(n_random)],
+                kept_accuracy=[float(hit[4 + 2 * i].mean()) for i in range(n_random)],
+                circuits=[[f"attn_{L}_head_{h}" for L, h in zip(*np.nonzero(r))] for r in rand])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.abs(clean) > 1e-9, metric[2] / clean, np.nan)
+    per_prompt = pd.DataFrame(dict(prompt_id=ids, clean=clean, knocked=metric[1], kept=metric[2],
+                                   faithfulness=ratio))
+    ver = Verification(circuit_id, ablation, described, n_random, seed, clean, metric[1],
+                       metric[2], dict(clean=float(hit[0].mean()), knocked=float(hit[1].mean()),
+                                       kept=float(hit[2].mean())), base, per_prompt)
+    if store:
+        from ingest.circuits import save_verification
+
+        ver.verification_id = save_verification(db, ver)
+    return ver

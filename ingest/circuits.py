@@ -1,0 +1,73 @@
+"""Writing circuits and their verification into the store (migration 0003).
+
+Each save is one transaction: a circuit with all of its components and edges,
+or a verification with all of its per-prompt results, or nothing.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from . import schema as S, store
+from .run import code_version
+
+
+def _now():
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _layer_head(names: pd.Series) -> tuple[list, list]:
+    parts = names.str.split("_")
+    return parts.str[1].astype(int).tolist(), parts.str[3].astype(int).tolist()
+
+
+def save_circuit(db, circuit) -> int:
+    """Store an :class:`app.circuits.Circuit`; returns its ``circuit_id``."""
+    engine = store.connect(db)
+    try:
+        with engine.begin() as conn:
+            cid = store.next_id(conn, S.circuits.c.circuit_id)
+            conn.execute(S.circuits.insert().values(
+                circuit_id=cid, run_id=circuit.run_id, model=circuit.model,
+                preset=circuit.preset, task=circuit.task, condition=circuit.condition,
+                params=json.dumps(circuit.params, sort_keys=True),
+                prompt_ids=json.dumps([int(i) for i in circuit.prompt_ids]),
+                n_prompts=len(circuit.prompt_ids), n_components=len(circuit.components),
+                n_edges=len(circuit.edges), code_version=code_version(), created_at=_now()))
+            comps = circuit.components.assign(circuit_id=cid)
+            store.insert_arrow(conn, "circuit_components", comps[[
+                "circuit_id", "component", "layer", "head", "depth", "root", "share",
+                "direct_effect"]])
+            e = circuit.edges.assign(circuit_id=cid)
+            if len(e):
+                e["parent_layer"], e["parent_head"] = _layer_head(e["parent"])
+                e["child_layer"], e["child_head"] = _layer_head(e["child"])
+                store.insert_arrow(conn, "circuit_edges", e[[
+                    "circuit_id", "parent", "parent_layer", "parent_head", "child",
+                    "child_layer", "child_head", "mode", "weight", "share"]])
+    except Exception as e:
+        engine.dispose()
+        store.raise_mapped(db, e)
+    engine.dispose()
+    return cid
+
+
+def save_verification(db, ver) -> int:
+    """Store an :class:`app.verify.Verification`; returns its ``verification_id``."""
+    engine = store.connect(db)
+    try:
+        with engine.begin() as conn:
+            vid = store.next_id(conn, S.circuit_verifications.c.verification_id)
+            conn.execute(S.circuit_verifications.insert().values(
+                verification_id=vid, code_version=code_version(), created_at=_now(),
+                baseline=json.dumps(ver.baseline), **ver.summary()))
+            rows = ver.per_prompt.assign(verification_id=vid)
+            store.insert_arrow(conn, "circuit_prompt_results", rows[[
+                "verification_id", "prompt_id", "clean", "knocked", "kept", "faithfulness"]])
+    except Exception as e:
+        engine.dispose()
+        store.raise_mapped(db, e)
+    engine.dispose()
+    return vid
