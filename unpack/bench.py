@@ -79,6 +79,19 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def release_freed_memory() -> None:
+    """Hand memory this process freed back to the system (glibc ``malloc_trim``), so
+    that the resident set, and its high-water mark from here, count only what is in
+    use; a no-op where the C library has no such call."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """The peak memory of what runs inside ``with``: on a CPU the process's RSS
     high-water mark (reset first through /proc/self/clear_refs), on a GPU the peak
@@ -92,6 +105,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            release_freed_memory()  # what earlier cases freed is not this case's peak
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")

@@ -22,7 +22,7 @@ KEYS: dict[str, str] = {
     # Circuit
     "circuit_model": "str", "circuit_root": "str", "circuit_agg": "str", "circuit_modes": "list",
     "circuit_topk": "int", "circuit_minw": "float", "circuit_minshare": "float",
-    "circuit_node": "str",
+    "circuit_node": "str", "stored_circuit": "int",
     # Compare
     "compare_value": "str", "compare_topk": "int", "compare_modes": "list", "compare_pair": "pair",
     # SQL
