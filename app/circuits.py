@@ -3,7 +3,7 @@
 The procedure of the method's published release, on the store:
 
 1. **Seeds.** Each head's direct effect on the metric at the target position
-   (``ĉ_h[t] · d_t``, METHOD.md §3 with ``seed="metric"``: the logit difference
+   (``ĉ_h[t] · d_t``, docs/METHOD.md §3 with ``seed="metric"``: the logit difference
    where there is a distractor) is computed with the project's own forward
    pass. In each prompt the ``seeds`` heads of largest ``|direct effect|`` are
    selected; a head is a seed when it is selected in at least ``min_share`` of

@@ -3,7 +3,7 @@ standalone interactive HTML file (inline SVG and script, no network) or as
 TikZ source; GraphML and JSON through :mod:`app.graphs`.
 
 Both graphs are ``networkx`` digraphs in the shape :mod:`app.graphs` uses:
-nodes carry ``kind``, ``layer``, ``head`` and ``depth`` (the METHOD.md §1 layer
+nodes carry ``kind``, ``layer``, ``head`` and ``depth`` (the docs/METHOD.md §1 layer
 index), edges point the way credit moves (reader → the writer it reads) with
 ``weight``, ``mode`` (the dominant one) and ``by_mode``.
 """
