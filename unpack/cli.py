@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from .errors import InputError
@@ -39,21 +41,70 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_SIGINT_SEEN = False
+
+
+def _on_sigint(signum, frame):
+    """Ctrl-C as usual (KeyboardInterrupt), but remembered: some libraries catch
+    it during their imports and raise another error, or swallow it."""
+    global _SIGINT_SEEN
+    _SIGINT_SEEN = True
+    raise KeyboardInterrupt
+
+
+def _interrupted(e: BaseException | None) -> bool:
+    """Whether ``e`` comes from a Ctrl-C: one was seen, or ``e`` is one or was
+    raised because of one (a lazy import cut short comes back as another error)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return _SIGINT_SEEN
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), "")
     try:
-        return int(args.func(args) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        code = int(args.func(args) or 0)
     except (InputError, FileNotFoundError) as e:
-        print(f"unpack {args.command}: error: {e}", file=sys.stderr)
+        print(f"unpack {command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C while starting up (imports, loading a model)
-        print(f"unpack {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as e:  # Ctrl-C while starting up (imports, loading a model)
+        if isinstance(e, SystemExit) or not _interrupted(e):
+            raise
+        return _say_interrupted(command)
+    if _SIGINT_SEEN and code != 130:  # a library swallowed the Ctrl-C
+        return _say_interrupted(command)
+    return code
+
+
+def _say_interrupted(command: str) -> int:
+    print(f"unpack {command}: interrupted", file=sys.stderr)
+    return 130
+
+
+def run() -> None:
+    """The console entry point: ``main``, then exit with its status. After a
+    Ctrl-C (status 130) the exit is immediate: Python would otherwise end the
+    process by SIGINT (status -2) when the Ctrl-C went unhandled anywhere during
+    start-up, even inside an import whose error was caught later."""
+    signal.signal(signal.SIGINT, _on_sigint)
+    code = main()
+    if code == 130:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
