@@ -275,7 +275,7 @@ class Tracer:
         W_U, W_U_mean = self.spec.W_U, self.W_U_mean.to(cap.dtype)
         I = dec.seeds(cap, dec.writers_hat(cap), W_U, W_U_mean, tid, did, seed)
         u = dec.unembed_direction(W_U, W_U_mean, tid, did)
-        return I, dec.center_vec(cap, dec.target_direction(cap, u))
+        return I, self.spec.ln_final.center(dec.target_direction(cap, u))
 
     def layer_ops(self, cap: Capture, cfg: Config, d_hat: Tensor, timers: Optional[dict] = None):
         """``L -> (MLPOps, HeadOps)``: the §4-6 factors of layer ``L`` for

@@ -1,4 +1,5 @@
-"""docs/METHOD.md §9: the invariants, checked on any loaded model.
+"""docs/METHOD.md §9: the invariants, checked on any loaded model, one function
+each, numbered as there (``check_1_closure`` … ``check_9_forward``).
 
 Each check compares two independent computations and reports the worst error
 relative to the size of the reference quantity. "Bias parts" are the constants
@@ -201,7 +202,7 @@ def check_layer(bt: Batch, L: int) -> None:
     check_6_attention_output(bt, lw, lc)
 
 
-def check_capture(tracer, texts, dtype, tol=None) -> list[tuple[str, float]]:
+def check_capture(tracer, texts, dtype) -> list[tuple[str, float]]:
     """Invariants 1-7 and 9 on a batch of prompts; returns ``[(name, error)]``."""
     preps = [tracer.prepare(t, " the") for t in texts]
     ids, lengths = tracer.pad(preps)
@@ -256,7 +257,7 @@ def validate_model(model=None, tokenizer=None, texts=None, dtype=None, tracer=No
     texts = texts or DEFAULT_TEXTS
     texts = [t for t in texts if tracer.prepare(t, " the").ids]
     checks = [Check(name, err, tol if not name.startswith("9") else forward_tolerance(tracer, tol), None)
-              for name, err in check_capture(tracer, texts, dtype, tol)]
+              for name, err in check_capture(tracer, texts, dtype)]
     e8 = max(check_8_paths(tracer, t, dtype) for t in texts[:2])
     checks.append(Check("8 flow = paths + pruned remainder", e8, tol, None))
     for c in checks:
