@@ -119,14 +119,8 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
             return False
-        hwm = None
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        hwm = int(line.split()[1]) * 1024
-        except OSError:
-            pass
+        from .plan import proc_bytes
+        hwm = proc_bytes("/proc/self/status", "VmHWM:")
         self.peak = hwm if hwm is not None and self.resettable else int(peak_mib() * 2**20)
         return False
 
@@ -187,8 +181,7 @@ def predicted(tracer, n_tokens: int, batch: int, rates, base: int) -> dict:
 
 def run_bench(args) -> int:
     from .loading import resolve_device
-    from .cost import shape_of
-    from .plan import Rates, fold_rate, base_bytes
+    from .plan import Rates
     torch.set_grad_enabled(False)
     device = resolve_device(getattr(args, "device", "cpu"))
     dtype = getattr(args, "dtype", None)
@@ -200,56 +193,14 @@ def run_bench(args) -> int:
         if shape not in SHAPES:
             print(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
             return 2
-    rates = Rates.calibrate(device)  # the fold's own rate: per shape, below
+    rates = Rates.calibrate(device)  # the fold's own rate: per shape, in bench_shape
     out["rates"] = {"gemm_gflops": rates.gemm_flops / 1e9, "stream_gbs": rates.stream_bytes / 1e9}
     print(f"unpack bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, "
           f"weights {dtype or 'float32'}, math float32, preset kqv_aligned, top-20 paths; "
           f"calibration {rates.gemm_flops / 1e9:.0f} GFLOP/s GEMM, "
           f"{rates.stream_bytes / 1e9:.1f} GB/s stream")
-    from .tracer import Tracer
     for shape in shapes:
-        t0 = time.perf_counter()
-        model, tok = random_model(shape, dtype=dtype, device=device)
-        build_s = time.perf_counter() - t0
-        tracer = Tracer(model=model, tokenizer=tok)
-        rates = Rates(rates.gemm_flops, rates.stream_bytes, rates.device,
-                      fold_rate(shape_of(tracer.spec), device))
-        base = base_bytes(model, device)
-        n_params = sum(p.numel() for p in model.parameters())
-        rec: dict = {"params": n_params, "build_s": build_s, "fold_gflops": rates.fold_flops / 1e9}
-        big = n_params > 3e9
-        print(f"\n## {shape} (random weights, {n_params / 1e6:.0f}M parameters, "
-              f"{next(model.parameters()).dtype}; built in {build_s:.0f} s; the fold's kernels "
-              f"calibrated at {rates.fold_flops / 1e9:.0f} GFLOP/s)\n")
-        print(HEADER)
-        print("|---" * 11 + "|")
-        cases = [(n, 1) for n in ([16] + [n for n in lengths if n != 16])]
-        cases += [(16, b) for b in batches if b != 1]
-        for n, bsz in cases:
-            reps = 1 if big or n >= 256 else max(1, args.repeats // 2 if n >= 64 or bsz > 1 else args.repeats)
-            t = time_trace(tracer, n, bsz, reps, warm=not big)
-            pr = predicted(tracer, n, bsz, rates, base)
-            name = f"{n} tokens, batch {bsz}" + (" (per prompt)" if bsz > 1 else "")
-            rec[name] = dict(t, predicted_s=pr["seconds"], predicted_peak_mib=pr["peak"] / 2**20)
-            print(fmt_row(name, t, pr), flush=True)
-        rec["peak_rss_mib"] = peak_mib()
-        print(f"\npeak memory (process RSS so far): {rec['peak_rss_mib']:.0f} MiB; weights "
-              f"{sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20:.0f} MiB")
-        for n in [int(x) for x in getattr(args, "plan_only", "").split(",") if x]:
-            pr = predicted(tracer, n, 1, rates, base)
-            rec[f"plan {n} tokens"] = {"predicted_s": pr["seconds"], "predicted_peak_mib": pr["peak"] / 2**20}
-            print(f"planner only, {n} tokens: {pr['seconds']:.1f} s per prompt, peak "
-                  f"{pr['peak'] / 2**30:.2f} GiB")
-        if args.reference_tokens and shape in args.reference_on.split(","):
-            ref_s = time_reference(tracer, args.reference_tokens)
-            ours = rec["16 tokens, batch 1"]["total_s"] if args.reference_tokens == 16 else \
-                time_trace(tracer, args.reference_tokens, 1, 1)["total_s"]
-            rec["reference_s"] = ref_s
-            rec["speedup_vs_reference"] = ref_s / ours
-            print(f"plain-loop reference, {args.reference_tokens} tokens: {ref_s:.2f} s per prompt; "
-                  f"vectorized {ours:.3f} s: {ref_s / ours:.1f}x faster")
-        out["shapes"][shape] = rec
-        del tracer, model
+        out["shapes"][shape] = bench_shape(args, shape, rates, dtype, device, lengths, batches)
     if getattr(args, "against", None):
         out["against"] = against(args, shapes, lengths, out)
     if args.model:
@@ -258,6 +209,59 @@ def run_bench(args) -> int:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     return 0
+
+
+def bench_shape(args, shape: str, rates, dtype, device, lengths: list[int], batches: list[int]) -> dict:
+    """One shape's table: every (length, batch) case measured beside the planner's
+    prediction, the planner alone for ``--plan-only`` lengths, and the reference."""
+    from .cost import shape_of
+    from .plan import Rates, base_bytes, fold_rate
+    from .tracer import Tracer
+    t0 = time.perf_counter()
+    model, tok = random_model(shape, dtype=dtype, device=device)
+    build_s = time.perf_counter() - t0
+    tracer = Tracer(model=model, tokenizer=tok)
+    rates = Rates(rates.gemm_flops, rates.stream_bytes, rates.device, fold_rate(shape_of(tracer.spec), device))
+    base = base_bytes(model, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    rec: dict = {"params": n_params, "build_s": build_s, "fold_gflops": rates.fold_flops / 1e9}
+    big = n_params > 3e9
+    print(f"\n## {shape} (random weights, {n_params / 1e6:.0f}M parameters, "
+          f"{next(model.parameters()).dtype}; built in {build_s:.0f} s; the fold's kernels "
+          f"calibrated at {rates.fold_flops / 1e9:.0f} GFLOP/s)\n")
+    print(HEADER)
+    print("|---" * 11 + "|")
+    cases = [(n, 1) for n in ([16] + [n for n in lengths if n != 16])]
+    cases += [(16, b) for b in batches if b != 1]
+    for n, bsz in cases:
+        reps = 1 if big or n >= 256 else max(1, args.repeats // 2 if n >= 64 or bsz > 1 else args.repeats)
+        t = time_trace(tracer, n, bsz, reps, warm=not big)
+        pr = predicted(tracer, n, bsz, rates, base)
+        name = f"{n} tokens, batch {bsz}" + (" (per prompt)" if bsz > 1 else "")
+        rec[name] = dict(t, predicted_s=pr["seconds"], predicted_peak_mib=pr["peak"] / 2**20)
+        print(fmt_row(name, t, pr), flush=True)
+    rec["peak_rss_mib"] = peak_mib()
+    print(f"\npeak memory (process RSS so far): {rec['peak_rss_mib']:.0f} MiB; weights "
+          f"{sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20:.0f} MiB")
+    for n in [int(x) for x in getattr(args, "plan_only", "").split(",") if x]:
+        pr = predicted(tracer, n, 1, rates, base)
+        rec[f"plan {n} tokens"] = {"predicted_s": pr["seconds"], "predicted_peak_mib": pr["peak"] / 2**20}
+        print(f"planner only, {n} tokens: {pr['seconds']:.1f} s per prompt, peak "
+              f"{pr['peak'] / 2**30:.2f} GiB")
+    if args.reference_tokens and shape in args.reference_on.split(","):
+        rec.update(vs_reference(tracer, args.reference_tokens, rec))
+    return rec
+
+
+def vs_reference(tracer, n_tokens: int, rec: dict) -> dict:
+    """The plain-loop reference against the engine on one ``n_tokens`` prompt
+    (the engine's time from ``rec`` where that case was measured already)."""
+    ref_s = time_reference(tracer, n_tokens)
+    ours = rec["16 tokens, batch 1"]["total_s"] if n_tokens == 16 else \
+        time_trace(tracer, n_tokens, 1, 1)["total_s"]
+    print(f"plain-loop reference, {n_tokens} tokens: {ref_s:.2f} s per prompt; "
+          f"vectorized {ours:.3f} s: {ref_s / ours:.1f}x faster")
+    return {"reference_s": ref_s, "speedup_vs_reference": ref_s / ours}
 
 
 def against(args, shapes, lengths, out) -> dict:

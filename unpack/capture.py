@@ -209,6 +209,70 @@ def unembed_mean(W_U: Tensor, dtype: torch.dtype, rows: int = 8192) -> Tensor:
     return total / W_U.shape[0]
 
 
+def with_bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
+    """``x + b`` where there is a bias ``b``, else ``x``."""
+    return x + b if b is not None else x
+
+
+def rotary_tables(spec: ModelSpec, S: int, dtype: torch.dtype):
+    """``(cos, sin)`` ``[S, rot]`` of positions ``0 .. S-1`` in ``dtype`` (None, None
+    for a model without rotary embedding)."""
+    if spec.rotary is None:
+        return None, None
+    cos, sin = spec.rotary.cos_sin(torch.arange(S, device=spec.W_E.device))
+    return cos.to(dtype), sin.to(dtype)
+
+
+def qkv(spec: ModelSpec, lw: LayerWeights, h: Tensor, cos: Optional[Tensor], sin: Optional[Tensor]):
+    """``(Q [B,H,S,d], K, V [B,Hkv,S,d])``: the actual queries, keys and values of the
+    normed input ``h`` (docs/METHOD.md §4): biases in, rotary on Q and K."""
+    Q = with_bias(head_inputs(h, lw.W_Q), None if lw.b_Q is None else lw.b_Q[:, None])
+    K = with_bias(head_inputs(h, lw.W_K), None if lw.b_K is None else lw.b_K[:, None])
+    V = with_bias(head_inputs(h, lw.W_V), None if lw.b_V is None else lw.b_V[:, None])
+    if spec.rotary is not None:
+        Q, K = spec.rotary.apply(Q, cos, sin), spec.rotary.apply(K, cos, sin)
+    return Q, K, V
+
+
+def attention(spec: ModelSpec, lw: LayerWeights, x: Tensor, cos, sin, out: Optional[Tensor] = None):
+    """``(Q, K, V, z)`` of one layer's attention on the residual ``x``: ``z [B,H,S,d]``
+    are the mixed values ``A·V`` of every head (written into ``out`` when given)."""
+    Q, K, V = qkv(spec, lw, lw.ln_attn(x), cos, sin)
+    z = torch.matmul(attention_probs(spec, lw, Q, K), expand_kv(V, spec), out=out)
+    return Q, K, V, z
+
+
+def mlp_block(spec: ModelSpec, lw: LayerWeights, x: Tensor, attn: Tensor):
+    """``(mlp_in, h, cells, out)`` of one layer's MLP: its input residual (``x``, plus
+    the attention output ``attn`` when sequential), ``h`` without ``b_out``, the
+    cells ``(a, pre, gate, up)`` and the output with ``b_out``."""
+    mlp_in = x if spec.parallel else x + attn
+    h, *cells = run_mlp(lw.mlp, lw.ln_mlp(mlp_in))
+    return mlp_in, h, cells, with_bias(h, lw.mlp.b_out)
+
+
+def last_logits(spec: ModelSpec, x: Tensor, lengths: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[B, V]``: the logits at each prompt's last real position of the final residual ``x``."""
+    final_t = spec.ln_final.cast(dtype)(x[torch.arange(x.shape[0], device=x.device), lengths - 1])
+    return unembed(final_t, spec.W_U, spec.b_U)
+
+
+def _embed(spec: ModelSpec, input_ids: Tensor, W: Tensor) -> Tensor:
+    """Write the embeddings into the writers buffer ``W``; returns the first residual."""
+    W[:, 0] = spec.W_E[input_ids].to(W.dtype)
+    x = W[:, 0].clone()
+    if spec.W_pos is not None:
+        W[:, 1] = spec.W_pos[:input_ids.shape[1]].to(W.dtype)
+        x = x + W[:, 1]
+    return x
+
+
+def _center_in_place(spec: ModelSpec, W: Tensor) -> None:
+    """``ĉ`` in the writers buffer, one prompt at a time (no second ``N·S·D`` buffer)."""
+    for b in range(W.shape[0]):
+        spec.ln_final.center(W[b], out=W[b])
+
+
 @torch.no_grad()
 def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.float32,
             full_logits: bool = False, center: bool = True) -> Capture:
@@ -223,61 +287,32 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
     input_ids, lengths = input_ids.to(dev), lengths.to(dev)
     comps = Components.from_spec(spec)
     W = torch.empty(B, len(comps), S, spec.d_model, dtype=dtype, device=dev)
-    W[:, 0] = spec.W_E[input_ids].to(dtype)
-    x = W[:, 0].clone()
-    if spec.W_pos is not None:
-        W[:, 1] = spec.W_pos[:S].to(dtype)
-        x = x + W[:, 1]
-    cos = sin = None
-    if spec.rotary is not None:
-        cos, sin = spec.rotary.cos_sin(torch.arange(S, device=dev))
-        cos, sin = cos.to(dtype), sin.to(dtype)
+    x = _embed(spec, input_ids, W)
+    cos, sin = rotary_tables(spec, S, dtype)
     layers = []
     Z = torch.empty(B, spec.n_layers, spec.n_heads, S, spec.d_head, dtype=dtype, device=dev)
     for L, lw in enumerate(spec.layers):
         lw = lw.cast(dtype)
-        resid_pre = x
-        h = lw.ln_attn(x)
-        Q, K, V = head_inputs(h, lw.W_Q), head_inputs(h, lw.W_K), head_inputs(h, lw.W_V)
-        if lw.b_Q is not None:
-            Q = Q + lw.b_Q[:, None]
-        if lw.b_K is not None:
-            K = K + lw.b_K[:, None]
-        if lw.b_V is not None:
-            V = V + lw.b_V[:, None]
-        if spec.rotary is not None:
-            Q, K = spec.rotary.apply(Q, cos, sin), spec.rotary.apply(K, cos, sin)
-        z = Z[:, L]
-        torch.matmul(attention_probs(spec, lw, Q, K), expand_kv(V, spec), out=z)
+        Q, K, V, z = attention(spec, lw, x, cos, sin, out=Z[:, L])
         slot = comps.head_slot(L)
         heads = W[:, slot:slot + spec.n_heads]
         heads.copy_(torch.einsum("bhsd,hdD->bhsD", z, lw.W_O))
         attn_out = heads.sum(1)
-        attn_b = attn_out + lw.b_O if lw.b_O is not None else attn_out
-        mlp_in = resid_pre if spec.parallel else resid_pre + attn_b
-        h_mlp, *cells = run_mlp(lw.mlp, lw.ln_mlp(mlp_in))
-        out = h_mlp + lw.mlp.b_out if lw.mlp.b_out is not None else h_mlp
-        keep = cells if keep_cells else None
+        attn_b = with_bias(attn_out, lw.b_O)
+        mlp_in, h_mlp, cells, out = mlp_block(spec, lw, x, attn_b)
         W[:, comps.mlp_slot(L)] = out
-        x = resid_pre + attn_b + out
         layers.append(LayerCapture(
             spec=spec, L=L, dtype=dtype, Q=Q, K=K, V=V, z=z,
-            sigma_attn=lw.ln_attn.scale(resid_pre), sigma_mlp=lw.ln_mlp.scale(mlp_in),
-            attn_out=attn_out, mlp_h=h_mlp, resid_pre=resid_pre,
-            resid_mlp_in=mlp_in, cells=keep))
+            sigma_attn=lw.ln_attn.scale(x), sigma_mlp=lw.ln_mlp.scale(mlp_in),
+            attn_out=attn_out, mlp_h=h_mlp, resid_pre=x,
+            resid_mlp_in=mlp_in, cells=cells if keep_cells else None))
+        x = x + attn_b + out
         del lw
+    logits_t = last_logits(spec, x, lengths, dtype)
     ln_f = spec.ln_final.cast(dtype)
-    t = lengths - 1
-    final_t = ln_f(x[torch.arange(B, device=dev), t])
-    logits_t = unembed(final_t, spec.W_U, spec.b_U)
     full = unembed(ln_f(x), spec.W_U, spec.b_U) if full_logits else None
-    centered = False
-    if center and spec.ln_final.kind == "layer":
-        for b in range(B):  # in place, one prompt at a time: no second N·S·D buffer
-            W[b] -= W[b].mean(-1, keepdim=True)
-        centered = True
-    elif center:
-        centered = True  # RMSNorm: ĉ = c
+    if center:
+        _center_in_place(spec, W)  # RMSNorm: ĉ = c, nothing to do
     return Capture(spec=spec, comps=comps, input_ids=input_ids, lengths=lengths, writers=W, Z=Z,
-                   centered=centered, layers=layers, resid_final=x, sigma_final=ln_f.scale(x),
+                   centered=center, layers=layers, resid_final=x, sigma_final=ln_f.scale(x),
                    logits_t=logits_t, cos=cos, sin=sin, logits=full)

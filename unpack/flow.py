@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .decompose import HeadChunk, HeadOps, MLPOps
@@ -19,6 +20,42 @@ from .decompose import HeadChunk, HeadOps, MLPOps
 Tensor = torch.Tensor
 MODES = ("K", "Q", "V", "MLP")
 TINY = 1e-14  # credit below this is not distributed (§6)
+
+
+def initial_credit(I: Tensor, t: list[int], roots: list[list[Optional[tuple[int, int]]]],
+                   S: int) -> Tensor:
+    """``F0 [B, R, N, S]`` at the start of the sweep (docs/METHOD.md §3, §6): for a
+    root ``None`` the seeds ``F0[c][t] = I_c`` (``I [B, N]``, ``t`` the target
+    position of each prompt); for a root ``(c, q)`` (rerooting) ``1.0`` at
+    component ``c``, position ``q`` and nothing else. ``roots[b]`` lists prompt
+    ``b``'s roots; a prompt with fewer roots than ``R`` leaves the rest empty."""
+    B, N = I.shape
+    F0 = I.new_zeros(B, max(len(rs) for rs in roots), N, S)
+    for b, rs in enumerate(roots):
+        for r, root in enumerate(rs):
+            if root is None:
+                F0[b, r, :, t[b]] = I[b]
+            else:
+                F0[b, r, root[0], root[1]] = 1.0
+    return F0
+
+
+def percent_credit(x, pos_total: float):
+    """``100 · x / Σ positive credit`` (docs/METHOD.md §6 ``credit_pct``; §7 a path's
+    percent), zero where no credit is positive. ``x``: a float or an array."""
+    if pos_total > 0:
+        return 100.0 * x / pos_total
+    return np.zeros_like(x) if np.ndim(x) else 0.0
+
+
+def credit_summary(credit: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """docs/METHOD.md §6, the outputs of one token-credit vector ``credit [S]``:
+    ``(credit_pct, suppression, Σ positive)`` with
+    ``suppression = Σ|negative| / (Σ positive + Σ|negative|)`` (0 without credit)."""
+    pos_total = float(credit[credit > 0].sum())
+    neg_total = float(abs(credit[credit < 0].sum()))
+    supp = neg_total / (pos_total + neg_total) if pos_total + neg_total > 0 else 0.0
+    return percent_credit(credit, pos_total), supp, pos_total
 
 
 def thr(x: Tensor) -> Tensor:

@@ -21,24 +21,10 @@ from typing import Optional
 import torch
 
 from .adapters.base import ModelSpec
-from .capture import (attention_probs, capture, expand_kv, head_inputs, run_mlp, unembed,
-                      unembed_mean)
+from .capture import (attention, capture, last_logits, mlp_block, rotary_tables, unembed_mean,
+                      with_bias)
 
 Tensor = torch.Tensor
-
-
-def _attention_z(spec: ModelSpec, lw, h: Tensor, cos, sin) -> Tensor:
-    """``z [B, H, S, d]``: the mixed values ``A·V`` of every head of one layer."""
-    Q, K, V = head_inputs(h, lw.W_Q), head_inputs(h, lw.W_K), head_inputs(h, lw.W_V)
-    if lw.b_Q is not None:
-        Q = Q + lw.b_Q[:, None]
-    if lw.b_K is not None:
-        K = K + lw.b_K[:, None]
-    if lw.b_V is not None:
-        V = V + lw.b_V[:, None]
-    if spec.rotary is not None:
-        Q, K = spec.rotary.apply(Q, cos, sin), spec.rotary.apply(K, cos, sin)
-    return attention_probs(spec, lw, Q, K) @ expand_kv(V, spec)
 
 
 def _patch(z: Tensor, L: int, ablate: Optional[Tensor], source: Optional[Tensor]) -> Tensor:
@@ -68,28 +54,18 @@ def forward(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
     x = spec.W_E[input_ids].to(dtype)
     if spec.W_pos is not None:
         x = x + spec.W_pos[:S].to(dtype)
-    cos = sin = None
-    if spec.rotary is not None:
-        cos, sin = spec.rotary.cos_sin(torch.arange(S, device=dev))
-        cos, sin = cos.to(dtype), sin.to(dtype)
+    cos, sin = rotary_tables(spec, S, dtype)
     Z = torch.empty(B, spec.n_layers, spec.n_heads, S, spec.d_head, dtype=dtype,
                     device=dev) if keep_z else None
     for L, lw in enumerate(spec.layers):
         lw = lw.cast(dtype)
-        z = _patch(_attention_z(spec, lw, lw.ln_attn(x), cos, sin), L, ablate, source)
+        z = _patch(attention(spec, lw, x, cos, sin)[3], L, ablate, source)
         if keep_z:
             Z[:, L] = z
-        attn = torch.einsum("bhsd,hdD->bsD", z, lw.W_O)
-        if lw.b_O is not None:
-            attn = attn + lw.b_O
-        mlp_in = x if spec.parallel else x + attn
-        out = run_mlp(lw.mlp, lw.ln_mlp(mlp_in))[0]  # without b_out
-        if lw.mlp.b_out is not None:
-            out = out + lw.mlp.b_out
+        attn = with_bias(torch.einsum("bhsd,hdD->bsD", z, lw.W_O), lw.b_O)
+        out = mlp_block(spec, lw, x, attn)[3]
         x = x + attn + out
-    ln_f = spec.ln_final.cast(dtype)
-    final_t = ln_f(x[torch.arange(B, device=dev), lengths - 1])
-    logits = unembed(final_t, spec.W_U, spec.b_U)
+    logits = last_logits(spec, x, lengths, dtype)
     return (logits, Z) if keep_z else logits
 
 

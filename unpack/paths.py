@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .flow import MODES, TINY, thr
+from .flow import MODES, TINY, percent_credit, thr
 
 Tensor = torch.Tensor
 SEED = -1
@@ -220,7 +220,7 @@ class PathSearch:
                             for n, p, m in hops)
             src = pos[node]
             out.append(Path(chain=text, score=score[node],
-                            score_pct=100.0 * score[node] / pos_total if pos_total > 0 else 0.0,
+                            score_pct=percent_credit(score[node], pos_total),
                             source_pos=src, source_token=tokens[src] if src < len(tokens) else "",
                             modes=[m for _, _, m in hops if m is not None], depth=len(hops) - 1,
                             hops=hops))

@@ -170,6 +170,19 @@ class Plan:
         return "\n".join(lines)
 
 
+def proc_bytes(path: str, key: str) -> int | None:
+    """The field ``key`` (a size in kB) of a ``/proc`` file such as ``/proc/meminfo``,
+    in bytes; None where the file or the field is missing."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def available_bytes(device: torch.device) -> int:
     """Memory a trace may use on ``device``: free GPU memory, or the machine's
     available memory (cgroup limit where there is one) plus what this process holds."""
@@ -177,14 +190,7 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(min(free, limit))
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    avail = proc_bytes("/proc/meminfo", "MemAvailable:")
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
             with open(path) as f:

@@ -11,13 +11,13 @@ import torch
 
 from . import decompose as dec
 from .adapters import build_spec
-from .capture import capture, unembed_mean
+from .capture import Capture, capture, unembed_mean
 from .components import Components
 from .config import Config, make_config
 from .cost import batch_sizes, shape_of
 from .errors import InputError
 from .finite import NonFiniteError, non_finite
-from .flow import MODES, sweep
+from .flow import MODES, Flow, credit_summary, initial_credit, sweep
 from .paths import Path, PathSearch
 from .tokens import encode
 
@@ -159,7 +159,7 @@ class Tracer:
         pdtype = self.spec.W_E.dtype
         self.dtype = dtype or (torch.float64 if pdtype == torch.float64 else torch.float32)
         self.device = self.spec.W_E.device
-        self._W_U_mean = unembed_mean(self.spec.W_U, self.dtype)
+        self.W_U_mean = unembed_mean(self.spec.W_U, self.dtype)  # mean_v W_U[v] (§3)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.engine = dec.EngineOptions(vws=dec.VirtualWeights(self.spec, self.dtype))
 
@@ -260,104 +260,101 @@ class Tracer:
             i += n
 
     # ------------------------------------------------------------------ engine
-    @torch.no_grad()
-    def _run(self, preps: list[Prepared], cfg: Config) -> list[list[TraceResult]]:
-        t0 = time.perf_counter()
-        B = len(preps)
-        S = max(len(p.ids) for p in preps)
-        R = max(len(p.roots) for p in preps)
-        dev = self.spec.W_E.device
-        ids = torch.full((B, S), self._pad_id, dtype=torch.long)
+    def pad(self, preps: list[Prepared]) -> tuple[Tensor, Tensor]:
+        """``(ids [B, S], lengths [B])``: the prompts' token ids right-padded with the
+        tokenizer's pad token (a pad never changes an earlier position)."""
+        ids = torch.full((len(preps), max(len(p.ids) for p in preps)), self._pad_id, dtype=torch.long)
         for b, p in enumerate(preps):
             ids[b, :len(p.ids)] = torch.tensor(p.ids)
-        lengths = torch.tensor([len(p.ids) for p in preps])
-        cap = capture(self.spec, ids, lengths, dtype=self.dtype)
-        t1 = time.perf_counter()
+        return ids, torch.tensor([len(p.ids) for p in preps])
 
-        tid = torch.tensor([p.target_id for p in preps], device=dev)
-        did = torch.tensor([p.distractor_id if p.distractor_id is not None else -1
-                            for p in preps], device=dev)
-        chat = cap.writers  # ĉ of every credited component
-        W_U = self.spec.W_U
-        I = dec.seeds(cap, chat, W_U, self._W_U_mean, tid, did, cfg.seed)  # [B, N]
-        u = dec.unembed_direction(W_U, self._W_U_mean, tid, did)
-        d_hat = dec.center_vec(cap, dec.target_direction(cap, u))
-        N = len(self.comps)
-        F0 = torch.zeros(B, R, N, S, dtype=self.dtype, device=dev)
-        for b, p in enumerate(preps):
-            for r, root in enumerate(p.roots):
-                if root is None:
-                    F0[b, r, :, len(p.ids) - 1] = I[b]
-                else:
-                    F0[b, r, root[1], root[2]] = 1.0
-        mass = F0.abs().sum((2, 3))  # Σ|seeds| per (b, r)
-        search = PathSearch(self.comps, F0, cfg.path_min_frac * mass, cfg.max_path_nodes)
-        timers = {"decompose_s": 0.0, "paths_s": 0.0}
+    def start(self, cap: Capture, tid: Tensor, did: Optional[Tensor], seed: str) -> tuple[Tensor, Tensor]:
+        """docs/METHOD.md §3 for a capture: ``(I [B, N], d̂_t [B, D])``, the seeds in
+        mode ``seed`` and the centered target direction the depth-0 rules read
+        (``did``: distractor ids, ``-1`` for none; None for no distractors)."""
+        W_U, W_U_mean = self.spec.W_U, self.W_U_mean.to(cap.dtype)
+        I = dec.seeds(cap, dec.writers_hat(cap), W_U, W_U_mean, tid, did, seed)
+        u = dec.unembed_direction(W_U, W_U_mean, tid, did)
+        return I, self.spec.ln_final.center(dec.target_direction(cap, u))
+
+    def layer_ops(self, cap: Capture, cfg: Config, d_hat: Tensor, timers: Optional[dict] = None):
+        """``L -> (MLPOps, HeadOps)``: the §4-6 factors of layer ``L`` for
+        :func:`unpack.flow.sweep`; ``timers["decompose_s"]`` gains the seconds spent."""
+        chat = dec.writers_hat(cap)
 
         def ops_for_layer(L):
             s = time.perf_counter()
             lw = cap.layers[L].weights()  # one cast of the layer for all its readers
             ops = (dec.mlp_ops(cap, L, chat, d_hat, cfg, lw),
                    dec.head_ops(cap, L, chat, d_hat, cfg, self.engine, lw))
-            timers["decompose_s"] += time.perf_counter() - s
+            if timers is not None:
+                timers["decompose_s"] += time.perf_counter() - s
             return ops
+        return ops_for_layer
 
+    @torch.no_grad()
+    def _run(self, preps: list[Prepared], cfg: Config) -> list[list[TraceResult]]:
+        t0 = time.perf_counter()
+        ids, lengths = self.pad(preps)
+        cap = capture(self.spec, ids, lengths, dtype=self.dtype)
+        t1 = time.perf_counter()
+        tid = torch.tensor([p.target_id for p in preps], device=self.device)
+        did = torch.tensor([p.distractor_id if p.distractor_id is not None else -1
+                            for p in preps], device=self.device)
+        I, d_hat = self.start(cap, tid, did, cfg.seed)
+        F0 = initial_credit(I, [len(p.ids) - 1 for p in preps],
+                            [[None if r is None else r[1:] for r in p.roots] for p in preps], ids.shape[1])
+        mass = F0.abs().sum((2, 3))  # Σ|seeds| per (b, r)
+        search = PathSearch(self.comps, F0, cfg.path_min_frac * mass, cfg.max_path_nodes)
+        timers = {"decompose_s": 0.0, "paths_s": 0.0}
         t2 = time.perf_counter()
-        flow = sweep(cap, ops_for_layer, F0, cfg.edge_min_frac * mass if cfg.position_edges else None,
-                     search=search, timer=timers)
+        flow = sweep(cap, self.layer_ops(cap, cfg, d_hat, timers), F0,
+                     cfg.edge_min_frac * mass if cfg.position_edges else None, search=search, timer=timers)
         t3 = time.perf_counter()
-        sweep_s = (t3 - t2) - timers["decompose_s"] - timers["paths_s"]
-        credit = flow.token_credit(self.comps.n_emb)
-        path_credit = search.terminal_credit(S)
-        total = flow.total
-        pos_edges = flow.position_edges()
-        logp = cap.logits_t.float().log_softmax(-1)
-        results = []
+        sw = Swept(cap, I, flow, search, flow.token_credit(self.comps.n_emb),
+                   search.terminal_credit(ids.shape[1]), flow.position_edges(),
+                   cap.logits_t.float().log_softmax(-1))
         t4 = time.perf_counter()
-        for b, p in enumerate(preps):
-            n = len(p.ids)
-            per_root = []
-            for r, root in enumerate(p.roots):
-                res = self._result(p, b, r, root, n, credit, path_credit, total, flow.E, pos_edges,
-                                   I, cap, logp, search, cfg)
-                per_root.append(res)
-            results.append(per_root)
+        results = [[self._result(p, b, r, root, sw, cfg) for r, root in enumerate(p.roots)]
+                   for b, p in enumerate(preps)]
         t5 = time.perf_counter()
+        B = len(preps)
         timing = {"forward_s": (t1 - t0) / B, "decompose_s": timers["decompose_s"] / B,
-                  "sweep_s": sweep_s / B, "paths_s": (timers["paths_s"] + t5 - t4) / B}
-        timing["total_s"] = (t5 - t0) / B
+                  "sweep_s": ((t3 - t2) - timers["decompose_s"] - timers["paths_s"]) / B,
+                  "paths_s": (timers["paths_s"] + t5 - t4) / B, "total_s": (t5 - t0) / B}
         for per_root in results:
             for res in per_root:
                 res.timing = dict(timing)
         return results
 
-    def _result(self, p: Prepared, b, r, root, n, credit, path_credit, total, E, pos_edges, I, cap,
-                logp, search, cfg) -> TraceResult:
+    def _edge_frames(self, b: int, r: int, sw: "Swept"):
+        """``(edges, position_edges)`` of prompt ``b``, root ``r`` as DataFrames."""
         import pandas as pd
         names = self.comps.names
-        cr = credit[b, r, :n].double().cpu().numpy()
-        pos_total = float(cr[cr > 0].sum())
-        neg_total = float(abs(cr[cr < 0].sum()))
-        pct = 100.0 * cr / pos_total if pos_total > 0 else np.zeros_like(cr)
-        supp = neg_total / (pos_total + neg_total) if pos_total + neg_total > 0 else 0.0
-        Eb = E[b, r].double().cpu().numpy()
+        Eb = sw.flow.E[b, r].double().cpu().numpy()
         pi, ci, mi = np.nonzero(Eb)
         edges = pd.DataFrame({"parent": [names[i] for i in pi], "child": [names[i] for i in ci],
                               "mode": [MODES[m] for m in mi], "weight": Eb[pi, ci, mi]})
-        pe = None
-        if pos_edges is not None:
-            bb, rr, par, ppos, ch, cpos, mode, w = pos_edges
-            sel = ((bb == b) & (rr == r)).nonzero(as_tuple=True)[0]
-            pe = pd.DataFrame({
-                "parent": [names[i] for i in par[sel].tolist()], "parent_pos": ppos[sel].tolist(),
-                "child": [names[i] for i in ch[sel].tolist()], "child_pos": cpos[sel].tolist(),
-                "mode": [MODES[m] for m in mode[sel].tolist()], "weight": w[sel].double().tolist()})
-        flows = total[b, r, :, :n].double().cpu().numpy()
+        if sw.pos_edges is None:
+            return edges, None
+        bb, rr, par, ppos, ch, cpos, mode, w = sw.pos_edges
+        sel = ((bb == b) & (rr == r)).nonzero(as_tuple=True)[0]
+        pe = pd.DataFrame({
+            "parent": [names[i] for i in par[sel].tolist()], "parent_pos": ppos[sel].tolist(),
+            "child": [names[i] for i in ch[sel].tolist()], "child_pos": cpos[sel].tolist(),
+            "mode": [MODES[m] for m in mode[sel].tolist()], "weight": w[sel].double().tolist()})
+        return edges, pe
+
+    def _result(self, p: Prepared, b: int, r: int, root, sw: "Swept", cfg: Config) -> TraceResult:
+        names, n, cap = self.comps.names, len(p.ids), sw.cap
+        cr = sw.credit[b, r, :n].double().cpu().numpy()
+        pct, supp, pos_total = credit_summary(cr)
+        edges, pe = self._edge_frames(b, r, sw)
+        flows = sw.flow.total[b, r, :, :n].double().cpu().numpy()
         if root is None:
-            seeds = dict(zip(names, I[b].double().tolist()))
+            seeds = dict(zip(names, sw.I[b].double().tolist()))
         else:
             seeds = {f"{names[root[1]]}@{root[2]}": 1.0}
-        lp = logp[b]
         logit_diff = None
         if p.distractor_id is not None:
             logit_diff = float(cap.logits_t[b, p.target_id] - cap.logits_t[b, p.distractor_id])
@@ -368,8 +365,22 @@ class Tracer:
             token_credit=cr, token_credit_pct=pct, suppression=supp, seeds=seeds,
             component_flow={nm: flows[i] for i, nm in enumerate(names)}, edges=edges,
             position_edges=pe,
-            paths=search.top_paths(b, r, cfg.top_paths_k, p.tokens, pos_total),
-            paths_truncated=search.truncated, target_prob=float(lp[p.target_id].exp()),
+            paths=sw.search.top_paths(b, r, cfg.top_paths_k, p.tokens, pos_total),
+            paths_truncated=sw.search.truncated, target_prob=float(sw.logp[b, p.target_id].exp()),
             target_logit=float(cap.logits_t[b, p.target_id]), logit_diff=logit_diff,
             config=cfg.to_dict(), timing={}, warnings=list(p.warnings),
-            path_credit=path_credit[b, r, :n].double().cpu().numpy())
+            path_credit=sw.path_credit[b, r, :n].double().cpu().numpy())
+
+
+@dataclass
+class Swept:
+    """One batch after the sweep: what every (prompt, root) result is read from."""
+
+    cap: Capture
+    I: Tensor  # [B, N] seeds
+    flow: Flow
+    search: PathSearch
+    credit: Tensor  # [B, R, S] token credit
+    path_credit: Tensor  # [B, R, S] Σ of the complete paths found
+    pos_edges: Optional[tuple]  # Flow.position_edges()
+    logp: Tensor  # [B, V] log-probabilities at the target position

@@ -1,4 +1,5 @@
-"""docs/METHOD.md §9: the invariants, checked on any loaded model.
+"""docs/METHOD.md §9: the invariants, checked on any loaded model, one function
+each, numbered as there (``check_1_closure`` … ``check_9_forward``).
 
 Each check compares two independent computations and reports the worst error
 relative to the size of the reference quantity. "Bias parts" are the constants
@@ -6,14 +7,15 @@ that are never credited: bias components, the norm's β, and q/k/v/in biases.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
 from . import decompose as dec
-from .capture import capture, expand_kv
+from .capture import Capture, capture, expand_kv, with_bias
 from .config import make_config
-from .flow import sweep
+from .flow import initial_credit, sweep
 from .paths import PathSearch
 
 DEFAULT_TEXTS = [
@@ -42,154 +44,190 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
-def _norm_bias(norm, dtype):
-    return norm.bias.to(dtype) if norm.bias is not None else None
+@dataclass
+class Batch:
+    """Prompts captured for the checks (uncentered, every writer kept) and the worst
+    error of each invariant so far."""
 
+    tracer: object
+    preps: list
+    cap: Capture
+    W: torch.Tensor  # [B, N_all, S, D] every writer, bias components included
+    real: torch.Tensor  # [B, S] True at the prompts' real (unpadded) positions
+    errs: dict = field(default_factory=dict)
 
-def check_capture(tracer, texts, dtype, tol) -> list[tuple[str, float]]:
-    """Invariants 1-7 and 9 on a batch of prompts; returns ``[(name, error)]``."""
-    spec, tok = tracer.spec, tracer.tokenizer
-    preps = [tracer.prepare(t, " the") for t in texts]
-    B, S = len(preps), max(len(p.ids) for p in preps)
-    ids = torch.full((B, S), tracer._pad_id, dtype=torch.long)
-    for b, p in enumerate(preps):
-        ids[b, :len(p.ids)] = torch.tensor(p.ids)
-    lengths = torch.tensor([len(p.ids) for p in preps])
-    cap = capture(spec, ids, lengths, dtype=dtype, full_logits=True, center=False)
-    errs: dict[str, float] = {}
+    @property
+    def every(self) -> torch.Tensor:
+        """``[B]`` all True: one value per prompt."""
+        return torch.ones(self.real.shape[0], dtype=torch.bool, device=self.real.device)
 
-    def upd(name, a, b, real):  # worst error over the real (unpadded) positions
+    @property
+    def real_q(self) -> torch.Tensor:
+        """``[B, 1, S, S]``: real (query, source) pairs."""
+        return self.real[:, None, :, None] & self.real[:, None, None, :]
+
+    def record(self, name: str, a: torch.Tensor, b: torch.Tensor, real: torch.Tensor) -> None:
+        """Keep the worst relative error of ``a`` against ``b`` where ``real`` holds."""
         mask = real
         while mask.dim() < a.dim():
             mask = mask[..., None]
         mask = mask.expand_as(a)
-        e = rel_err(a[mask], b.expand_as(a)[mask])
-        errs[name] = max(errs.get(name, 0.0), e)
+        self.errs[name] = max(self.errs.get(name, 0.0), rel_err(a[mask], b.expand_as(a)[mask]))
 
-    real = torch.arange(S)[None, :] < lengths[:, None]  # [B, S]
-    W = cap.all_writers()  # [B, N_all, S, D]
-    comps = cap.comps
-    prefix_all = []  # number of all-writers before each layer's attention / mlp
-    n = comps.n_emb
-    for L, lw in enumerate(spec.layers):
-        prefix_all.append((n, n + spec.n_heads + (lw.b_O is not None)))
-        n += spec.n_heads + (lw.b_O is not None) + 1
-    real_q = real[:, None, :, None] & real[:, None, None, :]  # for [B, H, S, S]
-    for L, (lw0, lc) in enumerate(zip(spec.layers, cap.layers)):
-        lw = lw0.cast(dtype)
-        na, nm = prefix_all[L]
-        if spec.parallel:
-            nm = na
-        # 1. residual closure for the attention and MLP readers
-        upd("1 residual closure", W[:, :na].sum(1), lc.resid_pre, real)
-        upd("1 residual closure", W[:, :nm].sum(1), lc.resid_mlp_in, real)
-        chat = dec.centered_writers(cap, W[:, :na])
-        beta = _norm_bias(lw.ln_attn, dtype)
-        actual = lw.attn_scale * lc.Q @ expand_kv(lc.K, spec).transpose(-1, -2)
-        A = lc.A
-        # 2. K side: Σ_c rawK_c + bias parts = pre-mask logits
-        rawK = dec.raw_key_scores(spec, lw, lc, chat, cap.cos, cap.sin).sum(1)
-        kconst = torch.zeros_like(lc.K)
-        if beta is not None:
-            kconst = kconst + torch.einsum("D,gDe->ge", beta, lw.W_K)[None, :, None, :]
-        if lw.b_K is not None:
-            kconst = kconst + lw.b_K[None, :, None, :]
-        if spec.rotary is not None:
-            kconst = spec.rotary.apply(kconst, cap.cos, cap.sin)
-        kpart = lw.attn_scale * lc.Q @ expand_kv(kconst, spec).transpose(-1, -2)
-        upd("2 K-side closure", rawK + kpart, actual, real_q)
-        # 3. Q side
-        rawQ = dec.raw_query_scores(spec, lw, lc, chat, cap.cos, cap.sin).sum(1)
-        qconst = torch.zeros_like(lc.Q)
-        if beta is not None:
-            qconst = qconst + torch.einsum("D,hDe->he", beta, lw.W_Q)[None, :, None, :]
-        if lw.b_Q is not None:
-            qconst = qconst + lw.b_Q[None, :, None, :]
-        if spec.rotary is not None:
-            qconst = spec.rotary.apply(qconst, cap.cos, cap.sin)
-        qpart = lw.attn_scale * qconst @ expand_kv(lc.K, spec).transpose(-1, -2)
-        upd("3 Q-side closure", rawQ + qpart, actual, real_q)
-        # 4. V side: Σ_c value_c + const·V = ‖V‖²
-        val = dec.value_scores(spec, lw, lc, chat).sum(1)  # [B, H, S]
-        vconst = torch.zeros(spec.n_kv_heads, spec.d_head, dtype=dtype)
-        if beta is not None:
-            vconst = vconst + torch.einsum("D,gDe->ge", beta, lw.W_V)
-        if lw.b_V is not None:
-            vconst = vconst + lw.b_V
-        vpart = expand_kv(torch.einsum("ge,bgse->bgs", vconst, lc.V), spec)
-        upd("4 V-side closure", val + vpart, expand_kv(lc.V.pow(2).sum(-1), spec), real[:, None])
-        # 5. MLP: Σ_c k_cj + norm-bias part + b_in = pre_j (gate and up for gated MLPs)
-        mchat = dec.centered_writers(cap, W[:, :nm])
-        mbeta = _norm_bias(lw.ln_mlp, dtype)
-        m = mchat * lw.ln_mlp.weight / lc.sigma_mlp[:, None, :, None]
-        msum = m.sum(1)
-        mlp = lw.mlp
-        _, pre, gate, up = lc.mlp_cells(lw)
-        pairs = [(mlp.W_gate, gate), (mlp.W_up, up)] if mlp.gated else [(mlp.W_in, pre)]
-        for Wm, actual_pre in pairs:
-            parts = msum @ Wm.T
-            if mbeta is not None:
-                parts = parts + mbeta @ Wm.T
-            if not mlp.gated and mlp.b_in is not None:
-                parts = parts + mlp.b_in
-            upd("5 MLP pre-activation closure", parts, actual_pre, real)
-        # 6. attention output: Σ_h Σ_s A·pv + b_O = attn_out
-        pv = dec.projected_values(spec, lw, lc)
-        out = torch.einsum("bhqs,bhsD->bqD", A, pv)
-        if lw.b_O is not None:
-            out = out + lw.b_O
-        # the sublayer's output as the capture added it to the residual, (A V) W_O per
-        # head; not resid differences, whose fp32 cancellation swamps the check
-        attn_out = lc.attn_out + (lw.b_O if lw.b_O is not None else 0)
-        upd("6 attention output closure", out, attn_out, real)
-    upd("1 residual closure", W.sum(1), cap.resid_final, real)
-    # 7. seeds: Σ_c I_c (bias components too) + constant parts = target − mean logit
-    ln_f = spec.ln_final.cast(dtype)
-    W_U = spec.W_U.to(dtype)
-    tid = torch.tensor([p.target_id for p in preps])
-    u = W_U[tid] - W_U.mean(0)
-    d = dec.target_direction(cap, u)
-    ar = torch.arange(B)
-    Wt = dec.centered_writers(cap, W[ar, :, cap.t])  # [B, N_all, D]
-    seeds = torch.einsum("bnD,bD->b", Wt, d)
-    if ln_f.bias is not None:
-        seeds = seeds + (ln_f.bias * u).sum(-1)
+    def n_before(self, L: int) -> tuple[int, int]:
+        """How many of all writers (``comps.all_names``) layer ``L``'s attention and
+        its MLP read."""
+        comps = self.cap.comps
+        na = comps.n_emb + sum(comps.n_heads + comps.attn_bias[i] + 1 for i in range(L))
+        return na, na if comps.parallel else na + comps.n_heads + comps.attn_bias[L]
+
+
+def bias_part(beta, W: torch.Tensor, b) -> torch.Tensor:
+    """``β · W[g] + b[g]`` → ``[G, d]``: the part of a head's projection that no
+    component writes (the norm's shift ``β`` and the projection's bias), zero when
+    there is neither."""
+    part = torch.zeros(W.shape[0], W.shape[2], dtype=W.dtype, device=W.device)
+    if beta is not None:
+        part = part + torch.einsum("D,gDe->ge", beta, W)
+    return part + b if b is not None else part
+
+
+def _rotated(spec, part: torch.Tensor, like: torch.Tensor, cap: Capture) -> torch.Tensor:
+    """A per-head constant ``[G, d]`` at every position, rotated like ``like [B, G, S, d]``."""
+    part = part[None, :, None, :].expand_as(like)
+    return spec.rotary.apply(part, cap.cos, cap.sin) if spec.rotary is not None else part
+
+
+def check_1_closure(bt: Batch, L: Optional[int] = None) -> None:
+    """1: the writers before each reader of layer ``L`` add up to its input residual
+    (``L=None``: all writers, the final residual)."""
+    if L is None:
+        bt.record("1 residual closure", bt.W.sum(1), bt.cap.resid_final, bt.real)
+        return
+    na, nm = bt.n_before(L)
+    lc = bt.cap.layers[L]
+    bt.record("1 residual closure", bt.W[:, :na].sum(1), lc.resid_pre, bt.real)
+    bt.record("1 residual closure", bt.W[:, :nm].sum(1), lc.resid_mlp_in, bt.real)
+
+
+def check_2_keys(bt: Batch, lw, lc, chat: torch.Tensor, actual: torch.Tensor) -> None:
+    """2: ``Σ_c rawK_c`` plus the bias parts = the pre-mask attention scores."""
+    spec, cap = bt.cap.spec, bt.cap
+    rawK = dec.raw_key_scores(spec, lw, lc, chat, cap.cos, cap.sin).sum(1)
+    kconst = _rotated(spec, bias_part(lw.ln_attn.bias, lw.W_K, lw.b_K), lc.K, cap)
+    kpart = lw.attn_scale * lc.Q @ expand_kv(kconst, spec).transpose(-1, -2)
+    bt.record("2 K-side closure", rawK + kpart, actual, bt.real_q)
+
+
+def check_3_queries(bt: Batch, lw, lc, chat: torch.Tensor, actual: torch.Tensor) -> None:
+    """3: ``Σ_c rawQ_c`` plus the bias parts = the pre-mask attention scores."""
+    spec, cap = bt.cap.spec, bt.cap
+    rawQ = dec.raw_query_scores(spec, lw, lc, chat, cap.cos, cap.sin).sum(1)
+    qconst = _rotated(spec, bias_part(lw.ln_attn.bias, lw.W_Q, lw.b_Q), lc.Q, cap)
+    qpart = lw.attn_scale * qconst @ expand_kv(lc.K, spec).transpose(-1, -2)
+    bt.record("3 Q-side closure", rawQ + qpart, actual, bt.real_q)
+
+
+def check_4_values(bt: Batch, lw, lc, chat: torch.Tensor) -> None:
+    """4: ``Σ_c value_c`` plus the bias part ``(β W_V + b_V) · V`` = ``‖V‖²``."""
+    spec = bt.cap.spec
+    val = dec.value_scores(spec, lw, lc, chat).sum(1)  # [B, H, S]
+    vconst = bias_part(lw.ln_attn.bias, lw.W_V, lw.b_V)
+    vpart = expand_kv(torch.einsum("ge,bgse->bgs", vconst, lc.V), spec)
+    bt.record("4 V-side closure", val + vpart, expand_kv(lc.V.pow(2).sum(-1), spec), bt.real[:, None])
+
+
+def check_5_mlp(bt: Batch, lw, lc, mchat: torch.Tensor) -> None:
+    """5: ``Σ_c k_{c,j}`` + the norm-shift part + ``b_in`` = ``pre_j`` (gate and up
+    for gated MLPs)."""
+    msum = lw.ln_mlp.marginal_norm(mchat, lc.sigma_mlp).sum(1)
+    mlp, mbeta = lw.mlp, lw.ln_mlp.bias
+    _, pre, gate, up = lc.mlp_cells(lw)
+    for Wm, actual_pre in [(mlp.W_gate, gate), (mlp.W_up, up)] if mlp.gated else [(mlp.W_in, pre)]:
+        parts = msum @ Wm.T
+        if mbeta is not None:
+            parts = parts + mbeta @ Wm.T
+        if not mlp.gated and mlp.b_in is not None:
+            parts = parts + mlp.b_in
+        bt.record("5 MLP pre-activation closure", parts, actual_pre, bt.real)
+
+
+def check_6_attention_output(bt: Batch, lw, lc) -> None:
+    """6: ``Σ_h Σ_s A·pv + b_O`` = the attention output."""
+    pv = dec.projected_values(bt.cap.spec, lw, lc)
+    out = with_bias(torch.einsum("bhqs,bhsD->bqD", lc.A, pv), lw.b_O)
+    # the sublayer's output as the capture added it to the residual, (A V) W_O per
+    # head; not resid differences, whose fp32 cancellation swamps the check
+    bt.record("6 attention output closure", out, with_bias(lc.attn_out, lw.b_O), bt.real)
+
+
+def check_7_seeds(bt: Batch) -> None:
+    """7: ``Σ_c I_c`` over every writer (bias components too) plus the constant parts
+    (the final norm's shift, ``b_U``) = target logit − mean logit at ``t``."""
+    cap, spec, dtype = bt.cap, bt.cap.spec, bt.cap.dtype
+    tid = torch.tensor([p.target_id for p in bt.preps], device=cap.device)
+    W_U_mean = bt.tracer.W_U_mean.to(dtype)
+    seeds = dec.seeds(cap, spec.ln_final.center(bt.W), spec.W_U, W_U_mean, tid, None).sum(1)
+    if spec.ln_final.bias is not None:
+        u = dec.unembed_direction(spec.W_U, W_U_mean, tid)
+        seeds = seeds + (spec.ln_final.bias.to(dtype) * u).sum(-1)
     if spec.b_U is not None:
         b_U = spec.b_U.to(dtype)
         seeds = seeds + b_U[tid] - b_U.mean()
     lt = cap.logits_t
-    upd("7 seeds sum to target - mean logit", seeds, lt[ar, tid] - lt.mean(-1), torch.ones(B, dtype=torch.bool))
-    # 9. captured logits = the model's own forward pass
+    ar = torch.arange(len(tid), device=cap.device)
+    bt.record("7 seeds sum to target - mean logit", seeds, lt[ar, tid] - lt.mean(-1), bt.every)
+
+
+def check_9_forward(bt: Batch) -> None:
+    """9: the logits of the captured pass = the model's own forward pass."""
+    model, dtype = bt.tracer.model, bt.cap.dtype
     with torch.no_grad():
-        mdtype = next(tracer.model.parameters()).dtype
-        ref = torch.stack([tracer.model(torch.tensor([p.ids])).logits[0, -1].to(dtype) for p in preps])
-    upd("9 captured logits = model forward", lt, ref, torch.ones(B, dtype=torch.bool))
-    del mdtype
-    return sorted(errs.items())
+        ref = torch.stack([model(torch.tensor([p.ids])).logits[0, -1].to(dtype) for p in bt.preps])
+    bt.record("9 captured logits = model forward", bt.cap.logits_t, ref, bt.every)
 
 
-def check_paths(tracer, text, dtype, path_min_frac=1e-3, max_nodes=200_000) -> float:
+def check_layer(bt: Batch, L: int) -> None:
+    """Invariants 1-6 at the readers of layer ``L``."""
+    cap = bt.cap
+    lw, lc = cap.layers[L].weights(), cap.layers[L]
+    na, nm = bt.n_before(L)
+    check_1_closure(bt, L)
+    chat = cap.spec.ln_final.center(bt.W[:, :na])
+    actual = lw.attn_scale * lc.Q @ expand_kv(lc.K, cap.spec).transpose(-1, -2)
+    check_2_keys(bt, lw, lc, chat, actual)
+    check_3_queries(bt, lw, lc, chat, actual)
+    check_4_values(bt, lw, lc, chat)
+    check_5_mlp(bt, lw, lc, cap.spec.ln_final.center(bt.W[:, :nm]))
+    check_6_attention_output(bt, lw, lc)
+
+
+def check_capture(tracer, texts, dtype) -> list[tuple[str, float]]:
+    """Invariants 1-7 and 9 on a batch of prompts; returns ``[(name, error)]``."""
+    preps = [tracer.prepare(t, " the") for t in texts]
+    ids, lengths = tracer.pad(preps)
+    cap = capture(tracer.spec, ids, lengths, dtype=dtype, full_logits=True, center=False)
+    real = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).to(cap.device)
+    bt = Batch(tracer, preps, cap, cap.all_writers(), real)
+    for L in range(cap.spec.n_layers):
+        check_layer(bt, L)
+    check_1_closure(bt)
+    check_7_seeds(bt)
+    check_9_forward(bt)
+    return sorted(bt.errs.items())
+
+
+def check_8_paths(tracer, text, dtype, path_min_frac=1e-3, max_nodes=200_000) -> float:
     """Invariant 8 on any model: token credit = Σ complete paths + the flow of the
     partial paths that pruning dropped (exact by linearity; with
     ``path_min_frac=0`` on a tiny model nothing is dropped)."""
     cfg = make_config("kqv_aligned", path_min_frac=path_min_frac, max_path_nodes=max_nodes)
     prep = tracer.prepare(text, " the")
-    ids = torch.tensor([prep.ids])
-    cap = capture(tracer.spec, ids, torch.tensor([len(prep.ids)]), dtype=dtype)
-    chat = dec.writers_hat(cap)
-    tid = torch.tensor([prep.target_id], device=cap.device)
-    W_U, W_U_mean = tracer.spec.W_U, tracer._W_U_mean.to(dtype)
-    I = dec.seeds(cap, chat, W_U, W_U_mean, tid, None, cfg.seed)
-    d_hat = dec.center_vec(cap, dec.target_direction(cap, dec.unembed_direction(W_U, W_U_mean, tid)))
-    S, N = len(prep.ids), len(cap.comps)
-    F0 = torch.zeros(1, 1, N, S, dtype=dtype, device=cap.device)
-    F0[0, 0, :, S - 1] = I[0]
-
-    def ops_for_layer(L):
-        lw = cap.layers[L].weights()
-        return (dec.mlp_ops(cap, L, chat, d_hat, cfg, lw),
-                dec.head_ops(cap, L, chat, d_hat, cfg, tracer.engine, lw))
-
+    S = len(prep.ids)
+    cap = capture(tracer.spec, torch.tensor([prep.ids]), torch.tensor([S]), dtype=dtype)
+    I, d_hat = tracer.start(cap, torch.tensor([prep.target_id], device=cap.device), None, cfg.seed)
+    F0 = initial_credit(I, [S - 1], [[None]], S)
+    ops_for_layer = tracer.layer_ops(cap, cfg, d_hat)
     search = PathSearch(cap.comps, F0, cfg.path_min_frac * F0.abs().sum((2, 3)), max_nodes,
                         keep_remainder=True)
     flow = sweep(cap, ops_for_layer, F0, search=search)
@@ -219,8 +257,8 @@ def validate_model(model=None, tokenizer=None, texts=None, dtype=None, tracer=No
     texts = texts or DEFAULT_TEXTS
     texts = [t for t in texts if tracer.prepare(t, " the").ids]
     checks = [Check(name, err, tol if not name.startswith("9") else forward_tolerance(tracer, tol), None)
-              for name, err in check_capture(tracer, texts, dtype, tol)]
-    e8 = max(check_paths(tracer, t, dtype) for t in texts[:2])
+              for name, err in check_capture(tracer, texts, dtype)]
+    e8 = max(check_8_paths(tracer, t, dtype) for t in texts[:2])
     checks.append(Check("8 flow = paths + pruned remainder", e8, tol, None))
     for c in checks:
         c.ok = bool(c.worst_error <= c.tolerance)

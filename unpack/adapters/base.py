@@ -43,9 +43,18 @@ class Norm:
             return torch.sqrt(x.var(-1, unbiased=False) + self.eps)
         return torch.sqrt(x.pow(2).mean(-1) + self.eps)
 
-    def center(self, c: Tensor) -> Tensor:
-        """``ĉ``: centered over ``D`` for LayerNorm, unchanged for RMSNorm."""
-        return c - c.mean(-1, keepdim=True) if self.kind == "layer" else c
+    def center(self, c: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        """``ĉ = c − mean(c)`` over ``D`` for LayerNorm, ``ĉ = c`` for RMSNorm
+        (docs/METHOD.md §3); ``out=c`` centers in place."""
+        if self.kind != "layer":
+            return c
+        return torch.sub(c, c.mean(-1, keepdim=True), out=out)
+
+    def marginal_norm(self, c_hat: Tensor, sigma: Tensor) -> Tensor:
+        """``m(c)[s] = γ ⊙ ĉ[s] / σ(x[s])`` (docs/METHOD.md §2): a writer's part of the
+        normed input, for writers ``ĉ [B, C, S, D]`` (centered) and the scale
+        ``σ [B, S]`` of the whole residual the reader reads."""
+        return c_hat * self.weight / sigma[:, None, :, None]
 
     def __call__(self, x: Tensor) -> Tensor:
         y = self.center(x) / self.scale(x).unsqueeze(-1) * self.weight
@@ -53,6 +62,11 @@ class Norm:
 
     def cast(self, dtype: torch.dtype) -> "Norm":
         return Norm(self.kind, _cast(self.weight, dtype), _cast(self.bias, dtype), self.eps)
+
+
+def layer_norm(m) -> Norm:
+    """The :class:`Norm` of a ``torch.nn.LayerNorm``-like module (``weight``, ``bias``, ``eps``)."""
+    return Norm("layer", m.weight, m.bias, m.eps)
 
 
 @dataclass
@@ -87,14 +101,14 @@ class LayerWeights:
 
     ln_attn: Norm
     ln_mlp: Norm
-    W_Q: Tensor
-    W_K: Tensor
-    W_V: Tensor
-    W_O: Tensor
-    b_Q: Optional[Tensor]
-    b_K: Optional[Tensor]
-    b_V: Optional[Tensor]
-    b_O: Optional[Tensor]
+    W_Q: Tensor  # [H, D, d]
+    W_K: Tensor  # [Hkv, D, d]
+    W_V: Tensor  # [Hkv, D, d]
+    W_O: Tensor  # [H, d, D]
+    b_Q: Optional[Tensor]  # [H, d]
+    b_K: Optional[Tensor]  # [Hkv, d]
+    b_V: Optional[Tensor]  # [Hkv, d]
+    b_O: Optional[Tensor]  # [D]
     mlp: MLPWeights
     attn_scale: float
 
@@ -127,13 +141,13 @@ class Rotary:
 
 @dataclass
 class ModelSpec:
-    family: str
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_model: int
-    d_head: int
-    parallel: bool
+    family: str  # the adapter: gpt2, gpt_neox or llama
+    n_layers: int  # L
+    n_heads: int  # H
+    n_kv_heads: int  # Hkv (grouped-query attention when < H)
+    d_model: int  # D
+    d_head: int  # d
+    parallel: bool  # attention and MLP read the same residual (docs/METHOD.md §1)
     W_E: Tensor  # [V, D]
     W_pos: Optional[Tensor]  # [P, D] learned absolute positions (GPT-2)
     layers: list[LayerWeights]
