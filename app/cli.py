@@ -7,9 +7,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from unpack.commands import add_device_flags
+from unpack.flags import add_device_flags, add_flags
 
-DEFAULT_DB = "unpack.duckdb"
 DEFAULT_PORT = 8501
 DEFAULT_HOST = "127.0.0.1"
 
@@ -39,7 +38,7 @@ def register(subparsers) -> None:
         description="Start the Streamlit explorer on a DuckDB store made by `unpack ingest` "
                     "or `unpack demo`, opened read-only.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    add_flags(p, "db")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port to listen on (default {DEFAULT_PORT})")
     p.add_argument("--host", default=DEFAULT_HOST,

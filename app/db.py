@@ -378,6 +378,14 @@ def shared_db(path) -> ShortLived:
         return _SHARED[key]
 
 
+def query_store(path, sql: str, limit: int | None = 10_000,
+                timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                max_bytes: int | None = int(DEFAULT_MAX_MB * 2**20)):
+    """:func:`run_query` on the app's handle on the store at ``path``
+    (:func:`shared_db`): the SQL box's one way in."""
+    return run_query(shared_db(path), sql, limit, timeout_s=timeout_s, max_bytes=max_bytes)
+
+
 def db_version(path) -> tuple:
     """What changes when an ingest commits to ``path``: the size and time of the
     file and of its write-ahead log. The app's caches are keyed by it, so a

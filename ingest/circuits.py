@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from unpack.components import layer_head
+
 from . import schema as S, store
 from .run import code_version
 
@@ -19,8 +21,8 @@ def _now():
 
 
 def _layer_head(names: pd.Series) -> tuple[list, list]:
-    parts = names.str.split("_")
-    return parts.str[1].astype(int).tolist(), parts.str[3].astype(int).tolist()
+    pairs = [layer_head(n) for n in names]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def save_circuit(db, circuit) -> int:

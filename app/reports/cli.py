@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from unpack.flags import add_flags
+
 _EPILOG = """\
 Exit codes: 0 report written; 1 the database has no matching rows (the message
 gives the `unpack ingest` command that would store them); 2 bad input.
@@ -19,7 +21,12 @@ def register(subparsers) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="report", metavar="REPORT")
     p.set_defaults(func=lambda args: _usage(p))
+    _register_composition(sub)
+    _register_suppression(sub)
+    _register_induction(sub)
 
+
+def _register_composition(sub) -> None:
     c = sub.add_parser(
         "composition", help="rank upstream heads by K/Q/V interaction per head class (§10)",
         description="Reroot at each head of a class at its role position and rank the "
@@ -39,7 +46,7 @@ def register(subparsers) -> None:
                    help="connections to test, e.g. induction@END:previous_token:K "
                         "(default: the three of §10 for ioi, induction -> previous_token via K "
                         "for induction)")
-    c.add_argument("--n", type=int, default=100, help="prompts to use (default 100)")
+    add_flags(c, "n", n=dict(help="prompts to use (default 100)"))
     c.add_argument("--min-layer", type=int, default=1,
                    help="rank upstream heads of this layer and above (default 1, as §10)")
     c.add_argument("--max-rank", type=int, default=3,
@@ -47,9 +54,11 @@ def register(subparsers) -> None:
                         "(default 3)")
     c.add_argument("--no-ingest", action="store_true",
                    help="never ingest missing rerooted traces; report what is stored")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar while ingesting")
+    add_flags(c, "no-progress", no_progress=dict(help="no progress bar while ingesting"))
     c.set_defaults(func=composition_handler)
 
+
+def _register_suppression(sub) -> None:
     s = sub.add_parser(
         "suppression", help="credit at S1, S2 and C for IOI and ABC controls, per model (§10)",
         description="Duplicate suppression: per model, mean credit at S1, S2 and C in the four "
@@ -62,30 +71,31 @@ def register(subparsers) -> None:
     _common(s, many_models=True)
     s.add_argument("--n-boot", type=int, default=2000,
                    help="bootstrap resamples for the gap's confidence interval (default 2000)")
-    s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_flags(s, "seed", seed=dict(help="bootstrap seed (default 0)"))
     s.set_defaults(func=suppression_handler)
+
+
+def _register_induction(sub) -> None:
+    from unpack.toy.cli import INDUCTION_DESCRIPTION, REPORT_EPILOG, add_induction_options, \
+        report_handler
 
     i = sub.add_parser(
         "induction", help="toy induction models: is previous-token -> induction recovered via K?",
-        description="The toy induction report of unpack.toy, the same as `unpack toy-report`: "
-                    "reroot at each induction head and check that the top upstream head by K "
-                    "interaction is a previous-token head read off the model's own attention; "
-                    "a random-initialized twin is the control.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _induction_options(i)
-    i.set_defaults(func=induction_handler)
+        description=INDUCTION_DESCRIPTION + " (`unpack toy-report` is an alias of this command.)",
+        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_induction_options(i)
+    i.set_defaults(func=report_handler)
 
 
 def _common(p, many_models: bool = False) -> None:
-    p.add_argument("--db", required=True, help="DuckDB store (opened read-only)")
-    if many_models:
-        p.add_argument("--model", nargs="+", default=None,
-                       help="models to include (default: every model with IOI traces)")
-    else:
-        p.add_argument("--model", default=None,
-                       help="model name as stored (default: the only model in the store)")
-    p.add_argument("--preset", default="kqv_aligned", help="preset of the traces (default kqv_aligned)")
-    p.add_argument("--out", default="reports", help="output folder (default ./reports)")
+    model = (dict(nargs="+", default=None, help="models to include (default: every model with "
+                                                "IOI traces)") if many_models else
+             dict(default=None, help="model name as stored (default: the only model in the store)"))
+    add_flags(p, "db", "model", "preset", "out", db=dict(required=True, default=None,
+                                                         help="DuckDB store (opened read-only)"),
+              model=dict(required=False, **model),
+              out=dict(required=False, default="reports", metavar=None,
+                       help="output folder (default ./reports)"))
 
 
 def _usage(p) -> int:
@@ -133,19 +143,6 @@ def _publish(rep, out) -> int:
     print(rep.markdown)
     print("\nwritten: " + ", ".join(str(f) for f in files))
     return 0
-
-
-def _induction_options(p) -> None:
-    """The options of the toy induction report: those of ``unpack toy-report``
-    (unpack.toy.cli, argparse only at import), so both commands take the same."""
-    from unpack.toy.cli import add_induction_options
-    add_induction_options(p)
-
-
-def induction_handler(args) -> int:
-    """Delegates to :func:`unpack.toy.report.main` (the same as ``unpack toy-report``)."""
-    from unpack.toy import report
-    return int(report.main(args) or 0)
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,7 @@ import pandas as pd
 
 from app.db import open_db
 from app.graphs import selection_sql
+from unpack.components import layer_head, short_label
 from unpack.errors import InputError
 
 from . import NoData, markdown_table, write_outputs
@@ -140,17 +141,13 @@ def is_gpt2_small(row) -> bool:
             and row.get("n_heads") == 12 and row.get("d_model") == 768)
 
 
-def _short(h: str) -> str:
-    _, L, _, H = h.split("_")
-    return f"{L}.{H}"
-
-
 def ingest_command(db, model, task, conns, table, n) -> str:
     """The `unpack ingest` command that stores the rerooted traces."""
     by_where: dict[str, list[str]] = {}
     for c in conns:
         by_where.setdefault(c.where, [])
-        by_where[c.where] += [_short(h) for h in table[c.root] if _short(h) not in by_where[c.where]]
+        by_where[c.where] += [short_label(h) for h in table[c.root]
+                              if short_label(h) not in by_where[c.where]]
     roots = " ".join(f'"{",".join(hs)}@{w}"' for w, hs in by_where.items())
     return (f"unpack ingest --model {model or 'MODEL'} --task {task} --n {n} --roots {roots} "
             f"--db {db}")
@@ -227,7 +224,7 @@ def compute_ranks(edges: pd.DataFrame, complete: dict, table: dict, n_heads: int
             head_class.setdefault(h, []).append(cls)
     rank_rows, str_rows = [], []
     for (root_cls, where), (specs, prompts) in complete.items():
-        deepest = max(int(h.split("_")[1]) for h in table[root_cls])
+        deepest = max(layer_head(h)[0] for h in table[root_cls])
         cands = [f"attn_{L}_head_{h}" for L in range(min_layer, deepest) for h in range(n_heads)]
         if not cands:
             continue
@@ -393,7 +390,7 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
         condition = condition if condition is not None else cond_default
         for c in conns:
             for h in table[c.root]:
-                L, H = int(h.split("_")[1]), int(h.split("_")[3])
+                L, H = layer_head(h)
                 if L >= info["n_layers"] or H >= info["n_heads"]:
                     raise InputError(f"role table: head {h} ({c.root}) does not exist in {model} "
                                      f"({info['n_layers']} layers x {info['n_heads']} heads)")

@@ -5,7 +5,7 @@ row is valid). Bad corpus rows are listed on stderr as ``file:line: reason``.
 """
 from __future__ import annotations
 
-import argparse
+from ..flags import add_flags
 
 _EPILOG = ("Each output line is one JSON object with text, target, distractor, roles "
            "(role -> token position, BOS prefix included), template, group, condition, "
@@ -22,13 +22,10 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
     def common(q, generated=True):
-        q.add_argument("--model", required=True,
-                       help="model whose tokenizer decides tokens and positions "
-                            "(local directory, .gguf file, hub name, or smollm2-135m)")
-        if generated:
-            q.add_argument("--n", type=int, default=100, help="number of prompts (default 100)")
-            q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        q.add_argument("--out", required=True, help="output JSONL file ('-' for stdout)")
+        add_flags(q, "model", *(("n", "seed") if generated else ()), "out",
+                  model=dict(help="model whose tokenizer decides tokens and positions "
+                                  "(local directory, .gguf file, hub name, or smollm2-135m)"),
+                  out=dict(metavar=None, help="output JSONL file ('-' for stdout)"))
         q.set_defaults(func=handler)
 
     q = sub.add_parser("ioi", help="indirect object identification prompts",
@@ -39,8 +36,7 @@ def register(subparsers) -> None:
     common(q)
     q.add_argument("--controls", action="store_true",
                    help="also write the ioi_s, abc_c and abc_b variants of each prompt")
-    q.add_argument("--no-bos", action="store_true",
-                   help="do not prefix the beginning-of-sequence token")
+    add_flags(q, "no-bos")
 
     q = sub.add_parser("induction", help="random tokens with a repeated segment",
                        description="Random-token prompts whose segment repeats; roles "
@@ -55,8 +51,7 @@ def register(subparsers) -> None:
     q.add_argument("--pool", default=None,
                    help="file with one word per line to draw tokens from "
                         "(default: every single-token word of the vocabulary)")
-    q.add_argument("--no-bos", action="store_true",
-                   help="do not prefix the beginning-of-sequence token")
+    add_flags(q, "no-bos")
 
     q = sub.add_parser("corpus", help="validate a user JSONL/CSV corpus",
                        description="Read a JSONL or CSV corpus (text, target, optional "
