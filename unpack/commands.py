@@ -1,15 +1,21 @@
 """``unpack trace``, ``unpack validate`` and ``unpack bench``."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from .errors import InputError
-from .flags import DTYPES, add_device_flags, add_flags  # noqa: F401 (DTYPES: for importers)
+from .flags import add_command, add_device_flags, add_flags
 
 EXAMPLE = ('unpack trace --model smollm2-135m --text "When Mary and John went to the store, '
            'John gave a drink to" --target " Mary" --distractor " John"')
+
+
+_TRACE_TEXT = """\
+Decompose one prompt (--text/--target) or a JSONL file of prompts (--prompts; keys text,
+target, optional distractor and root) and print the result, or one JSON object per prompt
+with --json. Example:
+"""
 
 
 def register(sub) -> None:
@@ -21,12 +27,8 @@ def register(sub) -> None:
 
 
 def _register_trace(sub) -> None:
-    p = sub.add_parser(
-        "trace", help="trace prompts: token credit, paths, component flow, edges",
-        description="Decompose one prompt (--text/--target) or a JSONL file of prompts "
-                    "(--prompts; keys text, target, optional distractor and root) and print "
-                    f"the result, or one JSON object per prompt with --json. Example: {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "trace", "trace prompts: token credit, paths, component flow, edges",
+                    _TRACE_TEXT + EXAMPLE, raw=True)
     add_flags(p, "model")
     p.add_argument("--text", help="the prompt")
     p.add_argument("--target", help="target token text, e.g. ' Mary' (leading space matters)")
@@ -51,21 +53,30 @@ def _register_trace(sub) -> None:
     p.set_defaults(func=cmd_trace)
 
 
+_VALIDATE_TEXT = """\
+Runs the §9 invariants on a few prompts and prints each with its worst relative error
+and tolerance; exit status 1 if any fails.
+"""
+
+
 def _register_validate(sub) -> None:
-    v = sub.add_parser("validate", help="check every docs/METHOD.md §9 invariant on a model",
-                       description="Runs the §9 invariants on a few prompts and prints each with "
-                                   "its worst relative error and tolerance; exit status 1 if any fails.")
+    v = add_command(sub, "validate", "check every docs/METHOD.md §9 invariant on a model",
+                     _VALIDATE_TEXT)
     add_flags(v, "model")
     v.add_argument("--text", action="append", help="prompt(s) to check (default: three built-in ones)")
     add_device_flags(v)
     v.set_defaults(func=cmd_validate)
 
 
+_BENCH_TEXT = """\
+Per-prompt times (forward, decompose, sweep, paths), peak memory, scaling with prompt
+length and batch size, and the ratio to the plain-loop reference measured in the same
+run.
+"""
+
+
 def _register_bench(sub) -> None:
-    b = sub.add_parser("bench", help="time the engine on random models of real shapes",
-                       description="Per-prompt times (forward, decompose, sweep, paths), peak "
-                                   "memory, scaling with prompt length and batch size, and the "
-                                   "ratio to the plain-loop reference measured in the same run.")
+    b = add_command(sub, "bench", "time the engine on random models of real shapes", _BENCH_TEXT)
     b.add_argument("--shapes", default="gpt2-small,pythia-410m",
                    help="comma list of gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, tiny")
     b.add_argument("--lengths", default="8,16,32,64,128")
@@ -89,12 +100,16 @@ def _register_bench(sub) -> None:
     b.set_defaults(func=cmd_bench)
 
 
+_PLAN_TEXT = """\
+Predict, from the model's shapes (no weights are loaded) and a short calibration of this
+device, the peak memory and the time per prompt of a trace at a prompt length; says
+whether it fits and what to change if not.
+"""
+
+
 def _register_plan(sub) -> None:
-    pl = sub.add_parser(
-        "plan", help="predict peak memory and time per prompt before anything runs",
-        description="Predict, from the model's shapes (no weights are loaded) and a short "
-                    "calibration of this device, the peak memory and the time per prompt of a "
-                    "trace at a prompt length; says whether it fits and what to change if not.")
+    pl = add_command(sub, "plan", "predict peak memory and time per prompt before anything runs",
+                      _PLAN_TEXT)
     pl.add_argument("--model", required=True,
                     help="a bench shape (gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, tiny), "
                          "a local model directory (its config.json is read), or smollm2-135m")

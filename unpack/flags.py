@@ -5,6 +5,8 @@ meaning; a keyword changes what one command means by it, e.g.
 Imports argparse only, so ``unpack --help`` stays fast."""
 from __future__ import annotations
 
+import argparse
+
 DEFAULT_DB = "unpack.duckdb"
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 MODEL_HELP = "local HF directory, .gguf file, hub name, or smollm2-135m"
@@ -23,6 +25,15 @@ FLAGS = {
     "no-bos": dict(action="store_true", help="do not prefix the beginning-of-sequence token"),
     "threads": dict(type=int, default=None, help="torch threads (default: torch's)"),
 }
+
+
+def add_command(sub, name: str, help: str, description: str, epilog: str | None = None,
+                raw: bool = False) -> argparse.ArgumentParser:
+    """The subcommand ``name`` of the subparsers ``sub``: ``description`` (a
+    wrapped text) is shown as one paragraph; ``raw`` keeps the epilog's lines."""
+    fmt = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
+    return sub.add_parser(name, help=help, description=" ".join(description.split()),
+                          epilog=epilog, formatter_class=fmt)
 
 
 def add_flags(p, *names: str, **changed: dict) -> None:

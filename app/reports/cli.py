@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from unpack.flags import add_flags
+from unpack.flags import add_command, add_flags
 
 _EPILOG = """\
 Exit codes: 0 report written; 1 the database has no matching rows (the message
@@ -13,12 +13,16 @@ gives the `unpack ingest` command that would store them); 2 bad input.
 """
 
 
+_REPORT_TEXT = """\
+Reports of docs/METHOD.md §10 computed from a DuckDB store (opened read-only): tables as
+Markdown and CSV, figures as PNG.
+"""
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="composition, duplicate-suppression and induction reports from a store",
-        description="Reports of docs/METHOD.md §10 computed from a DuckDB store (opened read-only): "
-                    "tables as Markdown and CSV, figures as PNG.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(
+        subparsers, "report", "composition, duplicate-suppression and induction reports from a store",
+        _REPORT_TEXT, epilog=_EPILOG, raw=True)
     sub = p.add_subparsers(dest="report", metavar="REPORT")
     p.set_defaults(func=lambda args: _usage(p))
     _register_composition(sub)
@@ -26,16 +30,19 @@ def register(subparsers) -> None:
     _register_induction(sub)
 
 
+_COMPOSITION_TEXT = """\
+Reroot at each head of a class at its role position and rank the upstream heads by each
+mode's interaction strength. Rerooted traces missing for prompts already in the store
+are ingested first.
+"""
+
+
 def _register_composition(sub) -> None:
-    c = sub.add_parser(
-        "composition", help="rank upstream heads by K/Q/V interaction per head class (§10)",
-        description="Reroot at each head of a class at its role position and rank the "
-                    "upstream heads by each mode's interaction strength. Rerooted traces "
-                    "missing for prompts already in the store are ingested first.",
-        epilog=_EPILOG + "\nExample:\n  unpack report composition --db unpack.duckdb --model gpt2 "
+    c = add_command(
+        sub, "composition", "rank upstream heads by K/Q/V interaction per head class (§10)",
+        _COMPOSITION_TEXT, epilog=_EPILOG + "\nExample:\n  unpack report composition --db unpack.duckdb --model gpt2 "
                "--out reports/\n  unpack report composition --db toy.duckdb --model toy_dir "
-               "--task induction --roles roles.csv --min-layer 0",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "--task induction --roles roles.csv --min-layer 0", raw=True)
     _common(c)
     c.add_argument("--task", choices=("ioi", "induction"), default=None,
                    help="task of the prompts (default: the model's only task in the store)")
@@ -58,16 +65,18 @@ def _register_composition(sub) -> None:
     c.set_defaults(func=composition_handler)
 
 
+_SUPPRESSION_TEXT = """\
+Duplicate suppression: per model, mean credit at S1, S2 and C in the four conditions,
+the share of prompts with S2 < 0, the S1 - S2 gap with a bootstrap confidence interval,
+and target probabilities; one table across models ordered by size, and a figure.
+"""
+
+
 def _register_suppression(sub) -> None:
-    s = sub.add_parser(
-        "suppression", help="credit at S1, S2 and C for IOI and ABC controls, per model (§10)",
-        description="Duplicate suppression: per model, mean credit at S1, S2 and C in the four "
-                    "conditions, the share of prompts with S2 < 0, the S1 - S2 gap with a "
-                    "bootstrap confidence interval, and target probabilities; one table "
-                    "across models ordered by size, and a figure.",
-        epilog=_EPILOG + "\nExample:\n  unpack ingest --model smollm2-135m --task ioi --n 100 "
-               "--controls --db ioi.duckdb\n  unpack report suppression --db ioi.duckdb --out reports/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = add_command(
+        sub, "suppression", "credit at S1, S2 and C for IOI and ABC controls, per model (§10)",
+        _SUPPRESSION_TEXT, epilog=_EPILOG + "\nExample:\n  unpack ingest --model smollm2-135m --task ioi --n 100 "
+               "--controls --db ioi.duckdb\n  unpack report suppression --db ioi.duckdb --out reports/", raw=True)
     _common(s, many_models=True)
     s.add_argument("--n-boot", type=int, default=2000,
                    help="bootstrap resamples for the gap's confidence interval (default 2000)")
@@ -79,10 +88,10 @@ def _register_induction(sub) -> None:
     from unpack.toy.cli import INDUCTION_DESCRIPTION, REPORT_EPILOG, add_induction_options, \
         report_handler
 
-    i = sub.add_parser(
-        "induction", help="toy induction models: is previous-token -> induction recovered via K?",
-        description=INDUCTION_DESCRIPTION + " (`unpack toy-report` is an alias of this command.)",
-        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    i = add_command(
+        sub, "induction", "toy induction models: is previous-token -> induction recovered via K?",
+        INDUCTION_DESCRIPTION + " (`unpack toy-report` is an alias of this command.)",
+        epilog=REPORT_EPILOG, raw=True)
     add_induction_options(i)
     i.set_defaults(func=report_handler)
 

@@ -378,36 +378,11 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
     con = open_db(db)
     try:
         model, task, info = _pick_model_task(con, db, model, task, preset)
-        if roles is None and not is_gpt2_small(info):
-            raise InputError(f"model {model!r} is not GPT-2 small, so the built-in head-role "
-                             "table does not apply: pass --roles FILE.csv with columns head,role")
-        table = roles_table(roles)
-        specs_default, cond_default = DEFAULT_CONNECTIONS.get(task, ([], None))
-        conns = [parse_connection(s, table) for s in (connections or specs_default)]
-        if not conns:
-            raise InputError(f"no default connections for task {task!r}: pass --connections "
-                             "ROOT@WHERE:UPSTREAM:MODE")
-        condition = condition if condition is not None else cond_default
-        for c in conns:
-            for h in table[c.root]:
-                L, H = layer_head(h)
-                if L >= info["n_layers"] or H >= info["n_heads"]:
-                    raise InputError(f"role table: head {h} ({c.root}) does not exist in {model} "
-                                     f"({info['n_layers']} layers x {info['n_heads']} heads)")
+        table, conns, condition = _connections(model, task, info, roles, connections, condition)
         needed = {f"{h}@{c.where}" for c in conns for h in table[c.root]}
-        stored = _stored(con, model, task, preset, condition)
         command = ingest_command(db, model, task, conns, table, n)
-        if stored.empty:
-            raise NoData(f"database {db!s} has no {task} prompts for model {model!r} (preset "
-                         f"{preset}{', condition ' + condition if condition else ''})", command)
-        has = stored["roots"].map(set)
-        complete = stored[has.map(lambda r: needed <= r)]
-        missing = stored[~has.map(lambda r: needed <= r)]
-        todo = missing.head(max(0, n - len(complete)))
-        records = _records(con, todo["prompt_id"]) if len(todo) and ingest_missing else []
-        runs = sorted(set(todo["run_id"])) if records else []
-        config = (json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?",
-                                         [runs[0]]).fetchone()[0]) if runs else None)
+        records, config = _missing(con, db, model, task, preset, condition, needed, n,
+                                   ingest_missing, command)
     finally:
         con.close()
 
@@ -420,13 +395,7 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
         edges = _head_edges(con, model, task, preset, condition, needed)
     finally:
         con.close()
-    has = stored["roots"].map(set)
-    complete = {}
-    for c in conns:
-        specs = {f"{h}@{c.where}" for h in table[c.root]}
-        ok = stored[has.map(lambda r: specs <= r)].head(n)
-        keys = list(zip(ok["run_id"], ok["text"], ok["target"], ok["distractor"]))
-        complete[(c.root, c.where)] = (specs, keys)
+    complete = _complete(stored, conns, table, n)
     if not any(keys for _, keys in complete.values()):
         raise NoData(f"database {db!s} has {task} prompts for {model!r} but none rerooted at "
                      f"{', '.join(sorted(needed))}", command)
@@ -441,6 +410,58 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
     return CompositionReport(md, {"ranks": summary, "connections": verdicts,
                                   "per_prompt": ranks.assign(prompt=ranks["prompt"].map(
                                       lambda k: k[1]))}, verdicts, fig)
+
+
+def _connections(model, task, info, roles, connections, condition):
+    """``(role table, connections, condition)`` of the report, each head checked
+    against the model's shape."""
+    if roles is None and not is_gpt2_small(info):
+        raise InputError(f"model {model!r} is not GPT-2 small, so the built-in head-role "
+                         "table does not apply: pass --roles FILE.csv with columns head,role")
+    table = roles_table(roles)
+    specs_default, cond_default = DEFAULT_CONNECTIONS.get(task, ([], None))
+    conns = [parse_connection(s, table) for s in (connections or specs_default)]
+    if not conns:
+        raise InputError(f"no default connections for task {task!r}: pass --connections "
+                         "ROOT@WHERE:UPSTREAM:MODE")
+    for c in conns:
+        for h in table[c.root]:
+            L, H = layer_head(h)
+            if L >= info["n_layers"] or H >= info["n_heads"]:
+                raise InputError(f"role table: head {h} ({c.root}) does not exist in {model} "
+                                 f"({info['n_layers']} layers x {info['n_heads']} heads)")
+    return table, conns, condition if condition is not None else cond_default
+
+
+def _missing(con, db, model, task, preset, condition, needed, n, ingest_missing, command):
+    """``(records, run config)`` of the stored prompts that lack some of the
+    ``needed`` reroots, as many as it takes to reach ``n`` complete prompts."""
+    stored = _stored(con, model, task, preset, condition)
+    if stored.empty:
+        raise NoData(f"database {db!s} has no {task} prompts for model {model!r} (preset "
+                     f"{preset}{', condition ' + condition if condition else ''})", command)
+    has = stored["roots"].map(set)
+    complete = stored[has.map(lambda r: needed <= r)]
+    missing = stored[~has.map(lambda r: needed <= r)]
+    todo = missing.head(max(0, n - len(complete)))
+    records = _records(con, todo["prompt_id"]) if len(todo) and ingest_missing else []
+    runs = sorted(set(todo["run_id"])) if records else []
+    config = (json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?",
+                                     [runs[0]]).fetchone()[0]) if runs else None)
+    return records, config
+
+
+def _complete(stored: pd.DataFrame, conns, table: dict, n: int) -> dict:
+    """Per (rooted class, where): the root specs and the first ``n`` prompts
+    (run, text, target, distractor) that have all of them."""
+    has = stored["roots"].map(set)
+    complete = {}
+    for c in conns:
+        specs = {f"{h}@{c.where}" for h in table[c.root]}
+        ok = stored[has.map(lambda r: specs <= r)].head(n)
+        keys = list(zip(ok["run_id"], ok["text"], ok["target"], ok["distractor"]))
+        complete[(c.root, c.where)] = (specs, keys)
+    return complete
 
 
 def _pick_model_task(con, db, model, task, preset):

@@ -5,20 +5,42 @@ row is valid). Bad corpus rows are listed on stderr as ``file:line: reason``.
 """
 from __future__ import annotations
 
-from ..flags import add_flags
+from ..flags import add_command, add_flags
 
 _EPILOG = ("Each output line is one JSON object with text, target, distractor, roles "
            "(role -> token position, BOS prefix included), template, group, condition, "
            "metadata. The same seed gives byte-identical output.")
 
 
+_TASKS_TEXT = """\
+Write prompt records (IOI with ABC controls, induction, or a user corpus) as JSONL for
+`unpack ingest` and the Python API.
+"""
+
+
+_IOI_TEXT = """\
+IOI prompts (ABBA and BABA orders), roles IO, S1, S2, END. --controls adds, per prompt,
+the conditions ioi_s, abc_c and abc_b with the same group id (docs/METHOD.md §10).
+"""
+
+
+_INDUCTION_TEXT = """\
+Random-token prompts whose segment repeats; roles first_j, second_j, END; target = the
+token after the first occurrence of the last token.
+"""
+
+
+_CORPUS_TEXT = """\
+Read a JSONL or CSV corpus (text, target, optional distractor, roles, metadata), report
+bad rows with file, line and reason, write the good ones.
+"""
+
+
 def register(subparsers) -> None:
     """Add the ``tasks`` subcommand and its ioi, induction and corpus subcommands."""
-    p = subparsers.add_parser(
-        "tasks", help="generate IOI / induction prompts or validate a corpus, as JSONL",
-        description="Write prompt records (IOI with ABC controls, induction, or a user "
-                    "corpus) as JSONL for `unpack ingest` and the Python API.",
-        epilog=_EPILOG)
+    p = add_command(
+        subparsers, "tasks", "generate IOI / induction prompts or validate a corpus, as JSONL",
+        _TASKS_TEXT, epilog=_EPILOG)
     sub = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
     def common(q, generated=True):
@@ -28,20 +50,14 @@ def register(subparsers) -> None:
                   out=dict(metavar=None, help="output JSONL file ('-' for stdout)"))
         q.set_defaults(func=handler)
 
-    q = sub.add_parser("ioi", help="indirect object identification prompts",
-                       description="IOI prompts (ABBA and BABA orders), roles IO, S1, S2, END. "
-                                   "--controls adds, per prompt, the conditions ioi_s, abc_c "
-                                   "and abc_b with the same group id (docs/METHOD.md §10).",
-                       epilog=_EPILOG)
+    q = add_command(sub, "ioi", "indirect object identification prompts", _IOI_TEXT, epilog=_EPILOG)
     common(q)
     q.add_argument("--controls", action="store_true",
                    help="also write the ioi_s, abc_c and abc_b variants of each prompt")
     add_flags(q, "no-bos")
 
-    q = sub.add_parser("induction", help="random tokens with a repeated segment",
-                       description="Random-token prompts whose segment repeats; roles "
-                                   "first_j, second_j, END; target = the token after the "
-                                   "first occurrence of the last token.", epilog=_EPILOG)
+    q = add_command(sub, "induction", "random tokens with a repeated segment",
+                     _INDUCTION_TEXT, epilog=_EPILOG)
     common(q)
     q.add_argument("--seg-len", type=int, default=10, help="segment length (default 10)")
     q.add_argument("--repeat-len", type=int, default=None,
@@ -53,10 +69,7 @@ def register(subparsers) -> None:
                         "(default: every single-token word of the vocabulary)")
     add_flags(q, "no-bos")
 
-    q = sub.add_parser("corpus", help="validate a user JSONL/CSV corpus",
-                       description="Read a JSONL or CSV corpus (text, target, optional "
-                                   "distractor, roles, metadata), report bad rows with file, "
-                                   "line and reason, write the good ones.", epilog=_EPILOG)
+    q = add_command(sub, "corpus", "validate a user JSONL/CSV corpus", _CORPUS_TEXT, epilog=_EPILOG)
     q.add_argument("file", help="the corpus (.jsonl or .csv)")
     common(q, generated=False)
     q.add_argument("--bos", action="store_true",

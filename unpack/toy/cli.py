@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..flags import add_flags
+from ..flags import add_command, add_flags
 
 SHIPPED = ("attn-only-d64", "attn-only-d128", "mlp-d64", "mlp-d128")
 LADDER = ("ladder-d64", "ladder-d96", "ladder-d128")
@@ -79,25 +79,28 @@ INDUCTION_DESCRIPTION = (
 def register(subparsers) -> None:
     """``toy-train``, ``toy-report`` (an alias of ``report induction``) and ``random-model``."""
     _register_train(subparsers)
-    r = subparsers.add_parser(
-        "toy-report", help="an alias of `unpack report induction` (the toy induction report)",
-        description="The same command as `unpack report induction`, under its older name. "
-                    + INDUCTION_DESCRIPTION,
-        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = add_command(
+        subparsers, "toy-report", "an alias of `unpack report induction` (the toy induction report)",
+        "The same command as `unpack report induction`, under its older name. "
+        + INDUCTION_DESCRIPTION, epilog=REPORT_EPILOG, raw=True)
     add_induction_options(r)
     r.set_defaults(func=report_handler)
     _register_random_model(subparsers)
 
 
+_TOY_TRAIN_TEXT = """\
+Train a 2-layer GPT-2-style model on random sequences with a repeated segment (CPU,
+deterministic by seed and thread count) and save it as a Hugging Face directory (config,
+safetensors, tokenizer) plus toy.json. Prints the loss on the first occurrence vs the
+repeated half, the accuracy and the previous-token / induction heads read off the
+attention.
+"""
+
+
 def _register_train(subparsers) -> None:
-    t = subparsers.add_parser(
-        "toy-train", help="train a small GPT-2 that does induction (the ground-truth circuit)",
-        description="Train a 2-layer GPT-2-style model on random sequences with a repeated "
-                    "segment (CPU, deterministic by seed and thread count) and save it as a "
-                    "Hugging Face directory (config, safetensors, tokenizer) plus toy.json. "
-                    "Prints the loss on the first occurrence vs the repeated half, the accuracy "
-                    "and the previous-token / induction heads read off the attention.",
-        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = add_command(
+        subparsers, "toy-train", "train a small GPT-2 that does induction (the ground-truth circuit)",
+        _TOY_TRAIN_TEXT, epilog=_TRAIN_EPILOG, raw=True)
     t.add_argument("--variant", default="attn-only-d64", choices=VARIANT_NAMES + ("all", "ladder"),
                    help="model variant (default attn-only-d64)")
     add_flags(t, "out", "seed", "threads", seed=dict(help="init and data seed (default 0)"),
@@ -112,14 +115,18 @@ def _register_train(subparsers) -> None:
     t.set_defaults(func=train_handler)
 
 
+_RANDOM_MODEL_TEXT = """\
+Save a model with the architecture and tokenizer of --like (optionally cut to --layers
+layers) and freshly initialized random weights (seeded), as a Hugging Face directory:
+the untrained baseline to compare a trained model with. Example: unpack random-model
+--like smollm2-135m --layers 6 --out random-llama-6l
+"""
+
+
 def _register_random_model(subparsers) -> None:
-    b = subparsers.add_parser(
-        "random-model", help="an untrained baseline: a model's architecture with random weights",
-        description="Save a model with the architecture and tokenizer of --like (optionally cut "
-                    "to --layers layers) and freshly initialized random weights (seeded), as a "
-                    "Hugging Face directory: the untrained baseline to compare a trained model "
-                    "with. Example: unpack random-model --like smollm2-135m --layers 6 --out "
-                    "random-llama-6l")
+    b = add_command(
+        subparsers, "random-model", "an untrained baseline: a model's architecture with random weights",
+        _RANDOM_MODEL_TEXT)
     b.add_argument("--like", required=True, help="the model whose architecture and tokenizer to use")
     b.add_argument("--layers", type=int, default=None, help="keep this many layers (default all)")
     add_flags(b, "seed", "out", seed=dict(help="initialization seed (default 0)"))
