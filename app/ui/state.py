@@ -81,10 +81,10 @@ R = TypeVar("R")
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
-def _query(fn: Callable, path: str, version: tuple, *args):
-    """``fn(handle, *args)``, cached per function, database, its version and the
-    arguments (Streamlit keys a function argument by its code)."""
-    return fn(shared_db(path), *args)
+def _query(_fn: Callable, name: str, path: str, version: tuple, *args):
+    """``_fn(handle, *args)``, cached per function (its qualified ``name``: Streamlit
+    cannot hash a function), database, its version and the arguments."""
+    return _fn(shared_db(path), *args)
 
 
 def query(fn: Callable[Concatenate[Any, P], R], *args: P.args) -> R:
@@ -93,7 +93,7 @@ def query(fn: Callable[Concatenate[Any, P], R], *args: P.args) -> R:
     ``fn`` is any reader that takes the store's handle first (app.ui.data,
     app.ui.circuit_stored)."""
     path = db_path()
-    return _query(fn, path, db_version(path), *args)
+    return _query(fn, f"{fn.__module__}.{fn.__qualname__}", path, db_version(path), *args)
 
 
 # ------------------------------------------------------------------ the working set
