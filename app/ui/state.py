@@ -81,19 +81,20 @@ R = TypeVar("R")
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
-def _query(_fn: Callable, name: str, path: str, version: tuple, *args):
-    """``_fn(handle, *args)``, cached per function (its qualified ``name``: Streamlit
-    cannot hash a function), database, its version and the arguments."""
-    return _fn(shared_db(path), *args)
+def _query(_fn: Callable, name: str, path: str, version: tuple, *args, **kwargs):
+    """``_fn(handle, *args, **kwargs)``, cached per function (its qualified ``name``:
+    Streamlit cannot hash a function), database, its version and the arguments."""
+    return _fn(shared_db(path), *args, **kwargs)
 
 
-def query(fn: Callable[Concatenate[Any, P], R], *args: P.args) -> R:
+def query(fn: Callable[Concatenate[Any, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
     """``fn(connection, *args)`` on the app's store, cached until the next ingest
     commits: ``query(data.model_names)``, ``query(data.distinct, "task", models)``.
     ``fn`` is any reader that takes the store's handle first (app.ui.data,
     app.ui.circuit_stored)."""
     path = db_path()
-    return _query(fn, f"{fn.__module__}.{fn.__qualname__}", path, db_version(path), *args)
+    return _query(fn, f"{fn.__module__}.{fn.__qualname__}", path, db_version(path), *args,
+                  **kwargs)
 
 
 # ------------------------------------------------------------------ the working set

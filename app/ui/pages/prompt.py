@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.ui import data as D
 from app.ui import state, views
+from unpack.components import parse_component
 
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Prompt")
@@ -90,7 +91,7 @@ role_at = {}
 for r, p in roles.items():
     role_at.setdefault(int(p), []).append(r)
 c1, c2 = st.columns(2)
-default_comp = next((c for c in reversed(comps) if c.startswith("attn_")), comps[-1])
+default_comp = next((c for c in reversed(comps) if parse_component(c)[0] == "head"), comps[-1])
 if st.session_state.get("reroot_comp") not in comps:
     st.session_state["reroot_comp"] = default_comp
 comp = c1.selectbox("Component", comps, key="reroot_comp")
