@@ -2,45 +2,56 @@
 across a stored run's prompts, checked by intervention, exported for papers."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-DEFAULT_DB = "unpack.duckdb"
+from unpack.flags import add_command, add_flags
+
+
+_DISCOVER_TEXT = """\
+Seed with the heads of largest direct effect, reroot breadth-first through each head's
+strongest upstream heads per K/Q/V mode, keep what recurs in at least --min-share of the
+prompts; rerooted traces that are missing are traced and stored on the way. The circuit
+is stored (tables circuits, circuit_components, circuit_edges). Exit 0 found, 2 bad
+input or nothing to find it on.
+"""
+
+
+_VERIFY_TEXT = """\
+Knock the circuit's heads out (necessity: the fraction of the clean logit difference
+lost) and every other head (faithfulness: the fraction kept), and the same for --n
+random circuits with the circuit's layer profile. Stored in circuit_verifications and
+circuit_prompt_results. Exit 0 done, 2 bad input.
+"""
+
+
+_EXPORT_TEXT = """\
+One standalone interactive HTML file (opens offline), TikZ source for a paper, GraphML
+or JSON.
+"""
 
 
 def register(sub) -> None:
-    d = sub.add_parser(
-        "discover", help="find a circuit across the prompts of a stored run",
-        description="Seed with the heads of largest direct effect, reroot breadth-first "
-                    "through each head's strongest upstream heads per K/Q/V mode, keep what "
-                    "recurs in at least --min-share of the prompts; rerooted traces that are "
-                    "missing are traced and stored on the way. The circuit is stored "
-                    "(tables circuits, circuit_components, circuit_edges). Exit 0 found, 2 bad "
-                    "input or nothing to find it on.")
-    d.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
-    d.add_argument("--model", help="model name as stored (needed if the store holds several)")
-    d.add_argument("--task", help="task (needed if the model has several)")
-    d.add_argument("--condition", help="condition of the prompts (default: ioi_io for IOI)")
-    d.add_argument("--preset", default="kqv_aligned", help="the run's preset (default kqv_aligned)")
+    d = add_command(sub, "discover", "find a circuit across the prompts of a stored run",
+                     _DISCOVER_TEXT)
+    add_flags(d, "db", "model", "task", "condition", "preset",
+              model=dict(required=False, help="model name as stored (needed if the store holds "
+                                              "several)"),
+              condition=dict(help="condition of the prompts (default: ioi_io for IOI)"),
+              preset=dict(help="the run's preset (default kqv_aligned)"))
     d.add_argument("--seeds", type=int, default=3, help="heads of largest direct effect (default 3)")
     d.add_argument("--per-mode", type=int, default=1,
                    help="strongest upstream heads kept per K/Q/V mode at each reroot (default 1)")
     d.add_argument("--depth", type=int, default=2, help="reroot levels below the seeds (default 2)")
     d.add_argument("--min-share", type=float, default=0.5,
                    help="keep heads and edges selected in at least this share of prompts (0.5)")
-    d.add_argument("--n", type=int, default=None, help="use the first N prompts (default all)")
-    d.add_argument("--json", action="store_true", help="print one JSON object")
+    add_flags(d, "n", "json", n=dict(default=None, help="use the first N prompts (default all)"))
     d.set_defaults(func=cmd_discover)
 
-    v = sub.add_parser(
-        "verify", help="necessity and faithfulness of a stored circuit, against random circuits",
-        description="Knock the circuit's heads out (necessity: the fraction of the clean logit "
-                    "difference lost) and every other head (faithfulness: the fraction kept), "
-                    "and the same for --n random circuits with the circuit's layer profile. "
-                    "Stored in circuit_verifications and circuit_prompt_results. Exit 0 done, "
-                    "2 bad input.")
-    v.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    v = add_command(
+        sub, "verify", "necessity and faithfulness of a stored circuit, against random circuits",
+        _VERIFY_TEXT)
+    add_flags(v, "db")
     v.add_argument("--circuit", type=int, required=True, help="circuit id (from unpack discover)")
     v.add_argument("--ablation", choices=("mean", "zero", "resample"), default=None,
                    help="mean (over the run's ABC control prompts), zero or resample; default "
@@ -49,15 +60,13 @@ def register(sub) -> None:
     v.add_argument("--baseline", choices=("profile", "size"), default="profile",
                    help="random circuits with the same heads per layer (profile, default) or "
                         "the same number of heads anywhere (size)")
-    v.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    v.add_argument("--json", action="store_true", help="print one JSON object")
+    add_flags(v, "seed", "json")
     v.set_defaults(func=cmd_verify)
 
-    e = sub.add_parser(
-        "export", help="a circuit or a prompt's top paths as HTML, TikZ, GraphML or JSON",
-        description="One standalone interactive HTML file (opens offline), TikZ source for a "
-                    "paper, GraphML or JSON.", formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    e = add_command(
+        sub, "export", "a circuit or a prompt's top paths as HTML, TikZ, GraphML or JSON",
+        _EXPORT_TEXT, raw=True)
+    add_flags(e, "db")
     what = e.add_mutually_exclusive_group(required=True)
     what.add_argument("--circuit", type=int, help="a stored circuit id")
     what.add_argument("--prompt", type=int, help="a prompt id: its top paths")

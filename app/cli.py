@@ -4,12 +4,10 @@ Top-level imports stay light (argparse only); the store is checked and
 Streamlit started inside the handler."""
 from __future__ import annotations
 
-import argparse
 import time
 
-from unpack.commands import add_device_flags
+from unpack.flags import add_command, add_device_flags, add_flags
 
-DEFAULT_DB = "unpack.duckdb"
 DEFAULT_PORT = 8501
 DEFAULT_HOST = "127.0.0.1"
 
@@ -33,13 +31,16 @@ Example:
 """
 
 
+_APP_TEXT = """\
+Start the Streamlit explorer on a DuckDB store made by `unpack ingest` or `unpack demo`,
+opened read-only.
+"""
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "app", help="browse a store in a Streamlit app (read-only)",
-        description="Start the Streamlit explorer on a DuckDB store made by `unpack ingest` "
-                    "or `unpack demo`, opened read-only.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    p = add_command(subparsers, "app", "browse a store in a Streamlit app (read-only)",
+                     _APP_TEXT, epilog=_EPILOG, raw=True)
+    add_flags(p, "db")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port to listen on (default {DEFAULT_PORT})")
     p.add_argument("--host", default=DEFAULT_HOST,

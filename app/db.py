@@ -170,8 +170,6 @@ def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None
     The query runs on its own cursor of ``con``, so a slow one holds up no other
     session. Rows stream in small batches: a result past the size limit is never
     held whole."""
-    import pyarrow as pa
-
     body = check_readonly_sql(sql)
     cur = con.cursor()
     timed_out = threading.Event()
@@ -186,36 +184,9 @@ def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None
         if timer is not None:
             timer.daemon = True
             timer.start()
-        rel = cur.sql(body)
-        if rel is None:
-            raise InputError("the statement returned no rows")
-        if limit is not None:
-            rel = rel.limit(limit + 1)
-        reader = rel.to_arrow_reader(64)
-        batches, n_rows, n_bytes = [], 0, 0
-        for batch in reader:
-            batches.append(batch)
-            n_rows += batch.num_rows
-            n_bytes += batch.nbytes
-            if max_bytes is not None and n_bytes > max_bytes:
-                raise QueryLimitError(
-                    f"the result is larger than the size limit of {_mb(max_bytes)} (passed it "
-                    f"after {n_rows:,} rows): select fewer or narrower columns, add a LIMIT, or "
-                    "raise the limit with `unpack app --sql-max-mb`")
-            if limit is not None and n_rows > limit:
-                break
-        table = pa.Table.from_batches(batches, schema=reader.schema)
+        table, n_bytes = _fetch(cur, body, limit, max_bytes)
     except duckdb.Error as e:
-        if timed_out.is_set():
-            raise QueryLimitError(
-                f"the query ran past the time limit of {timeout_s:g} s and was stopped: narrow "
-                "it (a WHERE, a LIMIT, fewer joins), or raise the limit with "
-                "`unpack app --sql-timeout`") from None
-        msg = str(e).splitlines()[0]
-        if any(k in msg.lower() for k in ("read-only", "read only", "external access", "permission",
-                                          "lock_configuration", "locked")):
-            raise InputError(f"refused: {msg} (this connection is read-only and cannot reach files)") from None
-        raise InputError(f"query failed: {msg}") from None
+        raise _query_error(e, timed_out.is_set(), timeout_s) from None
     finally:
         if timer is not None:
             timer.cancel()
@@ -226,6 +197,46 @@ def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None
     df = table.to_pandas()
     df.attrs.update(truncated=truncated, bytes=int(n_bytes), seconds=time.perf_counter() - t0)
     return df
+
+
+def _fetch(cur, body: str, limit: int | None, max_bytes: int | None):
+    """``(arrow table, bytes read)``: the statement's rows in small batches, up to
+    ``limit + 1`` rows, refused once past ``max_bytes``."""
+    import pyarrow as pa
+
+    rel = cur.sql(body)
+    if rel is None:
+        raise InputError("the statement returned no rows")
+    if limit is not None:
+        rel = rel.limit(limit + 1)
+    reader = rel.to_arrow_reader(64)
+    batches, n_rows, n_bytes = [], 0, 0
+    for batch in reader:
+        batches.append(batch)
+        n_rows += batch.num_rows
+        n_bytes += batch.nbytes
+        if max_bytes is not None and n_bytes > max_bytes:
+            raise QueryLimitError(
+                f"the result is larger than the size limit of {_mb(max_bytes)} (passed it "
+                f"after {n_rows:,} rows): select fewer or narrower columns, add a LIMIT, or "
+                "raise the limit with `unpack app --sql-max-mb`")
+        if limit is not None and n_rows > limit:
+            break
+    return pa.Table.from_batches(batches, schema=reader.schema), n_bytes
+
+
+def _query_error(e: duckdb.Error, timed_out: bool, timeout_s) -> InputError:
+    """The message of a failed query: past the time limit, refused as a write, or DuckDB's."""
+    if timed_out:
+        return QueryLimitError(
+            f"the query ran past the time limit of {timeout_s:g} s and was stopped: narrow "
+            "it (a WHERE, a LIMIT, fewer joins), or raise the limit with "
+            "`unpack app --sql-timeout`")
+    msg = str(e).splitlines()[0]
+    if any(k in msg.lower() for k in ("read-only", "read only", "external access", "permission",
+                                      "lock_configuration", "locked")):
+        return InputError(f"refused: {msg} (this connection is read-only and cannot reach files)")
+    return InputError(f"query failed: {msg}")
 
 
 class ResultCache:
@@ -376,6 +387,14 @@ def shared_db(path) -> ShortLived:
             open_db(key).close()
             _SHARED[key] = ShortLived(key)
         return _SHARED[key]
+
+
+def query_store(path, sql: str, limit: int | None = 10_000,
+                timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                max_bytes: int | None = int(DEFAULT_MAX_MB * 2**20)):
+    """:func:`run_query` on the app's handle on the store at ``path``
+    (:func:`shared_db`): the SQL box's one way in."""
+    return run_query(shared_db(path), sql, limit, timeout_s=timeout_s, max_bytes=max_bytes)
 
 
 def db_version(path) -> tuple:

@@ -35,6 +35,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from unpack import components
 from unpack.errors import InputError
 
 MODES = ("K", "Q", "V", "MLP")
@@ -114,14 +115,9 @@ def _describe(filters: dict) -> str:
 # ------------------------------------------------------------------ the graph
 
 def component_attrs(name: str, parallel: bool = False) -> dict:
-    """``kind``, ``layer``, ``head`` and ``depth`` of a component name (§1)."""
-    from unpack.components import parse_component
-
-    kind, L, h = parse_component(name)
-    if L is None:
-        return dict(kind=kind, layer=-1, head=None, depth=-1.0)
-    depth = float(L) + (0.5 if kind == "mlp" and not parallel else 0.0)
-    return dict(kind=kind, layer=int(L), head=None if h is None else int(h), depth=depth)
+    """``kind``, ``layer``, ``head`` and ``depth`` of a component name (§1;
+    :func:`unpack.components.attrs`)."""
+    return components.attrs(name, parallel)
 
 
 def circuit_graph(con, *, model=None, run_id=None, task=None, preset=None, condition=None,
@@ -140,6 +136,33 @@ def circuit_graph(con, *, model=None, run_id=None, task=None, preset=None, condi
 
     The selection must hold one model and one preset; an empty selection
     raises InputError naming the filters."""
+    modes = _check_graph_args(agg, modes, top_k, min_weight, min_share)
+    filters = dict(model=model, run_id=run_id, task=task, preset=preset, condition=condition,
+                   template=template, prompt_ids=prompt_ids, root=root)
+    n_sel, per, flows, meta, roots = _read_selection(con, filters, modes)
+    parallel = _parallel(meta["parallel_residual"], per, meta["model_type"])
+    scale = 1.0 / n_sel if agg == "mean" else 1.0
+    G = nx.DiGraph(model=meta["model"], preset=meta["preset"], task=meta["task"],
+                   condition=meta["condition"], root=meta["root"], n_prompts=n_sel,
+                   n_layers=meta["n_layers"], n_heads=meta["n_heads"], parallel=parallel,
+                   agg=agg, modes=list(modes), filters={k: v for k, v in filters.items()
+                                                        if v is not None})
+    if len(per):
+        edges = _aggregate(per, modes, n_sel, scale)
+        keep = (edges["weight"].abs() >= min_weight) & (edges["share"] >= min_share)
+        edges = edges[keep & (edges["weight"] != 0)]
+        edges = edges.reindex(edges["weight"].abs().sort_values(ascending=False, kind="stable").index)
+        _add_edges(G, edges if top_k is None else edges.head(top_k), modes, n_sel)
+    for c in roots:
+        G.add_node(c)
+    flow = dict(zip(flows["component"], flows["flow"] * scale))
+    for n in G.nodes:
+        G.nodes[n].update(component_attrs(n, parallel), flow=float(flow.get(n, 0.0)))
+    return G
+
+
+def _check_graph_args(agg, modes, top_k, min_weight, min_share) -> tuple:
+    """The modes as a tuple, or an InputError naming the bad argument."""
     if agg not in AGGS:
         raise InputError(f"agg={agg!r}: choose one of {', '.join(AGGS)}")
     modes = tuple(_as_list(modes) or ())
@@ -150,8 +173,16 @@ def circuit_graph(con, *, model=None, run_id=None, task=None, preset=None, condi
         raise InputError(f"top_k={top_k!r} must be a positive integer or None")
     if not min_weight >= 0 or not 0 <= min_share <= 1:
         raise InputError(f"min_weight={min_weight} must be >= 0 and min_share={min_share} in [0, 1]")
-    filters = dict(model=model, run_id=run_id, task=task, preset=preset, condition=condition,
-                   template=template, prompt_ids=prompt_ids, root=root)
+    return modes
+
+
+_META = ("model", "preset", "task", "condition", "root", "n_layers", "n_heads", "model_type",
+         "parallel_residual")
+
+
+def _read_selection(con, filters: dict, modes: tuple):
+    """``(n_traces, per-trace edges, flows, meta, root components)`` of the
+    selection; ``meta`` holds the :data:`_META` facts of the selection and its model."""
     sel, params = selection_sql(**filters)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _sel AS {sel}", params)
     try:
@@ -164,7 +195,6 @@ def circuit_graph(con, *, model=None, run_id=None, task=None, preset=None, condi
             if len(found) > 1:
                 raise InputError(f"the selection mixes {what} {found}; pass "
                                  f"{'model' if i == 0 else 'preset'}= to pick one")
-        n_sel = int(sum(r[2] for r in info))
         mode_list = ", ".join(f"'{m}'" for m in modes)
         per = con.execute(
             "SELECT e.trace_id, e.parent, e.child, e.mode, sum(e.weight) AS w "
@@ -176,51 +206,38 @@ def circuit_graph(con, *, model=None, run_id=None, task=None, preset=None, condi
         meta = con.execute(
             "SELECT any_value(s.model), any_value(s.preset), string_agg(DISTINCT s.task, ','), "
             "string_agg(DISTINCT s.condition, ','), string_agg(DISTINCT s.root, ','), "
-            "any_value(m.n_layers), any_value(m.n_heads), any_value(m.model_type) "
-            "FROM _sel s JOIN models m ON m.name = s.model").fetchone()
+            "any_value(m.n_layers), any_value(m.n_heads), any_value(m.model_type), "
+            "any_value(m.parallel_residual) FROM _sel s JOIN models m ON m.name = s.model").fetchone()
         roots = [r[0] for r in con.execute(
             "SELECT DISTINCT root_component FROM _sel WHERE root_component IS NOT NULL").fetchall()]
     finally:
         con.execute("DROP TABLE IF EXISTS _sel")
-
-    parallel = _parallel(per, meta[7])
-    scale = 1.0 / n_sel if agg == "mean" else 1.0
-    G = nx.DiGraph(model=meta[0], preset=meta[1], task=meta[2], condition=meta[3], root=meta[4],
-                   n_prompts=n_sel, n_layers=meta[5], n_heads=meta[6], parallel=parallel,
-                   agg=agg, modes=list(modes), filters={k: v for k, v in filters.items()
-                                                        if v is not None})
-    if len(per):
-        edges = _aggregate(per, modes, n_sel, scale)
-        keep = (edges["weight"].abs() >= min_weight) & (edges["share"] >= min_share)
-        edges = edges[keep & (edges["weight"] != 0)]
-        edges = edges.reindex(edges["weight"].abs().sort_values(ascending=False, kind="stable").index)
-        if top_k is not None:
-            edges = edges.head(top_k)
-        for r in edges.itertuples(index=False):
-            by_mode = {m: float(getattr(r, f"w_{m}")) for m in modes}
-            G.add_edge(r.parent, r.child, weight=float(r.weight), by_mode=by_mode,
-                       mode=max(by_mode, key=lambda m: abs(by_mode[m])),
-                       sum=float(r.sum), mean=float(r.sum) / n_sel, share=float(r.share),
-                       n_prompts=int(r.n))
-    for c in roots:
-        G.add_node(c)
-    flow = dict(zip(flows["component"], flows["flow"] * scale))
-    for n in G.nodes:
-        G.nodes[n].update(component_attrs(n, parallel), flow=float(flow.get(n, 0.0)))
-    return G
+    return int(sum(r[2] for r in info)), per, flows, dict(zip(_META, meta)), roots
 
 
-def _parallel(per: pd.DataFrame, model_type) -> bool:
-    """Parallel blocks (§1) when no MLP reads a head of its own layer; that is
-    visible only where such an edge exists, else GPT-NeoX is taken as parallel."""
+def _add_edges(G: nx.DiGraph, edges: pd.DataFrame, modes: tuple, n_sel: int) -> None:
+    for r in edges.itertuples(index=False):
+        by_mode = {m: float(getattr(r, f"w_{m}")) for m in modes}
+        G.add_edge(r.parent, r.child, weight=float(r.weight), by_mode=by_mode,
+                   mode=max(by_mode, key=lambda m: abs(by_mode[m])),
+                   sum=float(r.sum), mean=float(r.sum) / n_sel, share=float(r.share),
+                   n_prompts=int(r.n))
+
+
+def _parallel(stored, per: pd.DataFrame, model_type) -> bool:
+    """The residual topology (§1) as the ingest stored it from the adapter's
+    ``ModelSpec`` (``models.parallel_residual``). A model stored before that
+    column (NULL) falls back to the edges: sequential when an MLP reads a head
+    of its own layer, else parallel for GPT-NeoX."""
+    if stored is not None and not pd.isna(stored):
+        return bool(stored)
     if len(per):
         mlp = per[(per["mode"] == "MLP") & per["parent"].str.startswith("mlp_")
                   & per["child"].str.startswith("attn_")]
-        if len(mlp):
-            pl = mlp["parent"].str.split("_").str[1]
-            cl = mlp["child"].str.split("_").str[1]
-            if (pl == cl).any():
-                return False
+        pl = [components.layer_head(n)[0] for n in mlp["parent"]]
+        cl = [components.layer_head(n)[0] for n in mlp["child"]]
+        if any(a == b for a, b in zip(pl, cl)):
+            return False
     return model_type == "gpt_neox"
 
 
@@ -481,14 +498,7 @@ def to_graphml(G: nx.DiGraph, path) -> None:
 MODE_COLORS = {"K": "tab:blue", "Q": "tab:orange", "V": "tab:green", "MLP": "tab:grey"}
 
 
-def short_name(n: str) -> str:
-    """``attn_9_head_9`` -> ``9.9``, ``mlp_3`` -> ``m3``, embeddings -> ``emb`` / ``pos``."""
-    if n.startswith("attn_"):
-        _, L, _, h = n.split("_")
-        return f"{L}.{h}"
-    if n.startswith("mlp_"):
-        return "m" + n.split("_")[1]
-    return {"embedding": "emb", "pos_embedding": "pos"}.get(n, n)
+short_name = components.short_label  # attn_9_head_9 -> 9.9, mlp_3 -> m3, emb, pos
 
 
 def draw(G: nx.DiGraph, ax=None, pos=None, max_width: float = 6.0, labels: bool = True):

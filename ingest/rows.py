@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
+from unpack import components
+
 from . import schema
 
 
@@ -43,13 +45,8 @@ class Item:
     prompt_id: int | None = None  # a prompt already stored that gets more traces (roots)
 
 
-@lru_cache(maxsize=None)
-def layer_head(name: str) -> tuple[int, int | None]:
-    """``(layer, head)`` columns of a component: embeddings are layer -1."""
-    from unpack.components import parse_component
-
-    _, layer, head = parse_component(name)
-    return (-1 if layer is None else layer), head
+# ``(layer, head)`` columns of a component (embeddings are layer -1), memoized
+layer_head = lru_cache(maxsize=None)(components.layer_head)
 
 
 def _lookup(names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,14 @@ metadata = sa.MetaData()
 
 Int, Big, Str, Dbl, Bool, Time = sa.Integer, sa.BigInteger, sa.String, sa.Double, sa.Boolean, sa.DateTime
 
+
+def component(name: str = "component") -> tuple[sa.Column, sa.Column, sa.Column]:
+    """A component column with its ``layer`` and ``head`` columns: ``component,
+    layer, head``, or for a named end ``parent, parent_layer, parent_head``."""
+    prefix = "" if name == "component" else f"{name}_"
+    return (sa.Column(name, Str, nullable=False), sa.Column(f"{prefix}layer", Int),
+            sa.Column(f"{prefix}head", Int))
+
 models = sa.Table(
     "models", metadata,
     sa.Column("model_id", Int, primary_key=True, autoincrement=False),
@@ -126,9 +134,7 @@ token_credits = sa.Table(
 component_flows = sa.Table(  # nonzero entries only
     "component_flows", metadata,
     sa.Column("trace_id", Int, nullable=False),
-    sa.Column("component", Str, nullable=False),
-    sa.Column("layer", Int),
-    sa.Column("head", Int),
+    *component(),
     sa.Column("pos", Int, nullable=False),
     sa.Column("flow", Dbl),
 )
@@ -136,13 +142,9 @@ component_flows = sa.Table(  # nonzero entries only
 edges = sa.Table(  # sparse: only |weight| >= runs.edge_min_frac * Σ|seeds| of the trace
     "edges", metadata,
     sa.Column("trace_id", Int, nullable=False),
-    sa.Column("parent", Str, nullable=False),
-    sa.Column("parent_layer", Int),
-    sa.Column("parent_head", Int),
+    *component("parent"),
     sa.Column("parent_pos", Int),
-    sa.Column("child", Str, nullable=False),
-    sa.Column("child_layer", Int),
-    sa.Column("child_head", Int),
+    *component("child"),
     sa.Column("child_pos", Int),
     sa.Column("mode", Str, nullable=False),  # K | Q | V | MLP
     sa.Column("weight", Dbl),
@@ -166,9 +168,7 @@ path_hops = sa.Table(
     "path_hops", metadata,
     sa.Column("path_id", Int, nullable=False),
     sa.Column("hop", Int, nullable=False),  # 0 = the seed end
-    sa.Column("component", Str, nullable=False),
-    sa.Column("layer", Int),
-    sa.Column("head", Int),
+    *component(),
     sa.Column("pos", Int),
     sa.Column("mode", Str),  # mode leaving this element; NULL at the embedding
 )
@@ -194,9 +194,7 @@ circuits = sa.Table(
 circuit_components = sa.Table(
     "circuit_components", metadata,
     sa.Column("circuit_id", Int, nullable=False),
-    sa.Column("component", Str, nullable=False),
-    sa.Column("layer", Int),
-    sa.Column("head", Int),
+    *component(),
     sa.Column("depth", Int),  # 0 = a seed; k = reached after k reroots
     sa.Column("root", Str),  # where it is rerooted, e.g. attn_1_head_0@END
     sa.Column("share", Dbl),  # share of prompts in which it is selected
@@ -207,12 +205,8 @@ circuit_components = sa.Table(
 circuit_edges = sa.Table(
     "circuit_edges", metadata,
     sa.Column("circuit_id", Int, nullable=False),
-    sa.Column("parent", Str, nullable=False),
-    sa.Column("parent_layer", Int),
-    sa.Column("parent_head", Int),
-    sa.Column("child", Str, nullable=False),
-    sa.Column("child_layer", Int),
-    sa.Column("child_head", Int),
+    *component("parent"),
+    *component("child"),
     sa.Column("mode", Str, nullable=False),  # K | Q | V
     sa.Column("weight", Dbl),  # mean interaction over the prompts (0 where absent)
     sa.Column("share", Dbl),  # share of prompts in which it is among the parent's strongest

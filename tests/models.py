@@ -68,12 +68,14 @@ PROMPTS = [
 ]
 
 
-def tiny_llama_gqa(seed=0, n_layer=2, dtype=torch.float64, **extra):
-    """Llama with grouped-query attention (6 heads, 2 kv heads, d = 8), RMSNorm, SwiGLU."""
+def tiny_llama_gqa(seed=0, n_layer=2, dtype=torch.float64, classes=None, **extra):
+    """Llama with grouped-query attention (6 heads, 2 kv heads, d = 8), RMSNorm, SwiGLU.
+    ``classes``: another ``(config class, model class)`` of the Llama family (Qwen2)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=48, intermediate_size=80,
-                      num_hidden_layers=n_layer, num_attention_heads=6, num_key_value_heads=2,
-                      max_position_embeddings=64, attn_implementation="eager",
-                      bos_token_id=0, eos_token_id=0, **extra)
+    cfg_cls, model_cls = classes or (LlamaConfig, LlamaForCausalLM)
+    cfg = cfg_cls(vocab_size=len(WORDS), hidden_size=48, intermediate_size=80,
+                  num_hidden_layers=n_layer, num_attention_heads=6, num_key_value_heads=2,
+                  max_position_embeddings=64, attn_implementation="eager",
+                  bos_token_id=0, eos_token_id=0, **extra)
     torch.manual_seed(seed)
-    return randomize(LlamaForCausalLM(cfg), seed, std=0.15).to(dtype)
+    return randomize(model_cls(cfg), seed, std=0.15).to(dtype)

@@ -116,11 +116,15 @@ def assert_clean(at):
     assert not at.error, [e.value for e in at.error]
 
 
-def open_app(monkeypatch, db, page: str | None = None):
+def open_app(monkeypatch, db, page: str | None = None, params: dict | None = None):
+    """The app on ``db`` at ``page``; ``params``: query parameters in place before
+    the first run of the session (a browser opening a link)."""
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("UNPACK_DB", str(db))
     at = AppTest.from_file(str(APP), default_timeout=180)
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
     at.run()
     assert_clean(at)
     if PAGES.get(page):

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import query_db  # noqa: E402
 from test_app import MODELS, build_store  # noqa: E402  (the same real-ingest store)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,13 +171,7 @@ def page(app):
 
 def sql(db, q, params=None):
     """A read-only query from the test process (the app's process holds its own)."""
-    import duckdb
-
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(q, params or []).df()
-    finally:
-        con.close()
+    return query_db(db, q, params, df=True)
 
 
 # ------------------------------------------------------------------ one test per page

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app import APP, PAGES, assert_clean, build_store, sql, widget  # noqa: E402
+from test_app import assert_clean, build_store, open_app, sql, widget  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,18 +21,7 @@ def store(tmp_path_factory):
 def open_link(monkeypatch, db, page: str, params: dict):
     """The app as a browser opening ``/page?params``: the parameters are in place
     before the first run of the session."""
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("UNPACK_DB", str(db))
-    at = AppTest.from_file(str(APP), default_timeout=180)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    assert_clean(at)
-    if PAGES.get(page):
-        at.switch_page(PAGES[page]).run()
-        assert_clean(at)
-    return at
+    return open_app(monkeypatch, db, page, params)
 
 
 def url_of(at) -> dict:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from models import tiny_gpt2, word_tokenizer
+from helpers import save_tiny_gpt2
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 
@@ -24,10 +24,7 @@ def unpack(*args, check=None):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_gpt2")
-    tiny_gpt2(dtype=torch.float32).save_pretrained(d)
-    word_tokenizer().save_pretrained(d)
-    return str(d)
+    return save_tiny_gpt2(tmp_path_factory)
 
 
 def test_trace_json_has_every_key(model_dir):

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import duckdb
 import pytest
+
+from helpers import start_until
 
 from test_ingest import (DUPLICATE_CHECKS, _per_prompt_rows, build_tiny_model, sql,
                          table_counts)
@@ -144,23 +144,7 @@ def _start_slow_until_progress(model_dir, db, timeout=180):
     """Start a slowed-down ingest (0.4 s a batch) with its progress bar; return
     once it shows two stored prompts."""
     cmd = [sys.executable, "-c", _KILL_AT, "slow", "0", *ingest_args(model_dir, db)[:-1]]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    seen, log = threading.Event(), []
-
-    def read():
-        buf = b""
-        while chunk := proc.stderr.read1(4096):
-            buf += chunk
-            log.append(chunk)
-            if re.search(rb"\| *([2-9]|1[01])/12 \[", buf):
-                seen.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not seen.wait(0.01) and proc.poll() is None and time.monotonic() < deadline:
-        pass
-    assert seen.is_set() and proc.poll() is None, b"".join(log).decode(errors="replace")[-2000:]
+    proc, log, _ = start_until(cmd, rb"\| *([2-9]|1[01])/12 \[", env(), timeout)
     return proc, log
 
 

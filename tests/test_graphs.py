@@ -313,3 +313,44 @@ def test_draw_and_frame(con, tmp_path):
     df = gr.graph_frame(G).set_index(["parent", "child"])
     assert df.loc[(H10, H01), "V"] == pytest.approx(0.65 / 3)
     assert gr.short_name("attn_9_head_11") == "9.11" and gr.short_name("mlp_3") == "m3"
+
+
+# ------------------------------------------------------------------ the stored residual topology
+
+def test_ingest_stores_the_model_facts_and_graphs_read_the_topology(tmp_path):
+    """A GPT-NeoX with ``use_parallel_residual=False`` is sequential (§1): the
+    ingest stores that from the adapter's ModelSpec, and the graph reads it from
+    the models table, also where no MLP edge would show it (K/Q/V modes only)."""
+    import torch
+
+    from ingest.run import ingest
+    from models import tiny_neox, word_tokenizer
+    from unpack import Tracer
+    from unpack.tasks import induction
+
+    tok = word_tokenizer()
+    db = tmp_path / "neox.duckdb"
+    for name, parallel in (("neox_seq", False), ("neox_par", True)):
+        tracer = Tracer(model=tiny_neox(parallel=parallel, dtype=torch.float32), tokenizer=tok)
+        ingest(induction(tok, 2, seed=0, seg_len=4), tracer=tracer, model_name=name, db=db,
+               progress=False)
+    con = open_db(db)
+    try:
+        facts = con.execute("SELECT name, family, parallel_residual, n_kv_heads, d_head "
+                            "FROM models ORDER BY name").fetchall()
+        assert facts == [("neox_par", "gpt_neox", True, 2, 8), ("neox_seq", "gpt_neox", False, 2, 8)]
+        for name, parallel in (("neox_seq", False), ("neox_par", True)):
+            G = gr.circuit_graph(con, model=name, task="induction", modes=("K", "Q", "V"))
+            assert G.graph["parallel"] is parallel
+            G = gr.circuit_graph(con, model=name, task="induction")
+            assert G.graph["parallel"] is parallel
+            assert G.nodes["mlp_0"]["depth"] == (0.0 if parallel else 0.5)
+    finally:
+        con.close()
+
+
+def test_a_model_stored_before_the_facts_falls_back_to_its_edges(con):
+    """The hand-written models have no ``parallel_residual`` (NULL, as in a store
+    made before migration 0004): GPT-2 stays sequential."""
+    assert con.execute("SELECT count(*) FROM models WHERE parallel_residual IS NULL").fetchone()[0] == 2
+    assert ioi_graph(con).graph["parallel"] is False

@@ -8,13 +8,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
+
+from helpers import query_db, start_until
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ["1.*@END", "attn_0_head_0@S2"]  # S2 exists in ioi_* records only
@@ -70,11 +70,7 @@ def records(tracer):
 
 
 def sql(db, q, params=None):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(q, params or []).fetchall()
-    finally:
-        con.close()
+    return query_db(db, q, params)
 
 
 def table_counts(db) -> dict[str, int]:
@@ -365,27 +361,9 @@ def _env():
 def _start_and_kill(cmd, after_s: float) -> None:
     """Start the ingest, wait until the progress bar shows stored prompts, wait
     ``after_s`` more, SIGKILL it."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    seen = threading.Event()
-    log = []
-
-    def read():
-        buf = b""
-        while chunk := proc.stderr.read1(4096):
-            buf += chunk
-            log.append(chunk)
-            if re.search(rb"ingest [^:]*: +\d+%[^|]*\|[^|]*\| *[1-9]\d*/\d+ \[", buf):
-                seen.set()
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
+    proc, _, t = start_until(cmd, rb"ingest [^:]*: +\d+%[^|]*\|[^|]*\| *[1-9]\d*/\d+ \[", _env(),
+                             stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
-        while not seen.wait(0.01) and proc.poll() is None and time.monotonic() < deadline:
-            pass
-        assert seen.is_set() and proc.poll() is None, \
-            "no progress before the end: " + b"".join(log).decode(errors="replace")[-2000:]
         time.sleep(after_s)
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -8,7 +8,7 @@ import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM)
 
-from models import PROMPTS, WORDS, randomize, word_tokenizer
+from models import PROMPTS, WORDS, tiny_llama_gqa, word_tokenizer
 from unpack import InputError, Tracer, make_config
 from unpack.adapters import build_spec, supported_model_types
 from unpack.capture import capture
@@ -179,12 +179,7 @@ ENGINE_KINDS = {  # (config class, model class, extra config)
 
 def tiny_llama(kind, dtype=torch.float64, seed=0, n_layers=2):
     cfg_cls, model_cls, extra = ENGINE_KINDS[kind]
-    cfg = cfg_cls(vocab_size=len(WORDS), hidden_size=48, intermediate_size=80,
-                  num_hidden_layers=n_layers, num_attention_heads=6, num_key_value_heads=2,
-                  max_position_embeddings=64, attn_implementation="eager",
-                  bos_token_id=0, eos_token_id=0, **extra)
-    torch.manual_seed(seed)
-    return randomize(model_cls(cfg), seed, std=0.15).to(dtype)
+    return tiny_llama_gqa(seed, n_layers, dtype, classes=(cfg_cls, model_cls), **extra)
 
 
 @pytest.fixture(scope="module")

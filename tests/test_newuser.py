@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import tiny_gpt2, word_tokenizer  # noqa: E402
+from helpers import save_tiny_gpt2  # noqa: E402
 
 from unpack.cli import main  # noqa: E402
 
@@ -23,10 +23,7 @@ README = (ROOT / "README.md").read_text()
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_gpt2")
-    tiny_gpt2(dtype=torch.float32).save_pretrained(d)
-    word_tokenizer().save_pretrained(d)
-    return str(d)
+    return save_tiny_gpt2(tmp_path_factory)
 
 
 def test_trace_prompts_goes_on_past_a_bad_line(model_dir, tmp_path, capsys):

@@ -1,38 +1,35 @@
 """``unpack trace``, ``unpack validate`` and ``unpack bench``."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from .errors import InputError
+from .flags import add_command, add_device_flags, add_flags
 
 EXAMPLE = ('unpack trace --model smollm2-135m --text "When Mary and John went to the store, '
            'John gave a drink to" --target " Mary" --distractor " John"')
 
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
-
-
-def add_device_flags(p, what: str = "the model") -> None:
-    """``--device`` and the weights' ``--dtype``, the same on every command that loads a model."""
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help=f"where {what} runs: cpu (default), cuda, cuda:N or auto (a GPU if "
-                        "there is one)")
-    p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="dtype of the weights (default float32): bfloat16/float16 keep a 7B "
-                        "model at 2 bytes a weight; the decomposition math runs in float32 "
-                        "(float64 with float64 weights)")
+_TRACE_TEXT = """\
+Decompose one prompt (--text/--target) or a JSONL file of prompts (--prompts; keys text,
+target, optional distractor and root) and print the result, or one JSON object per prompt
+with --json. Example:
+"""
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "trace", help="trace prompts: token credit, paths, component flow, edges",
-        description="Decompose one prompt (--text/--target) or a JSONL file of prompts "
-                    "(--prompts; keys text, target, optional distractor and root) and print "
-                    f"the result, or one JSON object per prompt with --json. Example: {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="local HF directory, .gguf file, hub name, or smollm2-135m")
+    """``trace``, ``validate``, ``bench`` and ``plan``."""
+    _register_trace(sub)
+    _register_validate(sub)
+    _register_bench(sub)
+    _register_plan(sub)
+
+
+def _register_trace(sub) -> None:
+    p = add_command(sub, "trace", "trace prompts: token credit, paths, component flow, edges",
+                    _TRACE_TEXT + EXAMPLE, raw=True)
+    add_flags(p, "model")
     p.add_argument("--text", help="the prompt")
     p.add_argument("--target", help="target token text, e.g. ' Mary' (leading space matters)")
     p.add_argument("--distractor", help="optional distractor token text, e.g. ' John'")
@@ -52,21 +49,34 @@ def register(sub) -> None:
                    help="override a config field, e.g. --set beta=0.5 --set path_min_frac=1e-5")
     p.add_argument("--batch-size", type=int, default=16)
     add_device_flags(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout")
+    add_flags(p, "json", json=dict(help="one JSON object per prompt on stdout"))
     p.set_defaults(func=cmd_trace)
 
-    v = sub.add_parser("validate", help="check every docs/METHOD.md §9 invariant on a model",
-                       description="Runs the §9 invariants on a few prompts and prints each with "
-                                   "its worst relative error and tolerance; exit status 1 if any fails.")
-    v.add_argument("--model", required=True)
+
+_VALIDATE_TEXT = """\
+Runs the §9 invariants on a few prompts and prints each with its worst relative error
+and tolerance; exit status 1 if any fails.
+"""
+
+
+def _register_validate(sub) -> None:
+    v = add_command(sub, "validate", "check every docs/METHOD.md §9 invariant on a model",
+                     _VALIDATE_TEXT)
+    add_flags(v, "model")
     v.add_argument("--text", action="append", help="prompt(s) to check (default: three built-in ones)")
     add_device_flags(v)
     v.set_defaults(func=cmd_validate)
 
-    b = sub.add_parser("bench", help="time the engine on random models of real shapes",
-                       description="Per-prompt times (forward, decompose, sweep, paths), peak "
-                                   "memory, scaling with prompt length and batch size, and the "
-                                   "ratio to the plain-loop reference measured in the same run.")
+
+_BENCH_TEXT = """\
+Per-prompt times (forward, decompose, sweep, paths), peak memory, scaling with prompt
+length and batch size, and the ratio to the plain-loop reference measured in the same
+run.
+"""
+
+
+def _register_bench(sub) -> None:
+    b = add_command(sub, "bench", "time the engine on random models of real shapes", _BENCH_TEXT)
     b.add_argument("--shapes", default="gpt2-small,pythia-410m",
                    help="comma list of gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, tiny")
     b.add_argument("--lengths", default="8,16,32,64,128")
@@ -89,18 +99,24 @@ def register(sub) -> None:
     add_device_flags(b, "the random models")
     b.set_defaults(func=cmd_bench)
 
-    pl = sub.add_parser(
-        "plan", help="predict peak memory and time per prompt before anything runs",
-        description="Predict, from the model's shapes (no weights are loaded) and a short "
-                    "calibration of this device, the peak memory and the time per prompt of a "
-                    "trace at a prompt length; says whether it fits and what to change if not.")
+
+_PLAN_TEXT = """\
+Predict, from the model's shapes (no weights are loaded) and a short calibration of this
+device, the peak memory and the time per prompt of a trace at a prompt length; says
+whether it fits and what to change if not.
+"""
+
+
+def _register_plan(sub) -> None:
+    pl = add_command(sub, "plan", "predict peak memory and time per prompt before anything runs",
+                      _PLAN_TEXT)
     pl.add_argument("--model", required=True,
                     help="a bench shape (gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, tiny), "
                          "a local model directory (its config.json is read), or smollm2-135m")
     pl.add_argument("--tokens", type=int, required=True, help="prompt length in tokens")
     pl.add_argument("--prompts", type=int, default=1, help="prompts in the corpus (total time)")
     pl.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default 1)")
-    pl.add_argument("--json", action="store_true", help="print one JSON object")
+    add_flags(pl, "json")
     add_device_flags(pl)
     pl.set_defaults(func=cmd_plan)
 

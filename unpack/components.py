@@ -36,6 +36,61 @@ def parse_component(name: str) -> tuple[str, int | None, int | None]:
                      "attn_{L}_head_{h}, attn_{L}_bias or mlp_{L}")
 
 
+_SHORT = {"embedding": "emb", "pos_embedding": "pos"}
+
+
+def short_label(name: str) -> str:
+    """A component's label in figures: ``attn_9_head_6`` -> ``9.6``, ``mlp_3`` ->
+    ``m3``, ``embedding`` -> ``emb``, ``pos_embedding`` -> ``pos``; any other
+    name (a bias component, a root spec) unchanged."""
+    try:
+        kind, L, h = parse_component(name)
+    except InputError:
+        return name
+    if kind == "head":
+        return f"{L}.{h}"
+    if kind == "mlp":
+        return f"m{L}"
+    return _SHORT.get(name, name)
+
+
+def sort_key(name: str) -> tuple:
+    """Sort key of the reading order: the embeddings, then per layer its heads in
+    order, its attention bias, its MLP; names that are no component last."""
+    try:
+        kind, L, h = parse_component(name)
+    except InputError:
+        return (10**6, 0, 0)
+    if L is None:
+        return (-1, 0 if kind == "embedding" else 1, 0)
+    return (L, {"head": 0, "attn_bias": 1, "mlp": 2}[kind], h or 0)
+
+
+def layer_index(name: str, parallel: bool) -> float:
+    """The §1 layer index: -1 for embeddings, ``L`` for the attention of layer
+    ``L``, ``L + 0.5`` for ``mlp_L`` in a sequential block and ``L`` in a
+    parallel one (docs/METHOD.md §1)."""
+    kind, L, _ = parse_component(name)
+    if L is None:
+        return -1.0
+    return L + 0.5 if kind == "mlp" and not parallel else float(L)
+
+
+def layer_head(name: str) -> tuple[int, int | None]:
+    """``(layer, head)`` as the store's columns hold them: layer -1 for the
+    embeddings, head None for anything but a head."""
+    _, L, h = parse_component(name)
+    return (-1 if L is None else L), h
+
+
+def attrs(name: str, parallel: bool) -> dict:
+    """``kind``, ``layer`` (-1 for embeddings), ``head`` (None if not a head) and
+    ``depth`` (the §1 :func:`layer_index`) of a component name."""
+    kind = parse_component(name)[0]
+    L, h = layer_head(name)
+    return dict(kind=kind, layer=L, head=h, depth=layer_index(name, parallel))
+
+
 @dataclass
 class Components:
     n_layers: int
@@ -85,12 +140,7 @@ class Components:
         return self.n_writers_attn(L) + (0 if self.parallel else self.n_heads)
 
     def layer_index(self, name: str) -> float:
-        kind, L, _ = parse_component(name)
-        if L is None:
-            return -1.0
-        if kind == "mlp" and not self.parallel:
-            return L + 0.5
-        return float(L)
+        return layer_index(name, self.parallel)
 
     def is_embedding(self, i: int) -> bool:
         return i < self.n_emb

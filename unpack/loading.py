@@ -138,38 +138,30 @@ def load_tokenizer(name_or_path, *, cache_dir=None):
 
 
 def model_info(model, spec=None) -> dict:
-    """Shape facts about a loaded model, for the database's ``models`` table: size,
-    revision and training step; with the adapter's ``spec`` also its family and
-    residual layout (docs/METHOD.md §1)."""
+    """Facts about a loaded model for the database's ``models`` table: its shapes,
+    family and residual layout from the adapter's ``ModelSpec`` (docs/METHOD.md
+    §1; built here when ``spec`` is None), its size, revision and training step."""
+    from .adapters import build_spec
+
+    spec = spec if spec is not None else build_spec(model)
     cfg = model.config
-
-    def get(*names):
-        for n in names:
-            v = getattr(cfg, n, None)
-            if v is not None:
-                return v
-        return None
-
-    n_heads = get("num_attention_heads", "n_head")
-    d_model = get("hidden_size", "n_embd")
     params = {id(p): p.numel() for p in model.parameters()}  # tied weights count once
     revision = getattr(cfg, "unpack_revision", None)
     info = {
         "name": getattr(cfg, "_name_or_path", None) or None,
         "model_type": cfg.model_type,
-        "n_layers": get("num_hidden_layers", "n_layer"),
-        "n_heads": n_heads,
-        "n_kv_heads": get("num_key_value_heads") or n_heads,
-        "d_model": d_model,
-        "d_head": get("head_dim") or (d_model // n_heads if d_model and n_heads else None),
-        "vocab_size": get("vocab_size"),
+        "family": spec.family,
+        "parallel_residual": bool(spec.parallel),
+        "n_layers": spec.n_layers,
+        "n_heads": spec.n_heads,
+        "n_kv_heads": spec.n_kv_heads,
+        "d_model": spec.d_model,
+        "d_head": spec.d_head,
+        "vocab_size": getattr(cfg, "vocab_size", None),
         "n_params": int(sum(params.values())),
         "revision": revision,
         "step": training_step(cfg, revision),
     }
-    if spec is not None:
-        info.update(family=spec.family, parallel_residual=bool(spec.parallel),
-                    n_kv_heads=spec.n_kv_heads, d_head=spec.d_head)
     toy = toy_facts(info["name"])
     if toy:
         info["toy"] = toy

@@ -5,30 +5,44 @@ from __future__ import annotations
 import argparse
 import sys
 
+from unpack.flags import add_command, add_flags
+
 _EPILOG = """\
 Exit codes: 0 report written; 1 the database has no matching rows (the message
 gives the `unpack ingest` command that would store them); 2 bad input.
 """
 
 
+_REPORT_TEXT = """\
+Reports of docs/METHOD.md §10 computed from a DuckDB store (opened read-only): tables as
+Markdown and CSV, figures as PNG.
+"""
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="composition, duplicate-suppression and induction reports from a store",
-        description="Reports of docs/METHOD.md §10 computed from a DuckDB store (opened read-only): "
-                    "tables as Markdown and CSV, figures as PNG.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(
+        subparsers, "report", "composition, duplicate-suppression and induction reports from a store",
+        _REPORT_TEXT, epilog=_EPILOG, raw=True)
     sub = p.add_subparsers(dest="report", metavar="REPORT")
     p.set_defaults(func=lambda args: _usage(p))
+    _register_composition(sub)
+    _register_suppression(sub)
+    _register_induction(sub)
 
-    c = sub.add_parser(
-        "composition", help="rank upstream heads by K/Q/V interaction per head class (§10)",
-        description="Reroot at each head of a class at its role position and rank the "
-                    "upstream heads by each mode's interaction strength. Rerooted traces "
-                    "missing for prompts already in the store are ingested first.",
-        epilog=_EPILOG + "\nExample:\n  unpack report composition --db unpack.duckdb --model gpt2 "
+
+_COMPOSITION_TEXT = """\
+Reroot at each head of a class at its role position and rank the upstream heads by each
+mode's interaction strength. Rerooted traces missing for prompts already in the store
+are ingested first.
+"""
+
+
+def _register_composition(sub) -> None:
+    c = add_command(
+        sub, "composition", "rank upstream heads by K/Q/V interaction per head class (§10)",
+        _COMPOSITION_TEXT, epilog=_EPILOG + "\nExample:\n  unpack report composition --db unpack.duckdb --model gpt2 "
                "--out reports/\n  unpack report composition --db toy.duckdb --model toy_dir "
-               "--task induction --roles roles.csv --min-layer 0",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "--task induction --roles roles.csv --min-layer 0", raw=True)
     _common(c)
     c.add_argument("--task", choices=("ioi", "induction"), default=None,
                    help="task of the prompts (default: the model's only task in the store)")
@@ -39,7 +53,7 @@ def register(subparsers) -> None:
                    help="connections to test, e.g. induction@END:previous_token:K "
                         "(default: the three of §10 for ioi, induction -> previous_token via K "
                         "for induction)")
-    c.add_argument("--n", type=int, default=100, help="prompts to use (default 100)")
+    add_flags(c, "n", n=dict(help="prompts to use (default 100)"))
     c.add_argument("--min-layer", type=int, default=1,
                    help="rank upstream heads of this layer and above (default 1, as §10)")
     c.add_argument("--max-rank", type=int, default=3,
@@ -47,45 +61,50 @@ def register(subparsers) -> None:
                         "(default 3)")
     c.add_argument("--no-ingest", action="store_true",
                    help="never ingest missing rerooted traces; report what is stored")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar while ingesting")
+    add_flags(c, "no-progress", no_progress=dict(help="no progress bar while ingesting"))
     c.set_defaults(func=composition_handler)
 
-    s = sub.add_parser(
-        "suppression", help="credit at S1, S2 and C for IOI and ABC controls, per model (§10)",
-        description="Duplicate suppression: per model, mean credit at S1, S2 and C in the four "
-                    "conditions, the share of prompts with S2 < 0, the S1 - S2 gap with a "
-                    "bootstrap confidence interval, and target probabilities; one table "
-                    "across models ordered by size, and a figure.",
-        epilog=_EPILOG + "\nExample:\n  unpack ingest --model smollm2-135m --task ioi --n 100 "
-               "--controls --db ioi.duckdb\n  unpack report suppression --db ioi.duckdb --out reports/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+_SUPPRESSION_TEXT = """\
+Duplicate suppression: per model, mean credit at S1, S2 and C in the four conditions,
+the share of prompts with S2 < 0, the S1 - S2 gap with a bootstrap confidence interval,
+and target probabilities; one table across models ordered by size, and a figure.
+"""
+
+
+def _register_suppression(sub) -> None:
+    s = add_command(
+        sub, "suppression", "credit at S1, S2 and C for IOI and ABC controls, per model (§10)",
+        _SUPPRESSION_TEXT, epilog=_EPILOG + "\nExample:\n  unpack ingest --model smollm2-135m --task ioi --n 100 "
+               "--controls --db ioi.duckdb\n  unpack report suppression --db ioi.duckdb --out reports/", raw=True)
     _common(s, many_models=True)
     s.add_argument("--n-boot", type=int, default=2000,
                    help="bootstrap resamples for the gap's confidence interval (default 2000)")
-    s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_flags(s, "seed", seed=dict(help="bootstrap seed (default 0)"))
     s.set_defaults(func=suppression_handler)
 
-    i = sub.add_parser(
-        "induction", help="toy induction models: is previous-token -> induction recovered via K?",
-        description="The toy induction report of unpack.toy, the same as `unpack toy-report`: "
-                    "reroot at each induction head and check that the top upstream head by K "
-                    "interaction is a previous-token head read off the model's own attention; "
-                    "a random-initialized twin is the control.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _induction_options(i)
-    i.set_defaults(func=induction_handler)
+
+def _register_induction(sub) -> None:
+    from unpack.toy.cli import INDUCTION_DESCRIPTION, REPORT_EPILOG, add_induction_options, \
+        report_handler
+
+    i = add_command(
+        sub, "induction", "toy induction models: is previous-token -> induction recovered via K?",
+        INDUCTION_DESCRIPTION + " (`unpack toy-report` is an alias of this command.)",
+        epilog=REPORT_EPILOG, raw=True)
+    add_induction_options(i)
+    i.set_defaults(func=report_handler)
 
 
 def _common(p, many_models: bool = False) -> None:
-    p.add_argument("--db", required=True, help="DuckDB store (opened read-only)")
-    if many_models:
-        p.add_argument("--model", nargs="+", default=None,
-                       help="models to include (default: every model with IOI traces)")
-    else:
-        p.add_argument("--model", default=None,
-                       help="model name as stored (default: the only model in the store)")
-    p.add_argument("--preset", default="kqv_aligned", help="preset of the traces (default kqv_aligned)")
-    p.add_argument("--out", default="reports", help="output folder (default ./reports)")
+    model = (dict(nargs="+", default=None, help="models to include (default: every model with "
+                                                "IOI traces)") if many_models else
+             dict(default=None, help="model name as stored (default: the only model in the store)"))
+    add_flags(p, "db", "model", "preset", "out", db=dict(required=True, default=None,
+                                                         help="DuckDB store (opened read-only)"),
+              model=dict(required=False, **model),
+              out=dict(required=False, default="reports", metavar=None,
+                       help="output folder (default ./reports)"))
 
 
 def _usage(p) -> int:
@@ -133,19 +152,6 @@ def _publish(rep, out) -> int:
     print(rep.markdown)
     print("\nwritten: " + ", ".join(str(f) for f in files))
     return 0
-
-
-def _induction_options(p) -> None:
-    """The options of the toy induction report: those of ``unpack toy-report``
-    (unpack.toy.cli, argparse only at import), so both commands take the same."""
-    from unpack.toy.cli import add_induction_options
-    add_induction_options(p)
-
-
-def induction_handler(args) -> int:
-    """Delegates to :func:`unpack.toy.report.main` (the same as ``unpack toy-report``)."""
-    from unpack.toy import report
-    return int(report.main(args) or 0)
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,7 @@ import pandas as pd
 
 from app.db import open_db
 from app.graphs import selection_sql
+from unpack.components import layer_head, short_label
 from unpack.errors import InputError
 
 from . import NoData, markdown_table, write_outputs
@@ -140,17 +141,13 @@ def is_gpt2_small(row) -> bool:
             and row.get("n_heads") == 12 and row.get("d_model") == 768)
 
 
-def _short(h: str) -> str:
-    _, L, _, H = h.split("_")
-    return f"{L}.{H}"
-
-
 def ingest_command(db, model, task, conns, table, n) -> str:
     """The `unpack ingest` command that stores the rerooted traces."""
     by_where: dict[str, list[str]] = {}
     for c in conns:
         by_where.setdefault(c.where, [])
-        by_where[c.where] += [_short(h) for h in table[c.root] if _short(h) not in by_where[c.where]]
+        by_where[c.where] += [short_label(h) for h in table[c.root]
+                              if short_label(h) not in by_where[c.where]]
     roots = " ".join(f'"{",".join(hs)}@{w}"' for w, hs in by_where.items())
     return (f"unpack ingest --model {model or 'MODEL'} --task {task} --n {n} --roots {roots} "
             f"--db {db}")
@@ -227,7 +224,7 @@ def compute_ranks(edges: pd.DataFrame, complete: dict, table: dict, n_heads: int
             head_class.setdefault(h, []).append(cls)
     rank_rows, str_rows = [], []
     for (root_cls, where), (specs, prompts) in complete.items():
-        deepest = max(int(h.split("_")[1]) for h in table[root_cls])
+        deepest = max(layer_head(h)[0] for h in table[root_cls])
         cands = [f"attn_{L}_head_{h}" for L in range(min_layer, deepest) for h in range(n_heads)]
         if not cands:
             continue
@@ -381,36 +378,11 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
     con = open_db(db)
     try:
         model, task, info = _pick_model_task(con, db, model, task, preset)
-        if roles is None and not is_gpt2_small(info):
-            raise InputError(f"model {model!r} is not GPT-2 small, so the built-in head-role "
-                             "table does not apply: pass --roles FILE.csv with columns head,role")
-        table = roles_table(roles)
-        specs_default, cond_default = DEFAULT_CONNECTIONS.get(task, ([], None))
-        conns = [parse_connection(s, table) for s in (connections or specs_default)]
-        if not conns:
-            raise InputError(f"no default connections for task {task!r}: pass --connections "
-                             "ROOT@WHERE:UPSTREAM:MODE")
-        condition = condition if condition is not None else cond_default
-        for c in conns:
-            for h in table[c.root]:
-                L, H = int(h.split("_")[1]), int(h.split("_")[3])
-                if L >= info["n_layers"] or H >= info["n_heads"]:
-                    raise InputError(f"role table: head {h} ({c.root}) does not exist in {model} "
-                                     f"({info['n_layers']} layers x {info['n_heads']} heads)")
+        table, conns, condition = _connections(model, task, info, roles, connections, condition)
         needed = {f"{h}@{c.where}" for c in conns for h in table[c.root]}
-        stored = _stored(con, model, task, preset, condition)
         command = ingest_command(db, model, task, conns, table, n)
-        if stored.empty:
-            raise NoData(f"database {db!s} has no {task} prompts for model {model!r} (preset "
-                         f"{preset}{', condition ' + condition if condition else ''})", command)
-        has = stored["roots"].map(set)
-        complete = stored[has.map(lambda r: needed <= r)]
-        missing = stored[~has.map(lambda r: needed <= r)]
-        todo = missing.head(max(0, n - len(complete)))
-        records = _records(con, todo["prompt_id"]) if len(todo) and ingest_missing else []
-        runs = sorted(set(todo["run_id"])) if records else []
-        config = (json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?",
-                                         [runs[0]]).fetchone()[0]) if runs else None)
+        records, config = _missing(con, db, model, task, preset, condition, needed, n,
+                                   ingest_missing, command)
     finally:
         con.close()
 
@@ -423,13 +395,7 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
         edges = _head_edges(con, model, task, preset, condition, needed)
     finally:
         con.close()
-    has = stored["roots"].map(set)
-    complete = {}
-    for c in conns:
-        specs = {f"{h}@{c.where}" for h in table[c.root]}
-        ok = stored[has.map(lambda r: specs <= r)].head(n)
-        keys = list(zip(ok["run_id"], ok["text"], ok["target"], ok["distractor"]))
-        complete[(c.root, c.where)] = (specs, keys)
+    complete = _complete(stored, conns, table, n)
     if not any(keys for _, keys in complete.values()):
         raise NoData(f"database {db!s} has {task} prompts for {model!r} but none rerooted at "
                      f"{', '.join(sorted(needed))}", command)
@@ -444,6 +410,58 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
     return CompositionReport(md, {"ranks": summary, "connections": verdicts,
                                   "per_prompt": ranks.assign(prompt=ranks["prompt"].map(
                                       lambda k: k[1]))}, verdicts, fig)
+
+
+def _connections(model, task, info, roles, connections, condition):
+    """``(role table, connections, condition)`` of the report, each head checked
+    against the model's shape."""
+    if roles is None and not is_gpt2_small(info):
+        raise InputError(f"model {model!r} is not GPT-2 small, so the built-in head-role "
+                         "table does not apply: pass --roles FILE.csv with columns head,role")
+    table = roles_table(roles)
+    specs_default, cond_default = DEFAULT_CONNECTIONS.get(task, ([], None))
+    conns = [parse_connection(s, table) for s in (connections or specs_default)]
+    if not conns:
+        raise InputError(f"no default connections for task {task!r}: pass --connections "
+                         "ROOT@WHERE:UPSTREAM:MODE")
+    for c in conns:
+        for h in table[c.root]:
+            L, H = layer_head(h)
+            if L >= info["n_layers"] or H >= info["n_heads"]:
+                raise InputError(f"role table: head {h} ({c.root}) does not exist in {model} "
+                                 f"({info['n_layers']} layers x {info['n_heads']} heads)")
+    return table, conns, condition if condition is not None else cond_default
+
+
+def _missing(con, db, model, task, preset, condition, needed, n, ingest_missing, command):
+    """``(records, run config)`` of the stored prompts that lack some of the
+    ``needed`` reroots, as many as it takes to reach ``n`` complete prompts."""
+    stored = _stored(con, model, task, preset, condition)
+    if stored.empty:
+        raise NoData(f"database {db!s} has no {task} prompts for model {model!r} (preset "
+                     f"{preset}{', condition ' + condition if condition else ''})", command)
+    has = stored["roots"].map(set)
+    complete = stored[has.map(lambda r: needed <= r)]
+    missing = stored[~has.map(lambda r: needed <= r)]
+    todo = missing.head(max(0, n - len(complete)))
+    records = _records(con, todo["prompt_id"]) if len(todo) and ingest_missing else []
+    runs = sorted(set(todo["run_id"])) if records else []
+    config = (json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?",
+                                     [runs[0]]).fetchone()[0]) if runs else None)
+    return records, config
+
+
+def _complete(stored: pd.DataFrame, conns, table: dict, n: int) -> dict:
+    """Per (rooted class, where): the root specs and the first ``n`` prompts
+    (run, text, target, distractor) that have all of them."""
+    has = stored["roots"].map(set)
+    complete = {}
+    for c in conns:
+        specs = {f"{h}@{c.where}" for h in table[c.root]}
+        ok = stored[has.map(lambda r: specs <= r)].head(n)
+        keys = list(zip(ok["run_id"], ok["text"], ok["target"], ok["distractor"]))
+        complete[(c.root, c.where)] = (specs, keys)
+    return complete
 
 
 def _pick_model_task(con, db, model, task, preset):

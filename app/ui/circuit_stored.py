@@ -59,15 +59,6 @@ def verification_table(v: pd.Series) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ the section
 
-@st.cache_data(show_spinner=False, max_entries=500)
-def _cached(fn_name: str, path: str, *args):
-    return globals()[fn_name](state._connection(path), *args)
-
-
-def get(fn_name: str, *args):
-    return _cached(fn_name, state.db_path(), *args)
-
-
 def highlight_figure(G, comps: pd.DataFrame, edges: pd.DataFrame, title: str):
     """The aggregate graph with the circuit's heads ringed and its edges drawn over it."""
     import plotly.graph_objects as go
@@ -98,14 +89,14 @@ def highlight_figure(G, comps: pd.DataFrame, edges: pd.DataFrame, title: str):
 def show(model: str, G_all) -> None:
     """The stored-circuits section for ``model`` under the aggregate graph ``G_all``."""
     st.subheader("Stored circuits")
-    circuits = get("circuits_of", model)
+    circuits = state.query(circuits_of, model)
     if circuits.empty:
         st.caption(f"No stored circuit for {D.short_model(model)}: find one with "
                    "`unpack discover --db DB --model MODEL` and check it with `unpack verify`.")
         return
     cid = st.selectbox("Circuit", circuits["circuit_id"].tolist(), key="stored_circuit",
                        format_func=lambda i: _label(circuits, i))
-    comps, edges = get("circuit_parts", int(cid))
+    comps, edges = state.query(circuit_parts, int(cid))
     st.plotly_chart(highlight_figure(G_all, comps, edges, f"circuit {cid} on the aggregate graph"),
                     key="stored_circuit_chart")
     c1, c2 = st.columns(2)
@@ -113,7 +104,7 @@ def show(model: str, G_all) -> None:
     c1.dataframe(comps, hide_index=True)
     c2.markdown("Edges (reader ← writer)")
     c2.dataframe(edges, hide_index=True)
-    ver = get("verifications", int(cid))
+    ver = state.query(verifications, int(cid))
     if ver.empty:
         st.caption(f"Not verified yet: `unpack verify --db DB --circuit {cid}`.")
     else:
@@ -125,7 +116,7 @@ def show(model: str, G_all) -> None:
                     f"{v['kept_logit_diff']:+.3f}")
         st.dataframe(verification_table(v), hide_index=True, key="stored_circuit_verification")
         st.markdown("Prompts where it holds least (lowest faithfulness)")
-        st.dataframe(get("weakest_prompts", int(v["verification_id"]), 5), hide_index=True)
+        st.dataframe(state.query(weakest_prompts, int(v["verification_id"]), 5), hide_index=True)
     _downloads(int(cid))
 
 
@@ -138,7 +129,8 @@ def _label(circuits: pd.DataFrame, cid) -> str:
 def _downloads(cid: int) -> None:
     from app import export as ex
 
-    G = ex.circuit_nx(state._connection(state.db_path()).cursor(), cid)
+    with state.connection().cursor() as cur:
+        G = ex.circuit_nx(cur, cid)
     c1, c2, c3 = st.columns(3)
     c1.download_button("Circuit (interactive HTML)", ex.to_html(G).encode(),
                        file_name=f"circuit_{cid}.html", mime="text/html", key="circuit_html")
@@ -153,7 +145,8 @@ def path_downloads(prompt_id: int, root: str) -> None:
     """The Prompt page's exports of a trace's top paths."""
     from app import export as ex
 
-    G = ex.paths_nx(state._connection(state.db_path()).cursor(), prompt_id, root, 10)
+    with state.connection().cursor() as cur:
+        G = ex.paths_nx(cur, prompt_id, root, 10)
     c1, c2 = st.columns(2)
     c1.download_button("Top paths (interactive HTML)", ex.to_html(G).encode(),
                        file_name=f"paths_{prompt_id}.html", mime="text/html", key="paths_html")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from unpack.components import sort_key
+
 FROM_PROMPTS = ("prompts p JOIN runs r ON r.run_id = p.run_id "
                 "JOIN models m ON m.model_id = r.model_id")
 ROLE_ORDER = ("IO", "S1", "S2", "A", "B", "C", "END")
@@ -222,20 +224,8 @@ def components(con, prompt_id: int) -> list[str]:
     """Every component with stored flow in any trace of a prompt, in layer order."""
     df = q(con, """SELECT DISTINCT f.component, f.layer, f.head FROM component_flows f
                    JOIN traces t ON t.trace_id = f.trace_id WHERE t.prompt_id = ?""", [prompt_id])
-    df["order"] = [component_order(c) for c in df["component"]]
+    df["order"] = [sort_key(c) for c in df["component"]]
     return df.sort_values("order")["component"].tolist()
-
-
-def component_order(name: str) -> tuple:
-    """Sort key: embeddings, then per layer the heads in order, then the MLP."""
-    if name in ("embedding", "pos_embedding"):
-        return (-1, 0 if name == "embedding" else 1, 0)
-    parts = name.split("_")
-    if name.startswith("attn_") and "_head_" in name:
-        return (int(parts[1]), 0, int(parts[3]))
-    if name.startswith("mlp_"):
-        return (int(parts[1]), 1, 0)
-    return (10**6, 0, 0)
 
 
 def flow_at(con, trace_id: int, component: str, pos: int) -> float:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import streamlit as st
 
@@ -64,30 +66,35 @@ def sql_cache():
     return _SQL_CACHE["cache"]
 
 
-def _connection(path: str):
-    return shared_db(path)
-
-
 def connection():
     """The store's read-only handle (``app.db.shared_db``), or a clear message and a stop."""
     path = db_path()
     try:
-        return _connection(path)
+        return shared_db(path)
     except InputError as e:
         st.error(f"Cannot open the database: {e}")
         st.stop()
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 @st.cache_data(show_spinner=False, max_entries=2000)
-def cached(fn_name: str, path: str, version: tuple, *args):
-    """``app.ui.data.<fn_name>(connection, *args)``, cached per database, its
-    version and the arguments."""
-    return getattr(D, fn_name)(_connection(path), *args)
+def _query(_fn: Callable, name: str, path: str, version: tuple, *args, **kwargs):
+    """``_fn(handle, *args, **kwargs)``, cached per function (its qualified ``name``:
+    Streamlit cannot hash a function), database, its version and the arguments."""
+    return _fn(shared_db(path), *args, **kwargs)
 
 
-def get(fn_name: str, *args):
+def query(fn: Callable[Concatenate[Any, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``fn(connection, *args)`` on the app's store, cached until the next ingest
+    commits: ``query(data.model_names)``, ``query(data.distinct, "task", models)``.
+    ``fn`` is any reader that takes the store's handle first (app.ui.data,
+    app.ui.circuit_stored)."""
     path = db_path()
-    return cached(fn_name, path, db_version(path), *args)
+    return _query(fn, f"{fn.__module__}.{fn.__qualname__}", path, db_version(path), *args,
+                  **kwargs)
 
 
 # ------------------------------------------------------------------ the working set
@@ -107,7 +114,7 @@ def _pick(label: str, options: list, key: str, default=None, all_option: bool = 
 def working_set() -> D.WorkingSet:
     """The sidebar pickers; every page reads the same working set."""
     st.sidebar.subheader("Working set")
-    models = get("model_names")
+    models = query(D.model_names)
     if "ws_models" not in st.session_state:
         st.session_state["ws_models"] = models[:4]
     st.session_state["ws_models"] = [m for m in st.session_state["ws_models"] if m in models]
@@ -117,14 +124,14 @@ def working_set() -> D.WorkingSet:
     use = tuple(sel) or tuple(models)
     if models and not sel:
         st.sidebar.caption("No model picked: the pages use every model.")
-    task = _pick("Task", get("distinct", "task", use), "ws_task")
-    preset = _pick("Preset", get("distinct", "preset", use, task), "ws_preset")
-    conds = get("distinct", "condition", use, task)
+    task = _pick("Task", query(D.distinct, "task", use), "ws_task")
+    preset = _pick("Preset", query(D.distinct, "preset", use, task), "ws_preset")
+    conds = query(D.distinct, "condition", use, task)
     cond = _pick("Condition", conds, "ws_condition", default="ioi_io", all_option=True)
-    templates = sorted(get("distinct", "template", use, task))
+    templates = sorted(query(D.distinct, "template", use, task))
     templ = _pick("Template", templates, "ws_template", all_option=True)
     ws = D.WorkingSet(models=use, task=task, preset=preset, condition=cond, template=templ)
-    n = get("ws_summary", ws)["prompts"].sum() if models else 0
+    n = query(D.ws_summary, ws)["prompts"].sum() if models else 0
     st.sidebar.caption(f"{int(n)} prompts in the working set")
     st.sidebar.caption(f"Database: `{db_path()}` (read-only)")
     return ws
@@ -136,7 +143,7 @@ def working_set() -> D.WorkingSet:
 def _circuit(path, version, model, task, preset, condition, template, root, modes, agg, min_share):
     from app.graphs import circuit_graph
 
-    cur = _connection(path).cursor()  # its own connection: the temp table stays private
+    cur = shared_db(path).cursor()  # its own connection: the temp table stays private
     try:
         return circuit_graph(cur, model=model, task=task, preset=preset, condition=condition,
                              template=template, root=root, modes=tuple(modes), agg=agg,
@@ -164,7 +171,7 @@ def _suppression(path, version, models, preset):
             raise
         raise InputError("the suppression report (app.reports.suppression) is not installed in "
                          "this checkout") from None
-    cur = _connection(path).cursor()
+    cur = shared_db(path).cursor()
     try:
         df = load_credits(cur, list(models), preset)
     finally:

@@ -8,6 +8,8 @@ import re
 
 import pandas as pd
 
+from unpack.components import short_label
+
 MODE_COLORS = {"K": "#1f77b4", "Q": "#ff7f0e", "V": "#2ca02c", "MLP": "#7f7f7f"}
 KIND_COLORS = {"embedding": "#8c564b", "pos_embedding": "#c49c94", "head": "#9467bd",
                "mlp": "#bcbd22"}
@@ -171,16 +173,6 @@ def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
 # into the labels of the heads next to them.
 LABEL_SIDE = {"head": "top center", "mlp": "bottom center", "embedding": "middle left",
               "pos_embedding": "middle left"}
-
-
-def short_label(name: str) -> str:
-    """attn_9_head_6 -> 9.6, mlp_3 -> m3, embedding -> emb."""
-    if name.startswith("attn_") and "_head_" in name:
-        p = name.split("_")
-        return f"{p[1]}.{p[3]}"
-    if name.startswith("mlp_"):
-        return "m" + name[4:]
-    return {"embedding": "emb", "pos_embedding": "pos"}.get(name, name)
 
 
 def graph_figure(G, xy: dict, title: str = "", height: int = 520):

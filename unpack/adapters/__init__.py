@@ -2,31 +2,21 @@
 ``build_spec(model) -> ModelSpec``. Adding a family is one new module listed here."""
 from __future__ import annotations
 
-import importlib
-
 from ..errors import InputError
+from . import gpt2, gpt_neox, llama
 from .base import LayerWeights, MLPWeights, ModelSpec, Norm, Rotary
 
-_FAMILIES = ("gpt2", "gpt_neox", "llama")
-
-
-def _modules():
-    for name in _FAMILIES:
-        try:
-            yield importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:  # a family module not written yet
-            if e.name != f"{__name__}.{name}":
-                raise
+_FAMILIES = (gpt2, gpt_neox, llama)
 
 
 def supported_model_types() -> list[str]:
-    return sorted(t for m in _modules() for t in m.MODEL_TYPES)
+    return sorted(t for m in _FAMILIES for t in m.MODEL_TYPES)
 
 
 def build_spec(model) -> ModelSpec:
     """The :class:`ModelSpec` of a loaded Hugging Face causal LM."""
     mtype = getattr(model.config, "model_type", None)
-    for m in _modules():
+    for m in _FAMILIES:
         if mtype in m.MODEL_TYPES:
             return m.build_spec(model)
     raise InputError(

@@ -5,47 +5,59 @@ row is valid). Bad corpus rows are listed on stderr as ``file:line: reason``.
 """
 from __future__ import annotations
 
-import argparse
+from ..flags import add_command, add_flags
 
 _EPILOG = ("Each output line is one JSON object with text, target, distractor, roles "
            "(role -> token position, BOS prefix included), template, group, condition, "
            "metadata. The same seed gives byte-identical output.")
 
 
+_TASKS_TEXT = """\
+Write prompt records (IOI with ABC controls, induction, or a user corpus) as JSONL for
+`unpack ingest` and the Python API.
+"""
+
+
+_IOI_TEXT = """\
+IOI prompts (ABBA and BABA orders), roles IO, S1, S2, END. --controls adds, per prompt,
+the conditions ioi_s, abc_c and abc_b with the same group id (docs/METHOD.md §10).
+"""
+
+
+_INDUCTION_TEXT = """\
+Random-token prompts whose segment repeats; roles first_j, second_j, END; target = the
+token after the first occurrence of the last token.
+"""
+
+
+_CORPUS_TEXT = """\
+Read a JSONL or CSV corpus (text, target, optional distractor, roles, metadata), report
+bad rows with file, line and reason, write the good ones.
+"""
+
+
 def register(subparsers) -> None:
     """Add the ``tasks`` subcommand and its ioi, induction and corpus subcommands."""
-    p = subparsers.add_parser(
-        "tasks", help="generate IOI / induction prompts or validate a corpus, as JSONL",
-        description="Write prompt records (IOI with ABC controls, induction, or a user "
-                    "corpus) as JSONL for `unpack ingest` and the Python API.",
-        epilog=_EPILOG)
+    p = add_command(
+        subparsers, "tasks", "generate IOI / induction prompts or validate a corpus, as JSONL",
+        _TASKS_TEXT, epilog=_EPILOG)
     sub = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
     def common(q, generated=True):
-        q.add_argument("--model", required=True,
-                       help="model whose tokenizer decides tokens and positions "
-                            "(local directory, .gguf file, hub name, or smollm2-135m)")
-        if generated:
-            q.add_argument("--n", type=int, default=100, help="number of prompts (default 100)")
-            q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        q.add_argument("--out", required=True, help="output JSONL file ('-' for stdout)")
+        add_flags(q, "model", *(("n", "seed") if generated else ()), "out",
+                  model=dict(help="model whose tokenizer decides tokens and positions "
+                                  "(local directory, .gguf file, hub name, or smollm2-135m)"),
+                  out=dict(metavar=None, help="output JSONL file ('-' for stdout)"))
         q.set_defaults(func=handler)
 
-    q = sub.add_parser("ioi", help="indirect object identification prompts",
-                       description="IOI prompts (ABBA and BABA orders), roles IO, S1, S2, END. "
-                                   "--controls adds, per prompt, the conditions ioi_s, abc_c "
-                                   "and abc_b with the same group id (docs/METHOD.md §10).",
-                       epilog=_EPILOG)
+    q = add_command(sub, "ioi", "indirect object identification prompts", _IOI_TEXT, epilog=_EPILOG)
     common(q)
     q.add_argument("--controls", action="store_true",
                    help="also write the ioi_s, abc_c and abc_b variants of each prompt")
-    q.add_argument("--no-bos", action="store_true",
-                   help="do not prefix the beginning-of-sequence token")
+    add_flags(q, "no-bos")
 
-    q = sub.add_parser("induction", help="random tokens with a repeated segment",
-                       description="Random-token prompts whose segment repeats; roles "
-                                   "first_j, second_j, END; target = the token after the "
-                                   "first occurrence of the last token.", epilog=_EPILOG)
+    q = add_command(sub, "induction", "random tokens with a repeated segment",
+                     _INDUCTION_TEXT, epilog=_EPILOG)
     common(q)
     q.add_argument("--seg-len", type=int, default=10, help="segment length (default 10)")
     q.add_argument("--repeat-len", type=int, default=None,
@@ -55,13 +67,9 @@ def register(subparsers) -> None:
     q.add_argument("--pool", default=None,
                    help="file with one word per line to draw tokens from "
                         "(default: every single-token word of the vocabulary)")
-    q.add_argument("--no-bos", action="store_true",
-                   help="do not prefix the beginning-of-sequence token")
+    add_flags(q, "no-bos")
 
-    q = sub.add_parser("corpus", help="validate a user JSONL/CSV corpus",
-                       description="Read a JSONL or CSV corpus (text, target, optional "
-                                   "distractor, roles, metadata), report bad rows with file, "
-                                   "line and reason, write the good ones.", epilog=_EPILOG)
+    q = add_command(sub, "corpus", "validate a user JSONL/CSV corpus", _CORPUS_TEXT, epilog=_EPILOG)
     q.add_argument("file", help="the corpus (.jsonl or .csv)")
     common(q, generated=False)
     q.add_argument("--bos", action="store_true",

@@ -4,8 +4,8 @@
 - :mod:`unpack.toy.train`: the trainer (CPU, deterministic by seed) and the variants.
 - :mod:`unpack.toy.groundtruth`: previous-token and induction heads, read off the attention.
 - :mod:`unpack.toy.report`: does Unpack recover previous-token -> induction via K?
-- :mod:`unpack.toy.cli`: ``unpack toy-train`` and ``unpack toy-report`` (the same report
-  as ``unpack report induction``).
+- :mod:`unpack.toy.cli`: ``unpack toy-train``, ``unpack random-model`` and the options of
+  ``unpack report induction`` (``unpack toy-report`` is its alias).
 
 Shipped checkpoints: ``unpack/toy/checkpoints/{attn-only,mlp}-d{64,128}``, rebuilt bit for bit by
 ``unpack toy-train --variant all --out /tmp/toy --seed 0 --threads 1`` (then compare the

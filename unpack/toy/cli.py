@@ -1,8 +1,11 @@
-"""``unpack toy-train`` and ``unpack toy-report`` (the toy induction report, also
-reachable as ``unpack report induction``). Top-level imports: argparse only."""
+"""``unpack toy-train``, ``unpack random-model`` and the options of the toy
+induction report (``unpack report induction``; ``unpack toy-report`` is its
+alias). Top-level imports: argparse only."""
 from __future__ import annotations
 
 import argparse
+
+from ..flags import add_command, add_flags
 
 SHIPPED = ("attn-only-d64", "attn-only-d128", "mlp-d64", "mlp-d128")
 LADDER = ("ladder-d64", "ladder-d96", "ladder-d128")
@@ -33,52 +36,76 @@ induction head); 2 bad input.
 
 Example:
   unpack toy-train --variant attn-only-d64 --out toy/attn-only-d64 --seed 0
-  unpack toy-report --model unpack/toy/checkpoints/attn-only-d64
+  unpack report induction --model unpack/toy/checkpoints/attn-only-d64
 """
 
-_REPORT_EPILOG = """\
+REPORT_EPILOG = """\
 Exit codes: 0 done; 1 with --check when a trained model misses the bar
 (previous-token and induction heads found; accuracy, K recovery per sequence
 and per reroot, and credit peak >= 90%; K the largest mode of the edge) or its
 random-init control meets it; 2 bad input.
 
 Example:
-  unpack toy-report --model unpack/toy/checkpoints/attn-only-d64 unpack/toy/checkpoints/mlp-d128 --n 100 --out reports/
+  unpack report induction --model unpack/toy/checkpoints/attn-only-d64 unpack/toy/checkpoints/mlp-d128 --n 100 --out reports/
 """
 
 
 def add_induction_options(p: argparse.ArgumentParser) -> None:
-    """The options of the toy induction report (shared with ``report induction``)."""
-    p.add_argument("--model", nargs="+", required=True, metavar="DIR",
-                   help="toy model directories (made by `unpack toy-train`)")
-    p.add_argument("--n", type=int, default=100, help="fresh repeated sequences (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sequences (default 0)")
+    """The options of the toy induction report (``unpack report induction``)."""
+    add_flags(p, "model", "n", "seed",
+              model=dict(nargs="+", metavar="DIR",
+                         help="toy model directories (made by `unpack toy-train`)"),
+              n=dict(help="fresh repeated sequences (default 100)"),
+              seed=dict(help="seed of the sequences (default 0)"))
     p.add_argument("--no-control", action="store_true",
                    help="skip the random-initialized model of the same shape")
     p.add_argument("--control-seed", type=int, default=1234,
                    help="init seed of the random control (default 1234)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="also write induction.md, CSVs and induction.png here")
+    add_flags(p, "out", out=dict(required=False, default=None,
+                                 help="also write induction.md, CSVs and induction.png here"))
     p.add_argument("--check", action="store_true",
                    help="exit 1 unless every trained model meets the bar and no control does")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_flags(p, "threads")
+
+
+INDUCTION_DESCRIPTION = (
+    "For N fresh repeated sequences: reroot at each induction head at a second occurrence and "
+    "check that the top upstream head by K interaction is a previous-token head; check that "
+    "the token credit of the prediction peaks right after the first occurrence; print the "
+    "K/Q/V split of the edge into the previous-token heads. The ground truth comes from the "
+    "model's own attention; a random-initialized model of the same shape is the control.")
 
 
 def register(subparsers) -> None:
-    t = subparsers.add_parser(
-        "toy-train", help="train a small GPT-2 that does induction (the ground-truth circuit)",
-        description="Train a 2-layer GPT-2-style model on random sequences with a repeated "
-                    "segment (CPU, deterministic by seed and thread count) and save it as a "
-                    "Hugging Face directory (config, safetensors, tokenizer) plus toy.json. "
-                    "Prints the loss on the first occurrence vs the repeated half, the accuracy "
-                    "and the previous-token / induction heads read off the attention.",
-        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``toy-train``, ``toy-report`` (an alias of ``report induction``) and ``random-model``."""
+    _register_train(subparsers)
+    r = add_command(
+        subparsers, "toy-report", "an alias of `unpack report induction` (the toy induction report)",
+        "The same command as `unpack report induction`, under its older name. "
+        + INDUCTION_DESCRIPTION, epilog=REPORT_EPILOG, raw=True)
+    add_induction_options(r)
+    r.set_defaults(func=report_handler)
+    _register_random_model(subparsers)
+
+
+_TOY_TRAIN_TEXT = """\
+Train a 2-layer GPT-2-style model on random sequences with a repeated segment (CPU,
+deterministic by seed and thread count) and save it as a Hugging Face directory (config,
+safetensors, tokenizer) plus toy.json. Prints the loss on the first occurrence vs the
+repeated half, the accuracy and the previous-token / induction heads read off the
+attention.
+"""
+
+
+def _register_train(subparsers) -> None:
+    t = add_command(
+        subparsers, "toy-train", "train a small GPT-2 that does induction (the ground-truth circuit)",
+        _TOY_TRAIN_TEXT, epilog=_TRAIN_EPILOG, raw=True)
     t.add_argument("--variant", default="attn-only-d64", choices=VARIANT_NAMES + ("all", "ladder"),
                    help="model variant (default attn-only-d64)")
-    t.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    t.add_argument("--seed", type=int, default=0, help="init and data seed (default 0)")
-    t.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1; the shipped checkpoints used 1)")
+    add_flags(t, "out", "seed", "threads", seed=dict(help="init and data seed (default 0)"),
+              threads=dict(default=1, help="torch threads (default 1; the shipped checkpoints "
+                                           "used 1)"))
     t.add_argument("--overwrite-shipped", action="store_true",
                    help="allow --out inside the shipped checkpoints (unpack/toy/checkpoints, "
                         "unpack/toy/ladder)")
@@ -87,29 +114,22 @@ def register(subparsers) -> None:
         t.add_argument(f"--{name}", type=typ, default=None, help="override the variant's setting")
     t.set_defaults(func=train_handler)
 
-    r = subparsers.add_parser(
-        "toy-report", help="is previous-token -> induction recovered via K? (= report induction)",
-        description="For N fresh repeated sequences: reroot at each induction head at a second "
-                    "occurrence and check that the top upstream head by K interaction is a "
-                    "previous-token head; check that the token credit of the prediction peaks "
-                    "right after the first occurrence; print the K/Q/V split of the edge into "
-                    "the previous-token heads. The ground truth comes from the model's own "
-                    "attention; a random-initialized model of the same shape is the control.",
-        epilog=_REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_induction_options(r)
-    r.set_defaults(func=report_handler)
 
-    b = subparsers.add_parser(
-        "random-model", help="an untrained baseline: a model's architecture with random weights",
-        description="Save a model with the architecture and tokenizer of --like (optionally cut "
-                    "to --layers layers) and freshly initialized random weights (seeded), as a "
-                    "Hugging Face directory: the untrained baseline to compare a trained model "
-                    "with. Example: unpack random-model --like smollm2-135m --layers 6 --out "
-                    "random-llama-6l")
+_RANDOM_MODEL_TEXT = """\
+Save a model with the architecture and tokenizer of --like (optionally cut to --layers
+layers) and freshly initialized random weights (seeded), as a Hugging Face directory:
+the untrained baseline to compare a trained model with. Example: unpack random-model
+--like smollm2-135m --layers 6 --out random-llama-6l
+"""
+
+
+def _register_random_model(subparsers) -> None:
+    b = add_command(
+        subparsers, "random-model", "an untrained baseline: a model's architecture with random weights",
+        _RANDOM_MODEL_TEXT)
     b.add_argument("--like", required=True, help="the model whose architecture and tokenizer to use")
     b.add_argument("--layers", type=int, default=None, help="keep this many layers (default all)")
-    b.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
-    b.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_flags(b, "seed", "out", seed=dict(help="initialization seed (default 0)"))
     b.set_defaults(func=random_model_handler)
 
 

@@ -16,7 +16,7 @@ if not ws.models:
 c1, c2, c3 = st.columns([2, 2, 1])
 model = c1.selectbox("Model", ws.models, key="circuit_model", format_func=D.short_model)
 mws = D.WorkingSet((model,), ws.task, ws.preset, ws.condition, ws.template)
-roots = state.get("roots", mws)
+roots = state.query(D.roots, mws)
 if not roots:
     st.info(f"No traces of {D.short_model(model)} match the working set ({mws.describe()}). "
             "Widen it in the sidebar.")
@@ -107,7 +107,7 @@ with e2:
     show_edges("Read by (downstream readers)",
                [(u, d) for u, _, d in G_all.in_edges(node, data=True)])
 st.markdown("Example prompts where it carries the most |flow|")
-st.dataframe(state.get("example_prompts", mws, node, root, 5), hide_index=True)
+st.dataframe(state.query(D.example_prompts, mws, node, root, 5), hide_index=True)
 
 with st.expander("Download the graph"):
     from app.graphs import graph_frame, to_json

@@ -9,7 +9,7 @@ ws: D.WorkingSet = st.session_state["ws"]
 st.title("Compare")
 
 # ------------------------------------------------------------------ the toy ladder
-ladder = state.get("induction_strength", ws.preset)
+ladder = state.query(D.induction_strength, ws.preset)
 if not ladder.empty and ws.task == "induction":
     st.subheader("The induction circuit across size and training")
     st.caption("docs/METHOD.md §10 · every toy model in the store (all sizes and steps, whatever "
@@ -29,7 +29,7 @@ elif not ladder.empty:
     st.caption(f"The store holds {len(ladder)} toy ladder checkpoints: pick the task "
                "`induction` in the sidebar to see the induction circuit across size and training.")
 
-summary = state.get("ws_summary", ws)
+summary = state.query(D.ws_summary, ws)
 models = summary["model"].tolist() if not summary.empty else []
 if len(models) < 2:
     st.info(f"Compare needs two or more models with prompts in the working set "
@@ -41,7 +41,7 @@ st.caption(f"{ws.describe()} · models ordered by size, one model's checkpoints 
 
 # ------------------------------------------------------------------ credit by role
 st.subheader("Credit by role")
-cbr = state.get("credit_by_role", ws)
+cbr = state.query(D.credit_by_role, ws)
 if cbr.empty:
     st.info("No role positions stored for these prompts.")
 else:
@@ -119,7 +119,7 @@ st.plotly_chart(fig, key="compare_graphs_chart")
 
 # ------------------------------------------------------------------ what changes with size
 st.subheader("What changes with size")
-size = state.get("size_table", ws)
+size = state.query(D.size_table, ws)
 st.dataframe(size, hide_index=True)
 names = list(graphs)
 if len(names) >= 2:

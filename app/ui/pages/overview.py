@@ -8,7 +8,7 @@ ws: D.WorkingSet = st.session_state["ws"]
 st.title("Overview")
 
 with st.spinner("Counting the store ..."):
-    c = state.get("counts")
+    c = state.query(D.counts)
 cols = st.columns(6)
 for col, (label, key) in zip(cols, [("models", "models"), ("runs", "runs"), ("tasks", "tasks"),
                                     ("prompts", "prompts_ok"), ("failures", "prompts_failed"),
@@ -19,7 +19,7 @@ st.subheader("Working set")
 st.caption("Pick models, task, preset, condition and template in the sidebar; the Prompt, "
            "Circuit and Compare pages show this working set.")
 st.markdown(f"**{ws.describe()}**")
-summary = state.get("ws_summary", ws)
+summary = state.query(D.ws_summary, ws)
 if summary.empty:
     st.info("No prompts match the working set: widen it in the sidebar (condition and "
             "template '(all)').")
@@ -31,21 +31,21 @@ else:
                                                               format="%.2f")})
 
 st.subheader("Models")
-st.dataframe(state.get("models_table"), hide_index=True,
+st.dataframe(state.query(D.models_table), hide_index=True,
              column_config={"n_params": st.column_config.NumberColumn("n_params", format="localized")})
 st.subheader("Runs")
-st.dataframe(state.get("runs_table"), hide_index=True)
+st.dataframe(state.query(D.runs_table), hide_index=True)
 st.subheader("Prompts per task and condition")
-st.dataframe(state.get("tasks_table"), hide_index=True)
+st.dataframe(state.query(D.tasks_table), hide_index=True)
 
 st.subheader("Failures")
-fails = state.get("failures", 200)
+fails = state.query(D.failures, 200)
 if fails.empty:
     st.success("No failed prompts.")
 else:
     st.caption(f"{c['prompts_failed']:,} failed prompts; each is stored with its error and "
                "never stops a batch. Most common errors:")
-    reasons = state.get("failure_reasons", 5)
+    reasons = state.query(D.failure_reasons, 5)
     st.markdown("\n".join(f"- {int(r.n)} × `{str(r.error)[:200].replace('`', '´')}`"
                           for r in reasons.itertuples(index=False)))
     st.dataframe(fails, hide_index=True)

@@ -6,13 +6,14 @@ import streamlit as st
 
 from app.ui import data as D
 from app.ui import state, views
+from unpack.components import parse_component
 
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Prompt")
 
 search = st.text_input("Filter prompts by text", key="prompt_search",
                        placeholder="e.g. Mary (case-insensitive)")
-prompts = state.get("prompt_list", ws, search.strip(), 1000)
+prompts = state.query(D.prompt_list, ws, search.strip(), 1000)
 if prompts.empty:
     st.info("No prompt of the working set matches. Clear the filter or widen the working set in "
             "the sidebar.")
@@ -24,9 +25,9 @@ if st.session_state.get("prompt_id") not in ids:
     st.session_state["prompt_id"] = ids[0]
 pid = st.selectbox(f"Prompt ({len(ids)} in the working set{', first 1000' if len(ids) == 1000 else ''})",
                    ids, key="prompt_id", format_func=labels.get)
-info = state.get("prompt_info", pid)
-traces = state.get("prompt_traces", pid)
-toks = state.get("tokens", pid)
+info = state.query(D.prompt_info, pid)
+traces = state.query(D.prompt_traces, pid)
+toks = state.query(D.tokens, pid)
 tokens = toks["token"].tolist()
 
 st.markdown(f"**Text:** `{info['text']}`  \n**Model:** `{info['model']}` · preset "
@@ -52,7 +53,7 @@ st.subheader("Token credit")
 excl = st.toggle("Color scale ignores the last token", value=True, key="prompt_excl_last",
                  help="The target position often holds most of the credit; leaving it out of "
                       "the color scale makes the other tokens readable")
-credit = state.get("token_credit", tid)
+credit = state.query(D.token_credit, tid)
 st.markdown(views.token_strip_html(credit, exclude_last=excl), unsafe_allow_html=True)
 
 if st.toggle("Credit per position as a chart and a table", key="prompt_chart"):
@@ -70,7 +71,7 @@ if st.toggle("Credit per position as a chart and a table", key="prompt_chart"):
 
 st.subheader("Top paths")
 k = st.slider("Paths shown", 1, 50, 8, key="prompt_k")
-paths = state.get("top_paths", tid, 50)
+paths = state.query(D.top_paths, tid, 50)
 if paths.empty:
     st.info("No paths stored for this trace.")
 else:
@@ -84,13 +85,13 @@ else:
 
 # ------------------------------------------------------------------ reroot
 st.subheader("Reroot: what feeds a component")
-comps = state.get("components", pid)
+comps = state.query(D.components, pid)
 roles = info["roles"]
 role_at = {}
 for r, p in roles.items():
     role_at.setdefault(int(p), []).append(r)
 c1, c2 = st.columns(2)
-default_comp = next((c for c in reversed(comps) if c.startswith("attn_")), comps[-1])
+default_comp = next((c for c in reversed(comps) if parse_component(c)[0] == "head"), comps[-1])
 if st.session_state.get("reroot_comp") not in comps:
     st.session_state["reroot_comp"] = default_comp
 comp = c1.selectbox("Component", comps, key="reroot_comp")
@@ -105,8 +106,8 @@ spec = f"{comp}@{pos}"
 stored = traces[(traces["root_component"] == comp) & (traces["root_pos"] == pos)]
 tab_rows, tab_stored, tab_live = st.tabs(["From stored edges", "Stored reroot", "Trace on demand"])
 with tab_rows:
-    flow = state.get("flow_at", tid, comp, pos)
-    feed = state.get("feeders", tid, comp, pos, 25)
+    flow = state.query(D.flow_at, tid, comp, pos)
+    feed = state.query(D.feeders, tid, comp, pos, 25)
     st.caption(f"Within the stored trace from `{root}`: {flow:+.4g} of its credit flows through "
                f"`{spec}`. The writers it reads, strongest first (edges are stored above the "
                "ingest's edge_min_frac):")
@@ -127,9 +128,9 @@ with tab_stored:
         st_tid = int(stored.iloc[0]["trace_id"])
         st.caption(f"Stored trace `{stored.iloc[0]['root']}`: token credit of everything that "
                    f"feeds `{spec}`.")
-        st.markdown(views.token_strip_html(state.get("token_credit", st_tid), exclude_last=False),
+        st.markdown(views.token_strip_html(state.query(D.token_credit, st_tid), exclude_last=False),
                     unsafe_allow_html=True)
-        st.markdown(views.paths_html(state.get("top_paths", st_tid, 50), tokens, n=k),
+        st.markdown(views.paths_html(state.query(D.top_paths, st_tid, 50), tokens, n=k),
                     unsafe_allow_html=True)
 with tab_live:
     ok, why = state.model_availability(info["model"])

@@ -3,7 +3,7 @@ import io
 
 import streamlit as st
 
-from app.db import run_query
+from app.db import query_store
 from app.ui import data as D
 from app.ui import state
 from unpack.errors import InputError
@@ -45,7 +45,7 @@ def cached_query(db: str, sql: str, limit: int):
     key = (db, sql, limit, timeout_s, max_bytes)
     df = cache.get(key)
     if df is None:
-        df = run_query(state._connection(db), sql, limit, timeout_s=timeout_s, max_bytes=max_bytes)
+        df = query_store(db, sql, limit, timeout_s=timeout_s, max_bytes=max_bytes)
         cache.put(key, df, int(df.memory_usage(index=True, deep=True).sum()))
     return df
 
@@ -75,4 +75,4 @@ if st.session_state.get("sql_last") == sql:  # edits need Run again; a new row l
                                mime="application/vnd.apache.parquet", key="sql_parquet")
 
 with st.expander("Tables and views"):
-    st.dataframe(state.get("schema"), hide_index=True)
+    st.dataframe(state.query(D.schema), hide_index=True)

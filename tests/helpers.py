@@ -1,0 +1,65 @@
+"""Helpers that several test files share: reading a store from the test process,
+a tiny model saved to disk, and a command whose progress is watched on stderr."""
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def query_db(db, q, params=None, df: bool = False):
+    """A read-only query on the store ``db`` (its rows, or a DataFrame with ``df``),
+    on a connection opened and closed here (a running app holds its own)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        cur = con.execute(q, params or [])
+        return cur.df() if df else cur.fetchall()
+    finally:
+        con.close()
+
+
+def save_tiny_gpt2(tmp_path_factory) -> str:
+    """A tiny random GPT-2 (float32) with the word tokenizer, saved in a fresh folder."""
+    import torch
+
+    from models import tiny_gpt2, word_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny_gpt2")
+    tiny_gpt2(dtype=torch.float32).save_pretrained(d)
+    word_tokenizer().save_pretrained(d)
+    return str(d)
+
+
+def start_until(cmd, pattern: bytes, env: dict, timeout: float = 180, stdout=subprocess.PIPE):
+    """Start ``cmd`` in the repository and read its stderr in a thread; return
+    ``(process, stderr chunks, reader thread)`` once ``pattern`` has shown while
+    the process still runs. Otherwise the process is killed and the test fails
+    with the end of its stderr."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.PIPE)
+    seen, log = threading.Event(), []
+
+    def read():
+        buf = b""
+        while chunk := proc.stderr.read1(4096):
+            buf += chunk
+            log.append(chunk)
+            if re.search(pattern, buf):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not seen.wait(0.01) and proc.poll() is None and time.monotonic() < deadline:
+        pass
+    if not (seen.is_set() and proc.poll() is None):
+        proc.kill()
+        proc.wait(30)
+        raise AssertionError("no progress before the end: "
+                             + b"".join(log).decode(errors="replace")[-2000:])
+    return proc, log, reader
