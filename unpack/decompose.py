@@ -48,7 +48,7 @@ def inverse_denom(v: Tensor, beta: float, dim: int, weight: float = 1.0) -> Tens
 
 def centered_writers(cap: Capture, writers: Tensor) -> Tensor:
     """``ĉ`` for every writer (§3): centered over D for LayerNorm models."""
-    return cap.spec.ln_final.center(writers) if cap.spec.ln_final.kind == "layer" else writers
+    return cap.spec.ln_final.center(writers)
 
 
 def writers_hat(cap: Capture) -> Tensor:
@@ -107,8 +107,7 @@ class VirtualWeights:
         if L in self._store:
             return self._store[L]
         W_O = torch.cat([lw.W_O.detach() for lw in self.spec.layers[:L]]).to(self.dtype)
-        if self.spec.ln_final.kind == "layer":  # P: center each head's output over D
-            W_O = W_O - W_O.mean(-1, keepdim=True)
+        W_O = self.spec.ln_final.center(W_O)  # P: each head's output centered over D
         vw = W_O @ Wkq.detach()
         if self.cached:
             self._store[L] = vw
@@ -439,7 +438,7 @@ def mlp_l2(lw: LayerWeights, lc: LayerCapture, chat: Tensor, max_elements: int =
     step = max(1, max_elements // max(B * S * mats[0].shape[0], 1))
     out = []
     for c0 in range(0, C, step):
-        m = chat[:, c0:c0 + step] * lw.ln_mlp.weight / lc.sigma_mlp[:, None, :, None]
+        m = lw.ln_mlp.marginal_norm(chat[:, c0:c0 + step], lc.sigma_mlp)
         out.append(torch.sqrt(sum((m @ W.T).pow(2).sum(-1) for W in mats)))
     return torch.cat(out, 1)
 
@@ -449,10 +448,6 @@ def target_direction(cap: Capture, u: Tensor) -> Tensor:
     B = u.shape[0]
     sig = cap.sigma_final[torch.arange(B, device=u.device), cap.t]
     return cap.spec.ln_final.weight.to(u.dtype) * u / sig[:, None]
-
-
-def center_vec(cap: Capture, v: Tensor) -> Tensor:
-    return v - v.mean(-1, keepdim=True) if cap.spec.ln_final.kind == "layer" else v
 
 
 @dataclass
