@@ -165,6 +165,31 @@ def test_new_roots_add_traces_to_stored_prompts_not_copies(tmp_path, tracer, rec
     assert (s3.n_skipped, s3.n_done) == (20, 0)
 
 
+def test_progress_moves_per_prompt_with_an_eta(tmp_path, tracer, records, capsys, monkeypatch):
+    """Within one batch the bar counts every prompt as it is traced and shows the
+    time left once the first is done; the stored numbers are those of a whole
+    batch traced at once (up to float32 rounding)."""
+    from ingest.run import LocalTracing, ingest
+
+    monkeypatch.setattr(LocalTracing, "piece_s", 0.0)  # a piece per prompt, whatever the speed
+    db, whole = tmp_path / "u.duckdb", tmp_path / "whole.duckdb"
+    s = ingest(records[:6], tracer=tracer, model_name="tiny", db=db, batch_size=6, progress=True)
+    assert s.n_ok == 6
+    err = capsys.readouterr().err
+    drawn = re.findall(r"ingest tiny: +\d+%[^|]*\|[^|]*\| *(\d)/6 \[([^\]]*)\]", err)
+    counts = [int(n) for n, _ in drawn]
+    assert counts[0] == 0 and set(range(7)) <= set(counts), err
+    assert counts == sorted(counts), err
+    eta = dict(drawn)
+    assert "<?" in eta["0"] and re.search(r"<\d\d:\d\d", eta["1"]), eta  # time left after one
+    ingest(records[:6], tracer=tracer, model_name="tiny", db=whole, batch_size=6, progress=False)
+    q = ("SELECT p.text, t.root, c.pos, c.credit FROM token_credits c JOIN traces t USING (trace_id) "
+         "JOIN prompts p USING (prompt_id) ORDER BY 1, 2, 3")
+    got, want = sql(db, q), sql(whole, q)
+    assert [r[:3] for r in got] == [r[:3] for r in want]
+    np.testing.assert_allclose([r[3] for r in got], [r[3] for r in want], rtol=1e-5, atol=1e-9)
+
+
 def test_stored_values_equal_the_trace(tmp_path, tracer, records):
     from ingest.run import ingest
 
