@@ -111,6 +111,9 @@ def register(subparsers) -> None:
     d.add_argument("--ladder-n", type=int, default=20, metavar="N",
                    help="induction prompts on each toy ladder checkpoint (default 20; 0: no ladder)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads (default 1: the demo's models are small, and a second "
+                        "thread mostly waits on a busy machine)")
     add_device_flags(d)
     d.set_defaults(func=demo_handler)
 
@@ -292,14 +295,17 @@ def _warn_different_prompts(inputs: dict) -> None:
 
 
 def demo_handler(args) -> int:
+    from unpack.errors import InputError
+
     from .demo import run_demo
 
     if args.ladder_n < 0:
-        from unpack.errors import InputError
         raise InputError(f"--ladder-n {args.ladder_n}: give 0 (no ladder) or more prompts")
+    if args.threads < 1:
+        raise InputError(f"--threads {args.threads}: give 1 or more")
     return run_demo(model=args.model, n=args.n, db=args.db, batch_size=args.batch_size,
                     progress=not args.no_progress, device=args.device, dtype=args.dtype,
-                    ladder_n=args.ladder_n)
+                    ladder_n=args.ladder_n, threads=args.threads)
 
 
 def main(argv=None) -> int:

@@ -548,6 +548,17 @@ def test_demo_on_the_tiny_model(tmp_path, model_dir, capsys):
     assert sql(db, "SELECT count(DISTINCT root) FROM traces") == [(4,)]  # target + 3 heads
 
 
+def test_demo_refuses_bad_counts_before_loading(tmp_path, capsys):
+    from unpack.cli import main
+
+    db = tmp_path / "demo.duckdb"
+    assert main(["demo", "--db", str(db), "--threads", "0"]) == 2
+    assert main(["demo", "--db", str(db), "--ladder-n", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads 0: give 1 or more" in err and "--ladder-n -1" in err
+    assert not db.exists()
+
+
 def test_demo_on_smollm2(tmp_path, capsys):
     from ingest.demo import run_demo
 
