@@ -13,6 +13,7 @@ come from the store of `unpack demo`:
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
@@ -87,13 +88,14 @@ def test_compare_opens_on_the_ladder_and_smollm2(app, browser):
     latest = [m for m in models if m.startswith("ladder") and m.endswith(f"@{_last(db, m)}")]
     page = session(browser)
     open_page(page, url + "/", "h1:has-text('Overview')")
+    assert _tables_fit(page) >= 4
     page.get_by_role("link", name="Compare").click()
     page.wait_for_selector("h3:has-text('The induction circuit across size and training')",
                            state="visible")
     settle(page)
     no_exception(page)
-    picked = [t.inner_text() for t in page.locator('[data-testid="stMultiSelect"] '
-                                                   '[data-baseweb="tag"]').all()]
+    picked = [t.get_attribute("aria-label")
+              for t in page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] [data-tag]').all()]
     assert picked == latest + [SMOL], picked  # each size's latest step, and SmolLM2
     body = page.inner_text("body")
     for text in ("K interaction, previous-token → induction", "accuracy on the repeated half",
@@ -107,11 +109,21 @@ def test_compare_opens_on_the_ladder_and_smollm2(app, browser):
     points = charts.first.locator(".scatterlayer .trace").first.locator("path.point")
     assert points.count() == 3  # step 0, 200 and the last
     # credit by role: the three sizes and SmolLM2, smallest first
-    roles = page.locator(".js-plotly-plot").filter(has_text="Credit by role").or_(
-        page.locator(".js-plotly-plot").filter(has_text="first_0"))
+    roles = page.locator(".js-plotly-plot").filter(
+        has=page.locator(".legendtitletext", has_text=re.compile(r"^model$")))
     legend = [t.text_content() for t in roles.first.locator(".legendtext").all()]
     assert legend == latest + [SMOL], legend
+    assert _tables_fit(page) >= 5
     shot(page, "compare_ladder")
+
+
+def _tables_fit(page) -> int:
+    """Every table on the page is read without scrolling sideways; how many there are."""
+    widths = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stDataFrame"]')]
+        .map(e => { const s = e.querySelector('.dvn-scroller');
+                    return [e.innerText.slice(0, 60), s.scrollWidth, s.clientWidth]; })""")
+    assert widths and all(sw <= cw + 1 for _, sw, cw in widths), widths
+    return len(widths)
 
 
 def _last(db, name: str) -> str:

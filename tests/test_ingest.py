@@ -303,6 +303,7 @@ def test_bad_prompts_are_stored_as_failed_and_the_run_finishes(tmp_path, model_d
     assert len(failed) == 4 and all(err for _, err in failed)
     errors = " | ".join(err for _, err in failed)
     assert "target" in errors and "tokens" in errors  # missing target; too long for the model
+    assert f"{corpus}:2: not valid JSON" in errors  # a row that did not load: its file and line
     assert [st for _, st, _ in rows].count("ok") == 2
     # failed prompts have no child rows; ok ones have all of them
     assert sql(db, "SELECT count(*) FROM traces JOIN prompts USING (prompt_id) "
