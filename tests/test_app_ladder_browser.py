@@ -94,8 +94,8 @@ def test_compare_opens_on_the_ladder_and_smollm2(app, browser):
                            state="visible")
     settle(page)
     no_exception(page)
-    picked = [t.get_attribute("aria-label")
-              for t in page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] [data-tag]').all()]
+    tags = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] [data-tag]')
+    picked = [t.get_attribute("aria-label") for t in tags.all()]
     assert picked == latest + [SMOL], picked  # each size's latest step, and SmolLM2
     body = page.inner_text("body")
     for text in ("K interaction, previous-token → induction", "accuracy on the repeated half",
