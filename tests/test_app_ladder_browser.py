@@ -221,7 +221,7 @@ def shots(argv=None) -> int:
         page.get_by_text("Circuits aligned by relative depth").scroll_into_view_if_needed()
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "compare_ladder_graphs.png"))
-        open_page(page, url + "/overview", "h1:has-text('Overview')")
+        open_page(page, url + "/", "h1:has-text('Overview')")  # the root address (no /overview)
         page.screenshot(path=str(out / "overview.png"))
     print(f"screenshots in {out}")
     return 0
