@@ -43,8 +43,15 @@ def build_ladder_store(where: Path, n: int = 3, smol_n: int = 2) -> Path:
     ingest_ladder(db, n=n, progress=False, out=lambda *a, **k: None,
                   keep=lambda m, r: r in KEEP or r == last[m])
     if smol_n:
-        model, tok = load_model(SMOL)
-        ingest_induction(Tracer(model=model, tokenizer=tok), SMOL, db, smol_n, 4, False)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as `unpack demo` runs it
+        try:
+            model, tok = load_model(SMOL)
+            ingest_induction(Tracer(model=model, tokenizer=tok), SMOL, db, smol_n, 4, False)
+        finally:
+            torch.set_num_threads(threads)
     return db
 
 

@@ -189,3 +189,4 @@ def test_wide_tables_fit_the_page_numbers_whole_text_cut():
     assert (w["n_params"], w["mean_p_target"]) == (whole["n_params"], whole["mean_p_target"])
     assert MIN_TEXT_PX <= w["text"] < whole["text"] and w["model"] <= whole["model"]
     assert fit_widths(df, 2000) == whole
+    assert fit_widths(df.head(0), 100) == {c: max(50, len(c) * 8 + 26) for c in df.columns}

@@ -33,8 +33,7 @@ def shown(v) -> str:
 
 def natural_px(df: pd.DataFrame, col: str, label: str) -> int:
     """The width that shows ``col``'s header ``label`` and its longest value whole."""
-    values = df[col].head(500).map(shown)
-    chars = max([len(label)] + values.str.len().tolist())
+    chars = max([len(label)] + [len(shown(v)) for v in df[col].head(500)])
     return max(50, min(MAX_PX, chars * CHAR_PX + PAD_PX))
 
 
