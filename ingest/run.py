@@ -307,12 +307,12 @@ class LocalTracing:
     """Tracing in this process: batches are traced one after the other with
     ``tracer``. (``ingest.shard.RayTracing`` is the same interface over Ray workers.)
 
-    ``tick(k)``, when set, is told of every ``k`` prompts traced within a batch:
-    a batch is traced in pieces that take about ``piece_s`` seconds each (one
-    prompt at first, then as many as that time allows), so a progress bar moves
-    per prompt on a large model while a small model keeps whole batches. The
-    numbers do not depend on the pieces (prompts traced together or alone give
-    the same results)."""
+    ``tick(k)``, when set, is told of every ``k`` prompts traced within a batch
+    (but for its last piece, counted when the batch is stored): a batch is traced
+    in pieces that take about ``piece_s`` seconds each (one prompt at first, then
+    as many as that time allows), so a progress bar moves per prompt on a large
+    model while a small model keeps whole batches. The numbers do not depend on
+    the pieces (prompts traced together or alone agree to float rounding)."""
 
     piece_s = 1.0
 
@@ -340,8 +340,9 @@ class LocalTracing:
                 t0 = time.perf_counter()
                 trace_items(self.tracer, piece, config, batch_size)
                 per_prompt = (time.perf_counter() - t0) / len(piece)
-                self.tick(len(piece))
                 i += len(piece)
+                if i < len(batch):  # the last piece counts once the batch is stored
+                    self.tick(len(piece))
             yield batch
 
 
