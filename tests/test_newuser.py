@@ -190,3 +190,21 @@ def test_wide_tables_fit_the_page_numbers_whole_text_cut():
     assert MIN_TEXT_PX <= w["text"] < whole["text"] and w["model"] <= whole["model"]
     assert fit_widths(df, 2000) == whole
     assert fit_widths(df.head(0), 100) == {c: max(50, len(c) * 8 + 26) for c in df.columns}
+
+
+def test_reroot_hint_never_sends_to_the_position_it_is_at(monkeypatch, tmp_path):
+    """The Prompt page's reroot with nothing stored to show: at the target position
+    it suggests another component, elsewhere the target position."""
+    from test_app import build_store, open_app, sql, widget
+
+    db, _ = build_store(tmp_path, n=1, models=[("tiny-gpt2", "gpt2", 2)], roots=(), failing=False)
+    at = open_app(monkeypatch, db, "prompt")
+    pid = int(widget(at.selectbox, "Prompt (1 in the working set)").value)
+    end = int(sql(db, "SELECT target_pos FROM prompts WHERE prompt_id = ?", [pid]).iloc[0, 0])
+    widget(at.selectbox, "Component").set_value("embedding").run()
+    widget(at.selectbox, "Position").set_value(end).run()
+    hints = [i.value for i in at.info if "No stored edges read by `embedding@" in i.value]
+    assert hints and "Try another component" in hints[0] and "target position" not in hints[0]
+    widget(at.selectbox, "Position").set_value(end - 1).run()
+    hints = [i.value for i in at.info if "No stored edges read by `embedding@" in i.value]
+    assert hints and f"Try the target position ({end}) or another component" in hints[0]
