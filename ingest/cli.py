@@ -100,9 +100,9 @@ def _register_ingest(subparsers) -> None:
 _DEMO_TEXT = """\
 The main example: trace IOI prompts with their ABC controls on the offline SmolLM2-135M
 model (plus reroots at the three heads that carry the most credit at END), store them in
-DuckDB and run example queries; then trace induction prompts on every size and training
-step of the shipped toy ladder (rerooted at its induction heads) and print the induction
-circuit's strength against size and step (docs/METHOD.md §10).
+DuckDB and run example queries; then trace induction prompts on SmolLM2 and on every size
+and training step of the shipped toy ladder (rerooted at its induction heads) and print
+the induction circuit's strength against size and step (docs/METHOD.md §10).
 """
 
 
@@ -116,8 +116,12 @@ def _register_demo(subparsers) -> None:
               n=dict(default=3, help="IOI prompts, 4 records each (default 3)"))
     d.add_argument("--batch-size", type=int, default=4, help="prompts per batch (default 4)")
     d.add_argument("--ladder-n", type=int, default=20, metavar="N",
-                   help="induction prompts on each toy ladder checkpoint (default 20; 0: no ladder)")
+                   help="induction prompts on each toy ladder checkpoint (default 20; 0: no "
+                        "ladder and none on the model)")
     add_flags(d, "no-progress")
+    d.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads (default 1: the demo's models are small, and a second "
+                        "thread mostly waits on a busy machine)")
     add_device_flags(d)
     d.set_defaults(func=demo_handler)
 
@@ -299,14 +303,17 @@ def _warn_different_prompts(inputs: dict) -> None:
 
 
 def demo_handler(args) -> int:
+    from unpack.errors import InputError
+
     from .demo import run_demo
 
     if args.ladder_n < 0:
-        from unpack.errors import InputError
         raise InputError(f"--ladder-n {args.ladder_n}: give 0 (no ladder) or more prompts")
+    if args.threads < 1:
+        raise InputError(f"--threads {args.threads}: give 1 or more")
     return run_demo(model=args.model, n=args.n, db=args.db, batch_size=args.batch_size,
                     progress=not args.no_progress, device=args.device, dtype=args.dtype,
-                    ladder_n=args.ladder_n)
+                    ladder_n=args.ladder_n, threads=args.threads)
 
 
 def main(argv=None) -> int:

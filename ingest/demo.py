@@ -1,5 +1,6 @@
 """``unpack demo``: IOI with ABC controls on SmolLM2 into ./unpack.duckdb, then a
-few example SQL queries with their results."""
+few example SQL queries with their results; then induction prompts on SmolLM2
+and on every checkpoint of the toy ladder, for Compare across size and training."""
 from __future__ import annotations
 
 import time
@@ -93,14 +94,38 @@ def pick_heads(tracer, record, k: int = 3) -> list[str]:
     return [name for _, name in sorted(heads, reverse=True)[:k]]
 
 
+SMOL_INDUCTION_N = 4  # induction prompts on the demo's model, beside the ladder on Compare
+
+
+def ingest_induction(tracer, model: str, db, n: int, batch_size: int, progress: bool):
+    """``n`` induction prompts on the demo's model (root: the target), so that
+    Compare on the induction task shows it beside the toy ladder's sizes."""
+    from unpack.tasks import induction
+
+    from .run import ingest
+
+    print(f"\n{n} induction prompts on {model} (for Compare beside the toy ladder)", flush=True)
+    s = ingest(induction(tracer.tokenizer, n, seed=0), tracer=tracer, model_name=model, db=db,
+               batch_size=batch_size, progress=progress)
+    print(f"{model}: {s.n_ok} induction prompts traced ({s.n_skipped} already stored)", flush=True)
+    return s
+
+
 def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_size: int = 4,
-             progress: bool = True, device: str = "cpu", dtype=None, ladder_n: int = 0) -> int:
+             progress: bool = True, device: str = "cpu", dtype=None, ladder_n: int = 0,
+             threads: int | None = None) -> int:
+    """The demo store (see the module docstring); ``threads``: torch's CPU threads
+    (None: leave torch's setting)."""
+    import torch
+
     from unpack import Tracer
     from unpack.loading import load_model
     from unpack.tasks import ioi
 
     from .run import ingest
 
+    if threads:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     print(f"loading {model} ...", flush=True)
     mdl, tok = load_model(model, dtype=dtype, device=device)
@@ -116,6 +141,7 @@ def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_
     if ladder_n:
         from .ladder import ingest_ladder, show_ladder
 
+        ingest_induction(tracer, model, db, min(ladder_n, SMOL_INDUCTION_N), batch_size, progress)
         print(f"\nthe toy ladder: {ladder_n} induction prompts on every size and training step",
               flush=True)
         ingest_ladder(db, n=ladder_n, progress=progress)

@@ -305,11 +305,21 @@ def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict
 
 class LocalTracing:
     """Tracing in this process: batches are traced one after the other with
-    ``tracer``. (``ingest.shard.RayTracing`` is the same interface over Ray workers.)"""
+    ``tracer``. (``ingest.shard.RayTracing`` is the same interface over Ray workers.)
+
+    ``tick(k)``, when set, is told of every ``k`` prompts traced within a batch
+    (but for its last piece, counted when the batch is stored): a batch is traced
+    in pieces that take about ``piece_s`` seconds each (one prompt at first, then
+    as many as that time allows), so a progress bar moves per prompt on a large
+    model while a small model keeps whole batches. The numbers do not depend on
+    the pieces (prompts traced together or alone agree to float rounding)."""
+
+    piece_s = 1.0
 
     def __init__(self, tracer):
         self.tracer = tracer
         self.names = list(tracer.comps.names)
+        self.tick = None
 
     def model_info(self) -> dict:
         from unpack.loading import model_info
@@ -317,8 +327,22 @@ class LocalTracing:
 
     def traced(self, batches, config: dict, batch_size: int):
         """Each batch of items, traced (``trace_items``), as it is done."""
+        per_prompt = None  # seconds, from the last piece
         for batch in batches:
-            trace_items(self.tracer, batch, config, batch_size)
+            if self.tick is None:
+                trace_items(self.tracer, batch, config, batch_size)
+                yield batch
+                continue
+            i = 0
+            while i < len(batch):
+                k = 1 if per_prompt is None else max(1, int(self.piece_s / max(per_prompt, 1e-9)))
+                piece = batch[i:i + k]
+                t0 = time.perf_counter()
+                trace_items(self.tracer, piece, config, batch_size)
+                per_prompt = (time.perf_counter() - t0) / len(piece)
+                i += len(piece)
+                if i < len(batch):  # the last piece counts once the batch is stored
+                    self.tick(len(piece))
             yield batch
 
 
@@ -412,10 +436,14 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
     batch as it comes back, in whatever order."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), unit="prompt", desc=f"ingest {summary.model}",
-               disable=not progress, dynamic_ncols=True, file=sys.stderr,
-               position=0 if overall is None else 1, leave=overall is None)
+    # mininterval 0: every prompt is drawn (a piece of a batch takes about a second)
+    bar = _PromptBar(tqdm(total=len(todo), unit="prompt", desc=f"ingest {summary.model}",
+                          disable=not progress, dynamic_ncols=True, file=sys.stderr,
+                          mininterval=0, position=0 if overall is None else 1,
+                          leave=overall is None))
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    if isinstance(backend, LocalTracing) and progress:
+        backend.tick = bar.tick
     try:
         results = backend.traced(batches, config, batch_size)
         while True:
@@ -425,10 +453,29 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
             if batch is None:
                 break
             _commit(engine, db, batch, run_id, ids, summary, overall)
-            bar.update(len(batch))
-            bar.set_postfix(failed=summary.n_failed, refresh=False)
+            bar.batch_done(len(batch), summary.n_failed)
     finally:
-        bar.close()
+        bar.bar.close()
+        if isinstance(backend, LocalTracing):
+            backend.tick = None
+
+
+class _PromptBar:
+    """The ingest's progress bar in prompts: moved by the tracing backend's
+    ``tick`` within a batch where it has one, and by the rest of a batch once
+    it is committed."""
+
+    def __init__(self, bar):
+        self.bar, self.ticked = bar, 0
+
+    def tick(self, k: int) -> None:
+        self.ticked += k
+        self.bar.update(k)
+
+    def batch_done(self, n: int, n_failed: int) -> None:
+        self.bar.set_postfix(failed=n_failed, refresh=False)
+        self.bar.update(n - self.ticked)
+        self.ticked = 0
 
 
 def _stored(conn, run_id: int) -> dict[str, tuple[int, str, set]]:

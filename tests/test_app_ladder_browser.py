@@ -1,9 +1,11 @@
-"""In Chromium: Compare on a store holding the toy ladder (three sizes, several
-training steps) shows the induction circuit forming, and a link copied from each
-page opens the same view in a new browser session.
+"""In Chromium: the app opens on a store holding the toy ladder (three sizes,
+several training steps) and SmolLM2, Compare shows them side by side and the
+induction circuit forming, and a link copied from each page opens the same view
+in a new browser session.
 
-The store is part of the ladder (every size at three of its steps, 4 prompts
-each) so the test stays short; the README's main command ingests all of it.
+The store is part of what `unpack demo` makes (every ladder size at three of its
+steps, 3 prompts each, and 2 induction prompts on SmolLM2) so the test stays
+short; the README's main command ingests all of it.
 Screenshots of the test go to artifacts/screenshots/; those in docs/screenshots/
 come from the store of `unpack demo`:
 
@@ -11,6 +13,7 @@ come from the store of `unpack demo`:
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
@@ -23,15 +26,32 @@ from test_app_browser import (CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT_MS, VIEWPORT
                               running_app, settle, shot, sql)
 
 KEEP = ("step0", "step200")  # and each member's last step
+SMOL = "smollm2-135m"
+LADDER = ["ladder-d64", "ladder-d96", "ladder-d128"]
 
 
-def build_ladder_store(where: Path, n: int = 3) -> Path:
+def build_ladder_store(where: Path, n: int = 3, smol_n: int = 2) -> Path:
+    """The ladder part of the demo store, and ``smol_n`` induction prompts on SmolLM2
+    (as ``unpack demo`` traces them) unless 0."""
+    from ingest.demo import ingest_induction
     from ingest.ladder import checkpoints, ingest_ladder
+    from unpack import Tracer
+    from unpack.loading import load_model
 
     last = {m: r for m, r, _ in checkpoints()}
     db = where / "ladder.duckdb"
     ingest_ladder(db, n=n, progress=False, out=lambda *a, **k: None,
                   keep=lambda m, r: r in KEEP or r == last[m])
+    if smol_n:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as `unpack demo` runs it
+        try:
+            model, tok = load_model(SMOL)
+            ingest_induction(Tracer(model=model, tokenizer=tok), SMOL, db, smol_n, 4, False)
+        finally:
+            torch.set_num_threads(threads)
     return db
 
 
@@ -67,26 +87,60 @@ def link(url: str, page: str, params: dict) -> str:
     return f"{url}/{page}?{urlencode(params, doseq=True)}"
 
 
-def test_compare_shows_the_ladder_across_size_and_step(app, browser):
+def test_compare_opens_on_the_ladder_and_smollm2(app, browser):
+    """The app's own address, then Compare from the sidebar: no link parameters."""
     url, db = app
     models = sql(db, "SELECT name FROM models ORDER BY n_params, step")["name"].tolist()
-    assert len(models) == 9
+    assert len(models) == 10 and models[-1] == SMOL
+    latest = [m for m in models if m.startswith("ladder") and m.endswith(f"@{_last(db, m)}")]
     page = session(browser)
-    open_page(page, link(url, "compare", {"ws_task": "induction", "ws_models": models[:3]}),
-              "h3:has-text('The induction circuit across size and training')")
+    open_page(page, url + "/overview", "h1:has-text('Overview')")  # README: no /overview
+    assert "Page not found" in page.inner_text("body")
+    open_page(page, url + "/", "h1:has-text('Overview')")
+    assert "Page not found" not in page.inner_text("body")
+    assert _tables_fit(page) >= 4
+    page.get_by_role("link", name="Compare").click()
+    page.wait_for_selector("h3:has-text('The induction circuit across size and training')",
+                           state="visible")
+    settle(page)
     no_exception(page)
+    tags = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] [data-tag]')
+    picked = [t.get_attribute("aria-label") for t in tags.all()]
+    assert picked == latest + [SMOL], picked  # each size's latest step, and SmolLM2
     body = page.inner_text("body")
     for text in ("K interaction, previous-token → induction", "accuracy on the repeated half",
-                 "Credit by role", "Circuits aligned by relative depth", "What changes with size"):
+                 "Credit by role", "Circuits aligned by relative depth", "What changes with size",
+                 f"{SMOL} (30 layers)"):
         assert text in body, text
     # the two ladder charts: one line per size, in size order, one point per stored step
     charts = page.locator(".js-plotly-plot").filter(has_text="previous-token → induction")
     legend = [t.text_content() for t in charts.first.locator(".legendtext").all()]
-    assert legend == ["ladder-d64", "ladder-d96", "ladder-d128"], legend
+    assert legend == LADDER, legend
     points = charts.first.locator(".scatterlayer .trace").first.locator("path.point")
     assert points.count() == 3  # step 0, 200 and the last
-    assert page.locator(".js-plotly-plot").count() >= 4
+    # credit by role: the three sizes and SmolLM2, smallest first
+    roles = page.locator(".js-plotly-plot").filter(
+        has=page.locator(".legendtitletext", has_text=re.compile(r"^model$")))
+    legend = [t.text_content() for t in roles.first.locator(".legendtext").all()]
+    assert legend == latest + [SMOL], legend
+    assert _tables_fit(page) >= 5
     shot(page, "compare_ladder")
+
+
+def _tables_fit(page) -> int:
+    """Every table on the page is read without scrolling sideways; how many there are."""
+    widths = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stDataFrame"]')]
+        .map(e => { const s = e.querySelector('.dvn-scroller');
+                    return [e.innerText.slice(0, 60), s.scrollWidth, s.clientWidth]; })""")
+    assert widths and all(sw <= cw + 1 for _, sw, cw in widths), widths
+    return len(widths)
+
+
+def _last(db, name: str) -> str:
+    """The last stored step of ``name``'s model, as a revision."""
+    member = name.split("@")[0]
+    return sql(db, "SELECT revision FROM models WHERE name LIKE ? ORDER BY step DESC LIMIT 1",
+               [member + "@%"])["revision"][0]
 
 
 def _view(page, keys) -> dict:
@@ -177,7 +231,7 @@ def shots(argv=None) -> int:
         page.get_by_text("Circuits aligned by relative depth").scroll_into_view_if_needed()
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "compare_ladder_graphs.png"))
-        open_page(page, url + "/overview", "h1:has-text('Overview')")
+        open_page(page, url + "/", "h1:has-text('Overview')")  # the root address (no /overview)
         page.screenshot(path=str(out / "overview.png"))
     print(f"screenshots in {out}")
     return 0

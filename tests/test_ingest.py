@@ -161,6 +161,31 @@ def test_new_roots_add_traces_to_stored_prompts_not_copies(tmp_path, tracer, rec
     assert (s3.n_skipped, s3.n_done) == (20, 0)
 
 
+def test_progress_moves_per_prompt_with_an_eta(tmp_path, tracer, records, capsys, monkeypatch):
+    """Within one batch the bar counts every prompt as it is traced and shows the
+    time left once the first is done; the stored numbers are those of a whole
+    batch traced at once (up to float32 rounding)."""
+    from ingest.run import LocalTracing, ingest
+
+    monkeypatch.setattr(LocalTracing, "piece_s", 0.0)  # a piece per prompt, whatever the speed
+    db, whole = tmp_path / "u.duckdb", tmp_path / "whole.duckdb"
+    s = ingest(records[:6], tracer=tracer, model_name="tiny", db=db, batch_size=6, progress=True)
+    assert s.n_ok == 6
+    err = capsys.readouterr().err
+    drawn = re.findall(r"ingest tiny: +\d+%[^|]*\|[^|]*\| *(\d)/6 \[([^\]]*)\]", err)
+    counts = [int(n) for n, _ in drawn]
+    assert counts[0] == 0 and set(range(7)) <= set(counts), err
+    assert counts == sorted(counts), err
+    eta = dict(drawn)
+    assert "<?" in eta["0"] and re.search(r"<\d\d:\d\d", eta["1"]), eta  # time left after one
+    ingest(records[:6], tracer=tracer, model_name="tiny", db=whole, batch_size=6, progress=False)
+    q = ("SELECT p.text, t.root, c.pos, c.credit FROM token_credits c JOIN traces t USING (trace_id) "
+         "JOIN prompts p USING (prompt_id) ORDER BY 1, 2, 3")
+    got, want = sql(db, q), sql(whole, q)
+    assert [r[:3] for r in got] == [r[:3] for r in want]
+    np.testing.assert_allclose([r[3] for r in got], [r[3] for r in want], rtol=1e-5, atol=1e-9)
+
+
 def test_stored_values_equal_the_trace(tmp_path, tracer, records):
     from ingest.run import ingest
 
@@ -274,6 +299,7 @@ def test_bad_prompts_are_stored_as_failed_and_the_run_finishes(tmp_path, model_d
     assert len(failed) == 4 and all(err for _, err in failed)
     errors = " | ".join(err for _, err in failed)
     assert "target" in errors and "tokens" in errors  # missing target; too long for the model
+    assert f"{corpus}:2: not valid JSON" in errors  # a row that did not load: its file and line
     assert [st for _, st, _ in rows].count("ok") == 2
     # failed prompts have no child rows; ok ones have all of them
     assert sql(db, "SELECT count(*) FROM traces JOIN prompts USING (prompt_id) "
@@ -499,6 +525,17 @@ def test_demo_on_the_tiny_model(tmp_path, model_dir, capsys):
         block = out.split(f"-- {title}")[1].split("\n-- ")[0]
         assert "SELECT" in block and "(no rows)" not in block, title
     assert sql(db, "SELECT count(DISTINCT root) FROM traces") == [(4,)]  # target + 3 heads
+
+
+def test_demo_refuses_bad_counts_before_loading(tmp_path, capsys):
+    from unpack.cli import main
+
+    db = tmp_path / "demo.duckdb"
+    assert main(["demo", "--db", str(db), "--threads", "0"]) == 2
+    assert main(["demo", "--db", str(db), "--ladder-n", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads 0: give 1 or more" in err and "--ladder-n -1" in err
+    assert not db.exists()
 
 
 def test_demo_on_smollm2(tmp_path, capsys):

@@ -167,3 +167,41 @@ def test_node_labels_of_the_mlp_row_and_embeddings_keep_clear_of_the_heads():
     side = dict(zip(nodes.customdata, nodes.textposition))
     assert side == {"attn_0_head_1": "top center", "embedding": "middle left",
                     "mlp_0": "bottom center", "attn_0_head_0": "top center"}
+
+
+def test_wide_tables_fit_the_page_numbers_whole_text_cut():
+    """A table wider than the page: its text columns are cut to fit, its numbers and
+    headers keep their width; a table that fits keeps every column whole."""
+    import pandas as pd
+
+    from app.ui.tables import MIN_TEXT_PX, fit_widths, natural_px
+
+    df = pd.DataFrame({"model": ["ladder-d128@step1065", "smollm2-135m"],
+                       "text": ["When Mary and John went to the store, " * 6, "x"],
+                       "n_params": [171650, 134515008], "mean_p_target": [0.7348, 0.0282]})
+    whole = {c: natural_px(df, c, c) for c in df.columns}
+    assert whole["text"] > 400 and whole["n_params"] == len("134,515,008") * 8 + 26
+    w = fit_widths(df, 520)
+    assert sum(w.values()) <= 520
+    assert (w["n_params"], w["mean_p_target"]) == (whole["n_params"], whole["mean_p_target"])
+    assert MIN_TEXT_PX <= w["text"] < whole["text"] and w["model"] <= whole["model"]
+    assert fit_widths(df, 2000) == whole
+    assert fit_widths(df.head(0), 100) == {c: max(50, len(c) * 8 + 26) for c in df.columns}
+
+
+def test_reroot_hint_never_sends_to_the_position_it_is_at(monkeypatch, tmp_path):
+    """The Prompt page's reroot with nothing stored to show: at the target position
+    it suggests another component, elsewhere the target position."""
+    from test_app import build_store, open_app, sql, widget
+
+    db, _ = build_store(tmp_path, n=1, models=[("tiny-gpt2", "gpt2", 2)], roots=(), failing=False)
+    at = open_app(monkeypatch, db, "prompt")
+    pid = int(widget(at.selectbox, "Prompt (1 in the working set)").value)
+    end = int(sql(db, "SELECT target_pos FROM prompts WHERE prompt_id = ?", [pid]).iloc[0, 0])
+    widget(at.selectbox, "Component").set_value("embedding").run()
+    widget(at.selectbox, "Position").set_value(end).run()
+    hints = [i.value for i in at.info if "No stored edges read by `embedding@" in i.value]
+    assert hints and "Try another component" in hints[0] and "target position" not in hints[0]
+    widget(at.selectbox, "Position").set_value(end - 1).run()
+    hints = [i.value for i in at.info if "No stored edges read by `embedding@" in i.value]
+    assert hints and f"Try the target position ({end}) or another component" in hints[0]

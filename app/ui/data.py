@@ -154,6 +154,14 @@ def model_names(con) -> list[str]:
                   "split_part(name, '@', 1), step NULLS FIRST, name")["name"].tolist()
 
 
+def default_models(names: list[str], k: int = 4) -> list[str]:
+    """The working set a first visit opens on: the latest checkpoint of each of
+    the ``k`` smallest models (``names`` as :func:`model_names` orders them), so
+    a ladder's sizes and a larger model are side by side."""
+    latest = {n.split("@")[0]: n for n in names}  # a model's checkpoints come by step
+    return list(latest.values())[:k]
+
+
 def distinct(con, column: str, models=(), task=None) -> list[str]:
     """The values of a prompt column (task, condition, template) or of ``preset``
     among the stored prompts of ``models`` (all if empty) and ``task``."""

@@ -116,7 +116,7 @@ def working_set() -> D.WorkingSet:
     st.sidebar.subheader("Working set")
     models = query(D.model_names)
     if "ws_models" not in st.session_state:
-        st.session_state["ws_models"] = models[:4]
+        st.session_state["ws_models"] = D.default_models(models)
     st.session_state["ws_models"] = [m for m in st.session_state["ws_models"] if m in models]
     sel = st.sidebar.multiselect("Models", models, key="ws_models", format_func=D.short_model,
                                  help="Compare uses every model picked here; Circuit and "

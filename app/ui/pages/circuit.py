@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.ui import data as D
 from app.ui import state, views
+from app.ui.tables import table
 
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Circuit")
@@ -94,20 +95,17 @@ def show_edges(title, rows):
     st.markdown(title)
     t = edge_table(rows)
     if len(t):
-        st.dataframe(t, hide_index=True)
+        table(t)
     else:
         st.caption("none")
 
 
-e1, e2 = st.columns(2)
-with e1:
-    show_edges("Reads from (upstream writers)",
-               [(v, d) for _, v, d in G_all.out_edges(node, data=True)])
-with e2:
-    show_edges("Read by (downstream readers)",
-               [(u, d) for u, _, d in G_all.in_edges(node, data=True)])
+show_edges("Reads from (upstream writers)",  # one above the other: each fits the page
+           [(v, d) for _, v, d in G_all.out_edges(node, data=True)])
+show_edges("Read by (downstream readers)",
+           [(u, d) for u, _, d in G_all.in_edges(node, data=True)])
 st.markdown("Example prompts where it carries the most |flow|")
-st.dataframe(state.query(D.example_prompts, mws, node, root, 5), hide_index=True)
+table(state.query(D.example_prompts, mws, node, root, 5))
 
 with st.expander("Download the graph"):
     from app.graphs import graph_frame, to_json

@@ -4,6 +4,7 @@ import streamlit as st
 
 from app.ui import data as D
 from app.ui import state, views
+from app.ui.tables import table
 
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Compare")
@@ -23,8 +24,10 @@ if not ladder.empty and ws.task == "induction":
                     category_orders={"family": list(dict.fromkeys(ladder["family"]))})
         f.update_layout(margin=dict(l=10, r=10, t=40, b=10))
         col.plotly_chart(f, key=f"ladder_{y}")
-    st.dataframe(ladder.drop(columns=["family"]), hide_index=True,
-                 column_config={"n_params": st.column_config.NumberColumn(format="localized")})
+    # a row per checkpoint: the model as its size (n_params) and step
+    table(ladder.drop(columns=["model", "d_model", "n_heads", "traces"], errors="ignore"),
+          labels={"family": "model"},
+          config={"n_params": st.column_config.NumberColumn(format="localized")})
 elif not ladder.empty:
     st.caption(f"The store holds {len(ladder)} toy ladder checkpoints: pick the task "
                "`induction` in the sidebar to see the induction circuit across size and training.")
@@ -58,7 +61,7 @@ else:
     st.plotly_chart(fig, key="compare_roles_chart")
     wide = cbr.pivot_table(index=["condition", "role"], columns="model", values=value,
                            sort=False).reset_index()
-    st.dataframe(wide, hide_index=True)
+    table(wide)
 
 # ------------------------------------------------------------------ duplicate suppression
 st.subheader("Duplicate suppression")
@@ -72,9 +75,9 @@ except Exception as e:  # NoData / InputError explain what is missing
 else:
     st.caption("docs/METHOD.md §10: IOI with target = S (ioi_s): credit at S1 stays positive while "
                "S2 turns negative; ABC controls abc_c (copying, C positive) and abc_b.")
-    st.dataframe(sup.assign(model=sup["model"].map(D.short_model)), hide_index=True)
+    table(sup.assign(model=sup["model"].map(D.short_model)))
     with st.expander("Per condition"):
-        st.dataframe(sup_cond, hide_index=True)
+        table(sup_cond)
 
 # ------------------------------------------------------------------ graphs by relative depth
 st.subheader("Circuits aligned by relative depth")
@@ -120,7 +123,10 @@ st.plotly_chart(fig, key="compare_graphs_chart")
 # ------------------------------------------------------------------ what changes with size
 st.subheader("What changes with size")
 size = state.query(D.size_table, ws)
-st.dataframe(size, hide_index=True)
+shares = [c for c in size.columns if c.startswith("share_") or c == "top_heads_at_target"]
+table(size.drop(columns=shares))  # behaviour, then where the credit flows
+if shares:
+    table(size[["model"] + shares].assign(model=size["model"].map(D.short_model)))
 names = list(graphs)
 if len(names) >= 2:
     pairs = [(a, b) for a, b in zip(names, names[1:])]
@@ -133,5 +139,4 @@ if len(names) >= 2:
     st.caption(f"aligned by {diff.attrs.get('align')}"
                + (f" ({diff.attrs.get('n_bins')} depth bins)" if diff.attrs.get("n_bins") else "")
                + " · " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
-    st.dataframe(diff.reindex(diff["weight_diff"].abs().sort_values(ascending=False).index),
-                 hide_index=True)
+    table(diff.reindex(diff["weight_diff"].abs().sort_values(ascending=False).index))

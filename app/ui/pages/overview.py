@@ -3,6 +3,7 @@ import streamlit as st
 
 from app.ui import data as D
 from app.ui import state
+from app.ui.tables import table
 
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Overview")
@@ -24,19 +25,24 @@ if summary.empty:
     st.info("No prompts match the working set: widen it in the sidebar (condition and "
             "template '(all)').")
 else:
-    st.dataframe(summary, hide_index=True, column_config={
+    table(summary, config={
         "mean_p_target": st.column_config.NumberColumn("mean p(target)", format="%.4f"),
         "mean_logit_diff": st.column_config.NumberColumn("mean logit diff", format="%+.3f"),
         "share_logit_diff_pos": st.column_config.NumberColumn("share logit diff > 0",
                                                               format="%.2f")})
 
 st.subheader("Models")
-st.dataframe(state.query(D.models_table), hide_index=True,
-             column_config={"n_params": st.column_config.NumberColumn("n_params", format="localized")})
+table(state.query(D.models_table),
+      config={"n_params": st.column_config.NumberColumn("n_params", format="localized")})
 st.subheader("Runs")
-st.dataframe(state.query(D.runs_table), hide_index=True)
+table(state.query(D.runs_table))
 st.subheader("Prompts per task and condition")
-st.dataframe(state.query(D.tasks_table), hide_index=True)
+tasks = state.query(D.tasks_table)
+if not tasks.empty:  # a row per model (a ladder has many), a column per task and condition
+    by_model = tasks.set_index(["task", "condition"]).T
+    by_model.columns = [f"{t} · {c}" if c and c != t else t for t, c in by_model.columns]
+    tasks = by_model.rename_axis("model").reset_index()
+table(tasks)
 
 st.subheader("Failures")
 fails = state.query(D.failures, 200)
@@ -48,4 +54,4 @@ else:
     reasons = state.query(D.failure_reasons, 5)
     st.markdown("\n".join(f"- {int(r.n)} × `{str(r.error)[:200].replace('`', '´')}`"
                           for r in reasons.itertuples(index=False)))
-    st.dataframe(fails, hide_index=True)
+    table(fails)

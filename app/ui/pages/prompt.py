@@ -7,6 +7,7 @@ import streamlit as st
 from app.ui import data as D
 from app.ui import state, views
 from unpack.components import parse_component
+from app.ui.tables import table
 
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Prompt")
@@ -67,7 +68,7 @@ if st.toggle("Credit per position as a chart and a table", key="prompt_chart"):
                    in zip(credit["role"], credit["credit_pct"])]))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="credit")
     st.plotly_chart(fig, key="prompt_credit_chart")
-    st.dataframe(credit, hide_index=True)
+    table(credit)
 
 st.subheader("Top paths")
 k = st.slider("Paths shown", 1, 50, 8, key="prompt_k")
@@ -77,7 +78,7 @@ if paths.empty:
 else:
     st.markdown(views.paths_html(paths, tokens, n=k), unsafe_allow_html=True)
     with st.expander("All stored paths as a table"):
-        st.dataframe(paths, hide_index=True)
+        table(paths)
     with st.expander("Export the top paths for a paper"):
         from app.ui.circuit_stored import path_downloads
 
@@ -118,7 +119,7 @@ with tab_rows:
         st.info(f"No stored edges read by `{spec}` in this trace: little or no credit reaches "
                 f"it. Try {hint}.")
     else:
-        st.dataframe(feed, hide_index=True)
+        table(feed)
 with tab_stored:
     if stored.empty:
         st.info(f"No stored trace is rooted at `{spec}`. Stored roots of this prompt: "
@@ -166,5 +167,5 @@ with tab_live:
                     f = res["feeders"].copy()
                     f["writer_token"] = [tokens[p] if 0 <= p < len(tokens) else None
                                          for p in f["writer_pos"]]
-                    st.dataframe(f.reindex(f["weight"].abs().sort_values(ascending=False).index)
-                                 .head(25), hide_index=True)
+                    table(f.reindex(f["weight"].abs().sort_values(ascending=False).index)
+                          .head(25))

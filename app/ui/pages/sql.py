@@ -6,6 +6,7 @@ import streamlit as st
 from app.db import query_store
 from app.ui import data as D
 from app.ui import state
+from app.ui.tables import table
 from unpack.errors import InputError
 
 ws: D.WorkingSet = st.session_state["ws"]
@@ -61,7 +62,7 @@ if st.session_state.get("sql_last") == sql:  # edits need Run again; a new row l
     else:
         more = " (truncated at the row limit: there are more rows)" if df.attrs.get("truncated") else ""
         st.caption(f"{len(df):,} row{'' if len(df) == 1 else 's'}{more}")
-        st.dataframe(df, hide_index=True)
+        table(df, labels={c: str(c) for c in df.columns})  # the query's own names
         d1, d2 = st.columns(2)
         d1.download_button("Download CSV", df.to_csv(index=False).encode(), file_name="query.csv",
                            mime="text/csv", key="sql_csv")
@@ -75,4 +76,4 @@ if st.session_state.get("sql_last") == sql:  # edits need Run again; a new row l
                                mime="application/vnd.apache.parquet", key="sql_parquet")
 
 with st.expander("Tables and views"):
-    st.dataframe(state.query(D.schema), hide_index=True)
+    table(state.query(D.schema))
