@@ -37,7 +37,7 @@ def register(sub) -> None:
         "verify", help="necessity and faithfulness of a stored circuit, against random circuits",
         description="Knock the circuit's heads out (necessity: the fraction of the clean logit "
                     "difference lost) and every other head (faithfulness: the fraction kept), "
-                    "and the same for --n random circuits with the circuit's layer profile. "
+                    "and the same for --n random circuits (--baseline). "
                     "Stored in circuit_verifications and circuit_prompt_results. Exit 0 done, "
                     "2 bad input.")
     v.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
@@ -46,9 +46,11 @@ def register(sub) -> None:
                    help="mean (over the run's ABC control prompts), zero or resample; default "
                         "mean where the run has controls, else resample")
     v.add_argument("--n", type=int, default=20, help="random circuits (default 20)")
-    v.add_argument("--baseline", choices=("profile", "size"), default="profile",
-                   help="random circuits with the same heads per layer (profile, default) or "
-                        "the same number of heads anywhere (size)")
+    v.add_argument("--baseline", choices=("outside", "profile", "size"), default="outside",
+                   help="random circuits of the circuit's size drawn from the heads outside it, "
+                        "its heads per layer where a layer has room (outside, default; all of "
+                        "them where fewer lie outside); the same heads per layer drawn from all "
+                        "heads (profile); the same number of heads anywhere (size)")
     v.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=cmd_verify)

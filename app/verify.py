@@ -45,7 +45,7 @@ from app.reports.composition import _records
 from unpack.errors import InputError
 
 ABLATIONS = ("mean", "zero", "resample")
-BASELINES = ("profile", "size")
+BASELINES = ("outside", "profile", "size")
 
 
 @dataclass
@@ -88,25 +88,43 @@ class Verification:
 
     def to_dict(self) -> dict:
         return dict(self.summary(), verification_id=self.verification_id,
-                    baseline=self.baseline, warnings=self.warnings)
+                    baseline=self.baseline, knocked_accuracy_rank=self.knocked_accuracy_rank,
+                    warnings=self.warnings)
+
+    @property
+    def knocked_accuracy_rank(self) -> float:
+        """Share of random circuits whose knock-out leaves at most the circuit's accuracy."""
+        return float((np.array(self.baseline["knocked_accuracy"])
+                      <= self.accuracy["knocked"]).mean())
 
     def format(self) -> str:
-        s = self.summary()
-        bn, bf = np.array(self.baseline["necessity"]), np.array(self.baseline["faithfulness"])
+        s, b = self.summary(), self.baseline
+        bn, bf = np.array(b["necessity"]), np.array(b["faithfulness"])
         q = lambda a: f"mean {a.mean():.3f}, 5-95% [{np.percentile(a, 5):.3f}, {np.percentile(a, 95):.3f}]"  # noqa: E731
-        return "\n".join([
+        lines = [
             f"circuit {self.circuit_id}: {s['n_prompts']} prompts, {self.ablation} ablation "
             f"({self.reference})",
+            f"  baseline: {self.n_random} random circuits of {b['size']} head"
+            f"{'s' if b['size'] != 1 else ''} "
+            f"({b['kind']}: {b['described']})",
             f"  logit difference: clean {s['clean_logit_diff']:+.3f}, circuit knocked out "
             f"{s['knocked_logit_diff']:+.3f}, only the circuit {s['kept_logit_diff']:+.3f}",
-            f"  necessity    {s['necessity']:.3f}   random circuits ({self.n_random}, "
-            f"{self.baseline['kind']}): {q(bn)}; share >= circuit {s['necessity_rank']:.2f}",
+            f"  necessity    {s['necessity']:.3f}   random circuits: {q(bn)}; share >= circuit "
+            f"{s['necessity_rank']:.2f}",
             f"  faithfulness {s['faithfulness']:.3f}   random circuits: {q(bf)}; share >= "
             f"circuit {s['faithfulness_rank']:.2f}",
             f"  accuracy (top token = target): clean {s['clean_accuracy']:.3f}, knocked out "
-            f"{s['knocked_accuracy']:.3f}, only the circuit {s['kept_accuracy']:.3f}; random "
-            f"knocked out mean {np.mean(self.baseline['knocked_accuracy']):.3f}"]
-            + [f"warning: {w}" for w in self.warnings])
+            f"{s['knocked_accuracy']:.3f}, only the circuit {s['kept_accuracy']:.3f}",
+            f"  random circuits knocked out: accuracy {q(np.array(b['knocked_accuracy']))}; "
+            f"share <= circuit {self.knocked_accuracy_rank:.2f}"]
+        if b["size"] < b["circuit_size"]:
+            e = b["equal_size"]
+            lines.append(
+                f"  only {b['size']} heads lie outside the circuit's {b['circuit_size']}: at equal "
+                f"size, {len(e['necessity'])} random {e['size']}-head subsets of the circuit "
+                f"knocked out: necessity {q(np.array(e['necessity']))}, accuracy "
+                f"{q(np.array(e['knocked_accuracy']))}")
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
 # ------------------------------------------------------------------ reading the circuit
@@ -200,29 +218,77 @@ def sources(ablation, tracer, prompts, ref_records, ref_keys, rng) -> tuple[torc
 
 
 def random_masks(heads: list[str], L: int, H: int, n: int, kind: str, rng) -> list[np.ndarray]:
-    """``n`` random circuits ``[L, H]`` boolean: the same heads per layer (profile) or
-    the same number of heads anywhere (size)."""
+    """``n`` random circuits ``[L, H]`` boolean: the same heads per layer (profile), the
+    same number of heads anywhere (size), or heads outside the circuit (outside, see
+    :func:`outside_mask`)."""
+    if kind == "outside":
+        return [outside_mask(heads, L, H, rng) for _ in range(n)]
     out = []
     for _ in range(n):
         m = np.zeros((L, H), dtype=bool)
         if kind == "size":
             m.flat[rng.choice(L * H, size=len(heads), replace=False)] = True
         else:
-            for layer, count in pd.Series([split_head(h)[0] for h in heads]).value_counts().items():
-                m[int(layer), rng.choice(H, size=int(count), replace=False)] = True
+            for layer, count in _profile(heads).items():
+                m[layer, rng.choice(H, size=count, replace=False)] = True
+        out.append(m)
+    return out
+
+
+def _profile(heads: list[str]) -> dict[int, int]:
+    """Heads per layer."""
+    return {int(k): int(v) for k, v in pd.Series([split_head(h)[0] for h in heads],
+                                                 dtype=int).value_counts().items()}
+
+
+def outside_mask(heads: list[str], L: int, H: int, rng) -> np.ndarray:
+    """A random circuit disjoint from ``heads``: in each layer as many heads as the
+    circuit has there, drawn from that layer's heads outside the circuit; what a layer
+    cannot supply is drawn from the other heads outside the circuit. Its size is the
+    circuit's, or every head outside the circuit where fewer lie outside."""
+    inside = np.zeros((L, H), dtype=bool)
+    for h in heads:
+        inside[split_head(h)] = True
+    m = np.zeros((L, H), dtype=bool)
+    short = 0
+    for layer, count in _profile(heads).items():
+        free = np.flatnonzero(~inside[layer])
+        take = min(count, len(free))
+        m[layer, rng.choice(free, size=take, replace=False)] = True
+        short += count - take
+    rest = np.flatnonzero(~(inside | m).ravel())
+    m.flat[rng.choice(rest, size=min(short, len(rest)), replace=False)] = True
+    return m
+
+
+def equal_size_subsets(heads: list[str], L: int, H: int, k: int, n: int, rng) -> list[np.ndarray]:
+    """``n`` random ``k``-head subsets of the circuit: its knock-out at the size of an
+    ``outside`` baseline that could not match the circuit's size."""
+    out = []
+    for _ in range(n):
+        m = np.zeros((L, H), dtype=bool)
+        for h in rng.choice(heads, size=k, replace=False):
+            m[split_head(str(h))] = True
         out.append(m)
     return out
 
 
 def run_masks(tracer, batch, source, masks, batch_size: int = 32):
     """Metric and top-1 hit per prompt for each mask: ``[M, P]`` twice. ``masks``:
-    ``[L, H]`` booleans (True = ablated), None for the clean pass."""
+    ``[L, H]`` booleans (True = ablated), None for the clean pass; a mask equal to an
+    earlier one is not run again."""
     from unpack.intervene import forward, logit_diff
 
     ids, lengths, tid, did = batch
     P = ids.shape[0]
     metric, hit = np.zeros((len(masks), P)), np.zeros((len(masks), P))
+    seen = {}
     for j, m in enumerate(masks):
+        key = None if m is None else np.asarray(m, dtype=bool).tobytes()
+        if key in seen:
+            metric[j], hit[j] = metric[seen[key]], hit[seen[key]]
+            continue
+        seen[key] = j
         for k in range(0, P, batch_size):
             sl = slice(k, k + batch_size)
             ab = None if m is None else torch.as_tensor(m)
@@ -238,6 +304,32 @@ def run_masks(tracer, batch, source, masks, batch_size: int = 32):
 
 
 # ------------------------------------------------------------------ verification
+
+BASELINE_TEXT = {
+    "outside": "heads outside the circuit, its heads per layer where a layer has room",
+    "profile": "the circuit's heads per layer, drawn from all heads of those layers",
+    "size": "the circuit's number of heads, drawn from all heads"}
+
+
+def baseline_dict(kind: str, size: int, rand: list, metric, hit) -> dict:
+    """The random circuits' measures (rows ``3 + 2i`` knocked out, ``4 + 2i`` kept) and,
+    where they are smaller than the circuit, its own subsets of their size (the rows
+    after them), as stored in ``circuit_verifications.baseline``."""
+    n, clean = len(rand), metric[0].mean()
+    k = int(rand[0].sum())
+    base = dict(kind=kind, described=BASELINE_TEXT[kind], size=k, circuit_size=size,
+                necessity=[float(1 - metric[3 + 2 * i].mean() / clean) for i in range(n)],
+                faithfulness=[float(metric[4 + 2 * i].mean() / clean) for i in range(n)],
+                knocked_accuracy=[float(hit[3 + 2 * i].mean()) for i in range(n)],
+                kept_accuracy=[float(hit[4 + 2 * i].mean()) for i in range(n)],
+                circuits=[[f"attn_{L}_head_{h}" for L, h in zip(*np.nonzero(r))] for r in rand])
+    if k < size:
+        rows = range(3 + 2 * n, len(metric))
+        base["equal_size"] = dict(size=k, necessity=[float(1 - metric[j].mean() / clean)
+                                                     for j in rows],
+                                  knocked_accuracy=[float(hit[j].mean()) for j in rows])
+    return base
+
 
 def check_args(ablation, n_random, baseline) -> None:
     if ablation is not None and ablation not in ABLATIONS:
@@ -269,7 +361,7 @@ def _reference(con, db, c, ablation, records, templates, n_tok):
 
 
 def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, seed: int = 0,
-           baseline: str = "profile", tracer=None, store: bool = True) -> Verification:
+           baseline: str = "outside", tracer=None, store: bool = True) -> Verification:
     """Necessity and faithfulness of a stored circuit against ``n_random`` random
     circuits (see the module docstring); stored unless ``store=False``."""
     check_args(ablation, n_random, baseline)
@@ -291,19 +383,20 @@ def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, s
     mask = np.zeros((spec.n_layers, spec.n_heads), dtype=bool)
     for h in c["heads"]:
         mask[split_head(h)] = True
+    if baseline == "outside" and mask.all():
+        raise InputError(f"circuit {circuit_id} holds every head of {c['model']}, so no random "
+                         "circuit lies outside it; use --baseline profile or --baseline size")
     rand = random_masks(c["heads"], spec.n_layers, spec.n_heads, n_random, baseline, rng)
-    masks = [None, mask, ~mask] + [m for r in rand for m in (r, ~r)]
+    k = int(rand[0].sum())
+    subsets = equal_size_subsets(c["heads"], spec.n_layers, spec.n_heads, k, n_random, rng) \
+        if k < len(c["heads"]) else []
+    masks = [None, mask, ~mask] + [m for r in rand for m in (r, ~r)] + subsets
     metric, hit = run_masks(tracer, encode_batch(tracer, records), source, masks)
     clean = metric[0]
     if not abs(clean.mean()) > 1e-9:
         raise InputError(f"circuit {circuit_id}: the clean logit difference is zero on average, "
                          "so no fraction of it can be measured")
-    base = dict(kind=baseline,
-                necessity=[float(1 - metric[3 + 2 * i].mean() / clean.mean()) for i in range(n_random)],
-                faithfulness=[float(metric[4 + 2 * i].mean() / clean.mean()) for i in range(n_random)],
-                knocked_accuracy=[float(hit[3 + 2 * i].mean()) for i in range(n_random)],
-                kept_accuracy=[float(hit[4 + 2 * i].mean()) for i in range(n_random)],
-                circuits=[[f"attn_{L}_head_{h}" for L, h in zip(*np.nonzero(r))] for r in rand])
+    base = baseline_dict(baseline, len(c["heads"]), rand, metric, hit)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.abs(clean) > 1e-9, metric[2] / clean, np.nan)
     per_prompt = pd.DataFrame(dict(prompt_id=ids, clean=clean, knocked=metric[1], kept=metric[2],
