@@ -361,6 +361,8 @@ def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch,
         {"necessity": nec, "faithfulness": faith})
     assert ver.set_index("measure")["random_mean"]["faithfulness"] == pytest.approx(
         np.mean(json.loads(base)["faithfulness"]))
+    kind = json.loads(base)["kind"]
+    assert [c.value for c in at.caption if f"baseline {kind}" in c.value]  # says which one
     weakest = [d for k, d in tables.items() if "only_circuit" in k][0]
     assert sorted(weakest["prompt_id"].tolist()) == sorted(per)
     labels = [b.label for b in at.get("download_button")]
