@@ -41,7 +41,19 @@ def register(sub) -> None:
                     "Stored in circuit_verifications and circuit_prompt_results. Exit 0 done, "
                     "2 bad input.")
     v.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
-    v.add_argument("--circuit", type=int, required=True, help="circuit id (from unpack discover)")
+    what = v.add_mutually_exclusive_group(required=True)
+    what.add_argument("--circuit", type=int, help="circuit id (from unpack discover)")
+    what.add_argument("--heads", metavar="H1,H2",
+                      help="instead of a stored circuit: these heads (attn_L_head_H or L.H) of "
+                           "--model on --prompts fresh prompts of --task; nothing is stored")
+    v.add_argument("--model", default=None, help="with --heads: the model")
+    v.add_argument("--task", choices=("ioi", "induction"), default="ioi",
+                   help="with --heads: the task (default ioi; its abc_c controls are the "
+                        "mean-ablation reference)")
+    v.add_argument("--prompts", type=int, default=100,
+                   help="with --heads: fresh prompts (default 100)")
+    v.add_argument("--prompt-seed", type=int, default=0,
+                   help="with --heads: the task seed of the fresh prompts (default 0)")
     v.add_argument("--ablation", choices=("mean", "zero", "resample"), default=None,
                    help="mean (over the run's ABC control prompts), zero or resample; default "
                         "mean where the run has controls, else resample")
@@ -92,8 +104,18 @@ def cmd_verify(args) -> int:
     from app.verify import check_args, verify
 
     check_args(args.ablation, args.n, args.baseline)
-    v = verify(args.db, args.circuit, ablation=args.ablation, n_random=args.n, seed=args.seed,
-               baseline=args.baseline)
+    if args.heads is not None:
+        from app.verify import verify_on_task
+        from unpack.errors import InputError
+
+        if not args.model:
+            raise InputError("--heads needs --model, e.g. --model smollm2-135m")
+        v = verify_on_task(args.model, args.heads, task=args.task, n=args.prompts,
+                           prompt_seed=args.prompt_seed, ablation=args.ablation,
+                           n_random=args.n, seed=args.seed, baseline=args.baseline)
+    else:
+        v = verify(args.db, args.circuit, ablation=args.ablation, n_random=args.n,
+                   seed=args.seed, baseline=args.baseline)
     print(json.dumps(v.to_dict(), default=str) if args.json else v.format())
     return 0
 

@@ -50,7 +50,7 @@ BASELINES = ("outside", "profile", "size")
 
 @dataclass
 class Verification:
-    circuit_id: int
+    circuit_id: int | None
     ablation: str
     reference: str
     n_random: int
@@ -63,6 +63,7 @@ class Verification:
     per_prompt: pd.DataFrame
     verification_id: int | None = None
     warnings: list = field(default_factory=list)
+    label: str | None = None  # what was verified, where it is not a stored circuit
 
     @property
     def necessity(self) -> float:
@@ -102,7 +103,8 @@ class Verification:
         bn, bf = np.array(b["necessity"]), np.array(b["faithfulness"])
         q = lambda a: f"mean {a.mean():.3f}, 5-95% [{np.percentile(a, 5):.3f}, {np.percentile(a, 95):.3f}]"  # noqa: E731
         lines = [
-            f"circuit {self.circuit_id}: {s['n_prompts']} prompts, {self.ablation} ablation "
+            f"{self.label or f'circuit {self.circuit_id}'}: {s['n_prompts']} prompts, "
+            f"{self.ablation} ablation "
             f"({self.reference})",
             f"  baseline: {self.n_random} random circuits of {b['size']} head"
             f"{'s' if b['size'] != 1 else ''} "
@@ -343,20 +345,27 @@ def check_args(ablation, n_random, baseline) -> None:
 def _reference(con, db, c, ablation, records, templates, n_tok):
     """``(ablation, reference records, their (template, n) keys, description)``."""
     refs, r_templates, r_ntok = control_prompts(con, c["run_id"])
+    fix = (f"store the ABC controls with `unpack ingest --model {c['model']} --task ioi "
+           f"--n N --controls --db {db}`, or use" if c["task"] == "ioi" else "use")
+    return choose_reference(ablation, records, list(zip(templates, n_tok)), refs,
+                            list(zip(r_templates, r_ntok)),
+                            f"run {c['run_id']}, and task {c['task']} has none stored: {fix}")
+
+
+def choose_reference(ablation, records, keys, refs, ref_keys, why_none: str):
+    """The ablation (default: mean where there are controls, else resample) and the
+    prompts its replacement values come from; mean ablation needs controls."""
     if ablation is None:
         ablation = "mean" if refs else "resample"
     if ablation == "mean" and not refs:
-        fix = (f"store the ABC controls with `unpack ingest --model {c['model']} --task ioi "
-               f"--n N --controls --db {db}`, or use" if c["task"] == "ioi" else "use")
-        raise InputError(f"mean ablation needs control prompts in run {c['run_id']}, and task "
-                         f"{c['task']} has none stored: {fix} --ablation zero or --ablation "
-                         "resample")
+        raise InputError(f"mean ablation needs control prompts in {why_none} --ablation zero "
+                         "or --ablation resample")
     if ablation == "zero":
         return ablation, [], [], "zero output"
     if refs:
-        return ablation, refs, list(zip(r_templates, r_ntok)), \
+        return ablation, refs, ref_keys, \
             f"{len(refs)} control prompts (condition abc*), same template and length"
-    return ablation, records, list(zip(templates, n_tok)), \
+    return ablation, records, keys, \
         f"the circuit's {len(records)} prompts, another prompt of the same length"
 
 
@@ -377,35 +386,104 @@ def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, s
         raise InputError(f"circuit {circuit_id} has no heads to knock out; discover it again "
                          "with a lower --min-share")
     tracer = tracer or load_tracer(c["model"], "verify needs it for the interventions")
-    rng = np.random.default_rng(seed)
-    source, _ = sources(ablation, tracer, list(zip(records, templates, n_tok)), refs, ref_keys, rng)
-    spec = tracer.spec
-    mask = np.zeros((spec.n_layers, spec.n_heads), dtype=bool)
-    for h in c["heads"]:
-        mask[split_head(h)] = True
-    if baseline == "outside" and mask.all():
-        raise InputError(f"circuit {circuit_id} holds every head of {c['model']}, so no random "
-                         "circuit lies outside it; use --baseline profile or --baseline size")
-    rand = random_masks(c["heads"], spec.n_layers, spec.n_heads, n_random, baseline, rng)
-    k = int(rand[0].sum())
-    subsets = equal_size_subsets(c["heads"], spec.n_layers, spec.n_heads, k, n_random, rng) \
-        if k < len(c["heads"]) else []
-    masks = [None, mask, ~mask] + [m for r in rand for m in (r, ~r)] + subsets
-    metric, hit = run_masks(tracer, encode_batch(tracer, records), source, masks)
-    clean = metric[0]
-    if not abs(clean.mean()) > 1e-9:
-        raise InputError(f"circuit {circuit_id}: the clean logit difference is zero on average, "
-                         "so no fraction of it can be measured")
-    base = baseline_dict(baseline, len(c["heads"]), rand, metric, hit)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(np.abs(clean) > 1e-9, metric[2] / clean, np.nan)
-    per_prompt = pd.DataFrame(dict(prompt_id=ids, clean=clean, knocked=metric[1], kept=metric[2],
-                                   faithfulness=ratio))
-    ver = Verification(circuit_id, ablation, described, n_random, seed, clean, metric[1],
-                       metric[2], dict(clean=float(hit[0].mean()), knocked=float(hit[1].mean()),
-                                       kept=float(hit[2].mean())), base, per_prompt)
+    ver = measure(tracer, c["heads"], list(zip(records, templates, n_tok)), ids, refs, ref_keys,
+                  ablation=ablation, described=described, n_random=n_random, seed=seed,
+                  baseline=baseline, label=f"circuit {circuit_id}")
+    ver.circuit_id = circuit_id
     if store:
         from ingest.circuits import save_verification
 
         ver.verification_id = save_verification(db, ver)
+    return ver
+
+
+def measure(tracer, heads, prompts, ids, refs, ref_keys, *, ablation, described, n_random,
+            seed, baseline, label) -> Verification:
+    """The interventions of a verification: ``prompts`` are ``(record, template,
+    n_tokens)``, ``refs`` the reference records of the ablation with their keys."""
+    rng = np.random.default_rng(seed)
+    source, _ = sources(ablation, tracer, prompts, refs, ref_keys, rng)
+    spec = tracer.spec
+    mask = np.zeros((spec.n_layers, spec.n_heads), dtype=bool)
+    for h in heads:
+        mask[split_head(h)] = True
+    if baseline == "outside" and mask.all():
+        raise InputError(f"{label} holds every head of the model, so no random circuit lies "
+                         "outside it; use --baseline profile or --baseline size")
+    rand = random_masks(heads, spec.n_layers, spec.n_heads, n_random, baseline, rng)
+    k = int(rand[0].sum())
+    subsets = equal_size_subsets(heads, spec.n_layers, spec.n_heads, k, n_random, rng) \
+        if k < len(heads) else []
+    masks = [None, mask, ~mask] + [m for r in rand for m in (r, ~r)] + subsets
+    metric, hit = run_masks(tracer, encode_batch(tracer, [p[0] for p in prompts]), source, masks)
+    clean = metric[0]
+    if not abs(clean.mean()) > 1e-9:
+        raise InputError(f"{label}: the clean logit difference is zero on average, so no "
+                         "fraction of it can be measured")
+    base = baseline_dict(baseline, len(heads), rand, metric, hit)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.abs(clean) > 1e-9, metric[2] / clean, np.nan)
+    per_prompt = pd.DataFrame(dict(prompt_id=ids, clean=clean, knocked=metric[1], kept=metric[2],
+                                   faithfulness=ratio))
+    return Verification(None, ablation, described, n_random, seed, clean, metric[1], metric[2],
+                        dict(clean=float(hit[0].mean()), knocked=float(hit[1].mean()),
+                             kept=float(hit[2].mean())), base, per_prompt)
+
+
+# ------------------------------------------------------------------ heads on fresh prompts
+
+def parse_heads(heads, n_layers: int, n_heads: int) -> list[str]:
+    """``attn_L_head_H`` names (or ``L.H``), comma-separated, checked against the model."""
+    out = []
+    for part in [p.strip() for p in str(heads).split(",") if p.strip()]:
+        try:
+            L, h = (split_head(part) if part.startswith("attn_")
+                    else tuple(int(x) for x in part.split(".")))
+        except (ValueError, IndexError):
+            L, h = -1, -1
+        if not (0 <= L < n_layers and 0 <= h < n_heads):
+            raise InputError(f"--heads: {part!r} is not a head of the model ({n_layers} layers x "
+                             f"{n_heads} heads); write attn_L_head_H or L.H, comma-separated")
+        out.append(f"attn_{L}_head_{h}")
+    if not out:
+        raise InputError("--heads is empty; name the circuit's heads, e.g. --heads 9.6,9.9,10.0")
+    return sorted(set(out), key=split_head)
+
+
+def _keys(tracer, records) -> list[tuple[str, int]]:
+    """``(template, n_tokens)`` of each record, as the store keeps them."""
+    lengths = encode_batch(tracer, records)[1].tolist() if records else []
+    return [(r.template, int(n)) for r, n in zip(records, lengths)]
+
+
+def verify_on_task(model: str, heads, *, task: str = "ioi", n: int = 100, prompt_seed: int = 0,
+                   ablation: str | None = None, n_random: int = 20, seed: int = 0,
+                   baseline: str = "outside", tracer=None) -> Verification:
+    """Verify a set of heads on ``n`` fresh prompts of a built-in task, generated with
+    ``prompt_seed`` (for IOI: the ``ioi_io`` prompts, with their ``abc_c`` controls as
+    the mean-ablation reference), on the model alone: nothing is stored. A circuit
+    found on a store's prompts is checked out of sample this way."""
+    from unpack.tasks import induction, ioi
+
+    check_args(ablation, n_random, baseline)
+    if task not in ("ioi", "induction"):
+        raise InputError(f"--task {task!r} must be ioi or induction")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"--prompts {n!r} must be a positive whole number")
+    tracer = tracer or load_tracer(model, "verify needs it for the interventions")
+    heads = parse_heads(heads, tracer.spec.n_layers, tracer.spec.n_heads)
+    if task == "ioi":
+        recs = ioi(tracer.tokenizer, n, seed=prompt_seed, controls=True)
+    else:
+        recs = induction(tracer.tokenizer, n, seed=prompt_seed)
+    prompts = [r for r in recs if r.condition == "ioi_io"] if task == "ioi" else recs
+    refs = [r for r in recs if r.condition == "abc_c"]
+    keys, ref_keys = _keys(tracer, prompts), _keys(tracer, refs)
+    ablation, refs, ref_keys, described = choose_reference(
+        ablation, prompts, keys, refs, ref_keys, f"task {task}: it has none; use")
+    ver = measure(tracer, heads, [(r, t, k) for r, (t, k) in zip(prompts, keys)],
+                  list(range(len(prompts))), refs, ref_keys, ablation=ablation,
+                  described=described, n_random=n_random, seed=seed, baseline=baseline,
+                  label=f"{len(heads)} heads on fresh {task} prompts (seed {prompt_seed})")
+    ver.label = f"heads {', '.join(heads)} on {n} fresh {task} prompts (seed {prompt_seed})"
     return ver

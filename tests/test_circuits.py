@@ -193,6 +193,30 @@ def test_random_circuits_outside_the_circuit_leave_induction_intact(toy, toy_cir
     assert stored["knocked_accuracy"] == pytest.approx(b["knocked_accuracy"])
 
 
+def test_heads_on_fresh_prompts_equal_the_stored_verification(toy, toy_circuit, capsys):
+    """`verify --heads` builds the prompts from the task instead of the store: on the
+    same 16 prompts (same seed) it measures exactly what the stored circuit's
+    verification measures; bad heads are refused with the fix."""
+    from app.verify import verify, verify_on_task
+    from unpack.cli import main
+
+    db, tracer, _ = toy
+    heads = ",".join(toy_circuit.components["component"])
+    a = verify(db, toy_circuit.circuit_id, ablation="zero", n_random=3, tracer=tracer,
+               store=False)
+    b = verify_on_task(str(TOY), heads, task="induction", n=16, prompt_seed=0, ablation="zero",
+                       n_random=3, tracer=tracer)
+    assert b.clean == pytest.approx(a.clean, rel=1e-9) and len(b.clean) == 16
+    assert (b.necessity, b.faithfulness) == pytest.approx((a.necessity, a.faithfulness), rel=1e-9)
+    assert b.baseline["necessity"] == pytest.approx(a.baseline["necessity"], rel=1e-9)
+    assert "fresh induction prompts" in b.format()
+    for bad, says in ((["--heads", "2.0"], "not a head of the model"),
+                      (["--heads", "0.0"], "--heads needs --model")):
+        model = ["--model", str(TOY)] if bad[1] == "2.0" else []
+        assert main(["verify", *bad, *model, "--task", "induction", "--prompts", "2"]) == 2
+        assert says in capsys.readouterr().err
+
+
 def test_profile_baseline_keeps_the_layer_profile(toy, toy_circuit):
     from app.verify import random_masks
 
