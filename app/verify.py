@@ -122,7 +122,7 @@ class Verification:
         if b["size"] < b["circuit_size"]:
             e = b["equal_size"]
             lines.append(
-                f"  only {b['size']} heads lie outside the circuit's {b['circuit_size']}: at equal "
+                f"  heads outside the circuit: {b['size']} (it has {b['circuit_size']}); at equal "
                 f"size, {len(e['necessity'])} random {e['size']}-head subsets of the circuit "
                 f"knocked out: necessity {q(np.array(e['necessity']))}, accuracy "
                 f"{q(np.array(e['knocked_accuracy']))}")

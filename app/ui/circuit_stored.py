@@ -63,7 +63,7 @@ def baseline_caption(base: dict) -> str:
     text = f"Random circuits: {size}, baseline {base.get('kind')}"
     text += f" ({base['described']})" if "described" in base else ""
     if "equal_size" in base:
-        text += (f"; only {base['size']} heads lie outside the circuit's {base['circuit_size']}, "
+        text += (f"; heads outside the circuit: {base['size']} (it has {base['circuit_size']}), "
                  f"so its own {base['size']}-head subsets knocked out lose "
                  f"{np.mean(base['equal_size']['necessity']):.3f} of the logit difference on "
                  "average")
