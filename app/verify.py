@@ -11,9 +11,15 @@ difference target − distractor; target − mean logit without a distractor):
 
 Only attention heads are ablated; embeddings and MLPs always run (a circuit is
 a set of heads). Both numbers are measured the same way for ``n`` random
-circuits with the circuit's layer profile (the same number of heads in each
-layer, drawn uniformly; ``baseline="size"``: the same number of heads
-anywhere), giving a baseline distribution.
+circuits, giving a baseline distribution:
+
+- ``outside`` (default): the circuit's size, drawn from the heads outside the
+  circuit (its heads per layer where a layer has room), so that no random
+  circuit shares the circuit's knock-out. Where fewer heads lie outside than the
+  circuit has, each random circuit is all of them, and ``n`` random subsets of
+  the circuit of that size are knocked out too (``equal_size``);
+- ``profile``: the same number of heads in each layer, drawn from all heads;
+- ``size``: the same number of heads anywhere.
 
 Ablations (what replaces an ablated head's output at each position):
 
