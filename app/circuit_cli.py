@@ -32,7 +32,11 @@ def register(sub) -> None:
     d.add_argument("--n", type=int, default=None, help="use the first N prompts (default all)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_discover)
+    _register_verify(sub)
+    _register_export(sub)
 
+
+def _register_verify(sub) -> None:
     v = sub.add_parser(
         "verify", help="necessity and faithfulness of a stored circuit, against random circuits",
         description="Knock the circuit's heads out (necessity: the fraction of the clean logit "
@@ -67,6 +71,8 @@ def register(sub) -> None:
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=cmd_verify)
 
+
+def _register_export(sub) -> None:
     e = sub.add_parser(
         "export", help="a circuit or a prompt's top paths as HTML, TikZ, GraphML or JSON",
         description="One standalone interactive HTML file (opens offline), TikZ source for a "
