@@ -20,7 +20,7 @@ input or nothing to find it on.
 _VERIFY_TEXT = """\
 Knock the circuit's heads out (necessity: the fraction of the clean logit difference
 lost) and every other head (faithfulness: the fraction kept), and the same for --n
-random circuits with the circuit's layer profile. Stored in circuit_verifications and
+random circuits (--baseline). Stored in circuit_verifications and
 circuit_prompt_results. Exit 0 done, 2 bad input.
 """
 
@@ -47,22 +47,42 @@ def register(sub) -> None:
                    help="keep heads and edges selected in at least this share of prompts (0.5)")
     add_flags(d, "n", "json", n=dict(default=None, help="use the first N prompts (default all)"))
     d.set_defaults(func=cmd_discover)
+    _register_verify(sub)
+    _register_export(sub)
 
+
+def _register_verify(sub) -> None:
     v = add_command(
         sub, "verify", "necessity and faithfulness of a stored circuit, against random circuits",
         _VERIFY_TEXT)
     add_flags(v, "db")
-    v.add_argument("--circuit", type=int, required=True, help="circuit id (from unpack discover)")
+    what = v.add_mutually_exclusive_group(required=True)
+    what.add_argument("--circuit", type=int, help="circuit id (from unpack discover)")
+    what.add_argument("--heads", metavar="H1,H2",
+                      help="instead of a stored circuit: these heads (attn_L_head_H or L.H) of "
+                           "--model on --prompts fresh prompts of --task; nothing is stored")
+    v.add_argument("--model", default=None, help="with --heads: the model")
+    v.add_argument("--task", choices=("ioi", "induction"), default="ioi",
+                   help="with --heads: the task (default ioi; its abc_c controls are the "
+                        "mean-ablation reference)")
+    v.add_argument("--prompts", type=int, default=100,
+                   help="with --heads: fresh prompts (default 100)")
+    v.add_argument("--prompt-seed", type=int, default=0,
+                   help="with --heads: the task seed of the fresh prompts (default 0)")
     v.add_argument("--ablation", choices=("mean", "zero", "resample"), default=None,
                    help="mean (over the run's ABC control prompts), zero or resample; default "
                         "mean where the run has controls, else resample")
     v.add_argument("--n", type=int, default=20, help="random circuits (default 20)")
-    v.add_argument("--baseline", choices=("profile", "size"), default="profile",
-                   help="random circuits with the same heads per layer (profile, default) or "
-                        "the same number of heads anywhere (size)")
+    v.add_argument("--baseline", choices=("outside", "profile", "size"), default="outside",
+                   help="random circuits of the circuit's size drawn from the heads outside it, "
+                        "its heads per layer where a layer has room (outside, default; all of "
+                        "them where fewer lie outside); the same heads per layer drawn from all "
+                        "heads (profile); the same number of heads anywhere (size)")
     add_flags(v, "seed", "json")
     v.set_defaults(func=cmd_verify)
 
+
+def _register_export(sub) -> None:
     e = add_command(
         sub, "export", "a circuit or a prompt's top paths as HTML, TikZ, GraphML or JSON",
         _EXPORT_TEXT, raw=True)
@@ -99,8 +119,18 @@ def cmd_verify(args) -> int:
     from app.verify import check_args, verify
 
     check_args(args.ablation, args.n, args.baseline)
-    v = verify(args.db, args.circuit, ablation=args.ablation, n_random=args.n, seed=args.seed,
-               baseline=args.baseline)
+    if args.heads is not None:
+        from app.verify import verify_on_task
+        from unpack.errors import InputError
+
+        if not args.model:
+            raise InputError("--heads needs --model, e.g. --model smollm2-135m")
+        v = verify_on_task(args.model, args.heads, task=args.task, n=args.prompts,
+                           prompt_seed=args.prompt_seed, ablation=args.ablation,
+                           n_random=args.n, seed=args.seed, baseline=args.baseline)
+    else:
+        v = verify(args.db, args.circuit, ablation=args.ablation, n_random=args.n,
+                   seed=args.seed, baseline=args.baseline)
     print(json.dumps(v.to_dict(), default=str) if args.json else v.format())
     return 0
 

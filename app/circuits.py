@@ -89,8 +89,12 @@ def head_name(L: int, h: int) -> str:
 
 
 def split_head(name: str) -> tuple[int, int]:
-    _, L, _, h = name.split("_")
-    return int(L), int(h)
+    """``(layer, head)`` of a head's name."""
+    from unpack.components import layer_head
+    L, h = layer_head(name)
+    if h is None:
+        raise ValueError(f"{name!r} is not an attention head")
+    return L, h
 
 
 def check_params(seeds, per_mode, depth, min_share) -> None:
@@ -120,11 +124,7 @@ def load_tracer(model: str, command: str | None = None):
 def encode_batch(tracer, records) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(ids [B, S] right-padded, lengths, target ids, distractor ids or -1)``."""
     preps = [tracer.prepare(r.text, r.target, r.distractor or None) for r in records]
-    S = max(len(p.ids) for p in preps)
-    ids = torch.full((len(preps), S), tracer._pad_id, dtype=torch.long)
-    for b, p in enumerate(preps):
-        ids[b, :len(p.ids)] = torch.tensor(p.ids)
-    lengths = torch.tensor([len(p.ids) for p in preps])
+    ids, lengths = tracer.pad(preps)
     tid = torch.tensor([p.target_id for p in preps])
     did = torch.tensor([p.distractor_id if p.distractor_id is not None else -1 for p in preps])
     return ids, lengths, tid, did

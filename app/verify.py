@@ -11,9 +11,15 @@ difference target − distractor; target − mean logit without a distractor):
 
 Only attention heads are ablated; embeddings and MLPs always run (a circuit is
 a set of heads). Both numbers are measured the same way for ``n`` random
-circuits with the circuit's layer profile (the same number of heads in each
-layer, drawn uniformly; ``baseline="size"``: the same number of heads
-anywhere), giving a baseline distribution.
+circuits, giving a baseline distribution:
+
+- ``outside`` (default): the circuit's size, drawn from the heads outside the
+  circuit (its heads per layer where a layer has room), so that no random
+  circuit shares the circuit's knock-out. Where fewer heads lie outside than the
+  circuit has, each random circuit is all of them, and ``n`` random subsets of
+  the circuit of that size are knocked out too (``equal_size``);
+- ``profile``: the same number of heads in each layer, drawn from all heads;
+- ``size``: the same number of heads anywhere.
 
 Ablations (what replaces an ablated head's output at each position):
 
@@ -45,12 +51,12 @@ from app.reports.composition import _records
 from unpack.errors import InputError
 
 ABLATIONS = ("mean", "zero", "resample")
-BASELINES = ("profile", "size")
+BASELINES = ("outside", "profile", "size")
 
 
 @dataclass
 class Verification:
-    circuit_id: int
+    circuit_id: int | None
     ablation: str
     reference: str
     n_random: int
@@ -63,6 +69,7 @@ class Verification:
     per_prompt: pd.DataFrame
     verification_id: int | None = None
     warnings: list = field(default_factory=list)
+    label: str | None = None  # what was verified, where it is not a stored circuit
 
     @property
     def necessity(self) -> float:
@@ -88,25 +95,44 @@ class Verification:
 
     def to_dict(self) -> dict:
         return dict(self.summary(), verification_id=self.verification_id,
-                    baseline=self.baseline, warnings=self.warnings)
+                    baseline=self.baseline, knocked_accuracy_rank=self.knocked_accuracy_rank,
+                    warnings=self.warnings)
+
+    @property
+    def knocked_accuracy_rank(self) -> float:
+        """Share of random circuits whose knock-out leaves at most the circuit's accuracy."""
+        return float((np.array(self.baseline["knocked_accuracy"])
+                      <= self.accuracy["knocked"]).mean())
 
     def format(self) -> str:
-        s = self.summary()
-        bn, bf = np.array(self.baseline["necessity"]), np.array(self.baseline["faithfulness"])
+        s, b = self.summary(), self.baseline
+        bn, bf = np.array(b["necessity"]), np.array(b["faithfulness"])
         q = lambda a: f"mean {a.mean():.3f}, 5-95% [{np.percentile(a, 5):.3f}, {np.percentile(a, 95):.3f}]"  # noqa: E731
-        return "\n".join([
-            f"circuit {self.circuit_id}: {s['n_prompts']} prompts, {self.ablation} ablation "
+        lines = [
+            f"{self.label or f'circuit {self.circuit_id}'}: {s['n_prompts']} prompts, "
+            f"{self.ablation} ablation "
             f"({self.reference})",
+            f"  baseline: {self.n_random} random circuits of {b['size']} head"
+            f"{'s' if b['size'] != 1 else ''} "
+            f"({b['kind']}: {b['described']})",
             f"  logit difference: clean {s['clean_logit_diff']:+.3f}, circuit knocked out "
             f"{s['knocked_logit_diff']:+.3f}, only the circuit {s['kept_logit_diff']:+.3f}",
-            f"  necessity    {s['necessity']:.3f}   random circuits ({self.n_random}, "
-            f"{self.baseline['kind']}): {q(bn)}; share >= circuit {s['necessity_rank']:.2f}",
+            f"  necessity    {s['necessity']:.3f}   random circuits: {q(bn)}; share >= circuit "
+            f"{s['necessity_rank']:.2f}",
             f"  faithfulness {s['faithfulness']:.3f}   random circuits: {q(bf)}; share >= "
             f"circuit {s['faithfulness_rank']:.2f}",
             f"  accuracy (top token = target): clean {s['clean_accuracy']:.3f}, knocked out "
-            f"{s['knocked_accuracy']:.3f}, only the circuit {s['kept_accuracy']:.3f}; random "
-            f"knocked out mean {np.mean(self.baseline['knocked_accuracy']):.3f}"]
-            + [f"warning: {w}" for w in self.warnings])
+            f"{s['knocked_accuracy']:.3f}, only the circuit {s['kept_accuracy']:.3f}",
+            f"  random circuits knocked out: accuracy {q(np.array(b['knocked_accuracy']))}; "
+            f"share <= circuit {self.knocked_accuracy_rank:.2f}"]
+        if b["size"] < b["circuit_size"]:
+            e = b["equal_size"]
+            lines.append(
+                f"  heads outside the circuit: {b['size']} (it has {b['circuit_size']}); at equal "
+                f"size, {len(e['necessity'])} random {e['size']}-head subsets of the circuit "
+                f"knocked out: necessity {q(np.array(e['necessity']))}, accuracy "
+                f"{q(np.array(e['knocked_accuracy']))}")
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
 # ------------------------------------------------------------------ reading the circuit
@@ -200,29 +226,77 @@ def sources(ablation, tracer, prompts, ref_records, ref_keys, rng) -> tuple[torc
 
 
 def random_masks(heads: list[str], L: int, H: int, n: int, kind: str, rng) -> list[np.ndarray]:
-    """``n`` random circuits ``[L, H]`` boolean: the same heads per layer (profile) or
-    the same number of heads anywhere (size)."""
+    """``n`` random circuits ``[L, H]`` boolean: the same heads per layer (profile), the
+    same number of heads anywhere (size), or heads outside the circuit (outside, see
+    :func:`outside_mask`)."""
+    if kind == "outside":
+        return [outside_mask(heads, L, H, rng) for _ in range(n)]
     out = []
     for _ in range(n):
         m = np.zeros((L, H), dtype=bool)
         if kind == "size":
             m.flat[rng.choice(L * H, size=len(heads), replace=False)] = True
         else:
-            for layer, count in pd.Series([split_head(h)[0] for h in heads]).value_counts().items():
-                m[int(layer), rng.choice(H, size=int(count), replace=False)] = True
+            for layer, count in _profile(heads).items():
+                m[layer, rng.choice(H, size=count, replace=False)] = True
+        out.append(m)
+    return out
+
+
+def _profile(heads: list[str]) -> dict[int, int]:
+    """Heads per layer."""
+    return {int(k): int(v) for k, v in pd.Series([split_head(h)[0] for h in heads],
+                                                 dtype=int).value_counts().items()}
+
+
+def outside_mask(heads: list[str], L: int, H: int, rng) -> np.ndarray:
+    """A random circuit disjoint from ``heads``: in each layer as many heads as the
+    circuit has there, drawn from that layer's heads outside the circuit; what a layer
+    cannot supply is drawn from the other heads outside the circuit. Its size is the
+    circuit's, or every head outside the circuit where fewer lie outside."""
+    inside = np.zeros((L, H), dtype=bool)
+    for h in heads:
+        inside[split_head(h)] = True
+    m = np.zeros((L, H), dtype=bool)
+    short = 0
+    for layer, count in _profile(heads).items():
+        free = np.flatnonzero(~inside[layer])
+        take = min(count, len(free))
+        m[layer, rng.choice(free, size=take, replace=False)] = True
+        short += count - take
+    rest = np.flatnonzero(~(inside | m).ravel())
+    m.flat[rng.choice(rest, size=min(short, len(rest)), replace=False)] = True
+    return m
+
+
+def equal_size_subsets(heads: list[str], L: int, H: int, k: int, n: int, rng) -> list[np.ndarray]:
+    """``n`` random ``k``-head subsets of the circuit: its knock-out at the size of an
+    ``outside`` baseline that could not match the circuit's size."""
+    out = []
+    for _ in range(n):
+        m = np.zeros((L, H), dtype=bool)
+        for h in rng.choice(heads, size=k, replace=False):
+            m[split_head(str(h))] = True
         out.append(m)
     return out
 
 
 def run_masks(tracer, batch, source, masks, batch_size: int = 32):
     """Metric and top-1 hit per prompt for each mask: ``[M, P]`` twice. ``masks``:
-    ``[L, H]`` booleans (True = ablated), None for the clean pass."""
+    ``[L, H]`` booleans (True = ablated), None for the clean pass; a mask equal to an
+    earlier one is not run again."""
     from unpack.intervene import forward, logit_diff
 
     ids, lengths, tid, did = batch
     P = ids.shape[0]
     metric, hit = np.zeros((len(masks), P)), np.zeros((len(masks), P))
+    seen = {}
     for j, m in enumerate(masks):
+        key = None if m is None else np.asarray(m, dtype=bool).tobytes()
+        if key in seen:
+            metric[j], hit[j] = metric[seen[key]], hit[seen[key]]
+            continue
+        seen[key] = j
         for k in range(0, P, batch_size):
             sl = slice(k, k + batch_size)
             ab = None if m is None else torch.as_tensor(m)
@@ -239,6 +313,32 @@ def run_masks(tracer, batch, source, masks, batch_size: int = 32):
 
 # ------------------------------------------------------------------ verification
 
+BASELINE_TEXT = {
+    "outside": "heads outside the circuit, its heads per layer where a layer has room",
+    "profile": "the circuit's heads per layer, drawn from all heads of those layers",
+    "size": "the circuit's number of heads, drawn from all heads"}
+
+
+def baseline_dict(kind: str, size: int, rand: list, metric, hit) -> dict:
+    """The random circuits' measures (rows ``3 + 2i`` knocked out, ``4 + 2i`` kept) and,
+    where they are smaller than the circuit, its own subsets of their size (the rows
+    after them), as stored in ``circuit_verifications.baseline``."""
+    n, clean = len(rand), metric[0].mean()
+    k = int(rand[0].sum())
+    base = dict(kind=kind, described=BASELINE_TEXT[kind], size=k, circuit_size=size,
+                necessity=[float(1 - metric[3 + 2 * i].mean() / clean) for i in range(n)],
+                faithfulness=[float(metric[4 + 2 * i].mean() / clean) for i in range(n)],
+                knocked_accuracy=[float(hit[3 + 2 * i].mean()) for i in range(n)],
+                kept_accuracy=[float(hit[4 + 2 * i].mean()) for i in range(n)],
+                circuits=[[f"attn_{L}_head_{h}" for L, h in zip(*np.nonzero(r))] for r in rand])
+    if k < size:
+        rows = range(3 + 2 * n, len(metric))
+        base["equal_size"] = dict(size=k, necessity=[float(1 - metric[j].mean() / clean)
+                                                     for j in rows],
+                                  knocked_accuracy=[float(hit[j].mean()) for j in rows])
+    return base
+
+
 def check_args(ablation, n_random, baseline) -> None:
     if ablation is not None and ablation not in ABLATIONS:
         raise InputError(f"--ablation {ablation!r} must be one of {', '.join(ABLATIONS)}")
@@ -251,25 +351,32 @@ def check_args(ablation, n_random, baseline) -> None:
 def _reference(con, db, c, ablation, records, templates, n_tok):
     """``(ablation, reference records, their (template, n) keys, description)``."""
     refs, r_templates, r_ntok = control_prompts(con, c["run_id"])
+    fix = (f"store the ABC controls with `unpack ingest --model {c['model']} --task ioi "
+           f"--n N --controls --db {db}`, or use" if c["task"] == "ioi" else "use")
+    return choose_reference(ablation, records, list(zip(templates, n_tok)), refs,
+                            list(zip(r_templates, r_ntok)),
+                            f"run {c['run_id']}, and task {c['task']} has none stored: {fix}")
+
+
+def choose_reference(ablation, records, keys, refs, ref_keys, why_none: str):
+    """The ablation (default: mean where there are controls, else resample) and the
+    prompts its replacement values come from; mean ablation needs controls."""
     if ablation is None:
         ablation = "mean" if refs else "resample"
     if ablation == "mean" and not refs:
-        fix = (f"store the ABC controls with `unpack ingest --model {c['model']} --task ioi "
-               f"--n N --controls --db {db}`, or use" if c["task"] == "ioi" else "use")
-        raise InputError(f"mean ablation needs control prompts in run {c['run_id']}, and task "
-                         f"{c['task']} has none stored: {fix} --ablation zero or --ablation "
-                         "resample")
+        raise InputError(f"mean ablation needs control prompts in {why_none} --ablation zero "
+                         "or --ablation resample")
     if ablation == "zero":
         return ablation, [], [], "zero output"
     if refs:
-        return ablation, refs, list(zip(r_templates, r_ntok)), \
+        return ablation, refs, ref_keys, \
             f"{len(refs)} control prompts (condition abc*), same template and length"
-    return ablation, records, list(zip(templates, n_tok)), \
+    return ablation, records, keys, \
         f"the circuit's {len(records)} prompts, another prompt of the same length"
 
 
 def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, seed: int = 0,
-           baseline: str = "profile", tracer=None, store: bool = True) -> Verification:
+           baseline: str = "outside", tracer=None, store: bool = True) -> Verification:
     """Necessity and faithfulness of a stored circuit against ``n_random`` random
     circuits (see the module docstring); stored unless ``store=False``."""
     check_args(ablation, n_random, baseline)
@@ -285,34 +392,104 @@ def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, s
         raise InputError(f"circuit {circuit_id} has no heads to knock out; discover it again "
                          "with a lower --min-share")
     tracer = tracer or load_tracer(c["model"], "verify needs it for the interventions")
-    rng = np.random.default_rng(seed)
-    source, _ = sources(ablation, tracer, list(zip(records, templates, n_tok)), refs, ref_keys, rng)
-    spec = tracer.spec
-    mask = np.zeros((spec.n_layers, spec.n_heads), dtype=bool)
-    for h in c["heads"]:
-        mask[split_head(h)] = True
-    rand = random_masks(c["heads"], spec.n_layers, spec.n_heads, n_random, baseline, rng)
-    masks = [None, mask, ~mask] + [m for r in rand for m in (r, ~r)]
-    metric, hit = run_masks(tracer, encode_batch(tracer, records), source, masks)
-    clean = metric[0]
-    if not abs(clean.mean()) > 1e-9:
-        raise InputError(f"circuit {circuit_id}: the clean logit difference is zero on average, "
-                         "so no fraction of it can be measured")
-    base = dict(kind=baseline,
-                necessity=[float(1 - metric[3 + 2 * i].mean() / clean.mean()) for i in range(n_random)],
-                faithfulness=[float(metric[4 + 2 * i].mean() / clean.mean()) for i in range(n_random)],
-                knocked_accuracy=[float(hit[3 + 2 * i].mean()) for i in range(n_random)],
-                kept_accuracy=[float(hit[4 + 2 * i].mean()) for i in range(n_random)],
-                circuits=[[f"attn_{L}_head_{h}" for L, h in zip(*np.nonzero(r))] for r in rand])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(np.abs(clean) > 1e-9, metric[2] / clean, np.nan)
-    per_prompt = pd.DataFrame(dict(prompt_id=ids, clean=clean, knocked=metric[1], kept=metric[2],
-                                   faithfulness=ratio))
-    ver = Verification(circuit_id, ablation, described, n_random, seed, clean, metric[1],
-                       metric[2], dict(clean=float(hit[0].mean()), knocked=float(hit[1].mean()),
-                                       kept=float(hit[2].mean())), base, per_prompt)
+    ver = measure(tracer, c["heads"], list(zip(records, templates, n_tok)), ids, refs, ref_keys,
+                  ablation=ablation, described=described, n_random=n_random, seed=seed,
+                  baseline=baseline, label=f"circuit {circuit_id}")
+    ver.circuit_id = circuit_id
     if store:
         from ingest.circuits import save_verification
 
         ver.verification_id = save_verification(db, ver)
+    return ver
+
+
+def measure(tracer, heads, prompts, ids, refs, ref_keys, *, ablation, described, n_random,
+            seed, baseline, label) -> Verification:
+    """The interventions of a verification: ``prompts`` are ``(record, template,
+    n_tokens)``, ``refs`` the reference records of the ablation with their keys."""
+    rng = np.random.default_rng(seed)
+    source, _ = sources(ablation, tracer, prompts, refs, ref_keys, rng)
+    spec = tracer.spec
+    mask = np.zeros((spec.n_layers, spec.n_heads), dtype=bool)
+    for h in heads:
+        mask[split_head(h)] = True
+    if baseline == "outside" and mask.all():
+        raise InputError(f"{label} holds every head of the model, so no random circuit lies "
+                         "outside it; use --baseline profile or --baseline size")
+    rand = random_masks(heads, spec.n_layers, spec.n_heads, n_random, baseline, rng)
+    k = int(rand[0].sum())
+    subsets = equal_size_subsets(heads, spec.n_layers, spec.n_heads, k, n_random, rng) \
+        if k < len(heads) else []
+    masks = [None, mask, ~mask] + [m for r in rand for m in (r, ~r)] + subsets
+    metric, hit = run_masks(tracer, encode_batch(tracer, [p[0] for p in prompts]), source, masks)
+    clean = metric[0]
+    if not abs(clean.mean()) > 1e-9:
+        raise InputError(f"{label}: the clean logit difference is zero on average, so no "
+                         "fraction of it can be measured")
+    base = baseline_dict(baseline, len(heads), rand, metric, hit)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.abs(clean) > 1e-9, metric[2] / clean, np.nan)
+    per_prompt = pd.DataFrame(dict(prompt_id=ids, clean=clean, knocked=metric[1], kept=metric[2],
+                                   faithfulness=ratio))
+    return Verification(None, ablation, described, n_random, seed, clean, metric[1], metric[2],
+                        dict(clean=float(hit[0].mean()), knocked=float(hit[1].mean()),
+                             kept=float(hit[2].mean())), base, per_prompt)
+
+
+# ------------------------------------------------------------------ heads on fresh prompts
+
+def parse_heads(heads, n_layers: int, n_heads: int) -> list[str]:
+    """``attn_L_head_H`` names (or ``L.H``), comma-separated, checked against the model."""
+    out = []
+    for part in [p.strip() for p in str(heads).split(",") if p.strip()]:
+        try:
+            L, h = (split_head(part) if part.startswith("attn_")
+                    else tuple(int(x) for x in part.split(".")))
+        except (ValueError, IndexError):
+            L, h = -1, -1
+        if not (0 <= L < n_layers and 0 <= h < n_heads):
+            raise InputError(f"--heads: {part!r} is not a head of the model ({n_layers} layers x "
+                             f"{n_heads} heads); write attn_L_head_H or L.H, comma-separated")
+        out.append(f"attn_{L}_head_{h}")
+    if not out:
+        raise InputError("--heads is empty; name the circuit's heads, e.g. --heads 9.6,9.9,10.0")
+    return sorted(set(out), key=split_head)
+
+
+def _keys(tracer, records) -> list[tuple[str, int]]:
+    """``(template, n_tokens)`` of each record, as the store keeps them."""
+    lengths = encode_batch(tracer, records)[1].tolist() if records else []
+    return [(r.template, int(n)) for r, n in zip(records, lengths)]
+
+
+def verify_on_task(model: str, heads, *, task: str = "ioi", n: int = 100, prompt_seed: int = 0,
+                   ablation: str | None = None, n_random: int = 20, seed: int = 0,
+                   baseline: str = "outside", tracer=None) -> Verification:
+    """Verify a set of heads on ``n`` fresh prompts of a built-in task, generated with
+    ``prompt_seed`` (for IOI: the ``ioi_io`` prompts, with their ``abc_c`` controls as
+    the mean-ablation reference), on the model alone: nothing is stored. A circuit
+    found on a store's prompts is checked out of sample this way."""
+    from unpack.tasks import induction, ioi
+
+    check_args(ablation, n_random, baseline)
+    if task not in ("ioi", "induction"):
+        raise InputError(f"--task {task!r} must be ioi or induction")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"--prompts {n!r} must be a positive whole number")
+    tracer = tracer or load_tracer(model, "verify needs it for the interventions")
+    heads = parse_heads(heads, tracer.spec.n_layers, tracer.spec.n_heads)
+    if task == "ioi":
+        recs = ioi(tracer.tokenizer, n, seed=prompt_seed, controls=True)
+    else:
+        recs = induction(tracer.tokenizer, n, seed=prompt_seed)
+    prompts = [r for r in recs if r.condition == "ioi_io"] if task == "ioi" else recs
+    refs = [r for r in recs if r.condition == "abc_c"]
+    keys, ref_keys = _keys(tracer, prompts), _keys(tracer, refs)
+    ablation, refs, ref_keys, described = choose_reference(
+        ablation, prompts, keys, refs, ref_keys, f"task {task}: it has none; use")
+    ver = measure(tracer, heads, [(r, t, k) for r, (t, k) in zip(prompts, keys)],
+                  list(range(len(prompts))), refs, ref_keys, ablation=ablation,
+                  described=described, n_random=n_random, seed=seed, baseline=baseline,
+                  label=f"{len(heads)} heads on fresh {task} prompts (seed {prompt_seed})")
+    ver.label = f"heads {', '.join(heads)} on {n} fresh {task} prompts (seed {prompt_seed})"
     return ver

@@ -135,7 +135,7 @@ def toy_verification(toy, toy_circuit):
     from app.verify import verify
 
     db, tracer, _ = toy
-    return verify(db, toy_circuit.circuit_id, ablation="resample", n_random=8, baseline="size",
+    return verify(db, toy_circuit.circuit_id, ablation="resample", n_random=8, baseline="outside",
                   tracer=tracer)
 
 
@@ -162,6 +162,61 @@ def test_knocking_the_circuit_out_destroys_induction(toy, toy_verification):
     assert n == 16
 
 
+def test_random_circuits_outside_the_circuit_leave_induction_intact(toy, toy_circuit,
+                                                                  toy_verification):
+    """Knocking the circuit out destroys the repeated-half accuracy; knocking out random
+    heads outside it does not. With 2 heads per layer only one head lies outside the
+    3-head circuit, so the outside draws have 1 head, and the circuit's own 1-head
+    subsets are the comparison at equal size. A baseline that overlapped the circuit
+    (as every same-size draw on this model must) would knock the accuracy out too."""
+    db, _, _ = toy
+    v, b = toy_verification, toy_verification.baseline
+    circuit = set(toy_circuit.components["component"])
+    assert b["kind"] == "outside" and b["circuit_size"] == 3 and b["size"] == 1
+    assert all(len(r) == 1 and not set(r) & circuit for r in b["circuits"])
+    assert v.accuracy["knocked"] <= 0.1
+    assert min(b["knocked_accuracy"]) >= 0.8  # margin: the circuit's knock-out leaves <= 0.1
+    assert max(b["necessity"]) < v.necessity - 0.5 and v.summary()["necessity_rank"] == 0
+    assert v.knocked_accuracy_rank == 0
+    e = b["equal_size"]
+    assert e["size"] == 1 and len(e["necessity"]) == 8
+    # one circuit head at a time already costs more than the head outside it
+    assert np.mean(e["knocked_accuracy"]) < np.mean(b["knocked_accuracy"]) - 0.2
+    assert np.mean(e["necessity"]) > np.mean(b["necessity"]) + 0.2
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        stored = json.loads(con.execute("SELECT baseline FROM circuit_verifications WHERE "
+                                        "verification_id = ?", [v.verification_id]).fetchone()[0])
+    finally:
+        con.close()
+    assert stored["kind"] == "outside" and stored["size"] == 1
+    assert stored["knocked_accuracy"] == pytest.approx(b["knocked_accuracy"])
+
+
+def test_heads_on_fresh_prompts_equal_the_stored_verification(toy, toy_circuit, capsys):
+    """`verify --heads` builds the prompts from the task instead of the store: on the
+    same 16 prompts (same seed) it measures exactly what the stored circuit's
+    verification measures; bad heads are refused with the fix."""
+    from app.verify import verify, verify_on_task
+    from unpack.cli import main
+
+    db, tracer, _ = toy
+    heads = ",".join(toy_circuit.components["component"])
+    a = verify(db, toy_circuit.circuit_id, ablation="zero", n_random=3, tracer=tracer,
+               store=False)
+    b = verify_on_task(str(TOY), heads, task="induction", n=16, prompt_seed=0, ablation="zero",
+                       n_random=3, tracer=tracer)
+    assert b.clean == pytest.approx(a.clean, rel=1e-9) and len(b.clean) == 16
+    assert (b.necessity, b.faithfulness) == pytest.approx((a.necessity, a.faithfulness), rel=1e-9)
+    assert b.baseline["necessity"] == pytest.approx(a.baseline["necessity"], rel=1e-9)
+    assert "fresh induction prompts" in b.format()
+    for bad, says in ((["--heads", "2.0"], "not a head of the model"),
+                      (["--heads", "0.0"], "--heads needs --model")):
+        model = ["--model", str(TOY)] if bad[1] == "2.0" else []
+        assert main(["verify", *bad, *model, "--task", "induction", "--prompts", "2"]) == 2
+        assert says in capsys.readouterr().err
+
+
 def test_profile_baseline_keeps_the_layer_profile(toy, toy_circuit):
     from app.verify import random_masks
 
@@ -170,6 +225,17 @@ def test_profile_baseline_keeps_the_layer_profile(toy, toy_circuit):
         assert m.sum(1).tolist() == [1, 2, 0, 1]
     sizes = {int(m.sum()) for m in random_masks(heads, 4, 3, 20, "size", np.random.default_rng(0))}
     assert sizes == {4}
+    inside = np.zeros((4, 3), dtype=bool)
+    inside[[0, 1, 1, 3], [0, 0, 1, 2]] = True
+    seen = set()
+    for m in random_masks(heads, 4, 3, 50, "outside", np.random.default_rng(0)):
+        assert not (m & inside).any() and m.sum() == 4
+        # layers 0 and 3 have room (1 each), layer 1 has one head outside: one more elsewhere
+        assert m[0].sum() >= 1 and m[3].sum() >= 1 and m[1].sum() >= 1
+        seen.add(m.tobytes())
+    assert len(seen) > 1  # a distribution, not one draw
+    m = random_masks(heads[:3], 2, 2, 3, "outside", np.random.default_rng(0))[0]
+    assert m.tolist() == [[False, True], [False, False]]  # fewer outside: all of them
 
 
 def test_cli_json_and_bad_input(toy, toy_circuit, capsys):
@@ -319,6 +385,8 @@ def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch,
         {"necessity": nec, "faithfulness": faith})
     assert ver.set_index("measure")["random_mean"]["faithfulness"] == pytest.approx(
         np.mean(json.loads(base)["faithfulness"]))
+    kind = json.loads(base)["kind"]
+    assert [c.value for c in at.caption if f"baseline {kind}" in c.value]  # says which one
     weakest = [d for k, d in tables.items() if "only_circuit" in k][0]
     assert sorted(weakest["prompt_id"].tolist()) == sorted(per)
     labels = [b.label for b in at.get("download_button")]

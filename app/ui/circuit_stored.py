@@ -57,6 +57,19 @@ def verification_table(v: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def baseline_caption(base: dict) -> str:
+    """Which random circuits the verification compared against (older rows: kind only)."""
+    size = f"{base['size']} heads" if "size" in base else "the circuit's size"
+    text = f"Random circuits: {size}, baseline {base.get('kind')}"
+    text += f" ({base['described']})" if "described" in base else ""
+    if "equal_size" in base:
+        text += (f"; heads outside the circuit: {base['size']} (it has {base['circuit_size']}), "
+                 f"so its own {base['size']}-head subsets knocked out lose "
+                 f"{np.mean(base['equal_size']['necessity']):.3f} of the logit difference on "
+                 "average")
+    return text + "."
+
+
 # ------------------------------------------------------------------ the section
 
 def highlight_figure(G, comps: pd.DataFrame, edges: pd.DataFrame, title: str):
@@ -115,6 +128,7 @@ def show(model: str, G_all) -> None:
                     f"knocked out {v['knocked_logit_diff']:+.3f}, only the circuit "
                     f"{v['kept_logit_diff']:+.3f}")
         st.dataframe(verification_table(v), hide_index=True, key="stored_circuit_verification")
+        st.caption(baseline_caption(json.loads(v["baseline"])))
         st.markdown("Prompts where it holds least (lowest faithfulness)")
         st.dataframe(state.query(weakest_prompts, int(v["verification_id"]), 5), hide_index=True)
     _downloads(int(cid))
