@@ -49,3 +49,19 @@ def test_cli_trace_on_smollm2():
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["logit_diff"] > 0 and math.isfinite(sum(out["token_credit"]))
     assert out["tokens"][1] == " Mary"
+
+
+def test_readme_python_example_holds(tracer):
+    """The README's Python example, as written: its prompt, target, distractor and
+    preset, and the strongest path it quotes (``res.paths[0].chain``)."""
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    m = re.search(r'res = tr\.trace\("([^"]+)",\s*target="([^"]+)", distractor="([^"]+)", '
+                  r'preset="([^"]+)"\)', readme)
+    assert m, "the README's Python example changed shape: update this test"
+    text, target, distractor, preset = m.groups()
+    claimed = re.search(r"res\.paths\[0\]\.chain\s+# the strongest path, here '([^']+)'", readme)
+    assert claimed, "the README no longer quotes the strongest path"
+    res = tracer.trace(text, target=target, distractor=distractor, preset=preset)
+    assert res.paths[0].chain == claimed.group(1)
