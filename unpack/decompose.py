@@ -18,7 +18,7 @@ import torch
 
 from .adapters.base import LayerWeights, ModelSpec
 from .capture import Capture, LayerCapture, attention_probs, expand_kv
-from .cost import PROJ_BLOCK, Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
+from .cost import CHUNK_ELEMENTS, PROJ_BLOCK, Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
 
 Tensor = torch.Tensor
 EPS_DEN = 1e-10
@@ -121,7 +121,7 @@ class EngineOptions:
     buffers in elements, the largest projected-writers buffer, the virtual weights."""
 
     mode: Optional[str] = None
-    chunk_elements: int = 1 << 22
+    chunk_elements: int = CHUNK_ELEMENTS
     max_proj_bytes: int = 1 << 30
     vws: Optional[VirtualWeights] = None
     proj_elements: int = PROJ_BLOCK

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .cost import (PROJ_BLOCK, Shape, batch_sizes, chunk_rows, choose_mode, kq_costs, proj_bytes,
-                   scored_pairs, virtual_bytes)
+from .cost import (CHUNK_ELEMENTS, PROJ_BLOCK, Shape, batch_sizes, chunk_rows, choose_mode,
+                   kq_costs, proj_bytes, scored_pairs, virtual_bytes)
 from .errors import InputError
 
 GiB = float(1 << 30)
@@ -125,7 +125,7 @@ def fold_rate(shape: Shape, device: torch.device, C: int = 64, S: int = 16, toke
         u = torch.randn(1, H, S, D, device=device)
         t = _best(lambda: _fold(u, ch, inv, 0, True), 3, device)
         return 2 * C * H * D * scored_pairs(S, S, "fold") / t
-    rows = min(S, chunk_rows(shape, shape.n_layers - 1, 1, tokens, "fold", 1 << 22))
+    rows = min(S, chunk_rows(shape, shape.n_layers - 1, 1, tokens, "fold", CHUNK_ELEMENTS))
     Qr = torch.randn(1, H, rows, S, d, device=device)
     W = torch.randn(H, D, d, device=device)
 
@@ -248,7 +248,7 @@ def current_rss_bytes() -> int:
 
 
 def predict(shape: Shape, S: int, B: int = 1, R: int = 1, rates: Rates | None = None,
-            base_bytes: int = 0, chunk_elements: int = 1 << 22, max_proj_bytes: int = 1 << 30,
+            base_bytes: int = 0, chunk_elements: int = CHUNK_ELEMENTS, max_proj_bytes: int = 1 << 30,
             vw_budget: int = 1 << 30, max_path_nodes: int = 200_000, elem: int = 4) -> dict:
     """Peak bytes (by part) and seconds per prompt (by phase) of tracing ``B``
     prompts of ``S`` tokens, cut into batches as the tracer cuts them
