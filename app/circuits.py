@@ -38,6 +38,7 @@ import torch
 from app.db import open_db
 from app.reports import NoData
 from app.reports.composition import _pick_model_task, _records, _stored
+from unpack.components import layer_head
 from unpack.errors import InputError
 
 MODES = ("K", "Q", "V")
@@ -90,7 +91,6 @@ def head_name(L: int, h: int) -> str:
 
 def split_head(name: str) -> tuple[int, int]:
     """``(layer, head)`` of a head's name."""
-    from unpack.components import layer_head
     L, h = layer_head(name)
     if h is None:
         raise ValueError(f"{name!r} is not an attention head")
