@@ -58,19 +58,14 @@ BATCH = [{"text": LONG, "target": " Mary", "distractor": " John"},
 
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("mode", ["fold", "project", "virtual"])
-def test_chunked_modes_equal_reference(tok, kind, mode, monkeypatch):
+def test_chunked_modes_equal_reference(tok, kind, mode):
     """A padded batch with reroots, K/Q scored three query positions at a time
-    (and one at a time), through each contraction, equals the reference; with the
-    layers' weight products kept from the forward pass and made in the sweep."""
+    (and one at a time), through each contraction, equals the reference."""
     tr = Tracer(model=KINDS[kind](), tokenizer=tok)
     assert len(tr.prepare(LONG, " Mary").ids) > 2 * tr.spec.d_head
     tr.engine.mode = mode
     spec = tr.spec
-    from unpack import decompose as dec
     from unpack.cost import chunk_rows, shape_of
-    made = []  # layers whose weight products the forward pass kept
-    real = dec.layer_products
-    monkeypatch.setattr(dec, "layer_products", lambda *a: made.append(1) or real(*a))
     S, L = 25, spec.n_layers - 1
     per_row = 2 * spec.n_heads * S * max(2 * tr.comps.n_writers_attn(L), spec.d_model)
     for elements in (3 * per_row, 1):
@@ -80,11 +75,8 @@ def test_chunked_modes_equal_reference(tok, kind, mode, monkeypatch):
         tr.engine.proj_elements = 2 * tr.comps.n_writers_attn(L) * P * 7 if elements > 1 else 1
         rows = chunk_rows(shape_of(spec), L, 2, S, mode, elements)
         assert rows == 1 if elements == 1 else 1 < rows < S
-        runs = [("kqv_aligned", True), ("kqv_weighted", True)] + [("kqv_aligned", False)] * (elements > 1)
-        for preset, products in runs:
-            tr.engine.products, made[:] = products, []
+        for preset in ("kqv_aligned", "kqv_weighted"):
             results = tr.trace_batch(BATCH, preset=preset, batch_size=8)
-            assert bool(made) == products
             for p, res in zip(BATCH, results):
                 check(tr, res, p, make_config(preset))
 

@@ -87,7 +87,6 @@ class LayerCapture:
     resid_pre: Tensor  # [B, S, D] the attention's input residual
     resid_mlp_in: Tensor  # [B, S, D] the MLP's input residual
     cells: Optional[tuple] = None  # (a, pre, gate, up) kept when small (see KEEP_CELLS)
-    products: Optional[object] = None  # the rules' weight products (decompose.LayerProducts)
 
     def weights(self) -> LayerWeights:
         return self.spec.layers[self.L].cast(self.dtype)
@@ -276,13 +275,11 @@ def _center_in_place(spec: ModelSpec, W: Tensor) -> None:
 
 @torch.no_grad()
 def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.float32,
-            full_logits: bool = False, center: bool = True, on_layer=None) -> Capture:
+            full_logits: bool = False, center: bool = True) -> Capture:
     """Run the model described by ``spec`` on right-padded ``input_ids [B, S]``.
 
     ``center``: leave ``ĉ`` (docs/METHOD.md §3) in the writers buffer, centered in place
-    for LayerNorm models. The residuals are always kept (``[B, S, D]`` per layer).
-    ``on_layer(lc, lw)``: called after each layer ran, with its :class:`LayerCapture`
-    and its weights in ``dtype`` (while they are still in cache)."""
+    for LayerNorm models. The residuals are always kept (``[B, S, D]`` per layer)."""
     B, S = input_ids.shape
     F = spec.layers[0].mlp.W_out.shape[1]
     keep_cells = B * S * F * spec.n_layers * 3 * torch.empty((), dtype=dtype).element_size() <= KEEP_CELLS
@@ -309,8 +306,6 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
             sigma_attn=lw.ln_attn.scale(x), sigma_mlp=lw.ln_mlp.scale(mlp_in),
             attn_out=attn_out, mlp_h=h_mlp, resid_pre=x,
             resid_mlp_in=mlp_in, cells=cells if keep_cells else None))
-        if on_layer is not None:
-            on_layer(layers[-1], lw)
         x = x + attn_b + out
         del lw
     logits_t = last_logits(spec, x, lengths, dtype)

@@ -27,11 +27,6 @@ BATCH_BUDGET = 2_500_000
 # The fold cuts each chunk's query range into this many GEMMs, each over the
 # sources its queries can see (causal).
 FOLD_BLOCKS = 4
-# Keep every layer's weight products (``decompose.LayerProducts``) from the
-# forward pass while they take at most this many bytes: short prompts then read
-# each weight matrix once per trace instead of twice (beyond it, the products
-# are made layer by layer in the sweep).
-KEEP_PRODUCTS = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -83,18 +78,6 @@ class Shape:
                    spec.d_head, d_mlp, spec.W_U.shape[0], lw.mlp.gated, spec.rotary is not None,
                    spec.W_pos is not None, spec.parallel, int(n_params),
                    spec.W_E.element_size())
-
-
-def products_bytes(shape: Shape, B: int, S: int, elem: int = 4) -> int:
-    """Bytes of every layer's weight products kept from the forward pass: projected
-    values, value-score vectors, the two fold vectors (counted for every layer),
-    ``h·W_out``, the depth-0 row and two rules' MLP score vectors."""
-    H, G, D, F = shape.n_heads, shape.n_kv_heads, shape.d_model, shape.d_mlp
-    return shape.n_layers * (B * S * ((3 * H + G) * D + F + 2 * D) + B * F) * elem
-
-
-def keep_products(shape: Shape, B: int, S: int, elem: int = 4) -> bool:
-    return products_bytes(shape, B, S, elem) <= KEEP_PRODUCTS
 
 
 def virtual_bytes(shape: Shape, elem: int = 4) -> int:

@@ -18,8 +18,7 @@ import torch
 
 from .adapters.base import LayerWeights, ModelSpec
 from .capture import Capture, LayerCapture, attention_probs, expand_kv
-from .cost import (CHUNK_ELEMENTS, PROJ_BLOCK, Shape, chunk_rows, choose_mode, keep_products, shape_of,
-                   virtual_bytes)
+from .cost import CHUNK_ELEMENTS, PROJ_BLOCK, Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
 
 Tensor = torch.Tensor
 EPS_DEN = 1e-10
@@ -126,7 +125,6 @@ class EngineOptions:
     max_proj_bytes: int = 1 << 30
     vws: Optional[VirtualWeights] = None
     proj_elements: int = PROJ_BLOCK
-    products: bool = True  # keep the weight products from the pass when small
 
 
 def _gamma_weights(lw: LayerWeights) -> tuple[Tensor, Tensor]:
@@ -160,15 +158,6 @@ def _rotate_head_major(x: Tensor, cos: Tensor, sin: Tensor, r: int) -> None:
     rot = torch.cat((-xr[:, :, half:], xr[:, :, :half]), 2)
     c, s_ = cos.T[:, :, None], sin.T[:, :, None]  # [r, S, 1]
     x[:, :, :r] = xr * c + rot * s_
-
-
-def fold_vectors(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> tuple[Tensor, Tensor]:
-    """``(uK, uQ)``, each ``[B,H,S,D]``, of the fold without rotary:
-    ``Q[h,q]·(m W_K) = m·(γ ⊙ W_K Q[h,q])`` and ``(m W_Q)·K[s] = m·(γ ⊙ W_Q K[s])``."""
-    gam = lw.ln_attn.weight
-    uK = torch.einsum("bhqe,hDe->bhqD", lc.Q, expand_kv(lw.W_K, spec, 0)).mul_(gam)
-    uQ = torch.einsum("bhse,hDe->bhsD", expand_kv(lc.K, spec), lw.W_Q).mul_(gam)
-    return uK, uQ
 
 
 def _fold(u: Tensor, ch: Tensor, inv: Tensor, q0: int, q_on_u: bool, blocks: int = 4) -> Tensor:
@@ -240,9 +229,10 @@ class AttnScores:
         H, Hkv, d = spec.n_heads, spec.n_kv_heads, spec.d_head
         sigma = lc.sigma_attn
         if mode == "fold" and spec.rotary is None:
-            lp = lc.products
-            have = lp is not None and lp.uK is not None
-            self.uK, self.uQ = (lp.uK, lp.uQ) if have else fold_vectors(spec, lw, lc)
+            # Q[h,q]·(m W_K) = m·(γ ⊙ W_K Q[h,q]);  (m W_Q)·K[s] = m·(γ ⊙ W_Q K[s])
+            gam = lw.ln_attn.weight
+            self.uK = torch.einsum("bhqe,hDe->bhqD", lc.Q, expand_kv(lw.W_K, spec, 0)).mul_(gam)
+            self.uQ = torch.einsum("bhse,hDe->bhsD", self.Kx, lw.W_Q).mul_(gam)
             return
         self.W_K, self.W_Q = _gamma_weights(lw)
         if mode == "fold":
@@ -377,18 +367,14 @@ def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: 
     return AttnScores(spec, lw, lc, chat, cos, sin, mode).raw_query(0, S, S).permute(0, 4, 1, 3, 2)
 
 
-def value_vectors(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> Tensor:
-    """``γ ⊙ W_V[g] V[g,s]`` → ``[B,G,S,D]``, so that ``value_c[h,s] = ĉ[s]·vec / σ[s]``."""
-    gam = lw.ln_attn.weight
-    if lc.V.shape[2] <= spec.d_head:  # γ on whichever is smaller: [G, S, D] or the weights [G, D, d]
-        return torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V).mul_(gam)
-    return torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V * gam[:, None])
-
-
 def value_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor) -> Tensor:
     """``value_c[h,s] = (m(c)[s] W_V[g(h)]) · V[g(h),s]`` → ``[B,C,H,S]``."""
-    lp = lc.products
-    WVV = lp.vv if lp is not None else value_vectors(spec, lw, lc)
+    gam = lw.ln_attn.weight
+    S = chat.shape[2]
+    if S <= spec.d_head:  # γ on whichever is smaller: [G, S, D] or the weights [G, D, d]
+        WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V).mul_(gam)
+    else:
+        WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V * gam[:, None])
     # one GEMM per position over the writers as they lie in the buffer: [B, S, C, G]
     val = torch.matmul(chat.transpose(1, 2), WVV.permute(0, 2, 3, 1))
     val = val.permute(0, 2, 3, 1) / lc.sigma_attn[:, None, None, :]
@@ -415,26 +401,16 @@ def _safe(x: Tensor) -> Tensor:
     return torch.where(x.abs() < EPS_DEN, torch.full_like(x, EPS_DEN), x)
 
 
-def out_products(lw: LayerWeights, h: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
-    """``(d·W_out [B,1,F], h·W_out [B,S,F])`` in one pass over ``W_out``."""
-    both = torch.cat([d[:, None], h], 1) @ lw.mlp.W_out  # [B, 1+S, F]
-    return both[:, :1], both[:, 1:]
-
-
-def cell_weights(a: Tensor, h: Tensor, dW: Tensor, hW: Tensor) -> dict[str, Tensor]:
+def mlp_cell_weights(lw: LayerWeights, a: Tensor, h: Tensor, d_hat: Tensor) -> dict[str, Tensor]:
     """Cell weights ``w_j`` of the three weighted rules, each ``[B,S,F]``, from the
-    cells ``a [B,S,F]``, ``h = Σ_j a_j W_out[:, j]`` (no bias, as captured) and
-    their products with ``W_out`` (:func:`out_products` of ``d̂_t`` and ``h``)."""
+    cells ``a [B,S,F]`` and ``h = Σ_j a_j W_out[:, j]`` (no bias, as captured)."""
+    W_out = lw.mlp.W_out  # [D, F]
+    both = torch.cat([d_hat[:, None], h], 1) @ W_out  # one pass over W_out: [B, 1+S, F]
     return {
-        "depth0": a * dW,
-        "aligned": a * hW / h.pow(2).sum(-1, keepdim=True).clamp_min(EPS_DEN),
+        "depth0": a * both[:, :1],
+        "aligned": a * both[:, 1:] / h.pow(2).sum(-1, keepdim=True).clamp_min(EPS_DEN),
         "weighted": a / a.sum(-1, keepdim=True).clamp_min(EPS_DEN),
     }
-
-
-def mlp_cell_weights(lw: LayerWeights, a: Tensor, h: Tensor, d_hat: Tensor) -> dict[str, Tensor]:
-    """:func:`cell_weights` with the products made here."""
-    return cell_weights(a, h, *out_products(lw, h, d_hat))
 
 
 def mlp_score_vectors(lw: LayerWeights, cells, w: Tensor) -> Tensor:
@@ -467,61 +443,11 @@ def mlp_l2(lw: LayerWeights, lc: LayerCapture, chat: Tensor, max_elements: int =
     return torch.cat(out, 1)
 
 
-def final_sigma(cap: Capture) -> Tensor:
-    """``σ_f(resid_final[t])`` per prompt → ``[B]``."""
-    B = cap.input_ids.shape[0]
-    return cap.sigma_final[torch.arange(B, device=cap.sigma_final.device), cap.t]
-
-
 def target_direction(cap: Capture, u: Tensor) -> Tensor:
     """``d_t = γ_f ⊙ u / σ_f(resid_final[t])`` per prompt → ``[B, D]``."""
-    return cap.spec.ln_final.weight.to(u.dtype) * u / final_sigma(cap)[:, None]
-
-
-# ------------------------------------------------------------------ weight products
-@dataclass
-class LayerProducts:
-    """What layer L's rules read from its weight matrices (§4-5), made in one visit
-    to the weights: during the forward pass, right after the layer ran, while they
-    are still in cache, so that a short prompt streams each matrix once per trace
-    instead of twice. The depth-0 parts hold ``σ_f·d̂_t`` (``σ_f`` is known only at
-    the end of the pass): :func:`mlp_ops` divides them by ``σ_f``."""
-
-    pv: Tensor  # [B,H,S,D] projected values (projected_values)
-    vv: Tensor  # [B,G,S,D] value-score vectors (value_vectors)
-    uK: Optional[Tensor]  # [B,H,S,D] fold vectors (fold_vectors), when the layer folds
-    uQ: Optional[Tensor]
-    gW: Tensor  # [B,1,F] (σ_f d̂_t)·W_out
-    hW: Tensor  # [B,S,F] h·W_out
-    vecs: dict  # rule -> [B,S,D] MLP score vectors (depth0's times σ_f)
-
-
-def layer_products(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, g: Tensor,
-                   rules: tuple, fold: bool) -> LayerProducts:
-    """:class:`LayerProducts` of one layer; ``g = σ_f·d̂_t`` ``[B, D]``, ``rules``: the
-    MLP rules whose score vectors to make, ``fold``: make the fold vectors."""
-    cells = lc.mlp_cells(lw)
-    gW, hW = out_products(lw, lc.mlp_h, g)  # the MLP first: its weights were read last
-    w = cell_weights(cells[0], lc.mlp_h, gW, hW)
-    vecs = mlp_score_vectors(lw, cells, torch.stack([w[r] for r in rules])) if rules else []
-    uK, uQ = fold_vectors(spec, lw, lc) if fold else (None, None)
-    return LayerProducts(projected_values(spec, lw, lc), value_vectors(spec, lw, lc), uK, uQ,
-                         gW, hW, dict(zip(rules, vecs)))
-
-
-def products_hook(spec: ModelSpec, B: int, S: int, g: Tensor, cfg, opts: "EngineOptions"):
-    """``on_layer`` for :func:`unpack.capture.capture` that keeps each layer's
-    :class:`LayerProducts` (None when they would take more than ``cost.KEEP_PRODUCTS``)."""
-    shape = shape_of(spec)
-    if not opts.products or not keep_products(shape, B, S, g.element_size()):
-        return None
-    rules = tuple(r for r in dict.fromkeys(("depth0", cfg.mlp_rule)) if r != "l2")
-    kq = bool(cfg.w_K or cfg.w_Q) and spec.rotary is None
-
-    def hook(lc: LayerCapture, lw: LayerWeights) -> None:
-        fold = kq and score_mode(spec, B, S, lc.L, opts) == "fold"
-        lc.products = layer_products(spec, lw, lc, g, rules, fold)
-    return hook
+    B = u.shape[0]
+    sig = cap.sigma_final[torch.arange(B, device=u.device), cap.t]
+    return cap.spec.ln_final.weight.to(u.dtype) * u / sig[:, None]
 
 
 @dataclass
@@ -597,7 +523,7 @@ def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
     C = cap.comps.n_writers_attn(L)
     ch = chat[:, :C]
     A = attention_probs(spec, lw, lc.Q, lc.K)
-    pv = lc.products.pv if lc.products is not None else projected_values(spec, lw, lc)
+    pv = projected_values(spec, lw, lc)
     share0, shareA = value_shares(lc, A, pv, d_hat)
     del pv
     f0 = normalize(share0, cfg.beta, -1)
@@ -622,18 +548,6 @@ def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
 _CHAIN = ("depth0", "aligned", "weighted", "l2")
 
 
-def _mlp_weights(cap: Capture, lc: LayerCapture, lw: LayerWeights, cells, d_hat: Tensor):
-    """``(cell weights, score vectors made so far)`` of layer ``lc``: from its
-    :class:`LayerProducts` (the depth-0 parts divided by ``σ_f``), else made here."""
-    lp = lc.products
-    if lp is None:
-        return mlp_cell_weights(lw, cells[0], lc.mlp_h, d_hat), {}
-    sig = final_sigma(cap)
-    weights = cell_weights(cells[0], lc.mlp_h, lp.gW / sig[:, None, None], lp.hW)
-    vecs = {r: v / sig[:, None, None] if r == "depth0" else v for r, v in lp.vecs.items()}
-    return weights, vecs
-
-
 def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
             lw: Optional[LayerWeights] = None) -> MLPOps:
     """§5-6 MLP factors: the first rule with a non-vanishing denominator, starting at
@@ -643,7 +557,7 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
     C = cap.comps.n_writers_mlp(L)
     ch = chat[:, :C]
     cells = lc.mlp_cells(lw)
-    weights, vecs = _mlp_weights(cap, lc, lw, cells, d_hat)
+    weights = mlp_cell_weights(lw, cells[0], lc.mlp_h, d_hat)
     cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     def rule(name: str) -> tuple[Tensor, Tensor]:  # (factors [B,C,S], valid [B,S])
@@ -654,14 +568,14 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
                 valid = tot >= EPS_DEN
                 cache[name] = (l2 / torch.where(valid, tot, 1.0)[:, None] * valid[:, None], valid)
             else:
-                if name not in vecs:  # the rules a sweep always needs share one pass over W_in
-                    names = [name] + [r for r in ("depth0", cfg.mlp_rule)
-                                      if r != name and r != "l2" and r not in vecs]
-                    vecs.update(zip(names, mlp_score_vectors(
-                        lw, cells, torch.stack([weights[r] for r in names]))))
-                sc = mlp_scores(lw, lc, ch, vecs[name])
-                den, valid = safe_denom(sc, cfg.beta, 1)
-                cache[name] = (sc / den[:, None] * valid[:, None], valid)
+                # the rules a sweep always needs share one pass over W_in
+                names = [name] + [r for r in ("depth0", cfg.mlp_rule)
+                                  if r != name and r != "l2" and r not in cache]
+                vecs = mlp_score_vectors(lw, cells, torch.stack([weights[r] for r in names]))
+                for r, vec in zip(names, vecs):
+                    sc = mlp_scores(lw, lc, ch, vec)
+                    den, valid = safe_denom(sc, cfg.beta, 1)
+                    cache[r] = (sc / den[:, None] * valid[:, None], valid)
         return cache[name]
 
     def chain(start: str) -> Tensor:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .cost import (CHUNK_ELEMENTS, PROJ_BLOCK, Shape, batch_sizes, chunk_rows, choose_mode,
-                   keep_products, kq_costs, products_bytes, proj_bytes, scored_pairs, virtual_bytes)
+                   kq_costs, proj_bytes, scored_pairs, virtual_bytes)
 from .errors import InputError
 
 GiB = float(1 << 30)
@@ -279,7 +279,6 @@ def _memory(shape: Shape, S: int, B: int, R: int, base_bytes: int, cached: bool,
     per_layer = B * S * ((H + 2 * Hkv) * d + 4 * D + 2) * elem
     keep_cells = B * S * F * L * 3 * elem <= (256 << 20)
     cells = B * S * F * L * 3 * elem if keep_cells else 0
-    cells += products_bytes(shape, B, S, elem) if keep_products(shape, B, S, elem) else 0
     layer_w = (shape.n_params - V * D * (1 if shape.has_pos else 2)) // L
     cast = layer_w * elem if shape.weight_bytes != elem else 0
     transient = 0
@@ -337,9 +336,7 @@ def _seconds(shape: Shape, S: int, B: int, rates: Rates, cached: bool, chunk_ele
         dec += ELEMENTWISE_PASSES * elems * elem / bw
         if mode != "fold":
             dec += 2 * proj_bytes(shape, Lr, B, S, elem) * 2 / bw  # the transposing copy
-    # the MLP rules, γ-folded W_Q/W_K/W_V and W_O read again, unless their products
-    # were kept from the forward pass
-    weights_read = 0 if keep_products(shape, B, S, elem) else L * (4 * D * F + 4 * D * D) * elem
+    weights_read = L * (4 * D * F + 4 * D * D) * elem  # MLP rules, γ-folded W_Q/W_K/W_V, W_O
     secs["decompose"] = dec + weights_read / bw + PYTHON_S * L * (12 + n_chunks) + casts / 2
     secs["paths"] = PYTHON_S * L * 8 + 1e-7 * B * shape.n_components * S
     return {k: v / B for k, v in secs.items()}

@@ -277,12 +277,6 @@ class Tracer:
         u = dec.unembed_direction(W_U, W_U_mean, tid, did)
         return I, self.spec.ln_final.center(dec.target_direction(cap, u))
 
-    def scaled_direction(self, tid: Tensor, did: Optional[Tensor]) -> Tensor:
-        """``σ_f·d̂_t = center(γ_f ⊙ u)`` ``[B, D]``: the target direction before the
-        final residual's ``σ_f`` is known (for the weight products of the pass)."""
-        u = dec.unembed_direction(self.spec.W_U, self.W_U_mean.to(self.dtype), tid, did)
-        return self.spec.ln_final.center(self.spec.ln_final.weight.to(self.dtype) * u)
-
     def layer_ops(self, cap: Capture, cfg: Config, d_hat: Tensor, timers: Optional[dict] = None):
         """``L -> (MLPOps, HeadOps)``: the §4-6 factors of layer ``L`` for
         :func:`unpack.flow.sweep`; ``timers["decompose_s"]`` gains the seconds spent."""
@@ -302,12 +296,11 @@ class Tracer:
     def _run(self, preps: list[Prepared], cfg: Config) -> list[list[TraceResult]]:
         t0 = time.perf_counter()
         ids, lengths = self.pad(preps)
+        cap = capture(self.spec, ids, lengths, dtype=self.dtype)
+        t1 = time.perf_counter()
         tid = torch.tensor([p.target_id for p in preps], device=self.device)
         did = torch.tensor([p.distractor_id if p.distractor_id is not None else -1
                             for p in preps], device=self.device)
-        cap = capture(self.spec, ids, lengths, dtype=self.dtype, on_layer=dec.products_hook(
-            self.spec, *ids.shape, self.scaled_direction(tid, did), cfg, self.engine))
-        t1 = time.perf_counter()
         I, d_hat = self.start(cap, tid, did, cfg.seed)
         F0 = initial_credit(I, [len(p.ids) - 1 for p in preps],
                             [[None if r is None else r[1:] for r in p.roots] for p in preps], ids.shape[1])
