@@ -18,15 +18,13 @@ WIDE = REPO / "unpack" / "toy" / "checkpoints" / "attn-only-d128"
 
 def current_token_heads(model, threshold: float) -> set[str]:
     """Layer-0 heads whose mean attention to their own position reaches ``threshold``
-    on fresh sequences of the toy's data (as unpack.toy.groundtruth scores the others)."""
+    on fresh sequences of the toy's data (the seed unpack.toy.groundtruth uses)."""
     from unpack.toy.data import sample
-    from unpack.toy.groundtruth import attention
+    from unpack.toy.groundtruth import current_token_scores
     from unpack.toy.train import VARIANTS
 
     b = sample(VARIANTS["attn-only-d128"], torch.Generator().manual_seed(777), 128)
-    A = attention(model, b.ids)[0]  # layer 0: [B, H, S, S]
-    p = torch.arange(2, b.ids.shape[1])
-    score = A[:, :, p, p].mean(dim=(0, 2))
+    score = current_token_scores(model, b)[0]
     return {f"attn_0_head_{h}" for h in (score >= threshold).nonzero().flatten().tolist()}
 
 

@@ -2,6 +2,8 @@
 
 - previous-token score of head ``(l, h)``: mean attention from position ``p`` to
   ``p - 1`` over all positions ``p >= 2`` of fresh sequences;
+- current-token score (:func:`current_token_scores`, a kind of head that
+  :func:`identify` does not name): mean attention from ``p`` to itself;
 - induction score: mean attention from a position ``q`` of the repeated segment
   to the position right after the first occurrence of the word at ``q``
   (``q - gap + 1``, gap = distance between the two occurrences), over the
@@ -42,6 +44,16 @@ def head_scores(model, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     src = q - (b.start2 - b.start1)[bi] + 1  # right after the first occurrence of the token at q
     ind = A[:, bi, :, q, src].mean(dim=0)  # [n_pos, L, H] -> [L, H]
     return prev, ind
+
+
+def current_token_scores(model, b: Batch) -> torch.Tensor:
+    """``[L, H]`` mean attention from each position ``p >= 2`` to ``p`` itself. A head
+    near 1 passes on the token at its own position, which an induction head can read
+    through Q (the token to match) and V (the token to copy); not part of
+    :func:`identify`'s two kinds of head."""
+    A = attention(model, b.ids)  # [L, B, H, S, S]
+    p = torch.arange(2, b.ids.shape[1])
+    return A[:, :, :, p, p].mean(dim=(1, 3))
 
 
 @dataclass
