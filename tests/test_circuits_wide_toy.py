@@ -4,7 +4,6 @@ current-token head feeds their Q and V. The heads are read off the model's own
 attention (unpack.toy), independently of the traces."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +31,13 @@ def current_token_heads(model, threshold: float) -> set[str]:
 def wide(tmp_path_factory):
     """A store of 16 induction prompts on attn-only-d128, its tracer, and the heads its
     own attention names: previous-token, induction (toy.json) and current-token."""
-    from ingest.run import ingest
-    from unpack import Tracer
-    from unpack.loading import load_model
-    from unpack.tasks import induction
+    from helpers import toy_store
 
-    if not WIDE.exists():
-        pytest.fail(f"{WIDE} is missing; rebuild with `unpack toy-train --variant all "
-                    "--out unpack/toy/checkpoints`")
-    torch.set_num_threads(1)
     db = tmp_path_factory.mktemp("wide") / "toy.duckdb"
-    m, tok = load_model(str(WIDE))
-    tracer = Tracer(model=m, tokenizer=tok)
-    ingest(induction(tok, 16, seed=0), tracer=tracer, model_name=str(WIDE), db=db, progress=False,
-           model_info={"model_type": "gpt2", "n_layers": 2, "n_heads": 4, "d_model": 128})
-    truth = json.loads((WIDE / "toy.json").read_text())["ground_truth"]
+    tracer, truth = toy_store(WIDE, db, 16)
     heads = dict(prev={f"attn_0_head_{h}" for h in truth["prev_heads"]},
                  induction={f"attn_1_head_{h}" for h in truth["induction_heads"]},
-                 current=current_token_heads(m, truth["threshold"]))
+                 current=current_token_heads(tracer.model, truth["threshold"]))
     return db, tracer, heads
 
 
