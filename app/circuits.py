@@ -106,7 +106,8 @@ def check_params(seeds, per_mode, depth, min_share, relative=None) -> None:
             raise InputError(f"{flag} {v!r} must be a whole number >= {lo}")
     if not isinstance(min_share, (int, float)) or not 0.0 < float(min_share) <= 1.0:
         raise InputError(f"--min-share {min_share!r} must be a share in (0, 1], e.g. 0.5")
-    if relative is not None and (isinstance(relative, bool) or not isinstance(relative, (int, float))
+    if relative is not None and (isinstance(relative, bool)
+                                 or not isinstance(relative, (int, float))
                                  or not 0.0 < float(relative) <= 1.0):
         raise InputError(f"--relative {relative!r} must be a fraction of the strongest in (0, 1], "
                          "e.g. 0.5")
@@ -267,8 +268,8 @@ def where_label(pos: pd.DataFrame, spec: str, child: str, roles: dict, n_tokens:
 
 def discover(db, *, model=None, task=None, condition=None, preset: str = "kqv_aligned",
              seeds: int = 3, per_mode: int = 1, depth: int = 2, min_share: float = 0.5,
-             relative: float | None = None, n: int | None = None, tracer=None, progress: bool = False,
-             store: bool = True) -> Circuit:
+             relative: float | None = None, n: int | None = None, tracer=None,
+             progress: bool = False, store: bool = True) -> Circuit:
     """Find the circuit of a stored run (see the module docstring) and store it."""
     check_params(seeds, per_mode, depth, min_share, relative)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -311,7 +312,8 @@ def discover(db, *, model=None, task=None, condition=None, preset: str = "kqv_al
         c["direct_effect"] = mean_de[c["component"]]
         c["layer"], c["head"] = split_head(c["component"])
     params = dict(seeds=seeds, per_mode=per_mode, depth=depth, min_share=float(min_share),
-                  relative=None if relative is None else float(relative), n=n, metric="logit difference (target - distractor; target - mean logit "
+                  relative=None if relative is None else float(relative), n=n,
+                  metric="logit difference (target - distractor; target - mean logit "
                   "without a distractor)", seed_rule="direct effect, seed='metric'")
     circuit = Circuit(None, run_id, model, preset, task, condition, params, pids,
                       pd.DataFrame(comps)[["component", "layer", "head", "depth", "root", "share",
