@@ -2,8 +2,6 @@
 
 - previous-token score of head ``(l, h)``: mean attention from position ``p`` to
   ``p - 1`` over all positions ``p >= 2`` of fresh sequences;
-- current-token score (:func:`current_token_scores`, a kind of head that
-  :func:`identify` does not name): mean attention from ``p`` to itself;
 - induction score: mean attention from a position ``q`` of the repeated segment
   to the position right after the first occurrence of the word at ``q``
   (``q - gap + 1``, gap = distance between the two occurrences), over the
