@@ -42,6 +42,9 @@ def register(sub) -> None:
     d.add_argument("--seeds", type=int, default=3, help="heads of largest direct effect (default 3)")
     d.add_argument("--per-mode", type=int, default=1,
                    help="strongest upstream heads kept per K/Q/V mode at each reroot (default 1)")
+    d.add_argument("--relative", type=float, default=None, metavar="R",
+                   help="also keep every upstream head whose strength reaches R times the "
+                        "mode's strongest in a prompt, e.g. 0.5 (default: off)")
     d.add_argument("--depth", type=int, default=2, help="reroot levels below the seeds (default 2)")
     d.add_argument("--min-share", type=float, default=0.5,
                    help="keep heads and edges selected in at least this share of prompts (0.5)")
@@ -103,11 +106,12 @@ def cmd_discover(args) -> int:
     from app.reports import NoData
     from unpack.errors import InputError
 
-    check_params(args.seeds, args.per_mode, args.depth, args.min_share)
+    check_params(args.seeds, args.per_mode, args.depth, args.min_share, args.relative)
     try:
         c = discover(args.db, model=args.model, task=args.task, condition=args.condition,
                      preset=args.preset, seeds=args.seeds, per_mode=args.per_mode,
-                     depth=args.depth, min_share=args.min_share, n=args.n,
+                     depth=args.depth, min_share=args.min_share,
+                     relative=args.relative, n=args.n,
                      progress=not args.json)
     except NoData as e:
         raise InputError(f"{e}; store them first: {e.command}" if e.command else str(e)) from None

@@ -16,7 +16,10 @@ The procedure of the method's published release, on the store:
    into the same run). From each rerooted trace the direct interaction edges
    (§6, summed over positions) from the head to every upstream head give one
    strength per mode K, Q, V; in each prompt the ``per_mode`` strongest upstream
-   heads of each mode (by ``|strength|``) are selected.
+   heads of each mode (by ``|strength|``) are selected, and with ``relative`` also
+   every other upstream head whose ``|strength|`` reaches ``relative`` times the
+   mode's strongest in that prompt (heads that share a role, such as two
+   previous-token heads feeding one induction head's K, are then both kept).
 3. **Recurrence.** An edge (parent, child, mode) is kept when it is selected in
    at least ``min_share`` of the prompts; its weight is the mean strength over
    the prompts (0 where absent). Children of kept edges form the next frontier,
@@ -97,12 +100,17 @@ def split_head(name: str) -> tuple[int, int]:
     return L, h
 
 
-def check_params(seeds, per_mode, depth, min_share) -> None:
+def check_params(seeds, per_mode, depth, min_share, relative=None) -> None:
     for flag, v, lo in (("--seeds", seeds, 1), ("--per-mode", per_mode, 1), ("--depth", depth, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise InputError(f"{flag} {v!r} must be a whole number >= {lo}")
     if not isinstance(min_share, (int, float)) or not 0.0 < float(min_share) <= 1.0:
         raise InputError(f"--min-share {min_share!r} must be a share in (0, 1], e.g. 0.5")
+    if relative is not None and (isinstance(relative, bool)
+                                 or not isinstance(relative, (int, float))
+                                 or not 0.0 < float(relative) <= 1.0):
+        raise InputError(f"--relative {relative!r} must be a fraction of the strongest in (0, 1], "
+                         "e.g. 0.5")
 
 
 # ------------------------------------------------------------------ the model side
@@ -219,16 +227,21 @@ def reroot_edges(con, prompt_ids, specs) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def select_edges(w: pd.DataFrame, spec: str, prompt_ids, per_mode: int,
-                 min_share: float) -> pd.DataFrame:
+                 min_share: float, relative: float | None = None) -> pd.DataFrame:
     """child, mode, weight (mean over the prompts), share (of prompts where the child is
-    among the ``per_mode`` strongest of that mode) for the reroot ``spec``; kept rows only."""
+    selected: among the ``per_mode`` strongest of that mode, or with ``|strength|`` at
+    least ``relative`` times the mode's strongest) for the reroot ``spec``; kept rows only."""
     sub = w[w["root"] == spec].copy()
     if sub.empty:
         return pd.DataFrame(columns=["child", "mode", "weight", "share"])
     sub["a"] = sub["w"].abs()
     sub = sub[sub["a"] > 0].sort_values(["prompt_id", "mode", "a", "child"],
                                         ascending=[True, True, False, True])
-    top = sub.groupby(["prompt_id", "mode"], sort=False).head(per_mode)
+    g = sub.groupby(["prompt_id", "mode"], sort=False)
+    picked = g.cumcount() < per_mode
+    if relative is not None:
+        picked |= sub["a"] >= relative * g["a"].transform("max")
+    top = sub[picked]
     P = len(prompt_ids)
     share = top.groupby(["child", "mode"]).size() / P
     weight = sub.groupby(["child", "mode"])["w"].sum() / P
@@ -255,10 +268,10 @@ def where_label(pos: pd.DataFrame, spec: str, child: str, roles: dict, n_tokens:
 
 def discover(db, *, model=None, task=None, condition=None, preset: str = "kqv_aligned",
              seeds: int = 3, per_mode: int = 1, depth: int = 2, min_share: float = 0.5,
-             n: int | None = None, tracer=None, progress: bool = False,
-             store: bool = True) -> Circuit:
+             relative: float | None = None, n: int | None = None, tracer=None,
+             progress: bool = False, store: bool = True) -> Circuit:
     """Find the circuit of a stored run (see the module docstring) and store it."""
-    check_params(seeds, per_mode, depth, min_share)
+    check_params(seeds, per_mode, depth, min_share, relative)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise InputError(f"--n {n!r} must be a positive whole number")
     con = open_db(db)
@@ -293,13 +306,14 @@ def discover(db, *, model=None, task=None, condition=None, preset: str = "kqv_al
             w, pos = reroot_edges(con, pids, specs)
         finally:
             con.close()
-        frontier = _expand(frontier, w, pos, pids, per_mode, min_share, d + 1, comps, edges,
-                           roles, ntok)
+        frontier = _expand(frontier, w, pos, pids, (per_mode, min_share, relative), d + 1,
+                           comps, edges, roles, ntok)
     for c in comps:
         c["direct_effect"] = mean_de[c["component"]]
         c["layer"], c["head"] = split_head(c["component"])
     params = dict(seeds=seeds, per_mode=per_mode, depth=depth, min_share=float(min_share),
-                  n=n, metric="logit difference (target - distractor; target - mean logit "
+                  relative=None if relative is None else float(relative), n=n,
+                  metric="logit difference (target - distractor; target - mean logit "
                   "without a distractor)", seed_rule="direct effect, seed='metric'")
     circuit = Circuit(None, run_id, model, preset, task, condition, params, pids,
                       pd.DataFrame(comps)[["component", "layer", "head", "depth", "root", "share",
@@ -312,13 +326,14 @@ def discover(db, *, model=None, task=None, condition=None, preset: str = "kqv_al
     return circuit
 
 
-def _expand(frontier, w, pos, pids, per_mode, min_share, depth, comps, edges, roles, ntok):
-    """Select each frontier head's recurring upstream edges; add new heads to ``comps``
-    and return them (the next frontier)."""
+def _expand(frontier, w, pos, pids, rule, depth, comps, edges, roles, ntok):
+    """Select each frontier head's recurring upstream edges (``rule``: per_mode,
+    min_share, relative of :func:`select_edges`); add new heads to ``comps`` and
+    return them (the next frontier)."""
     known = {c["component"] for c in comps}
     nxt = []
     for f in frontier:
-        sel = select_edges(w, f["root"], pids, per_mode, min_share)
+        sel = select_edges(w, f["root"], pids, *rule)
         for e in sel.itertuples():
             edges.append(dict(parent=f["component"], child=e.child, mode=e.mode,
                               weight=float(e.weight), share=float(e.share)))

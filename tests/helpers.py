@@ -1,5 +1,6 @@
 """Helpers that several test files share: reading a store from the test process,
-a tiny model saved to disk, and a command whose progress is watched on stderr."""
+a tiny model saved to disk, a store of a shipped toy model's induction prompts, and
+a command whose progress is watched on stderr."""
 from __future__ import annotations
 
 import re
@@ -34,6 +35,32 @@ def save_tiny_gpt2(tmp_path_factory) -> str:
     tiny_gpt2(dtype=torch.float32).save_pretrained(d)
     word_tokenizer().save_pretrained(d)
     return str(d)
+
+
+def toy_store(toy: Path, db, n: int):
+    """``(tracer, ground truth)`` of the shipped toy checkpoint ``toy``, after storing
+    ``n`` of its induction prompts (seed 0) into ``db``."""
+    import json
+
+    import pytest
+    import torch
+
+    from ingest.run import ingest
+    from unpack import Tracer
+    from unpack.loading import load_model
+    from unpack.tasks import induction
+
+    if not toy.exists():
+        pytest.fail(f"{toy} is missing; rebuild with `unpack toy-train --variant all "
+                    "--out unpack/toy/checkpoints`")
+    torch.set_num_threads(1)
+    m, tok = load_model(str(toy))
+    tracer = Tracer(model=m, tokenizer=tok)
+    c = m.config
+    ingest(induction(tok, n, seed=0), tracer=tracer, model_name=str(toy), db=db, progress=False,
+           model_info={"model_type": "gpt2", "n_layers": c.n_layer, "n_heads": c.n_head,
+                       "d_model": c.n_embd})
+    return tracer, json.loads((toy / "toy.json").read_text())["ground_truth"]
 
 
 def start_until(cmd, pattern: bytes, env: dict, timeout: float = 180, stdout=subprocess.PIPE):

@@ -87,21 +87,10 @@ def test_patching_a_head_with_its_own_values_changes_nothing():
 def toy(tmp_path_factory):
     """A store of 16 induction prompts on the shipped attn-only-d64 toy, its tracer and
     its ground truth (read off the model's own attention by unpack.toy)."""
-    from ingest.run import ingest
-    from unpack import Tracer
-    from unpack.loading import load_model
-    from unpack.tasks import induction
+    from helpers import toy_store
 
-    if not TOY.exists():
-        pytest.fail(f"{TOY} is missing; rebuild with `unpack toy-train --variant all "
-                    "--out unpack/toy/checkpoints`")
-    torch.set_num_threads(1)
     db = tmp_path_factory.mktemp("circuits") / "toy.duckdb"
-    m, tok = load_model(str(TOY))
-    tracer = Tracer(model=m, tokenizer=tok)
-    ingest(induction(tok, 16, seed=0), tracer=tracer, model_name=str(TOY), db=db, progress=False,
-           model_info={"model_type": "gpt2", "n_layers": 2, "n_heads": 2, "d_model": 64})
-    truth = json.loads((TOY / "toy.json").read_text())["ground_truth"]
+    tracer, truth = toy_store(TOY, db, 16)
     return db, tracer, truth
 
 

@@ -44,6 +44,16 @@ def head_scores(model, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return prev, ind
 
 
+def current_token_scores(model, b: Batch) -> torch.Tensor:
+    """``[L, H]`` mean attention from each position ``p >= 2`` to ``p`` itself. A head
+    near 1 passes on the token at its own position, which an induction head can read
+    through Q (the token to match) and V (the token to copy); not part of
+    :func:`identify`'s two kinds of head."""
+    A = attention(model, b.ids)  # [L, B, H, S, S]
+    p = torch.arange(2, b.ids.shape[1])
+    return A[:, :, :, p, p].mean(dim=(1, 3))
+
+
 @dataclass
 class GroundTruth:
     prev_scores: list[list[float]]  # [L][H]
