@@ -547,3 +547,42 @@ def test_demo_on_smollm2(tmp_path, capsys):
     assert "4 done now (4 ok, 0 failed)" in out
     # SmolLM2 predicts IOI: the IO name beats S on the ioi_io prompt
     assert sql(db, "SELECT logit_diff > 0 FROM prompts WHERE condition = 'ioi_io'") == [(True,)]
+
+
+def test_new_roots_of_a_prompt_share_one_forward_and_match_tracing_each_alone(
+        tmp_path, tracer, records, monkeypatch):
+    """Rerooting stored prompts (as discovery and the composition report do) traces
+    all the new roots of a prompt in one pass: one capture per prompt, not one per
+    root; and each stored rerooted edge is the one that root traced alone gives."""
+    import unpack.tracer as tracer_mod
+    from ingest.run import ingest
+
+    recs = [r for r in records if r.condition == "ioi_io"][:3]
+    db = tmp_path / "u.duckdb"
+    ingest(recs, tracer=tracer, model_name="tiny", db=db, batch_size=6, progress=False)
+    rows = []
+
+    def counted(spec, ids, *a, **kw):
+        rows.append(int(ids.shape[0]))
+        return capture(spec, ids, *a, **kw)
+
+    capture = tracer_mod.capture
+    monkeypatch.setattr(tracer_mod, "capture", counted)
+    ingest(recs, tracer=tracer, model_name="tiny", db=db, roots=ROOTS, batch_size=6,
+           progress=False)
+    assert sum(rows) == len(recs)  # 3 new roots each, one forward per prompt
+    monkeypatch.setattr(tracer_mod, "capture", capture)
+    stored = sql(db, "SELECT p.text, t.root_component || '@' || t.root_pos, e.parent, "
+                 "e.parent_pos, e.child, e.child_pos, e.mode, e.weight FROM traces t JOIN prompts "
+                 "p USING (prompt_id) JOIN edges e USING (trace_id) WHERE t.root <> 'target'")
+    assert len({(r[0], r[1]) for r in stored}) == 3 * len(recs)
+    alone = {}
+    for text, root in {(r[0], r[1]) for r in stored}:
+        rec = next(r for r in recs if r.text == text)
+        pe = tracer.trace(rec.text, rec.target, rec.distractor, root=root,
+                          position_edges=True).position_edges
+        for e in pe.itertuples():
+            alone[(text, root, e.parent, e.parent_pos, e.child, e.child_pos, e.mode)] = e.weight
+    assert len(alone) == len(stored)
+    for *key, w in stored:
+        assert np.isclose(w, alone[tuple(key)], rtol=1e-4, atol=1e-6), key
