@@ -439,9 +439,11 @@ def measure(tracer, heads, prompts, ids, refs, ref_keys, *, ablation, described,
 # ------------------------------------------------------------------ heads on fresh prompts
 
 def parse_heads(heads, n_layers: int, n_heads: int) -> list[str]:
-    """``attn_L_head_H`` names (or ``L.H``), comma-separated, checked against the model."""
+    """``attn_L_head_H`` names (or ``L.H``), comma-separated or a list, checked against
+    the model."""
     out = []
-    for part in [p.strip() for p in str(heads).split(",") if p.strip()]:
+    text = heads if isinstance(heads, str) else ",".join(map(str, heads))
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
         try:
             L, h = (split_head(part) if part.startswith("attn_")
                     else tuple(int(x) for x in part.split(".")))

@@ -109,3 +109,72 @@ def test_relative_selection_keeps_heads_close_to_the_strongest():
     for bad in (0.0, 1.5, True):
         with pytest.raises(InputError, match="--relative"):
             check_params(3, 1, 2, 0.5, bad)
+
+
+# ----------------------------------------------------------- a few heads of sixteen
+SPARSE = REPO / "unpack" / "toy" / "checkpoints" / "attn-only-d128-sparse"
+
+
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory):
+    """attn-only-d128-sparse (8 heads per layer, trained with a price on each head's
+    output): 16 induction prompts stored, the 4-seed circuit, its heads by toy.json."""
+    from app.circuits import discover
+    from helpers import toy_store
+
+    db = tmp_path_factory.mktemp("sparse") / "toy.duckdb"
+    tracer, truth = toy_store(SPARSE, db, 16)
+    c = discover(db, seeds=4, per_mode=1, relative=0.5, depth=2, min_share=0.5, tracer=tracer)
+    prev = {f"attn_0_head_{h}" for h in truth["prev_heads"]}
+    induction = {f"attn_1_head_{h}" for h in truth["induction_heads"]}
+    return db, tracer, c, prev, induction
+
+
+def test_sparse_toy_discovery_is_the_named_heads_that_write(sparse):
+    """The previous-token head (the only one its attention names) and the four induction
+    heads with the largest direct effect, each fed through K by that head. The other
+    heads the attention names as induction heads stay out, and rightly: knocked out
+    together on fresh prompts they cost almost nothing, while the circuit knocked out
+    on the same fresh prompts leaves no accuracy."""
+    db, tracer, c, prev, induction = sparse
+    comps = set(c.components["component"])
+    seeds = set(c.components[c.components["depth"] == 0]["component"])
+    assert len(prev) == 1 and len(induction) >= 6
+    assert len(seeds) == 4 and seeds <= induction and comps == seeds | prev
+    k = c.edges[c.edges["mode"] == "K"]
+    assert set(k["parent"]) == seeds and set(k["child"]) == prev
+    assert (k["share"] >= 0.9).all()
+    from app.verify import verify_on_task
+
+    def fresh(heads):
+        return verify_on_task(str(SPARSE), sorted(heads), task="induction", n=32, prompt_seed=1,
+                              ablation="resample", n_random=1, tracer=tracer)
+    left_out = fresh(induction - seeds)
+    assert left_out.necessity < 0.15 and left_out.accuracy["knocked"] >= 0.9
+    found = fresh(comps)
+    assert found.necessity >= 0.85 and found.accuracy["knocked"] <= 0.1
+
+
+def test_random_circuits_of_the_sparse_circuits_size_keep_the_induction(sparse):
+    """Knocked out, the circuit's 5 heads take the repeated-half accuracy to nothing;
+    5 random heads outside it, every draw, leave it whole. Drawn from all 16 heads,
+    a random circuit fails only when it holds one of the circuit's heads."""
+    from app.verify import verify
+
+    db, tracer, c, _, _ = sparse
+    circuit = set(c.components["component"])
+    v = verify(db, c.circuit_id, ablation="resample", n_random=8, baseline="outside",
+               tracer=tracer)
+    b = v.baseline
+    assert v.accuracy["clean"] >= 0.9 and v.accuracy["kept"] >= 0.9
+    assert v.accuracy["knocked"] <= 0.1 and v.necessity >= 0.85
+    assert b["size"] == len(circuit) == 5
+    assert all(len(r) == 5 and not set(r) & circuit for r in b["circuits"])
+    assert min(b["knocked_accuracy"]) >= 0.9 and max(b["necessity"]) < 0.2
+    s = verify(db, c.circuit_id, ablation="resample", n_random=12, baseline="size",
+               tracer=tracer).baseline
+    assert s["size"] == 5
+    for r, acc in zip(s["circuits"], s["knocked_accuracy"]):
+        if acc < 0.9:
+            assert set(r) & circuit, (r, acc)
+    assert max(s["knocked_accuracy"]) >= 0.9  # some draws miss the circuit, and keep the task

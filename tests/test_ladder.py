@@ -156,3 +156,6 @@ def test_toy_train_refuses_to_overwrite_shipped_checkpoints(capsys, monkeypatch)
     for out in ("unpack/toy/checkpoints", "unpack/toy/ladder/ladder-d64", "unpack/toy/checkpoints/x"):
         assert main(["toy-train", "--variant", "tiny", "--out", out]) == 2
         assert "--overwrite-shipped" in capsys.readouterr().err, out
+    from unpack.toy.cli import check_out
+
+    check_out("unpack/toy/checkpoints/x", overwrite=True)  # asked for: allowed

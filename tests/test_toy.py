@@ -241,7 +241,9 @@ def test_shipped_checkpoint(name):
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     assert size < 5e6
     meta = json.load(open(os.path.join(d, "toy.json")))
-    assert meta["variant"] == name and meta["config"] == toy.variant(name).__dict__
+    # a field added later is at its default in an older toy.json
+    assert meta["variant"] == name
+    assert toy.ToyConfig(**meta["config"]).__dict__ == toy.variant(name).__dict__
     trained, rand = report.run(d, n=30, seed=7, control=True)
     s, r = trained.summary(), rand.summary()
     assert s["eval_acc_repeat"] >= 0.9 and s["eval_loss_repeat"] < 0.25 * s["eval_loss_first"]

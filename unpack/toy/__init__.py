@@ -7,7 +7,8 @@
 - :mod:`unpack.toy.cli`: ``unpack toy-train``, ``unpack random-model`` and the options of
   ``unpack report induction`` (``unpack toy-report`` is its alias).
 
-Shipped checkpoints: ``unpack/toy/checkpoints/{attn-only,mlp}-d{64,128}``, rebuilt bit for bit by
+Shipped checkpoints: ``unpack/toy/checkpoints/{attn-only,mlp}-d{64,128}`` and
+``attn-only-d128-sparse``, rebuilt bit for bit by
 ``unpack toy-train --variant all --out /tmp/toy --seed 0 --threads 1`` (then compare the
 files with the shipped ones; writing into the package needs ``--overwrite-shipped``).
 The toy ladder (:mod:`unpack.toy.ladder`) ships in ``unpack/toy/ladder``.

@@ -7,18 +7,22 @@ import argparse
 
 from ..flags import add_command, add_flags
 
-SHIPPED = ("attn-only-d64", "attn-only-d128", "mlp-d64", "mlp-d128")
+SHIPPED = ("attn-only-d64", "attn-only-d128", "mlp-d64", "mlp-d128", "attn-only-d128-sparse")
 LADDER = ("ladder-d64", "ladder-d96", "ladder-d128")
 VARIANT_NAMES = SHIPPED + ("tiny",) + LADDER
 
 _TRAIN_EPILOG = """\
-Variants (2 layers, 32-wide heads, 128 words, sequences of 33 tokens):
+Variants (2 layers, 32-wide heads unless said, 128 words, sequences of 33 tokens):
   attn-only-d64   width 64, 2 heads, MLPs zeroed and frozen (attention only)
   attn-only-d128  width 128, 4 heads, attention only
   mlp-d64         width 64, 2 heads, with MLPs
   mlp-d128        width 128, 4 heads, with MLPs
+  attn-only-d128-sparse
+                  width 128, 8 heads of 16, attention only, trained with a
+                  group lasso on each head's output weights (head_l1 0.03):
+                  a few heads keep a role, the others fall nearly silent
   tiny            width 32, 17 tokens: the test suite's fast setting
-  all             the four shipped variants, into OUT/<variant>
+  all             the five shipped variants, into OUT/<variant>
   ladder-d64, ladder-d96, ladder-d128
                   the toy ladder: attention only, width 64/96/128 with 2/3/4
                   heads, saved at steps 0, 150, 200, 250, 300 and the end into
@@ -177,6 +181,9 @@ def train_handler(args) -> int:
 def check_out(out: str, overwrite: bool) -> None:
     """Refuse an output directory inside the shipped checkpoints unless asked to."""
     import os
+
+    if overwrite:
+        return
 
     from ..errors import InputError
 
