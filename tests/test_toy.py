@@ -131,6 +131,23 @@ def test_training_is_deterministic_by_seed():
     assert not torch.equal(sa["transformer.h.0.attn.c_attn.weight"], sc["transformer.h.0.attn.c_attn.weight"])
 
 
+def test_head_penalty_is_the_sum_of_each_heads_output_norm_and_silences_heads():
+    """head_penalty against a loop over the heads' rows of c_proj (GPT-2's Conv1D:
+    rows are the input, head-major); trained with head_l1 the heads write less than
+    the same seed trained without it."""
+    cfg = toy.variant("tiny", induction_steps=15, lm_steps=5, n_head=4)
+    m = toy.build_model(cfg, seed=1)
+    d = cfg.d_model // cfg.n_head
+    by_hand = sum(float(blk.attn.c_proj.weight.detach()[h * d:(h + 1) * d].norm())
+                  for blk in m.transformer.h for h in range(cfg.n_head))
+    assert float(toy.head_penalty(m, cfg).detach()) == pytest.approx(by_hand, rel=1e-6)
+    plain, _, _ = toy.train(cfg, seed=1, log=None)
+    priced, _, _ = toy.train(toy.variant("tiny", induction_steps=15, lm_steps=5, n_head=4,
+                                         head_l1=0.5), seed=1, log=None)
+    with torch.no_grad():
+        assert float(toy.head_penalty(priced, cfg)) < 0.5 * float(toy.head_penalty(plain, cfg))
+
+
 def test_attention_only_mlps_write_zero():
     cfg = toy.variant("tiny", induction_steps=5, lm_steps=5)
     m, _, _ = toy.train(cfg, seed=0, log=None)
