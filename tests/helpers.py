@@ -63,6 +63,13 @@ def toy_store(toy: Path, db, n: int):
     return tracer, json.loads((toy / "toy.json").read_text())["ground_truth"]
 
 
+def truth_heads(truth: dict) -> tuple[set[str], set[str]]:
+    """``(previous-token, induction)`` head names of a toy's ground truth (toy.json):
+    the former in layer 0, the latter in layer 1."""
+    return ({f"attn_0_head_{h}" for h in truth["prev_heads"]},
+            {f"attn_1_head_{h}" for h in truth["induction_heads"]})
+
+
 def start_until(cmd, pattern: bytes, env: dict, timeout: float = 180, stdout=subprocess.PIPE):
     """Start ``cmd`` in the repository and read its stderr in a thread; return
     ``(process, stderr chunks, reader thread)`` once ``pattern`` has shown while

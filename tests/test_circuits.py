@@ -103,13 +103,14 @@ def toy_circuit(toy):
 
 
 def test_discovery_recovers_the_ground_truth(toy, toy_circuit):
+    from helpers import truth_heads
+
     _, _, truth = toy
-    want = {f"attn_0_head_{h}" for h in truth["prev_heads"]} | \
-           {f"attn_1_head_{h}" for h in truth["induction_heads"]}
+    prev, induction = truth_heads(truth)
     c = toy_circuit
-    assert set(c.components["component"]) == want
+    assert set(c.components["component"]) == prev | induction
     seeds = set(c.components[c.components["depth"] == 0]["component"])
-    assert seeds == {f"attn_1_head_{h}" for h in truth["induction_heads"]}
+    assert seeds == induction
     k = c.edges[c.edges["mode"] == "K"]
     for h in truth["induction_heads"]:  # each induction head reads the prev-token head via K
         row = k[(k["parent"] == f"attn_1_head_{h}")

@@ -31,12 +31,12 @@ def current_token_heads(model, threshold: float) -> set[str]:
 def wide(tmp_path_factory):
     """A store of 16 induction prompts on attn-only-d128, its tracer, and the heads its
     own attention names: previous-token, induction (toy.json) and current-token."""
-    from helpers import toy_store
+    from helpers import toy_store, truth_heads
 
     db = tmp_path_factory.mktemp("wide") / "toy.duckdb"
     tracer, truth = toy_store(WIDE, db, 16)
-    heads = dict(prev={f"attn_0_head_{h}" for h in truth["prev_heads"]},
-                 induction={f"attn_1_head_{h}" for h in truth["induction_heads"]},
+    prev, induction = truth_heads(truth)
+    heads = dict(prev=prev, induction=induction,
                  current=current_token_heads(tracer.model, truth["threshold"]))
     return db, tracer, heads
 
@@ -120,14 +120,12 @@ def sparse(tmp_path_factory):
     """attn-only-d128-sparse (8 heads per layer, trained with a price on each head's
     output): 16 induction prompts stored, the 4-seed circuit, its heads by toy.json."""
     from app.circuits import discover
-    from helpers import toy_store
+    from helpers import toy_store, truth_heads
 
     db = tmp_path_factory.mktemp("sparse") / "toy.duckdb"
     tracer, truth = toy_store(SPARSE, db, 16)
     c = discover(db, seeds=4, per_mode=1, relative=0.5, depth=2, min_share=0.5, tracer=tracer)
-    prev = {f"attn_0_head_{h}" for h in truth["prev_heads"]}
-    induction = {f"attn_1_head_{h}" for h in truth["induction_heads"]}
-    return db, tracer, c, prev, induction
+    return (db, tracer, c, *truth_heads(truth))
 
 
 def test_sparse_toy_discovery_is_the_named_heads_that_write(sparse):

@@ -53,14 +53,12 @@ def stored_prompts(db) -> int | None:
     None while another process holds the file (it is committing)."""
     import duckdb
 
+    from helpers import query_db
+
     try:
-        con = duckdb.connect(str(db), read_only=True)
+        return query_db(db, "SELECT count(*) FROM prompts")[0][0]
     except duckdb.Error:
         return None
-    try:
-        return con.execute("SELECT count(*) FROM prompts").fetchone()[0]
-    finally:
-        con.close()
 
 
 def pause_between_commits(proc, db, before: int, after: int, timeout: float = 300) -> int:
