@@ -212,3 +212,44 @@ def test_planner_cuts_batches_as_the_tracer(tok, monkeypatch):
     assert predict(shape, S, len(prompts))["batches"] == seen
     one = predict(shape, S, 3)["peak"]
     assert predict(shape, S, len(prompts))["peak"] == one > predict(shape, S, 1)["peak"]
+
+
+@pytest.mark.parametrize("model", [lambda: tiny_gpt2(n_layer=4), lambda: tiny_neox(n_layer=4)],
+                         ids=["gpt2_learned_pos", "neox_partial_rotary"])
+def test_sweep_skips_what_holds_no_credit(tok, model, monkeypatch):
+    """The sweep makes no K/Q chunk for a layer above the root or for query
+    positions where no head holds credit (the seeds sit at the last position, so
+    the last layer needs that one query), and what it leaves out changes nothing:
+    credit, edges, paths and position edges equal a sweep that scores every
+    layer and position, and the reference."""
+    import unpack.flow as flow
+    from unpack.decompose import AttnScores
+    tr = Tracer(model=model(), tokenizer=tok)
+    tr.engine.chunk_elements = 1  # one query position per chunk
+    made = []
+    key = AttnScores.key
+    monkeypatch.setattr(AttnScores, "key", lambda self, q0, q1: made.append((self.lc.L, q0)) or key(self, q0, q1))
+    kw = dict(path_min_frac=1e-3, top_paths_k=40, position_edges=True, edge_min_frac=0.0)
+    S = len(tr.prepare(LONG, " Mary").ids)
+    runs = {}
+    for root in (None, "attn_1_head_1@-1"):
+        made.clear()
+        runs[root] = tr.trace(LONG, " Mary", " John", root=root, **kw)
+        check(tr, runs[root], {"text": LONG, "target": " Mary", "distractor": " John", "root": root},
+              make_config("kqv_aligned"))
+        if root is None:  # every layer; the last one only at the target position
+            assert sorted(made) == sorted([(L, q) for L in range(3) for q in range(S)] + [(3, S - 1)])
+        else:  # nothing above layer 1, and layer 1 only where the root sits
+            assert max(L for L, _ in made) == 1 and [q for L, q in made if L == 1] == [S - 1]
+    monkeypatch.setattr(flow, "query_range", lambda xs, search=None: (0, xs.shape[3]))
+    monkeypatch.setattr(flow.Flow, "holds", lambda self, lo, hi: True)
+    for root, res in runs.items():
+        made.clear()
+        full = tr.trace(LONG, " Mary", " John", root=root, **kw)
+        assert len(made) == 4 * S
+        assert np.array_equal(full.token_credit, res.token_credit)
+        assert [(p.chain, p.score) for p in full.paths] == [(p.chain, p.score) for p in res.paths]
+        cols = ["parent", "parent_pos", "child", "child_pos", "mode"]
+        a = full.position_edges.sort_values(cols).reset_index(drop=True)
+        b = res.position_edges.sort_values(cols).reset_index(drop=True)
+        assert a[cols].equals(b[cols]) and np.allclose(a["weight"], b["weight"], rtol=1e-12, atol=0)

@@ -367,6 +367,15 @@ def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: 
     return AttnScores(spec, lw, lc, chat, cos, sin, mode).raw_query(0, S, S).permute(0, 4, 1, 3, 2)
 
 
+def per_position(chat: Tensor, vec: Tensor) -> Tensor:
+    """``out[b, c, s, k] = chat[b, c, s] · vec[b, s, k]`` → ``[B, C, S, K]`` for
+    ``chat [B, C, S, D]``, ``vec [B, S, K, D]``: one GEMM per position over the
+    writers as they lie in the buffer, a prompt at a time (batched over the
+    prompts too, the contraction would first copy every writer position-major)."""
+    return torch.stack([torch.bmm(chat[b].transpose(0, 1), vec[b].transpose(1, 2))
+                        for b in range(chat.shape[0])]).transpose(1, 2)
+
+
 def value_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor) -> Tensor:
     """``value_c[h,s] = (m(c)[s] W_V[g(h)]) · V[g(h),s]`` → ``[B,C,H,S]``."""
     gam = lw.ln_attn.weight
@@ -375,9 +384,8 @@ def value_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tens
         WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V).mul_(gam)
     else:
         WVV = torch.einsum("bgse,gDe->bgsD", lc.V, lw.W_V * gam[:, None])
-    # one GEMM per position over the writers as they lie in the buffer: [B, S, C, G]
-    val = torch.matmul(chat.transpose(1, 2), WVV.permute(0, 2, 3, 1))
-    val = val.permute(0, 2, 3, 1) / lc.sigma_attn[:, None, None, :]
+    val = per_position(chat, WVV.transpose(1, 2))  # [B, C, S, G]
+    val = val.permute(0, 1, 3, 2) / lc.sigma_attn[:, None, None, :]
     return expand_kv(val, spec, 2)
 
 
@@ -425,8 +433,12 @@ def mlp_score_vectors(lw: LayerWeights, cells, w: Tensor) -> Tensor:
 
 
 def mlp_scores(lw: LayerWeights, lc: LayerCapture, chat: Tensor, vec: Tensor) -> Tensor:
-    """``score_c[q] = m(c)[q] · vec[q]`` → ``[B,C,S]``."""
-    return torch.einsum("bcqD,bqD->bcq", chat, vec * lw.ln_mlp.weight) / lc.sigma_mlp[:, None, :]
+    """``score_c[q] = m(c)[q] · vec[q]`` → ``[..., B,C,S]`` for ``vec [..., B,S,D]``
+    (several rules may be stacked in front)."""
+    lead = vec.shape[:-3]
+    v = (vec * lw.ln_mlp.weight).reshape(-1, *vec.shape[-3:]).permute(1, 2, 0, 3)  # [B, S, K, D]
+    sc = per_position(chat, v) / lc.sigma_mlp[:, None, :, None]  # [B, C, S, K]
+    return sc.permute(3, 0, 1, 2).reshape(*lead, *sc.shape[:3])
 
 
 def mlp_l2(lw: LayerWeights, lc: LayerCapture, chat: Tensor, max_elements: int = 1 << 24) -> Tensor:
@@ -492,9 +504,11 @@ class HeadOps:
     w_Q: float
     beta: float
 
-    def chunks(self) -> Iterator[HeadChunk]:
-        S = self.f0.shape[-1]
-        for q0 in range(0, S, self.rows):
+    def chunks(self, q_lo: int = 0, q_hi: Optional[int] = None) -> Iterator[HeadChunk]:
+        """The chunks of query positions ``q_lo .. q_hi-1`` (default: all); the
+        sweep leaves out the positions where no head of the layer holds credit."""
+        S = self.f0.shape[-1] if q_hi is None else q_hi
+        for q0 in range(q_lo, S, self.rows):
             q1 = min(S, q0 + self.rows)
             key = query = ks = qs = None
             if self.w_K:
@@ -572,8 +586,7 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
                 names = [name] + [r for r in ("depth0", cfg.mlp_rule)
                                   if r != name and r != "l2" and r not in cache]
                 vecs = mlp_score_vectors(lw, cells, torch.stack([weights[r] for r in names]))
-                for r, vec in zip(names, vecs):
-                    sc = mlp_scores(lw, lc, ch, vec)
+                for r, sc in zip(names, mlp_scores(lw, lc, ch, vecs)):
                     den, valid = safe_denom(sc, cfg.beta, 1)
                     cache[r] = (sc / den[:, None] * valid[:, None], valid)
         return cache[name]

@@ -106,6 +106,11 @@ class Flow:
             q = torch.arange(S, device=amt.device)
             self._keep(amt.transpose(2, 3), torch.full_like(q, slot), q, q, 3)
 
+    def holds(self, lo: int, hi: int) -> bool:
+        """Whether any of the components ``lo .. hi-1`` holds credit the sweep would
+        distribute (``|x| >= 1e-14``)."""
+        return bool((self.F0[:, :, lo:hi].abs() >= TINY).any() or (self.Fk[:, :, lo:hi].abs() >= TINY).any())
+
     def source_split(self, slot: int, H: int, ops: HeadOps) -> Tensor:
         """Step 1 for all heads of a layer: ``x_s = x · f_s`` → ``[B, R, H, Q, S]``."""
         x0 = thr(self.F0[:, :, slot:slot + H])[..., None]
@@ -172,6 +177,18 @@ class Flow:
         return tuple(torch.cat(parts) for parts in zip(*self.pos_edges))
 
 
+def query_range(xs: Tensor, search=None) -> tuple[int, int]:
+    """``(q_lo, q_hi)``: the query positions whose K and Q factors the sweep needs,
+    from the first to the last where a head of the layer distributes credit
+    (``xs [B, R, H, Q, S]``) or the path search holds a head node; ``(0, 0)``
+    for none. Elsewhere the credit is zero and so is every amount it would send."""
+    live = xs.ne(0).any(4).any(2).any(1).any(0)  # [Q]
+    if search is not None:
+        live[search.head_positions()] = True
+    q = live.nonzero(as_tuple=True)[0]
+    return (int(q[0]), int(q[-1]) + 1) if len(q) else (0, 0)
+
+
 def sweep(cap, ops_for_layer, F0: Tensor, pos_min: Optional[Tensor] = None,
           Fk: Optional[Tensor] = None, search=None, timer: Optional[dict] = None) -> Flow:
     """Run §6 from layer L-1 down to 0: ``mlp_L`` first, then the heads of L.
@@ -193,16 +210,19 @@ def sweep(cap, ops_for_layer, F0: Tensor, pos_min: Optional[Tensor] = None,
         return out
 
     for L in reversed(range(cap.spec.n_layers)):
+        slot, mslot = comps.head_slot(L), comps.mlp_slot(L)
+        if not flow.holds(slot, slot + H) and not flow.holds(mslot, mslot + 1) and (
+                search is None or not search.has_pending(L)):
+            continue  # no credit reaches layer L (a root below it): nothing to distribute
         mops, hops = ops_for_layer(L)
-        flow.mlp_step(comps.mlp_slot(L), mops)
+        flow.mlp_step(mslot, mops)
         if search is not None:
             timed("paths_s", search.expand_mlp, L, mops)
-        slot = comps.head_slot(L)
         xs = flow.source_split(slot, H, hops)
         flow.values_step(slot, H, xs, hops)
         if search is not None:
             search.start_heads(L)
-        chunks = hops.chunks()
+        chunks = hops.chunks(*query_range(xs, search))
         while (ch := timed("decompose_s", next, chunks, None)) is not None:
             flow.heads_chunk(slot, H, xs, hops, ch)
             if search is not None:

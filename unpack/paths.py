@@ -142,6 +142,16 @@ class PathSearch:
         self._add(idx, cand, torch.arange(C, device=cand.device).expand_as(cand),
                   q[:, None].expand_as(cand), torch.full_like(cand, 3, dtype=torch.long))
 
+    def has_pending(self, L: int) -> bool:
+        """Whether nodes at ``mlp_L`` or the heads of layer L wait to be expanded."""
+        lo = self.comps.head_slot(L)
+        hi = self.comps.mlp_slot(L) + 1
+        return bool((self.pending & (self.comp >= lo) & (self.comp < hi)).any())
+
+    def head_positions(self) -> Tensor:
+        """Positions of the head nodes taken by :meth:`start_heads`."""
+        return self.pos[self._heads]
+
     def start_heads(self, L: int):
         """Take the pending nodes at the heads of layer L; :meth:`expand_heads`
         expands them chunk by chunk of query positions."""
