@@ -265,8 +265,9 @@ def vs_reference(tracer, n_tokens: int, rec: dict) -> dict:
 
 
 def against(args, shapes, lengths, out) -> dict:
-    """The same batch-1 cases on the engine of ``args.against``, from a temporary
-    worktree, in a subprocess; prints old/new per case."""
+    """The same cases (each length at batch 1, the batches at 16 tokens) on the
+    engine of ``args.against``, from a temporary worktree, in a subprocess;
+    prints old/new per case."""
     from .errors import InputError
     root = Path(__file__).resolve().parent.parent
     if subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True).returncode:
@@ -285,7 +286,7 @@ def against(args, shapes, lengths, out) -> dict:
             js = Path(tmp) / "old.json"
             cmd = [sys.executable, "-c", "import sys; from unpack.cli import main; sys.exit(main())",
                    "bench", "--shapes", ",".join(old_shapes), "--lengths", ",".join(map(str, lengths)),
-                   "--batches", "1", "--reference-tokens", "0", "--repeats", str(args.repeats),
+                   "--batches", args.batches, "--reference-tokens", "0", "--repeats", str(args.repeats),
                    "--json", str(js)]
             env = dict(os.environ, PYTHONPATH=str(wt))
             print(f"\n## against {args.against} (engine of that commit, same cases, this run)\n", flush=True)
