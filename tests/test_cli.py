@@ -105,6 +105,14 @@ def test_bench_against_an_earlier_commit(tmp_path):
         assert f"| tiny | {case} |" in table, case
     ratios = json.loads(out.read_text())["against"]
     assert len(ratios) == 3 and all(r["old_s"] > 0 and r["speedup"] > 0 for r in ratios.values())
+    assert all(r["root"] is None for r in ratios.values())
+    # rerooted: both engines trace the same root
+    p = unpack("bench", "--shapes", "tiny", "--lengths", "8", "--batches", "1", "--repeats", "1",
+               "--reference-tokens", "0", "--against", "HEAD", "--root", "attn_0_head_1@-1",
+               "--json", str(out), check=0)
+    assert "rerooted at attn_0_head_1@-1" in p.stdout
+    ratios = json.loads(out.read_text())["against"]
+    assert len(ratios) == 2 and all(r["root"] == "attn_0_head_1@-1" for r in ratios.values())
     trees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, check=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
     assert "unpack-against-" not in trees

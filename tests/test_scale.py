@@ -253,3 +253,23 @@ def test_sweep_skips_what_holds_no_credit(tok, model, monkeypatch):
         a = full.position_edges.sort_values(cols).reset_index(drop=True)
         b = res.position_edges.sort_values(cols).reset_index(drop=True)
         assert a[cols].equals(b[cols]) and np.allclose(a["weight"], b["weight"], rtol=1e-12, atol=0)
+
+
+def test_planner_counts_the_layers_a_root_leaves():
+    """A root at layer L leaves the sweep L + 1 layers: the planner's decomposition
+    time shrinks with them (to nothing for an embedding root), the forward pass
+    does not, and all layers is the default; the bench maps a root to them."""
+    from unpack import bench
+    from unpack.plan import Rates, predict, resolve_shape
+    shape = resolve_shape("gpt2-small", 4)
+    rates = Rates(1e11, 5e9, "cpu", 5e10)
+    secs = {k: predict(shape, 64, rates=rates, layers=k)["seconds"] for k in (None, 12, 6, 1, 0)}
+    assert secs[None] == secs[12]
+    assert len({s["forward"] for s in secs.values()}) == 1
+    dec = [secs[k]["decompose"] for k in (12, 6, 1, 0)]
+    assert dec[0] > dec[1] > dec[2] > dec[3] == 0
+    model, tk = bench.random_model("tiny")
+    tr = Tracer(model=model, tokenizer=tk)
+    by_root = {r: bench.predicted(tr, 8, 1, rates, 0, r)["seconds"]
+               for r in (None, "attn_1_head_0@-1", "mlp_0@3", "embedding@0")}
+    assert by_root[None] == by_root["attn_1_head_0@-1"] > by_root["mlp_0@3"] > by_root["embedding@0"]

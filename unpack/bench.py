@@ -125,11 +125,30 @@ class PeakMemory:
         return False
 
 
-def time_trace(tracer, n_tokens: int, batch: int, repeats: int, warm: bool = True) -> dict:
+def bench_prompts(n_tokens: int, batch: int, root: str | None = None) -> list[dict]:
+    """The ``batch`` prompts of a case: ``n_tokens`` random words each, traced from
+    the target's seeds or, with ``root``, rerooted there."""
+    return [{"text": prompt(n_tokens, seed=i), "target": " w5", "distractor": " w9", "root": root}
+            for i in range(batch)]
+
+
+def bench_cases(lengths: list[int], batches: list[int], repeats: int, big: bool) -> list[tuple]:
+    """``(tokens, batch, repeats, name)`` of every case: each length at batch 1
+    (16 tokens first), then the batches at 16 tokens; fewer repeats where a case is slow."""
+    cases = [(n, 1) for n in ([16] + [n for n in lengths if n != 16])]
+    cases += [(16, b) for b in batches if b != 1]
+    out = []
+    for n, b in cases:
+        reps = 1 if big or n >= 256 else max(1, repeats // 2 if n >= 64 or b > 1 else repeats)
+        out.append((n, b, reps, f"{n} tokens, batch {b}" + (" (per prompt)" if b > 1 else "")))
+    return out
+
+
+def time_trace(tracer, n_tokens: int, batch: int, repeats: int, warm: bool = True,
+               root: str | None = None) -> dict:
     """Median per-prompt phase times of ``repeats`` batches (after one warm-up),
     and the peak memory of the whole case."""
-    prompts = [{"text": prompt(n_tokens, seed=i), "target": " w5", "distractor": " w9"}
-               for i in range(batch)]
+    prompts = bench_prompts(n_tokens, batch, root)
     with PeakMemory(tracer.device) as mem:
         if warm:
             tracer.trace_batch(prompts, batch_size=batch)
@@ -170,12 +189,19 @@ HEADER = ("| prompt | " + " | ".join(PHASES) + " | predicted s | peak GiB | pred
           "| time measured/predicted | memory measured/predicted |")
 
 
-def predicted(tracer, n_tokens: int, batch: int, rates, base: int) -> dict:
+def predicted(tracer, n_tokens: int, batch: int, rates, base: int, root: str | None = None) -> dict:
+    """The planner's seconds and peak for a case (with ``root``: over the layers
+    up to the root's, the ones the sweep visits)."""
+    from .components import parse_component
     from .cost import shape_of
     from .plan import predict
+    layers = None
+    if root is not None:
+        layer = parse_component(root.rpartition("@")[0])[1]
+        layers = 0 if layer is None else layer + 1
     p = predict(shape_of(tracer.spec), n_tokens, batch, rates=rates, base_bytes=base,
                 chunk_elements=tracer.engine.chunk_elements,
-                max_proj_bytes=tracer.engine.max_proj_bytes)
+                max_proj_bytes=tracer.engine.max_proj_bytes, layers=layers)
     return {"seconds": sum(p["seconds"].values()), "peak": p["peak"]}
 
 
@@ -196,7 +222,8 @@ def run_bench(args) -> int:
     rates = Rates.calibrate(device)  # the fold's own rate: per shape, in bench_shape
     out["rates"] = {"gemm_gflops": rates.gemm_flops / 1e9, "stream_gbs": rates.stream_bytes / 1e9}
     print(f"unpack bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, "
-          f"weights {dtype or 'float32'}, math float32, preset kqv_aligned, top-20 paths; "
+          f"weights {dtype or 'float32'}, math float32, preset kqv_aligned, top-20 paths, "
+          f"{'rerooted at ' + args.root if getattr(args, 'root', None) else 'from the seeds'}; "
           f"calibration {rates.gemm_flops / 1e9:.0f} GFLOP/s GEMM, "
           f"{rates.stream_bytes / 1e9:.1f} GB/s stream")
     for shape in shapes:
@@ -231,13 +258,9 @@ def bench_shape(args, shape: str, rates, dtype, device, lengths: list[int], batc
           f"calibrated at {rates.fold_flops / 1e9:.0f} GFLOP/s)\n")
     print(HEADER)
     print("|---" * 11 + "|")
-    cases = [(n, 1) for n in ([16] + [n for n in lengths if n != 16])]
-    cases += [(16, b) for b in batches if b != 1]
-    for n, bsz in cases:
-        reps = 1 if big or n >= 256 else max(1, args.repeats // 2 if n >= 64 or bsz > 1 else args.repeats)
-        t = time_trace(tracer, n, bsz, reps, warm=not big)
-        pr = predicted(tracer, n, bsz, rates, base)
-        name = f"{n} tokens, batch {bsz}" + (" (per prompt)" if bsz > 1 else "")
+    for n, bsz, reps, name in bench_cases(lengths, batches, args.repeats, big):
+        t = time_trace(tracer, n, bsz, reps, warm=not big, root=getattr(args, "root", None))
+        pr = predicted(tracer, n, bsz, rates, base, getattr(args, "root", None))
         rec[name] = dict(t, predicted_s=pr["seconds"], predicted_peak_mib=pr["peak"] / 2**20)
         print(fmt_row(name, t, pr), flush=True)
     rec["peak_rss_mib"] = peak_mib()
@@ -264,10 +287,35 @@ def vs_reference(tracer, n_tokens: int, rec: dict) -> dict:
     return {"reference_s": ref_s, "speedup_vs_reference": ref_s / ours}
 
 
+# Run in the other commit's worktree: only what every engine since 342669b has
+# (bench.random_model, bench.prompt, Tracer.trace_batch with roots, timing["total_s"]).
+AGAINST_DRIVER = """
+import json, statistics, sys
+import torch
+from unpack import bench
+from unpack.tracer import Tracer
+job = json.loads(sys.argv[1])
+torch.set_grad_enabled(False)
+out = {}
+for shape in job["shapes"]:
+    model, tok = bench.random_model(shape)
+    tracer = Tracer(model=model, tokenizer=tok)
+    out[shape] = {}
+    for n, b, reps, name in job["cases"]:
+        prompts = [{"text": bench.prompt(n, seed=i), "target": " w5", "distractor": " w9",
+                    "root": job["root"]} for i in range(b)]
+        tracer.trace_batch(prompts, batch_size=b)
+        res = [tracer.trace_batch(prompts, batch_size=b)[0] for _ in range(reps)]
+        out[shape][name] = {"total_s": statistics.median(r.timing["total_s"] for r in res),
+                            "root": res[0].root}
+print(json.dumps(out))
+"""
+
+
 def against(args, shapes, lengths, out) -> dict:
-    """The same cases (each length at batch 1, the batches at 16 tokens) on the
-    engine of ``args.against``, from a temporary worktree, in a subprocess;
-    prints old/new per case."""
+    """The same cases (each length at batch 1, the batches at 16 tokens, the same
+    root) on the engine of ``args.against``, from a temporary worktree, in a
+    subprocess; prints old/new per case."""
     from .errors import InputError
     root = Path(__file__).resolve().parent.parent
     if subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True).returncode:
@@ -275,7 +323,9 @@ def against(args, shapes, lengths, out) -> dict:
     old_shapes = [s for s in shapes if s in ("tiny", "gpt2-small", "pythia-410m", "pythia-1.4b")]
     # 342669b needs C·H·S² buffers: 13 GiB at 512 tokens on GPT-2 small, 50 at 1024
     lengths = [n for n in lengths if n <= args.against_max_tokens]
-    res: dict = {}
+    batches = [int(x) for x in args.batches.split(",") if x]
+    job = {"shapes": old_shapes, "root": getattr(args, "root", None),
+           "cases": bench_cases(lengths, batches, args.repeats, False)}
     with tempfile.TemporaryDirectory(prefix="unpack-against-") as tmp:
         wt = Path(tmp) / "tree"
         r = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(wt), args.against],
@@ -283,29 +333,30 @@ def against(args, shapes, lengths, out) -> dict:
         if r.returncode:
             raise InputError(f"--against {args.against}: git worktree failed: {r.stderr.strip()}")
         try:
-            js = Path(tmp) / "old.json"
-            cmd = [sys.executable, "-c", "import sys; from unpack.cli import main; sys.exit(main())",
-                   "bench", "--shapes", ",".join(old_shapes), "--lengths", ",".join(map(str, lengths)),
-                   "--batches", args.batches, "--reference-tokens", "0", "--repeats", str(args.repeats),
-                   "--json", str(js)]
             env = dict(os.environ, PYTHONPATH=str(wt))
             print(f"\n## against {args.against} (engine of that commit, same cases, this run)\n", flush=True)
-            p = subprocess.run(cmd, cwd=str(wt), env=env, capture_output=True, text=True)
+            p = subprocess.run([sys.executable, "-c", AGAINST_DRIVER, json.dumps(job)], cwd=str(wt),
+                               env=env, capture_output=True, text=True)
             if p.returncode:
-                raise InputError(f"--against {args.against}: its bench failed: {p.stderr.strip()[-400:]}")
-            old = json.loads(js.read_text())["shapes"]
+                raise InputError(f"--against {args.against}: its engine failed: {p.stderr.strip()[-400:]}")
+            old = json.loads(p.stdout.strip().splitlines()[-1])
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(wt)],
                            capture_output=True)
     print(f"| shape | prompt | {args.against[:10]} total_s | now total_s | speed-up |")
     print("|---|---|---|---|---|")
+    res: dict = {}
     for shape in old_shapes:
         for key, o in old[shape].items():
             new = out["shapes"].get(shape, {}).get(key)
-            if not isinstance(o, dict) or not new:
+            if not new:
                 continue
+            if o["root"] != job["root"]:
+                raise InputError(f"--against {args.against}: its engine traced {key} from "
+                                 f"{o['root'] or 'the seeds'}, not {job['root'] or 'the seeds'}")
             ratio = o["total_s"] / new["total_s"]
-            res[f"{shape}: {key}"] = {"old_s": o["total_s"], "new_s": new["total_s"], "speedup": ratio}
+            res[f"{shape}: {key}"] = {"old_s": o["total_s"], "new_s": new["total_s"], "speedup": ratio,
+                                      "root": o["root"]}
             print(f"| {shape} | {key} | {o['total_s']:.3f} | {new['total_s']:.3f} | {ratio:.1f}x |")
     return res
 

@@ -93,6 +93,9 @@ def _register_bench(sub) -> None:
     b.add_argument("--against", metavar="COMMIT",
                    help="also time the engine of COMMIT (checked out in a temporary git "
                         "worktree) on the same cases, in this run, and print the ratios")
+    b.add_argument("--root", metavar="COMPONENT@POS",
+                   help="trace every case rerooted there (e.g. attn_5_head_1@-1) instead of "
+                        "from the target's seeds; --against reroots the same way")
     b.add_argument("--against-max-tokens", type=int, default=256,
                    help="longest prompt timed on --against (default 256: older engines hold "
                         "every C·H·S² score buffer at once)")

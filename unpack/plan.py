@@ -249,11 +249,13 @@ def current_rss_bytes() -> int:
 
 def predict(shape: Shape, S: int, B: int = 1, R: int = 1, rates: Rates | None = None,
             base_bytes: int = 0, chunk_elements: int = CHUNK_ELEMENTS, max_proj_bytes: int = 1 << 30,
-            vw_budget: int = 1 << 30, max_path_nodes: int = 200_000, elem: int = 4) -> dict:
+            vw_budget: int = 1 << 30, max_path_nodes: int = 200_000, elem: int = 4,
+            layers: int | None = None) -> dict:
     """Peak bytes (by part) and seconds per prompt (by phase) of tracing ``B``
     prompts of ``S`` tokens, cut into batches as the tracer cuts them
     (:func:`unpack.cost.batch_sizes`): the peak is the largest batch's, the time
-    is summed over the batches."""
+    is summed over the batches. ``layers``: how many layers from the bottom the
+    sweep visits (a root at layer ``L``: ``L + 1``; default all)."""
     sizes = batch_sizes(shape, [S] * B, B)
     cached = virtual_bytes(shape, elem) <= vw_budget
     kw = dict(cached=cached, chunk_elements=chunk_elements, max_proj_bytes=max_proj_bytes, elem=elem)
@@ -261,7 +263,7 @@ def predict(shape: Shape, S: int, B: int = 1, R: int = 1, rates: Rates | None = 
     secs: dict = {}
     if rates is not None:
         for b in sizes:
-            for k, v in _seconds(shape, S, b, rates, **kw).items():
+            for k, v in _seconds(shape, S, b, rates, layers=layers, **kw).items():
                 secs[k] = secs.get(k, 0.0) + v * b / B
     return {"peak": sum(parts.values()), "parts": parts, "seconds": secs, "modes": modes,
             "batches": sizes}
@@ -311,14 +313,17 @@ def _memory(shape: Shape, S: int, B: int, R: int, base_bytes: int, cached: bool,
 
 
 def _seconds(shape: Shape, S: int, B: int, rates: Rates, cached: bool, chunk_elements: int,
-             max_proj_bytes: int, elem: int) -> dict:
+             max_proj_bytes: int, elem: int, layers: int | None = None) -> dict:
     """Seconds per prompt of one batch of ``B``: arithmetic over the calibrated
     rates (the fold at its own measured rate), memory-bound passes over the
-    streamed rate, and a fixed cost per group of tensor operations."""
-    L, D, F, V, H = shape.n_layers, shape.d_model, shape.d_mlp, shape.vocab, shape.n_heads
+    streamed rate, and a fixed cost per group of tensor operations; the sweep's
+    part over the ``layers`` lowest layers (default all) that a root leaves it."""
+    D, F, V, H = shape.d_model, shape.d_mlp, shape.vocab, shape.n_heads
+    L = shape.n_layers if layers is None else layers
     g, bw = rates.gemm_flops, rates.stream_bytes
     fold_g = rates.fold_flops or g
-    fwd = 2 * B * S * (shape.n_params - V * D) + 2 * B * L * H * S * S * shape.d_head * 2 + 2 * B * V * D
+    fwd = (2 * B * S * (shape.n_params - V * D) + 2 * B * shape.n_layers * H * S * S * shape.d_head * 2
+           + 2 * B * V * D)
     casts = (shape.n_params * (shape.weight_bytes + elem) * 2 / bw) if shape.weight_bytes != elem else 0
     secs = {"forward": fwd / g + shape.n_params * shape.weight_bytes / bw + casts / 2}
     dec = 0.0
@@ -337,7 +342,7 @@ def _seconds(shape: Shape, S: int, B: int, rates: Rates, cached: bool, chunk_ele
         if mode != "fold":
             dec += 2 * proj_bytes(shape, Lr, B, S, elem) * 2 / bw  # the transposing copy
     weights_read = L * (4 * D * F + 4 * D * D) * elem  # MLP rules, γ-folded W_Q/W_K/W_V, W_O
-    secs["decompose"] = dec + weights_read / bw + PYTHON_S * L * (12 + n_chunks) + casts / 2
+    secs["decompose"] = dec + weights_read / bw + PYTHON_S * L * (12 + n_chunks) + casts / 2 * L / shape.n_layers
     secs["paths"] = PYTHON_S * L * 8 + 1e-7 * B * shape.n_components * S
     return {k: v / B for k, v in secs.items()}
 
