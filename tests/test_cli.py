@@ -94,25 +94,20 @@ def test_bench_prints_the_table_and_ratio(tmp_path):
 
 
 def test_bench_against_an_earlier_commit(tmp_path):
-    """``--against``: the same cases, batches included, on a commit's engine checked
-    out in a temporary worktree (here the checkout's own HEAD), one ratio per case,
-    and the worktree removed afterwards."""
+    """``--against``: the same cases, batches and root included, on a commit's engine
+    checked out in a temporary worktree (here the checkout's own HEAD), one ratio
+    per case with the root each engine traced, and the worktree removed afterwards."""
     out = tmp_path / "bench.json"
     p = unpack("bench", "--shapes", "tiny", "--lengths", "8", "--batches", "1,2", "--repeats", "1",
-               "--reference-tokens", "0", "--against", "HEAD", "--json", str(out), check=0)
+               "--reference-tokens", "0", "--against", "HEAD", "--root", "attn_0_head_1@-1",
+               "--json", str(out), check=0)
+    assert "rerooted at attn_0_head_1@-1" in p.stdout
     table = p.stdout.split("## against HEAD")[1]
     for case in ("16 tokens, batch 1", "8 tokens, batch 1", "16 tokens, batch 2 (per prompt)"):
         assert f"| tiny | {case} |" in table, case
     ratios = json.loads(out.read_text())["against"]
     assert len(ratios) == 3 and all(r["old_s"] > 0 and r["speedup"] > 0 for r in ratios.values())
-    assert all(r["root"] is None for r in ratios.values())
-    # rerooted: both engines trace the same root
-    p = unpack("bench", "--shapes", "tiny", "--lengths", "8", "--batches", "1", "--repeats", "1",
-               "--reference-tokens", "0", "--against", "HEAD", "--root", "attn_0_head_1@-1",
-               "--json", str(out), check=0)
-    assert "rerooted at attn_0_head_1@-1" in p.stdout
-    ratios = json.loads(out.read_text())["against"]
-    assert len(ratios) == 2 and all(r["root"] == "attn_0_head_1@-1" for r in ratios.values())
+    assert all(r["root"] == "attn_0_head_1@-1" for r in ratios.values())
     trees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, check=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
     assert "unpack-against-" not in trees
