@@ -210,9 +210,8 @@ def sweep(cap, ops_for_layer, F0: Tensor, pos_min: Optional[Tensor] = None,
         return out
 
     for L in reversed(range(cap.spec.n_layers)):
-        slot, mslot = comps.head_slot(L), comps.mlp_slot(L)
-        if not flow.holds(slot, slot + H) and not flow.holds(mslot, mslot + 1) and (
-                search is None or not search.has_pending(L)):
+        slot, mslot = comps.head_slot(L), comps.mlp_slot(L)  # the heads, then mlp_L
+        if not flow.holds(slot, mslot + 1) and (search is None or not search.has_pending(L)):
             continue  # no credit reaches layer L (a root below it): nothing to distribute
         mops, hops = ops_for_layer(L)
         flow.mlp_step(mslot, mops)
