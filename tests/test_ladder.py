@@ -110,10 +110,15 @@ def test_shipped_ladder_sizes_steps_and_the_moment_the_circuit_forms():
                    for s in steps)
 
 
-def test_ladder_member_reproduces_bit_for_bit(tmp_path):
+def test_ladder_member_reproduces_within_tolerance(tmp_path):
     """The first 150 steps of the smallest member, retrained here: the snapshots at
-    steps 0 and 150 equal the shipped files byte for byte (a snapshot depends only on
-    the steps before it, so this checks the same code path as a full run, cheaply)."""
+    steps 0 and 150 match the shipped files by tolerance and by behaviour (a snapshot
+    depends only on the steps before it, so this checks the same code path as a full
+    run, cheaply). Trained floats are not bit-reproducible across CPUs (another
+    vector unit rounds the training's sums differently), so bytes are compared only
+    within one run (``test_toy.py::test_training_is_deterministic_by_seed``)."""
+    from safetensors.torch import load_file
+
     from unpack.toy import ladder
     from unpack.toy.data import make_tokenizer
     from unpack.toy.train import train
@@ -122,9 +127,10 @@ def test_ladder_member_reproduces_bit_for_bit(tmp_path):
         pass
 
     cfg, tok = ladder.MEMBERS["ladder-d64"], make_tokenizer(ladder.MEMBERS["ladder-d64"].n_tokens)
+    evals = {}
 
     def snap(step, model):
-        ladder.save_step(model, tok, cfg, str(tmp_path), "ladder-d64", 0, step)
+        evals[step] = ladder.save_step(model, tok, cfg, str(tmp_path), "ladder-d64", 0, step)
         if step == 150:
             raise Enough
 
@@ -136,9 +142,18 @@ def test_ladder_member_reproduces_bit_for_bit(tmp_path):
     finally:
         torch.set_num_threads(threads)
     for step in (0, 150):
-        new = (tmp_path / "ladder-d64" / f"step{step}" / "model.safetensors").read_bytes()
-        old = (LADDER_DIR / "ladder-d64" / f"step{step}" / "model.safetensors").read_bytes()
-        assert new == old, step
+        new = load_file(str(tmp_path / "ladder-d64" / f"step{step}" / "model.safetensors"))
+        old = load_file(str(LADDER_DIR / "ladder-d64" / f"step{step}" / "model.safetensors"))
+        assert new.keys() == old.keys(), step
+        for k in old:
+            a, b = new[k].float(), old[k].float()
+            # float16 storage: one or two units in the last place where rounding differs
+            scale = max(float(b.abs().max()), 1e-3)
+            assert torch.allclose(a, b, rtol=1e-2, atol=1e-3 * scale), (step, k, float((a - b).abs().max()))
+        shipped = json.loads((LADDER_DIR / "ladder-d64" / f"step{step}" / "toy.json").read_text())["eval"]
+        got = evals[step]  # save_step returns the snapshot's evaluation
+        assert got["loss_repeat"] == pytest.approx(shipped["loss_repeat"], rel=1e-2), step
+        assert got["acc_repeat"] == pytest.approx(shipped["acc_repeat"], abs=0.02), step
 
 
 def test_ladder_checkpoint_loads_by_alias_with_its_facts():
