@@ -80,7 +80,9 @@ def test_sql_page_stops_a_query_at_the_time_limit(db):
     assert not got["exceptions"], got
     assert len(got["errors"]) == 1 and "time limit of 3 s" in got["errors"][0], got
     assert "--sql-timeout" in got["errors"][0]
-    assert got["seconds"] < 3 + 2, got
+    # The query cannot finish (10^12 rows): the message above comes only from the
+    # app interrupting it at its limit; the time it took is printed, not asserted
+    # (timings belong to `unpack bench`).
 
 
 def test_sql_page_refuses_a_result_past_the_size_limit_in_bounded_memory(db):
@@ -114,27 +116,31 @@ def test_a_slow_query_does_not_block_other_sessions(db):
     from app.db import QueryLimitError, open_db, run_query
 
     con = open_db(db)
-    out = {}
+    out, started, slow_done = {}, threading.Event(), threading.Event()
 
     def slow():
+        started.set()
         try:
             run_query(con, SLOW, timeout_s=4)
         except QueryLimitError as e:
             out["slow"] = str(e)
+        finally:
+            slow_done.set()
 
     t = threading.Thread(target=slow)
     t.start()
     try:
-        time.sleep(0.5)
-        t0 = time.monotonic()
+        started.wait(10)
+        time.sleep(0.5)  # let the slow query get going
         fast = run_query(con, "SELECT count(*) AS n FROM prompts")
-        fast_s = time.monotonic() - t0
-        assert t.is_alive(), "the slow query should still be running"
+        # Not blocked means: the small query answered before the slow one ended
+        # (which only its 4 s limit can end). An order of events, not a timing.
+        answered_first = not slow_done.is_set()
     finally:
         t.join(30)
         con.close()
-    print(f"a small query took {fast_s:.3f} s while a slow one ran")
-    assert fast["n"].tolist() == [0] and fast_s < 1.5
+    assert fast["n"].tolist() == [0]
+    assert answered_first, "the small query waited for the slow one to end"
     assert "time limit of 4 s" in out["slow"]
 
 

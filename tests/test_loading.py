@@ -139,14 +139,31 @@ def test_directory_without_tokenizer(tmp_path, tiny_dir):
 def test_hub_name_fails_clearly_and_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    t0 = time.perf_counter()
+    # Fast means one question to the hub, with a short timeout, and no download
+    # attempt after it: count the real calls instead of timing them.
+    from huggingface_hub import HfApi
+    asked, real = [], HfApi.model_info
+
+    def model_info_spy(self, name, **kw):
+        asked.append((name, kw.get("timeout")))
+        return real(self, name, **kw)
+
+    monkeypatch.setattr(HfApi, "model_info", model_info_spy)
+    downloads, real_load = [], loading._from_pretrained_model
+
+    def load_spy(*a, **kw):
+        if not kw.get("local_files_only"):
+            downloads.append(a[0])
+        return real_load(*a, **kw)
+
+    monkeypatch.setattr(loading, "_from_pretrained_model", load_spy)
     with pytest.raises(InputError) as e:
         load_model("EleutherAI/pythia-70m-deduped")
-    took = time.perf_counter() - t0
     msg = str(e.value)
     assert "could not be downloaded" in msg and "local" in msg and "smollm2-135m" in msg
     assert e.value.__cause__ is None and e.value.__suppress_context__
-    assert took < 15.0, took
+    assert asked == [("EleutherAI/pythia-70m-deduped", loading._HUB_TIMEOUT_S)], asked
+    assert 0 < loading._HUB_TIMEOUT_S <= 10 and downloads == []
 
 
 def test_hub_name_offline_mode(monkeypatch):
