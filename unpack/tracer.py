@@ -126,6 +126,11 @@ class TraceResult:
     def print(self):
         print(str(self))
 
+    def _repr_html_(self) -> str:
+        """Jupyter's display: token strip in colour, top paths with K/Q/V labels."""
+        from .display import trace_html
+        return trace_html(self)
+
 
 class Tracer:
     """Unpack on one model. ``Tracer("dir-or-name")`` or ``Tracer(model=..., tokenizer=...)``.
