@@ -1,7 +1,8 @@
 """What a new user tripped on, each pinned: `trace --prompts` goes on past a bad
 line, `trace --bos` offers the beginning-of-sequence token as ingest does, model
 loading and `validate` say what they are doing, the Compare legend lists every
-mode drawn, the Prompt page's reroot hint, and the README's commands."""
+mode drawn, the Prompt page's reroot hint, and the commands of the README and
+the docs pages (docs/**/*.md), read as one text."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ from helpers import save_tiny_gpt2  # noqa: E402
 from unpack.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+# the README and every page of the docs site: the user guide moved out of the README
+README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
 
 
 @pytest.fixture(scope="module")
