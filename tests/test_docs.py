@@ -147,3 +147,19 @@ def test_readme_is_short_and_its_links_resolve():
     links = re.findall(r"\]\(([^)#]+)\)", text)
     local = [ln for ln in links if not ln.startswith("http")]
     assert local and all((ROOT / ln).exists() for ln in local), [ln for ln in local if not (ROOT / ln).exists()]
+
+
+def test_links_from_the_docs_to_code_are_checked():
+    """A page may link a file of the repository outside docs/: it is shown as its path,
+    and a link to a file that is not there stops the build."""
+    import mkdocs.exceptions
+
+    hooks, page = _hooks(), ROOT / "docs" / "guide" / "page.md"
+    md = hooks.repo_links("[the tracer](../../unpack/tracer.py) and [m](../METHOD.md)", page)
+    assert md == "the tracer (`unpack/tracer.py`) and [m](../METHOD.md)"
+    try:
+        hooks.repo_links("[gone](../../unpack/no_such_module.py)", page)
+    except mkdocs.exceptions.PluginError as e:
+        assert "no_such_module.py" in str(e) and "docs/guide/page.md" in str(e)
+    else:
+        raise AssertionError("a link to a missing file must stop the build")

@@ -5,6 +5,9 @@
   a table without them, or an unknown name, stops the build.
 - ``reference/cli.md`` is generated from ``unpack.cli.build_parser()``.
 - Every ``docs/*.md`` page the nav does not list is added under "More".
+- A link from a page to a file of the repository outside docs/ (code, tests)
+  becomes the file's path in code type; a link to a file that does not exist
+  stops the build, so such links cannot rot either.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 DOCS = Path(__file__).resolve().parents[1]
+REPO = DOCS.parent
+LINK = re.compile(r"(?<!!)\[([^\]]*)\]\(([^)\s#:]+)(#[^)\s]*)?\)")
 RESULTS = DOCS / "results"
 MARK = re.compile(r"<!-- results: ([\w-]+) -->")
 COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
@@ -55,7 +60,22 @@ def render_table(name: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def repo_links(markdown: str, page_path: Path) -> str:
+    """``[text](../unpack/x.py)`` → ``text (`unpack/x.py`)`` for files outside docs/."""
+    def one(m):
+        target = (page_path.parent / m[2]).resolve()
+        if target.is_relative_to(DOCS) or not target.is_relative_to(REPO):
+            return m[0]  # a page or asset of the site: MkDocs checks it
+        if not target.exists():
+            raise PluginError(f"{page_path.relative_to(REPO)}: link to {m[2]!r}, which does not exist")
+        rel = target.relative_to(REPO).as_posix()
+        return f"{m[1]} (`{rel}`)" if m[1] and m[1].strip("`") != rel else f"`{rel}`"
+    return LINK.sub(one, markdown)
+
+
 def on_page_markdown(markdown, page, config, files):
+    if page is not None and page.file.abs_src_path:
+        markdown = repo_links(markdown, Path(page.file.abs_src_path))
     return MARK.sub(lambda m: render_table(m[1]), markdown)
 
 
