@@ -6,7 +6,7 @@ Playwright must drive the system Chromium; it never downloads a browser
 (no ``playwright install``). Missing Chromium or Playwright fails the test with
 the setup command.
 
-Page-load measurement (README numbers), on a store of N prompts:
+Page-load measurement (docs/results/page_load.json, shown on the benchmarks page), on a store of N prompts:
     python tests/test_app_browser.py bench --prompts 1000 --out artifacts/bench
 """
 from __future__ import annotations

@@ -94,7 +94,7 @@ def test_compare_opens_on_the_ladder_and_smollm2(app, browser):
     assert len(models) == 10 and models[-1] == SMOL
     latest = [m for m in models if m.startswith("ladder") and m.endswith(f"@{_last(db, m)}")]
     page = session(browser)
-    open_page(page, url + "/overview", "h1:has-text('Overview')")  # README: no /overview
+    open_page(page, url + "/overview", "h1:has-text('Overview')")  # docs/guide/app.md: no /overview
     assert "Page not found" in page.inner_text("body")
     open_page(page, url + "/", "h1:has-text('Overview')")
     assert "Page not found" not in page.inner_text("body")

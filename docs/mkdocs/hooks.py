@@ -94,6 +94,8 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
         flags = ", ".join(f"`{f}`" for f in a.option_strings) or f"`{a.dest}`"
         if a.choices and not isinstance(a.choices, dict):
             flags += " (" + ", ".join(f"`{c}`" for c in a.choices) + ")"
+        if a.required and a.option_strings:
+            flags += " **required**"
         default = "" if a.default in (None, argparse.SUPPRESS, False) or not a.option_strings else f"`{a.default}`"
         rows.append(f"| {flags} | {_cell(fmt._expand_help(a) if a.help else '')} | {_cell(default)} |")
     return rows if len(rows) > 2 else []
