@@ -168,6 +168,7 @@ class Capture:
     resid_final: Tensor  # [B, S, D]
     sigma_final: Tensor  # [B, S]
     logits_t: Tensor  # [B, V] logits at each prompt's last position
+    logits_raw_t: Optional[Tensor]  # [B, V] the same before the final soft-cap (None without one)
     cos: Optional[Tensor]  # [S, rot]
     sin: Optional[Tensor]
     logits: Optional[Tensor] = None  # [B, S, V] when asked for
@@ -332,10 +333,12 @@ def final_logits(spec: ModelSpec, normed: Tensor) -> Tensor:
     return softcap(unembed(normed, spec.W_U, spec.b_U), spec.final_softcap)
 
 
-def last_logits(spec: ModelSpec, x: Tensor, lengths: Tensor, dtype: torch.dtype) -> Tensor:
-    """``[B, V]``: the logits at each prompt's last real position of the final residual ``x``."""
+def last_logits(spec: ModelSpec, x: Tensor, lengths: Tensor, dtype: torch.dtype,
+                raw: bool = False) -> Tensor:
+    """``[B, V]``: the logits at each prompt's last real position of the final residual ``x``
+    (``raw``: before the final soft-cap)."""
     final_t = spec.ln_final.cast(dtype)(x[torch.arange(x.shape[0], device=x.device), lengths - 1])
-    return final_logits(spec, final_t)
+    return unembed(final_t, spec.W_U, spec.b_U) if raw else final_logits(spec, final_t)
 
 
 def embed(spec: ModelSpec, input_ids: Tensor, dtype: torch.dtype) -> Tensor:
@@ -396,7 +399,8 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
             sigma_q=sq, sigma_k=sk, sigma_attn_post=sig_ap, sigma_mlp_post=sig_mp))
         x = x + attn_b + out
         del lw
-    logits_t = last_logits(spec, x, lengths, dtype)
+    logits_raw_t = last_logits(spec, x, lengths, dtype, raw=True)
+    logits_t = softcap(logits_raw_t, spec.final_softcap)
     ln_f = spec.ln_final.cast(dtype)
     full = final_logits(spec, ln_f(x)) if full_logits else None
     cos, sin = rotary_tables(spec, S, dtype)
@@ -404,4 +408,4 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
         _center_in_place(spec, W)  # RMSNorm: ĉ = c, nothing to do
     return Capture(spec=spec, comps=comps, input_ids=input_ids, lengths=lengths, writers=W, Z=Z,
                    centered=center, layers=layers, resid_final=x, sigma_final=ln_f.scale(x),
-                   logits_t=logits_t, cos=cos, sin=sin, logits=full)
+                   logits_t=logits_t, logits_raw_t=logits_raw_t if spec.final_softcap else None, cos=cos, sin=sin, logits=full)

@@ -696,6 +696,27 @@ def unembed_direction(W_U: Tensor, W_U_mean: Tensor, tid: Tensor, did: Optional[
     return torch.where((did >= 0)[:, None], ut - ud, ut - W_U_mean)
 
 
+def metric_of(logits: Tensor, tid: Tensor, did: Optional[Tensor]) -> Tensor:
+    """``[B]``: ``logits[τ] − logits[δ]`` where a distractor is given (``did >= 0``),
+    else ``logits[τ] − mean_v logits[v]`` (§3)."""
+    ar = torch.arange(logits.shape[0], device=logits.device)
+    other = logits.mean(-1)
+    if did is not None:
+        other = torch.where(did >= 0, logits[ar, did.clamp_min(0)], other)
+    return logits[ar, tid] - other
+
+
+def capped_seed_ratio(cap: Capture, tid: Tensor, did: Optional[Tensor]) -> Optional[Tensor]:
+    """``[B]``: the final soft-cap's ratio, capped over uncapped metric (§3), the
+    factor every seed takes so that the seeds add up to the capped metric; None
+    without a final soft-cap (1 where the uncapped metric is 0)."""
+    if cap.logits_raw_t is None:
+        return None
+    raw, capped = metric_of(cap.logits_raw_t, tid, did), metric_of(cap.logits_t, tid, did)
+    small = raw.abs() < 1e-30
+    return torch.where(small, torch.ones_like(raw), capped / torch.where(small, 1.0, raw))
+
+
 def seeds(cap: Capture, chat: Tensor, W_U: Tensor, W_U_mean: Tensor, tid: Tensor,
           did: Optional[Tensor], seed: str = "importance") -> Tensor:
     """§3 seeds ``I_c = ĉ[t] · d_t`` for every writer in ``chat`` → ``[B, N]``.
@@ -704,8 +725,11 @@ def seeds(cap: Capture, chat: Tensor, W_U: Tensor, W_U_mean: Tensor, tid: Tensor
     distractor is given; ``seed="metric"``: the distractor's direction where there
     is one (the seeds then add up to the logit difference, with the bias parts),
     else the same as importance."""
-    u = unembed_direction(W_U, W_U_mean, tid, did if seed == "metric" else None)
+    did = did if seed == "metric" else None
+    u = unembed_direction(W_U, W_U_mean, tid, did)
     dirn = target_direction(cap, u)  # [B, D]
     B = tid.shape[0]
     c_t = chat[torch.arange(B, device=chat.device), :, cap.t]  # [B, N, D]
-    return torch.einsum("bnD,bD->bn", c_t, dirn)
+    I = torch.einsum("bnD,bD->bn", c_t, dirn)
+    r = capped_seed_ratio(cap, tid, did)
+    return I if r is None else I * r[:, None]

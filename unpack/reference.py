@@ -76,7 +76,18 @@ class Reference:
         gam = spec.ln_final.weight.detach().to(self.dt)
         sig = float(self.cap.sigma_final[self.b, t])
         d = gam * u / sig
-        return [float(c[t] @ d) for c in self.chat]
+        r = 1.0
+        if self.cap.logits_raw_t is not None:  # final soft-cap: capped over uncapped metric
+            other = distractor_id if self.cfg.seed == "metric" else None
+            raw, capped = (self._metric(lg[self.b].to(self.dt), target_id, other)
+                           for lg in (self.cap.logits_raw_t, self.cap.logits_t))
+            r = capped / raw if raw != 0.0 else 1.0
+        return [r * float(c[t] @ d) for c in self.chat]
+
+    @staticmethod
+    def _metric(logits, target_id, distractor_id) -> float:
+        other = logits.mean() if distractor_id is None else logits[distractor_id]
+        return float(logits[target_id] - other)
 
     def d_hat(self, target_id: int, distractor_id=None):
         W_U = self.spec.W_U.detach().to(self.dt)

@@ -177,12 +177,15 @@ def check_7_seeds(bt: Batch) -> None:
     tid = torch.tensor([p.target_id for p in bt.preps], device=cap.device)
     W_U_mean = bt.tracer.W_U_mean.to(dtype)
     seeds = dec.seeds(cap, spec.ln_final.center(bt.W), spec.W_U, W_U_mean, tid, None).sum(1)
+    const = torch.zeros_like(seeds)
     if spec.ln_final.bias is not None:
         u = dec.unembed_direction(spec.W_U, W_U_mean, tid)
-        seeds = seeds + (spec.ln_final.bias.to(dtype) * u).sum(-1)
+        const = const + (spec.ln_final.bias.to(dtype) * u).sum(-1)
     if spec.b_U is not None:
         b_U = spec.b_U.to(dtype)
-        seeds = seeds + b_U[tid] - b_U.mean()
+        const = const + b_U[tid] - b_U.mean()
+    r = dec.capped_seed_ratio(cap, tid, None)  # the seeds took it; the constant parts take it here
+    seeds = seeds + (const if r is None else r * const)
     lt = cap.logits_t
     ar = torch.arange(len(tid), device=cap.device)
     bt.record("7 seeds sum to target - mean logit", seeds, lt[ar, tid] - lt.mean(-1), bt.every)

@@ -45,7 +45,7 @@ def build_spec(model) -> ModelSpec:
     if getattr(cfg, "use_bidirectional_attention", False):
         raise ValueError("bidirectional attention (use_bidirectional_attention) is not supported")
     d = int(base.layers[0].self_attn.head_dim)
-    per_type = "layer_type" in base.rotary_emb.forward.__code__.co_varnames
+    per_type = isinstance(getattr(base.rotary_emb, "rope_type", None), dict)  # one rope per layer type
     made = {}
 
     def rotary(layer_type):
