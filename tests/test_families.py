@@ -159,8 +159,12 @@ def test_paths_equal_reference(name, tok):
     names = tracer.comps.names
     chain = lambda hops: "→".join(f"{names[c]}[{m}]@{p}" if m in ("K", "Q", "V")  # noqa: E731
                                   else f"{names[c]}@{p}" for c, p, m in hops)
-    ref = dict(sorted(((chain(h), s) for h, s in paths), key=lambda x: -abs(x[1]))[:30])
-    assert len(res.paths) == len(ref) == 30
+    ref = sorted(((chain(h), s) for h, s in paths), key=lambda x: -abs(x[1]))
+    assert len(res.paths) == 30 and len(ref) >= 30
+    # the same 30 largest scores (paths of equal size may swap places at the cut) ...
+    assert rel(sorted(abs(p.score) for p in res.paths), sorted(abs(s) for _, s in ref[:30])) <= TOL
+    # ... and every path the engine reports is one of the reference's, with its score
+    ref = dict(ref)
     for p in res.paths:
         assert abs(p.score - ref[p.chain]) <= TOL * abs(ref[p.chain]), p.chain
     short = tracer.trace("<bos> Mary John", " Mary", None, path_min_frac=0.0,

@@ -9,6 +9,7 @@ real work.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -160,7 +161,7 @@ class Reference:
         """A writer's factor under attention-logit soft-capping: capped / uncapped logit."""
         if lw.softcap is None or t == 0.0:
             return 1.0
-        return lw.softcap * torch.tanh(torch.tensor(t / lw.softcap)).item() / t
+        return lw.softcap * math.tanh(t / lw.softcap) / t
 
     def mlp_rule_scores(self, L: int, d_hat):
         """``{rule: [c][q] scores}`` for depth0/aligned/weighted and ``l2``."""
