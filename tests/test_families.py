@@ -204,3 +204,15 @@ def test_gemma2_soft_caps(tok):
     raw = float(cap.logits_raw_t[0, tid] - cap.logits_raw_t[0, did])
     assert abs(float(seeds.sum()) - res.logit_diff) <= 1e-9 * abs(res.logit_diff)
     assert abs(raw - res.logit_diff) > 1e-2
+
+
+def test_unsupported_type_lists_the_supported_and_points_to_the_guide(tmp_path, capsys):
+    """build_spec and `unpack plan` refuse a model type no adapter knows (exit 2),
+    naming every supported type and docs/ADAPTERS.md."""
+    from unpack import InputError
+    cfg = tf.BloomConfig(vocab_size=len(WORDS), hidden_size=16, n_layer=1, n_head=2)
+    with pytest.raises(InputError, match=r"gemma3_text.*olmo2.*phi3.*qwen3.*docs/ADAPTERS\.md"):
+        build_spec(tf.BloomForCausalLM(cfg))
+    cfg.save_pretrained(tmp_path)
+    assert cli.main(["plan", "--model", str(tmp_path), "--tokens", "8"]) == 2
+    assert "docs/ADAPTERS.md" in capsys.readouterr().err
