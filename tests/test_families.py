@@ -216,3 +216,27 @@ def test_unsupported_type_lists_the_supported_and_points_to_the_guide(tmp_path, 
     cfg.save_pretrained(tmp_path)
     assert cli.main(["plan", "--model", str(tmp_path), "--tokens", "8"]) == 2
     assert "docs/ADAPTERS.md" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["gemma3", "gemma2", "olmo2", "qwen3_bias_window", "gptj"])
+def test_contractions_agree(name, tok):
+    """The three K/Q contractions (fold, project, virtual; docs/METHOD.md §4) give
+    the same raw scores under qk-norm, post-norms, windows, soft-caps and per-layer
+    rotary (everything after the scores is shared by the three)."""
+    from unpack import decompose as dec
+    tr = Tracer(model=make_family(name), tokenizer=tok)
+    prep = tr.prepare(LONG, " Mary", " John")
+    n = len(prep.ids)
+    cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64)
+    chat = dec.writers_hat(cap)
+    virtual = (cap.comps, cap.Z, tr.engine.vws)
+    for L in range(tr.spec.n_layers):
+        lc = cap.layers[L]
+        lw, C = lc.weights(), cap.comps.n_writers_attn(L)
+        sc = {m: dec.AttnScores(tr.spec, lw, lc, chat[:, :C], lc.cos, lc.sin, m, virtual)
+              for m in ("fold", "project", "virtual")}
+        for side in ("raw_key", "raw_query"):
+            a = getattr(sc["fold"], side)(0, n, n)
+            assert a.abs().max() > 0
+            for m in ("project", "virtual"):
+                assert rel(a.numpy(), getattr(sc[m], side)(0, n, n).numpy()) <= 1e-12, (L, side, m)
