@@ -52,7 +52,7 @@ def shape_from_config(cfg, weight_bytes: int = 4) -> Shape:
 def resolve_shape(model: str, weight_bytes: int) -> Shape:
     """A bench shape name, a model alias, or a local directory's config.json."""
     from .bench import SHAPES, config_for
-    from .loading import ALIAS_CONFIGS, SMOLLM2_ALIAS
+    from .loading import ALIAS_CONFIGS
     if model in SHAPES:
         return shape_from_config(config_for(model), weight_bytes)
     if model.strip().lower() in ALIAS_CONFIGS:
@@ -65,7 +65,8 @@ def resolve_shape(model: str, weight_bytes: int) -> Shape:
         from transformers import AutoConfig
         return shape_from_config(AutoConfig.from_pretrained(str(p)), weight_bytes)
     raise InputError(f"model {model!r}: give a bench shape ({', '.join(SHAPES)}), "
-                     f"{SMOLLM2_ALIAS}, or a local model directory with a config.json")
+                     f"a model alias ({', '.join(ALIAS_CONFIGS)}), or a local model directory "
+                     "with a config.json")
 
 
 @dataclass
