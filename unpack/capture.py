@@ -26,9 +26,16 @@ from .components import Components
 Tensor = torch.Tensor
 
 
-def causal_mask(S: int, device=None) -> Tensor:
-    """``[S, S]`` boolean, True where key position s <= query position q."""
-    return torch.ones(S, S, dtype=torch.bool, device=device).tril()
+def causal_mask(S: int, device=None, window: Optional[int] = None) -> Tensor:
+    """``[S, S]`` boolean, True where key position s <= query position q (and, with a
+    sliding ``window``, ``s > q − window``)."""
+    m = torch.ones(S, S, dtype=torch.bool, device=device).tril()
+    return m if window is None else m.triu(1 - window)
+
+
+def softcap(x: Tensor, cap: Optional[float]) -> Tensor:
+    """``c · tanh(x / c)`` (logit soft-capping), ``x`` itself when ``cap`` is None."""
+    return x if cap is None else torch.tanh(x / cap) * cap
 
 
 def expand_kv(x: Tensor, spec: ModelSpec, dim: int = 1) -> Tensor:
@@ -46,11 +53,17 @@ def head_inputs(x: Tensor, W: Tensor) -> Tensor:
     return out if B == 1 else out.contiguous()
 
 
+def attention_logits(spec: ModelSpec, lw: LayerWeights, Q: Tensor, K: Tensor) -> Tensor:
+    """``[B, H, S, S]``: ``scale · Q K^T`` before the soft-cap and the mask."""
+    return lw.attn_scale * Q @ expand_kv(K, spec).transpose(-1, -2)
+
+
 def attention_probs(spec: ModelSpec, lw: LayerWeights, Q: Tensor, K: Tensor) -> Tensor:
-    """``A [B, H, S, S]``: causal softmax of ``scale · Q K^T`` (the model's own)."""
+    """``A [B, H, S, S]``: causal (windowed) softmax of the soft-capped
+    ``scale · Q K^T`` (the model's own)."""
     S = Q.shape[-2]
-    logits = lw.attn_scale * Q @ expand_kv(K, spec).transpose(-1, -2)
-    return logits.masked_fill(~causal_mask(S, Q.device), float("-inf")).softmax(-1)
+    logits = softcap(attention_logits(spec, lw, Q, K), lw.softcap)
+    return logits.masked_fill(~causal_mask(S, Q.device, lw.window), float("-inf")).softmax(-1)
 
 
 def run_mlp(mlp, y: Tensor):
@@ -76,17 +89,23 @@ class LayerCapture:
     spec: ModelSpec
     L: int
     dtype: torch.dtype
-    Q: Tensor  # [B, H, S, d] actual queries (bias, rotary)
+    Q: Tensor  # [B, H, S, d] actual queries (bias, qk-norm, rotary)
     K: Tensor  # [B, Hkv, S, d]
     V: Tensor  # [B, Hkv, S, d] (with bias)
     z: Tensor  # [B, H, S, d] mixed values A·V per head
     sigma_attn: Tensor  # [B, S] σ of the attention's input residual
     sigma_mlp: Tensor  # [B, S] σ of the MLP's input residual
-    attn_out: Tensor  # [B, S, D] Σ_h z_h W_O[h] (no bias)
+    attn_out: Tensor  # [B, S, D] Σ_h z_h W_O[h] (no bias, before any post-norm)
     mlp_h: Tensor  # [B, S, D] Σ_j a_j W_out[:, j], the output without its bias
     resid_pre: Tensor  # [B, S, D] the attention's input residual
     resid_mlp_in: Tensor  # [B, S, D] the MLP's input residual
     cells: Optional[tuple] = None  # (a, pre, gate, up) kept when small (see KEEP_CELLS)
+    cos: Optional[Tensor] = None  # [S, rot] this layer's rotary tables
+    sin: Optional[Tensor] = None
+    sigma_q: Optional[Tensor] = None  # [B, H, S] qk-norm scale of the queries
+    sigma_k: Optional[Tensor] = None  # [B, Hkv, S] of the keys
+    sigma_attn_post: Optional[Tensor] = None  # [B, S] post-attention norm's σ(attn_out)
+    sigma_mlp_post: Optional[Tensor] = None  # [B, S] post-feedforward norm's σ(mlp output)
 
     def weights(self) -> LayerWeights:
         return self.spec.layers[self.L].cast(self.dtype)
@@ -122,14 +141,18 @@ class LayerCapture:
 
     @property
     def mlp_out(self) -> Tensor:
-        """``[B, S, D]``: the MLP's output with its bias."""
-        b_out = self.spec.layers[self.L].mlp.b_out
-        return self.mlp_h + b_out.to(self.dtype) if b_out is not None else self.mlp_h
+        """``[B, S, D]``: the MLP's output with its bias, as written to the residual
+        (through the post-feedforward norm where there is one)."""
+        lw = self.weights()
+        return post_normed(lw.ln_mlp_post, with_bias(self.mlp_h, lw.mlp.b_out), self.sigma_mlp_post)
 
     @property
     def head_out(self) -> Tensor:
-        """``[B, H, S, D]``: ``z_h W_O[h]``, no bias."""
-        return torch.einsum("bhsd,hdD->bhsD", self.z, self.weights().W_O)
+        """``[B, H, S, D]``: ``z_h W_O[h]``, no bias, as written to the residual
+        (``γ ⊙ z_h W_O[h] / σ(attn_out)`` through a post-attention norm)."""
+        lw = self.weights()
+        return post_normed(lw.ln_attn_post, torch.einsum("bhsd,hdD->bhsD", self.z, lw.W_O),
+                           self.sigma_attn_post)
 
 
 @dataclass
@@ -145,6 +168,7 @@ class Capture:
     resid_final: Tensor  # [B, S, D]
     sigma_final: Tensor  # [B, S]
     logits_t: Tensor  # [B, V] logits at each prompt's last position
+    logits_raw_t: Optional[Tensor]  # [B, V] the same before the final soft-cap (None without one)
     cos: Optional[Tensor]  # [S, rot]
     sin: Optional[Tensor]
     logits: Optional[Tensor] = None  # [B, S, V] when asked for
@@ -181,9 +205,11 @@ class Capture:
         for L in range(self.spec.n_layers):
             slot = comps.head_slot(L)
             parts.append(W[:, slot:slot + comps.n_heads])
-            b_O = self.spec.layers[L].b_O
-            if b_O is not None:
-                parts.append(b_O.to(self.dtype).expand(B, 1, S, -1))
+            lw = self.spec.layers[L]
+            if lw.b_O is not None:  # through the post-norm: γ ⊙ b_O / σ_post
+                b_O = lw.b_O.to(self.dtype).expand(B, 1, S, -1)
+                post = None if lw.ln_attn_post is None else lw.ln_attn_post.cast(self.dtype)
+                parts.append(post_normed(post, b_O, self.layers[L].sigma_attn_post))
             parts.append(W[:, comps.mlp_slot(L)][:, None])
         return torch.cat(parts, dim=1)
 
@@ -214,52 +240,116 @@ def with_bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
     return x + b if b is not None else x
 
 
-def rotary_tables(spec: ModelSpec, S: int, dtype: torch.dtype):
-    """``(cos, sin)`` ``[S, rot]`` of positions ``0 .. S-1`` in ``dtype`` (None, None
-    for a model without rotary embedding)."""
-    if spec.rotary is None:
+def rotary_tables(spec: ModelSpec, S: int, dtype: torch.dtype, rotary=None):
+    """``(cos, sin)`` ``[S, rot]`` of positions ``0 .. S-1`` in ``dtype`` of ``rotary``
+    (default: the model's; None, None for a model without rotary embedding)."""
+    rotary = rotary or spec.rotary
+    if rotary is None:
         return None, None
-    cos, sin = spec.rotary.cos_sin(torch.arange(S, device=spec.W_E.device))
+    cos, sin = rotary.cos_sin(torch.arange(S, device=spec.W_E.device))
     return cos.to(dtype), sin.to(dtype)
 
 
+def layer_tables(spec: ModelSpec, S: int, dtype: torch.dtype) -> list:
+    """Every layer's ``(cos, sin)``, computed once per distinct rotary embedding
+    (local and global layers may have their own bases)."""
+    made: dict = {}
+    for lw in spec.layers:
+        if id(lw.rotary) not in made:
+            made[id(lw.rotary)] = rotary_tables(spec, S, dtype, lw.rotary) if lw.rotary else (None, None)
+    return [made[id(lw.rotary)] for lw in spec.layers]
+
+
 def qkv(spec: ModelSpec, lw: LayerWeights, h: Tensor, cos: Optional[Tensor], sin: Optional[Tensor]):
-    """``(Q [B,H,S,d], K, V [B,Hkv,S,d])``: the actual queries, keys and values of the
-    normed input ``h`` (docs/METHOD.md §4): biases in, rotary on Q and K."""
+    """``(Q [B,H,S,d], K, V [B,Hkv,S,d], σ_q, σ_k)``: the actual queries, keys and
+    values of the normed input ``h`` (docs/METHOD.md §4): biases in, the qk-norm
+    (``σ_q [B,H,S]``, ``σ_k [B,Hkv,S]``, None without one), rotary on Q and K."""
     Q = with_bias(head_inputs(h, lw.W_Q), None if lw.b_Q is None else lw.b_Q[:, None])
     K = with_bias(head_inputs(h, lw.W_K), None if lw.b_K is None else lw.b_K[:, None])
     V = with_bias(head_inputs(h, lw.W_V), None if lw.b_V is None else lw.b_V[:, None])
-    if spec.rotary is not None:
-        Q, K = spec.rotary.apply(Q, cos, sin), spec.rotary.apply(K, cos, sin)
-    return Q, K, V
+    sq = sk = None
+    if lw.q_norm is not None:
+        sq = lw.q_norm.scale(Q)
+        Q = lw.q_norm.apply(Q, sq)
+    if lw.k_norm is not None:
+        sk = lw.k_norm.scale(K)
+        K = lw.k_norm.apply(K, sk)
+    if lw.rotary is not None:
+        Q, K = lw.rotary.apply(Q, cos, sin), lw.rotary.apply(K, cos, sin)
+    return Q, K, V, sq, sk
 
 
 def attention(spec: ModelSpec, lw: LayerWeights, x: Tensor, cos, sin, out: Optional[Tensor] = None):
-    """``(Q, K, V, z)`` of one layer's attention on the residual ``x``: ``z [B,H,S,d]``
-    are the mixed values ``A·V`` of every head (written into ``out`` when given)."""
-    Q, K, V = qkv(spec, lw, lw.ln_attn(x), cos, sin)
+    """``(Q, K, V, z, σ_q, σ_k)`` of one layer's attention on the residual ``x``:
+    ``z [B,H,S,d]`` are the mixed values ``A·V`` of every head (written into ``out``
+    when given)."""
+    Q, K, V, sq, sk = qkv(spec, lw, lw.ln_attn(x), cos, sin)
     z = torch.matmul(attention_probs(spec, lw, Q, K), expand_kv(V, spec), out=out)
-    return Q, K, V, z
+    return Q, K, V, z, sq, sk
+
+
+def post_normed(norm, out: Tensor, sigma: Optional[Tensor]) -> Tensor:
+    """``γ ⊙ out / σ`` (a post-sublayer RMSNorm given its scale ``σ [B, S]``, which
+    comes from the whole sublayer output), ``out`` itself without a post-norm.
+    ``out`` may have a writers axis: ``[B, S, D]`` or ``[B, N, S, D]``."""
+    if norm is None:
+        return out
+    sig = sigma[:, :, None] if out.dim() == 3 else sigma[:, None, :, None]
+    return out * norm.weight / sig
+
+
+def post_scale(norm, total: Tensor) -> Optional[Tensor]:
+    """``σ [B, S]`` of a post-sublayer norm on the sublayer's whole output ``total``."""
+    return None if norm is None else norm.scale(total)
 
 
 def mlp_block(spec: ModelSpec, lw: LayerWeights, x: Tensor, attn: Tensor):
-    """``(mlp_in, h, cells, out)`` of one layer's MLP: its input residual (``x``, plus
-    the attention output ``attn`` when sequential), ``h`` without ``b_out``, the
-    cells ``(a, pre, gate, up)`` and the output with ``b_out``."""
+    """``(mlp_in, h, cells, out, σ_post)`` of one layer's MLP: its input residual
+    (``x``, plus the attention output ``attn`` when sequential), ``h`` without
+    ``b_out``, the cells ``(a, pre, gate, up)``, the output with ``b_out`` as written
+    to the residual and the post-feedforward norm's scale (None without one)."""
     mlp_in = x if spec.parallel else x + attn
     h, *cells = run_mlp(lw.mlp, lw.ln_mlp(mlp_in))
-    return mlp_in, h, cells, with_bias(h, lw.mlp.b_out)
+    out = with_bias(h, lw.mlp.b_out)
+    sig = post_scale(lw.ln_mlp_post, out)
+    return mlp_in, h, cells, post_normed(lw.ln_mlp_post, out, sig), sig
 
 
-def last_logits(spec: ModelSpec, x: Tensor, lengths: Tensor, dtype: torch.dtype) -> Tensor:
-    """``[B, V]``: the logits at each prompt's last real position of the final residual ``x``."""
+def attn_block(lw: LayerWeights, heads: Tensor):
+    """``(raw, written, σ_post)`` of the attention output from the heads' outputs
+    ``heads [B, H, S, D]`` (``z_h W_O[h]``, rescaled in place through a post-norm):
+    ``raw = Σ_h z_h W_O[h]``, ``written`` what joins the residual (bias in)."""
+    raw = heads.sum(1)
+    total = with_bias(raw, lw.b_O)
+    sig = post_scale(lw.ln_attn_post, total)
+    if sig is not None:
+        heads.copy_(post_normed(lw.ln_attn_post, heads, sig))
+        return raw, post_normed(lw.ln_attn_post, total, sig), sig
+    return raw, total, None
+
+
+def final_logits(spec: ModelSpec, normed: Tensor) -> Tensor:
+    """Logits of the normed final residual: unembedding, bias, soft-cap."""
+    return softcap(unembed(normed, spec.W_U, spec.b_U), spec.final_softcap)
+
+
+def last_logits(spec: ModelSpec, x: Tensor, lengths: Tensor, dtype: torch.dtype,
+                raw: bool = False) -> Tensor:
+    """``[B, V]``: the logits at each prompt's last real position of the final residual ``x``
+    (``raw``: before the final soft-cap)."""
     final_t = spec.ln_final.cast(dtype)(x[torch.arange(x.shape[0], device=x.device), lengths - 1])
-    return unembed(final_t, spec.W_U, spec.b_U)
+    return unembed(final_t, spec.W_U, spec.b_U) if raw else final_logits(spec, final_t)
+
+
+def embed(spec: ModelSpec, input_ids: Tensor, dtype: torch.dtype) -> Tensor:
+    """``W_E[token] · embed_scale`` in ``dtype``."""
+    e = spec.W_E[input_ids].to(dtype)
+    return e * spec.embed_scale if spec.embed_scale != 1.0 else e
 
 
 def _embed(spec: ModelSpec, input_ids: Tensor, W: Tensor) -> Tensor:
     """Write the embeddings into the writers buffer ``W``; returns the first residual."""
-    W[:, 0] = spec.W_E[input_ids].to(W.dtype)
+    W[:, 0] = embed(spec, input_ids, W.dtype)
     x = W[:, 0].clone()
     if spec.W_pos is not None:
         W[:, 1] = spec.W_pos[:input_ids.shape[1]].to(W.dtype)
@@ -288,31 +378,34 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
     comps = Components.from_spec(spec)
     W = torch.empty(B, len(comps), S, spec.d_model, dtype=dtype, device=dev)
     x = _embed(spec, input_ids, W)
-    cos, sin = rotary_tables(spec, S, dtype)
+    tables = layer_tables(spec, S, dtype)
     layers = []
     Z = torch.empty(B, spec.n_layers, spec.n_heads, S, spec.d_head, dtype=dtype, device=dev)
     for L, lw in enumerate(spec.layers):
         lw = lw.cast(dtype)
-        Q, K, V, z = attention(spec, lw, x, cos, sin, out=Z[:, L])
+        cos, sin = tables[L]
+        Q, K, V, z, sq, sk = attention(spec, lw, x, cos, sin, out=Z[:, L])
         slot = comps.head_slot(L)
         heads = W[:, slot:slot + spec.n_heads]
         heads.copy_(torch.einsum("bhsd,hdD->bhsD", z, lw.W_O))
-        attn_out = heads.sum(1)
-        attn_b = with_bias(attn_out, lw.b_O)
-        mlp_in, h_mlp, cells, out = mlp_block(spec, lw, x, attn_b)
+        attn_out, attn_b, sig_ap = attn_block(lw, heads)
+        mlp_in, h_mlp, cells, out, sig_mp = mlp_block(spec, lw, x, attn_b)
         W[:, comps.mlp_slot(L)] = out
         layers.append(LayerCapture(
             spec=spec, L=L, dtype=dtype, Q=Q, K=K, V=V, z=z,
             sigma_attn=lw.ln_attn.scale(x), sigma_mlp=lw.ln_mlp.scale(mlp_in),
             attn_out=attn_out, mlp_h=h_mlp, resid_pre=x,
-            resid_mlp_in=mlp_in, cells=cells if keep_cells else None))
+            resid_mlp_in=mlp_in, cells=cells if keep_cells else None, cos=cos, sin=sin,
+            sigma_q=sq, sigma_k=sk, sigma_attn_post=sig_ap, sigma_mlp_post=sig_mp))
         x = x + attn_b + out
         del lw
-    logits_t = last_logits(spec, x, lengths, dtype)
+    logits_raw_t = last_logits(spec, x, lengths, dtype, raw=True)
+    logits_t = softcap(logits_raw_t, spec.final_softcap)
     ln_f = spec.ln_final.cast(dtype)
-    full = unembed(ln_f(x), spec.W_U, spec.b_U) if full_logits else None
+    full = final_logits(spec, ln_f(x)) if full_logits else None
+    cos, sin = rotary_tables(spec, S, dtype)
     if center:
         _center_in_place(spec, W)  # RMSNorm: ĉ = c, nothing to do
     return Capture(spec=spec, comps=comps, input_ids=input_ids, lengths=lengths, writers=W, Z=Z,
                    centered=center, layers=layers, resid_final=x, sigma_final=ln_f.scale(x),
-                   logits_t=logits_t, cos=cos, sin=sin, logits=full)
+                   logits_t=logits_t, logits_raw_t=logits_raw_t if spec.final_softcap else None, cos=cos, sin=sin, logits=full)

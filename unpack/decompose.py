@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import torch
 
 from .adapters.base import LayerWeights, ModelSpec
-from .capture import Capture, LayerCapture, attention_probs, expand_kv
+from .capture import Capture, LayerCapture, attention_logits, attention_probs, expand_kv, softcap
 from .cost import CHUNK_ELEMENTS, PROJ_BLOCK, Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
 
 Tensor = torch.Tensor
@@ -57,15 +57,18 @@ def writers_hat(cap: Capture) -> Tensor:
     return cap.writers if cap.centered else centered_writers(cap, cap.writers)
 
 
-def causal_center(raw: Tensor, q0: int, sdim: int) -> Tensor:
+def causal_center(raw: Tensor, q0: int, sdim: int, window: Optional[int] = None) -> Tensor:
     """§4 centering, in place, of a chunk of scores whose query positions are
     ``q0, q0+1, ...`` along dim ``3 - (sdim == 3)`` and source positions ``0 .. S1-1``
-    along ``sdim``: ``raw[q, s] − mean_{s' <= q} raw[q, s']``, zero for ``s > q``.
-    Layouts: K chunks ``[B, H, Qc, S1, C]`` (``sdim=3``), Q chunks
-    ``[B, H, S1, Qc, C]`` (``sdim=2``)."""
+    along ``sdim``: ``raw[q, s] − mean_{s' <= q} raw[q, s']``, zero for ``s > q``
+    (with a sliding ``window``: over the sources ``q − window < s' <= q`` the query
+    sees, zero outside them). Layouts: K chunks ``[B, H, Qc, S1, C]``
+    (``sdim=3``), Q chunks ``[B, H, S1, Qc, C]`` (``sdim=2``)."""
     qdim = 2 if sdim == 3 else 3
     Qc = raw.shape[qdim]
     q = torch.arange(q0, q0 + Qc, device=raw.device)
+    if window is not None:
+        return _window_center(raw, q, sdim, qdim, window)
     tri = (q[None, :] >= q[:, None])  # [s - q0, q - q0]: s <= q
     if sdim == 3:
         tri = tri.T  # [q - q0, s - q0]
@@ -77,6 +80,20 @@ def causal_center(raw: Tensor, q0: int, sdim: int) -> Tensor:
     raw.sub_(raw.sum(sdim, keepdim=True) / count)
     block.mul_(tri)
     return raw
+
+
+def _window_center(raw: Tensor, q: Tensor, sdim: int, qdim: int, window: int) -> Tensor:
+    """:func:`causal_center` over each query's window ``q − window < s <= q``."""
+    s = torch.arange(raw.shape[sdim], device=raw.device)
+    vis = (s[None, :] <= q[:, None]) & (s[None, :] > q[:, None] - window)  # [Qc, S1]
+    if sdim == 2:
+        vis = vis.T  # [S1, Qc]
+    vis = vis[..., None].to(raw.dtype)
+    count = (q + 1).clamp_max(window).to(raw.dtype)
+    count = count[:, None, None] if qdim == 2 else count[:, None]
+    raw.mul_(vis)
+    raw.sub_(raw.sum(sdim, keepdim=True) / count)
+    return raw.mul_(vis)
 
 
 # --------------------------------------------------------------------------- §4
@@ -93,7 +110,7 @@ class VirtualWeights:
     """``W_O[h'] P Γ_L [W_K | W_Q]`` per (writer layer, reader layer): ``[H, d, P]``.
 
     Kept for the life of the tracer when all of them fit in ``budget_bytes``
-    (GPT-2 small: about 300 MB); otherwise built when needed and dropped."""
+    (12 layers of 12 heads, width 768: about 300 MB); otherwise built when needed and dropped."""
 
     def __init__(self, spec: ModelSpec, dtype: torch.dtype, budget_bytes: int = 1 << 30):
         self.spec, self.dtype = spec, dtype
@@ -128,11 +145,38 @@ class EngineOptions:
 
 
 def _gamma_weights(lw: LayerWeights) -> tuple[Tensor, Tensor]:
-    """``(Γ W_K, Γ W_Q)``: the attention norm's γ folded into the weights (m·W = (ĉ/σ)·(γ⊙W))."""
+    """``(Γ W_K, Γ W_Q)``: the attention norm's γ folded into the weights (m·W = (ĉ/σ)·(γ⊙W)),
+    and a qk-norm's ``γ_k`` / ``γ_q`` over each head's features."""
     gam = lw.ln_attn.weight
     # multiplied along each head's rows as they lie in memory ([H, d, D] views):
     # a fused per-head QKV matrix is then read in order, not transposed
-    return (lw.W_K.transpose(1, 2) * gam).transpose(1, 2), (lw.W_Q.transpose(1, 2) * gam).transpose(1, 2)
+    WK, WQ = (lw.W_K.transpose(1, 2) * gam).transpose(1, 2), (lw.W_Q.transpose(1, 2) * gam).transpose(1, 2)
+    if lw.k_norm is not None:
+        WK = WK * lw.k_norm.gamma(WK.shape[0])[:, None, :]
+    if lw.q_norm is not None:
+        WQ = WQ * lw.q_norm.gamma(WQ.shape[0])[:, None, :]
+    return WK, WQ
+
+
+def _inverse_scales(spec: ModelSpec, lc: LayerCapture) -> tuple[Tensor, Tensor]:
+    """``(1/σ_k, 1/σ_q)``, each ``[B, H or 1, S]``: the per-source factor of a
+    writer's key part (the attention norm's ``1/σ[s]``, times ``1/σ_k[g(h), s]``
+    under a qk-norm) and the per-query factor of its query part (§4)."""
+    inv = 1.0 / lc.sigma_attn[:, None]
+    ik = inv if lc.sigma_k is None else inv / expand_kv(lc.sigma_k, spec)
+    iq = inv if lc.sigma_q is None else inv / lc.sigma_q
+    return ik, iq
+
+
+def capped_ratio(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> Optional[Tensor]:
+    """``[B, H, S, S]``: soft-capped over uncapped attention logits (1 where a logit
+    is 0), the factor every writer's K and Q score takes under a soft-cap (§4);
+    None without one."""
+    if lw.softcap is None:
+        return None
+    t = attention_logits(spec, lw, lc.Q, lc.K)
+    small = t.abs() < 1e-30
+    return torch.where(small, torch.ones_like(t), softcap(t, lw.softcap) / torch.where(small, 1.0, t))
 
 
 def _transpose_scaled(proj: Tensor, inv_sigma: Tensor, out: Tensor, block: int = 1 << 18) -> None:
@@ -222,26 +266,32 @@ class AttnScores:
             raise ValueError(f"unknown K/Q contraction {mode!r}; use fold, project or virtual")
         if mode == "virtual" and virtual is None:
             mode = "project"  # the same numbers without the factored head writers
+        if mode == "virtual" and any(w.ln_attn_post is not None for w in spec.layers):
+            mode = "project"  # a head writer's output is rescaled per position by its post-norm
         self.spec, self.lw, self.lc, self.chat, self.mode = spec, lw, lc, chat, mode
-        self.cos, self.sin = cos, sin
+        self.cos, self.sin, self.rotary = cos, sin, lw.rotary
         self.Kx = expand_kv(lc.K, spec)  # [B, H, S, d]
+        self.inv_k, self.inv_q = _inverse_scales(spec, lc)
+        self.ratio = capped_ratio(spec, lw, lc)
         B, C, S, D = chat.shape
         H, Hkv, d = spec.n_heads, spec.n_kv_heads, spec.d_head
-        sigma = lc.sigma_attn
-        if mode == "fold" and spec.rotary is None:
-            # Q[h,q]·(m W_K) = m·(γ ⊙ W_K Q[h,q]);  (m W_Q)·K[s] = m·(γ ⊙ W_Q K[s])
-            gam = lw.ln_attn.weight
-            self.uK = torch.einsum("bhqe,hDe->bhqD", lc.Q, expand_kv(lw.W_K, spec, 0)).mul_(gam)
-            self.uQ = torch.einsum("bhse,hDe->bhsD", self.Kx, lw.W_Q).mul_(gam)
-            return
         self.W_K, self.W_Q = _gamma_weights(lw)
+        if mode == "fold" and self.rotary is None:
+            # Q[h,q]·(m W_K) = m·(γ ⊙ W_K Q[h,q]);  (m W_Q)·K[s] = m·(γ ⊙ W_Q K[s])
+            self.uK = torch.einsum("bhqe,hDe->bhqD", lc.Q, expand_kv(self.W_K, spec, 0))
+            self.uQ = torch.einsum("bhse,hDe->bhsD", self.Kx, self.W_Q)
+            return
         if mode == "fold":
             return
         # every writer in head space, laid out [B, Hkv + H, d, S, C] with 1/σ[s]
         # applied: one GEMM per head then makes a whole chunk, writers last
-        allT = self._projected_T(virtual, 1.0 / sigma, proj_elements).view(B, Hkv + H, d, S, C)
-        if spec.rotary is not None:
-            _rotate_head_major(allT, cos, sin, spec.rotary.dim)
+        allT = self._projected_T(virtual, 1.0 / lc.sigma_attn, proj_elements).view(B, Hkv + H, d, S, C)
+        if lc.sigma_k is not None:
+            allT[:, :Hkv].div_(lc.sigma_k[:, :, None, :, None])
+        if lc.sigma_q is not None:
+            allT[:, Hkv:].div_(lc.sigma_q[:, :, None, :, None])
+        if self.rotary is not None:
+            _rotate_head_major(allT, cos, sin, self.rotary.dim)
         self.kcT, self.qcT = allT[:, :Hkv], allT[:, Hkv:]  # [B, Hkv, d, S, C], [B, H, d, S, C]
 
     def _projected_T(self, virtual, inv_sigma: Tensor, block: int) -> Tensor:
@@ -295,18 +345,21 @@ class AttnScores:
         if self.mode != "fold":
             Qg = lc.Q[:, :, q0:q1].reshape(B, Hkv, spec.group_size * Qc, -1)
             kT = self.kcT[:, :, :, :s1].reshape(B, Hkv, spec.d_head, s1 * C)
-            raw = (Qg @ kT).view(B, H, Qc, s1, C)
+            raw = (Qg @ kT).view(B, H, Qc, s1, C).mul_(self.lw.attn_scale)
         else:
             ch = self.chat[:, :, :s1]
-            inv = self.lw.attn_scale / lc.sigma_attn[:, None, None, :s1, None]
-            if spec.rotary is None:
-                return _fold(self.uK[:, :, q0:q1], ch, inv, q0, True, 4 if causal else 1)
-            # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
-            Qr = spec.rotary.apply(lc.Q[:, :, q0:q1, None, :].expand(-1, -1, -1, s1, -1),
-                                   self.cos[:s1], -self.sin[:s1])
-            u = torch.einsum("bhqse,hDe->bhqsD", Qr, expand_kv(self.W_K, spec, 0))
-            return _fold_per_source(u, ch, inv)
-        return raw.mul_(self.lw.attn_scale)
+            inv = self.lw.attn_scale * self.inv_k[:, :, None, :s1, None]
+            if self.rotary is None:
+                raw = _fold(self.uK[:, :, q0:q1], ch, inv, q0, True, 4 if causal else 1)
+            else:
+                # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
+                Qr = self.rotary.apply(lc.Q[:, :, q0:q1, None, :].expand(-1, -1, -1, s1, -1),
+                                       self.cos[:s1], -self.sin[:s1])
+                u = torch.einsum("bhqse,hDe->bhqsD", Qr, expand_kv(self.W_K, spec, 0))
+                raw = _fold_per_source(u, ch, inv)
+        if self.ratio is not None:
+            raw.mul_(self.ratio[:, :, q0:q1, :s1, None])
+        return raw
 
     @torch.no_grad()
     def raw_query(self, q0: int, q1: int, s1: int, causal: bool = False) -> Tensor:
@@ -316,26 +369,31 @@ class AttnScores:
         B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
         if self.mode != "fold":
             qT = self.qcT[:, :, :, q0:q1].reshape(B, spec.n_heads, spec.d_head, Qc * C)
-            raw = (self.Kx[:, :, :s1] @ qT).view(B, spec.n_heads, s1, Qc, C)
+            raw = (self.Kx[:, :, :s1] @ qT).view(B, spec.n_heads, s1, Qc, C).mul_(self.lw.attn_scale)
         else:
             ch = self.chat[:, :, q0:q1]
-            inv = self.lw.attn_scale / lc.sigma_attn[:, None, None, q0:q1, None]
-            if spec.rotary is None:
-                return _fold(self.uQ[:, :, :s1], ch, inv, q0, False, 4 if causal else 1)
-            # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
-            Kr = spec.rotary.apply(self.Kx[:, :, None, :s1, :].expand(-1, -1, Qc, -1, -1),
-                                   self.cos[q0:q1, None], -self.sin[q0:q1, None])
-            u = torch.einsum("bhqse,hDe->bhqsD", Kr, self.W_Q)
-            return _fold_per_source(u.transpose(2, 3), ch, inv)
-        return raw.mul_(self.lw.attn_scale)
+            inv = self.lw.attn_scale * self.inv_q[:, :, None, q0:q1, None]
+            if self.rotary is None:
+                raw = _fold(self.uQ[:, :, :s1], ch, inv, q0, False, 4 if causal else 1)
+            else:
+                # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
+                Kr = self.rotary.apply(self.Kx[:, :, None, :s1, :].expand(-1, -1, Qc, -1, -1),
+                                       self.cos[q0:q1, None], -self.sin[q0:q1, None])
+                u = torch.einsum("bhqse,hDe->bhqsD", Kr, self.W_Q)
+                raw = _fold_per_source(u.transpose(2, 3), ch, inv)
+        if self.ratio is not None:
+            raw.mul_(self.ratio[:, :, q0:q1, :s1].transpose(-1, -2)[..., None])
+        return raw
 
     def key(self, q0: int, q1: int) -> Tensor:
-        """``key_c[h,q,s]`` (§4): ``rawK_c`` minus its mean over ``s' <= q`` → ``[B,H,Qc,S1,C]``."""
-        return causal_center(self.raw_key(q0, q1, q1, causal=True), q0, sdim=3)
+        """``key_c[h,q,s]`` (§4): ``rawK_c`` minus its mean over ``s' <= q`` (over the
+        window under sliding-window attention) → ``[B,H,Qc,S1,C]``."""
+        return causal_center(self.raw_key(q0, q1, q1, causal=True), q0, sdim=3, window=self.lw.window)
 
     def query(self, q0: int, q1: int) -> Tensor:
-        """``query_c[h,q,s]`` (§4): ``rawQ_c`` minus its mean over ``s' <= q`` → ``[B,H,S1,Qc,C]``."""
-        return causal_center(self.raw_query(q0, q1, q1, causal=True), q0, sdim=2)
+        """``query_c[h,q,s]`` (§4): ``rawQ_c`` minus its mean over ``s' <= q`` (over the
+        window) → ``[B,H,S1,Qc,C]``."""
+        return causal_center(self.raw_query(q0, q1, q1, causal=True), q0, sdim=2, window=self.lw.window)
 
 
 def score_mode(spec: ModelSpec, B: int, S: int, L: Optional[int] = None,
@@ -394,11 +452,19 @@ def projected_values(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> Ten
     return torch.einsum("bhse,heD->bhsD", expand_kv(lc.V, spec), lw.W_O)
 
 
-def value_shares(lc: LayerCapture, A: Tensor, pv: Tensor, d_hat: Tensor) -> tuple[Tensor, Tensor]:
+def value_shares(lc: LayerCapture, A: Tensor, pv: Tensor, d_hat: Tensor,
+                 post=None) -> tuple[Tensor, Tensor]:
     """``(share0, shareA)``, each ``[B,H,S,S]``: depth-0 shares ``A·(p̂v·d_t)`` and
-    aligned shares ``A·(pv·o[q]) / max(‖o[q]‖², 1e-10)`` with ``o[q] = Σ_h Σ_s A pv``."""
-    share0 = A * torch.einsum("bhsD,bD->bhs", pv, d_hat)[:, :, None, :]
+    aligned shares ``A·(pv·o[q]) / max(‖o[q]‖², 1e-10)`` with ``o[q] = Σ_h Σ_s A pv``.
+    Through a post-attention norm ``post`` the parts written at ``q`` are
+    ``γ ⊙ A pv / σ_post[q]``: ``pv`` and ``o`` take ``γ``, ``share0`` the ``1/σ_post[q]``
+    (in ``shareA`` it cancels)."""
     o = lc.attn_out  # [B, S, D] = Σ_h Σ_s A pv
+    if post is not None:
+        pv, o = pv * post.weight, o * post.weight
+    share0 = A * torch.einsum("bhsD,bD->bhs", pv, d_hat)[:, :, None, :]
+    if post is not None:
+        share0 = share0 / lc.sigma_attn_post[:, None, :, None]
     onorm = o.pow(2).sum(-1).clamp_min(EPS_DEN)  # [B, S]
     shareA = A * torch.einsum("bhsD,bqD->bhqs", pv, o) / onorm[:, None, :, None]
     return share0, shareA
@@ -409,13 +475,21 @@ def _safe(x: Tensor) -> Tensor:
     return torch.where(x.abs() < EPS_DEN, torch.full_like(x, EPS_DEN), x)
 
 
-def mlp_cell_weights(lw: LayerWeights, a: Tensor, h: Tensor, d_hat: Tensor) -> dict[str, Tensor]:
+def mlp_cell_weights(lw: LayerWeights, a: Tensor, h: Tensor, d_hat: Tensor,
+                     sigma_post: Optional[Tensor] = None) -> dict[str, Tensor]:
     """Cell weights ``w_j`` of the three weighted rules, each ``[B,S,F]``, from the
-    cells ``a [B,S,F]`` and ``h = Σ_j a_j W_out[:, j]`` (no bias, as captured)."""
+    cells ``a [B,S,F]`` and ``h = Σ_j a_j W_out[:, j]`` (no bias, as captured).
+    Through a post-feedforward norm a cell writes ``γ ⊙ a_j W_out[:, j] / σ_post[q]``:
+    ``W_out`` takes ``γ`` and depth0 the ``1/σ_post[q]`` (§5)."""
     W_out = lw.mlp.W_out  # [D, F]
-    both = torch.cat([d_hat[:, None], h], 1) @ W_out  # one pass over W_out: [B, 1+S, F]
+    post = lw.ln_mlp_post
+    hw = h
+    if post is not None:  # (γ d)·W_j and (γ h)·(γ W_j)
+        d_hat, h, hw = d_hat * post.weight, h * post.weight, h * post.weight.pow(2)
+    both = torch.cat([d_hat[:, None], hw], 1) @ W_out  # one pass over W_out: [B, 1+S, F]
+    depth0 = a * both[:, :1]
     return {
-        "depth0": a * both[:, :1],
+        "depth0": depth0 if post is None else depth0 / sigma_post[:, :, None],
         "aligned": a * both[:, 1:] / h.pow(2).sum(-1, keepdim=True).clamp_min(EPS_DEN),
         "weighted": a / a.sum(-1, keepdim=True).clamp_min(EPS_DEN),
     }
@@ -538,7 +612,7 @@ def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
     ch = chat[:, :C]
     A = attention_probs(spec, lw, lc.Q, lc.K)
     pv = projected_values(spec, lw, lc)
-    share0, shareA = value_shares(lc, A, pv, d_hat)
+    share0, shareA = value_shares(lc, A, pv, d_hat, lw.ln_attn_post)
     del pv
     f0 = normalize(share0, cfg.beta, -1)
     if cfg.value_shares == "aligned":
@@ -553,7 +627,7 @@ def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
         mode = score_mode(spec, B, S, L, opts)
         virtual = (cap.comps, cap.Z, opts.vws or
                    VirtualWeights(spec, cap.dtype, budget_bytes=0)) if mode == "virtual" else None
-        scores = AttnScores(spec, lw, lc, ch, cap.cos, cap.sin, mode, virtual, opts.proj_elements)
+        scores = AttnScores(spec, lw, lc, ch, lc.cos, lc.sin, mode, virtual, opts.proj_elements)
         rows = chunk_rows(shape_of(spec), L, B, S, mode,
                           opts.chunk_elements)
     return HeadOps(f0, fk, Vn, C, scores, rows, cfg.w_K, cfg.w_Q, cfg.beta)
@@ -571,7 +645,7 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
     C = cap.comps.n_writers_mlp(L)
     ch = chat[:, :C]
     cells = lc.mlp_cells(lw)
-    weights = mlp_cell_weights(lw, cells[0], lc.mlp_h, d_hat)
+    weights = mlp_cell_weights(lw, cells[0], lc.mlp_h, d_hat, lc.sigma_mlp_post)
     cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     def rule(name: str) -> tuple[Tensor, Tensor]:  # (factors [B,C,S], valid [B,S])
@@ -622,6 +696,27 @@ def unembed_direction(W_U: Tensor, W_U_mean: Tensor, tid: Tensor, did: Optional[
     return torch.where((did >= 0)[:, None], ut - ud, ut - W_U_mean)
 
 
+def metric_of(logits: Tensor, tid: Tensor, did: Optional[Tensor]) -> Tensor:
+    """``[B]``: ``logits[τ] − logits[δ]`` where a distractor is given (``did >= 0``),
+    else ``logits[τ] − mean_v logits[v]`` (§3)."""
+    ar = torch.arange(logits.shape[0], device=logits.device)
+    other = logits.mean(-1)
+    if did is not None:
+        other = torch.where(did >= 0, logits[ar, did.clamp_min(0)], other)
+    return logits[ar, tid] - other
+
+
+def capped_seed_ratio(cap: Capture, tid: Tensor, did: Optional[Tensor]) -> Optional[Tensor]:
+    """``[B]``: the final soft-cap's ratio, capped over uncapped metric (§3), the
+    factor every seed takes so that the seeds add up to the capped metric; None
+    without a final soft-cap (1 where the uncapped metric is 0)."""
+    if cap.logits_raw_t is None:
+        return None
+    raw, capped = metric_of(cap.logits_raw_t, tid, did), metric_of(cap.logits_t, tid, did)
+    small = raw.abs() < 1e-30
+    return torch.where(small, torch.ones_like(raw), capped / torch.where(small, 1.0, raw))
+
+
 def seeds(cap: Capture, chat: Tensor, W_U: Tensor, W_U_mean: Tensor, tid: Tensor,
           did: Optional[Tensor], seed: str = "importance") -> Tensor:
     """§3 seeds ``I_c = ĉ[t] · d_t`` for every writer in ``chat`` → ``[B, N]``.
@@ -630,8 +725,11 @@ def seeds(cap: Capture, chat: Tensor, W_U: Tensor, W_U_mean: Tensor, tid: Tensor
     distractor is given; ``seed="metric"``: the distractor's direction where there
     is one (the seeds then add up to the logit difference, with the bias parts),
     else the same as importance."""
-    u = unembed_direction(W_U, W_U_mean, tid, did if seed == "metric" else None)
+    did = did if seed == "metric" else None
+    u = unembed_direction(W_U, W_U_mean, tid, did)
     dirn = target_direction(cap, u)  # [B, D]
     B = tid.shape[0]
     c_t = chat[torch.arange(B, device=chat.device), :, cap.t]  # [B, N, D]
-    return torch.einsum("bnD,bD->bn", c_t, dirn)
+    I = torch.einsum("bnD,bD->bn", c_t, dirn)
+    r = capped_seed_ratio(cap, tid, did)
+    return I if r is None else I * r[:, None]

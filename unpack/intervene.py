@@ -21,8 +21,8 @@ from typing import Optional
 import torch
 
 from .adapters.base import ModelSpec
-from .capture import (attention, capture, last_logits, mlp_block, rotary_tables, unembed_mean,
-                      with_bias)
+from .capture import (attention, attn_block, capture, embed, last_logits, layer_tables, mlp_block,
+                      unembed_mean)
 
 Tensor = torch.Tensor
 
@@ -51,18 +51,18 @@ def forward(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
     input_ids, lengths = input_ids.to(dev), lengths.to(dev)
     if ablate is not None and ablate.dim() == 2:
         ablate = ablate.expand(B, *ablate.shape)
-    x = spec.W_E[input_ids].to(dtype)
+    x = embed(spec, input_ids, dtype)
     if spec.W_pos is not None:
         x = x + spec.W_pos[:S].to(dtype)
-    cos, sin = rotary_tables(spec, S, dtype)
+    tables = layer_tables(spec, S, dtype)
     Z = torch.empty(B, spec.n_layers, spec.n_heads, S, spec.d_head, dtype=dtype,
                     device=dev) if keep_z else None
     for L, lw in enumerate(spec.layers):
         lw = lw.cast(dtype)
-        z = _patch(attention(spec, lw, x, cos, sin)[3], L, ablate, source)
+        z = _patch(attention(spec, lw, x, *tables[L])[3], L, ablate, source)
         if keep_z:
             Z[:, L] = z
-        attn = with_bias(torch.einsum("bhsd,hdD->bsD", z, lw.W_O), lw.b_O)
+        attn = attn_block(lw, torch.einsum("bhsd,hdD->bhsD", z, lw.W_O))[1]
         out = mlp_block(spec, lw, x, attn)[3]
         x = x + attn + out
     logits = last_logits(spec, x, lengths, dtype)

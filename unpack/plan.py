@@ -31,49 +31,42 @@ PYTHON_S = 4e-4  # seconds of interpreter and dispatch per tensor operation grou
 
 
 def shape_from_config(cfg, weight_bytes: int = 4) -> Shape:
-    """A :class:`Shape` from a Hugging Face config (GPT-2, GPT-NeoX, Llama family)."""
-    mt = cfg.model_type
-    if mt == "gpt2":
-        L, H, D, V = cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size
-        F = cfg.n_inner or 4 * D
-        n = V * D + cfg.n_positions * D + L * (4 * D * D + 2 * D * F)
-        return Shape("gpt2", L, H, H, D, D // H, F, V, False, False, True, False, n, weight_bytes)
-    if mt == "gpt_neox":
-        L, H, D, V = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.vocab_size
-        F = cfg.intermediate_size
-        n = 2 * V * D + L * (4 * D * D + 2 * D * F)
-        return Shape("gpt_neox", L, H, H, D, D // H, F, V, False, True, False,
-                     bool(cfg.use_parallel_residual), n, weight_bytes)
-    if mt in ("llama", "mistral", "qwen2"):
-        L, H, D, V = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.vocab_size
-        Hkv = cfg.num_key_value_heads or H
-        d = getattr(cfg, "head_dim", None) or D // H
-        F = cfg.intermediate_size
-        tied = bool(getattr(cfg, "tie_word_embeddings", False))
-        n = V * D * (1 if tied else 2) + L * (2 * D * H * d + 2 * D * Hkv * d + 3 * D * F)
-        return Shape("llama", L, H, Hkv, D, d, F, V, True, True, False, False, n, weight_bytes)
-    raise InputError(f"model type {mt!r} has no planner shape; supported: gpt2, gpt_neox, "
-                     "llama, mistral, qwen2")
+    """A :class:`Shape` from a Hugging Face config: the adapter's own spec of the model
+    built on the meta device (no memory, no weights), so every supported family
+    plans with the shapes the engine will use."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from .adapters import build_spec, supported_model_types
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except ValueError as e:
+        raise InputError(f"model type {getattr(cfg, 'model_type', None)!r} is not a causal language "
+                         f"model transformers knows ({e}); supported model types: "
+                         f"{', '.join(supported_model_types())} (docs/ADAPTERS.md)") from None
+    return replace(Shape.from_spec(build_spec(model)), weight_bytes=weight_bytes)
 
 
 def resolve_shape(model: str, weight_bytes: int) -> Shape:
-    """A bench shape name, the SmolLM2 alias, or a local directory's config.json."""
+    """A bench shape name, a model alias, or a local directory's config.json."""
     from .bench import SHAPES, config_for
-    from .loading import SMOLLM2_ALIAS
+    from .loading import ALIAS_CONFIGS
     if model in SHAPES:
         return shape_from_config(config_for(model), weight_bytes)
-    if model.strip().lower() == SMOLLM2_ALIAS:
-        from transformers import LlamaConfig
-        return shape_from_config(LlamaConfig(
-            num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
-            intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True), weight_bytes)
+    if model.strip().lower() in ALIAS_CONFIGS:
+        from transformers import AutoConfig
+        return shape_from_config(AutoConfig.for_model(**ALIAS_CONFIGS[model.strip().lower()]),
+                                 weight_bytes)
     from pathlib import Path
     p = Path(model).expanduser()
     if p.is_dir() and (p / "config.json").is_file():
         from transformers import AutoConfig
         return shape_from_config(AutoConfig.from_pretrained(str(p)), weight_bytes)
     raise InputError(f"model {model!r}: give a bench shape ({', '.join(SHAPES)}), "
-                     f"{SMOLLM2_ALIAS}, or a local model directory with a config.json")
+                     f"a model alias ({', '.join(ALIAS_CONFIGS)}), or a local model directory "
+                     "with a config.json")
 
 
 @dataclass

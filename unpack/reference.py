@@ -9,6 +9,7 @@ real work.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -24,6 +25,15 @@ def _safe_denom(v: list[float], beta: float):
         return None
     sign = 1.0 if T >= 0 else -1.0
     return sign * max(abs(T), beta * N)
+
+
+def _qk(x, norm, sigma, h):
+    """``γ ⊙ x / σ`` of head ``h``'s projection ``x [d]`` under a qk-norm (given its
+    measured scale ``sigma``), ``x`` itself without one."""
+    if norm is None:
+        return x
+    g = norm.weight if norm.weight.dim() == 1 else norm.weight[h]
+    return g * x / sigma
 
 
 def _rope(x, cos, sin, dim):
@@ -67,7 +77,18 @@ class Reference:
         gam = spec.ln_final.weight.detach().to(self.dt)
         sig = float(self.cap.sigma_final[self.b, t])
         d = gam * u / sig
-        return [float(c[t] @ d) for c in self.chat]
+        r = 1.0
+        if self.cap.logits_raw_t is not None:  # final soft-cap: capped over uncapped metric
+            other = distractor_id if self.cfg.seed == "metric" else None
+            raw, capped = (self._metric(lg[self.b].to(self.dt), target_id, other)
+                           for lg in (self.cap.logits_raw_t, self.cap.logits_t))
+            r = capped / raw if raw != 0.0 else 1.0
+        return [r * float(c[t] @ d) for c in self.chat]
+
+    @staticmethod
+    def _metric(logits, target_id, distractor_id) -> float:
+        other = logits.mean() if distractor_id is None else logits[distractor_id]
+        return float(logits[target_id] - other)
 
     def d_hat(self, target_id: int, distractor_id=None):
         W_U = self.spec.W_U.detach().to(self.dt)
@@ -85,11 +106,14 @@ class Reference:
         Q, K, V = lc.Q[b, :, :n].to(dt), lc.K[b, :, :n].to(dt), lc.V[b, :, :n].to(dt)
         A = lc.A[b, :, :n, :n].to(dt)
         sig = lc.sigma_attn[b, :n].to(dt)
+        sq = None if lc.sigma_q is None else lc.sigma_q[b, :, :n].to(dt)
+        sk = None if lc.sigma_k is None else lc.sigma_k[b, :, :n].to(dt)
         gam = lw.ln_attn.weight
-        cos = cap.cos[:n].to(dt) if cap.cos is not None else None
-        sin = cap.sin[:n].to(dt) if cap.sin is not None else None
-        rdim = spec.rotary.dim if spec.rotary is not None else 0
+        cos = lc.cos[:n].to(dt) if lc.cos is not None else None
+        sin = lc.sin[:n].to(dt) if lc.sin is not None else None
+        rdim = lw.rotary.dim if lw.rotary is not None else 0
         scale = lw.attn_scale
+        W = lw.window or n
         C = self.comps.n_writers_attn(L)
         H = spec.n_heads
         key = [[[[0.0] * n for _ in range(n)] for _ in range(H)] for _ in range(C)]
@@ -99,31 +123,45 @@ class Reference:
             m = gam * self.chat[c] / sig[:, None]  # [n, D]
             for h in range(H):
                 g = h // G
-                kc = [_rope(m[s] @ lw.W_K[g], None if cos is None else cos[s],
-                            None if sin is None else sin[s], rdim) for s in range(n)]
-                qc = [_rope(m[q] @ lw.W_Q[h], None if cos is None else cos[q],
-                            None if sin is None else sin[q], rdim) for q in range(n)]
+                kc = [_rope(_qk(m[s] @ lw.W_K[g], lw.k_norm, None if sk is None else sk[g, s], g),
+                            None if cos is None else cos[s], None if sin is None else sin[s], rdim)
+                      for s in range(n)]
+                qc = [_rope(_qk(m[q] @ lw.W_Q[h], lw.q_norm, None if sq is None else sq[h, q], h),
+                            None if cos is None else cos[q], None if sin is None else sin[q], rdim)
+                      for q in range(n)]
                 for q in range(n):
-                    rawK = [scale * float(Q[h, q] @ kc[s]) for s in range(q + 1)]
-                    rawQ = [scale * float(qc[q] @ K[g, s]) for s in range(q + 1)]
-                    mk, mq = sum(rawK) / (q + 1), sum(rawQ) / (q + 1)
-                    for s in range(q + 1):
-                        key[c][h][q][s] = rawK[s] - mk
-                        query[c][h][q][s] = rawQ[s] - mq
+                    seen = range(max(0, q - W + 1), q + 1)  # the sources q attends to
+                    r = [self._capped(lw, float(scale * (Q[h, q] @ K[g, s]))) for s in seen]
+                    rawK = [r[i] * scale * float(Q[h, q] @ kc[s]) for i, s in enumerate(seen)]
+                    rawQ = [r[i] * scale * float(qc[q] @ K[g, s]) for i, s in enumerate(seen)]
+                    mk, mq = sum(rawK) / len(seen), sum(rawQ) / len(seen)
+                    for i, s in enumerate(seen):
+                        key[c][h][q][s] = rawK[i] - mk
+                        query[c][h][q][s] = rawQ[i] - mq
                 for s in range(n):
                     value[c][h][s] = float((m[s] @ lw.W_V[g]) @ V[g, s])
         share0 = [[[0.0] * n for _ in range(n)] for _ in range(H)]
         shareA = [[[0.0] * n for _ in range(n)] for _ in range(H)]
-        pv = [[V[h // G, s] @ lw.W_O[h] for s in range(n)] for h in range(H)]
+        # a head's part written at q: γ_post ⊙ A pv / σ_post[q] through a post-norm
+        g_post = 1.0 if lw.ln_attn_post is None else lw.ln_attn_post.weight
+        pv = [[g_post * (V[h // G, s] @ lw.W_O[h]) for s in range(n)] for h in range(H)]
         for q in range(n):
             o = sum(float(A[h, q, s]) * pv[h][s] for h in range(H) for s in range(n))
             onorm = max(float(o @ o), EPS)
+            post = 1.0 if lw.ln_attn_post is None else float(lc.sigma_attn_post[b, q])
             for h in range(H):
                 for s in range(n):
                     a = float(A[h, q, s])
-                    share0[h][q][s] = a * float(self._center(pv[h][s]) @ d_hat)
+                    share0[h][q][s] = a * float(self._center(pv[h][s]) @ d_hat) / post
                     shareA[h][q][s] = a * float(pv[h][s] @ o) / onorm
         return key, query, value, share0, shareA, A.tolist()
+
+    @staticmethod
+    def _capped(lw, t: float) -> float:
+        """A writer's factor under attention-logit soft-capping: capped / uncapped logit."""
+        if lw.softcap is None or t == 0.0:
+            return 1.0
+        return lw.softcap * math.tanh(t / lw.softcap) / t
 
     def mlp_rule_scores(self, L: int, d_hat):
         """``{rule: [c][q] scores}`` for depth0/aligned/weighted and ``l2``."""
@@ -134,12 +172,16 @@ class Reference:
         sig = lc.sigma_mlp[b, :n].to(dt)
         gam = lw.ln_mlp.weight
         C = self.comps.n_writers_mlp(L)
-        h = a @ mlp.W_out.T
+        # cell j writes g ⊙ a_j W_out[:, j] / σ_post[q] through a post-feedforward norm
+        g = 1.0 if lw.ln_mlp_post is None else lw.ln_mlp_post.weight
+        Wo = (g * mlp.W_out.T).T  # [D, F]
+        h = a @ Wo.T
         out = {r: [[0.0] * n for _ in range(C)] for r in ("depth0", "aligned", "weighted", "l2")}
         safe = lambda x: torch.where(x.abs() < EPS, torch.full_like(x, EPS), x)  # noqa: E731
         for q in range(n):
-            w = {"depth0": a[q] * (self._center(mlp.W_out.T) @ d_hat),
-                 "aligned": a[q] * (mlp.W_out.T @ h[q]) / max(float(h[q] @ h[q]), EPS),
+            post = 1.0 if lw.ln_mlp_post is None else float(lc.sigma_mlp_post[b, q])
+            w = {"depth0": a[q] * (self._center(Wo.T) @ d_hat) / post,
+                 "aligned": a[q] * (Wo.T @ h[q]) / max(float(h[q] @ h[q]), EPS),
                  "weighted": a[q] / max(float(a[q].sum()), EPS)}
             for c in range(C):
                 m = gam * self.chat[c][q] / sig[q]

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from . import decompose as dec
-from .capture import Capture, capture, expand_kv, with_bias
+from .capture import Capture, attention_logits, capture, expand_kv, softcap, with_bias
 from .config import make_config
 from .flow import initial_credit, sweep
 from .paths import PathSearch
@@ -92,10 +92,19 @@ def bias_part(beta, W: torch.Tensor, b) -> torch.Tensor:
     return part + b if b is not None else part
 
 
-def _rotated(spec, part: torch.Tensor, like: torch.Tensor, cap: Capture) -> torch.Tensor:
-    """A per-head constant ``[G, d]`` at every position, rotated like ``like [B, G, S, d]``."""
+def _rotated(lw, lc, part: torch.Tensor, like: torch.Tensor, norm, sigma) -> torch.Tensor:
+    """A per-head constant ``[G, d]`` at every position, through the qk-norm ``norm``
+    (given its scale ``sigma [B, G, S]``) and rotated like ``like [B, G, S, d]``."""
     part = part[None, :, None, :].expand_as(like)
-    return spec.rotary.apply(part, cap.cos, cap.sin) if spec.rotary is not None else part
+    if norm is not None:
+        part = norm.apply(part, sigma)
+    return lw.rotary.apply(part, lc.cos, lc.sin) if lw.rotary is not None else part
+
+
+def _capped(lw, lc, spec, x: torch.Tensor) -> torch.Tensor:
+    """``x`` times the soft-cap's ratio of the layer (§4), ``x`` without a soft-cap."""
+    r = dec.capped_ratio(spec, lw, lc)
+    return x if r is None else x * r
 
 
 def check_1_closure(bt: Batch, L: Optional[int] = None) -> None:
@@ -112,20 +121,20 @@ def check_1_closure(bt: Batch, L: Optional[int] = None) -> None:
 
 def check_2_keys(bt: Batch, lw, lc, chat: torch.Tensor, actual: torch.Tensor) -> None:
     """2: ``Σ_c rawK_c`` plus the bias parts = the pre-mask attention scores."""
-    spec, cap = bt.cap.spec, bt.cap
-    rawK = dec.raw_key_scores(spec, lw, lc, chat, cap.cos, cap.sin).sum(1)
-    kconst = _rotated(spec, bias_part(lw.ln_attn.bias, lw.W_K, lw.b_K), lc.K, cap)
+    spec = bt.cap.spec
+    rawK = dec.raw_key_scores(spec, lw, lc, chat, lc.cos, lc.sin).sum(1)
+    kconst = _rotated(lw, lc, bias_part(lw.ln_attn.bias, lw.W_K, lw.b_K), lc.K, lw.k_norm, lc.sigma_k)
     kpart = lw.attn_scale * lc.Q @ expand_kv(kconst, spec).transpose(-1, -2)
-    bt.record("2 K-side closure", rawK + kpart, actual, bt.real_q)
+    bt.record("2 K-side closure", rawK + _capped(lw, lc, spec, kpart), actual, bt.real_q)
 
 
 def check_3_queries(bt: Batch, lw, lc, chat: torch.Tensor, actual: torch.Tensor) -> None:
     """3: ``Σ_c rawQ_c`` plus the bias parts = the pre-mask attention scores."""
-    spec, cap = bt.cap.spec, bt.cap
-    rawQ = dec.raw_query_scores(spec, lw, lc, chat, cap.cos, cap.sin).sum(1)
-    qconst = _rotated(spec, bias_part(lw.ln_attn.bias, lw.W_Q, lw.b_Q), lc.Q, cap)
+    spec = bt.cap.spec
+    rawQ = dec.raw_query_scores(spec, lw, lc, chat, lc.cos, lc.sin).sum(1)
+    qconst = _rotated(lw, lc, bias_part(lw.ln_attn.bias, lw.W_Q, lw.b_Q), lc.Q, lw.q_norm, lc.sigma_q)
     qpart = lw.attn_scale * qconst @ expand_kv(lc.K, spec).transpose(-1, -2)
-    bt.record("3 Q-side closure", rawQ + qpart, actual, bt.real_q)
+    bt.record("3 Q-side closure", rawQ + _capped(lw, lc, spec, qpart), actual, bt.real_q)
 
 
 def check_4_values(bt: Batch, lw, lc, chat: torch.Tensor) -> None:
@@ -168,12 +177,15 @@ def check_7_seeds(bt: Batch) -> None:
     tid = torch.tensor([p.target_id for p in bt.preps], device=cap.device)
     W_U_mean = bt.tracer.W_U_mean.to(dtype)
     seeds = dec.seeds(cap, spec.ln_final.center(bt.W), spec.W_U, W_U_mean, tid, None).sum(1)
+    const = torch.zeros_like(seeds)
     if spec.ln_final.bias is not None:
         u = dec.unembed_direction(spec.W_U, W_U_mean, tid)
-        seeds = seeds + (spec.ln_final.bias.to(dtype) * u).sum(-1)
+        const = const + (spec.ln_final.bias.to(dtype) * u).sum(-1)
     if spec.b_U is not None:
         b_U = spec.b_U.to(dtype)
-        seeds = seeds + b_U[tid] - b_U.mean()
+        const = const + b_U[tid] - b_U.mean()
+    r = dec.capped_seed_ratio(cap, tid, None)  # the seeds took it; the constant parts take it here
+    seeds = seeds + (const if r is None else r * const)
     lt = cap.logits_t
     ar = torch.arange(len(tid), device=cap.device)
     bt.record("7 seeds sum to target - mean logit", seeds, lt[ar, tid] - lt.mean(-1), bt.every)
@@ -194,7 +206,7 @@ def check_layer(bt: Batch, L: int) -> None:
     na, nm = bt.n_before(L)
     check_1_closure(bt, L)
     chat = cap.spec.ln_final.center(bt.W[:, :na])
-    actual = lw.attn_scale * lc.Q @ expand_kv(lc.K, cap.spec).transpose(-1, -2)
+    actual = softcap(attention_logits(cap.spec, lw, lc.Q, lc.K), lw.softcap)
     check_2_keys(bt, lw, lc, chat, actual)
     check_3_queries(bt, lw, lc, chat, actual)
     check_4_values(bt, lw, lc, chat)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..errors import InputError
-from . import gpt2, gpt_neox, llama
-from .base import LayerWeights, MLPWeights, ModelSpec, Norm, Rotary
+from . import gemma, gpt2, gpt_neox, gptj, llama, olmo2, phi3, qwen3
+from .base import LayerWeights, MLPWeights, ModelSpec, Norm, QKNorm, Rotary
 
-_FAMILIES = (gpt2, gpt_neox, llama)
+_FAMILIES = (gpt2, gpt_neox, llama, gemma, qwen3, olmo2, phi3, gptj)
 
 
 def supported_model_types() -> list[str]:
@@ -22,8 +22,9 @@ def build_spec(model) -> ModelSpec:
     raise InputError(
         f"unsupported architecture {mtype!r} ({type(model).__name__}); "
         f"supported model types: {', '.join(supported_model_types())}. "
-        "Adding one is a new module in unpack/adapters/.")
+        "See docs/ADAPTERS.md (the support matrix; adding a family is one module in "
+        "unpack/adapters/).")
 
 
-__all__ = ["LayerWeights", "MLPWeights", "ModelSpec", "Norm", "Rotary", "build_spec",
+__all__ = ["LayerWeights", "MLPWeights", "ModelSpec", "Norm", "QKNorm", "Rotary", "build_spec",
            "supported_model_types"]

@@ -17,7 +17,8 @@ MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 _ATTN = {"LlamaAttention", "MistralAttention", "Qwen2Attention"}
 _MLP = {"LlamaMLP", "MistralMLP", "Qwen2MLP"}
-_NORM = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"}
+_NORM = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Olmo2RMSNorm",
+         "Phi3RMSNorm"}
 
 
 def _rms(m) -> Norm:
@@ -44,6 +45,39 @@ def _sliding_window(cfg) -> int | None:
     return int(window)
 
 
+def attention_weights(at, H: int, Hkv: int, D: int) -> dict:
+    """The ``LayerWeights`` fields of a block with separate ``q/k/v/o_proj`` linear
+    maps (biases optional) and a ``scaling`` attribute."""
+    d = int(at.head_dim)
+    # nn.Linear stores [out, in]; out rows are laid out per head as [h, d].
+    heads = lambda w, n: w.reshape(n, d, D).transpose(1, 2)  # noqa: E731  [n, D, d]
+    return dict(W_Q=heads(at.q_proj.weight, H), W_K=heads(at.k_proj.weight, Hkv),
+                W_V=heads(at.v_proj.weight, Hkv), W_O=at.o_proj.weight.T.reshape(H, d, D),
+                b_Q=_bias(at.q_proj, (H, d)), b_K=_bias(at.k_proj, (Hkv, d)),
+                b_V=_bias(at.v_proj, (Hkv, d)), b_O=at.o_proj.bias, attn_scale=float(at.scaling))
+
+
+def gated_mlp(mlp) -> MLPWeights:
+    """``down(act(gate(x)) * up(x))`` with ``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``."""
+    if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
+        raise ValueError("gate/up projection biases (mlp_bias=True) are not supported")
+    return MLPWeights(act=mlp.act_fn, W_out=mlp.down_proj.weight, b_out=mlp.down_proj.bias,
+                      W_gate=mlp.gate_proj.weight, W_up=mlp.up_proj.weight)
+
+
+def rotary_of(rot, dim: int, *args) -> Rotary:
+    """A :class:`Rotary` of ``dim`` features whose tables come from the model's own
+    rotary module ``rot`` (called with ``args`` after the positions: a layer type)."""
+
+    def cos_sin(positions: torch.Tensor):
+        """The model's own ``cos, sin`` (scaled rope variants included), float32 ``[S, d]``."""
+        dummy = torch.zeros((), dtype=torch.float32, device=positions.device)
+        cos, sin = rot(dummy, positions.reshape(1, -1), *args)
+        return cos[0].float(), sin[0].float()
+
+    return Rotary(dim, cos_sin)
+
+
 def build_spec(model) -> ModelSpec:
     cfg = model.config
     base = model.model
@@ -54,30 +88,10 @@ def build_spec(model) -> ModelSpec:
         if type(at).__name__ not in _ATTN or type(mlp).__name__ not in _MLP:
             raise ValueError(f"unexpected block ({type(at).__name__}, {type(mlp).__name__}); "
                              "the llama adapter only knows the Llama, Mistral and Qwen2 blocks")
-        if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
-            raise ValueError("gate/up projection biases (mlp_bias=True) are not supported")
-        d = int(at.head_dim)
-        # nn.Linear stores [out, in]; out rows are laid out per head as [h, d].
-        heads = lambda w, n: w.reshape(n, d, D).transpose(1, 2)  # noqa: E731  [n, D, d]
         layers.append(LayerWeights(
             ln_attn=_rms(blk.input_layernorm), ln_mlp=_rms(blk.post_attention_layernorm),
-            W_Q=heads(at.q_proj.weight, H), W_K=heads(at.k_proj.weight, Hkv),
-            W_V=heads(at.v_proj.weight, Hkv),
-            W_O=at.o_proj.weight.T.reshape(H, d, D),
-            b_Q=_bias(at.q_proj, (H, d)), b_K=_bias(at.k_proj, (Hkv, d)),
-            b_V=_bias(at.v_proj, (Hkv, d)), b_O=at.o_proj.bias,
-            mlp=MLPWeights(act=mlp.act_fn, W_out=mlp.down_proj.weight, b_out=mlp.down_proj.bias,
-                           W_gate=mlp.gate_proj.weight, W_up=mlp.up_proj.weight),
-            attn_scale=float(at.scaling),
-        ))
+            mlp=gated_mlp(mlp), **attention_weights(at, H, Hkv, D)))
     d = int(base.layers[0].self_attn.head_dim)
-    rot = base.rotary_emb
-
-    def cos_sin(positions: torch.Tensor):
-        """The model's own ``cos, sin`` (scaled rope variants included), float32 ``[S, d]``."""
-        dummy = torch.zeros((), dtype=torch.float32, device=positions.device)
-        cos, sin = rot(dummy, positions.reshape(1, -1))
-        return cos[0].float(), sin[0].float()
 
     window = _sliding_window(cfg)
     max_pos = getattr(cfg, "max_position_embeddings", None)
@@ -87,6 +101,6 @@ def build_spec(model) -> ModelSpec:
         family="llama", n_layers=len(base.layers), n_heads=H, n_kv_heads=Hkv,
         d_model=D, d_head=d, parallel=False, W_E=base.embed_tokens.weight, W_pos=None,
         layers=layers, ln_final=_rms(base.norm), W_U=model.lm_head.weight,
-        b_U=getattr(model.lm_head, "bias", None), rotary=Rotary(d, cos_sin),
+        b_U=getattr(model.lm_head, "bias", None), rotary=rotary_of(base.rotary_emb, d),
         max_positions=max_pos, extras={"model_type": cfg.model_type, "sliding_window": window},
     )
