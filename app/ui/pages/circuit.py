@@ -4,6 +4,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app.escape import markdown as md
 from app.ui import data as D
 from app.ui import state, views
 from app.ui.tables import table
@@ -78,7 +79,7 @@ if st.session_state.get("circuit_node") not in nodes:
 node = st.selectbox("Inspect a component (or click a node)", nodes, key="circuit_node")
 
 a = G.nodes[node]
-st.markdown(f"**{node}** · kind {a.get('kind')} · layer {a.get('layer')} · flow "
+st.markdown(f"**{md(node)}** · kind {md(a.get('kind'))} · layer {a.get('layer')} · flow "
             f"{float(a.get('flow', 0) or 0):+.4g}")
 
 
