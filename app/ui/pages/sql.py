@@ -15,7 +15,8 @@ st.caption("Read-only: the database is opened read-only with DuckDB's external a
            "queries cannot write, attach files, install extensions or read the file system. "
            "One SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN statement at a time; "
            "each query has a time limit and a result size limit (`unpack app --sql-timeout`, "
-           "`--sql-max-mb`).")
+           "`--sql-max-mb`), and all queries share one memory limit (`--sql-memory-mb`). "
+           "Functions that show the machine's paths are refused.")
 
 examples = D.example_queries(list(ws.models))
 titles = [t for t, _ in examples]
