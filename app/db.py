@@ -109,7 +109,7 @@ DEFAULT_THREADS = min(4, os.cpu_count() or 1)  # DuckDB's threads; `unpack app -
 
 # Functions that would show the store's absolute path (or the home directory) in
 # their rows: the SQL box refuses them; ``query``/``query_table`` would run any of
-# them from a string. Paths in results and messages are hidden too (:func:`hide_paths`).
+# them from a string. Paths in error messages are hidden (:func:`hide_paths`).
 _PATH_FUNCTIONS = ("duckdb_databases", "pragma_database_list", "database_list",
                    "duckdb_settings", "duckdb_extensions", "duckdb_secrets",
                    "duckdb_temporary_files")
@@ -229,8 +229,9 @@ def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None
 
     The query runs on its own cursor of ``con``, so a slow one holds up no other
     session. Rows stream in small batches: a result past the size limit is never
-    held whole. Paths of the machine stay out of its rows and messages
-    (:func:`check_no_path_functions`, :func:`hide_paths`)."""
+    held whole. Paths of the machine stay out of it: functions that show them
+    are refused (:func:`check_no_path_functions`) and messages hide them
+    (:func:`hide_paths`); the rows are the store's own, unchanged."""
     body = check_readonly_sql(sql)
     check_no_path_functions(body)
     path = getattr(con, "path", None)
@@ -259,9 +260,6 @@ def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None
     if truncated:
         table = table.slice(0, limit)
     df = table.to_pandas()
-    for c in df.columns:
-        if df[c].dtype == object:
-            df[c] = [hide_paths(v, path) if isinstance(v, str) else v for v in df[c]]
     df.attrs.update(truncated=truncated, bytes=int(n_bytes), seconds=time.perf_counter() - t0)
     return df
 

@@ -39,7 +39,9 @@ _BAD = """() => {
   return bad;
 }"""
 T0 = 0.0
-SHOWN = [CORPUS[1], CORPUS[7], CORPUS[9]]  # one-line strings the Prompt page must show as is
+IMG = CORPUS[1]  # <img src=x onerror=...>
+TASK = " ".join(s for s in CORPUS if s.startswith(("<a href", "`code`")))  # HTML and Markdown links
+SHOWN = [s for s in CORPUS if not set(s) & set("\n\r\t\x00\u2028")]  # shown as is, one line
 
 
 def hostile_store(where: Path) -> tuple[Path, int]:
@@ -57,9 +59,9 @@ def hostile_store(where: Path) -> tuple[Path, int]:
     try:
         con.execute("UPDATE prompts SET text = ? || ' ' || text, task = ?, condition = ?, "
                     "template = ?, error = CASE WHEN status = 'ok' THEN error ELSE ? END",
-                    [HOSTILE, CORPUS[7], CORPUS[1], CORPUS[3], HOSTILE])
+                    [HOSTILE, TASK, IMG, CORPUS[3], HOSTILE])
         for i, s in enumerate(CORPUS):
-            con.execute("UPDATE tokens SET token = ? WHERE pos = ?", [s, i % 6])
+            con.execute("UPDATE tokens SET token = ? WHERE pos = ?", [s, i])
         con.execute("UPDATE circuits SET task = ?, condition = ?", [HOSTILE, CORPUS[5]])
         pid = con.execute("SELECT min(prompt_id) FROM prompts WHERE status = 'ok'").fetchone()[0]
     finally:
@@ -89,7 +91,7 @@ def watch(page, origin: str) -> dict:
 
 def check(page, seen: dict, where: str) -> None:
     print(f"{time.perf_counter() - T0:6.1f} s  {where}")
-    page.wait_for_timeout(300)  # an onerror or a late fetch would have happened by now
+    page.wait_for_timeout(200)  # an onerror or a late fetch would have happened by now
     assert not seen["dialogs"], (where, seen["dialogs"])
     assert not seen["outside"], (where, seen["outside"])
     assert page.evaluate(_BAD) == [], where
@@ -126,13 +128,16 @@ def test_hostile_text_on_every_page_and_export(tmp_path):
         open_page(page, url + "/", "h1:has-text('Overview')")
         no_exception(page)
         check(page, seen, "overview")
-        assert CORPUS[7] in page.inner_text("body").replace("\u2060", "")  # the task, as text
+        assert TASK in page.inner_text("body").replace("\u2060", "")  # the task, as text
 
         open_page(page, url + "/prompt", ".unpack-tok")
         no_exception(page)
         body = page.inner_text("body").replace("\u2060", "")  # word joiners (app/escape.py)
         for s in SHOWN:
             assert s in body, s
+        page.get_by_text("Credit per position as a chart and a table").click()  # tokens in plotly
+        page.wait_for_selector(".js-plotly-plot .xtick")
+        settle(page)
         page.get_by_text("Export the top paths for a paper").click()
         paths_html = download(page, "Top paths (interactive HTML)", tmp_path / "paths.html")
         check(page, seen, "prompt")
@@ -155,6 +160,6 @@ def test_hostile_text_on_every_page_and_export(tmp_path):
         no_exception(page)
         check(page, seen, "sql result")
 
-        check_export(page, seen, out, CORPUS[1])
-        check_export(page, seen, paths_html, CORPUS[1])
-        check_export(page, seen, circuit_html, CORPUS[1])
+        check_export(page, seen, out, IMG)
+        check_export(page, seen, paths_html, IMG)
+        check_export(page, seen, circuit_html, IMG)

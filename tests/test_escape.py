@@ -29,6 +29,7 @@ CORPUS = [
     "</script><script>alert(2)</script>",
     '"><svg onload=alert(3)>',
     "' onmouseover='alert(4)",
+    f'<a href="http://{EVIL}/a">a link</a> <b>bold</b>',
     f"`code` ![t](http://{EVIL}:18999/pixel.png) [site](http://{EVIL}/)",
     f"www.{EVIL} http://{EVIL}/auto <http://{EVIL}/angle> me@{EVIL} mailto:me@{EVIL}",
     "**bold** _em_ # head :red[red] $x^2$ | a | b |",

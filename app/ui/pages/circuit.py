@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app.escape import markdown as md
+from app.escape import html_text, markdown as md
 from app.ui import data as D
 from app.ui import state, views
 from app.ui.tables import table
@@ -61,7 +61,8 @@ if G.number_of_nodes() == 0:
     st.info("No edges pass the thresholds: lower the minimum weight or share.")
     st.stop()
 fig = views.graph_figure(G, layered_layout(G),
-                         title=f"{D.short_model(model)} · {ws.task} · root {root}", height=560)
+                         title=html_text(f"{D.short_model(model)} · {ws.task} · root {root}"),  # plotly reads tags
+                         height=560)
 event = st.plotly_chart(fig, key="circuit_chart", on_select="rerun", selection_mode="points")
 
 # a click on a node selects it below

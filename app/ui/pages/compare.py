@@ -2,7 +2,7 @@
 import plotly.express as px
 import streamlit as st
 
-from app.escape import markdown as md
+from app.escape import html_text, markdown as md
 from app.ui import data as D
 from app.ui import state, views
 from app.ui.tables import table
@@ -102,8 +102,8 @@ with st.spinner("Aggregating each model's circuit ..."):
             st.warning(f"{md(D.short_model(m))}: {md(e)}")
 fig = make_subplots(rows=len(graphs), cols=1, shared_xaxes=True,
                     vertical_spacing=min(0.12, 0.3 / max(1, len(graphs))),
-                    subplot_titles=[f"{D.short_model(m)} ({G.graph.get('n_layers')} layers)"
-                                    for m, G in graphs.items()])
+                    subplot_titles=[html_text(f"{D.short_model(m)} ({G.graph.get('n_layers')} "
+                                              "layers)") for m, G in graphs.items()])
 in_legend: set = set()  # each mode drawn in any model's graph is listed once
 for i, (m, G) in enumerate(graphs.items(), start=1):
     H = views.threshold(G, 0.0, top_k)

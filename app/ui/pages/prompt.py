@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app.escape import markdown as md
+from app.escape import html_text, markdown as md
 from app.ui import data as D
 from app.ui import state, views
 from unpack.components import parse_component
@@ -63,9 +63,10 @@ if st.toggle("Credit per position as a chart and a table", key="prompt_chart"):
 
     scale = views.color_scale(credit["credit"], excl)
     fig = go.Figure(go.Bar(
-        x=[f"{p}:{t}" for p, t in zip(credit["pos"], credit["token"])], y=credit["credit"],
+        x=[html_text(f"{p}:{t}") for p, t in zip(credit["pos"], credit["token"])],  # plotly
+        y=credit["credit"],  # reads tags in its texts: stored text is escaped as HTML
         marker_color=[views.diverging(v, scale) for v in credit["credit"]],
-        hovertext=[f"{r if isinstance(r, str) else ''} {pct:+.2f}%" for r, pct
+        hovertext=[html_text(f"{r if isinstance(r, str) else ''} {pct:+.2f}%") for r, pct
                    in zip(credit["role"], credit["credit_pct"])]))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="credit")
     st.plotly_chart(fig, key="prompt_credit_chart")
