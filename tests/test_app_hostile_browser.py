@@ -159,6 +159,13 @@ def test_hostile_text_on_every_page_and_export(tmp_path):
         assert page.get_by_text("rows").count() >= 1
         no_exception(page)
         check(page, seen, "sql result")
+        page.get_by_label("Query").fill("SELECT CAST(text AS INTEGER) FROM prompts")
+        page.keyboard.press("Control+Enter")
+        settle(page)
+        page.get_by_role("button", name="Run query").click()
+        page.locator('[data-testid="stAlert"]').filter(has_text="Could not convert").wait_for()
+        no_exception(page)
+        check(page, seen, "sql error quoting the text")
 
         check_export(page, seen, out, IMG)
         check_export(page, seen, paths_html, IMG)

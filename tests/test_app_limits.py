@@ -46,7 +46,7 @@ def env(**extra):
 # The SQL page in a fresh process: run one query, report what the page shows,
 # how long the run took and the process's peak memory.
 _SQL_PAGE = r"""
-import json, sys, time
+import json, re, sys, time
 from unpack.plan import proc_bytes
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file(sys.argv[1], default_timeout=120)
@@ -61,7 +61,8 @@ at.text_area(key="sql_text").set_value(sys.argv[2])
 t0 = time.monotonic()
 at.run()
 seconds = time.monotonic() - t0
-print(json.dumps({"seconds": seconds, "errors": [e.value for e in at.error],
+print(json.dumps({"seconds": seconds,  # errors as read: without Markdown's escapes
+                  "errors": [re.sub(r"\\(.)", r"\1", e.value) for e in at.error],
                   "exceptions": [str(e.value) for e in at.exception],
                   "captions": [c.value for c in at.caption],
                   # this process's own high-water mark: ru_maxrss would also count the

@@ -4,6 +4,7 @@ import io
 import streamlit as st
 
 from app.db import query_store
+from app.escape import markdown as md
 from app.ui import data as D
 from app.ui import state
 from app.ui.tables import table
@@ -58,8 +59,8 @@ if st.session_state.get("sql_last") == sql:  # edits need Run again; a new row l
     try:
         with st.spinner(f"Running the query (time limit {timeout_s:g} s) ..."):
             df = cached_query(state.db_path(), sql, int(limit))
-    except InputError as e:
-        st.error(str(e))
+    except InputError as e:  # DuckDB's message may quote stored text: Markdown-escaped
+        st.error(md(str(e)))
     else:
         more = " (truncated at the row limit: there are more rows)" if df.attrs.get("truncated") else ""
         st.caption(f"{len(df):,} row{'' if len(df) == 1 else 's'}{more}")
