@@ -58,8 +58,9 @@ def hostile_store(where: Path) -> tuple[Path, int]:
     con = duckdb.connect(str(db))
     try:
         con.execute("UPDATE prompts SET text = ? || ' ' || text, task = ?, condition = ?, "
-                    "template = ?, error = CASE WHEN status = 'ok' THEN error ELSE ? END",
-                    [HOSTILE, TASK, IMG, CORPUS[3], HOSTILE])
+                    "template = ?, target = ?, distractor = ?, "
+                    "error = CASE WHEN status = 'ok' THEN error ELSE ? END",
+                    [HOSTILE, TASK, IMG, CORPUS[3], TASK, CORPUS[5], HOSTILE])
         for i, s in enumerate(CORPUS):
             con.execute("UPDATE tokens SET token = ? WHERE pos = ?", [s, i])
         con.execute("UPDATE circuits SET task = ?, condition = ?", [HOSTILE, CORPUS[5]])

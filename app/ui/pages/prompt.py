@@ -36,8 +36,8 @@ st.markdown(f"**Text:** {md(info['text'])}  \n**Model:** {md(info['model'])} · 
             f"{md(info['preset'])} · task {md(info['task'])} · condition "
             f"{md(info['condition'] or '-')} · template {md(info['template'] or '-')}")
 m = st.columns(5)
-m[0].metric("target", repr(info["target"]))
-m[1].metric("distractor", repr(info["distractor"]) if info["distractor"] else "-")
+m[0].metric("target", md(repr(info["target"])))  # a metric's value is Markdown too
+m[1].metric("distractor", md(repr(info["distractor"])) if info["distractor"] else "-")
 m[2].metric("p(target)", f"{info['target_prob']:.4f}" if pd.notna(info["target_prob"]) else "-")
 m[3].metric("logit diff", f"{info['logit_diff']:+.3f}" if pd.notna(info["logit_diff"]) else "-")
 
