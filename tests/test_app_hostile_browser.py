@@ -63,7 +63,9 @@ def hostile_store(where: Path) -> tuple[Path, int]:
                     [HOSTILE, TASK, IMG, CORPUS[3], TASK, CORPUS[5], HOSTILE])
         for i, s in enumerate(CORPUS):
             con.execute("UPDATE tokens SET token = ? WHERE pos = ?", [s, i])
-        con.execute("UPDATE circuits SET task = ?, condition = ?", [HOSTILE, CORPUS[5]])
+        con.execute("UPDATE circuits SET task = ?, condition = ?, model = ?",
+                    [HOSTILE, CORPUS[5], TASK])
+        con.execute("UPDATE models SET name = ?", [TASK])
         pid = con.execute("SELECT min(prompt_id) FROM prompts WHERE status = 'ok'").fetchone()[0]
     finally:
         con.close()
