@@ -265,7 +265,7 @@ def test_app_limit_flags_are_checked(db, capsys, flag, value):
     assert f"{flag} {float(value)}" in err and "above 0" in err, err
 
 
-# ------------------------------------------------------------------ memory and paths (docs/SECURITY.md)
+# ------------------------------------------------------------------ memory and paths
 
 BIG = "SELECT list(range) FROM range(400000000)"  # a 3 GB list if nothing stops it
 

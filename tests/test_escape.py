@@ -167,7 +167,8 @@ def test_html_export_keeps_the_text_as_text_and_runs_only_its_own_script():
     assert data["title"] == G.graph["title"]
     assert {n["id"] for n in data["nodes"]} == set(G.nodes)
     # the policy: nothing from outside, and the one script that runs is the page's own
-    csp = next(a["content"] for tag, a in t.tags if a.get("http-equiv") == "Content-Security-Policy")
+    csp = next(a["content"] for _, a in t.tags
+               if a.get("http-equiv") == "Content-Security-Policy")
     assert "unsafe-inline" not in csp and "default-src 'none'" in csp
     own = page.split("<script>")[1].split("</script>")[0]
     digest = base64.b64encode(hashlib.sha256(own.encode()).digest()).decode()

@@ -61,7 +61,8 @@ if G.number_of_nodes() == 0:
     st.info("No edges pass the thresholds: lower the minimum weight or share.")
     st.stop()
 fig = views.graph_figure(G, layered_layout(G),
-                         title=html_text(f"{D.short_model(model)} · {ws.task} · root {root}"),  # plotly reads tags
+                         # plotly reads tags in a title: stored text escaped as HTML
+                         title=html_text(f"{D.short_model(model)} · {ws.task} · root {root}"),
                          height=560)
 event = st.plotly_chart(fig, key="circuit_chart", on_select="rerun", selection_mode="points")
 

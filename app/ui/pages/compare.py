@@ -39,7 +39,8 @@ if len(models) < 2:
     st.info(f"Compare needs two or more models with prompts in the working set "
             f"({len(models)} now: {md(', '.join(D.short_model(m) for m in models) or 'none')}). "
             "Pick more models in the sidebar, or ingest the same task on another model: "
-            f"`unpack ingest --model MODEL --task TASK --controls` with task {md(ws.task or 'ioi')}.")
+            "`unpack ingest --model MODEL --task TASK --controls` with task "
+            f"{md(ws.task or 'ioi')}.")
     st.stop()
 st.caption(f"{md(ws.describe())} · models ordered by size, one model's checkpoints by step")
 

@@ -112,8 +112,8 @@ with tab_rows:
     flow = state.query(D.flow_at, tid, comp, pos)
     feed = state.query(D.feeders, tid, comp, pos, 25)
     st.caption(f"Within the stored trace from {md(root)}: {flow:+.4g} of its credit flows "
-               f"through {md(spec)}. The writers it reads, strongest first (edges are stored above the "
-               "ingest's edge_min_frac):")
+               f"through {md(spec)}. The writers it reads, strongest first (edges are stored "
+               "above the ingest's edge_min_frac):")
     if feed.empty:
         hint = ("another component (the Circuit page shows which carry credit)"
                 if pos == int(info["target_pos"]) else
