@@ -23,6 +23,11 @@ opens the file for its own duration, so `unpack ingest` can write the same file
 while the app runs: a query that meets a commit waits for it (a moment), and a
 refresh shows the prompts committed so far.
 
+The SQL box has a time and a result-size limit per query, and all of the app's
+queries share DuckDB's memory limit and threads (--sql-memory-mb, default 2048;
+--sql-threads, default the CPUs up to 4); functions that show the machine's
+paths are refused (docs/SECURITY.md).
+
 The app listens on 127.0.0.1 only. --host 0.0.0.0 exposes it to the network:
 anyone who can reach the port can read the whole database.
 
@@ -53,6 +58,11 @@ def register(subparsers) -> None:
     p.add_argument("--sql-max-mb", type=float, default=None, metavar="MB",
                    help="size limit of one SQL result in MiB (default 32); the result cache "
                         "holds at most four times this")
+    p.add_argument("--sql-memory-mb", type=int, default=None, metavar="MB",
+                   help="DuckDB's memory limit in MiB for all of the app's queries together "
+                        "(default 2048); a query past it stops and says so")
+    p.add_argument("--sql-threads", type=int, default=None, metavar="N",
+                   help="DuckDB's threads for the app's queries (default: the CPUs, at most 4)")
     p.set_defaults(func=app_handler)
 
 
@@ -95,15 +105,19 @@ def check_port(host: str, port: int) -> None:
 
 
 def _limits(args) -> dict[str, str]:
-    """The SQL limits as the environment the Streamlit process reads."""
+    """The SQL limits as the environment the Streamlit process reads
+    (``state.sql_limits``, ``app.db.app_limits``)."""
     from unpack.errors import InputError
 
-    from .db import DEFAULT_MAX_MB, DEFAULT_TIMEOUT_S
+    from .db import DEFAULT_MAX_MB, DEFAULT_MEMORY_MB, DEFAULT_THREADS, DEFAULT_TIMEOUT_S
 
     out = {}
     for flag, value, default, name, top in (
             ("--sql-timeout", args.sql_timeout, DEFAULT_TIMEOUT_S, "UNPACK_SQL_TIMEOUT", 86400),
-            ("--sql-max-mb", args.sql_max_mb, DEFAULT_MAX_MB, "UNPACK_SQL_MAX_MB", 65536)):
+            ("--sql-max-mb", args.sql_max_mb, DEFAULT_MAX_MB, "UNPACK_SQL_MAX_MB", 65536),
+            ("--sql-memory-mb", args.sql_memory_mb, DEFAULT_MEMORY_MB, "UNPACK_SQL_MEMORY_MB",
+             1 << 20),
+            ("--sql-threads", args.sql_threads, DEFAULT_THREADS, "UNPACK_SQL_THREADS", 256)):
         v = default if value is None else value
         if not 0 < v <= top:  # also refuses nan
             raise InputError(f"{flag} {value} must be a number above 0 and at most {top}, "

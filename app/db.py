@@ -6,6 +6,7 @@ install extensions or read the file system.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -22,13 +23,14 @@ SAFE_CONFIG = {
 }
 
 
-def _open_read(path) -> duckdb.DuckDBPyConnection:
+def _open_read(path, limits: dict | None = None) -> duckdb.DuckDBPyConnection:
     """A read-only connection with external access off and its settings locked,
-    waiting (``ingest.store.retry_locked``) while an ingest commits a batch."""
+    waiting (``ingest.store.retry_locked``) while an ingest commits a batch;
+    ``limits``: more DuckDB settings (the app's :func:`app_limits`)."""
     from ingest.store import retry_locked
 
-    con = retry_locked(lambda: duckdb.connect(str(path), read_only=True, config=dict(SAFE_CONFIG)),
-                       path)
+    config = dict(SAFE_CONFIG, **(limits or {}))
+    con = retry_locked(lambda: duckdb.connect(str(path), read_only=True, config=config), path)
     try:
         con.execute("SET lock_configuration = true")
     except BaseException:
@@ -102,6 +104,64 @@ _HINT = "SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN only"
 
 DEFAULT_TIMEOUT_S = 10.0  # per query; `unpack app --sql-timeout`
 DEFAULT_MAX_MB = 32.0  # result size; `unpack app --sql-max-mb`
+DEFAULT_MEMORY_MB = 2048  # DuckDB's memory for all the app's queries; `unpack app --sql-memory-mb`
+DEFAULT_THREADS = min(4, os.cpu_count() or 1)  # DuckDB's threads; `unpack app --sql-threads`
+
+# Functions that would show the store's absolute path (or the home directory) in
+# their rows: the SQL box refuses them; ``query``/``query_table`` would run any of
+# them from a string. Paths in error messages are hidden (:func:`hide_paths`).
+_PATH_FUNCTIONS = ("duckdb_databases", "pragma_database_list", "database_list",
+                   "duckdb_settings", "duckdb_extensions", "duckdb_secrets",
+                   "duckdb_temporary_files")
+_PATH_CALLS = ("current_setting", "which_secret", "query", "query_table", "getvariable",
+               "json_execute_serialized_sql")  # refused when called: NAME(
+
+
+def app_limits() -> dict:
+    """DuckDB's ``memory_limit`` and ``threads`` for the app's connections, from
+    $UNPACK_SQL_MEMORY_MB and $UNPACK_SQL_THREADS (set by ``unpack app
+    --sql-memory-mb/--sql-threads``; defaults :data:`DEFAULT_MEMORY_MB`,
+    :data:`DEFAULT_THREADS`). One DuckDB instance serves every session, so the
+    memory limit bounds all queries together (docs/SECURITY.md)."""
+    def num(name, default, cast):
+        try:
+            v = cast(float(os.environ.get(name, default)))
+        except (ValueError, OverflowError):
+            return default
+        return v if v >= 1 else default
+
+    return {"memory_limit": f"{num('UNPACK_SQL_MEMORY_MB', DEFAULT_MEMORY_MB, int)}MiB",
+            "threads": num("UNPACK_SQL_THREADS", DEFAULT_THREADS, int)}
+
+
+def check_no_path_functions(body: str) -> None:
+    """Refuse a statement that names one of :data:`_PATH_FUNCTIONS` (found with
+    DuckDB's tokenizer, so a name inside a string literal is left alone)."""
+    toks = duckdb.tokenize(body)
+    offs = [off for off, _ in toks] + [len(body)]
+    words = [body[a:b].strip() for a, b in zip(offs, offs[1:])]
+    for i, ((_, kind), word) in enumerate(zip(toks, words)):
+        if getattr(kind, "name", str(kind)) not in ("identifier", "keyword"):
+            continue
+        name = word.strip('"').lower()
+        called = i + 1 < len(words) and words[i + 1].startswith("(")
+        if name in _PATH_FUNCTIONS or (name in _PATH_CALLS and called):
+            raise InputError(f"{name} is not allowed in the SQL box: it can show paths of the "
+                             "machine the app runs on; query the store's tables and views "
+                             "(see 'Tables and views' below)")
+
+
+def hide_paths(text: str, path) -> str:
+    """``text`` with the store's absolute path, its folder and the home folder
+    written as ``<store>``, ``<store folder>`` and ``~``."""
+    if path is None:
+        return text
+    p = Path(path).resolve()
+    for full, short in ((str(p), "<store>"), (str(p.parent), "<store folder>"),
+                        (str(Path.home()), "~")):
+        if len(full) > 1:
+            text = text.replace(full, short)
+    return text
 
 
 class QueryLimitError(InputError):
@@ -169,8 +229,12 @@ def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None
 
     The query runs on its own cursor of ``con``, so a slow one holds up no other
     session. Rows stream in small batches: a result past the size limit is never
-    held whole."""
+    held whole. Paths of the machine stay out of it: functions that show them
+    are refused (:func:`check_no_path_functions`) and messages hide them
+    (:func:`hide_paths`); the rows are the store's own, unchanged."""
     body = check_readonly_sql(sql)
+    check_no_path_functions(body)
+    path = getattr(con, "path", None)
     cur = con.cursor()
     timed_out = threading.Event()
 
@@ -186,7 +250,8 @@ def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None
             timer.start()
         table, n_bytes = _fetch(cur, body, limit, max_bytes)
     except duckdb.Error as e:
-        raise _query_error(e, timed_out.is_set(), timeout_s) from None
+        err = _query_error(e, timed_out.is_set(), timeout_s)
+        raise type(err)(hide_paths(str(err), path)) from None
     finally:
         if timer is not None:
             timer.cancel()
@@ -233,6 +298,12 @@ def _query_error(e: duckdb.Error, timed_out: bool, timeout_s) -> InputError:
             "it (a WHERE, a LIMIT, fewer joins), or raise the limit with "
             "`unpack app --sql-timeout`")
     msg = str(e).splitlines()[0]
+    if isinstance(e, duckdb.OutOfMemoryException):
+        return QueryLimitError(
+            f"the query needs more memory than the SQL box's memory limit allows ({msg}): "
+            "narrow it (a "
+            "WHERE, a LIMIT, fewer or smaller aggregates), or raise the limit with "
+            "`unpack app --sql-memory-mb`")
     if any(k in msg.lower() for k in ("read-only", "read only", "external access", "permission",
                                       "lock_configuration", "locked")):
         return InputError(f"refused: {msg} (this connection is read-only and cannot reach files)")
@@ -291,8 +362,9 @@ class ShortLived:
     LINGER_S = 0.3  # the file stays open this long after the last query: a page's
     #                 queries share one opening, and a commit waits at most this much more
 
-    def __init__(self, path):
+    def __init__(self, path, limits: dict | None = None):
         self.path = str(path)
+        self.limits = limits  # DuckDB settings of its connections (app_limits)
         self._con = None
         self._users = 0
         self._lock = threading.Lock()
@@ -304,7 +376,7 @@ class ShortLived:
                 self._closing.cancel()
                 self._closing = None
             if self._con is None:
-                self._con = _open_read(self.path)
+                self._con = _open_read(self.path, self.limits)
             self._users += 1
             try:
                 cur = self._con.cursor()
@@ -385,7 +457,7 @@ def shared_db(path) -> ShortLived:
     with _SHARED_LOCK:
         if key not in _SHARED:
             open_db(key).close()
-            _SHARED[key] = ShortLived(key)
+            _SHARED[key] = ShortLived(key, app_limits())
         return _SHARED[key]
 
 

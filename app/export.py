@@ -9,11 +9,13 @@ index), edges point the way credit moves (reader → the writer it reads) with
 """
 from __future__ import annotations
 
-import html
+import base64
+import hashlib
 import json
 
 import networkx as nx
 
+from app import escape
 from app import graphs as gr
 from unpack.errors import InputError
 
@@ -116,11 +118,7 @@ def _drawing(G: nx.DiGraph, width: int = 900, height: int = 560, pad: int = 60) 
                 edges=edges, colors=COLORS)
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'">
-<title>__TITLE__</title>
-<style>
+_STYLE = """
 body{font-family:sans-serif;margin:16px;color:#222}
 svg{border:1px solid #ddd;background:#fff}
 .node circle{fill:#fff;stroke:#333;stroke-width:1.5;cursor:pointer}
@@ -130,13 +128,9 @@ svg{border:1px solid #ddd;background:#fff}
 .edge.neg{stroke-dasharray:5 3}
 .dim{opacity:.12}
 #info{font-size:13px;min-height:3em;white-space:pre-wrap}
-</style></head><body>
-<h3>__TITLE__</h3>
-<div id="legend"></div>
-<svg id="graph" xmlns="http://www.w3.org/2000/svg"></svg>
-<div id="info">Hover an edge or a node; click a node to keep its edges highlighted.</div>
-<script id="data" type="application/json">__DATA__</script>
-<script>
+"""
+
+_SCRIPT = """
 (function () {
   var D = JSON.parse(document.getElementById('data').textContent);
   var NS = 'http://www.w3.org/2000/svg', svg = document.getElementById('graph');
@@ -182,20 +176,35 @@ svg{border:1px solid #ddd;background:#fff}
     ' edges; modes: ' + Object.keys(modes).map(function (m) { return m + ' ' + modes[m]; }).join(', ') +
     ' (colour = mode, width = |weight|, dashed = negative)';
 })();
-</script></body></html>
 """
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+# nothing may load or run but the page's own style and script (by hash): no network,
+# no inline script from the data, no form, no base URL
+CSP = (f"default-src 'none'; script-src {_sha256(_SCRIPT)}; style-src {_sha256(_STYLE)}; "
+       "img-src 'none'; connect-src 'none'; font-src 'none'; object-src 'none'; "
+       "base-uri 'none'; form-action 'none'")
+
+_PAGE = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+         '<title>{title}</title>\n<style>{style}</style></head><body>\n<h3>{title}</h3>\n'
+         '<div id="legend"></div>\n<svg id="graph" xmlns="http://www.w3.org/2000/svg"></svg>\n'
+         '<div id="info">Hover an edge or a node; click a node to keep its edges highlighted.'
+         '</div>\n<script id="data" type="application/json">{data}</script>\n'
+         '<script>{script}</script></body></html>\n')
 
 
 def to_html(G: nx.DiGraph) -> str:
     """One standalone page: the graph as inline SVG drawn by an inline script from the
-    embedded data; nothing is fetched (its content security policy forbids it)."""
-    data = json.dumps(_drawing(G), default=str).replace("</", "<\\/")
-    return (_PAGE.replace("__TITLE__", html.escape(G.graph.get("title", "graph")))
-            .replace("__DATA__", data))
-
-
-def _tex(s: str) -> str:
-    return "".join("\\" + c if c in "_&%$#{}" else c for c in str(s))
+    embedded data; nothing is fetched and nothing runs but its own script (its content
+    security policy, :data:`CSP`). Stored text is escaped for each place it lands
+    (:mod:`app.escape`: the title as HTML text, the data as script data)."""
+    return _PAGE.format(title=escape.html_text(G.graph.get("title", "graph")),
+                        data=escape.script_json(_drawing(G)), style=_STYLE, script=_SCRIPT)
 
 
 def to_tikz(G: nx.DiGraph, scale: float = 1.6) -> str:
@@ -204,20 +213,23 @@ def to_tikz(G: nx.DiGraph, scale: float = 1.6) -> str:
     pos = layout(G)
     ids = {n: f"n{i}" for i, n in enumerate(G.nodes)}
     top = max([abs(d["weight"]) for _, _, d in G.edges(data=True)] or [1.0]) or 1.0
-    out = [f"% {_tex(G.graph.get('title', ''))}", "% needs \\usetikzlibrary{arrows.meta}"]
+    out = [f"% {escape.tex(G.graph.get('title', ''))}", "% needs \\usetikzlibrary{arrows.meta}"]
     out += [f"\\definecolor{{mode{m}}}{{HTML}}{{{c[1:].upper()}}}" for m, c in COLORS.items()]
     out.append("\\begin{tikzpicture}[>=Stealth, comp/.style={draw, circle, minimum size=7mm, "
                "inner sep=1pt, font=\\scriptsize}]")
     for n in G.nodes:
         x, y = pos[n]
         out.append(f"  \\node[comp] ({ids[n]}) at ({x * scale:.2f}, {y * scale * 0.7:.2f}) "
-                   f"{{{_tex(label(n))}}};")
+                   f"{{{escape.tex(label(n))}}};")
     for u, v, d in G.edges(data=True):
-        style = [f"draw=mode{d['mode']}", f"line width={0.4 + 2.4 * abs(d['weight']) / top:.2f}pt"]
+        mode = d["mode"] if d["mode"] in COLORS else None  # a colour name only for known modes
+        style = [f"draw=mode{mode}" if mode else "draw=black",
+                 f"line width={0.4 + 2.4 * abs(d['weight']) / top:.2f}pt"]
         if d["weight"] < 0:
             style.append("dashed")
         out.append(f"  \\draw[->, {', '.join(style)}] ({ids[u]}) to[bend left=10] "
-                   f"node[midway, font=\\tiny, fill=white, inner sep=0.5pt] {{{d['mode']}}} "
+                   "node[midway, font=\\tiny, fill=white, inner sep=0.5pt] "
+                   f"{{{escape.tex(d['mode'])}}} "
                    f"({ids[v]});")
     out.append("\\end{tikzpicture}")
     return "\n".join(out) + "\n"

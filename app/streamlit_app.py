@@ -9,13 +9,16 @@ from pathlib import Path
 
 import duckdb
 import streamlit as st
+from PIL import Image
 
 from app.ui import state, url
 
 HERE = Path(__file__).resolve().parent
 
-st.set_page_config(page_title="Unpack explorer", page_icon=":material/account_tree:",
-                   layout="wide")
+# the icon is an image made here, not a named icon or an emoji: those the browser fetches
+# from outside (docs/SECURITY.md: the app asks for nothing beyond its own server)
+st.set_page_config(page_title="Unpack explorer", layout="wide",
+                   page_icon=Image.new("RGB", (32, 32), (148, 103, 189)))
 
 PAGES_DIR = HERE / "ui" / "pages"  # not ./pages: that name would make Streamlit list the files
 PAGES = [

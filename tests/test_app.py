@@ -268,7 +268,7 @@ def test_sql_page_refuses_each_statement_with_a_clear_message(monkeypatch, store
         widget(at.button, "Run query").click()
         at.run()
         assert not at.exception, [e.value for e in at.exception]
-        errors = [e.value for e in at.error]
+        errors = [re.sub(r"\\(.)", r"\1", e.value) for e in at.error]  # Markdown-escaped
         assert len(errors) == 1, (name, errors)
         assert re.search(r"read-only|not allowed|refused|one statement", errors[0]), errors[0]
         assert not any(c.endswith("rows") or "rows (" in c for c in captions(at))
@@ -400,7 +400,10 @@ def test_prompt_reroot_from_stored_rows(monkeypatch, store):
     # a position with no stored reroot says so and lists the stored roots
     widget(at.selectbox, "Position").set_value(end - 1).run()
     assert_clean(at)
-    assert any("No stored trace is rooted at `attn_1_head_1@" in i.value for i in at.info)
+    from app.escape import markdown
+
+    want = "No stored trace is rooted at " + markdown("attn_1_head_1@")  # stored text, escaped
+    assert any(want in i.value for i in at.info)
 
 
 def test_prompt_trace_on_demand_equals_the_stored_reroot(monkeypatch, store):
@@ -411,7 +414,9 @@ def test_prompt_trace_on_demand_equals_the_stored_reroot(monkeypatch, store):
     end = int(sql(db, "SELECT target_pos FROM prompts WHERE prompt_id = ?", [pid]).iloc[0, 0])
     widget(at.selectbox, "Component").set_value("attn_1_head_0").run()
     widget(at.selectbox, "Position").set_value(end).run()
-    go = widget(at.button, f"Trace from attn_1_head_0@{end}")
+    from app.escape import markdown
+
+    go = widget(at.button, "Trace from " + markdown(f"attn_1_head_0@{end}"))  # a Markdown label
     go.click().run()
     assert_clean(at)
     assert any("Traced in" in c for c in captions(at))
@@ -429,7 +434,9 @@ def test_prompt_trace_on_demand_unavailable_says_so(monkeypatch, tmp_path):
     at = open_app(monkeypatch, db, "prompt")
     warn = [w.value for w in at.warning]
     assert len(warn) == 1 and "not available" in warn[0] and "not on this machine" in warn[0]
-    assert "`target`" in warn[0] and "`attn_1_head_0@END`" in warn[0]
+    from app.escape import markdown
+
+    assert markdown("target") in warn[0] and markdown("attn_1_head_0@END") in warn[0]
     assert not [b for b in at.button if b.label.startswith("Trace from")]
 
 
@@ -486,7 +493,9 @@ def test_circuit_node_details_and_reroot(monkeypatch, store):
     target = "attn_1_head_0" if "attn_1_head_0" in node.options else node.options[0]
     node.set_value(target).run()
     assert_clean(at)
-    assert any(m.value.startswith(f"**{target}**") for m in at.markdown)
+    from app.escape import markdown
+
+    assert any(m.value.startswith(f"**{markdown(target)}**") for m in at.markdown)
     examples = [d.value for d in at.dataframe if "text" in d.value.columns][0]
     want = sql(db, "SELECT t.prompt_id FROM component_flows f JOIN trace_info t USING (trace_id) "
                    "WHERE t.model = ? AND t.root = 'target' AND t.condition = 'ioi_io' AND "

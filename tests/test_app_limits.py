@@ -46,23 +46,29 @@ def env(**extra):
 # The SQL page in a fresh process: run one query, report what the page shows,
 # how long the run took and the process's peak memory.
 _SQL_PAGE = r"""
-import json, sys, time
+import json, re, sys, time
 from unpack.plan import proc_bytes
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file(sys.argv[1], default_timeout=120)
 at.run()
 at.switch_page("ui/pages/sql.py").run()
+at.text_area(key="sql_text").set_value("SELECT 1 AS one")  # the page and DuckDB warmed up
+[b for b in at.button if b.label == "Run query"][0].click()
+at.run()
+base_mib = proc_bytes("/proc/self/status", "VmHWM:") / 2**20
 at.text_area(key="sql_text").set_value(sys.argv[2])
 [b for b in at.button if b.label == "Run query"][0].click()
 t0 = time.monotonic()
 at.run()
 seconds = time.monotonic() - t0
-print(json.dumps({"seconds": seconds, "errors": [e.value for e in at.error],
+print(json.dumps({"seconds": seconds,  # errors as read: without Markdown's escapes
+                  "errors": [re.sub(r"\\(.)", r"\1", e.value) for e in at.error],
                   "exceptions": [str(e.value) for e in at.exception],
                   "captions": [c.value for c in at.caption],
                   # this process's own high-water mark: ru_maxrss would also count the
                   # test process it was spawned from (kept across exec)
-                  "maxrss_mib": proc_bytes("/proc/self/status", "VmHWM:") / 2**20}))
+                  "maxrss_mib": proc_bytes("/proc/self/status", "VmHWM:") / 2**20,
+                  "base_mib": base_mib}))
 """
 
 
@@ -263,3 +269,48 @@ def test_app_limit_flags_are_checked(db, capsys, flag, value):
     assert main(["app", "--db", str(db), flag, value]) == 2
     err = capsys.readouterr().err
     assert f"{flag} {float(value)}" in err and "above 0" in err, err
+
+
+# ------------------------------------------------------------------ memory and paths
+
+BIG = "SELECT list(range) FROM range(400000000)"  # a 3 GB list if nothing stops it
+
+
+def test_sql_page_stops_a_query_at_the_memory_limit(db):
+    """DuckDB's memory_limit (`unpack app --sql-memory-mb`) stops the query with a
+    message naming the flag, and the app's peak memory stays near the limit."""
+    got = sql_page(db, BIG, UNPACK_SQL_MEMORY_MB="256")
+    print(f"memory-limit query: {got['seconds']:.2f} s, app peak {got['maxrss_mib']:.0f} MiB "
+          f"(after SELECT 1: {got['base_mib']:.0f} MiB; limit 256 MiB)")
+    assert not got["exceptions"], got
+    assert len(got["errors"]) == 1 and "memory limit" in got["errors"][0], got
+    assert "--sql-memory-mb" in got["errors"][0]
+    assert got["maxrss_mib"] < got["base_mib"] + 256 + 128, got
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT * FROM duckdb_databases()", "SELECT path FROM duckdb_databases",
+    "FROM duckdb_settings()", "SELECT current_setting('temp_directory') AS t",
+    "SELECT * FROM query('SELECT path FROM duckdb_databases()')",
+    "SELECT * FROM duckdb_extensions()", "SELECT * FROM pragma_database_list"])
+def test_sql_box_never_shows_a_path_of_the_machine(tmp_path, query):
+    from app.db import query_store
+    from ingest import store
+
+    path = tmp_path / "paths.duckdb"  # its own store: the app's connection settings differ
+    store.connect(path).dispose()
+    try:
+        shown = query_store(path, query).to_csv()
+    except InputError as e:
+        shown = str(e)
+    assert str(tmp_path) not in shown and str(Path.home()) not in shown, shown
+    assert shown.strip(), query
+
+
+@pytest.mark.parametrize("flag", ["--sql-memory-mb", "--sql-threads"])
+def test_app_memory_and_thread_flags_are_checked(db, capsys, flag):
+    from unpack.cli import main
+
+    assert main(["app", "--db", str(db), flag, "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} 0 must be a number above 0" in err, err

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app.escape import markdown as md
 from app.ui import data as D
 from app.ui import state, views
 
@@ -104,7 +105,7 @@ def show(model: str, G_all) -> None:
     st.subheader("Stored circuits")
     circuits = state.query(circuits_of, model)
     if circuits.empty:
-        st.caption(f"No stored circuit for {D.short_model(model)}: find one with "
+        st.caption(f"No stored circuit for {md(D.short_model(model))}: find one with "
                    "`unpack discover --db DB --model MODEL` and check it with `unpack verify`.")
         return
     cid = st.selectbox("Circuit", circuits["circuit_id"].tolist(), key="stored_circuit",
@@ -122,13 +123,13 @@ def show(model: str, G_all) -> None:
         st.caption(f"Not verified yet: `unpack verify --db DB --circuit {cid}`.")
     else:
         v = ver.iloc[0]
-        st.markdown(f"**Verification {v['verification_id']}**: {v['ablation']} ablation "
-                    f"({v['reference']}), {v['n_prompts']} prompts, {v['n_random']} random "
+        st.markdown(f"**Verification {v['verification_id']}**: {md(v['ablation'])} ablation "
+                    f"({md(v['reference'])}), {v['n_prompts']} prompts, {v['n_random']} random "
                     f"circuits · clean logit difference {v['clean_logit_diff']:+.3f}, circuit "
                     f"knocked out {v['knocked_logit_diff']:+.3f}, only the circuit "
                     f"{v['kept_logit_diff']:+.3f}")
         st.dataframe(verification_table(v), hide_index=True, key="stored_circuit_verification")
-        st.caption(baseline_caption(json.loads(v["baseline"])))
+        st.caption(md(baseline_caption(json.loads(v["baseline"]))))
         st.markdown("Prompts where it holds least (lowest faithfulness)")
         st.dataframe(state.query(weakest_prompts, int(v["verification_id"]), 5), hide_index=True)
     _downloads(int(cid))

@@ -4,6 +4,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app.escape import html_text, markdown as md
 from app.ui import data as D
 from app.ui import state, views
 from app.ui.tables import table
@@ -60,7 +61,9 @@ if G.number_of_nodes() == 0:
     st.info("No edges pass the thresholds: lower the minimum weight or share.")
     st.stop()
 fig = views.graph_figure(G, layered_layout(G),
-                         title=f"{D.short_model(model)} · {ws.task} · root {root}", height=560)
+                         # plotly reads tags in a title: stored text escaped as HTML
+                         title=html_text(f"{D.short_model(model)} · {ws.task} · root {root}"),
+                         height=560)
 event = st.plotly_chart(fig, key="circuit_chart", on_select="rerun", selection_mode="points")
 
 # a click on a node selects it below
@@ -78,7 +81,7 @@ if st.session_state.get("circuit_node") not in nodes:
 node = st.selectbox("Inspect a component (or click a node)", nodes, key="circuit_node")
 
 a = G.nodes[node]
-st.markdown(f"**{node}** · kind {a.get('kind')} · layer {a.get('layer')} · flow "
+st.markdown(f"**{md(node)}** · kind {md(a.get('kind'))} · layer {a.get('layer')} · flow "
             f"{float(a.get('flow', 0) or 0):+.4g}")
 
 

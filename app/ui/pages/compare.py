@@ -2,6 +2,7 @@
 import plotly.express as px
 import streamlit as st
 
+from app.escape import html_text, markdown as md
 from app.ui import data as D
 from app.ui import state, views
 from app.ui.tables import table
@@ -36,11 +37,12 @@ summary = state.query(D.ws_summary, ws)
 models = summary["model"].tolist() if not summary.empty else []
 if len(models) < 2:
     st.info(f"Compare needs two or more models with prompts in the working set "
-            f"({len(models)} now: {', '.join(D.short_model(m) for m in models) or 'none'}). "
+            f"({len(models)} now: {md(', '.join(D.short_model(m) for m in models) or 'none')}). "
             "Pick more models in the sidebar, or ingest the same task on another model: "
-            f"`unpack ingest --model MODEL --task {ws.task or 'ioi'} --controls`.")
+            "`unpack ingest --model MODEL --task TASK --controls` with task "
+            f"{md(ws.task or 'ioi')}.")
     st.stop()
-st.caption(f"{ws.describe()} · models ordered by size, one model's checkpoints by step")
+st.caption(f"{md(ws.describe())} · models ordered by size, one model's checkpoints by step")
 
 # ------------------------------------------------------------------ credit by role
 st.subheader("Credit by role")
@@ -98,11 +100,11 @@ with st.spinner("Aggregating each model's circuit ..."):
         try:
             graphs[m] = state.circuit(m, ws, "target", tuple(modes))
         except Exception as e:
-            st.warning(f"{D.short_model(m)}: {e}")
+            st.warning(f"{md(D.short_model(m))}: {md(e)}")
 fig = make_subplots(rows=len(graphs), cols=1, shared_xaxes=True,
                     vertical_spacing=min(0.12, 0.3 / max(1, len(graphs))),
-                    subplot_titles=[f"{D.short_model(m)} ({G.graph.get('n_layers')} layers)"
-                                    for m, G in graphs.items()])
+                    subplot_titles=[html_text(f"{D.short_model(m)} ({G.graph.get('n_layers')} "
+                                              "layers)") for m, G in graphs.items()])
 in_legend: set = set()  # each mode drawn in any model's graph is listed once
 for i, (m, G) in enumerate(graphs.items(), start=1):
     H = views.threshold(G, 0.0, top_k)

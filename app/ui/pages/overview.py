@@ -1,6 +1,7 @@
 """Overview: what the store holds and the working set picked in the sidebar."""
 import streamlit as st
 
+from app.escape import markdown as md
 from app.ui import data as D
 from app.ui import state
 from app.ui.tables import table
@@ -19,7 +20,7 @@ for col, (label, key) in zip(cols, [("models", "models"), ("runs", "runs"), ("ta
 st.subheader("Working set")
 st.caption("Pick models, task, preset, condition and template in the sidebar; the Prompt, "
            "Circuit and Compare pages show this working set.")
-st.markdown(f"**{ws.describe()}**")
+st.markdown(f"**{md(ws.describe())}**")
 summary = state.query(D.ws_summary, ws)
 if summary.empty:
     st.info("No prompts match the working set: widen it in the sidebar (condition and "
@@ -52,6 +53,6 @@ else:
     st.caption(f"{c['prompts_failed']:,} failed prompts; each is stored with its error and "
                "never stops a batch. Most common errors:")
     reasons = state.query(D.failure_reasons, 5)
-    st.markdown("\n".join(f"- {int(r.n)} × `{str(r.error)[:200].replace('`', '´')}`"
+    st.markdown("\n".join(f"- {int(r.n)} × {md(str(r.error)[:200])}"
                           for r in reasons.itertuples(index=False)))
     table(fails)

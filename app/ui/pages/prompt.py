@@ -4,6 +4,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app.escape import html_text, markdown as md
 from app.ui import data as D
 from app.ui import state, views
 from unpack.components import parse_component
@@ -31,12 +32,12 @@ traces = state.query(D.prompt_traces, pid)
 toks = state.query(D.tokens, pid)
 tokens = toks["token"].tolist()
 
-st.markdown(f"**Text:** `{info['text']}`  \n**Model:** `{info['model']}` · preset "
-            f"`{info['preset']}` · task `{info['task']}` · condition `{info['condition'] or '-'}`"
-            f" · template `{info['template'] or '-'}`")
+st.markdown(f"**Text:** {md(info['text'])}  \n**Model:** {md(info['model'])} · preset "
+            f"{md(info['preset'])} · task {md(info['task'])} · condition "
+            f"{md(info['condition'] or '-')} · template {md(info['template'] or '-')}")
 m = st.columns(5)
-m[0].metric("target", repr(info["target"]))
-m[1].metric("distractor", repr(info["distractor"]) if info["distractor"] else "-")
+m[0].metric("target", md(repr(info["target"])))  # a metric's value is Markdown too
+m[1].metric("distractor", md(repr(info["distractor"])) if info["distractor"] else "-")
 m[2].metric("p(target)", f"{info['target_prob']:.4f}" if pd.notna(info["target_prob"]) else "-")
 m[3].metric("logit diff", f"{info['logit_diff']:+.3f}" if pd.notna(info["logit_diff"]) else "-")
 
@@ -62,9 +63,10 @@ if st.toggle("Credit per position as a chart and a table", key="prompt_chart"):
 
     scale = views.color_scale(credit["credit"], excl)
     fig = go.Figure(go.Bar(
-        x=[f"{p}:{t}" for p, t in zip(credit["pos"], credit["token"])], y=credit["credit"],
+        x=[html_text(f"{p}:{t}") for p, t in zip(credit["pos"], credit["token"])],  # plotly
+        y=credit["credit"],  # reads tags in its texts: stored text is escaped as HTML
         marker_color=[views.diverging(v, scale) for v in credit["credit"]],
-        hovertext=[f"{r if isinstance(r, str) else ''} {pct:+.2f}%" for r, pct
+        hovertext=[html_text(f"{r if isinstance(r, str) else ''} {pct:+.2f}%") for r, pct
                    in zip(credit["role"], credit["credit_pct"])]))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="credit")
     st.plotly_chart(fig, key="prompt_credit_chart")
@@ -109,26 +111,26 @@ tab_rows, tab_stored, tab_live = st.tabs(["From stored edges", "Stored reroot", 
 with tab_rows:
     flow = state.query(D.flow_at, tid, comp, pos)
     feed = state.query(D.feeders, tid, comp, pos, 25)
-    st.caption(f"Within the stored trace from `{root}`: {flow:+.4g} of its credit flows through "
-               f"`{spec}`. The writers it reads, strongest first (edges are stored above the "
-               "ingest's edge_min_frac):")
+    st.caption(f"Within the stored trace from {md(root)}: {flow:+.4g} of its credit flows "
+               f"through {md(spec)}. The writers it reads, strongest first (edges are stored "
+               "above the ingest's edge_min_frac):")
     if feed.empty:
         hint = ("another component (the Circuit page shows which carry credit)"
                 if pos == int(info["target_pos"]) else
                 f"the target position ({int(info['target_pos'])}) or another component")
-        st.info(f"No stored edges read by `{spec}` in this trace: little or no credit reaches "
+        st.info(f"No stored edges read by {md(spec)} in this trace: little or no credit reaches "
                 f"it. Try {hint}.")
     else:
         table(feed)
 with tab_stored:
     if stored.empty:
-        st.info(f"No stored trace is rooted at `{spec}`. Stored roots of this prompt: "
-                + ", ".join(f"`{r}`" for r in roots) + ". Ingest more with "
+        st.info(f"No stored trace is rooted at {md(spec)}. Stored roots of this prompt: "
+                + ", ".join(md(r) for r in roots) + ". Ingest more with "
                 "`unpack ingest ... --roots COMPONENT@ROLE`, or trace on demand.")
     else:
         st_tid = int(stored.iloc[0]["trace_id"])
-        st.caption(f"Stored trace `{stored.iloc[0]['root']}`: token credit of everything that "
-                   f"feeds `{spec}`.")
+        st.caption(f"Stored trace {md(stored.iloc[0]['root'])}: token credit of everything "
+                   f"that feeds {md(spec)}.")
         st.markdown(views.token_strip_html(state.query(D.token_credit, st_tid), exclude_last=False),
                     unsafe_allow_html=True)
         st.markdown(views.paths_html(state.query(D.top_paths, st_tid, 50), tokens, n=k),
@@ -136,22 +138,23 @@ with tab_stored:
 with tab_live:
     ok, why = state.model_availability(info["model"])
     if not ok:
-        st.warning(f"Tracing on demand is not available: {why}. Stored roots of this prompt: "
-                   + ", ".join(f"`{r}`" for r in roots) + ".")
+        st.warning(f"Tracing on demand is not available: {md(why)}. Stored roots of this "
+                   "prompt: " + ", ".join(md(r) for r in roots) + ".")
     else:
-        st.caption(f"Model: {why}. Traces this prompt again from `{spec}` with the run's config.")
-        if st.button(f"Trace from {spec}", key="reroot_go"):
+        st.caption(f"Model: {md(why)}. Traces this prompt again from {md(spec)} with the run's "
+                   "config.")
+        if st.button(f"Trace from {md(spec)}", key="reroot_go"):
             st.session_state["reroot_live"] = spec
         if st.session_state.get("reroot_live") == spec:
             try:
                 model_label = D.short_model(info["model"])
-                with st.spinner(f"Loading {model_label} and tracing from {spec} ..."):
+                with st.spinner(f"Loading {md(model_label)} and tracing from {md(spec)} ..."):
                     res = state.trace_on_demand(info["model"], info["text"], info["target"],
                                                 info["distractor"], json.dumps(info["config"]),
                                                 spec)
             except Exception as e:  # a model that fails to load or trace: say so, keep the page
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
-                st.error(f"Tracing {spec} failed: {why}")
+                st.error(f"Tracing {md(spec)} failed: {md(why)}")
             else:
                 live = pd.DataFrame({"pos": range(len(res["tokens"])), "token": res["tokens"],
                                      "credit": res["credit"], "credit_pct": res["credit_pct"],

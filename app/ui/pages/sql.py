@@ -4,6 +4,7 @@ import io
 import streamlit as st
 
 from app.db import query_store
+from app.escape import markdown as md
 from app.ui import data as D
 from app.ui import state
 from app.ui.tables import table
@@ -15,7 +16,8 @@ st.caption("Read-only: the database is opened read-only with DuckDB's external a
            "queries cannot write, attach files, install extensions or read the file system. "
            "One SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN statement at a time; "
            "each query has a time limit and a result size limit (`unpack app --sql-timeout`, "
-           "`--sql-max-mb`).")
+           "`--sql-max-mb`), and all queries share one memory limit (`--sql-memory-mb`). "
+           "Functions that show the machine's paths are refused.")
 
 examples = D.example_queries(list(ws.models))
 titles = [t for t, _ in examples]
@@ -57,8 +59,8 @@ if st.session_state.get("sql_last") == sql:  # edits need Run again; a new row l
     try:
         with st.spinner(f"Running the query (time limit {timeout_s:g} s) ..."):
             df = cached_query(state.db_path(), sql, int(limit))
-    except InputError as e:
-        st.error(str(e))
+    except InputError as e:  # DuckDB's message may quote stored text: Markdown-escaped
+        st.error(md(str(e)))
     else:
         more = " (truncated at the row limit: there are more rows)" if df.attrs.get("truncated") else ""
         st.caption(f"{len(df):,} row{'' if len(df) == 1 else 's'}{more}")
