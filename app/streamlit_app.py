@@ -5,6 +5,7 @@ Run by hand: ``streamlit run app/streamlit_app.py -- --db unpack.duckdb``
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import duckdb
@@ -14,7 +15,9 @@ from app.ui import state, url
 
 HERE = Path(__file__).resolve().parent
 
-st.set_page_config(page_title="Unpack explorer", page_icon=":material/account_tree:",
+# the icon as an emoji: Streamlit draws it as an inline image, where a :material/...:
+# icon would be fetched from fonts.gstatic.com (nothing on a page leaves the machine)
+st.set_page_config(page_title="Unpack explorer", page_icon="🧩",
                    layout="wide")
 
 PAGES_DIR = HERE / "ui" / "pages"  # not ./pages: that name would make Streamlit list the files
@@ -32,6 +35,8 @@ PAGES = [
 page = st.navigation(PAGES)
 state.connection()  # a clear message and a stop when the store cannot be opened
 url.restore()  # a shared link: its view's values before any widget is drawn
+for notice in url.notices():
+    st.warning(f"Link: {notice}.")
 try:
     st.session_state["ws"] = state.working_set()
     page.run()
@@ -40,5 +45,10 @@ except duckdb.Error as e:  # damage the start-up check cannot see (a corrupt blo
 
     problem = store_error(state.db_path(), e)
     st.error(f"Cannot read the database: {problem or str(e).splitlines()[0]}")
+except Exception as e:  # never a traceback on a page: a short message, the details in the log
+    logging.getLogger("unpack.app").exception("page %s failed", page.title)
+    st.error(f"This page could not be drawn ({type(e).__name__}: "
+             f"{(str(e).splitlines() or [''])[0][:200]}). The details are in the log of "
+             "`unpack app`; reload the page or open it without link parameters.")
 finally:  # also when a page stops early (st.stop): the link keeps what is on the page
-    url.sync()
+    url.sync(page.title.lower())

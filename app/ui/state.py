@@ -115,6 +115,7 @@ def working_set() -> D.WorkingSet:
     """The sidebar pickers; every page reads the same working set."""
     st.sidebar.subheader("Working set")
     models = query(D.model_names)
+    st.session_state["_ws_default_models"] = D.default_models(models)  # a link leaves it out
     if "ws_models" not in st.session_state:
         st.session_state["ws_models"] = D.default_models(models)
     st.session_state["ws_models"] = [m for m in st.session_state["ws_models"] if m in models]
