@@ -231,6 +231,11 @@ def _tracer(name: str):
     from unpack import Tracer
     from unpack.loading import load_model
 
+    if os.environ.get("UNPACK_THREADS"):  # unpack app --threads
+        import torch
+
+        torch.set_num_threads(int(os.environ["UNPACK_THREADS"]))
+
     model, tok = load_model(name, dtype=os.environ.get("UNPACK_DTYPE") or None,
                             device=os.environ.get("UNPACK_DEVICE") or "cpu")
     return Tracer(model=model, tokenizer=tok)
