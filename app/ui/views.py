@@ -144,7 +144,7 @@ def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
     """Plotly traces: one curve per reader, writer and mode (app.graphs.edge_geometry;
     width by |weight|), the legend (one entry per mode drawn, in K, Q, V, MLP order,
     each mode's one colour), then the nodes (size by |flow|, colour by kind, hover
-    with flow and layer) and, with ``selected``, a ring round that node.
+    with flow and layer), with ``selected`` a ring round that node under them.
     ``legend_seen``: modes already in the figure's legend, shared by several graphs
     drawn in one figure so that every mode drawn anywhere is listed once."""
     import plotly.graph_objects as go
@@ -166,6 +166,11 @@ def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
             marker=dict(size=6, color="rgba(0,0,0,0)"), hoverinfo="text", showlegend=False,
             hovertext=[f"{e['parent']} reads {e['child']}<br>{e['mode']}: {e['weight']:+.4g}"
                        for e in geo], name=f"{name_prefix}edges"))
+    if selected in G:  # under the nodes: the nodes stay the last trace
+        traces.append(go.Scatter(
+            x=[xy[selected][0]], y=[xy[selected][1]], mode="markers", customdata=[selected],
+            marker=dict(size=44, color="rgba(0,0,0,0)", line=dict(color="crimson", width=3)),
+            hoverinfo="skip", name=f"{name_prefix}selected", showlegend=False))
     names = list(G.nodes)
     flows = [abs(float(G.nodes[n].get("flow", 0.0) or 0.0)) for n in names]
     fmax = max(flows) if flows and max(flows) > 0 else 1.0
@@ -180,11 +185,6 @@ def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
         hovertext=[f"{n}<br>layer {G.nodes[n].get('layer')}<br>flow "
                    f"{float(G.nodes[n].get('flow', 0) or 0):+.4g}" for n in names],
         name=f"{name_prefix}components", showlegend=False))
-    if selected in G:
-        traces.append(go.Scatter(
-            x=[xy[selected][0]], y=[xy[selected][1]], mode="markers", customdata=[selected],
-            marker=dict(size=44, color="rgba(0,0,0,0)", line=dict(color="crimson", width=3)),
-            hoverinfo="skip", name=f"{name_prefix}selected", showlegend=False))
     return traces
 
 
