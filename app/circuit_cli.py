@@ -155,6 +155,6 @@ def cmd_export(args) -> int:
     if G.number_of_nodes() == 0:
         raise InputError("nothing to export: the selection has no nodes")
     ex.write(G, args.format, args.out)
-    print(f"wrote {args.out} ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges)",
-          file=sys.stderr)
+    print(f"wrote {args.out} ({G.number_of_nodes()} nodes, {len(ex.gr.drawn_edges(G))} edges: "
+          f"one per reader, writer and mode)", file=sys.stderr)
     return 0

@@ -123,6 +123,16 @@ def _drawing(G: nx.DiGraph, width: int = 900, height: int = 560, pad: int = 60,
               round(pad + (max(ys) - y) * sy if max(ys) > min(ys) else height / 2, 1))
           for n, (x, y) in pos.items()}
     geo = gr.edge_geometry(G, at, scale=(1 / unit[0], 1 / unit[0]))
+    # curves bend out of the nodes' box: move everything so that they stay on the page
+    pts = list(at.values()) + [q for e in geo for q in e["points"]]
+    dx = pad / 2 - min(q[0] for q in pts)
+    dy = pad / 2 - min(q[1] for q in pts)
+    dx, dy = max(dx, 0.0), max(dy, 0.0)
+    width = int(max(width, max(q[0] for q in pts) + dx + pad / 2))
+    height = int(max(height, max(q[1] for q in pts) + dy + pad / 2))
+    at = {n: (round(x + dx, 1), round(y + dy, 1)) for n, (x, y) in at.items()}
+    for e in geo:
+        e["control"] = (e["control"][0] + dx, e["control"][1] + dy)
     top = max([abs(e["weight"]) for e in geo] or [1.0]) or 1.0
     nodes = [dict(id=n, label=label(n), x=at[n][0], y=at[n][1],
                   kind=d.get("kind"), info={k: v for k, v in d.items()

@@ -176,7 +176,7 @@ def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
     fmax = max(flows) if flows and max(flows) > 0 else 1.0
     traces.append(go.Scatter(
         x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers+text",
-        marker=dict(size=[8 + 30 * math.sqrt(f / fmax) for f in flows],
+        marker=dict(size=[8 + 22 * math.sqrt(f / fmax) for f in flows],
                     color=[KIND_COLORS.get(G.nodes[n].get("kind"), "#444") for n in names],
                     line=dict(color="#222", width=1)),
         text=[short_label(n) for n in names],
@@ -201,11 +201,14 @@ def graph_figure(G, xy: dict, title: str = "", height: int = 520, selected: str 
 
     fig = go.Figure(graph_traces(G, xy, selected=selected))
     ticks, names = layer_ticks(G)
+    xs = [x for tr in fig.data for x in (tr.x or ()) if x is not None] + ticks
+    span = max(xs) - min(xs)  # room for the curves and, left, the embeddings' labels
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=30),
                       hovermode="closest", clickmode="event+select",
                       legend=dict(title="mode", orientation="h", y=-0.08, traceorder="normal"),
                       xaxis=dict(title="layer", zeroline=False, tickmode="array", tickvals=ticks,
-                                 ticktext=names, range=[min(ticks) - 0.6, max(ticks) + 0.9]),
+                                 ticktext=names,
+                                 range=[min(xs) - 0.03 * span - 0.4, max(xs) + 0.02 * span + 0.2]),
                       yaxis=dict(visible=False))
     return fig
 

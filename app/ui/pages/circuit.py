@@ -74,7 +74,8 @@ if clicked and clicked != st.session_state.get("circuit_clicked"):
 if st.session_state.get("circuit_node") not in nodes:
     st.session_state["circuit_node"] = nodes[0]
 fig = views.graph_figure(G, layered_layout(G), selected=st.session_state["circuit_node"],
-                         title=f"{D.short_model(model)} · {ws.task} · root {root}", height=560)
+                         title=f"{D.short_model(model)} · {ws.task} · root {root}",
+                         height=max(560, 56 * ((G_all.graph.get("n_heads") or 1) + 3)))
 st.plotly_chart(fig, key="circuit_chart", on_select="rerun", selection_mode="points")
 node = st.selectbox("Inspect a component (or click a node)", nodes, key="circuit_node")
 
