@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_COMMANDS = {  # command -> the arguments it needs besides --threads
     "trace": ["--model", "m", "--text", "a b", "--target", " b"],
     "validate": ["--model", "m"], "bench": [], "plan": ["--model", "tiny", "--tokens", "8"],
-    "ingest": ["--model", "m", "--task", "ioi"], "demo": [], "app": [],
+    "ingest": ["--model", "m", "--task", "ioi"], "demo": [], "app": [], "discover": [],
+    "verify": ["--circuit", "1"],
 }
 
 
