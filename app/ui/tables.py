@@ -22,7 +22,8 @@ LABELS = {  # short headers for long column names (the name itself shows on hove
     "acc_repeat": "accuracy", "K_prev_to_ind": "K prev→ind", "mean_credit": "credit",
     "mean_credit_pct": "credit %", "share_negative": "share < 0",
     "top_heads_at_target": "top heads at the target",
-    "K_share": "K share (prev→ind)",
+    "K_share": "K share", "run_id": "run", "prompts_ok": "prompts",
+    "mean_trace_s": "s / prompt",
 }
 WHOLE = ("model", "family", "name")  # names that tell rows apart: never cut
 NA = "not applicable"

@@ -16,7 +16,7 @@ if not ladder.empty and ws.task == "induction":
     st.caption("docs/METHOD.md §10 · every toy model in the store (all sizes and steps, whatever "
                "the sidebar picks): the K-mode interaction from the induction heads (rerooted at "
                "END) into the previous-token heads, its share of K+Q+V, and the accuracy on the "
-               "repeated half. The circuit forms where both jump. K share (prev→ind) = K / "
+               "repeated half. The circuit forms where both jump. K share = K / "
                "(K + Q + V) of those edges only (docs/APP.md, Measures).")
     c1, c2 = st.columns(2)
     for col, y, title in ((c1, "K_prev_to_ind", "K interaction, previous-token → induction"),
