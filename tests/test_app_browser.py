@@ -149,8 +149,11 @@ def shot(page, name: str) -> Path:
 
 
 def no_exception(page) -> None:
+    """No traceback on the page, and no error the app's page-level guard caught."""
     errs = page.locator('[data-testid="stException"]')
     assert errs.count() == 0, errs.first.inner_text()
+    guarded = page.locator('[data-testid="stAlert"]').filter(has_text="could not be drawn")
+    assert guarded.count() == 0, guarded.first.inner_text()
 
 
 # ------------------------------------------------------------------ fixtures
