@@ -208,7 +208,7 @@ def graph_figure(G, xy: dict, title: str = "", height: int = 520, selected: str 
                       legend=dict(title="mode", orientation="h", y=-0.08, traceorder="normal"),
                       xaxis=dict(title="layer", zeroline=False, tickmode="array", tickvals=ticks,
                                  ticktext=names,
-                                 range=[min(xs) - 0.03 * span - 0.4, max(xs) + 0.02 * span + 0.2]),
+                                 range=[min(xs) - 0.06 * span - 0.6, max(xs) + 0.02 * span + 0.2]),
                       yaxis=dict(visible=False))
     return fig
 
