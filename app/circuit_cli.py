@@ -48,7 +48,8 @@ def register(sub) -> None:
     d.add_argument("--depth", type=int, default=2, help="reroot levels below the seeds (default 2)")
     d.add_argument("--min-share", type=float, default=0.5,
                    help="keep heads and edges selected in at least this share of prompts (0.5)")
-    add_flags(d, "n", "json", n=dict(default=None, help="use the first N prompts (default all)"))
+    add_flags(d, "n", "json", "threads",
+              n=dict(default=None, help="use the first N prompts (default all)"))
     d.set_defaults(func=cmd_discover)
     _register_verify(sub)
     _register_export(sub)
@@ -81,7 +82,7 @@ def _register_verify(sub) -> None:
                         "its heads per layer where a layer has room (outside, default; all of "
                         "them where fewer lie outside); the same heads per layer drawn from all "
                         "heads (profile); the same number of heads anywhere (size)")
-    add_flags(v, "seed", "json")
+    add_flags(v, "seed", "json", "threads")
     v.set_defaults(func=cmd_verify)
 
 
@@ -102,11 +103,13 @@ def _register_export(sub) -> None:
 
 def cmd_discover(args) -> int:
     from app.circuits import check_params, discover
+    from unpack.commands import set_threads
 
     from app.reports import NoData
     from unpack.errors import InputError
 
     check_params(args.seeds, args.per_mode, args.depth, args.min_share, args.relative)
+    set_threads(args)
     try:
         c = discover(args.db, model=args.model, task=args.task, condition=args.condition,
                      preset=args.preset, seeds=args.seeds, per_mode=args.per_mode,
@@ -121,8 +124,10 @@ def cmd_discover(args) -> int:
 
 def cmd_verify(args) -> int:
     from app.verify import check_args, verify
+    from unpack.commands import set_threads
 
     check_args(args.ablation, args.n, args.baseline)
+    set_threads(args)
     if args.heads is not None:
         from app.verify import verify_on_task
         from unpack.errors import InputError
@@ -155,6 +160,6 @@ def cmd_export(args) -> int:
     if G.number_of_nodes() == 0:
         raise InputError("nothing to export: the selection has no nodes")
     ex.write(G, args.format, args.out)
-    print(f"wrote {args.out} ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges)",
-          file=sys.stderr)
+    print(f"wrote {args.out} ({G.number_of_nodes()} nodes, {len(ex.gr.drawn_edges(G))} edges: "
+          f"one per reader, writer and mode)", file=sys.stderr)
     return 0

@@ -52,6 +52,8 @@ def register(subparsers) -> None:
                    help=f"address to listen on (default {DEFAULT_HOST}; anything else exposes "
                         "the database to the network)")
     add_device_flags(p, "the model of a trace on demand (a reroot on the Prompt page)")
+    add_flags(p, "threads", threads=dict(help="torch threads of a trace on demand (default: "
+                                               "torch's)"))
     p.add_argument("--sql-timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit of one query in the SQL box (default 10); a query past it "
                         "is interrupted and says so")
@@ -187,6 +189,12 @@ def app_handler(args) -> int:
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"unpack app: {db} (read-only) at http://{url_host}:{args.port}  (Ctrl-C stops it)",
           flush=True)
+    if args.threads is not None and args.threads < 1:
+        from unpack.errors import InputError
+
+        raise InputError(f"--threads {args.threads}: give 1 or more, e.g. --threads 2")
     env = dict(os.environ, UNPACK_DB=str(db), UNPACK_DEVICE=args.device,
                UNPACK_DTYPE=args.dtype or "float32", **limits)
+    if args.threads:
+        env["UNPACK_THREADS"] = str(args.threads)
     return serve(streamlit_command(str(db), args.host, args.port), env)

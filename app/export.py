@@ -20,7 +20,7 @@ from app import graphs as gr
 from unpack.errors import InputError
 
 FORMATS = ("html", "tikz", "graphml", "json")
-COLORS = {"K": "#1f77b4", "Q": "#ff7f0e", "V": "#2ca02c", "MLP": "#7f7f7f"}
+COLORS = gr.MODE_COLORS  # one colour per mode, as in the app
 
 
 def _add_edge(G, parent, child, mode, w, **extra) -> None:
@@ -82,11 +82,25 @@ def paths_nx(con, prompt_id: int, root: str = "target", top: int = 10) -> nx.DiG
 
 
 def layout(G: nx.DiGraph) -> dict:
-    """``{node: (x, y)}``: layers left to right; a paths graph puts each token
-    position on its own row, a circuit uses :func:`app.graphs.layered_layout`."""
-    if G.number_of_nodes() and all("position" in d for _, d in G.nodes(data=True)):
-        return {n: (d["depth"], -d["position"]) for n, d in G.nodes(data=True)}
-    return gr.layered_layout(G)
+    """``{node: (x, y)}``: layers left to right. A circuit uses
+    :func:`app.graphs.layered_layout`; a paths graph (nodes ``component@pos``)
+    puts the layers its nodes use in columns, in order, and each token position
+    in a band of rows, one row per node of a layer at that position, so that no
+    two nodes (and no two labels) share a place."""
+    if not (G.number_of_nodes() and all("position" in d for _, d in G.nodes(data=True))):
+        return gr.layered_layout(G)
+    col = {x: i for i, x in enumerate(sorted({d["depth"] for _, d in G.nodes(data=True)}))}
+    groups: dict = {}
+    for n, d in sorted(G.nodes(data=True), key=lambda nd: (nd[1].get("head") or 0, nd[0])):
+        groups.setdefault((d["position"], col[d["depth"]]), []).append(n)
+    out, top = {}, 0
+    for p in sorted({d["position"] for _, d in G.nodes(data=True)}):
+        band = [g for (q, _), g in groups.items() if q == p]
+        for (q, c), g in groups.items():
+            if q == p:
+                out.update({n: (c, -(top + j)) for j, n in enumerate(g)})
+        top += max(len(g) for g in band)
+    return out
 
 
 def label(n: str) -> str:
@@ -94,28 +108,46 @@ def label(n: str) -> str:
     return gr.short_name(comp) + (f"@{pos}" if pos else "")
 
 
-def _drawing(G: nx.DiGraph, width: int = 900, height: int = 560, pad: int = 60) -> dict:
-    """Node and edge records with SVG coordinates, the data the HTML page draws."""
+def _drawing(G: nx.DiGraph, width: int = 900, height: int = 560, pad: int = 60,
+             unit=(64, 44)) -> dict:
+    """Node and edge records with SVG coordinates, the data the HTML page draws:
+    one edge per reader, writer and mode (:func:`app.graphs.edge_geometry`, its
+    curve's control point in ``c``); the page grows so that a layout step is at
+    least ``unit`` pixels (x, y)."""
     pos = layout(G)
     xs = [p[0] for p in pos.values()] or [0]
     ys = [p[1] for p in pos.values()] or [0]
+    width = max(width, int(2 * pad + unit[0] * (max(xs) - min(xs))))
+    height = max(height, int(2 * pad + unit[1] * (max(ys) - min(ys))))
     sx = (width - 2 * pad) / max(max(xs) - min(xs), 1e-9)
     sy = (height - 2 * pad) / max(max(ys) - min(ys), 1e-9)
-    at = {n: (pad + (x - min(xs)) * sx if max(xs) > min(xs) else width / 2,
-              pad + (max(ys) - y) * sy if max(ys) > min(ys) else height / 2)
+    at = {n: (round(pad + (x - min(xs)) * sx if max(xs) > min(xs) else width / 2, 1),
+              round(pad + (max(ys) - y) * sy if max(ys) > min(ys) else height / 2, 1))
           for n, (x, y) in pos.items()}
-    top = max([abs(d["weight"]) for _, _, d in G.edges(data=True)] or [1.0]) or 1.0
-    nodes = [dict(id=n, label=label(n), x=round(at[n][0], 1), y=round(at[n][1], 1),
+    geo = gr.edge_geometry(G, at, scale=(1 / unit[0], 1 / unit[0]))
+    # curves bend out of the nodes' box: move everything so that they stay on the page
+    pts = list(at.values()) + [q for e in geo for q in e["points"]]
+    dx = pad / 2 - min(q[0] for q in pts)
+    dy = pad / 2 - min(q[1] for q in pts)
+    dx, dy = max(dx, 0.0), max(dy, 0.0)
+    width = int(max(width, max(q[0] for q in pts) + dx + pad / 2))
+    height = int(max(height, max(q[1] for q in pts) + dy + pad / 2))
+    at = {n: (round(x + dx, 1), round(y + dy, 1)) for n, (x, y) in at.items()}
+    for e in geo:
+        e["control"] = (e["control"][0] + dx, e["control"][1] + dy)
+    top = max([abs(e["weight"]) for e in geo] or [1.0]) or 1.0
+    nodes = [dict(id=n, label=label(n), x=at[n][0], y=at[n][1],
                   kind=d.get("kind"), info={k: v for k, v in d.items()
                                             if isinstance(v, (int, float, str)) and v is not None})
              for n, d in G.nodes(data=True)]
-    edges = [dict(source=u, target=v, mode=d["mode"], weight=float(d["weight"]),
-                  width=round(1 + 5 * abs(d["weight"]) / top, 2),
-                  by_mode={m: float(w) for m, w in d["by_mode"].items()},
-                  share=d.get("share"))
-             for u, v, d in G.edges(data=True)]
+    edges = [dict(source=e["parent"], target=e["child"], mode=e["mode"], weight=e["weight"],
+                  c=[round(e["control"][0], 1), round(e["control"][1], 1)],
+                  width=round(1 + 5 * abs(e["weight"]) / top, 2),
+                  share=G.edges[e["parent"], e["child"]].get("share"))
+             for e in geo]
+    modes = [m for m in gr.MODES if any(e["mode"] == m for e in edges)]
     return dict(title=G.graph.get("title", ""), width=width, height=height, nodes=nodes,
-                edges=edges, colors=COLORS)
+                edges=edges, colors=COLORS, modes=modes, n_pairs=G.number_of_edges())
 
 
 _STYLE = """
@@ -127,6 +159,11 @@ svg{border:1px solid #ddd;background:#fff}
 .edge{fill:none;opacity:.75}
 .edge.neg{stroke-dasharray:5 3}
 .dim{opacity:.12}
+.edge.on{opacity:1}
+.node.selected circle{stroke:crimson;stroke-width:3}
+.mode{margin-left:12px;font-weight:bold}
+.swatch{display:inline-block;width:22px;height:4px;margin:0 4px 3px 0;vertical-align:middle}
+#legend{font-size:13px;margin-bottom:6px}
 #info{font-size:13px;min-height:3em;white-space:pre-wrap}
 """
 
@@ -148,19 +185,20 @@ _SCRIPT = """
     defs.appendChild(mk); });
   svg.appendChild(defs);
   var edgeEls = D.edges.map(function (e) {
-    var a = at[e.source], b = at[e.target], mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2 - 18;
-    var p = el('path', {d: 'M' + a.x + ',' + a.y + ' Q' + mx + ',' + my + ' ' + b.x + ',' + b.y,
+    var a = at[e.source], b = at[e.target];
+    var p = el('path', {d: 'M' + a.x + ',' + a.y + ' Q' + e.c[0] + ',' + e.c[1] + ' ' + b.x + ',' + b.y,
       'class': 'edge' + (e.weight < 0 ? ' neg' : ''), stroke: D.colors[e.mode] || '#000',
       'stroke-width': e.width, 'marker-end': 'url(#arrow-' + e.mode + ')',
       'data-source': e.source, 'data-target': e.target, 'data-mode': e.mode});
     p.addEventListener('mouseenter', function () { info.textContent = e.source + ' reads ' +
       e.target + ' via ' + e.mode + ': weight ' + e.weight.toFixed(4) +
-      (e.share != null ? ', share of prompts ' + e.share.toFixed(2) : '') +
-      '\\nby mode: ' + JSON.stringify(e.by_mode); });
+      (e.share != null ? ', share of prompts ' + e.share.toFixed(2) : ''); });
     svg.appendChild(p); return p; });
   function focus(id) { edgeEls.forEach(function (p) {
     var on = id === null || p.getAttribute('data-source') === id || p.getAttribute('data-target') === id;
-    p.classList.toggle('dim', !on); }); }
+    p.classList.toggle('dim', !on); p.classList.toggle('on', id !== null && on); });
+    svg.querySelectorAll('g.node').forEach(function (g) {
+      g.classList.toggle('selected', g.getAttribute('data-id') === pinned); }); }
   D.nodes.forEach(function (n) {
     var g = el('g', {'class': 'node ' + (n.kind || ''), 'data-id': n.id,
       transform: 'translate(' + n.x + ',' + n.y + ')'});
@@ -171,10 +209,16 @@ _SCRIPT = """
     g.addEventListener('mouseleave', function () { if (pinned === null) focus(null); });
     g.addEventListener('click', function () { pinned = pinned === n.id ? null : n.id; focus(pinned); });
     svg.appendChild(g); });
-  var modes = {}; D.edges.forEach(function (e) { modes[e.mode] = (modes[e.mode] || 0) + 1; });
-  document.getElementById('legend').textContent = D.nodes.length + ' nodes, ' + D.edges.length +
-    ' edges; modes: ' + Object.keys(modes).map(function (m) { return m + ' ' + modes[m]; }).join(', ') +
-    ' (colour = mode, width = |weight|, dashed = negative)';
+  var legend = document.getElementById('legend'), counts = {};
+  D.edges.forEach(function (e) { counts[e.mode] = (counts[e.mode] || 0) + 1; });
+  legend.appendChild(document.createTextNode(D.nodes.length + ' nodes, ' + D.edges.length +
+    ' edges (one arrow per reader, writer and mode; ' + D.n_pairs + ' reader-writer pairs); ' +
+    'colour = mode, width = |weight|, dashed = negative:'));
+  D.modes.forEach(function (m) {
+    var item = document.createElement('span'); item.className = 'mode'; item.setAttribute('data-mode', m);
+    var sw = document.createElement('span'); sw.className = 'swatch'; sw.style.background = D.colors[m];
+    item.appendChild(sw); item.appendChild(document.createTextNode(m + ' ' + counts[m]));
+    legend.appendChild(item); });
 })();
 """
 
@@ -209,28 +253,34 @@ def to_html(G: nx.DiGraph) -> str:
 
 def to_tikz(G: nx.DiGraph, scale: float = 1.6) -> str:
     """TikZ source (``\\usetikzlibrary{arrows.meta}``): one node per component, one
-    arrow per edge, colour = mode, width = |weight|, dashed = negative."""
-    pos = layout(G)
+    arrow per reader, writer and mode on the curves of the app and the HTML page
+    (:func:`app.graphs.edge_geometry`), colour = mode, width = |weight|, dashed =
+    negative."""
+    pos = {n: (x * scale, y * scale * 0.7) for n, (x, y) in layout(G).items()}
     ids = {n: f"n{i}" for i, n in enumerate(G.nodes)}
-    top = max([abs(d["weight"]) for _, _, d in G.edges(data=True)] or [1.0]) or 1.0
-    out = [f"% {escape.tex(G.graph.get('title', ''))}", "% needs \\usetikzlibrary{arrows.meta}"]
+    geo = gr.edge_geometry(G, pos, scale=(1 / scale, 1 / scale))
+    top = max([abs(e["weight"]) for e in geo] or [1.0]) or 1.0
+    out = [f"% {escape.tex(G.graph.get('title', ''))}", "% needs \\usetikzlibrary{arrows.meta}",
+           f"% {G.number_of_nodes()} nodes, {len(geo)} edges (one per reader, writer and mode; "
+           f"{G.number_of_edges()} reader-writer pairs)"]
     out += [f"\\definecolor{{mode{m}}}{{HTML}}{{{c[1:].upper()}}}" for m, c in COLORS.items()]
     out.append("\\begin{tikzpicture}[>=Stealth, comp/.style={draw, circle, minimum size=7mm, "
                "inner sep=1pt, font=\\scriptsize}]")
     for n in G.nodes:
         x, y = pos[n]
-        out.append(f"  \\node[comp] ({ids[n]}) at ({x * scale:.2f}, {y * scale * 0.7:.2f}) "
-                   f"{{{escape.tex(label(n))}}};")
-    for u, v, d in G.edges(data=True):
-        mode = d["mode"] if d["mode"] in COLORS else None  # a colour name only for known modes
-        style = [f"draw=mode{mode}" if mode else "draw=black",
-                 f"line width={0.4 + 2.4 * abs(d['weight']) / top:.2f}pt"]
-        if d["weight"] < 0:
+        out.append(f"  \\node[comp] ({ids[n]}) at ({x:.2f}, {y:.2f}) {{{escape.tex(label(n))}}};")
+    for e in geo:
+        u, v, (cx, cy) = e["parent"], e["child"], e["control"]
+        (x0, y0), (x1, y1) = pos[u], pos[v]  # the quadratic curve as a cubic one
+        c1 = (x0 + 2 / 3 * (cx - x0), y0 + 2 / 3 * (cy - y0))
+        c2 = (x1 + 2 / 3 * (cx - x1), y1 + 2 / 3 * (cy - y1))
+        mode = e["mode"] if e["mode"] in COLORS else None  # a colour name only for known modes
+        style = [f"draw=mode{mode}" if mode else "draw=black", f"line width={0.4 + 2.4 * abs(e['weight']) / top:.2f}pt"]
+        if e["weight"] < 0:
             style.append("dashed")
-        out.append(f"  \\draw[->, {', '.join(style)}] ({ids[u]}) to[bend left=10] "
-                   "node[midway, font=\\tiny, fill=white, inner sep=0.5pt] "
-                   f"{{{escape.tex(d['mode'])}}} "
-                   f"({ids[v]});")
+        out.append(f"  \\draw[->, {', '.join(style)}] ({ids[u]}) .. controls ({c1[0]:.2f}, "
+                   f"{c1[1]:.2f}) and ({c2[0]:.2f}, {c2[1]:.2f}) .. ({ids[v]}) "
+                   f"node[pos=0.5, font=\\tiny, fill=white, inner sep=0.5pt] {{{escape.tex(e['mode'])}}};")
     out.append("\\end{tikzpicture}")
     return "\n".join(out) + "\n"
 

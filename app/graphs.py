@@ -265,26 +265,113 @@ def _aggregate(per: pd.DataFrame, modes, n_sel: int, scale: float) -> pd.DataFra
 
 def layered_layout(G: nx.DiGraph, layer_gap: float = 1.0, row_gap: float = 1.0) -> dict:
     """``{node: (x, y)}`` with layers left to right: ``x`` is the §1 layer index
-    (embeddings -1, heads L, MLPs L + 0.5 or L when parallel); ``y`` puts heads
-    in the row of their head index (top to bottom), MLPs in a row below the
-    heads and embeddings in the middle."""
+    (embeddings -1, heads L, MLPs L + 0.5; in a parallel block, where the MLP
+    shares its layer index with the heads, L + 0.3 so that it stands apart from
+    them); ``y`` puts heads in the row of their head index (top to bottom), MLPs
+    in a row below the heads and embeddings in the middle, off the heads' rows."""
     n_heads = G.graph.get("n_heads") or 1 + max(
         [d.get("head") for _, d in G.nodes(data=True) if d.get("head") is not None] or [0])
     mid = (n_heads - 1) / 2
+    parallel = G.graph.get("parallel", False)
     pos = {}
     for n, d in G.nodes(data=True):
-        a = d if "kind" in d else component_attrs(n, G.graph.get("parallel", False))
-        kind = a["kind"]
+        a = d if "kind" in d else component_attrs(n, parallel)
+        kind, x = a["kind"], a["depth"]
         if kind == "head":
             y = a["head"]
         elif kind == "mlp":
             y = n_heads
+            x = x + 0.3 if x == a["layer"] else x  # a parallel block's MLP
         elif kind == "pos_embedding":
-            y = mid + 0.5
-        else:
-            y = mid - 0.5 if any(G.nodes[m].get("kind") == "pos_embedding" for m in G) else mid
-        pos[n] = (a["depth"] * layer_gap, -y * row_gap)
+            y = mid + 0.35
+        elif any(G.nodes[m].get("kind") == "pos_embedding" for m in G):
+            y = mid - 0.35
+        else:  # between two head rows, never on one: no head hides an edge into it
+            y = mid if n_heads % 2 == 0 else mid + 0.35
+        pos[n] = (x * layer_gap, -y * row_gap)
     return pos
+
+
+# ------------------------------------------------------------------ drawing geometry
+
+MODE_COLORS = {"K": "#1f77b4", "Q": "#ff7f0e", "V": "#2ca02c", "MLP": "#7f7f7f"}
+"""One colour per mode in every figure and export (the app, HTML, TikZ, matplotlib)."""
+
+
+def drawn_edges(G: nx.DiGraph) -> list[tuple]:
+    """``(parent, child, mode, weight)``: one drawn edge per reader, writer and mode
+    with a nonzero weight (``by_mode``; an edge without it: its ``mode``), modes
+    in :data:`MODES` order. What every figure draws and counts."""
+    out = []
+    for u, v, d in G.edges(data=True):
+        by = d.get("by_mode") or {d.get("mode") or "MLP": d.get("weight", 0.0)}
+        for m in sorted(by, key=lambda m: MODES.index(m) if m in MODES else len(MODES)):
+            if by[m]:
+                out.append((u, v, m, float(by[m])))
+    return out
+
+
+_LANES = {"K": 1, "Q": -1, "V": 2, "MLP": -2}  # side (sign) and distance from the chord
+
+
+def curve_control(p0, p1, mode: str, scale=(1.0, 1.0)) -> tuple[float, float]:
+    """The control point of the quadratic Bezier curve drawn from ``p0`` to ``p1``.
+
+    The curve leaves its chord at an angle set by the mode (K and V bend to one
+    side, Q and MLP to the other, V and MLP further: the four modes between one
+    pair of nodes take four distinct curves) and by the chord's length (edges
+    from one node to nodes further along one line leave it at distinct angles,
+    and an edge over several layers arcs over the nodes between). Computed where
+    one unit of x is ``scale[0]`` and of y ``scale[1]`` (a layer step about 1), so
+    that curves look alike on any axes."""
+    (x0, y0), (x1, y1) = p0, p1
+    sx, sy = scale
+    dx, dy = (x1 - x0) * sx, (y1 - y0) * sy
+    length = math.hypot(dx, dy) or 1e-9
+    lane = _LANES.get(mode, 3)
+    angle = math.radians(10 + 12 * (abs(lane) - 1) + 6 * min(length, 4.0))
+    bend = math.copysign(length / 2 * math.tan(angle), lane)
+    nx_, ny_ = -dy / length, dx / length
+    return ((x0 + x1) / 2 + bend * nx_ / sx, (y0 + y1) / 2 + bend * ny_ / sy)
+
+
+def curve_points(p0, c, p1, n: int = 24) -> list[tuple[float, float]]:
+    """``n + 1`` points along the quadratic Bezier curve ``p0``, ``c``, ``p1``."""
+    pts = []
+    for i in range(n + 1):
+        t = i / n
+        a, b, e = (1 - t) ** 2, 2 * t * (1 - t), t * t
+        pts.append((a * p0[0] + b * c[0] + e * p1[0], a * p0[1] + b * c[1] + e * p1[1]))
+    return pts
+
+
+def figure_scale(xy: dict, aspect: float = 2.4, steps: float = 3.0) -> tuple[float, float]:
+    """Units per data unit of :func:`curve_control` for a figure ``aspect`` times as
+    wide as high: the nodes' box becomes ``steps * aspect`` by ``steps`` units."""
+    xs = [p[0] for p in xy.values()] or [0.0]
+    ys = [p[1] for p in xy.values()] or [0.0]
+    return (steps * aspect / max(max(xs) - min(xs), 1.0),
+            steps / max(max(ys) - min(ys), 1.0))
+
+
+def edge_geometry(G: nx.DiGraph, xy: dict, scale=None, n: int = 24) -> list[dict]:
+    """Every drawn edge (:func:`drawn_edges`) with its curve on the positions
+    ``xy``: ``parent, child, mode, weight, control`` and ``points`` (sampled)."""
+    scale = scale or figure_scale(xy)
+    out = []
+    for u, v, m, w in drawn_edges(G):
+        c = curve_control(xy[u], xy[v], m, scale)
+        out.append(dict(parent=u, child=v, mode=m, weight=w, control=c,
+                        points=curve_points(xy[u], c, xy[v], n)))
+    return out
+
+
+def layer_ticks(G: nx.DiGraph) -> tuple[list[int], list[str]]:
+    """Integer layer ticks of a layered drawing: ``emb`` at -1, then 0 .. L-1."""
+    nl = G.graph.get("n_layers") or 1 + max(
+        [d.get("layer", -1) for _, d in G.nodes(data=True) if d.get("layer") is not None] or [0])
+    vals = list(range(-1, int(nl)))
+    return vals, ["emb" if v < 0 else str(v) for v in vals]
 
 
 def _mode_edges(G: nx.DiGraph, node):
@@ -495,28 +582,26 @@ def to_graphml(G: nx.DiGraph, path) -> None:
     nx.write_graphml(H, str(path))
 
 
-MODE_COLORS = {"K": "tab:blue", "Q": "tab:orange", "V": "tab:green", "MLP": "tab:grey"}
-
-
 short_name = components.short_label  # attn_9_head_9 -> 9.9, mlp_3 -> m3, emb, pos
 
 
 def draw(G: nx.DiGraph, ax=None, pos=None, max_width: float = 6.0, labels: bool = True):
-    """Matplotlib drawing on :func:`layered_layout`: edge width ∝ ``|weight|``,
-    colour = dominant mode, dashed when negative; node size ∝ ``|flow|``."""
+    """Matplotlib drawing on :func:`layered_layout`: one curve per reader, writer
+    and mode (:func:`edge_geometry`), width ∝ ``|weight|``, colour = mode
+    (:data:`MODE_COLORS`), dashed when negative; node size ∝ ``|flow|``."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     ax = ax or plt.gca()
     pos = pos or layered_layout(G)
-    wmax = max([abs(w) for *_, w in G.edges(data="weight")] or [1.0]) or 1.0
+    geo = edge_geometry(G, pos)
+    wmax = max([abs(e["weight"]) for e in geo] or [1.0]) or 1.0
     fmax = max([abs(d.get("flow", 0.0)) for _, d in G.nodes(data=True)] or [1.0]) or 1.0
-    for u, v, d in G.edges(data=True):
-        (x0, y0), (x1, y1) = pos[u], pos[v]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
-            arrowstyle="-|>", lw=0.3 + max_width * abs(d["weight"]) / wmax,
-            color=MODE_COLORS.get(d.get("mode"), "black"), alpha=0.75,
-            linestyle="--" if d["weight"] < 0 else "-", shrinkA=4, shrinkB=4))
+    for e in geo:
+        xs, ys = zip(*e["points"])
+        ax.plot(xs, ys, color=MODE_COLORS.get(e["mode"], "black"), alpha=0.75,
+                lw=0.3 + max_width * abs(e["weight"]) / wmax,
+                linestyle="--" if e["weight"] < 0 else "-")
     xs = [pos[n][0] for n in G]
     ys = [pos[n][1] for n in G]
     sizes = [15 + 250 * abs(G.nodes[n].get("flow", 0.0)) / fmax for n in G]
@@ -525,8 +610,10 @@ def draw(G: nx.DiGraph, ax=None, pos=None, max_width: float = 6.0, labels: bool 
         for n in G:
             ax.text(pos[n][0], pos[n][1], short_name(n), fontsize=6, ha="center", va="center",
                     zorder=4)
-    ax.legend(handles=[Line2D([], [], color=c, lw=2, label=m) for m, c in MODE_COLORS.items()],
+    ax.legend(handles=[Line2D([], [], color=MODE_COLORS[m], lw=2, label=m) for m in MODES],
               fontsize=7, loc="lower right", title="mode", title_fontsize=7)
+    ticks, names = layer_ticks(G)
+    ax.set_xticks(ticks, names)
     ax.set_xlabel("layer")
     ax.set_yticks([])
     return ax

@@ -5,6 +5,7 @@ Run by hand: ``streamlit run app/streamlit_app.py -- --db unpack.duckdb``
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import duckdb
@@ -35,6 +36,8 @@ PAGES = [
 page = st.navigation(PAGES)
 state.connection()  # a clear message and a stop when the store cannot be opened
 url.restore()  # a shared link: its view's values before any widget is drawn
+for notice in url.notices():
+    st.warning(f"Link: {notice}.")
 try:
     st.session_state["ws"] = state.working_set()
     page.run()
@@ -43,5 +46,10 @@ except duckdb.Error as e:  # damage the start-up check cannot see (a corrupt blo
 
     problem = store_error(state.db_path(), e)
     st.error(f"Cannot read the database: {problem or str(e).splitlines()[0]}")
+except Exception as e:  # never a traceback on a page: a short message, the details in the log
+    logging.getLogger("unpack.app").exception("page %s failed", page.title)
+    st.error(f"This page could not be drawn ({type(e).__name__}: "
+             f"{(str(e).splitlines() or [''])[0][:200]}). The details are in the log of "
+             "`unpack app`; reload the page or open it without link parameters.")
 finally:  # also when a page stops early (st.stop): the link keeps what is on the page
-    url.sync()
+    url.sync(page.title.lower())

@@ -94,6 +94,7 @@ def _register_ingest(subparsers) -> None:
                    help="join the Ray cluster at ADDRESS (host:6379, or auto); --workers "
                         "defaults to its GPU count (1 without GPUs)")
     add_flags(p, "no-progress")
+    add_flags(p, "threads")
     p.set_defaults(func=ingest_handler)
 
 
@@ -152,6 +153,7 @@ def ingest_handler(args) -> int:
 
     from unpack.errors import InputError
     from unpack.loading import with_revision
+    from unpack.commands import set_threads
     from unpack.tasks.corpus import check_corpus_path
 
     from .run import check_arguments
@@ -172,6 +174,7 @@ def ingest_handler(args) -> int:
     check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots)
     if args.corpus:
         check_corpus_path(args.corpus)
+    set_threads(args)
     args.model = [with_revision(m, args.revision) for m in args.model]
     ray_started = _start_ray(args)
     try:

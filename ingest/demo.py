@@ -4,6 +4,7 @@ and on every checkpoint of the toy ladder, for Compare across size and training.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from unpack.components import parse_component
 
@@ -55,6 +56,18 @@ WHERE p.model = {m} AND p.root = 'target' AND h.component = {sql_literal(path_he
 ORDER BY abs(p.score) DESC
 LIMIT 5"""))
     return q
+
+
+def explore_hint(db) -> str:
+    """A command that runs as printed, from any directory: this environment's
+    Python (where duckdb is installed), the store by its absolute path."""
+    import json
+    import shlex
+    import sys
+
+    code = (f"import duckdb; print(duckdb.connect({json.dumps(str(Path(db).resolve()))}, "
+            'read_only=True).sql("SELECT * FROM credit_by_role"))')
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
 def show_queries(db, queries, out=print) -> None:
@@ -147,6 +160,5 @@ def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_
         ingest_ladder(db, n=ladder_n, progress=progress)
         show_ladder(db)
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Explore it yourself, e.g.:\n"
-          f"  python -c \"import duckdb; print(duckdb.connect('{db}', read_only=True)"
-          f".sql('SELECT * FROM credit_by_role'))\"")
+          f"  {explore_hint(db)}")
     return 0 if summary.n_ok or summary.n_skipped else 1

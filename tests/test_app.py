@@ -464,14 +464,14 @@ def test_circuit_graph_matches_app_graphs_and_reacts(monkeypatch, store):
     H = threshold(G, 0.0, 40)
     fig = figures(at)[0]
     assert node_names(fig) == set(H.nodes) and len(H) >= 4
-    assert any(f"{H.number_of_edges()} shown between {H.number_of_nodes()} components" in c
-               for c in captions(at))
+    assert any(f"the {H.number_of_edges()} strongest shown" in c and
+               f"between {H.number_of_nodes()} components" in c for c in captions(at))
     # top-k: fewer edges and nodes
     widget(at.slider, "Top-k edges").set_value(5).run()
     assert_clean(at)
     H5 = threshold(G, 0.0, 5)
     assert node_names(figures(at)[0]) == set(H5.nodes)
-    assert any("5 shown" in c for c in captions(at))
+    assert any("the 5 strongest shown" in c for c in captions(at))
     # threshold: only edges with |weight| >= 50% of the strongest
     widget(at.slider, "Top-k edges").set_value(300).run()
     widget(at.slider, "Min |weight| (% of the strongest edge)").set_value(50.0).run()

@@ -29,8 +29,9 @@ from test_app import MODELS, build_store  # noqa: E402  (the same real-ingest st
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("UNPACK_CHROMIUM", "/usr/bin/chromium")
-SETUP = ("apt-get install -y chromium && .venv/bin/pip install playwright==1.65.2 "
-         "(Playwright drives /usr/bin/chromium; never run `playwright install`)")
+SETUP = ("bash .ci/setup --test (it runs apt-get install -y chromium; Playwright comes with "
+         "the project's test extra) -- Playwright drives /usr/bin/chromium; never run "
+         "`playwright install`")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
@@ -149,8 +150,11 @@ def shot(page, name: str) -> Path:
 
 
 def no_exception(page) -> None:
+    """No traceback on the page, and no error the app's page-level guard caught."""
     errs = page.locator('[data-testid="stException"]')
     assert errs.count() == 0, errs.first.inner_text()
+    guarded = page.locator('[data-testid="stAlert"]').filter(has_text="could not be drawn")
+    assert guarded.count() == 0, guarded.first.inner_text()
 
 
 # ------------------------------------------------------------------ fixtures

@@ -233,8 +233,45 @@ def shots(argv=None) -> int:
         page.screenshot(path=str(out / "compare_ladder_graphs.png"))
         open_page(page, url + "/", "h1:has-text('Overview')")  # the root address (no /overview)
         page.screenshot(path=str(out / "overview.png"))
+        _page_shots(url, page, out)
     print(f"screenshots in {out}")
     return 0
+
+
+def _page_shots(url: str, page, out: Path) -> None:
+    """Prompt (and a reroot traced on demand), Circuit (SmolLM2 on IOI, the toy
+    ladder's smallest model on induction, a component's edges) and SQL."""
+    open_page(page, link(url, "prompt", {"ws_task": "ioi", "ws_models": [SMOL]}), ".unpack-tok")
+    page.screenshot(path=str(out / "prompt.png"))
+    page.get_by_role("tab", name="Trace on demand").click()
+    page.get_by_role("button", name="Trace from").click()
+    page.get_by_text("Traced in").wait_for(timeout=600_000)
+    settle(page)
+    page.get_by_text("Reroot: what feeds a component").scroll_into_view_if_needed()
+    page.screenshot(path=str(out / "prompt_reroot.png"))
+    open_page(page, link(url, "circuit", {"ws_task": "ioi", "ws_models": [SMOL]}),
+              ".js-plotly-plot .scatterlayer")
+    page.screenshot(path=str(out / "circuit.png"))
+    page.get_by_text("Reads from (upstream writers)").scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(out / "circuit_node.png"))
+    open_page(page, link(url, "circuit", {"ws_task": "induction", "ws_models": [LADDER[0] + "@"
+                                                                                 + _LAST_D64]}),
+              ".js-plotly-plot .scatterlayer")
+    page.screenshot(path=str(out / "circuit_ladder.png"))
+    open_page(page, url + "/sql", "button:has-text('Run query')")
+    for q, name in (("SELECT model, task, count(*) AS prompts FROM trace_info GROUP BY ALL "
+                     "ORDER BY ALL", "sql"), ("CREATE TABLE t AS SELECT 1", "sql_refused")):
+        box = page.get_by_label("Query")
+        box.fill(q)
+        box.press("Control+Enter")
+        settle(page)
+        page.get_by_role("button", name="Run query").click()
+        settle(page)
+        page.screenshot(path=str(out / f"{name}.png"))
+
+
+_LAST_D64 = "step972"  # ladder-d64's last shipped step
 
 
 if __name__ == "__main__":

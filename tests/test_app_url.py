@@ -108,3 +108,82 @@ def test_overview_formats_the_parameter_count(monkeypatch, store):
     table = [d for d in at.dataframe if "n_params" in d.value.columns][0]
     config = json.loads(table.proto.columns)
     assert config["n_params"]["type_config"]["format"] == "localized"  # 53,058, not 53058
+
+
+# ------------------------------------------------------------------ values out of range, short links
+
+def first_run_on(monkeypatch, db, page: str, params: dict, state: dict | None = None):
+    """A browser opening ``/page?params``: the session's first run is that page."""
+    from streamlit.testing.v1 import AppTest
+
+    from test_app import APP, PAGES
+
+    monkeypatch.setenv("UNPACK_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    for k, v in params.items():
+        at.query_params[k] = v
+    for k, v in (state or {}).items():
+        at.session_state[k] = v
+    if PAGES.get(page):
+        at.switch_page(PAGES[page])
+    return at.run()
+
+
+BAD_LINKS = [  # page, parameters, {slider label: the value it opens on}
+    ("prompt", {"prompt_k": "51"}, {"Paths shown": 50}),
+    ("prompt", {"prompt_k": "-5"}, {"Paths shown": 1}),
+    ("circuit", {"circuit_topk": "1e12", "circuit_minw": "-inf", "circuit_minshare": "-1"},
+     {"Top-k edges": 300, "Min |weight| (% of the strongest edge)": 0.0,
+      "Min share of prompts with the edge": 0.0}),
+    ("circuit", {"circuit_topk": "-1", "circuit_minw": "1e308", "circuit_minshare": "inf"},
+     {"Top-k edges": 5, "Min |weight| (% of the strongest edge)": 50.0,
+      "Min share of prompts with the edge": 0.0}),
+    ("compare", {"compare_topk": "-7"}, {"Top-k edges per model": 5}),
+]
+
+
+@pytest.mark.parametrize("page,params,opens", BAD_LINKS)
+def test_out_of_range_link_values_are_clamped_or_dropped_with_a_notice(monkeypatch, store, page,
+                                                                        params, opens):
+    db, names = store
+    at = first_run_on(monkeypatch, db, page, params)
+    assert_clean(at)  # no traceback, no error
+    for label, value in opens.items():
+        assert widget(at.slider, label).value == value
+    said = " ".join(w.value for w in at.warning if w.value.startswith("Link:"))
+    for key in params:
+        assert f"`{key}=" in said, (key, said)
+
+
+def test_a_failing_page_shows_a_short_message_not_a_traceback(monkeypatch, store):
+    """A value no widget accepts (a slider given text) stops the page inside
+    Streamlit; the page-level guard says so in one line, the log has the rest."""
+    db, _ = store
+    at = first_run_on(monkeypatch, db, "prompt", {}, state={"prompt_k": "many"})
+    assert not at.exception, [e.value for e in at.exception]
+    msg = [e.value for e in at.error]
+    assert len(msg) == 1 and msg[0].startswith("This page could not be drawn"), msg
+    assert "Traceback" not in msg[0] and "site-packages" not in msg[0]
+
+
+def test_a_link_carries_only_its_page_and_nothing_at_its_default(monkeypatch, store):
+    from app.ui import url
+
+    db, names = store
+    at = first_run_on(monkeypatch, db, "prompt", {})
+    assert_clean(at)
+    assert "ws_models" not in url_of(at)  # the models a first visit opens on
+    assert "prompt_id" in url_of(at) and "prompt_k" not in url_of(at)  # 8, its default
+    pid = int(sql(db, "SELECT max(prompt_id) FROM trace_info").iat[0, 0])
+    at = first_run_on(monkeypatch, db, "prompt", {"prompt_id": str(pid), "prompt_k": "3",
+                                                  "ws_condition": "(all)"})
+    assert_clean(at)
+    assert url_of(at)["prompt_id"] == [str(pid)] and url_of(at)["prompt_k"] == ["3"]
+    assert "reroot_comp" in at.session_state
+    at.switch_page("ui/pages/circuit.py").run()
+    assert_clean(at)
+    keys = set(url_of(at))
+    assert keys <= set(url.link_keys("circuit")), keys  # no prompt_id, no reroot_*
+    assert not keys & {"circuit_topk", "circuit_agg", "circuit_modes"}  # at their defaults
+    widget(at.slider, "Top-k edges").set_value(15).run()
+    assert url_of(at)["circuit_topk"] == ["15"]

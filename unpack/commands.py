@@ -50,6 +50,7 @@ def _register_trace(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     add_device_flags(p)
     add_flags(p, "json", json=dict(help="one JSON object per prompt on stdout"))
+    add_flags(p, "threads")
     p.set_defaults(func=cmd_trace)
 
 
@@ -65,6 +66,7 @@ def _register_validate(sub) -> None:
     add_flags(v, "model")
     v.add_argument("--text", action="append", help="prompt(s) to check (default: three built-in ones)")
     add_device_flags(v)
+    add_flags(v, "threads")
     v.set_defaults(func=cmd_validate)
 
 
@@ -100,6 +102,7 @@ def _register_bench(sub) -> None:
                    help="longest prompt timed on --against (default 256: older engines hold "
                         "every C·H·S² score buffer at once)")
     add_device_flags(b, "the random models")
+    add_flags(b, "threads")
     b.set_defaults(func=cmd_bench)
 
 
@@ -121,6 +124,7 @@ def _register_plan(sub) -> None:
     pl.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default 1)")
     add_flags(pl, "json")
     add_device_flags(pl)
+    add_flags(pl, "threads")
     pl.set_defaults(func=cmd_plan)
 
 
@@ -143,38 +147,87 @@ def _overrides(args) -> dict:
 def _check_root_syntax(root, where: str) -> None:
     """``--root`` is COMPONENT@POSITION; its component and range need the model, its
     shape does not (a bad root in a --prompts file fails that prompt only)."""
+    if not _root_shape_ok(root):
+        raise InputError(f"{where}: {_ROOT_SHAPE.format(root=root)}")
+
+
+_ROOT_SHAPE = "root {root!r} must look like COMPONENT@POSITION, e.g. attn_9_head_9@13 or mlp_0@-1"
+
+
+def _root_shape_ok(root) -> bool:
     if root is None:
-        return
+        return True
     name, at, pos = str(root).rpartition("@")
     try:
         int(pos)
     except ValueError:
-        pos = None
-    if not isinstance(root, str) or not at or not name or pos is None:
-        raise InputError(f"{where}: root {root!r} must look like COMPONENT@POSITION, "
-                         "e.g. attn_9_head_9@13 or mlp_0@-1")
+        return False
+    return isinstance(root, str) and bool(at) and bool(name)
+
+
+def _prompt_problem(text, target, root, flag: str) -> str | None:
+    """What is wrong with a prompt that needs no model to see: an empty text or
+    target, a root that is not COMPONENT@POSITION; None when nothing is."""
+    if not isinstance(text, str) or not text.strip():
+        return f"{flag}text is empty: give the prompt, e.g. {flag}text \"When Mary and John went\""
+    if not isinstance(target, str) or target == "":
+        return f"{flag}target is empty: give the next token's text, e.g. {flag}target ' Mary'"
+    if not _root_shape_ok(root):
+        return _ROOT_SHAPE.format(root=root)
+    return None
 
 
 def _read_prompts(path: str) -> tuple[list[dict], list[str]]:
     """``(prompts, bad)``: the prompts of a JSONL file, and for each line that is not
     one a message ``FILE:LINE: reason`` (the other lines are still traced)."""
     prompts, bad = [], []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append(f"{path}:{i}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict) or "text" not in row or "target" not in row:
-                bad.append(f"{path}:{i}: each line needs 'text' and 'target'")
-                continue
-            prompts.append({k: row.get(k) for k in ("text", "target", "distractor", "root")})
+    fix = ("give a JSONL file with one object per line, e.g. "
+           '{"text": "When Mary and John went to the store, John gave a drink to", '
+           '"target": " Mary"}')
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"--prompts {path}: no such file; {fix}") from None
+    except IsADirectoryError:
+        raise InputError(f"--prompts {path} is a directory; {fix}") from None
+    except PermissionError:
+        raise InputError(f"--prompts {path}: not readable (permission denied)") from None
+    with f:
+        try:
+            lines = list(enumerate(f, 1))
+        except UnicodeDecodeError:
+            raise InputError(f"--prompts {path} is not UTF-8 text; {fix}") from None
+    for i, line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append(f"{path}:{i}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict) or "text" not in row or "target" not in row:
+            bad.append(f"{path}:{i}: each line needs 'text' and 'target'")
+            continue
+        why = _prompt_problem(row.get("text"), row.get("target"), row.get("root"), "")
+        if why:
+            bad.append(f"{path}:{i}: {why}")
+            continue
+        prompts.append({k: row.get(k) for k in ("text", "target", "distractor", "root")})
     if not prompts and not bad:
         raise InputError(f"{path}: no prompts in the file")
     return prompts, bad
+
+
+def set_threads(args) -> None:
+    """``--threads N``: torch's CPU threads for this process, checked (N >= 1)."""
+    n = getattr(args, "threads", None)
+    if n is None:
+        return
+    if n < 1:
+        raise InputError(f"--threads {n}: give 1 or more, e.g. --threads 2")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _loading(model) -> None:
@@ -194,10 +247,14 @@ def cmd_trace(args) -> int:
     else:
         if args.text is None or args.target is None:
             raise InputError(f"--text and --target are required (or --prompts FILE). Example: {EXAMPLE}")
+        why = _prompt_problem(args.text, args.target, None, "--")
+        if why:
+            raise InputError(why)
         prompts = [{"text": args.text, "target": args.target, "distractor": args.distractor,
                     "root": args.root}]
     overrides = _overrides(args)
     _check_root_syntax(args.root, "--root")
+    set_threads(args)  # everything above needs no model: checked before loading it
     from .loading import with_revision
     from .tokens import bos_text
     from .tracer import TraceFailure, Tracer
@@ -222,6 +279,11 @@ def cmd_trace(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    for t in args.text or ():
+        if not t.strip():
+            raise InputError("--text is empty: give a prompt, or leave --text out for the three "
+                             "built-in ones")
+    set_threads(args)
     from .tracer import Tracer
     from .validate import DEFAULT_TEXTS, validate_model
     _loading(args.model)
@@ -243,9 +305,11 @@ def cmd_validate(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import run_bench
+    set_threads(args)
     return run_bench(args)
 
 
 def cmd_plan(args) -> int:
     from .plan import run_plan
+    set_threads(args)
     return run_plan(args)

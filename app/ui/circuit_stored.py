@@ -77,7 +77,9 @@ def highlight_figure(G, comps: pd.DataFrame, edges: pd.DataFrame, title: str):
     """The aggregate graph with the circuit's heads ringed and its edges drawn over it."""
     import plotly.graph_objects as go
 
-    from app.graphs import component_attrs, layered_layout
+    import networkx as nx
+
+    from app.graphs import component_attrs, edge_geometry, figure_scale, layered_layout
 
     H = G.copy()
     for n in comps["component"]:
@@ -85,11 +87,15 @@ def highlight_figure(G, comps: pd.DataFrame, edges: pd.DataFrame, title: str):
             H.add_node(n, **component_attrs(n))
     xy = layered_layout(H)
     fig = views.graph_figure(H, xy, title=title, height=560)
-    xs, ys = [], []
+    C = nx.DiGraph()  # the circuit's own edges, on the same curves as the graph's
     for e in edges.itertuples():
-        xs += [xy[e.parent][0], xy[e.child][0], None]
-        ys += [xy[e.parent][1], xy[e.child][1], None]
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="circuit edges",
+        C.add_edge(e.parent, e.child, by_mode={})
+        C.edges[e.parent, e.child]["by_mode"][e.mode] = float(e.weight)
+    xs, ys = [], []
+    for g in edge_geometry(C, xy, figure_scale(xy)):
+        xs += [p[0] for p in g["points"]] + [None]
+        ys += [p[1] for p in g["points"]] + [None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="circuit edges", meta="circuit",
                              line=dict(color="crimson", width=4), opacity=0.8, hoverinfo="skip"))
     names = list(comps["component"])
     fig.add_trace(go.Scatter(

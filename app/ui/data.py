@@ -118,7 +118,8 @@ def tasks_table(con) -> pd.DataFrame:
     df["model"] = df["model"].map(short_model)
     out = df.pivot_table(index=["task", "condition"], columns="model", values="n",
                          aggfunc="sum", fill_value=0)
-    return out.reset_index()
+    order = [short_model(n) for n in model_names(con)]  # by size and step, not as text
+    return out[[m for m in dict.fromkeys(order) if m in out.columns]].reset_index()
 
 
 def failures(con, limit: int = 200) -> pd.DataFrame:
@@ -140,7 +141,8 @@ def ws_summary(con, ws: WorkingSet) -> pd.DataFrame:
     return q(con, f"""
         SELECT m.name AS model, count(*) AS prompts, count(DISTINCT p.template) AS templates,
                avg(p.target_prob) AS mean_p_target, avg(p.logit_diff) AS mean_logit_diff,
-               avg(CASE WHEN p.logit_diff > 0 THEN 1.0 ELSE 0.0 END) AS share_logit_diff_pos
+               avg(CASE WHEN p.logit_diff > 0 THEN 1.0 WHEN p.logit_diff <= 0 THEN 0.0 END)
+                   AS share_logit_diff_pos
         FROM {FROM_PROMPTS} WHERE {where} GROUP BY m.name, m.n_params, m.step
         ORDER BY m.n_params NULLS LAST, split_part(m.name, '@', 1), m.step NULLS FIRST, m.name""",
              params)
@@ -308,7 +310,9 @@ def credit_by_role(con, ws: WorkingSet) -> pd.DataFrame:
 
 def size_table(con, ws: WorkingSet) -> pd.DataFrame:
     """Per model, smallest first: shape, behaviour, suppression, and where the
-    credit flows (share of |edge weight| by mode, the top heads at the target)."""
+    credit flows: ``edge_share_M``, the share of mode M in the |weight| of every
+    stored edge of the target traces (all components, all positions), and the top
+    heads at the target."""
     where, params = ws.where()
     base = q(con, f"""
         SELECT m.name AS model, any_value(m.n_params) AS n_params, any_value(m.step) AS step,
@@ -331,7 +335,7 @@ def size_table(con, ws: WorkingSet) -> pd.DataFrame:
         tot = modes.groupby("model")["w"].transform("sum")
         modes["share"] = modes["w"] / tot
         wide = modes.pivot_table(index="model", columns="mode", values="share", fill_value=0.0)
-        wide.columns = [f"share_{c}" for c in wide.columns]
+        wide.columns = [f"edge_share_{c}" for c in wide.columns]  # docs/APP.md: measures
         base = base.merge(wide.reset_index(), on="model", how="left")
     heads = q(con, f"""
         WITH hf AS (

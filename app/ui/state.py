@@ -115,6 +115,7 @@ def working_set() -> D.WorkingSet:
     """The sidebar pickers; every page reads the same working set."""
     st.sidebar.subheader("Working set")
     models = query(D.model_names)
+    st.session_state["_ws_default_models"] = D.default_models(models)  # a link leaves it out
     if "ws_models" not in st.session_state:
         st.session_state["ws_models"] = D.default_models(models)
     st.session_state["ws_models"] = [m for m in st.session_state["ws_models"] if m in models]
@@ -229,6 +230,11 @@ def _tracer(name: str):
 
     from unpack import Tracer
     from unpack.loading import load_model
+
+    if os.environ.get("UNPACK_THREADS"):  # unpack app --threads
+        import torch
+
+        torch.set_num_threads(int(os.environ["UNPACK_THREADS"]))
 
     model, tok = load_model(name, dtype=os.environ.get("UNPACK_DTYPE") or None,
                             device=os.environ.get("UNPACK_DEVICE") or "cpu")

@@ -1,7 +1,10 @@
 """Tables that fit the page: every column gets a width so that the table is read
 without scrolling sideways. Numbers keep their natural width (header or value,
 whichever is longer); when the columns do not fit, long text columns are cut
-to fit (the full text shows on hover), never the numbers."""
+to fit (the full text shows on hover), never the numbers and never the names
+that tell rows apart (:data:`WHOLE`). Times show as times, parameter counts
+with thousands separators, and a measure that does not apply to a row (None)
+reads "not applicable" (:func:`not_applicable`)."""
 from __future__ import annotations
 
 import numbers
@@ -19,7 +22,11 @@ LABELS = {  # short headers for long column names (the name itself shows on hove
     "acc_repeat": "accuracy", "K_prev_to_ind": "K prev→ind", "mean_credit": "credit",
     "mean_credit_pct": "credit %", "share_negative": "share < 0",
     "top_heads_at_target": "top heads at the target",
+    "K_share": "K share", "run_id": "run", "prompts_ok": "prompts",
+    "mean_trace_s": "s / prompt",
 }
+WHOLE = ("model", "family", "name")  # names that tell rows apart: never cut
+NA = "not applicable"
 
 
 def shown(v) -> str:
@@ -42,7 +49,7 @@ def fit_widths(df: pd.DataFrame, budget: int = MAIN_PX, labels: dict | None = No
     the widest text columns are cut to one common width, not below ``MIN_TEXT_PX``."""
     labels = labels or {}
     want = {c: natural_px(df, c, labels.get(c, str(c))) for c in df.columns}
-    text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c]) and c not in WHOLE]
     fixed = sum(w for c, w in want.items() if c not in text)
     if not text or sum(want.values()) <= budget:
         return want
@@ -70,10 +77,33 @@ def column_config(df: pd.DataFrame, budget: int = MAIN_PX, labels: dict | None =
         if isinstance(base, str):
             base = {"label": base}
         if base is None:
-            kind = (st.column_config.NumberColumn if pd.api.types.is_numeric_dtype(df[c])
-                    else st.column_config.TextColumn)
-            base = kind(labels[c], help=None if labels[c] == str(c) else f"`{c}`")
+            base = _default_column(df[c], labels[c], None if labels[c] == str(c) else f"`{c}`")
         out[c] = dict(base, width=int(px))
+    return out
+
+
+def _default_column(col: pd.Series, label: str, help: str | None):
+    """A column's kind: times as times (a text column would show epoch
+    milliseconds), ``n_params`` with thousands separators, numbers, text."""
+    import streamlit as st
+
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return st.column_config.DatetimeColumn(label, help=help, format="YYYY-MM-DD HH:mm:ss")
+    if col.name == "n_params" and pd.api.types.is_numeric_dtype(col):
+        return st.column_config.NumberColumn(label, help=help, format="localized")
+    if pd.api.types.is_numeric_dtype(col):
+        return st.column_config.NumberColumn(label, help=help)
+    return st.column_config.TextColumn(label, help=help)
+
+
+def not_applicable(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """``df`` with each of ``columns`` (name -> format, e.g. ``"{:+.3f}"``) as text:
+    the value formatted, or "not applicable" where it is None (a logit difference
+    on a task without a distractor). Columns with no None stay numbers."""
+    out = df.copy()
+    for c, fmt in columns.items():
+        if c in out and out[c].isna().any():
+            out[c] = [NA if pd.isna(v) else fmt.format(v) for v in out[c]]
     return out
 
 

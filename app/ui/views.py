@@ -8,9 +8,9 @@ import re
 
 import pandas as pd
 
+from app.graphs import MODE_COLORS, MODES, drawn_edges, edge_geometry, layer_ticks
 from unpack.components import short_label
 
-MODE_COLORS = {"K": "#1f77b4", "Q": "#ff7f0e", "V": "#2ca02c", "MLP": "#7f7f7f"}
 KIND_COLORS = {"embedding": "#8c564b", "pos_embedding": "#c49c94", "head": "#9467bd",
                "mlp": "#bcbd22"}
 _NEG, _MID, _POS = (178, 24, 43), (247, 247, 247), (33, 102, 172)
@@ -110,53 +110,73 @@ def threshold(G, min_weight: float = 0.0, top_k: int | None = None):
     return H
 
 
-def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
-                 legend_seen: set | None = None):
-    """Plotly traces: edges grouped by dominant mode (width by |weight|), then the
-    nodes (size by |flow|, color by kind, hover with flow and layer). ``legend_seen``:
-    modes already in the figure's legend, shared by several graphs drawn in one
-    figure so that every mode drawn anywhere is listed once."""
+def _edge_traces(geo: list, selected, name_prefix: str) -> list:
+    """Line traces of the edge curves, one per (mode, width bucket, highlighted):
+    few traces for any graph. Widths grow with sqrt(|weight|) so that weak edges
+    stay visible next to one dominant edge; with a ``selected`` node its edges
+    are drawn on top and the others faded. Each point's ``customdata`` names its
+    edge (``parent→child mode``)."""
     import plotly.graph_objects as go
 
-    traces = []
-    edges = list(G.edges(data=True))
-    wmax = max([abs(float(d.get("weight", 0.0))) for _, _, d in edges] or [1.0]) or 1.0
+    wmax = max([abs(e["weight"]) for e in geo] or [1.0]) or 1.0
     groups: dict = {}
-    # one line trace per (mode, width bucket): few traces for any graph; widths grow with
-    # sqrt(|weight|) so weak edges stay visible next to one dominant edge
-    for u, v, d in edges:
-        b = min(4, int(5 * math.sqrt(abs(float(d.get("weight", 0.0))) / wmax)))
-        groups.setdefault((d.get("mode") or "MLP", b), []).append((u, v))
+    for e in geo:
+        b = min(4, int(5 * math.sqrt(abs(e["weight"]) / wmax)))
+        on = selected is not None and selected in (e["parent"], e["child"])
+        groups.setdefault((on, b, e["mode"]), []).append(e)
+    traces = []
+    for (on, b, mode), es in sorted(groups.items(), key=lambda kv: kv[0][:2]):
+        xs, ys, ids = [], [], []
+        for e in es:
+            xs += [p[0] for p in e["points"]] + [None]
+            ys += [p[1] for p in e["points"]] + [None]
+            ids += [f"{e['parent']}→{e['child']} {mode}"] * len(e["points"]) + [None]
+        opacity = 0.45 + 0.12 * b if selected is None else (1.0 if on else 0.15)
+        traces.append(go.Scatter(
+            x=xs, y=ys, mode="lines", hoverinfo="skip", legendgroup=mode, showlegend=False,
+            line=dict(color=MODE_COLORS.get(mode, "#999"), width=0.8 + 1.6 * b + (1.5 if on else 0)),
+            opacity=opacity, name=f"{name_prefix}{mode}", customdata=ids, meta="edges"))
+    return traces
+
+
+def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
+                 legend_seen: set | None = None, selected: str | None = None):
+    """Plotly traces: one curve per reader, writer and mode (app.graphs.edge_geometry;
+    width by |weight|), the legend (one entry per mode drawn, in K, Q, V, MLP order,
+    each mode's one colour), then the nodes (size by |flow|, colour by kind, hover
+    with flow and layer), with ``selected`` a ring round that node under them.
+    ``legend_seen``: modes already in the figure's legend, shared by several graphs
+    drawn in one figure so that every mode drawn anywhere is listed once."""
+    import plotly.graph_objects as go
+
+    geo = edge_geometry(G, xy)
+    traces = _edge_traces(geo, selected if selected in G else None, name_prefix)
     seen = legend_seen if legend_seen is not None else set()
-    for (mode, b), uv in sorted(groups.items(), key=lambda kv: kv[0][1]):
-        xs, ys = [], []
-        for u, v in uv:
-            xs += [xy[u][0], xy[v][0], None]
-            ys += [xy[u][1], xy[v][1], None]
+    for i, mode in enumerate(MODES):  # fixed order and width, whatever the graph
+        if any(e["mode"] == mode for e in geo):
+            traces.append(go.Scatter(
+                x=[None], y=[None], mode="lines", legendgroup=mode, legendrank=i + 1,
+                line=dict(color=MODE_COLORS[mode], width=3), name=f"{name_prefix}{mode}",
+                showlegend=show_legend and mode not in seen, hoverinfo="skip"))
+            seen.add(mode)
+    if geo:  # hover targets at the middle of each curve
+        mid = [e["points"][len(e["points"]) // 2] for e in geo]
         traces.append(go.Scatter(
-            x=xs, y=ys, mode="lines", hoverinfo="skip", legendgroup=mode,
-            line=dict(color=MODE_COLORS.get(mode, "#999"), width=0.8 + 1.6 * b),
-            opacity=0.45 + 0.12 * b, name=f"{name_prefix}{mode}",
-            showlegend=show_legend and mode not in seen))
-        seen.add(mode)
-    if edges:  # hover targets at the edge midpoints
-        hover = []
-        for u, v, d in edges:
-            by_mode = d.get("by_mode") or {}
-            detail = ", ".join(f"{k} {float(x):+.3g}" for k, x in by_mode.items())
-            hover.append(f"{u} → {v}<br>{d.get('mode')}: {float(d.get('weight', 0)):+.4g}"
-                         + (f"<br>{detail}" if detail else ""))
+            x=[p[0] for p in mid], y=[p[1] for p in mid], mode="markers",
+            marker=dict(size=6, color="rgba(0,0,0,0)"), hoverinfo="text", showlegend=False,
+            hovertext=[f"{e['parent']} reads {e['child']}<br>{e['mode']}: {e['weight']:+.4g}"
+                       for e in geo], name=f"{name_prefix}edges"))
+    if selected in G:  # under the nodes: the nodes stay the last trace
         traces.append(go.Scatter(
-            x=[(xy[u][0] + xy[v][0]) / 2 for u, v, _ in edges],
-            y=[(xy[u][1] + xy[v][1]) / 2 for u, v, _ in edges], mode="markers",
-            marker=dict(size=6, color="rgba(0,0,0,0)"), hoverinfo="text", hovertext=hover,
-            showlegend=False, name=f"{name_prefix}edges"))
+            x=[xy[selected][0]], y=[xy[selected][1]], mode="markers", customdata=[selected],
+            marker=dict(size=44, color="rgba(0,0,0,0)", line=dict(color="crimson", width=3)),
+            hoverinfo="skip", name=f"{name_prefix}selected", showlegend=False))
     names = list(G.nodes)
     flows = [abs(float(G.nodes[n].get("flow", 0.0) or 0.0)) for n in names]
     fmax = max(flows) if flows and max(flows) > 0 else 1.0
     traces.append(go.Scatter(
         x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers+text",
-        marker=dict(size=[8 + 30 * math.sqrt(f / fmax) for f in flows],
+        marker=dict(size=[8 + 22 * math.sqrt(f / fmax) for f in flows],
                     color=[KIND_COLORS.get(G.nodes[n].get("kind"), "#444") for n in names],
                     line=dict(color="#222", width=1)),
         text=[short_label(n) for n in names],
@@ -175,13 +195,26 @@ LABEL_SIDE = {"head": "top center", "mlp": "bottom center", "embedding": "middle
               "pos_embedding": "middle left"}
 
 
-def graph_figure(G, xy: dict, title: str = "", height: int = 520):
+def graph_figure(G, xy: dict, title: str = "", height: int = 520, selected: str | None = None):
+    """A layered circuit graph: :func:`graph_traces` on integer layer ticks."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(graph_traces(G, xy))
+    fig = go.Figure(graph_traces(G, xy, selected=selected))
+    ticks, names = layer_ticks(G)
+    xs = [x for tr in fig.data for x in (tr.x or ()) if x is not None] + ticks
+    span = max(xs) - min(xs)  # room for the curves and, left, the embeddings' labels
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=30),
                       hovermode="closest", clickmode="event+select",
-                      legend=dict(title="mode", orientation="h", y=-0.08),
-                      xaxis=dict(title="layer", zeroline=False),
+                      legend=dict(title="mode", orientation="h", y=-0.08, traceorder="normal"),
+                      xaxis=dict(title="layer", zeroline=False, tickmode="array", tickvals=ticks,
+                                 ticktext=names,
+                                 range=[min(xs) - 0.06 * span - 0.6, max(xs) + 0.02 * span + 0.2]),
                       yaxis=dict(visible=False))
     return fig
+
+
+def graph_caption(G) -> str:
+    """What a circuit figure draws, counted as drawn."""
+    drawn = drawn_edges(G)
+    return (f"{len(drawn)} edges drawn (one curve per reader, writer and mode; "
+            f"{G.number_of_edges()} reader–writer pairs) between {G.number_of_nodes()} components")

@@ -30,7 +30,7 @@ root = c2.selectbox("Root", roots, key="circuit_root",
                          "everything that feeds that component")
 agg = c3.selectbox("Aggregate", ["mean", "sum"], key="circuit_agg",
                    help="mean over the selected prompts (a prompt without an edge counts 0) or sum")
-c4, c5, c6, c7 = st.columns([2, 2, 2, 2])
+c4, c5, c6, c7 = st.columns([3, 2, 2, 2])  # room for four mode chips
 modes = c4.multiselect("Modes", ["K", "Q", "V", "MLP"], default=["K", "Q", "V", "MLP"],
                        key="circuit_modes")
 if not modes:
@@ -53,24 +53,20 @@ wmax = max([abs(w) for *_, w in G_all.edges(data="weight")] or [0.0])
 G = views.threshold(G_all, rel / 100.0 * wmax, top_k)
 from app.graphs import layered_layout  # noqa: E402
 
-st.caption(f"{G_all.graph.get('n_prompts')} prompts · {G_all.number_of_edges()} edges in all, "
-           f"{G.number_of_edges()} shown between {G.number_of_nodes()} components · edges go "
-           "from a reader to the writer it reads (credit flows right to left) · width = "
-           "|interaction strength|, color = dominant mode · node size = |flow|")
+st.caption(f"{G_all.graph.get('n_prompts')} prompts · {G_all.number_of_edges()} reader–writer "
+           f"pairs in all, the {G.number_of_edges()} strongest shown · "
+           f"{views.graph_caption(G)} · edges go from a reader to the writer it reads (credit "
+           "flows right to left) · width = |interaction strength|, colour = mode · node size = "
+           "|flow| · the ringed node is the one inspected below, its edges drawn on top")
 if G.number_of_nodes() == 0:
     st.info("No edges pass the thresholds: lower the minimum weight or share.")
     st.stop()
-fig = views.graph_figure(G, layered_layout(G),
-                         # plotly reads tags in a title: stored text escaped as HTML
-                         title=html_text(f"{D.short_model(model)} · {ws.task} · root {root}"),
-                         height=560)
-event = st.plotly_chart(fig, key="circuit_chart", on_select="rerun", selection_mode="points")
 
-# a click on a node selects it below
+# the inspected node: a click on a node (the chart's last selection) or the box below
 nodes = sorted(G.nodes, key=lambda n: -abs(G.nodes[n].get("flow", 0.0) or 0.0))
 try:
-    pts = event.selection.points if event else []
-except AttributeError:
+    pts = st.session_state["circuit_chart"]["selection"]["points"]
+except (KeyError, TypeError):
     pts = []
 clicked = next((p.get("customdata") for p in pts if p.get("customdata") in G), None)
 if clicked and clicked != st.session_state.get("circuit_clicked"):
@@ -78,6 +74,11 @@ if clicked and clicked != st.session_state.get("circuit_clicked"):
     st.session_state["circuit_node"] = clicked
 if st.session_state.get("circuit_node") not in nodes:
     st.session_state["circuit_node"] = nodes[0]
+fig = views.graph_figure(G, layered_layout(G), selected=st.session_state["circuit_node"],
+                         # plotly reads tags in a title: stored text escaped as HTML
+                         title=html_text(f"{D.short_model(model)} · {ws.task} · root {root}"),
+                         height=max(560, 56 * ((G_all.graph.get("n_heads") or 1) + 3)))
+st.plotly_chart(fig, key="circuit_chart", on_select="rerun", selection_mode="points")
 node = st.selectbox("Inspect a component (or click a node)", nodes, key="circuit_node")
 
 a = G.nodes[node]

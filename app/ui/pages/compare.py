@@ -5,7 +5,7 @@ import streamlit as st
 from app.escape import html_text, markdown as md
 from app.ui import data as D
 from app.ui import state, views
-from app.ui.tables import table
+from app.ui.tables import not_applicable, table
 
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Compare")
@@ -17,7 +17,8 @@ if not ladder.empty and ws.task == "induction":
     st.caption("docs/METHOD.md §10 · every toy model in the store (all sizes and steps, whatever "
                "the sidebar picks): the K-mode interaction from the induction heads (rerooted at "
                "END) into the previous-token heads, its share of K+Q+V, and the accuracy on the "
-               "repeated half. The circuit forms where both jump.")
+               "repeated half. The circuit forms where both jump. K share = K / "
+               "(K + Q + V) of those edges only (docs/APP.md, Measures).")
     c1, c2 = st.columns(2)
     for col, y, title in ((c1, "K_prev_to_ind", "K interaction, previous-token → induction"),
                           (c2, "acc_repeat", "accuracy on the repeated half")):
@@ -125,9 +126,13 @@ st.plotly_chart(fig, key="compare_graphs_chart")
 # ------------------------------------------------------------------ what changes with size
 st.subheader("What changes with size")
 size = state.query(D.size_table, ws)
-shares = [c for c in size.columns if c.startswith("share_") or c == "top_heads_at_target"]
-table(size.drop(columns=shares))  # behaviour, then where the credit flows
-if shares:
+shares = [c for c in size.columns if c.startswith("edge_share_") or c == "top_heads_at_target"]
+table(not_applicable(size.drop(columns=shares), {"mean_logit_diff": "{:+.3f}"}))  # behaviour
+if shares:  # then where the credit flows
+    st.caption("edge_share_K, _Q, _V, _MLP: each mode's share of the |weight| of every stored "
+               "edge of the target traces (all components and positions). Not the ladder "
+               "table's K share, which is K / (K + Q + V) of the edges from the induction heads "
+               "into the previous-token heads only (docs/APP.md, Measures).")
     table(size[["model"] + shares].assign(model=size["model"].map(D.short_model)))
 names = list(graphs)
 if len(names) >= 2:

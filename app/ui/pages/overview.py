@@ -1,10 +1,11 @@
 """Overview: what the store holds and the working set picked in the sidebar."""
+import pandas as pd
 import streamlit as st
 
 from app.escape import markdown as md
 from app.ui import data as D
 from app.ui import state
-from app.ui.tables import table
+from app.ui.tables import not_applicable, table
 
 ws: D.WorkingSet = st.session_state["ws"]
 st.title("Overview")
@@ -26,11 +27,18 @@ if summary.empty:
     st.info("No prompts match the working set: widen it in the sidebar (condition and "
             "template '(all)').")
 else:
+    # the logit difference needs a distractor: "not applicable" to induction, not None or 0
+    summary = not_applicable(summary, {"mean_logit_diff": "{:+.3f}",
+                                       "share_logit_diff_pos": "{:.2f}"})
+    num = pd.api.types.is_numeric_dtype
     table(summary, config={
         "mean_p_target": st.column_config.NumberColumn("mean p(target)", format="%.4f"),
-        "mean_logit_diff": st.column_config.NumberColumn("mean logit diff", format="%+.3f"),
-        "share_logit_diff_pos": st.column_config.NumberColumn("share logit diff > 0",
-                                                              format="%.2f")})
+        "mean_logit_diff": (st.column_config.NumberColumn("mean logit diff", format="%+.3f")
+                            if num(summary["mean_logit_diff"]) else "mean logit diff"),
+        "share_logit_diff_pos": (st.column_config.NumberColumn("share logit diff > 0",
+                                                               format="%.2f")
+                                 if num(summary["share_logit_diff_pos"])
+                                 else "share logit diff > 0")})
 
 st.subheader("Models")
 table(state.query(D.models_table),
