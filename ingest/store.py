@@ -102,7 +102,7 @@ def check_store(path) -> None:
         finally:
             raw.close()
     except duckdb.Error as e:
-        raise_mapped(p, e)
+        raise_mapped(p, e, opening=True)
 
 
 def _refuse_newer(rev, path) -> None:
@@ -146,18 +146,22 @@ def check_complete(raw, path) -> None:
                          "it from a backup or copy it again")
 
 
-def raise_mapped(path, exc: BaseException):
+def raise_mapped(path, exc: BaseException, opening: bool = False):
     """Raise the :class:`StoreError` that ``exc`` means for ``path``, or ``exc`` itself
-    when it is not a store problem (call from an ``except`` block)."""
-    mapped = store_error(path, exc)
+    when it is not a store problem (call from an ``except`` block). ``opening``:
+    ``exc`` came from opening the file, where any refusal of DuckDB's is the file's."""
+    mapped = store_error(path, exc, opening)
     if mapped is not None:
         raise mapped from None
     raise exc
 
 
-def store_error(path, exc) -> StoreError | None:
+def store_error(path, exc, opening: bool = False) -> StoreError | None:
     """The :class:`StoreError` for a failure of DuckDB or the OS on ``path``, or
-    None when it is not a problem of the file (then it is a bug: keep the traceback)."""
+    None when it is not a problem of the file (then it is a bug: keep the traceback).
+    The one place where store errors get their message and fix: every command that
+    opens a store maps its errors here. ``opening``: ``exc`` came from opening the
+    file, so a DuckDB error of a kind not named here is still the file's problem."""
     import errno
 
     orig = getattr(exc, "orig", None) or exc
@@ -180,6 +184,8 @@ def store_error(path, exc) -> StoreError | None:
     if code in (errno.EACCES, errno.EPERM) or "permission denied" in low:
         return StoreError(f"database {name!r} cannot be written ({msg}); fix its permissions "
                           "or choose another --db")
+    if "replaying wal" in low or "wal does not match" in low or "checkpoint iteration" in low:
+        return _wal_error(name, low, msg)
     if "conflicting lock" in low or ("lock" in low and "could not set lock" in low):
         return StoreError(f"database {name!r} is open in another process (DuckDB allows one "
                           "writer); wait for it to finish or use another --db")
@@ -195,7 +201,38 @@ def store_error(path, exc) -> StoreError | None:
     if "version number" in low or "storage version" in low or "serialization" in low:
         return StoreError(f"database {name!r} was written by another DuckDB version ({msg}); "
                           "open it with the DuckDB version that wrote it, or export and import")
+    if opening and _from_store(exc):
+        return StoreError(f"database {name!r} cannot be opened ({msg}); check that it is a store "
+                          "made by `unpack ingest` and that nothing else is changing it, or "
+                          "restore it from a backup")
     return None
+
+
+def _wal_error(name: str, low: str, msg: str) -> StoreError:
+    """The file's write-ahead log (``FILE.wal``) cannot be replayed into it. Its
+    changes are not lost as long as the log is kept, so the fix moves it aside
+    and never deletes it."""
+    wal = f"{name}.wal"
+    if "checkpoint iteration" in low:
+        what = ("the log comes from a later checkpoint than the file: the file was replaced "
+                "by an older copy, e.g. restored from a backup, while its log stayed")
+    elif "does not match" in low:
+        what = "the log belongs to another database file"
+    else:
+        what = f"the log cannot be replayed ({msg})"
+    return StoreError(
+        f"database {name!r} does not open: its write-ahead log {wal!r} does not match it "
+        f"({what}). If the file was restored from a backup on purpose, move the stale log "
+        f"aside (mv {wal} {wal}.stale) and run the command again: the store opens as the "
+        "backup holds it, without the log's changes. Otherwise put back the database file "
+        "that goes with the log. Nothing was changed or deleted")
+
+
+def _from_store(exc) -> bool:
+    """Was ``exc`` raised by DuckDB (directly or through SQLAlchemy) or the OS?"""
+    orig = getattr(exc, "orig", None) or exc
+    return isinstance(orig, OSError) or type(orig).__module__.split(".")[0] in ("duckdb",
+                                                                                 "_duckdb")
 
 
 def stored_revision(conn) -> str | None:
@@ -250,7 +287,7 @@ def connect(path=DEFAULT_DB, read_only: bool = False, short: bool = False) -> sa
         engine.dispose()
         if isinstance(e, InputError):
             raise
-        raise_mapped(path, e)
+        raise_mapped(path, e, opening=True)
     return engine
 
 
