@@ -73,6 +73,7 @@ def test_a_wal_that_does_not_match_the_file_is_exit_2_with_the_fix(kind, tmp_pat
         assert "write-ahead log" in err and WHAT[kind] in err, (name, err)
         assert f"mv {wal} {wal}.stale" in err and "Nothing was changed" in err, (name, err)
         assert _digests(db, wal) == before, name  # nothing written, nothing deleted
+        assert not list(tmp_path.glob("*.lock")), name  # the refused ingest left no lock file
     os.rename(wal, f"{wal}.stale")  # the fix the message gives works
     store.check_store(db)
     open_db(db).close()
