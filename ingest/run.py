@@ -303,6 +303,33 @@ def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict
     return make_config(preset, **dict(extra, position_edges=True)).to_dict()
 
 
+MIN_BATCH_CAP = 64  # prompts per batch that cap_batch always allows
+
+
+def cap_batch(backend, records, batch_size: int) -> int:
+    """``batch_size``, or the planner's batch for the longest prompt (the most
+    :func:`unpack.cost.batch_sizes` traces at once, at least :data:`MIN_BATCH_CAP`)
+    when it asks for more, with a notice: a batch's results stay in memory until
+    it commits, so a larger one costs memory and saves nothing (docs/RELIABILITY.md)."""
+    tracer = getattr(backend, "tracer", None)
+    cap = MIN_BATCH_CAP
+    if batch_size <= cap:
+        return batch_size
+    if tracer is not None and records:
+        from unpack.cost import batch_sizes, shape_of
+        from unpack.tokens import encode
+
+        n = len(encode(tracer.tokenizer, max(records, key=lambda r: len(r.text)).text)[0])
+        want = min(batch_size, 1 << 16)
+        cap = max(cap, batch_sizes(shape_of(tracer.spec), [n] * want, want)[0])
+    if batch_size > cap:
+        print(f"unpack ingest: notice: --batch-size {batch_size} capped at {cap} prompts per "
+              "batch (what the planner traces at once for the longest prompt): a batch is held "
+              "in memory until it commits, so more costs memory and is not faster",
+              file=sys.stderr, flush=True)
+    return min(batch_size, cap)
+
+
 class LocalTracing:
     """Tracing in this process: batches are traced one after the other with
     ``tracer``. (``ingest.shard.RayTracing`` is the same interface over Ray workers.)
@@ -365,6 +392,7 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     already committed stay)."""
     config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
     backend = tracer if hasattr(tracer, "traced") else LocalTracing(tracer)
+    batch_size = cap_batch(backend, records, batch_size)
     root_list = parse_roots(roots, backend.names)
     if model_info is None:
         model_info = backend.model_info()
