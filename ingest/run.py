@@ -550,8 +550,8 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
         if getattr(rec, "root", None):  # the record's own root (a corpus column)
             try:
                 extra, more = resolve_roots(rec, parse_roots([rec.root], names))
-            except InputError as e:
-                error = f"root {rec.root!r}: {e}"
+            except InputError as e:  # its message names the root already
+                error = str(e) if str(e).startswith("root ") else f"root {rec.root!r}: {e}"
             else:
                 if more:
                     error = "; ".join(more)
@@ -559,7 +559,7 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
         if error is not None:
             if key not in stored:
                 todo.append(Item(seq=seq, key=key, record=rec, error=error,
-                                 label=f"prompt {seq} {rec.text[:50]!r}"))
+                                 label=_label(seq, rec)))
             else:
                 summary.n_skipped += 1
             continue
@@ -571,8 +571,15 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
                 summary.n_skipped += 1
                 continue
         todo.append(Item(seq=seq, key=key, record=rec, roots=roots, warnings=warnings,
-                         label=f"prompt {seq} {rec.text[:50]!r}", prompt_id=prompt_id))
+                         label=_label(seq, rec), prompt_id=prompt_id))
     return todo
+
+
+def _label(seq: int, rec) -> str:
+    """How messages name a prompt: its corpus file and line, else its ``seq``
+    (the prompts column, 0-based), with the start of its text."""
+    where = getattr(rec, "where", None) or f"prompt seq {seq}"
+    return f"{where} {rec.text[:50]!r}"
 
 
 def _warn_missing_roles(records, root_list, summary: Summary) -> None:
