@@ -44,7 +44,7 @@ def open_db(path) -> duckdb.DuckDBPyConnection:
     its settings locked, its schema checked against this code, and its length
     checked against its metadata (a truncated copy is refused here, not on every
     page). Problems of the file are ``ingest.store.StoreError`` (an InputError)."""
-    from ingest.store import check_complete, check_store_path, store_error
+    from ingest.store import check_complete, check_store_path, raise_mapped
 
     p = Path(path)
     if not p.exists():
@@ -54,19 +54,13 @@ def open_db(path) -> duckdb.DuckDBPyConnection:
     try:
         con = _open_read(p)
     except duckdb.Error as e:
-        mapped = store_error(p, e)
-        if mapped is not None:
-            raise mapped from None
-        raise InputError(f"cannot open database {str(p)!r} read-only: {str(e).splitlines()[0]}") from None
+        raise_mapped(p, e, opening=True)
     try:
         check_complete(con, p)
         check_schema(con, p)
     except duckdb.Error as e:
         con.close()
-        mapped = store_error(p, e)
-        if mapped is not None:
-            raise mapped from None
-        raise
+        raise_mapped(p, e)
     except Exception:
         con.close()
         raise

@@ -303,6 +303,33 @@ def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict
     return make_config(preset, **dict(extra, position_edges=True)).to_dict()
 
 
+MIN_BATCH_CAP = 64  # prompts per batch that cap_batch always allows
+
+
+def cap_batch(backend, records, batch_size: int) -> int:
+    """``batch_size``, or the planner's batch for the longest prompt (the most
+    :func:`unpack.cost.batch_sizes` traces at once, at least :data:`MIN_BATCH_CAP`)
+    when it asks for more, with a notice: a batch's results stay in memory until
+    it commits, so a larger one costs memory and saves nothing (docs/RELIABILITY.md)."""
+    tracer = getattr(backend, "tracer", None)
+    cap = MIN_BATCH_CAP
+    if batch_size <= cap:
+        return batch_size
+    if tracer is not None and records:
+        from unpack.cost import batch_sizes, shape_of
+        from unpack.tokens import encode
+
+        n = len(encode(tracer.tokenizer, max(records, key=lambda r: len(r.text)).text)[0])
+        want = min(batch_size, 1 << 16)
+        cap = max(cap, batch_sizes(shape_of(tracer.spec), [n] * want, want)[0])
+    if batch_size > cap:
+        print(f"unpack ingest: notice: --batch-size {batch_size} capped at {cap} prompts per "
+              "batch (what the planner traces at once for the longest prompt): a batch is held "
+              "in memory until it commits, so more costs memory and is not faster",
+              file=sys.stderr, flush=True)
+    return min(batch_size, cap)
+
+
 class LocalTracing:
     """Tracing in this process: batches are traced one after the other with
     ``tracer``. (``ingest.shard.RayTracing`` is the same interface over Ray workers.)
@@ -365,6 +392,7 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     already committed stay)."""
     config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
     backend = tracer if hasattr(tracer, "traced") else LocalTracing(tracer)
+    batch_size = cap_batch(backend, records, batch_size)
     root_list = parse_roots(roots, backend.names)
     if model_info is None:
         model_info = backend.model_info()
@@ -522,8 +550,8 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
         if getattr(rec, "root", None):  # the record's own root (a corpus column)
             try:
                 extra, more = resolve_roots(rec, parse_roots([rec.root], names))
-            except InputError as e:
-                error = f"root {rec.root!r}: {e}"
+            except InputError as e:  # its message names the root already
+                error = str(e) if str(e).startswith("root ") else f"root {rec.root!r}: {e}"
             else:
                 if more:
                     error = "; ".join(more)
@@ -531,7 +559,7 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
         if error is not None:
             if key not in stored:
                 todo.append(Item(seq=seq, key=key, record=rec, error=error,
-                                 label=f"prompt {seq} {rec.text[:50]!r}"))
+                                 label=_label(seq, rec)))
             else:
                 summary.n_skipped += 1
             continue
@@ -543,8 +571,15 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
                 summary.n_skipped += 1
                 continue
         todo.append(Item(seq=seq, key=key, record=rec, roots=roots, warnings=warnings,
-                         label=f"prompt {seq} {rec.text[:50]!r}", prompt_id=prompt_id))
+                         label=_label(seq, rec), prompt_id=prompt_id))
     return todo
+
+
+def _label(seq: int, rec) -> str:
+    """How messages name a prompt: its corpus file and line, else its ``seq``
+    (the prompts column, 0-based), with the start of its text."""
+    where = getattr(rec, "where", None) or f"prompt seq {seq}"
+    return f"{where} {rec.text[:50]!r}"
 
 
 def _warn_missing_roles(records, root_list, summary: Summary) -> None:

@@ -102,7 +102,7 @@ def check_store(path) -> None:
         finally:
             raw.close()
     except duckdb.Error as e:
-        raise_mapped(p, e)
+        raise_mapped(p, e, opening=True)
 
 
 def _refuse_newer(rev, path) -> None:
@@ -146,18 +146,22 @@ def check_complete(raw, path) -> None:
                          "it from a backup or copy it again")
 
 
-def raise_mapped(path, exc: BaseException):
+def raise_mapped(path, exc: BaseException, opening: bool = False):
     """Raise the :class:`StoreError` that ``exc`` means for ``path``, or ``exc`` itself
-    when it is not a store problem (call from an ``except`` block)."""
-    mapped = store_error(path, exc)
+    when it is not a store problem (call from an ``except`` block). ``opening``:
+    ``exc`` came from opening the file, where any refusal of DuckDB's is the file's."""
+    mapped = store_error(path, exc, opening)
     if mapped is not None:
         raise mapped from None
     raise exc
 
 
-def store_error(path, exc) -> StoreError | None:
+def store_error(path, exc, opening: bool = False) -> StoreError | None:
     """The :class:`StoreError` for a failure of DuckDB or the OS on ``path``, or
-    None when it is not a problem of the file (then it is a bug: keep the traceback)."""
+    None when it is not a problem of the file (then it is a bug: keep the traceback).
+    The one place where store errors get their message and fix: every command that
+    opens a store maps its errors here. ``opening``: ``exc`` came from opening the
+    file, so a DuckDB error of a kind not named here is still the file's problem."""
     import errno
 
     orig = getattr(exc, "orig", None) or exc
@@ -180,6 +184,8 @@ def store_error(path, exc) -> StoreError | None:
     if code in (errno.EACCES, errno.EPERM) or "permission denied" in low:
         return StoreError(f"database {name!r} cannot be written ({msg}); fix its permissions "
                           "or choose another --db")
+    if "replaying wal" in low or "wal does not match" in low or "checkpoint iteration" in low:
+        return _wal_error(name, low, msg)
     if "conflicting lock" in low or ("lock" in low and "could not set lock" in low):
         return StoreError(f"database {name!r} is open in another process (DuckDB allows one "
                           "writer); wait for it to finish or use another --db")
@@ -195,7 +201,38 @@ def store_error(path, exc) -> StoreError | None:
     if "version number" in low or "storage version" in low or "serialization" in low:
         return StoreError(f"database {name!r} was written by another DuckDB version ({msg}); "
                           "open it with the DuckDB version that wrote it, or export and import")
+    if opening and _from_store(exc):
+        return StoreError(f"database {name!r} cannot be opened ({msg}); check that it is a store "
+                          "made by `unpack ingest` and that nothing else is changing it, or "
+                          "restore it from a backup")
     return None
+
+
+def _wal_error(name: str, low: str, msg: str) -> StoreError:
+    """The file's write-ahead log (``FILE.wal``) cannot be replayed into it. Its
+    changes are not lost as long as the log is kept, so the fix moves it aside
+    and never deletes it."""
+    wal = f"{name}.wal"
+    if "checkpoint iteration" in low:
+        what = ("the log comes from a later checkpoint than the file: the file was replaced "
+                "by an older copy, e.g. restored from a backup, while its log stayed")
+    elif "does not match" in low:
+        what = "the log belongs to another database file"
+    else:
+        what = f"the log cannot be replayed ({msg})"
+    return StoreError(
+        f"database {name!r} does not open: its write-ahead log {wal!r} does not match it "
+        f"({what}). If the file was restored from a backup on purpose, move the stale log "
+        f"aside (mv {wal} {wal}.stale) and run the command again: the store opens as the "
+        "backup holds it, without the log's changes. Otherwise put back the database file "
+        "that goes with the log. Nothing was changed or deleted")
+
+
+def _from_store(exc) -> bool:
+    """Was ``exc`` raised by DuckDB (directly or through SQLAlchemy) or the OS?"""
+    orig = getattr(exc, "orig", None) or exc
+    return isinstance(orig, OSError) or type(orig).__module__.split(".")[0] in ("duckdb",
+                                                                                 "_duckdb")
 
 
 def stored_revision(conn) -> str | None:
@@ -250,7 +287,7 @@ def connect(path=DEFAULT_DB, read_only: bool = False, short: bool = False) -> sa
         engine.dispose()
         if isinstance(e, InputError):
             raise
-        raise_mapped(path, e)
+        raise_mapped(path, e, opening=True)
     return engine
 
 
@@ -308,44 +345,143 @@ def transaction(engine: sa.Engine, path):
         conn.close()
 
 
-_HELD: dict[str, list] = {}  # path -> [open lock file, how many holders in this process]
+_HELD: dict[tuple, list] = {}  # (device, inode) -> [held lock files, holders, created here]
 _HELD_LOCK = threading.Lock()
 
 
 @contextmanager
 def writer_lock(path):
-    """The one-ingest-per-file rule, held for a whole ingest: an exclusive
-    ``flock`` on ``PATH.ingest.lock`` (the kernel drops it when the process dies,
-    so a killed ingest never blocks the next one). Re-entrant in one process.
-    DuckDB's own lock is held only while a batch commits, so an app can read the
-    file meanwhile; this lock keeps a second ingest out."""
-    import fcntl
-
+    """The one-ingest-per-file rule, held for a whole ingest, whatever name the
+    file is reached by: exclusive ``flock`` locks on ``REALPATH.ingest.lock`` (a
+    symlink resolves to the same name) and on a lock file named by the file's
+    device and inode in :func:`lock_dir` (a hard link has the same inode). The
+    kernel drops them when the process dies, so a killed ingest never blocks
+    the next one; both files are removed on release. Re-entrant in one process.
+    A missing store is created (empty) here, so that it has an inode to lock,
+    and removed again if the ingest ends with an error before anything is in
+    it. DuckDB's own lock is held only while a batch commits, so an app can
+    read the file meanwhile; this lock keeps a second ingest out."""
     check_store_path(path, for_writing=True)  # the folder exists and can be written
-    key = str(Path(path).resolve())
+    real = os.path.realpath(path)
     with _HELD_LOCK:
+        key = _identity(real)
         if key in _HELD:
             _HELD[key][1] += 1
         else:
-            try:
-                f = open(key + ".ingest.lock", "a")
-            except OSError as e:
-                raise_mapped(path, e)
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                raise StoreError(f"database {str(path)!r} is open in another process: another "
-                                 "ingest is writing it (one ingest per file); wait for it to "
-                                 "finish or use another --db") from None
-            _HELD[key] = [f, 1]
+            key = _acquire(path, real)
+    ok = False
     try:
         yield
+        ok = True
     finally:
         with _HELD_LOCK:
             _HELD[key][1] -= 1
             if _HELD[key][1] == 0:
-                _HELD.pop(key)[0].close()
+                locks, _, created = _HELD.pop(key)
+                if created and not ok:
+                    _drop_if_blank(real)
+                for name, fd in reversed(locks):
+                    _unlock(name, fd)
+
+
+def lock_dir() -> str:
+    """Where the locks named by a file's identity live (one folder per machine)."""
+    import tempfile
+
+    d = os.path.join(tempfile.gettempdir(), "unpack-locks")
+    if not os.path.isdir(d):
+        os.makedirs(d, exist_ok=True)
+        try:
+            os.chmod(d, 0o1777)  # every user's ingests lock here, as in /tmp
+        except OSError:
+            pass
+    return d
+
+
+def _identity(real: str) -> tuple | None:
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _acquire(path, real: str) -> tuple:
+    """Take both locks of :func:`writer_lock` (creating the store if missing);
+    the file's identity, registered in ``_HELD``."""
+    import duckdb
+
+    locks, created = [], False
+    try:
+        locks.append(_lock(real + ".ingest.lock", path))
+        if not os.path.exists(real):
+            duckdb.connect(real).close()  # an empty store, so the file has an inode
+            created = True
+        key = _identity(real)
+        locks.append(_lock(os.path.join(lock_dir(), "%x-%d.ingest.lock" % key), path))
+    except BaseException as e:
+        if created:
+            _drop_if_blank(real)
+        for name, fd in reversed(locks):
+            _unlock(name, fd)
+        if isinstance(e, (OSError, duckdb.Error)):
+            raise_mapped(path, e, opening=True)
+        raise
+    _HELD[key] = [locks, 1, created]
+    return key
+
+
+def _lock(name: str, path) -> tuple[str, int]:
+    """``(name, fd)`` of the lock file ``name``, held exclusively; a
+    :class:`StoreError` when another process holds it. A file its last holder
+    removed between our open and our lock is not the lock any more: open again."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file: reading is enough to lock it
+            fd = os.open(name, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(f"database {str(path)!r} is open in another process: another "
+                             "ingest is writing it, maybe under another name (a hard link or "
+                             "a symlink is the same file; one ingest per file); wait for it "
+                             "to finish or use another --db") from None
+        try:
+            if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                return name, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _unlock(name: str, fd: int) -> None:
+    try:
+        os.unlink(name)  # while still held: a waiting process then sees it gone
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _drop_if_blank(real: str) -> None:
+    """Remove the store :func:`writer_lock` created if nothing was written to it."""
+    import duckdb
+
+    try:
+        con = duckdb.connect(real, read_only=True)
+        try:
+            n = con.execute("SELECT count(*) FROM duckdb_tables()").fetchone()[0]
+        finally:
+            con.close()
+        if n == 0:
+            for f in (real, real + ".wal"):
+                if os.path.exists(f):
+                    os.unlink(f)
+    except (OSError, duckdb.Error):
+        pass  # it stays: an empty store is harmless
 
 
 def insert_arrow(conn: sa.Connection, table: str, data) -> int:

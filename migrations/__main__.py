@@ -12,8 +12,6 @@ from . import alembic_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    from alembic import command
-
     p = argparse.ArgumentParser(prog="python -m migrations",
                                 description="Alembic commands on an unpack DuckDB store.")
     p.add_argument("--db", default="unpack.duckdb", help="DuckDB file (default: %(default)s)")
@@ -27,15 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     cfg = alembic_config(url=f"duckdb:///{a.db}")
-    if a.cmd in ("upgrade", "downgrade", "current"):
-        from ingest.store import check_store
-        from unpack.errors import InputError
+    if a.cmd not in ("upgrade", "downgrade", "current"):
+        return _command(a, cfg)
+    from ingest.store import check_store, raise_mapped
+    from unpack.errors import InputError
 
+    try:
+        check_store(a.db)  # a newer schema, a foreign or damaged file: say so, exit 2
         try:
-            check_store(a.db)  # a newer schema, a foreign or damaged file: say so, exit 2
-        except InputError as e:
-            print(f"python -m migrations: error: {e}", file=sys.stderr)
-            return 2
+            return _command(a, cfg)
+        except Exception as e:  # the file failed under Alembic (locked, full disk, ...)
+            raise_mapped(a.db, e)
+    except InputError as e:
+        print(f"python -m migrations: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _command(a, cfg) -> int:
+    from alembic import command
+
     if a.cmd == "upgrade":
         command.upgrade(cfg, a.revision)
     elif a.cmd == "downgrade":

@@ -179,7 +179,7 @@ def test_tikz_export_has_no_live_tex_from_the_text():
     G = hostile_graph()
     lines = ex.to_tikz(G).splitlines()
     assert lines[0].startswith("% ") and untex(lines[0][2:]) == tex_text(G.graph["title"])
-    assert len(lines) == 2 + 4 + 1 + 3 + 2 + 1  # comments, colours, begin, nodes, edges, end
+    assert len(lines) == 3 + 4 + 1 + 3 + 2 + 1  # comments, colours, begin, nodes, edges, end
     body = "\n".join(lines[1:])
     # the only control sequences are the template's and the escapes' own
     names = set(re.findall(r"\\([A-Za-z]+)", body))

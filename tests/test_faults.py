@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -191,6 +192,38 @@ def test_a_second_writer_is_refused_and_the_first_finishes(model_dir, clean, tmp
     assert "Traceback" not in second.stderr
     assert first.returncode == 0, b"".join(log).decode(errors="replace")[-2000:]
     assert_same_rows(db, clean)
+
+
+def test_one_writer_per_file_whatever_its_name(model_dir, clean, tmp_path):
+    """A hard link and a symlink name the same file: a second ingest through either
+    is refused at once while the first runs (stopped meanwhile, so it surely still
+    runs), and the first stores every prompt. No lock file is left behind."""
+    from ingest.store import lock_dir
+
+    db = tmp_path / "u.duckdb"
+    first, log = _start_slow_until_progress(model_dir, db)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        os.link(db, tmp_path / "hard.duckdb")
+        os.symlink(db, tmp_path / "soft.duckdb")
+        with ThreadPoolExecutor(2) as pool:  # both at once
+            seconds = list(pool.map(lambda name: run_ingest(model_dir, tmp_path / name),
+                                    ("hard.duckdb", "soft.duckdb")))
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.wait(300)
+    for second, name in zip(seconds, ("hard.duckdb", "soft.duckdb")):
+        assert second.returncode == 2, (name, second.stdout + second.stderr[-2000:])
+        assert "open in another process" in second.stderr and name in second.stderr
+        assert "Traceback" not in second.stderr
+    assert first.returncode == 0, b"".join(log).decode(errors="replace")[-2000:]
+    assert not Path(f"{db}.wal").exists()  # nothing left in a log under either name
+    assert_same_rows(db, clean)
+    assert_same_rows(tmp_path / "hard.duckdb", clean)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["hard.duckdb", "soft.duckdb",
+                                                         "u.duckdb"]
+    st = db.stat()
+    assert not (Path(lock_dir()) / ("%x-%d.ingest.lock" % (st.st_dev, st.st_ino))).exists()
 
 
 # ------------------------------------------------------------------ full disk, read-only

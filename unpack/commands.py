@@ -254,6 +254,9 @@ def cmd_trace(args) -> int:
                     "root": args.root}]
     overrides = _overrides(args)
     _check_root_syntax(args.root, "--root")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: give 1 or more prompts per batch "
+                         "(the tracer cuts larger batches to what fits, see `unpack plan`)")
     set_threads(args)  # everything above needs no model: checked before loading it
     from .loading import with_revision
     from .tokens import bos_text
@@ -275,6 +278,10 @@ def cmd_trace(args) -> int:
             print(f"unpack trace: error: {msg}", file=sys.stderr)
             continue
         print(res.to_json() if args.json else str(res) + "\n")
+    notices = {w for res in results if getattr(res, "paths_truncated", False)
+               for w in res.warnings if w.startswith("path search truncated")}
+    for w in sorted(notices):
+        print(f"unpack trace: notice: {w}", file=sys.stderr)
     return 0 if failed == 0 else (2 if failed == len(results) + len(bad) else 1)
 
 

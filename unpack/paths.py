@@ -6,6 +6,12 @@ pending node of that layer is expanded at once (tensor code over nodes, writers
 and positions) into children whose ``|score| >= path_min_frac · Σ|seeds|``.
 Children that are embeddings end a path. Steps through the same (parent@q,
 child@s, mode) are one hop: the Q branch is summed over the sources it reads.
+
+Memory is bounded (docs/RELIABILITY.md): the node table holds at most
+``max_nodes`` nodes and, given ``max_bytes``, at most ``max_bytes / NODE_BYTES``;
+nodes are expanded a slice at a time so that one slice's candidate children
+take about a quarter of that. Past the cap the weakest children are dropped
+and the search says ``truncated``.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ from .flow import MODES, TINY, percent_credit, thr
 
 Tensor = torch.Tensor
 SEED = -1
+NODE_BYTES = 600  # one node: its table row (61 bytes, twice while the table grows), its share of a slice
+CANDIDATE_BYTES = 100  # one candidate child while a slice is expanded (its score, factors, indices)
 
 
 @dataclass
@@ -38,6 +46,17 @@ class Path:
                 "hops": [list(h) for h in self.hops]}
 
 
+def truncation_notice(search: "PathSearch") -> list[str]:
+    """The warning a result carries when its path search stopped at its node cap."""
+    if not search.truncated:
+        return []
+    why = (f"the memory budget ({search.max_bytes / 2**30:.2f} GiB, unpack.plan.path_bytes)"
+           if search.memory_capped else "max_path_nodes")
+    return [f"path search truncated at {search.max_nodes:,} partial paths, the cap set by {why}: "
+            "the weakest were dropped, so the paths and path credit are the strongest found, "
+            "not all; raise path_min_frac (--set path_min_frac=1e-4) to search fewer"]
+
+
 @dataclass
 class PathSearch:
     """Vectorized path expansion over a batch. Construct with the seeds, then call
@@ -49,6 +68,7 @@ class PathSearch:
     min_score: Tensor  # [B, R] pruning threshold
     max_nodes: int
     keep_remainder: bool = False
+    max_bytes: Optional[int] = None  # memory budget (unpack.plan.path_bytes): caps max_nodes
     # node table (1-D tensors, one entry per node)
     b: Tensor = field(init=False)
     r: Tensor = field(init=False)
@@ -60,9 +80,13 @@ class PathSearch:
     mode: Tensor = field(init=False)
     pending: Tensor = field(init=False)  # bool per node: still to expand
     truncated: bool = field(init=False, default=False)
+    memory_capped: bool = field(init=False, default=False)  # max_nodes lowered by max_bytes
     remainder: Optional[tuple[Tensor, Tensor]] = field(init=False, default=None)
 
     def __post_init__(self):
+        if self.max_bytes is not None and self.max_bytes // NODE_BYTES < self.max_nodes:
+            self.max_nodes, self.memory_capped = max(1, self.max_bytes // NODE_BYTES), True
+        self.slice_bytes = max(self.max_nodes * NODE_BYTES // 4, 1 << 20)
         s = self.seeds
         floor = self.min_score.clamp_min(TINY)[:, :, None, None]
         keep = s.abs() >= floor
@@ -129,18 +153,26 @@ class PathSearch:
         self.pending[idx] = False
         return idx
 
+    def _slices(self, idx: Tensor, width: int):
+        """``idx`` in slices whose ``width`` candidates each fit the slice budget;
+        none once the table is full (unless the remainder is kept: it needs them)."""
+        per = max(1, self.slice_bytes // (CANDIDATE_BYTES * max(width, 1)))
+        for k in range(0, len(idx), per):
+            if len(self.b) >= self.max_nodes and self.remainder is None:
+                self.truncated = True  # the rest stays unexpanded
+                return
+            yield idx[k:k + per]
+
     def expand_mlp(self, L: int, mops):
         """Expand the pending ``mlp_L`` nodes (the sweep's order: the MLP, then the heads)."""
         slot = self.comps.mlp_slot(L)
-        idx = self._take(slot, slot + 1)
-        if not len(idx):
-            return
-        b, q, dc = self.b[idx], self.pos[idx], self.dclass[idx]
-        fac = torch.where((dc == 0)[:, None], mops.fac0[b, :, q], mops.fack[b, :, q])  # [n, C]
-        cand = self.score[idx, None] * fac
-        C = fac.shape[1]
-        self._add(idx, cand, torch.arange(C, device=cand.device).expand_as(cand),
-                  q[:, None].expand_as(cand), torch.full_like(cand, 3, dtype=torch.long))
+        for idx in self._slices(self._take(slot, slot + 1), mops.fac0.shape[1]):
+            b, q, dc = self.b[idx], self.pos[idx], self.dclass[idx]
+            fac = torch.where((dc == 0)[:, None], mops.fac0[b, :, q], mops.fack[b, :, q])  # [n, C]
+            cand = self.score[idx, None] * fac
+            C = fac.shape[1]
+            self._add(idx, cand, torch.arange(C, device=cand.device).expand_as(cand),
+                      q[:, None].expand_as(cand), torch.full_like(cand, 3, dtype=torch.long))
 
     def has_pending(self, L: int) -> bool:
         """Whether nodes at ``mlp_L`` or the heads of layer L wait to be expanded."""
@@ -164,8 +196,10 @@ class PathSearch:
         if not len(idx):
             return
         idx = idx[(self.pos[idx] >= ch.q0) & (self.pos[idx] < ch.q1)]
-        if not len(idx):
-            return
+        for part in self._slices(idx, 3 * len(self.comps) * ch.q1):
+            self._expand_heads(L, hops, ch, part)
+
+    def _expand_heads(self, L: int, hops, ch, idx: Tensor):
         dev = self.score.device
         slot = self.comps.head_slot(L)
         S1 = ch.q1
@@ -212,17 +246,14 @@ class PathSearch:
         if not len(end) or k == 0:
             return []
         top = end[self.score[end].abs().argsort(descending=True)[:k]].tolist()
-        parent, comp, pos, mode, score = (self.parent.tolist(), self.comp.tolist(), self.pos.tolist(),
-                                          self.mode.tolist(), self.score.tolist())
+        chains = [self._chain(node) for node in top]  # only these rows leave the tensors
+        rows = sorted({i for c in chains for i in c})
+        at = torch.tensor(rows, dtype=torch.long, device=self.comp.device)
+        comp, pos, mode, score = ({i: v for i, v in zip(rows, t[at].tolist())} for t in
+                                  (self.comp, self.pos, self.mode, self.score))
         names = self.comps.names
         out = []
-        for node in top:
-            chain_nodes = []
-            i = node
-            while i != -1:
-                chain_nodes.append(i)
-                i = parent[i]
-            chain_nodes.reverse()
+        for node, chain_nodes in zip(top, chains):
             hops = []
             for a, nxt in zip(chain_nodes, chain_nodes[1:] + [None]):
                 hops.append((names[comp[a]], pos[a], MODES[mode[nxt]] if nxt is not None else None))
@@ -235,3 +266,11 @@ class PathSearch:
                             modes=[m for _, _, m in hops if m is not None], depth=len(hops) - 1,
                             hops=hops))
         return out
+
+    def _chain(self, node: int) -> list[int]:
+        """The nodes from a seed down to ``node`` (at most two per layer)."""
+        chain = []
+        while node != -1:
+            chain.append(node)
+            node = int(self.parent[node])
+        return chain[::-1]

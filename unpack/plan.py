@@ -27,6 +27,7 @@ GiB = float(1 << 30)
 # K and Q chunks (write, centering, |.| and Σ over writers, the flow's contraction)
 ELEMENTWISE_PASSES = 9
 PATH_NODES_BYTES = 120 << 20  # the path search's node table at its default cap
+PATH_MEMORY_SHARE = 8  # the path search may take 1/8 of the memory a trace has (path_bytes)
 PYTHON_S = 4e-4  # seconds of interpreter and dispatch per tensor operation group
 
 
@@ -193,6 +194,14 @@ def available_bytes(device: torch.device) -> int:
         except OSError:
             pass
     return int(min((avail or 0) + current_rss_bytes(), limit))
+
+
+def path_bytes(device: torch.device) -> int:
+    """The path search's memory budget on ``device``: an eighth of what a trace
+    may use there (:func:`available_bytes`), and at least the plan's own figure
+    for it. ``unpack.paths.PathSearch`` holds no more nodes than this allows,
+    whatever ``max_path_nodes`` says, and reports ``truncated`` when it stops."""
+    return int(max(available_bytes(device) // PATH_MEMORY_SHARE, PATH_NODES_BYTES))
 
 
 def memory_limit() -> float:

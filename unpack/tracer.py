@@ -18,7 +18,8 @@ from .cost import batch_sizes, shape_of
 from .errors import InputError
 from .finite import NonFiniteError, non_finite
 from .flow import MODES, Flow, credit_summary, initial_credit, sweep
-from .paths import Path, PathSearch
+from .paths import Path, PathSearch, truncation_notice
+from .plan import path_bytes
 from .tokens import encode
 
 Tensor = torch.Tensor
@@ -227,6 +228,8 @@ class Tracer:
         Returns one result per dict, in order. Dicts with the same text, target and
         distractor share one forward pass. With ``on_error="collect"`` a bad prompt
         yields a :class:`TraceFailure` in its place instead of raising."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size {batch_size!r}: give 1 or more prompts per batch")
         cfg = make_config(preset, **overrides)
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -310,7 +313,8 @@ class Tracer:
         F0 = initial_credit(I, [len(p.ids) - 1 for p in preps],
                             [[None if r is None else r[1:] for r in p.roots] for p in preps], ids.shape[1])
         mass = F0.abs().sum((2, 3))  # Σ|seeds| per (b, r)
-        search = PathSearch(self.comps, F0, cfg.path_min_frac * mass, cfg.max_path_nodes)
+        search = PathSearch(self.comps, F0, cfg.path_min_frac * mass, cfg.max_path_nodes,
+                            max_bytes=path_bytes(self.device))
         timers = {"decompose_s": 0.0, "paths_s": 0.0}
         t2 = time.perf_counter()
         flow = sweep(cap, self.layer_ops(cap, cfg, d_hat, timers), F0,
@@ -373,7 +377,7 @@ class Tracer:
             paths=sw.search.top_paths(b, r, cfg.top_paths_k, p.tokens, pos_total),
             paths_truncated=sw.search.truncated, target_prob=float(sw.logp[b, p.target_id].exp()),
             target_logit=float(cap.logits_t[b, p.target_id]), logit_diff=logit_diff,
-            config=cfg.to_dict(), timing={}, warnings=list(p.warnings),
+            config=cfg.to_dict(), timing={}, warnings=list(p.warnings) + truncation_notice(sw.search),
             path_credit=sw.path_credit[b, r, :n].double().cpu().numpy())
 
 

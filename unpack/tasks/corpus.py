@@ -21,7 +21,8 @@ Columns (JSONL keys or CSV header):
 A bad row (not UTF-8, not JSON, missing text or target, a target or distractor
 that encodes to no token or to the unknown token, a role outside the text) is
 reported as a :class:`CorpusError` with file, line and reason; the other rows
-still load. With ``bos=True`` the tokenizer's beginning-of-sequence text is put
+still load. UTF-8 is expected; UTF-16 and UTF-32 files with a byte-order mark
+are read too. With ``bos=True`` the tokenizer's beginning-of-sequence text is put
 in front of each text (positions given by the user are shifted to match).
 """
 from __future__ import annotations
@@ -223,6 +224,30 @@ def _csv_rows(data: bytes, path: str):
         yield line, {k: v for k, v in zip(header, cells)}
 
 
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def _as_utf8(data: bytes, path: str) -> bytes:
+    """The file's bytes in UTF-8: a UTF-16 or UTF-32 file with its byte-order mark
+    (as spreadsheet programs save "Unicode text") is converted; one without the
+    mark (NUL bytes between the characters) is refused with the fix."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec).encode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}: starts with a {codec.upper()} byte-order mark but is "
+                                 f"not valid {codec.upper()} (byte {e.start}); save it as UTF-8 "
+                                 "and load it again") from None
+    head = data[:4096]
+    if head and head.count(0) >= len(head) // 4:
+        raise InputError(f"{path}: the file looks like UTF-16 or UTF-32 without a byte-order "
+                         "mark (it has NUL bytes between its characters), not UTF-8; save it "
+                         "as UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8 FILE > NEW) and load it again")
+    return data
+
+
 def check_corpus_path(path, fmt: str | None = None) -> str:
     """The corpus format (``jsonl`` or ``csv``) of an existing, readable file;
     an InputError naming the file and the fix otherwise. Needs no tokenizer, so
@@ -251,7 +276,7 @@ def load_corpus(path, tokenizer, bos: bool = False, fmt: str | None = None):
     path = str(path)
     fmt = check_corpus_path(path, fmt)
     with open(path, "rb") as f:
-        data = f.read()
+        data = _as_utf8(f.read(), path)
     bos_str = bos_text(tokenizer) if bos else ""
     name = os.path.basename(path)
     rows = _jsonl_rows(data) if fmt == "jsonl" else _csv_rows(data, path)
@@ -262,6 +287,7 @@ def load_corpus(path, tokenizer, bos: bool = False, fmt: str | None = None):
             if isinstance(row, _Bad):
                 raise row
             records.append(_record(tokenizer, row, f"{name}:{line}", bos_str))
+            records[-1].where = f"{path}:{line}"  # for messages (not a field: not stored)
         except _Bad as e:
             text = row.get("text") if isinstance(row, dict) else None
             if not isinstance(text, str) or not text:
