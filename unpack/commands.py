@@ -115,7 +115,8 @@ def _register_plan(sub) -> None:
                       _PLAN_TEXT)
     pl.add_argument("--model", required=True,
                     help="a bench shape (gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, tiny), "
-                         "a local model directory (its config.json is read), or smollm2-135m")
+                         "a local model directory (its config.json is read), a toy ladder "
+                         "checkpoint, or a model alias (smollm2-135m, `unpack models list`)")
     pl.add_argument("--tokens", type=int, required=True, help="prompt length in tokens")
     pl.add_argument("--prompts", type=int, default=1, help="prompts in the corpus (total time)")
     pl.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default 1)")
