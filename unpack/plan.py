@@ -74,7 +74,10 @@ def resolve_shape(model: str, weight_bytes: int) -> Shape:
         return shape_from_config(LlamaConfig(
             num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
             intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True), weight_bytes)
-    kind, where, _ = resolve_model(model)
+    try:
+        kind, where, _ = resolve_model(model)
+    except InputError as e:
+        raise InputError(f"{e}; or a bench shape ({', '.join(SHAPES)})") from None
     if kind == "dir":
         return shape_from_config(AutoConfig.from_pretrained(where), weight_bytes)
     if kind == "gguf":
