@@ -119,6 +119,13 @@ def _register_demo(subparsers) -> None:
     d.add_argument("--ladder-n", type=int, default=20, metavar="N",
                    help="induction prompts on each toy ladder checkpoint (default 20; 0: no "
                         "ladder and none on the model)")
+    d.add_argument("--real", action="store_true",
+                   help="also trace IOI with controls on every other real model that is here "
+                        "(`unpack models list`: the fetched Qwen2.5 and Gemma-3 models), so "
+                        "Compare shows real models of different sizes side by side; slow: "
+                        "minutes per model on a CPU (docs/MODELS.md)")
+    d.add_argument("--real-n", type=int, default=None, metavar="N",
+                   help="with --real: IOI prompts per real model, 4 records each (default: --n)")
     add_flags(d, "no-progress")
     d.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch threads (default 1: the demo's models are small, and a second "
@@ -314,9 +321,12 @@ def demo_handler(args) -> int:
         raise InputError(f"--ladder-n {args.ladder_n}: give 0 (no ladder) or more prompts")
     if args.threads < 1:
         raise InputError(f"--threads {args.threads}: give 1 or more")
+    real_n = (args.n if args.real_n is None else args.real_n) if args.real else 0
+    if (args.real and real_n < 1) or (args.real_n is not None and not args.real):
+        raise InputError(f"--real-n {args.real_n}: give it with --real, 1 or more prompts")
     return run_demo(model=args.model, n=args.n, db=args.db, batch_size=args.batch_size,
                     progress=not args.no_progress, device=args.device, dtype=args.dtype,
-                    ladder_n=args.ladder_n, threads=args.threads)
+                    ladder_n=args.ladder_n, threads=args.threads, real_n=real_n)
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,8 @@
 """``unpack demo``: IOI with ABC controls on SmolLM2 into ./unpack.duckdb, then a
 few example SQL queries with their results; then induction prompts on SmolLM2
-and on every checkpoint of the toy ladder, for Compare across size and training."""
+and on every checkpoint of the toy ladder, for Compare across size and training.
+With ``--real``, also IOI with controls on every other real model that is here
+(docs/MODELS.md), for Compare across real sizes."""
 from __future__ import annotations
 
 import time
@@ -124,9 +126,46 @@ def ingest_induction(tracer, model: str, db, n: int, batch_size: int, progress: 
     return s
 
 
+def ingest_real(db, n: int, batch_size: int, progress: bool, device: str, dtype,
+                done: tuple = ()) -> list[str]:
+    """IOI with ABC controls (``n`` prompts, 4 records each; seed 0, the demo's
+    prompts) on every real model of ``unpack models list`` that is installed or
+    fetched, except ``done``; a model that cannot be traced here is said and
+    skipped. Returns the models stored."""
+    from unpack import Tracer
+    from unpack.errors import InputError
+    from unpack.loading import load_model
+    from unpack.models import rows
+    from unpack.tasks import ioi
+
+    from .run import ingest
+
+    here = [r["alias"] for r in rows() if r["installed"] and r["alias"] not in done]
+    missing = [r["alias"] for r in rows() if not r["installed"]]
+    print(f"\nreal models: IOI with controls ({n} prompts x 4 conditions) on {', '.join(here) or 'none'}"
+          + (f"; not fetched: {', '.join(missing)} (`unpack models fetch ALIAS`)" if missing else ""),
+          flush=True)
+    stored = []
+    for alias in here:
+        t0 = time.perf_counter()
+        try:
+            mdl, tok = load_model(alias, dtype=dtype, device=device)
+            tracer = Tracer(model=mdl, tokenizer=tok)
+        except InputError as e:
+            print(f"{alias}: skipped ({e})", flush=True)
+            continue
+        s = ingest(ioi(tok, n, seed=0, controls=True), tracer=tracer, model_name=alias, db=db,
+                   batch_size=batch_size, progress=progress)
+        print(f"{alias}: {s.n_ok} records traced ({s.n_skipped} already stored) in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        stored.append(alias)
+        del tracer, mdl
+    return stored
+
+
 def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_size: int = 4,
              progress: bool = True, device: str = "cpu", dtype=None, ladder_n: int = 0,
-             threads: int | None = None) -> int:
+             threads: int | None = None, real_n: int = 0) -> int:
     """The demo store (see the module docstring); ``threads``: torch's CPU threads
     (None: leave torch's setting)."""
     import torch
@@ -159,6 +198,8 @@ def run_demo(model: str = "smollm2-135m", n: int = 3, db="unpack.duckdb", batch_
               flush=True)
         ingest_ladder(db, n=ladder_n, progress=progress)
         show_ladder(db)
+    if real_n:
+        ingest_real(db, real_n, batch_size, progress, device, dtype, done=(model,))
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Explore it yourself, e.g.:\n"
           f"  {explore_hint(db)}")
     return 0 if summary.n_ok or summary.n_skipped else 1

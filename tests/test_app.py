@@ -443,6 +443,7 @@ def test_prompt_trace_on_demand_unavailable_says_so(monkeypatch, tmp_path):
 def test_model_availability_messages(tmp_path):
     from app.ui.state import model_availability
 
+    (tmp_path / "config.json").write_text("{}")
     ok, why = model_availability(str(tmp_path))
     assert ok and str(tmp_path) in why
     ok, why = model_availability(str(tmp_path / "gone"))

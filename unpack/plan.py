@@ -51,23 +51,37 @@ def shape_from_config(cfg, weight_bytes: int = 4) -> Shape:
 
 
 def resolve_shape(model: str, weight_bytes: int) -> Shape:
-    """A bench shape name, a model alias, or a local directory's config.json."""
+    """A bench shape name, or any model that ``--model`` names elsewhere (resolved as
+    :func:`unpack.loading.resolve_model` does): a directory's config.json, the
+    SmolLM2 alias's known shape, another GGUF file's config (its converted copy's
+    when there is one, else read from the file's header; no weights are loaded)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
     from .bench import SHAPES, config_for
-    from .loading import ALIAS_CONFIGS
+    from .loading import ALIAS_CONFIGS, SMOLLM2_ALIAS, _cache_dir, resolve_model
     if model in SHAPES:
         return shape_from_config(config_for(model), weight_bytes)
-    if model.strip().lower() in ALIAS_CONFIGS:
-        from transformers import AutoConfig
+    if model.strip().lower() in ALIAS_CONFIGS:  # a known alias's shape, nothing read from disk
         return shape_from_config(AutoConfig.for_model(**ALIAS_CONFIGS[model.strip().lower()]),
                                  weight_bytes)
-    from pathlib import Path
-    p = Path(model).expanduser()
-    if p.is_dir() and (p / "config.json").is_file():
-        from transformers import AutoConfig
-        return shape_from_config(AutoConfig.from_pretrained(str(p)), weight_bytes)
+    try:
+        kind, where, _ = resolve_model(model)
+    except InputError as e:
+        raise InputError(f"{e}; or a bench shape ({', '.join(SHAPES)})") from None
+    if kind == "dir":
+        return shape_from_config(AutoConfig.from_pretrained(where), weight_bytes)
+    if kind == "gguf":
+        converted = _cache_dir(where, model, None)
+        if (converted / "config.json").is_file():
+            return shape_from_config(AutoConfig.from_pretrained(str(converted)), weight_bytes)
+        p = Path(where)
+        return shape_from_config(AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name),
+                                 weight_bytes)
     raise InputError(f"model {model!r}: give a bench shape ({', '.join(SHAPES)}), "
-                     f"a model alias ({', '.join(ALIAS_CONFIGS)}), or a local model directory "
-                     "with a config.json")
+                     f"a model alias ({SMOLLM2_ALIAS}, `unpack models list`), a toy ladder "
+                     "checkpoint or a local model directory with a config.json")
 
 
 @dataclass

@@ -195,24 +195,26 @@ def suppression(models: tuple, preset: str | None):
 # ------------------------------------------------------------------ tracing on demand
 
 def model_availability(name: str) -> tuple[bool, str]:
-    """Can this process load ``name`` to trace on demand? ``(ok, why)``."""
-    import importlib.util
+    """Can this process load ``name`` to trace on demand? ``(ok, why)``. Asks the
+    resolver that ``unpack trace`` uses (:func:`unpack.loading.resolve_model`), so the
+    aliases, fetched models and toy ladder checkpoints are known here exactly as there."""
+    from unpack.loading import SMOLLM2_ALIAS, resolve_model, split_revision
 
-    from unpack.loading import SMOLLM2_ALIAS, SMOLLM2_INSTALL, SMOLLM2_PACKAGE
-
-    if name == SMOLLM2_ALIAS:
-        if importlib.util.find_spec(SMOLLM2_PACKAGE) is None:
-            return False, f"the offline SmolLM2 package is not installed ({SMOLLM2_INSTALL})"
+    try:
+        kind, where, revision = resolve_model(name)
+    except InputError as e:
+        return False, f"the model {name!r} is not on this machine: {e}"
+    if name.strip().lower() == SMOLLM2_ALIAS:
         return True, "offline SmolLM2 (loads in about 25 s the first time)"
-    p = Path(name).expanduser()
-    if p.exists():
-        return True, f"local model at {p}"
-    if name.startswith(("/", ".", "~")) or name.lower().endswith(".gguf"):
-        return False, f"the model {name!r} is not on this machine (no such file or directory)"
+    if kind == "gguf":
+        return True, f"{name!r} from {where} (the first load converts it: a minute or more)"
+    if kind == "dir":
+        return True, f"local model at {where}"
     try:  # a hub name: only from the local Hugging Face cache, never over the network
         from huggingface_hub import try_to_load_from_cache
 
-        cached_cfg = try_to_load_from_cache(name, "config.json")
+        cached_cfg = try_to_load_from_cache(split_revision(name)[0], "config.json",
+                                            revision=revision)
     except Exception:  # not a valid repo id
         cached_cfg = None
     if isinstance(cached_cfg, str):
