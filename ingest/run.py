@@ -430,10 +430,36 @@ def _commit(engine, db, items, run_id, ids, summary, overall=None) -> None:
         overall.update(len(items))
 
 
+SORT_WINDOW = 8  # batches of the corpus sorted together by length
+
+
+def _token_count(backend):
+    """A prompt's length for sorting: its tokens where this process has the
+    tokenizer, else its characters (a worker backend)."""
+    tok = getattr(getattr(backend, "tracer", None), "tokenizer", None)
+    if tok is None:
+        return lambda rec: len(rec.text)
+    return lambda rec: len(tok(rec.text, add_special_tokens=False)["input_ids"])
+
+
+def length_batches(todo: list[Item], batch_size: int, n_tokens) -> list[list[Item]]:
+    """The batches to trace: each window of ``SORT_WINDOW * batch_size`` items (in
+    corpus order) sorted by token count, then cut into batches of ``batch_size``,
+    so that a batch pads little. The window bounds what waits, traced, to be
+    committed in corpus order (prompt ids follow the corpus, as unsorted)."""
+    w = SORT_WINDOW * batch_size
+    out = []
+    for k in range(0, len(todo), w):
+        window = sorted(todo[k:k + w], key=lambda it: (n_tokens(it.record), it.seq))
+        out += [window[j:j + batch_size] for j in range(0, len(window), batch_size)]
+    return out
+
+
 def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids, summary,
                       progress, overall) -> None:
-    """Trace ``todo`` batch by batch (in this process or on workers) and commit each
-    batch as it comes back, in whatever order."""
+    """Trace ``todo`` in batches of similar length (:func:`length_batches`; in this
+    process or on workers) and commit, as batches come back, every prompt whose
+    predecessors in the corpus are all traced: the store gets corpus order."""
     from tqdm.auto import tqdm
 
     # mininterval 0: every prompt is drawn (a piece of a batch takes about a second)
@@ -441,9 +467,12 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
                           disable=not progress, dynamic_ncols=True, file=sys.stderr,
                           mininterval=0, position=0 if overall is None else 1,
                           leave=overall is None))
-    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    batches = length_batches(todo, batch_size, _token_count(backend))
     if isinstance(backend, LocalTracing) and progress:
         backend.tick = bar.tick
+    where = {it.seq: k for k, it in enumerate(todo)}  # a traced item's place in corpus order
+    done: list = [None] * len(todo)
+    n_stored = 0
     try:
         results = backend.traced(batches, config, batch_size)
         while True:
@@ -452,7 +481,15 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
             summary.trace_s += time.perf_counter() - t0
             if batch is None:
                 break
-            _commit(engine, db, batch, run_id, ids, summary, overall)
+            for it in batch:
+                done[where[it.seq]] = it
+            ready = n_stored
+            while ready < len(done) and done[ready] is not None:
+                ready += 1
+            if ready > n_stored:  # the traced prefix of the corpus, in its order
+                _commit(engine, db, done[n_stored:ready], run_id, ids, summary, overall)
+                done[n_stored:ready] = [None] * (ready - n_stored)  # the store has them now
+                n_stored = ready
             bar.batch_done(len(batch), summary.n_failed)
     finally:
         bar.bar.close()

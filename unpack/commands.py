@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from .errors import InputError
 from .flags import add_command, add_device_flags, add_flags
@@ -206,8 +207,13 @@ def cmd_trace(args) -> int:
     tracer = Tracer(model, weights_dtype=args.dtype, device=args.device)
     if args.bos:
         prompts = [dict(p, text=bos_text(tracer.tokenizer) + p["text"]) for p in prompts]
+    t0 = time.perf_counter()  # trace_batch sorts by length and pads little
     results = tracer.trace_batch(prompts, preset=args.preset, batch_size=args.batch_size,
                                  on_error="collect", **overrides)
+    dt = time.perf_counter() - t0
+    if args.prompts:
+        print(f"unpack trace: {len(results)} prompts in {dt:.1f} s: "
+              f"{len(results) / max(dt, 1e-9):.2f} prompts/s", file=sys.stderr)
     failed = len(bad)
     for res in results:
         if isinstance(res, TraceFailure):
