@@ -489,8 +489,8 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
             if ready > n_stored:  # the traced prefix of the corpus, in its order
                 _commit(engine, db, done[n_stored:ready], run_id, ids, summary, overall)
                 done[n_stored:ready] = [None] * (ready - n_stored)  # the store has them now
+                bar.batch_done(ready - n_stored, summary.n_failed)
                 n_stored = ready
-            bar.batch_done(len(batch), summary.n_failed)
     finally:
         bar.bar.close()
         if isinstance(backend, LocalTracing):
@@ -499,8 +499,8 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
 
 class _PromptBar:
     """The ingest's progress bar in prompts: moved by the tracing backend's
-    ``tick`` within a batch where it has one, and by the rest of a batch once
-    it is committed."""
+    ``tick`` within a batch where it has one, and by the rest once prompts are
+    committed."""
 
     def __init__(self, bar):
         self.bar, self.ticked = bar, 0
@@ -510,9 +510,10 @@ class _PromptBar:
         self.bar.update(k)
 
     def batch_done(self, n: int, n_failed: int) -> None:
+        """``n`` prompts stored; ticks beyond them count toward the next stored."""
         self.bar.set_postfix(failed=n_failed, refresh=False)
-        self.bar.update(n - self.ticked)
-        self.ticked = 0
+        self.bar.update(max(0, n - self.ticked))
+        self.ticked = max(0, self.ticked - n)
 
 
 def _stored(conn, run_id: int) -> dict[str, tuple[int, str, set]]:

@@ -3,6 +3,12 @@ numbers, in corpus order, as one prompt at a time; ``bench --corpus`` and the GP
 script's table on a tiny shape."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -57,3 +63,49 @@ def test_sorted_batches_store_what_one_at_a_time_stores(tracer64, tmp_path):
     for db in dbs.values():
         seqs = [r[0] for r in query_db(db, "SELECT seq FROM prompts ORDER BY prompt_id")]
         assert seqs == list(range(len(records)))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(cmd, env=None):
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, **(env or {})))
+
+
+def test_bench_corpus_on_tiny(tmp_path):
+    """``bench --corpus 1``: the demo-like corpus (1 IOI prompt x 4 conditions, as
+    ``ioi(..., controls=True)`` gives) ingested end to end by the driver that
+    ``--against`` runs in the other worktree too; every prompt stored, positive
+    time and rate."""
+    from unpack.bench import ioi_tokenizer
+    from unpack.tasks import ioi
+
+    out = tmp_path / "c.json"
+    p = run([sys.executable, "-m", "unpack.cli", "bench", "--corpus", "1", "--shapes", "tiny",
+             "--json", str(out)])
+    assert p.returncode == 0, p.stderr[-2000:]
+    rec = json.loads(out.read_text())["corpus"]["tiny"]
+    n = len(ioi(ioi_tokenizer(2000), 1, seed=0, controls=True))
+    assert rec["records"] == n == 4
+    now = rec["now"]
+    assert now["n_ok"] == n and now["n_failed"] == 0
+    assert now["seconds"] > 0 and now["prompts_per_s"] > 0 and "| this checkout | 4 |" in p.stdout
+
+
+def test_gpu_bench_refuses_without_cuda_and_builds_its_table_on_cpu(tmp_path):
+    """``.ci/gpu-bench`` without a CUDA device: exit 2 naming the dry run; the dry run
+    on a CPU (tiny shape): one markdown table, §9 checks passing, positive figures."""
+    p = run(["bash", ".ci/gpu-bench"], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert p.returncode == 2 and "no CUDA device" in p.stderr and "--device cpu" in p.stderr
+    out = tmp_path / "g.json"
+    p = run(["bash", ".ci/gpu-bench", "--device", "cpu", "--shapes", "tiny", "--lengths", "8",
+             "--batch", "2", "--json", str(out)])
+    assert p.returncode == 0, p.stderr[-2000:]
+    table = [ln for ln in p.stdout.splitlines() if ln.startswith("| tiny |")]
+    assert len(table) == 2 and p.stdout.count("| shape |") == 1
+    cases = json.loads(out.read_text())["cases"]
+    assert set(cases) == {"tiny: 8 tokens, batch 1", "tiny: 16 tokens, batch 2"}
+    for c in cases.values():
+        passed, total = c["validate"].split()[0].split("/")
+        assert c["total_s"] > 0 and c["peak_mib"] > 0 and passed == total and int(total) > 5
