@@ -502,7 +502,7 @@ tracer.trace(r0.text, r0.target, r0.distractor)  # one-off costs (virtual weight
 with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
     s = ingest(records, tracer=tracer, model_name="bench", db=tmp + "/c.duckdb", roots=job["roots"],
-               batch_size=job["batch_size"], progress=False)
+               batch_size=job["batch_size"], progress=True)  # as the CLI: its bar cuts pieces
     dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "n_ok": s.n_ok, "n_failed": s.n_failed}))
 """
