@@ -11,6 +11,7 @@ subprocess.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -35,7 +36,29 @@ SHAPES = {
     "pythia-6.9b": ("gpt_neox", dict(num_hidden_layers=32, num_attention_heads=32, hidden_size=4096,
                                      intermediate_size=16384, vocab_size=50432, rotary_pct=0.25,
                                      use_parallel_residual=True)),
+    # real models' shapes beside GPT-2 and Pythia (random weights: nothing to download)
+    "qwen2.5-0.5b": ("qwen2", dict(num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                   hidden_size=896, intermediate_size=4864, vocab_size=151936,
+                                   tie_word_embeddings=True, rope_theta=1e6)),
+    "qwen2.5-1.5b": ("qwen2", dict(num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                                   hidden_size=1536, intermediate_size=8960, vocab_size=151936,
+                                   tie_word_embeddings=True, rope_theta=1e6)),
+    "smollm2-135m": ("llama", dict(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                   hidden_size=576, intermediate_size=1536, vocab_size=49152,
+                                   tie_word_embeddings=True, rope_theta=1e5)),
 }
+CONFIGS = {"gpt2": ("GPT2Config", dict(n_positions=1024)),  # family -> transformers config
+           "gpt_neox": ("GPTNeoXConfig", dict(max_position_embeddings=2048)),
+           "llama": ("LlamaConfig", dict(max_position_embeddings=2048)),
+           "qwen2": ("Qwen2Config", dict(max_position_embeddings=2048)),
+           "gemma3_text": ("Gemma3TextConfig", dict(max_position_embeddings=2048))}
+try:  # Gemma 3 needs a transformers that has it (and the engine's Gemma-3 adapter)
+    from transformers import Gemma3TextConfig  # noqa: F401
+    SHAPES["gemma-3-270m"] = ("gemma3_text", dict(
+        num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+        hidden_size=640, intermediate_size=2048, vocab_size=262144, tie_word_embeddings=True))
+except ImportError:
+    pass
 PHASES = ("forward_s", "decompose_s", "sweep_s", "paths_s", "total_s")
 
 
@@ -50,11 +73,10 @@ def numbered_tokenizer(vocab_size: int):
 
 
 def config_for(shape: str):
-    from transformers import GPT2Config, GPTNeoXConfig
+    import transformers
     family, kw = SHAPES[shape]
-    if family == "gpt2":
-        return GPT2Config(n_positions=1024, attn_implementation="eager", **kw)
-    return GPTNeoXConfig(max_position_embeddings=2048, attn_implementation="eager", **kw)
+    cls, extra = CONFIGS[family]
+    return getattr(transformers, cls)(attn_implementation="eager", **extra, **kw)
 
 
 def random_model(shape: str, dtype=None, device="cpu"):
@@ -64,8 +86,9 @@ def random_model(shape: str, dtype=None, device="cpu"):
     from .loading import _dtype, resolve_device
     dtype = _dtype(dtype)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config_for(shape), dtype=dtype)
-    model = model.to(resolve_device(device)).eval()
+    with torch.device(resolve_device(device)):  # initialized where it runs (no host copy)
+        model = AutoModelForCausalLM.from_config(config_for(shape), dtype=dtype)
+    model = model.eval()
     return model, numbered_tokenizer(SHAPES[shape][1]["vocab_size"])
 
 
@@ -219,6 +242,9 @@ def run_bench(args) -> int:
         if shape not in SHAPES:
             print(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
             return 2
+    if getattr(args, "corpus", 0):
+        out["corpus"] = bench_corpus(args)
+        return write_json(args, out)
     rates = Rates.calibrate(device)  # the fold's own rate: per shape, in bench_shape
     out["rates"] = {"gemm_gflops": rates.gemm_flops / 1e9, "stream_gbs": rates.stream_bytes / 1e9}
     print(f"unpack bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, "
@@ -232,6 +258,10 @@ def run_bench(args) -> int:
         out["against"] = against(args, shapes, lengths, out)
     if args.model:
         out["model"] = bench_real_model(args.model, args.repeats)
+    return write_json(args, out)
+
+
+def write_json(args, out: dict) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
@@ -288,7 +318,7 @@ def vs_reference(tracer, n_tokens: int, rec: dict) -> dict:
 
 
 # Run in the other commit's worktree: only what every engine since 342669b has
-# (bench.random_model, bench.prompt, Tracer.trace_batch with roots, timing["total_s"]).
+# (bench.numbered_tokenizer, bench.prompt, Tracer.trace_batch with roots, timing["total_s"]).
 AGAINST_DRIVER = """
 import json, statistics, sys
 import torch
@@ -297,8 +327,14 @@ from unpack.tracer import Tracer
 job = json.loads(sys.argv[1])
 torch.set_grad_enabled(False)
 out = {}
+def build(shape):  # from the config (a shape this commit's catalogue may lack), seed 0
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = dict(job["configs"][shape])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+    return model.eval(), bench.numbered_tokenizer(cfg["vocab_size"])
 for shape in job["shapes"]:
-    model, tok = bench.random_model(shape)
+    model, tok = build(shape)
     tracer = Tracer(model=model, tokenizer=tok)
     out[shape] = {}
     for n, b, reps, name in job["cases"]:
@@ -312,37 +348,46 @@ print(json.dumps(out))
 """
 
 
+@contextlib.contextmanager
+def old_worktree(root: Path, commit: str):
+    """A temporary detached git worktree of ``commit`` (removed on exit)."""
+    from .errors import InputError
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True).returncode:
+        raise InputError(f"--against needs a git checkout of unpack; {root} is not one")
+    with tempfile.TemporaryDirectory(prefix="unpack-against-") as tmp:
+        wt = Path(tmp) / "tree"
+        r = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(wt), commit],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise InputError(f"--against {commit}: git worktree failed: {r.stderr.strip()}")
+        try:
+            yield wt
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(wt)],
+                           capture_output=True)
+
+
 def against(args, shapes, lengths, out) -> dict:
     """The same cases (each length at batch 1, the batches at 16 tokens, the same
     root) on the engine of ``args.against``, from a temporary worktree, in a
     subprocess; prints old/new per case."""
     from .errors import InputError
     root = Path(__file__).resolve().parent.parent
-    if subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True).returncode:
-        raise InputError(f"--against needs a git checkout of unpack; {root} is not one")
-    old_shapes = [s for s in shapes if s in ("tiny", "gpt2-small", "pythia-410m", "pythia-1.4b")]
+    old_shapes = [s for s in shapes if s != "pythia-6.9b"]  # not twice in memory
     # 342669b needs C·H·S² buffers: 13 GiB at 512 tokens on GPT-2 small, 50 at 1024
     lengths = [n for n in lengths if n <= args.against_max_tokens]
     batches = [int(x) for x in args.batches.split(",") if x]
     job = {"shapes": old_shapes, "root": getattr(args, "root", None),
+           "configs": {s: config_for(s).to_dict() for s in old_shapes},
            "cases": bench_cases(lengths, batches, args.repeats, False)}
-    with tempfile.TemporaryDirectory(prefix="unpack-against-") as tmp:
-        wt = Path(tmp) / "tree"
-        r = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(wt), args.against],
-                           capture_output=True, text=True)
-        if r.returncode:
-            raise InputError(f"--against {args.against}: git worktree failed: {r.stderr.strip()}")
-        try:
-            env = dict(os.environ, PYTHONPATH=str(wt))
-            print(f"\n## against {args.against} (engine of that commit, same cases, this run)\n", flush=True)
-            p = subprocess.run([sys.executable, "-c", AGAINST_DRIVER, json.dumps(job)], cwd=str(wt),
-                               env=env, capture_output=True, text=True)
-            if p.returncode:
-                raise InputError(f"--against {args.against}: its engine failed: {p.stderr.strip()[-400:]}")
-            old = json.loads(p.stdout.strip().splitlines()[-1])
-        finally:
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(wt)],
-                           capture_output=True)
+    with old_worktree(root, args.against) as wt:
+        env = dict(os.environ, PYTHONPATH=str(wt))
+        print(f"\n## against {args.against} (engine of that commit, same cases, this run)\n", flush=True)
+        p = subprocess.run([sys.executable, "-c", AGAINST_DRIVER, json.dumps(job)], cwd=str(wt),
+                           env=env, capture_output=True, text=True)
+        if p.returncode:
+            raise InputError(f"--against {args.against}: its engine failed: {p.stderr.strip()[-400:]}")
+        old = json.loads(p.stdout.strip().splitlines()[-1])
     print(f"| shape | prompt | {args.against[:10]} total_s | now total_s | speed-up |")
     print("|---|---|---|---|---|")
     res: dict = {}
@@ -393,3 +438,122 @@ def bench_real_model(name: str, repeats: int) -> dict:
     row = f"| {rec['tokens']} tokens, batch 1 | " + " | ".join(f"{rec['trace'][k]:.3f}" for k in PHASES) + " |"
     print(row)
     return rec
+
+
+# ------------------------------------------------------------------ a corpus end to end
+
+def ioi_tokenizer(vocab_size: int):
+    """Word-level tokenizer whose words are the IOI task's (names, places, objects,
+    template words, punctuation) and then ``w0, w1, ...`` up to ``vocab_size``: the
+    demo's corpus tokenizes to real lengths on a random model of any shape."""
+    import re
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    import importlib
+    ioi_mod = importlib.import_module("unpack.tasks.ioi")  # the module, not the function
+    text = " ".join(ioi_mod.TEMPLATES + ioi_mod.NAMES + ioi_mod.PLACES + ioi_mod.OBJECTS)
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
+    for w in sorted(set(re.findall(r"\w+|[^\w\s]+", re.sub(r"\{\w+\}", " ", text)))):
+        vocab.setdefault(w, len(vocab))
+    for i in range(vocab_size):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(f"w{i}", len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", unk_token="[UNK]",
+                                   pad_token="<|endoftext|>")
+
+
+def corpus_job(shape: str, n: int, n_layers: int) -> dict:
+    """The demo's corpus for a shape: ``n`` IOI prompts with their ABC controls
+    (``4 n`` records) rerooted at three heads of the last layer at END (the demo
+    picks three heads; fixed here, so that every engine traces the same)."""
+    from .tasks import ioi
+    tok = ioi_tokenizer(SHAPES[shape][1]["vocab_size"])
+    records = ioi(tok, n, seed=0, controls=True)
+    roots = [",".join(f"attn_{n_layers - 1}_head_{h}" for h in range(3)) + "@END"]
+    return {"records": [r.to_json() for r in records], "roots": roots,
+            "config": config_for(shape).to_dict()}, tok
+
+
+# Runs in this commit's process and in --against's worktree: only APIs every engine
+# since 342669b has (Tracer, ingest.run.ingest, PromptRecord.from_json).
+CORPUS_DRIVER = """
+import json, sys, tempfile, time
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from unpack.tracer import Tracer
+from unpack.tasks.records import PromptRecord
+from ingest.run import ingest
+job = json.loads(open(sys.argv[1]).read())
+torch.set_grad_enabled(False)
+cfg = dict(job["config"])
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).eval()
+tracer = Tracer(model=model, tokenizer=AutoTokenizer.from_pretrained(job["tokenizer"]))
+records = [PromptRecord.from_json(r) for r in job["records"]]
+r0 = records[0]
+tracer.trace(r0.text, r0.target, r0.distractor)  # one-off costs (virtual weights) before timing
+with tempfile.TemporaryDirectory() as tmp:
+    t0 = time.perf_counter()
+    s = ingest(records, tracer=tracer, model_name="bench", db=tmp + "/c.duckdb", roots=job["roots"],
+               batch_size=job["batch_size"], progress=True)  # as the CLI: its bar cuts pieces
+    dt = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "n_ok": s.n_ok, "n_failed": s.n_failed}))
+"""
+
+
+def run_corpus_driver(job: dict, cwd: Path, what: str) -> dict:
+    """CORPUS_DRIVER in a subprocess with ``cwd`` first on the path."""
+    from .errors import InputError
+    with tempfile.TemporaryDirectory(prefix="unpack-corpus-") as tmp:
+        job["tokenizer"] = str(Path(tmp) / "tok")
+        job["_tok"].save_pretrained(job["tokenizer"])
+        with open(Path(tmp) / "job.json", "w") as f:
+            json.dump({k: v for k, v in job.items() if k != "_tok"}, f)
+        env = dict(os.environ, PYTHONPATH=str(cwd))
+        p = subprocess.run([sys.executable, "-c", CORPUS_DRIVER, str(Path(tmp) / "job.json")],
+                           cwd=str(cwd), env=env, capture_output=True, text=True)
+    if p.returncode:
+        raise InputError(f"bench --corpus: the engine of {what} failed: {p.stderr.strip()[-600:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def bench_corpus(args) -> dict:
+    """``bench --corpus N``: the demo's corpus (N IOI prompts, ABC controls, three
+    reroots) ingested end to end into a fresh DuckDB file on a random model of each
+    shape, in prompts per second; with ``--against`` the same on that commit."""
+    root = Path(__file__).resolve().parent.parent
+    out = {}
+    for shape in [s for s in args.shapes.split(",") if s]:
+        if shape not in SHAPES:
+            from .errors import InputError
+            raise InputError(f"--shapes: unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
+        job, tok = corpus_job(shape, args.corpus, config_for(shape).num_hidden_layers)
+        job.update(_tok=tok, batch_size=args.corpus_batch)
+        n = len(job["records"])
+        print(f"\n## corpus on {shape} (random weights): {n} IOI records ({args.corpus} prompts x 4 "
+              f"conditions), each traced from the target and rerooted at {job['roots'][0]}; "
+              f"ingest batch {args.corpus_batch}\n", flush=True)
+        rec = {"records": n, "now": run_corpus_driver(job, root, "this checkout")}
+        rec["now"]["prompts_per_s"] = n / rec["now"]["seconds"]
+        if getattr(args, "against", None):
+            with old_worktree(root, args.against) as wt:
+                rec["old"] = run_corpus_driver(job, wt, args.against)
+            rec["old"]["prompts_per_s"] = n / rec["old"]["seconds"]
+            rec["speedup"] = rec["now"]["prompts_per_s"] / rec["old"]["prompts_per_s"]
+        print("| engine | prompts | seconds | prompts/s |\n|---|---|---|---|")
+        for who in ("old", "now"):
+            if who in rec:
+                name = args.against[:10] if who == "old" else "this checkout"
+                print(f"| {name} | {rec[who]['n_ok']} | {rec[who]['seconds']:.1f} | "
+                      f"{rec[who]['prompts_per_s']:.3f} |")
+        if "speedup" in rec:
+            print(f"\nprompts/s: {rec['speedup']:.2f}x of {args.against}")
+        out[shape] = rec
+    return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from .errors import InputError
 from .flags import add_command, add_device_flags, add_flags
@@ -80,7 +81,8 @@ run.
 def _register_bench(sub) -> None:
     b = add_command(sub, "bench", "time the engine on random models of real shapes", _BENCH_TEXT)
     b.add_argument("--shapes", default="gpt2-small,pythia-410m",
-                   help="comma list of gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, tiny")
+                   help="comma list of gpt2-small, pythia-410m, pythia-1.4b, pythia-6.9b, qwen2.5-0.5b, "
+                        "qwen2.5-1.5b, smollm2-135m, gemma-3-270m, tiny")
     b.add_argument("--lengths", default="8,16,32,64,128")
     b.add_argument("--batches", default="1,4,16")
     b.add_argument("--reference-tokens", type=int, default=16,
@@ -101,6 +103,11 @@ def _register_bench(sub) -> None:
     b.add_argument("--against-max-tokens", type=int, default=256,
                    help="longest prompt timed on --against (default 256: older engines hold "
                         "every C·H·S² score buffer at once)")
+    b.add_argument("--corpus", type=int, default=0, metavar="N",
+                   help="instead of the cases: ingest the demo's corpus (N IOI prompts with ABC "
+                        "controls, rerooted at three heads) end to end on each shape, in "
+                        "prompts/s (with --against: also on that commit)")
+    b.add_argument("--corpus-batch", type=int, default=4, help="ingest batch size of --corpus (the demo's: 4)")
     add_device_flags(b, "the random models")
     add_flags(b, "threads")
     b.set_defaults(func=cmd_bench)
@@ -267,8 +274,13 @@ def cmd_trace(args) -> int:
     tracer = Tracer(model, weights_dtype=args.dtype, device=args.device)
     if args.bos:
         prompts = [dict(p, text=bos_text(tracer.tokenizer) + p["text"]) for p in prompts]
+    t0 = time.perf_counter()  # trace_batch sorts by length and pads little
     results = tracer.trace_batch(prompts, preset=args.preset, batch_size=args.batch_size,
                                  on_error="collect", **overrides)
+    dt = time.perf_counter() - t0
+    if args.prompts:
+        print(f"unpack trace: {len(results)} prompts in {dt:.1f} s: "
+              f"{len(results) / max(dt, 1e-9):.2f} prompts/s", file=sys.stderr)
     failed = len(bad)
     for res in results:
         if isinstance(res, TraceFailure):
