@@ -41,7 +41,7 @@ def test_pass_equals_the_projects_forward(setup):
 
 def test_eap_equals_finite_differences(setup):
     """Each EAP edge score is the derivative of the metric along that edge's patch:
-    moving one edge by ε toward the corrupted value changes the metric by ε·score."""
+    moving one edge by ε toward the corrupted value changes the metric by −ε·score."""
     _, spec, (ids, lengths, tid, did) = setup
     corrupt = ids[[1, 0]]
     s = M.eap(spec, ids, corrupt, lengths, tid, did, dtype=torch.float64)
@@ -59,7 +59,7 @@ def test_eap_equals_finite_differences(setup):
         target[idx] = eps
         with torch.no_grad():
             m = run(spec, e, lengths, tid, did, drop=drop, ref=ref).metric
-        fd = (m - base) / eps
+        fd = (base - m) / eps
         got = s.logits[:, idx[0]] if kind == "logits" else \
             getattr(s, kind)[layer][(slice(None),) + idx]
         assert got.abs().max() > 1e-4, (kind, idx)  # a real edge, not a zero
@@ -116,8 +116,8 @@ def test_rollout_rows_sum_to_one(setup):
 
 
 def test_eap_ig_converges_to_the_patching_difference(setup):
-    """EAP-IG's embedding scores add up to metric(corrupt) − metric(clean) (the
+    """EAP-IG's embedding scores add up to metric(clean) − metric(corrupt) (the
     completeness of IG along the corrupt→clean line)."""
     _, spec, (ids, lengths, tid, did) = setup
     s = M.eap(spec, ids, ids[[1, 0]], lengths, tid, did, dtype=torch.float64, steps=64)
-    assert torch.allclose(s.tokens.sum(-1), s.corrupt - s.clean, rtol=1e-2, atol=2e-4)
+    assert torch.allclose(s.tokens.sum(-1), s.clean - s.corrupt, rtol=1e-2, atol=2e-4)

@@ -6,9 +6,10 @@ metric is Unpack's: the target/distractor logit difference at the last position
 Edge methods (scores per edge ``writer -> (reader, mode)`` of the store's graph):
 
 - ``eap`` (edge attribution patching, Syed et al. 2023):
-  ``(out_c(corrupt) − out_c(clean)) · ∂metric/∂x_r`` at the clean input, summed
-  over positions: the first-order estimate of what patching that one edge with
-  the corrupted prompt's value does to the metric.
+  ``(out_c(clean) − out_c(corrupt)) · ∂metric/∂x_r`` at the clean input, summed
+  over positions: the first-order estimate of how much the metric falls when
+  that one edge is patched with the corrupted prompt's value (positive: the edge
+  supports the target, as Unpack's credit does).
 - ``eap_ig`` (Hanna et al. 2024): the same difference times the gradient at the
   reader's input averaged over ``steps`` points on the straight line from the
   corrupted to the clean token embeddings (midpoints ``(j + ½)/steps``).
@@ -110,8 +111,8 @@ def eap(spec: ModelSpec, ids: Tensor, corrupt_ids: Tensor, lengths: Tensor, tid:
         with torch.no_grad():
             p = run(spec, e_clean, lengths, tid, did, keep=True)
     with torch.no_grad():
-        diff = corr.writers - p.writers
-        attn, mlp, logits, tokens = _edge_scores(spec, diff, e_corr - e_clean, grads, lengths - 1)
+        diff = p.writers - corr.writers
+        attn, mlp, logits, tokens = _edge_scores(spec, diff, e_clean - e_corr, grads, lengths - 1)
     return EdgeScores(attn, mlp, logits, tokens, p.metric.detach(), corr.metric, p.logits.detach())
 
 
