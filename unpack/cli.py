@@ -21,6 +21,7 @@ _REGISTRARS = (
     "app.cli",
     "app.reports.cli",
     "app.circuit_cli",
+    "ingest.evaluate",
 )
 
 
