@@ -159,23 +159,39 @@ def prompt_items(tok, prompts) -> list[dict]:
     return items
 
 
-def _groups(items) -> dict[int, list[int]]:
-    """Item indices by prompt length (a mean ablation needs aligned positions)."""
-    out: dict[int, list[int]] = {}
-    for i, it in enumerate(items):
-        out.setdefault(len(it["ids"]), []).append(i)
-    return out
-
-
-def _batch(items, idx):
+def _padded(rows, S: int, fill=0):
+    """Right-pad 1-D id tensors to ``S``: ``(ids [B, S], lengths [B])``."""
     import torch
 
-    ids = torch.stack([items[i]["ids"] for i in idx])
-    return (ids, torch.full((len(idx),), ids.shape[1]), torch.tensor([items[i]["tid"] for i in idx]),
-            torch.tensor([items[i]["did"] for i in idx]))
+    ids = torch.full((len(rows), S), fill, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = r
+    return ids, torch.tensor([len(r) for r in rows])
 
 
-def circuit_metrics(spec, items, scores: dict, dtype) -> dict:
+def mean_refs(spec, items, dtype) -> list:
+    """Per item ``[N, S_i, D]``: every writer's output averaged over the corrupted
+    prompts of the item's length (a mean ablation needs aligned positions)."""
+    import torch
+
+    from unpack.baselines.forward import embed, run
+
+    groups: dict[int, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(len(it["ids"]), []).append(i)
+    refs = [None] * len(items)
+    for S, idx in groups.items():
+        corr, lengths = _padded([items[i]["corrupt"] for i in idx], S)
+        tid = torch.tensor([items[i]["tid"] for i in idx])
+        did = torch.tensor([items[i]["did"] for i in idx])
+        with torch.no_grad():
+            w = run(spec, embed(spec, corr, dtype), lengths, tid, did, keep=True).writers.mean(0)
+        for i in idx:
+            refs[i] = w
+    return refs
+
+
+def circuit_metrics(spec, items, scores: dict, dtype, batch: int = 16) -> dict:
     """``{"clean": [P], "empty": [P], method: [n_budgets, P]}``: the metric per prompt
     of the full model, of every edge mean-ablated, and of each method's circuit at
     each budget (module docstring)."""
@@ -189,21 +205,28 @@ def circuit_metrics(spec, items, scores: dict, dtype) -> dict:
     P = len(items)
     out = {"clean": np.zeros(P), "empty": np.zeros(P)}
     out.update({m: np.zeros((len(BUDGETS), P)) for m in scores})
-    keeps = {m: [_top(s, b) for b in BUDGETS] for m, s in scores.items()}
+    drops = {m: [drop_outside(spec, _top(s, b), dtype) for b in BUDGETS] for m, s in scores.items()}
+    empty = drop_outside(spec, np.zeros(E, bool), dtype)
+    refs = mean_refs(spec, items, dtype)
+    order = sorted(range(P), key=lambda i: len(items[i]["ids"]))
     with torch.no_grad():
-        for S, idx in _groups(items).items():
-            ids, lengths, tid, did = _batch(items, idx)
-            corr = torch.stack([items[i]["corrupt"] for i in idx])
-            ref = run(spec, embed(spec, corr, dtype), lengths, tid, did, keep=True).writers
-            ref = ref.mean(0, keepdim=True).expand(len(idx), *ref.shape[1:])
+        for k in range(0, P, batch):
+            idx = order[k:k + batch]
+            S = max(len(items[i]["ids"]) for i in idx)
+            ids, lengths = _padded([items[i]["ids"] for i in idx], S)
+            tid = torch.tensor([items[i]["tid"] for i in idx])
+            did = torch.tensor([items[i]["did"] for i in idx])
+            ref = torch.zeros(len(idx), *refs[idx[0]].shape[:1], S, spec.d_model, dtype=dtype)
+            for b, i in enumerate(idx):
+                ref[b, :, :refs[i].shape[1]] = refs[i]
             e = embed(spec, ids, dtype)
-            f = lambda keep: run(spec, e, lengths, tid, did, drop=drop_outside(spec, keep, dtype),  # noqa: E731
-                                 ref=ref).metric.cpu().double().numpy()
+            f = lambda d: run(spec, e, lengths, tid, did, drop=d,  # noqa: E731
+                              ref=ref).metric.cpu().double().numpy()
             out["clean"][idx] = run(spec, e, lengths, tid, did).metric.cpu().double().numpy()
-            out["empty"][idx] = f(np.zeros(E, bool))
-            for m, ks in keeps.items():
-                for j, keep in enumerate(ks):
-                    out[m][j, idx] = f(keep)
+            out["empty"][idx] = f(empty)
+            for m, ds in drops.items():
+                for j, d in enumerate(ds):
+                    out[m][j, idx] = f(d)
     return out
 
 
@@ -421,11 +444,11 @@ def plot_faithfulness(results: list[dict], path: str, title: str) -> None:
 
 def format_results(results: list[dict]) -> str:
     """The table ``unpack evaluate`` prints."""
-    lines = ["method         CPR [95% CI]          CMD [95% CI]          comprehensiveness      "
-             "sufficiency            s/prompt"]
+    lines = [f"{'method':14s} {'CPR [95% CI]':22s}  {'CMD [95% CI]':22s}  "
+             f"{'comprehensiveness':22s}  {'sufficiency':22s}  s/prompt"]
     for r in results:
         ci = lambda k: f"{r[k]:6.3f} [{r[k + '_ci'][0]:6.3f},{r[k + '_ci'][1]:6.3f}]"  # noqa: E731
-        circ = f"{ci('cpr')}  {ci('cmd')}" if "cpr" in r else f"{'-':22s}{'-':22s}"
+        circ = f"{ci('cpr')}  {ci('cmd')}" if "cpr" in r else f"{'-':22s}  {'-':22s}"
         lines.append(f"{r['label']:14s} {circ}  {ci('comprehensiveness')}  {ci('sufficiency')}  "
                      f"{r['seconds_per_prompt']:.3f}")
     for r in results:
