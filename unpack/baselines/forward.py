@@ -3,7 +3,7 @@ apart, so that baselines can take gradients at, and patch, each edge of the grap
 the store uses.
 
 The graph: writers are the credited components in ``Components.names`` order
-(``embedding``, ``pos_embedding``, ``attn_L_head_h``, ``mlp_L``; METHOD.md §1);
+(``embedding``, ``pos_embedding``, ``attn_L_head_h``, ``mlp_L``; docs/METHOD.md §1);
 readers are each head's Q, K and V inputs, each MLP's input and the logits at the
 target position. An edge ``c -> (r, m)`` exists where ``c`` is an eligible writer
 of ``r`` (a prefix of ``names``). In the store a reader is the ``parent`` and a

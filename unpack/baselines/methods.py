@@ -1,7 +1,7 @@
 """The field's attribution baselines on the project's own forward pass
 (:mod:`unpack.baselines.forward`), batched over right-padded prompts. The
 metric is Unpack's: the target/distractor logit difference at the last position
-(METHOD.md §3; ``target − mean logit`` without a distractor).
+(docs/METHOD.md §3; ``target − mean logit`` without a distractor).
 
 Edge methods (scores per edge ``writer -> (reader, mode)`` of the store's graph):
 
