@@ -241,6 +241,21 @@ def _top(score, budget: float):
     return keep
 
 
+def agreement(a, b, budgets=(0.01, 0.05, 0.1)) -> dict:
+    """How two methods' edge rankings agree: Spearman's rank correlation of
+    ``|score|`` over all edges, and the overlap (Jaccard) of their circuits at
+    ``budgets``."""
+    import numpy as np
+    import pandas as pd
+
+    ra, rb = pd.Series(np.abs(a)).rank(), pd.Series(np.abs(b)).rank()
+    out = {"spearman": float(np.corrcoef(ra, rb)[0, 1])}
+    for x in budgets:
+        ka, kb = _top(a, x), _top(b, x)
+        out[f"overlap_{100 * x:g}%"] = float((ka & kb).sum() / (ka | kb).sum())
+    return out
+
+
 def faithfulness(m, clean, empty):
     """Per budget: ``(mean m(C) − mean m(∅)) / (mean m(N) − mean m(∅))`` of ``m [K, P]``."""
     return (m.mean(1) - empty.mean()) / (clean.mean() - empty.mean())
@@ -347,6 +362,8 @@ def evaluate(db, model: str, task: str, n: int | None = None, seed: int = 0,
                    seconds_per_prompt=float(prompts.trace_s[prompts.run_id == r.run_id].mean()))
         if r.label in scores:
             res.update(_circuit_result(cm, r.label, seed))
+            if "unpack" in scores and r.label != "unpack":
+                res["vs_unpack"] = agreement(scores[r.label], scores["unpack"])
             if truth:
                 res["ground_truth"] = _precision_recall(spec, scores[r.label], truth)
         comp, suff = tm[r.label]
@@ -455,6 +472,9 @@ def format_results(results: list[dict]) -> str:
         if "faithfulness" in r:
             lines.append(f"faithfulness {r['label']}: " + ", ".join(
                 f"{100 * b:g}% {f:.3f}" for b, f in zip(r["budgets"], r["faithfulness"])))
+        if "vs_unpack" in r:
+            lines.append(f"  {r['label']} vs unpack: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in r["vs_unpack"].items()))
         for g in r.get("ground_truth", []):
             lines.append(f"  ground truth {r['label']} at {100 * g['budget']:g}%: {g['n_heads']} "
                          f"heads, precision {g['precision']:.2f}, recall {g['recall']:.2f}")

@@ -45,6 +45,8 @@ def test_ingest_every_method_then_evaluate(tmp_path, capsys):
         # and every head is in it: recall 1, precision = truth / all heads
         last = r["ground_truth"][-1]
         assert last["recall"] == 1.0 and abs(last["precision"] - truth / last["n_heads"]) < 1e-12
+        if m != "unpack":  # how its ranking agrees with Unpack's
+            assert -1 <= r["vs_unpack"]["spearman"] <= 1 and 0 <= r["vs_unpack"]["overlap_5%"] <= 1
     for r in res.values():
         assert np.isfinite([r["comprehensiveness"], r["sufficiency"], r["seconds_per_prompt"]]).all()
     assert "cpr" not in res["ig"] and png.stat().st_size > 1000
@@ -61,3 +63,15 @@ def test_bad_method_input_is_refused_before_the_store(tmp_path, capsys):
     assert "--steps 0 must be a positive integer" in capsys.readouterr().err
     assert not db.exists()
     assert main(["evaluate", "--db", str(db), "--model", TOY, "--task", "induction"]) == 2
+
+
+def test_agreement_between_rankings():
+    """Spearman and circuit overlap: 1 for the same |scores| (signs do not matter),
+    near 0 for independent ones."""
+    from ingest.evaluate import agreement
+
+    a = np.random.default_rng(0).normal(size=2000)
+    assert agreement(a, -2 * a) == {"spearman": 1.0, "overlap_1%": 1.0, "overlap_5%": 1.0,
+                                    "overlap_10%": 1.0}
+    b = agreement(a, np.random.default_rng(1).normal(size=2000))
+    assert abs(b["spearman"]) < 0.1 and b["overlap_10%"] < 0.15
