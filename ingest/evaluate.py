@@ -97,6 +97,7 @@ def load_runs(db, model: str, task: str, n: int | None = None):
                 raise InputError(f"no {task!r} prompt of {model!r} is stored by every run; "
                                  "ingest the same prompts with each --method")
             keys = sorted(keys)[:n] if n else sorted(keys)
+            runs = runs[runs.run_id.isin(prompts.run_id)]  # runs with prompts of this task
             prompts = prompts[prompts.prompt_key.isin(keys)]
             ids = ",".join(str(int(t)) for t in prompts.trace_id)
             credits = q(f"SELECT trace_id, pos, credit FROM token_credits WHERE trace_id IN ({ids})")
