@@ -95,7 +95,22 @@ def _register_ingest(subparsers) -> None:
                         "defaults to its GPU count (1 without GPUs)")
     add_flags(p, "no-progress")
     add_flags(p, "threads")
+    _add_method_flags(p)
     p.set_defaults(func=ingest_handler)
+
+
+def _add_method_flags(p) -> None:
+    """--method and its parameters (unpack/baselines)."""
+    p.add_argument("--method", default="unpack",
+                   choices=("unpack", "eap", "eap_ig", "ig", "grad_x_input", "rollout"),
+                   help="attribution method (default unpack); the others are baselines stored "
+                        "beside it: edge attribution patching (eap, eap_ig: against each prompt's "
+                        "corrupted prompt, IOI's ABC control or a corpus 'corrupt' column), "
+                        "integrated gradients (ig), gradient x input, attention rollout")
+    p.add_argument("--steps", type=int, default=None,
+                   help="eap_ig and ig: integration steps (defaults 16 and 32)")
+    p.add_argument("--ig-baseline", default=None, choices=("zero", "pad", "mean"),
+                   help="ig: the embedding baseline (default zero)")
 
 
 _DEMO_TEXT = """\
@@ -146,6 +161,8 @@ def load_records(args, tokenizer):
     """``(records, rejected rows)`` for --task or --corpus."""
     from unpack.tasks import induction, ioi, load_corpus
 
+    if getattr(args, "method", "unpack") != "unpack":
+        return _baseline_records(args, tokenizer)
     if args.corpus:
         return load_corpus(args.corpus, tokenizer, bos=args.bos)
     if args.task == "ioi":
@@ -153,6 +170,36 @@ def load_records(args, tokenizer):
         keep = set((args.conditions or "").split(",")) - {""}
         return [r for r in records if not keep or r.condition in keep], []
     return induction(tokenizer, args.n, seed=args.seed, bos=not args.no_bos), []
+
+
+def _baseline_records(args, tokenizer):
+    """Records with their corrupted prompts (``unpack.baselines.corrupt``): IOI is
+    made with its controls and cut to the conditions asked for afterwards."""
+    from unpack.baselines.corrupt import with_corrupt
+    from unpack.tasks import induction, ioi, load_corpus
+    from unpack.tokens import bos_text
+
+    if args.corpus:
+        records, rejected = load_corpus(args.corpus, tokenizer, bos=args.bos)
+        return with_corrupt(records, bos_text(tokenizer) if args.bos else ""), rejected
+    if args.task == "ioi":
+        records = with_corrupt(ioi(tokenizer, args.n, seed=args.seed, controls=True,
+                                   bos=not args.no_bos))
+        keep = set((args.conditions or "").split(",")) - {""}
+        keep = keep or ({"ioi_io", "ioi_s", "abc_c", "abc_b"} if args.controls else {"ioi_io"})
+        return [r for r in records if r.condition in keep], []
+    return with_corrupt(induction(tokenizer, args.n, seed=args.seed, bos=not args.no_bos)), []
+
+
+def _method_params(args) -> dict:
+    """The --method's parameters from its flags (checked by the method)."""
+    from unpack.baselines.tracer import method_params
+
+    if args.method == "unpack":
+        return {}
+    given = {"steps": args.steps, "baseline": args.ig_baseline}
+    return method_params(args.method, {k: v for k, v in given.items()
+                                       if v is not None and k in method_params(args.method)})
 
 
 def ingest_handler(args) -> int:
@@ -176,6 +223,14 @@ def ingest_handler(args) -> int:
     if conds and (args.task != "ioi" or not conds <= known):
         raise InputError(f"--conditions {args.conditions!r}: with --task ioi choose among "
                          f"{', '.join(sorted(known))} (the ABC ones need --controls)")
+    for k, v in (("method", "unpack"), ("steps", None), ("ig_baseline", None)):
+        setattr(args, k, getattr(args, k, v))
+    if args.method != "unpack" and (args.roots or args.workers or args.ray):
+        raise InputError(f"--method {args.method} traces from the target only, in this process: "
+                         "drop --roots, --workers and --ray")
+    if args.method == "unpack" and (args.steps is not None or args.ig_baseline is not None):
+        raise InputError("--steps and --ig-baseline belong to --method eap_ig / ig; drop them")
+    args.method_params = _method_params(args)
     # everything that needs no model is checked before loading one
     overrides = parse_set(args.set)
     check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots)
@@ -239,7 +294,8 @@ def _ingest_models(args, overrides) -> int:
                                  db=args.db, preset=args.preset, roots=args.roots,
                                  batch_size=args.batch_size, edge_min_frac=args.edge_min_frac,
                                  overrides=overrides, progress=not args.no_progress,
-                                 overall=overall)
+                                 overall=overall, method=args.method,
+                                 method_params=args.method_params)
             if overall is not None:
                 overall.clear()
             print(summary.format(), flush=True)
@@ -264,6 +320,10 @@ def _backend(args, name):
 
     print(f"loading {name} ...", file=sys.stderr, flush=True)
     model, tok = load_model(name, dtype=args.dtype, device=args.device)
+    if getattr(args, "method", "unpack") != "unpack":
+        from unpack.baselines.tracer import BaselineTracer
+        return contextlib.nullcontext(BaselineTracer(args.method, model=model, tokenizer=tok,
+                                                     **args.method_params))
     return contextlib.nullcontext(Tracer(model=model, tokenizer=tok))
 
 

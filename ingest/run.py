@@ -173,6 +173,8 @@ def trace_items(tracer, items: list[Item], config: dict, batch_size: int) -> Non
         for root in it.roots:
             inputs.append({"text": r.text, "target": r.target, "distractor": r.distractor,
                            "root": root.arg})
+            if (r.metadata or {}).get("corrupt"):  # the patching baselines' corrupted prompt
+                inputs[-1]["corrupt"] = r.metadata["corrupt"]
             owner.append(i)
     kw = {k: v for k, v in config.items() if k != "preset"}
     t0 = time.perf_counter()
@@ -242,7 +244,9 @@ def _run_id(conn, model_id: int, config: dict) -> int:
         run_id=rid, model_id=model_id, preset=config["preset"],
         config=json.dumps(config, sort_keys=True), config_hash=h,
         edge_min_frac=config.get("edge_min_frac"), code_version=code_version(),
-        status="running", started_at=now, updated_at=now))
+        status="running", started_at=now, updated_at=now, method=config.get("method", "unpack"),
+        method_params=json.dumps({k: v for k, v in config.items() if k not in ("preset", "method")},
+                                 sort_keys=True) if "method" in config else None))
     return rid
 
 
@@ -378,7 +382,8 @@ class LocalTracing:
 def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str = "kqv_aligned",
            roots=(), batch_size: int = 8, edge_min_frac: float | None = None,
            overrides: dict | None = None, errors=(), progress: bool = True,
-           model_info: dict | None = None, overall=None) -> Summary:
+           model_info: dict | None = None, overall=None, method: str = "unpack",
+           method_params: dict | None = None) -> Summary:
     """Trace ``records`` with ``tracer`` and store everything in ``db``.
 
     ``tracer``: a :class:`unpack.Tracer`, or a tracing backend such as
@@ -391,8 +396,14 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     models, advanced with this one. The file is held only while a batch commits
     (an app may read it in between); a second ingest into it is refused. A
     problem of the database file is a :class:`ingest.store.StoreError` (batches
-    already committed stay)."""
-    config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
+    already committed stay). ``method``: ``unpack`` or a baseline
+    (unpack/baselines; ``tracer`` a ``BaselineTracer``) with ``method_params``."""
+    if method == "unpack":
+        config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
+    else:
+        from unpack.baselines.tracer import make_config
+        config = make_config(method, method_params)
+        preset = method
     backend = tracer if hasattr(tracer, "traced") else LocalTracing(tracer)
     batch_size = cap_batch(backend, records, batch_size)
     root_list = parse_roots(roots, backend.names)

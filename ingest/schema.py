@@ -59,6 +59,9 @@ runs = sa.Table(
     sa.Column("updated_at", Time),
     sa.Column("finished_at", Time),
     sa.UniqueConstraint("model_id", "preset", "config_hash", name="uq_runs_key"),
+    # 0005: the attribution method (unpack or a baseline, unpack/baselines) and its parameters
+    sa.Column("method", Str, server_default="unpack"),
+    sa.Column("method_params", Str),  # JSON; NULL for unpack (its config is `config`)
 )
 
 prompts = sa.Table(

@@ -11,10 +11,11 @@ import migrations
 from ingest import schema, store
 from unpack.errors import InputError
 
-HEAD = "0004"
-# The revision below the head (0004 revises it): read from the migration itself,
+HEAD = "0005"
+# The revision below the head (0005 revises it): read from the migration itself,
 # so the chain can be extended under it.
-BELOW_HEAD = importlib.import_module("migrations.versions.0004_model_facts").down_revision
+BELOW_HEAD = importlib.import_module("migrations.versions.0005_run_method").down_revision
+BELOW_FACTS = importlib.import_module("migrations.versions.0004_model_facts").down_revision
 
 TYPES = {sa.Integer: "INTEGER", sa.BigInteger: "BIGINT", sa.String: "VARCHAR",
          sa.Double: "DOUBLE", sa.Boolean: "BOOLEAN", sa.DateTime: "TIMESTAMP"}
@@ -150,7 +151,7 @@ def test_model_facts_migration_adds_and_drops_its_columns_keeping_rows(tmp_path)
 
     added = ["n_kv_heads", "d_head", "family", "parallel_residual", "revision", "step"]
     assert columns()[-6:] == added
-    migrate(db, migrations.downgrade, BELOW_HEAD)
+    migrate(db, migrations.downgrade, BELOW_FACTS)
     assert not set(added) & set(columns()) and "n_params" in columns()
     migrate(db, migrations.upgrade, "head")
     con = duckdb.connect(str(db), read_only=True)
@@ -217,3 +218,26 @@ def test_a_database_held_by_another_process_is_a_clear_error(tmp_path, monkeypat
         holder.kill()
         holder.wait()
     store.connect(db).dispose()  # free again
+
+
+def test_run_method_migration_marks_old_runs_unpack(tmp_path):
+    """0005: a store made before it keeps its runs, and they read as Unpack runs;
+    down and up again keeps the rows."""
+    db = tmp_path / "s.duckdb"
+    migrate(db, migrations.upgrade, BELOW_HEAD)
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO runs (run_id, model_id, preset, config, config_hash, status) "
+                "VALUES (1, 1, 'kqv_aligned', '{}', 'h', 'done')")
+    con.close()
+    store.connect(db).dispose()  # upgrade on open
+    con = duckdb.connect(str(db))
+    assert con.sql("SELECT run_id, method, method_params FROM runs").fetchall() == [(1, "unpack", None)]
+    con.execute("INSERT INTO runs (run_id, model_id, preset, config, config_hash, status, method, "
+                "method_params) VALUES (2, 1, 'eap_ig', '{}', 'g', 'done', 'eap_ig', '{\"steps\": 4}')")
+    con.close()
+    migrate(db, migrations.downgrade, BELOW_HEAD)
+    migrate(db, migrations.upgrade, "head")
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.sql("SELECT run_id, method FROM runs ORDER BY run_id").fetchall() == [
+        (1, "unpack"), (2, "unpack")]  # the method went with the downgrade: unpack again
+    con.close()

@@ -22,6 +22,7 @@ _REGISTRARS = (
     "app.cli",
     "app.reports.cli",
     "app.circuit_cli",
+    "ingest.evaluate",
 )
 
 

@@ -461,3 +461,21 @@ FROM prompts
 WHERE status <> 'ok'
 LIMIT 100"""),
     ]
+
+
+def other_methods(con, prompt_id: int) -> pd.DataFrame:
+    """The target traces of the same prompt (same model, task, text, target and
+    distractor) by the other methods' runs (``runs.method``, migration 0005): one
+    row per run with ``method``, ``run_id``, ``trace_id``."""
+    has = scalar(con, "SELECT count(*) FROM information_schema.columns "
+                      "WHERE table_name = 'runs' AND column_name = 'method'")
+    if not has:
+        return pd.DataFrame(columns=["method", "run_id", "trace_id"])
+    return q(con, """
+        SELECT coalesce(r2.method, 'unpack') || CASE WHEN coalesce(r2.method, 'unpack') = 'unpack'
+               THEN ' (' || r2.preset || ')' ELSE '' END AS method, r2.run_id, t.trace_id
+        FROM prompts p JOIN runs r ON r.run_id = p.run_id
+        JOIN runs r2 ON r2.model_id = r.model_id AND r2.run_id <> r.run_id
+        JOIN prompts p2 ON p2.run_id = r2.run_id AND p2.prompt_key = p.prompt_key
+        JOIN traces t ON t.prompt_id = p2.prompt_id AND t.root = 'target'
+        WHERE p.prompt_id = ? AND p2.status = 'ok' ORDER BY r2.run_id""", [prompt_id])

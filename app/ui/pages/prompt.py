@@ -58,6 +58,17 @@ excl = st.toggle("Color scale ignores the last token", value=True, key="prompt_e
 credit = state.query(D.token_credit, tid)
 st.markdown(views.token_strip_html(credit, exclude_last=excl), unsafe_allow_html=True)
 
+others = state.query(D.other_methods, pid)
+if not others.empty:  # the same prompt by another method (unpack ingest --method)
+    pick = st.selectbox("Beside it: the same prompt by another method", others["method"].tolist(),
+                        key="prompt_other_method",
+                        help="Runs of the same model that hold this prompt: a baseline "
+                             "(EAP, EAP-IG, IG, gradient × input, rollout) or another preset")
+    other_tid = int(others[others["method"] == pick].iloc[0]["trace_id"])
+    st.markdown(f'<div class="unpack-other" data-method="{pick}">' + views.token_strip_html(
+        state.query(D.token_credit, other_tid), exclude_last=excl) + "</div>",
+        unsafe_allow_html=True)
+
 if st.toggle("Credit per position as a chart and a table", key="prompt_chart"):
     import plotly.graph_objects as go
 
@@ -93,6 +104,10 @@ roles = info["roles"]
 role_at = {}
 for r, p in roles.items():
     role_at.setdefault(int(p), []).append(r)
+if not comps:  # a token-level baseline's run (unpack ingest --method): no component flows
+    st.info("This run's method stores no component flows; reroot from an Unpack run of the "
+            "same prompt.")
+    st.stop()
 c1, c2 = st.columns(2)
 default_comp = next((c for c in reversed(comps) if parse_component(c)[0] == "head"), comps[-1])
 if st.session_state.get("reroot_comp") not in comps:

@@ -1,0 +1,46 @@
+"""The Prompt page shows Unpack and a baseline on the same prompt, in headless
+Chromium (the harness of tests/test_app_browser.py)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_app_browser import (chromium_page, no_exception, open_page, require_browser,  # noqa: E402
+                              running_app, shot, sql)
+from test_evaluate import TOY  # noqa: E402
+
+from unpack.cli import main  # noqa: E402
+
+
+def test_prompt_page_shows_a_baseline_beside_unpack(tmp_path):
+    require_browser()
+    db = tmp_path / "s.duckdb"
+    for m in ("unpack", "grad_x_input"):
+        assert main(["ingest", "--model", TOY, "--task", "induction", "--n", "2", "--db", str(db),
+                     "--no-progress", "--method", m]) == 0
+    stored = sql(db, "SELECT r.method, r.preset, p.prompt_id, p.prompt_key, list(c.credit ORDER BY c.pos) "
+                     "AS credit FROM token_credits c JOIN traces t USING (trace_id) JOIN prompts "
+                     "p USING (prompt_id) JOIN runs r USING (run_id) GROUP BY ALL")
+    credit = {(r.method, r.prompt_key): list(r.credit) for r in stored.itertuples()}
+    close = lambda a, b: len(a) == len(b) and all(  # noqa: E731
+        abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in zip(a, b))
+    with running_app(db) as url, chromium_page() as page:
+        for r in stored.drop_duplicates("method").itertuples():  # a prompt of each run
+            open_page(page, f"{url}/prompt?ws_preset={r.preset}&prompt_id={r.prompt_id}",
+                      ".unpack-other .unpack-tok")
+            no_exception(page)
+            strips = page.locator(".unpack-strip")
+            values = lambda loc: [float(b.get_attribute("data-credit"))  # noqa: E731
+                                  for b in loc.locator(".unpack-tok").all()]
+            main_credit, other = values(strips.first), page.locator(".unpack-other")
+            method = other.get_attribute("data-method").split(" ")[0]
+            # the first strip is the page's prompt by its own method, the second the same
+            # prompt by the other method, each with that method's stored credit
+            assert {method, r.method} == {"unpack", "grad_x_input"}
+            assert close(main_credit, credit[(r.method, r.prompt_key)])
+            assert close(values(other), credit[(method, r.prompt_key)])
+            assert not close(values(other), main_credit)
+            if r.method == "grad_x_input":  # no component flows: no reroot section
+                assert page.get_by_text("stores no component flows").count() == 1
+        shot(page, "prompt_baseline")
