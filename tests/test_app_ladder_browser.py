@@ -212,6 +212,26 @@ def test_the_url_follows_the_view(app, browser):
     assert "compare_value=share_negative" in page.url
 
 
+def test_trace_on_demand_runs_on_a_ladder_checkpoint(app, browser):
+    """The Prompt page of a toy-ladder checkpoint traces a reroot on demand: the
+    checkpoint's name is the project's own alias (``ladder-d64@step972``), resolved
+    locally, never taken for a hub name."""
+    url, db = app
+    model = LADDER[0] + "@" + _LAST_D64
+    page = session(browser)
+    open_page(page, link(url, "prompt", {"ws_task": "induction", "ws_models": [model]}),
+              ".unpack-tok")
+    no_exception(page)
+    page.get_by_role("tab", name="Trace on demand").click()
+    body = page.inner_text("body")
+    assert "hub name" not in body and "not in the local Hugging Face cache" not in body, body[-2000:]
+    page.get_by_role("button", name="Trace from").click()
+    page.get_by_text("Traced in").wait_for(timeout=120_000)
+    no_exception(page)
+    body = page.inner_text("body")
+    assert re.search(r"Traced in [0-9.]+ ?s", body), body[-2000:]
+
+
 # ------------------------------------------------------------------ docs/screenshots from a store
 
 def shots(argv=None) -> int:
