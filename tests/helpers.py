@@ -12,6 +12,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def rel(a, b) -> float:
+    """The largest absolute difference of ``a`` from ``b``, relative to ``b``'s largest
+    magnitude (arrays, lists or tensors): the tests' equality tolerance."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
 def query_db(db, q, params=None, df: bool = False):
     """A read-only query on the store ``db`` (its rows, or a DataFrame with ``df``),
     on a connection opened and closed here (a running app holds its own)."""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import rel
 from models import MODEL_KINDS, PROMPTS, tiny_gpt2, tiny_neox, word_tokenizer
 from unpack import InputError, Tracer, make_config
 from unpack.capture import capture
@@ -16,11 +17,6 @@ from unpack.reference import Reference
 from unpack.validate import validate_model
 
 TOL = 1e-8
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers as tf
 
+from helpers import rel
 from models import WORDS, randomize, word_tokenizer
 from unpack import Tracer, cli
 from unpack import make_config as preset
@@ -73,11 +74,6 @@ def make_family(name, dtype=torch.float64, seed=0):
     cfg = make_config(name)
     torch.manual_seed(seed)
     return randomize(getattr(tf, FAMILIES[name][1])(cfg), seed, std=0.3).to(dtype)
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 @pytest.fixture(scope="module")
