@@ -343,11 +343,9 @@ class LocalTracing:
     in pieces that take about ``piece_s`` seconds each (one prompt at first, then
     as many as that time allows), so a progress bar moves per prompt on a large
     model while a small model keeps whole batches. The numbers do not depend on
-    the pieces (prompts traced together or alone agree to float rounding).
-    A piece of one prompt forgoes batching (a batch of 8 costs 0.6-0.8 of 8
-    single prompts on GPT-2 small, by the README's bench), hence ten seconds."""
+    the pieces (prompts traced together or alone agree to float rounding)."""
 
-    piece_s = 10.0
+    piece_s = 1.0
 
     def __init__(self, tracer):
         self.tracer = tracer
@@ -401,8 +399,8 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     if method == "unpack":
         config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
     else:
-        from unpack.baselines.tracer import make_config
-        config = make_config(method, method_params)
+        from unpack.baselines.tracer import method_config
+        config = method_config(method, method_params)
         preset = method
     backend = tracer if hasattr(tracer, "traced") else LocalTracing(tracer)
     batch_size = cap_batch(backend, records, batch_size)
@@ -471,36 +469,10 @@ def _commit(engine, db, items, run_id, ids, summary, overall=None) -> None:
         overall.update(len(items))
 
 
-SORT_WINDOW = 8  # batches of the corpus sorted together by length
-
-
-def _token_count(backend):
-    """A prompt's length for sorting: its tokens where this process has the
-    tokenizer, else its characters (a worker backend)."""
-    tok = getattr(getattr(backend, "tracer", None), "tokenizer", None)
-    if tok is None:
-        return lambda rec: len(rec.text)
-    return lambda rec: len(tok(rec.text, add_special_tokens=False)["input_ids"])
-
-
-def length_batches(todo: list[Item], batch_size: int, n_tokens) -> list[list[Item]]:
-    """The batches to trace: each window of ``SORT_WINDOW * batch_size`` items (in
-    corpus order) sorted by token count, then cut into batches of ``batch_size``,
-    so that a batch pads little. The window bounds what waits, traced, to be
-    committed in corpus order (prompt ids follow the corpus, as unsorted)."""
-    w = SORT_WINDOW * batch_size
-    out = []
-    for k in range(0, len(todo), w):
-        window = sorted(todo[k:k + w], key=lambda it: (n_tokens(it.record), it.seq))
-        out += [window[j:j + batch_size] for j in range(0, len(window), batch_size)]
-    return out
-
-
 def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids, summary,
                       progress, overall) -> None:
-    """Trace ``todo`` in batches of similar length (:func:`length_batches`; in this
-    process or on workers) and commit, as batches come back, every prompt whose
-    predecessors in the corpus are all traced: the store gets corpus order."""
+    """Trace ``todo`` batch by batch (in this process or on workers) and commit each
+    batch as it comes back, in whatever order."""
     from tqdm.auto import tqdm
 
     # mininterval 0: every prompt is drawn (a piece of a batch takes about a second)
@@ -508,12 +480,9 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
                           disable=not progress, dynamic_ncols=True, file=sys.stderr,
                           mininterval=0, position=0 if overall is None else 1,
                           leave=overall is None))
-    batches = length_batches(todo, batch_size, _token_count(backend))
+    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     if isinstance(backend, LocalTracing) and progress:
         backend.tick = bar.tick
-    where = {it.seq: k for k, it in enumerate(todo)}  # a traced item's place in corpus order
-    done: list = [None] * len(todo)
-    n_stored = 0
     try:
         results = backend.traced(batches, config, batch_size)
         while True:
@@ -522,16 +491,8 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
             summary.trace_s += time.perf_counter() - t0
             if batch is None:
                 break
-            for it in batch:
-                done[where[it.seq]] = it
-            ready = n_stored
-            while ready < len(done) and done[ready] is not None:
-                ready += 1
-            if ready > n_stored:  # the traced prefix of the corpus, in its order
-                _commit(engine, db, done[n_stored:ready], run_id, ids, summary, overall)
-                done[n_stored:ready] = [None] * (ready - n_stored)  # the store has them now
-                bar.batch_done(ready - n_stored, summary.n_failed)
-                n_stored = ready
+            _commit(engine, db, batch, run_id, ids, summary, overall)
+            bar.batch_done(len(batch), summary.n_failed)
     finally:
         bar.bar.close()
         if isinstance(backend, LocalTracing):
@@ -540,8 +501,8 @@ def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids
 
 class _PromptBar:
     """The ingest's progress bar in prompts: moved by the tracing backend's
-    ``tick`` within a batch where it has one, and by the rest once prompts are
-    committed."""
+    ``tick`` within a batch where it has one, and by the rest of a batch once
+    it is committed."""
 
     def __init__(self, bar):
         self.bar, self.ticked = bar, 0
@@ -551,10 +512,9 @@ class _PromptBar:
         self.bar.update(k)
 
     def batch_done(self, n: int, n_failed: int) -> None:
-        """``n`` prompts stored; ticks beyond them count toward the next stored."""
         self.bar.set_postfix(failed=n_failed, refresh=False)
-        self.bar.update(max(0, n - self.ticked))
-        self.ticked = max(0, self.ticked - n)
+        self.bar.update(n - self.ticked)
+        self.ticked = 0
 
 
 def _stored(conn, run_id: int) -> dict[str, tuple[int, str, set]]:

@@ -24,8 +24,9 @@ from typing import Optional
 import torch
 
 from ..adapters.base import ModelSpec
-from ..capture import causal_mask, last_logits, rotary_tables, run_mlp, with_bias
+from ..capture import causal_mask, embed, last_logits, rotary_tables, run_mlp, with_bias  # noqa: F401 (embed: used by the methods through this module)
 from ..components import Components
+from ..errors import InputError
 from ..intervene import logit_diff
 
 Tensor = torch.Tensor
@@ -92,9 +93,18 @@ def _heads_attention(spec: ModelSpec, lw, xq: Tensor, xk: Tensor, xv: Tensor, co
     return A @ V
 
 
-def embed(spec: ModelSpec, input_ids: Tensor, dtype) -> Tensor:
-    """The token embeddings ``W_E[ids]`` ``[B, S, D]`` in ``dtype``."""
-    return spec.W_E[input_ids.to(spec.W_E.device)].to(dtype)
+def check_supported(spec: ModelSpec) -> None:
+    """This pass implements pre-norm blocks with causal attention: a model whose spec
+    has post-sublayer norms, qk-norm, a sliding window or soft-caps
+    (docs/ADAPTERS.md) is refused rather than run wrongly."""
+    extra = sorted({name for lw in spec.layers for name in
+                    ("ln_attn_post", "ln_mlp_post", "q_norm", "k_norm", "window", "softcap")
+                    if getattr(lw, name) is not None}
+                   | ({"final_softcap"} if spec.final_softcap is not None else set()))
+    if extra:
+        raise InputError(f"the baselines' forward pass does not implement {', '.join(extra)} "
+                         f"(model family {spec.family!r}); run the baselines on a GPT-2, "
+                         "GPT-NeoX or Llama-family model, or use --method unpack")
 
 
 def run(spec: ModelSpec, emb: Tensor, lengths: Tensor, tid: Tensor, did: Tensor,
@@ -106,6 +116,7 @@ def run(spec: ModelSpec, emb: Tensor, lengths: Tensor, tid: Tensor, did: Tensor,
     writer's output. ``split``: give every reader its own input tensor, even
     unpatched, so ``torch.autograd.grad`` can be taken at each (``Pass.inputs``:
     ``attn[L] [B, H, 3, S, D]``, ``mlp[L] [B, S, D]``, ``final [B, S, D]``)."""
+    check_supported(spec)
     B, S, _ = emb.shape
     dtype, dev = emb.dtype, emb.device
     comps = Components.from_spec(spec)

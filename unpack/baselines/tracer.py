@@ -47,7 +47,7 @@ def method_params(method: str, params: dict | None = None) -> dict:
     return out
 
 
-def make_config(method: str, params: dict | None = None) -> dict:
+def method_config(method: str, params: dict | None = None) -> dict:
     """A baseline run's config (what ``runs.config`` holds and its hash keys the run)."""
     return {"preset": method, "method": method, **method_params(method, params)}
 
