@@ -85,6 +85,9 @@ def assert_whole_prompts(db):
 # at the start of a later batch, and while the run is being marked done.
 _KILL_AT = r"""
 import os, signal, sys
+# Ctrl-C as the console script has it (unpack.cli.run installs its own handler): a
+# SIGINT that the test session's process came to ignore is inherited across exec
+signal.signal(signal.SIGINT, signal.default_int_handler)
 target, n = sys.argv[1], int(sys.argv[2])
 calls = [0]
 def wrap(owner, name):
