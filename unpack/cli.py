@@ -10,6 +10,7 @@ import signal
 import sys
 
 from .errors import InputError
+from .extras import missing_extra, require_for
 
 # Modules that add subcommands: each has ``register(subparsers)`` and keeps its
 # top-level imports light (argparse only); heavy imports go inside the handlers.
@@ -75,9 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
+        require_for(args.func)  # the optional extra of the command, installed
         code = int(args.func(args) or 0)
     except (InputError, FileNotFoundError) as e:
         print(f"unpack {command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # a module of an optional extra, met on the way
+        if _interrupted(e):
+            return _say_interrupted(command)
+        if (hint := missing_extra(e)) is None:
+            raise
+        print(f"unpack {command}: error: {hint}", file=sys.stderr)
         return 2
     except BaseException as e:  # Ctrl-C while starting up (imports, loading a model)
         if isinstance(e, SystemExit) or not _interrupted(e):
