@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unpack.extras import EXTRAS, missing_extra
+from unpack.cli import build_parser
+from unpack.extras import COMMANDS, EXTRAS, missing_extra
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "unpack" / "toy" / "checkpoints" / "attn-only-d64"
@@ -100,3 +101,8 @@ def test_extras_match_pyproject():
 
     for extra, mods in EXTRAS.items():
         assert modules(extra) == set(mods), extra
+
+
+def test_every_command_with_an_extra_is_a_command():
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)
+    assert set(COMMANDS) <= set(sub.choices), set(COMMANDS) - set(sub.choices)

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from .errors import InputError
-from .extras import missing_extra, require_for
+from .extras import missing_extra, require
 
 # Modules that add subcommands: each has ``register(subparsers)`` and keeps its
 # top-level imports light (argparse only); heavy imports go inside the handlers.
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        require_for(args.func)  # the optional extra of the command, installed
+        require(args.command)  # the command's optional extra, installed
         code = int(args.func(args) or 0)
     except (InputError, FileNotFoundError) as e:
         print(f"unpack {command}: error: {e}", file=sys.stderr)

@@ -15,8 +15,11 @@ EXTRAS = {
     "app": _STORE + ("streamlit", "networkx", "matplotlib", "plotly"),
     "ray": _STORE + ("ray",),
 }
-# the package of a command's handler: the extra all of its commands need
-PACKAGES = {"ingest": "store", "migrations": "store", "app": "app"}
+# the commands that need an extra (the rest need only the engine); `ingest --workers`
+# and `--ray` name the ray extra themselves (ingest/shard.py)
+COMMANDS = {"ingest": "store", "demo": "store",
+            "app": "app", "report": "app", "discover": "app", "verify": "app", "export": "app",
+            "evaluate": "app", "toy-report": "app"}
 
 
 def _installed(module: str) -> bool:
@@ -32,10 +35,10 @@ def _error(extra: str, modules: list[str]) -> InputError:
                       f"pip install -e '.[{extra}]')")
 
 
-def require_for(handler) -> None:
-    """Before a command runs: the extra of the package its ``handler`` lives in
-    (``PACKAGES``), all installed, or an InputError naming it."""
-    extra = PACKAGES.get(getattr(handler, "__module__", "").split(".")[0])
+def require(command: str) -> None:
+    """Before ``command`` runs: its extra (``COMMANDS``) all installed, or an
+    InputError naming the pip command that installs it."""
+    extra = COMMANDS.get(command)
     missing = [m for m in EXTRAS.get(extra, ()) if not _installed(m)]
     if missing:
         raise _error(extra, missing)
