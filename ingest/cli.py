@@ -56,8 +56,9 @@ paths into a DuckDB file (one transaction per batch; resumable).
 def _register_ingest(subparsers) -> None:
     p = add_command(subparsers, "ingest", "trace a task or corpus and store everything in DuckDB",
                      _INGEST_TEXT, epilog=_INGEST_EPILOG, raw=True)
-    add_flags(p, "model", model=dict(action="append", help="local model directory, .gguf file, hub name, smollm2-135m, or a toy "
-                        "ladder member (ladder-d64@step400; NAME@REVISION picks a checkpoint); "
+    add_flags(p, "model", model=dict(action="append", help="local model directory, .gguf file, "
+                        "hub name, smollm2-135m, or a toy ladder member (ladder-d64@step400; "
+                        "NAME@REVISION picks a checkpoint); "
                         "repeat it for a ladder of models (one run each, the same prompts)"))
     p.add_argument("--revision", default=None, metavar="REV",
                    help="a checkpoint of every --model: a hub revision (Pythia: step1000) or a "

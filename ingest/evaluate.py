@@ -27,7 +27,6 @@ Intervals: 95% percentile bootstrap over the prompts (the rankings fixed).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 

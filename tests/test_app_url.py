@@ -52,7 +52,7 @@ def test_prompt_view_from_a_link(monkeypatch, store):
     at = open_link(monkeypatch, db, "prompt", {"ws_models": [model], "ws_condition": "(all)",
                                                "prompt_id": str(pid), "prompt_root": root,
                                                "prompt_k": "3", "prompt_excl_last": "false"})
-    assert widget(at.selectbox, f"Stored trace (root)").value == root
+    assert widget(at.selectbox, "Stored trace (root)").value == root
     assert [s for s in at.selectbox if s.label.startswith("Prompt (")][0].value == pid
     assert widget(at.slider, "Paths shown").value == 3
     assert widget(at.toggle, "Color scale ignores the last token").value is False

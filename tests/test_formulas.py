@@ -53,7 +53,7 @@ def rows() -> list[tuple[str, str, str, int]]:
 def test_the_row_pattern_reads_every_row_of_the_table():
     body = [line for line in TABLE.read_text().splitlines() if BODY.match(line)]
     unread = [line for line in body if not ROW.match(line)]
-    assert body and not unread, f"rows the checks cannot read (fix their shape):\n" + "\n".join(unread)
+    assert body and not unread, "rows the checks cannot read (fix their shape):\n" + "\n".join(unread)
 
 
 def package_counts() -> dict[str, int]:

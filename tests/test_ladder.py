@@ -3,7 +3,6 @@ model facts the store keeps (migration 0004)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import duckdb

@@ -408,4 +408,5 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
         _center_in_place(spec, W)  # RMSNorm: ĉ = c, nothing to do
     return Capture(spec=spec, comps=comps, input_ids=input_ids, lengths=lengths, writers=W, Z=Z,
                    centered=center, layers=layers, resid_final=x, sigma_final=ln_f.scale(x),
-                   logits_t=logits_t, logits_raw_t=logits_raw_t if spec.final_softcap else None, cos=cos, sin=sin, logits=full)
+                   logits_t=logits_t, logits_raw_t=logits_raw_t if spec.final_softcap else None,
+                   cos=cos, sin=sin, logits=full)

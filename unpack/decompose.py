@@ -365,7 +365,7 @@ class AttnScores:
     def raw_query(self, q0: int, q1: int, s1: int, causal: bool = False) -> Tensor:
         """``rawQ_c[h,q,s]`` for ``q0 <= q < q1``, ``s < s1``, uncentered → ``[B,H,s1,Qc,C]``;
         ``causal``: the pairs with ``s > q`` may be left zero (they are never used)."""
-        spec, lc = self.spec, self.lc
+        spec = self.spec
         B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
         if self.mode != "fold":
             qT = self.qcT[:, :, :, q0:q1].reshape(B, spec.n_heads, spec.d_head, Qc * C)

@@ -101,7 +101,7 @@ class Rates:
         x = torch.randn(1 << 24, device=device)
         g = _best(lambda: a @ a, 5, device)
         s = _best(lambda: x * 1.0001, 5, device)
-        del a, x
+        a = x = None  # free both (the lambdas above keep them) before the fold's tensors
         fold = fold_rate(shape, device) if shape is not None else 0.0
         return cls(2 * 1024 ** 3 / g, 2 * (1 << 24) * 4 / s, str(device), fold)
 
@@ -166,7 +166,7 @@ class Plan:
     def format(self) -> str:
         lines = [f"plan: {self.model}, {self.tokens} tokens, batch {self.batch}, weights "
                  f"{self.weights_dtype} on {self.device}",
-                 f"  K/Q contraction by reader layer: " + ", ".join(f"{m} x{n}" for m, n in self.modes.items()),
+                 "  K/Q contraction by reader layer: " + ", ".join(f"{m} x{n}" for m, n in self.modes.items()),
                  f"  peak memory  {self.peak_bytes / GiB:7.2f} GiB   ("
                  + ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items()) + ")",
                  f"  time/prompt  {self.seconds_per_prompt:7.2f} s     ("

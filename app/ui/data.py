@@ -443,7 +443,7 @@ WHERE t.model = {m} AND t.root = 'target' AND f.head IS NOT NULL
   AND f.pos = t.target_pos
 GROUP BY f.component
 ORDER BY abs(mean_flow) DESC
-LIMIT 10"""),
+LIMIT 10"""),  # noqa: E501 (the query as the app shows it)
         ("Most common top path shapes", """SELECT modes, depth, count(*) AS n, round(avg(score_pct), 2) AS mean_pct
 FROM path_info
 WHERE root = 'target' AND rank <= 5

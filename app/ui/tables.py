@@ -64,8 +64,6 @@ def column_config(df: pd.DataFrame, budget: int = MAIN_PX, labels: dict | None =
                   config: dict | None = None) -> dict:
     """Streamlit ``column_config`` with :func:`fit_widths`; ``config`` entries (a
     format, a help text) keep theirs and get the width."""
-    import streamlit as st
-
     labels = {c: labels.get(c) if labels and c in labels else LABELS.get(str(c), str(c))
               for c in df.columns}
     out = dict(config or {})

@@ -106,7 +106,7 @@ class BaselineTracer(Tracer):
         tid = torch.tensor([p.target_id for p in preps])
         did = torch.tensor([-1 if p.distractor_id is None else p.distractor_id for p in preps])
         kind, steps = self.method, self.params.get("steps", 0)
-        flow = edge_w = None
+        edge_w = None
         if kind in M.EDGE_METHODS:
             cids = ids.clone()
             for b, c in enumerate(corrupts):

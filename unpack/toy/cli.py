@@ -51,7 +51,7 @@ random-init control meets it; 2 bad input.
 
 Example:
   unpack report induction --model unpack/toy/checkpoints/attn-only-d64 unpack/toy/checkpoints/mlp-d128 --n 100 --out reports/
-"""
+"""  # noqa: E501 (the example as the help shows it)
 
 
 def add_induction_options(p: argparse.ArgumentParser) -> None:
