@@ -180,8 +180,8 @@ def app_handler(args) -> int:
     db = Path(args.db).resolve()
     limits = _limits(args)
     open_db(db).close()  # missing, not a store, truncated or a schema of other code: say so now
-    from unpack.loading import resolve_device
-    resolve_device(args.device)  # a device that is not there: a clear error now
+    from unpack.on_demand import check_device
+    check_device(args.device)  # a device that is not there: a clear error now
     check_port(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"unpack app: warning: listening on {args.host}: anyone who can reach port "

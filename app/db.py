@@ -1,8 +1,10 @@
 """Read-only access to a store: the one way the app, graphs and reports open it.
 
-The connection is read-only and DuckDB's external access is off, so nothing that
-runs through it (the app's SQL box included) can write, attach another file,
-install extensions or read the file system.
+The connection (``ingest.store.open_read_only``, here ``open_db``) is read-only
+and DuckDB's external access is off, so nothing that runs through it (the app's
+SQL box included) can write, attach another file, install extensions or read the
+file system. This module adds what the app needs on top: the SQL box's checks and
+limits and the short-lived connections an ingest can commit between.
 """
 from __future__ import annotations
 
@@ -16,77 +18,8 @@ import duckdb
 
 from unpack.errors import InputError
 
-SAFE_CONFIG = {
-    "enable_external_access": False,
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-}
-
-
-def _open_read(path, limits: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """A read-only connection with external access off and its settings locked,
-    waiting (``ingest.store.retry_locked``) while an ingest commits a batch;
-    ``limits``: more DuckDB settings (the app's :func:`app_limits`)."""
-    from ingest.store import retry_locked
-
-    config = dict(SAFE_CONFIG, **(limits or {}))
-    con = retry_locked(lambda: duckdb.connect(str(path), read_only=True, config=config), path)
-    try:
-        con.execute("SET lock_configuration = true")
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def open_db(path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the store at ``path`` with external access off,
-    its settings locked, its schema checked against this code, and its length
-    checked against its metadata (a truncated copy is refused here, not on every
-    page). Problems of the file are ``ingest.store.StoreError`` (an InputError)."""
-    from ingest.store import check_complete, check_store_path, raise_mapped
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"database {str(p)!r} does not exist; create it with "
-                         "`unpack demo` or `unpack ingest --model M --task ioi --db PATH`")
-    check_store_path(p, for_writing=False)
-    try:
-        con = _open_read(p)
-    except duckdb.Error as e:
-        raise_mapped(p, e, opening=True)
-    try:
-        check_complete(con, p)
-        check_schema(con, p)
-    except duckdb.Error as e:
-        con.close()
-        raise_mapped(p, e)
-    except Exception:
-        con.close()
-        raise
-    return con
-
-
-def check_schema(con, path) -> None:
-    import migrations
-
-    from ingest.store import _refuse_newer
-
-    head = migrations.head_revision()
-    try:
-        rev = con.execute("SELECT version_num FROM alembic_version").fetchone()
-    except duckdb.Error:
-        rev = None
-    rev = rev[0] if rev else None
-    _refuse_newer(rev, path)
-    if rev is None:
-        raise InputError(f"database {str(path)!r} has no unpack schema (schema None, this code "
-                         f"needs {head}): it is not a store made by `unpack ingest`; create one "
-                         "with `unpack demo` or `unpack ingest --db PATH`")
-    if rev != head:
-        raise InputError(f"database {str(path)!r} has schema {rev}, this code needs {head}; "
-                         f"upgrade it with `python -m migrations --db {str(path)} upgrade` "
-                         "(any `unpack ingest` into it upgrades it too)")
+from ingest.store import SAFE_CONFIG, check_schema, open_read  # noqa: F401 (app.db's names)
+from ingest.store import open_read_only as open_db  # noqa: F401
 
 
 # What the SQL box runs: statements whose type DuckDB's own parser reports as one
@@ -370,7 +303,7 @@ class ShortLived:
                 self._closing.cancel()
                 self._closing = None
             if self._con is None:
-                self._con = _open_read(self.path, self.limits)
+                self._con = open_read(self.path, self.limits)
             self._users += 1
             try:
                 cur = self._con.cursor()

@@ -35,6 +35,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from ingest.queries import as_list, selection_sql  # noqa: F401 (app.graphs' names)
 from unpack import components
 from unpack.errors import InputError
 
@@ -43,60 +44,6 @@ AGGS = ("mean", "sum")
 
 
 # ------------------------------------------------------------------ selection
-
-def _as_list(x) -> list | None:
-    if x is None:
-        return None
-    if isinstance(x, (str, int)):
-        return [x]
-    return list(x)
-
-
-def selection_sql(*, model=None, run_id=None, task=None, preset=None, condition=None,
-                  template=None, root="target", prompt_ids=None) -> tuple[str, list]:
-    """SQL (and its parameters) selecting one row per trace from ``trace_info``.
-
-    Each filter takes one value or a list. ``root``: ``'target'``, a stored root
-    spec (``'attn_9_head_9@END'``), a component name (every root at that
-    component) or None (every trace). The same prompt stored twice in a run (an
-    ingest with other roots) counts once: the first trace per run, text, target,
-    distractor and root is kept."""
-    where, params = [], []
-
-    def add(column, values):
-        values = _as_list(values)
-        if values is None:
-            return
-        if not values:
-            raise InputError(f"filter {column}: empty list; give at least one value or None")
-        where.append(f"ti.{column} IN ({', '.join('?' for _ in values)})")
-        params.extend(values)
-
-    add("model", model)
-    add("run_id", run_id)
-    add("task", task)
-    add("preset", preset)
-    add("condition", condition)
-    add("template", template)
-    add("prompt_id", prompt_ids)
-    if root is not None:
-        roots = _as_list(root)
-        specs = [r for r in roots if r == "target" or "@" in str(r)]
-        comps = [r for r in roots if r not in specs]
-        parts = []
-        if specs:
-            parts.append(f"ti.root IN ({', '.join('?' for _ in specs)})")
-            params.extend(specs)
-        if comps:
-            parts.append(f"ti.root_component IN ({', '.join('?' for _ in comps)})")
-            params.extend(comps)
-        where.append("(" + " OR ".join(parts) + ")")
-    sql = ("SELECT ti.* FROM trace_info ti"
-           + (" WHERE " + " AND ".join(where) if where else "")
-           + " QUALIFY row_number() OVER (PARTITION BY ti.run_id, ti.text, ti.target, "
-             "ti.distractor, ti.root ORDER BY ti.trace_id) = 1")
-    return sql, params
-
 
 def available(con) -> pd.DataFrame:
     """What the store holds: one row per model, preset, task, condition and root,
@@ -165,7 +112,7 @@ def _check_graph_args(agg, modes, top_k, min_weight, min_share) -> tuple:
     """The modes as a tuple, or an InputError naming the bad argument."""
     if agg not in AGGS:
         raise InputError(f"agg={agg!r}: choose one of {', '.join(AGGS)}")
-    modes = tuple(_as_list(modes) or ())
+    modes = tuple(as_list(modes) or ())
     bad = [m for m in modes if m not in MODES]
     if not modes or bad:
         raise InputError(f"modes={modes!r}: choose among {', '.join(MODES)}")

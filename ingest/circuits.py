@@ -39,7 +39,7 @@ def _save(db, write) -> int:
 
 
 def save_circuit(db, circuit) -> int:
-    """Store an :class:`app.circuits.Circuit`; returns its ``circuit_id``."""
+    """Store an :class:`ingest.discover.Circuit`; returns its ``circuit_id``."""
     def write(conn) -> int:
         cid = store.next_id(conn, S.circuits.c.circuit_id)
         conn.execute(S.circuits.insert().values(
@@ -66,7 +66,7 @@ def save_circuit(db, circuit) -> int:
 
 
 def save_verification(db, ver) -> int:
-    """Store an :class:`app.verify.Verification`; returns its ``verification_id``."""
+    """Store an :class:`ingest.verify.Verification`; returns its ``verification_id``."""
     def write(conn) -> int:
         vid = store.next_id(conn, S.circuit_verifications.c.verification_id)
         conn.execute(S.circuit_verifications.insert().values(

@@ -211,7 +211,7 @@ def ingest_handler(args) -> int:
     from unpack.commands import set_threads
     from unpack.tasks.corpus import check_corpus_path
 
-    from .run import check_arguments
+    from .run import check_arguments, run_config
     from .store import check_store, check_store_path, writer_lock
 
     if args.controls and args.task != "ioi":
@@ -234,7 +234,11 @@ def ingest_handler(args) -> int:
     args.method_params = _method_params(args)
     # everything that needs no model is checked before loading one
     overrides = parse_set(args.set)
-    check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots)
+    config = check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size,
+                             args.roots)
+    if args.method != "unpack":
+        config = run_config(args.preset, overrides, args.edge_min_frac, args.batch_size,
+                            args.roots, args.method, args.method_params)
     if args.corpus:
         check_corpus_path(args.corpus)
     set_threads(args)
@@ -244,7 +248,7 @@ def ingest_handler(args) -> int:
         check_store_path(args.db)
         with writer_lock(args.db):  # one ingest per file, from here to the end
             check_store(args.db)
-            return _ingest_models(args, overrides)
+            return _ingest_models(args, config)
     except KeyboardInterrupt:
         print("unpack ingest: interrupted; the batches written so far are kept, run the same "
               "command again to continue", file=sys.stderr)
@@ -268,16 +272,17 @@ def _start_ray(args) -> bool:
     return started
 
 
-def _ingest_models(args, overrides) -> int:
-    """One run per ``--model``, in order; each model's prompts from its own tokenizer
-    and the same seed. Prints each run's summary; 1 if every prompt a run traced failed."""
+def _ingest_models(args, config: dict) -> int:
+    """One run per ``--model``, in order, with the checked ``config``, under the writer
+    lock the handler holds; each model's prompts from its own tokenizer and the same
+    seed. Prints each run's summary; 1 if every prompt a run traced failed."""
     import sys
 
     from tqdm.auto import tqdm
 
     from unpack.loading import load_tokenizer
 
-    from .run import ingest
+    from .run import ingest_checked
 
     inputs = {m: load_records(args, load_tokenizer(m)) for m in args.model}
     _warn_different_prompts(inputs)
@@ -291,12 +296,10 @@ def _ingest_models(args, overrides) -> int:
         for name, (records, rejected) in inputs.items():
             with _backend(args, name) as backend:
                 _check_fits(backend, records, len(args.roots))
-                summary = ingest(records, errors=rejected, tracer=backend, model_name=name,
-                                 db=args.db, preset=args.preset, roots=args.roots,
-                                 batch_size=args.batch_size, edge_min_frac=args.edge_min_frac,
-                                 overrides=overrides, progress=not args.no_progress,
-                                 overall=overall, method=args.method,
-                                 method_params=args.method_params)
+                summary = ingest_checked(records, config, errors=rejected, tracer=backend,
+                                         model_name=name, db=args.db, roots=args.roots,
+                                         batch_size=args.batch_size,
+                                         progress=not args.no_progress, overall=overall)
             if overall is not None:
                 overall.clear()
             print(summary.format(), flush=True)
@@ -336,25 +339,16 @@ def _check_fits(backend, records, n_roots: int) -> None:
     from unpack.loading import load_tokenizer
     from unpack.tokens import encode
 
-    tracer = None if hasattr(backend, "check_fits") else backend  # Ray workers, or a Tracer
-    tok = tracer.tokenizer if tracer is not None else load_tokenizer(backend.model)
+    from .run import TracingBackend, check_lengths
+
+    remote = isinstance(backend, TracingBackend)  # Ray workers check on their device
+    tok = load_tokenizer(backend.model) if remote else backend.tokenizer
     longest = sorted(records, key=lambda r: -len(r.text))[:8]
     lengths = [len(encode(tok, r.text)[0]) for r in longest]
-    if tracer is None:
+    if remote:
         backend.check_fits(lengths, 1 + n_roots)
     else:
-        check_lengths(tracer, lengths, 1 + n_roots)
-
-
-def check_lengths(tracer, lengths: list[int], n_traces: int) -> None:
-    """``unpack.plan.check_fits`` for the longest prompt that fits the model's
-    context (longer ones fail alone, as bad prompts)."""
-    from unpack.plan import check_fits
-
-    ctx = tracer.spec.max_positions or 1 << 30
-    lengths = [n for n in lengths if n <= ctx]
-    if lengths:
-        check_fits(tracer, max(lengths), n_traces)
+        check_lengths(backend, lengths, 1 + n_roots)
 
 
 def _warn_different_prompts(inputs: dict) -> None:
@@ -391,9 +385,24 @@ def demo_handler(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m ingest.cli ingest|demo ...``: the same as ``unpack ingest|demo``."""
-    from unpack.cli import main as unpack_main
-    return unpack_main(argv)
+    """``python -m ingest.cli ingest|demo ...``: ``unpack ingest|demo`` alone."""
+    import argparse
+    import sys
+
+    from unpack.errors import InputError
+
+    parser = argparse.ArgumentParser(prog="unpack")
+    register(parser.add_subparsers(dest="command"))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, FileNotFoundError) as e:
+        print(f"unpack {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -59,12 +59,12 @@ def ingest_ladder(db, n: int = 20, batch_size: int = 32, progress: bool = True,
 
 
 def ladder_table(db):
-    """The induction strength per size and step (``app.ui.data.induction_strength``),
+    """The induction strength per size and step (``ingest.queries.induction_strength``),
     rounded for printing."""
-    from app.db import open_db
-    from app.ui.data import induction_strength
+    from .queries import induction_strength
+    from .store import open_read_only
 
-    con = open_db(str(db))
+    con = open_read_only(str(db))
     try:
         df = induction_strength(con, "kqv_aligned")
     finally:

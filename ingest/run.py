@@ -9,6 +9,7 @@ prompts already stored (never a second copy of a prompt).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -334,7 +335,16 @@ def cap_batch(backend, records, batch_size: int) -> int:
     return min(batch_size, cap)
 
 
-class LocalTracing:
+class TracingBackend:
+    """Where :func:`ingest` has its batches traced: ``names`` (the components),
+    ``model_info()``, ``traced(batches, config, batch_size)``. A :class:`unpack.Tracer`
+    given to :func:`ingest` is wrapped in :class:`LocalTracing`; ``ingest.shard.RayTracing``
+    traces on Ray workers (and checks lengths there: ``check_fits``)."""
+
+    names: list
+
+
+class LocalTracing(TracingBackend):
     """Tracing in this process: batches are traced one after the other with
     ``tracer``. (``ingest.shard.RayTracing`` is the same interface over Ray workers.)
 
@@ -384,7 +394,7 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
            method_params: dict | None = None) -> Summary:
     """Trace ``records`` with ``tracer`` and store everything in ``db``.
 
-    ``tracer``: a :class:`unpack.Tracer`, or a tracing backend such as
+    ``tracer``: a :class:`unpack.Tracer`, or a :class:`TracingBackend` such as
     ``ingest.shard.RayTracing`` (Ray workers; results still come back to this
     process, the one writer). ``errors``: rejected corpus rows (file, line,
     reason), stored as failed prompts. ``roots``: root specs (see
@@ -395,32 +405,59 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
     (an app may read it in between); a second ingest into it is refused. A
     problem of the database file is a :class:`ingest.store.StoreError` (batches
     already committed stay). ``method``: ``unpack`` or a baseline
-    (unpack/baselines; ``tracer`` a ``BaselineTracer``) with ``method_params``."""
+    (unpack/baselines; ``tracer`` a ``BaselineTracer``) with ``method_params``.
+
+    The arguments are checked (:func:`run_config`) and the writer lock taken here,
+    then :func:`ingest_checked` does the work."""
+    config = run_config(preset, overrides, edge_min_frac, batch_size, roots, method,
+                        method_params)
+    with _store_errors(db), store.writer_lock(db):
+        return ingest_checked(records, config, tracer=tracer, model_name=model_name, db=db,
+                              roots=roots, batch_size=batch_size, errors=errors,
+                              progress=progress, model_info=model_info, overall=overall)
+
+
+def run_config(preset, overrides, edge_min_frac, batch_size, roots, method: str = "unpack",
+               method_params: dict | None = None) -> dict:
+    """The run's config: :func:`check_arguments` for the method's own runs, a
+    baseline's ``method_config`` (its preset is the method's name) for the others."""
     if method == "unpack":
-        config = check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
-    else:
-        from unpack.baselines.tracer import method_config
-        config = method_config(method, method_params)
-        preset = method
-    backend = tracer if hasattr(tracer, "traced") else LocalTracing(tracer)
+        return check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
+    from unpack.baselines.tracer import method_config
+    return method_config(method, method_params)
+
+
+def ingest_checked(records, config: dict, *, tracer, model_name: str, db, roots=(),
+                   batch_size: int = 8, errors=(), progress: bool = True,
+                   model_info: dict | None = None, overall=None) -> Summary:
+    """:func:`ingest` once its arguments are checked into ``config`` (:func:`run_config`)
+    and this process holds ``store.writer_lock(db)``: the ingest command checks and
+    locks once, before it loads a model, and calls this for each model."""
+    backend = tracer if isinstance(tracer, TracingBackend) else LocalTracing(tracer)
     batch_size = cap_batch(backend, records, batch_size)
     root_list = parse_roots(roots, backend.names)
     if model_info is None:
         model_info = backend.model_info()
+    with _store_errors(db):
+        summary = _ingest_into(db, records, errors, backend, model_name, config["preset"],
+                               config, root_list, batch_size, model_info, progress, overall)
+    summary.db_bytes = store.file_bytes(db)
+    return summary
 
+
+@contextlib.contextmanager
+def _store_errors(db):
+    """A problem of the file (full disk, read-only, corrupt) raised as the
+    :class:`ingest.store.StoreError` that says so; anything else as it is."""
     try:
-        with store.writer_lock(db):
-            summary = _ingest_into(db, records, errors, backend, model_name, preset, config,
-                                   root_list, batch_size, model_info, progress, overall)
-    except Exception as e:  # a problem of the file (full disk, read-only, corrupt): say so
+        yield
+    except Exception as e:
         store_side = isinstance(e, (sa.exc.DBAPIError, OSError)) or \
             type(e).__module__.startswith("duckdb")
         mapped = store.store_error(db, e) if store_side else None
         if mapped is None:
             raise
         raise mapped from None
-    summary.db_bytes = store.file_bytes(db)
-    return summary
 
 
 def _ingest_into(db, records, errors, backend, model_name, preset, config, root_list, batch_size,
@@ -618,3 +655,14 @@ def _count(summary: Summary, items: list[Item]) -> None:
                 summary.errors.append((it.label, it.error.removeprefix(f"{it.label}: ")))
         else:
             summary.n_ok += 1
+
+
+def check_lengths(tracer, lengths: list[int], n_traces: int) -> None:
+    """``unpack.plan.check_fits`` for the longest prompt that fits the model's
+    context (longer ones fail alone, as bad prompts)."""
+    from unpack.plan import check_fits
+
+    ctx = tracer.spec.max_positions or 1 << 30
+    lengths = [n for n in lengths if n <= ctx]
+    if lengths:
+        check_fits(tracer, max(lengths), n_traces)

@@ -16,6 +16,8 @@ import os
 
 from unpack.errors import InputError
 
+from .run import TracingBackend
+
 INSTALL = 'pip install -e ".[ray]"'
 RESTARTS = 4  # times Ray restarts a dead worker, and retries the batch it held
 
@@ -74,7 +76,7 @@ class _Worker:
         return {"names": list(self.tracer.comps.names), "model_info": model_info(self.tracer.model, self.tracer.spec)}
 
     def check_fits(self, lengths: list, n_traces: int) -> None:
-        from .cli import check_lengths
+        from .run import check_lengths
 
         check_lengths(self.tracer, lengths, n_traces)
 
@@ -100,7 +102,7 @@ def _placement(ray, device: str, workers: int) -> tuple[str, float, int]:
     return "cpu", 0.0, max(1, cpus // workers)
 
 
-class RayTracing:
+class RayTracing(TracingBackend):
     """A tracing backend for :func:`ingest.run.ingest` on ``workers`` Ray actors.
     Use it as a context manager (the actors are killed at the end)."""
 
@@ -136,7 +138,7 @@ class RayTracing:
         return self._info
 
     def check_fits(self, lengths: list, n_traces: int) -> None:
-        """``ingest.cli.check_lengths`` on a worker, for its device."""
+        """``ingest.run.check_lengths`` on a worker, for its device."""
         self._call("check_fits", lengths, n_traces)
 
     def traced(self, batches, config: dict, batch_size: int):

@@ -1,9 +1,13 @@
-"""Opening a DuckDB store and writing to it.
+"""The store: opening a DuckDB file, for reading or writing, and writing to it.
 
-``connect(path)`` creates the file if needed and upgrades it to the newest
-schema (Alembic, ``migrations/``). Small statements go through SQLAlchemy
-Core; bulk rows go in as Arrow tables with one ``INSERT ... SELECT`` per
-table, on the same connection and inside the caller's transaction.
+The one module both sides use (docs/API.md, "Layers"): the checks of the file
+and of its schema revision, the read-only connection the app and the reports
+read through (:func:`open_read_only`), the writing engine (:func:`connect`),
+transactions and the one-writer lock. ``connect(path)`` creates the file if
+needed and upgrades it to the newest schema (Alembic, ``migrations/``). Small
+statements go through SQLAlchemy Core; bulk rows go in as Arrow tables with one
+``INSERT ... SELECT`` per table, on the same connection and inside the caller's
+transaction.
 """
 from __future__ import annotations
 
@@ -98,14 +102,16 @@ def check_store(path) -> None:
             has = raw.execute("SELECT count(*) FROM information_schema.tables "
                               "WHERE table_name = 'alembic_version'").fetchone()[0]
             rev = raw.execute("SELECT max(version_num) FROM alembic_version").fetchone()[0] if has else None
-            _refuse_newer(rev, p)
+            refuse_newer(rev, p)
         finally:
             raw.close()
     except duckdb.Error as e:
         raise_mapped(p, e, opening=True)
 
 
-def _refuse_newer(rev, path) -> None:
+def refuse_newer(rev, path) -> None:
+    """A :class:`StoreError` when the file's schema revision ``rev`` comes from newer
+    code than this (a revision this code's history does not know)."""
     import migrations
 
     if rev is not None and not migrations.known_revision(rev):
@@ -113,6 +119,82 @@ def _refuse_newer(rev, path) -> None:
                          f"code (which knows up to {migrations.head_revision()}): upgrade the "
                          "code (git pull, then bash .ci/setup), or use a store made by this "
                          "version")
+
+
+SAFE_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+
+def open_read(path, limits: dict | None = None):
+    """A read-only DuckDB connection with external access off and its settings
+    locked, waiting (:func:`retry_locked`) while an ingest commits a batch;
+    ``limits``: more DuckDB settings (the app's ``app.db.app_limits``). Nothing
+    that runs through it can write, attach another file, install extensions or
+    read the file system."""
+    import duckdb
+
+    config = dict(SAFE_CONFIG, **(limits or {}))
+    con = retry_locked(lambda: duckdb.connect(str(path), read_only=True, config=config), path)
+    try:
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def open_read_only(path):
+    """:func:`open_read` on the store at ``path``, with its schema checked against
+    this code (:func:`check_schema`) and its length against its metadata (a
+    truncated copy is refused here, not on every query). Problems of the file are
+    a :class:`StoreError` (an InputError)."""
+    import duckdb
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"database {str(p)!r} does not exist; create it with "
+                         "`unpack demo` or `unpack ingest --model M --task ioi --db PATH`")
+    check_store_path(p, for_writing=False)
+    try:
+        con = open_read(p)
+    except duckdb.Error as e:
+        raise_mapped(p, e, opening=True)
+    try:
+        check_complete(con, p)
+        check_schema(con, p)
+    except duckdb.Error as e:
+        con.close()
+        raise_mapped(p, e)
+    except Exception:
+        con.close()
+        raise
+    return con
+
+
+def check_schema(con, path) -> None:
+    """The schema of a read-only DuckDB connection ``con`` is this code's head: a
+    newer one needs newer code, an older one names the command that upgrades it."""
+    import duckdb
+    import migrations
+
+    head = migrations.head_revision()
+    try:
+        rev = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    except duckdb.Error:
+        rev = None
+    rev = rev[0] if rev else None
+    refuse_newer(rev, path)
+    if rev is None:
+        raise InputError(f"database {str(path)!r} has no unpack schema (schema None, this code "
+                         f"needs {head}): it is not a store made by `unpack ingest`; create one "
+                         "with `unpack demo` or `unpack ingest --db PATH`")
+    if rev != head:
+        raise InputError(f"database {str(path)!r} has schema {rev}, this code needs {head}; "
+                         f"upgrade it with `python -m migrations --db {str(path)} upgrade` "
+                         "(any `unpack ingest` into it upgrades it too)")
 
 
 def _read_only_fs(path) -> bool:
@@ -250,7 +332,7 @@ def _check_revision(conn, path, read_only: bool) -> None:
     import migrations
 
     rev, head = stored_revision(conn), migrations.head_revision()
-    _refuse_newer(rev, path)
+    refuse_newer(rev, path)
     if read_only and rev != head:
         raise InputError(f"database {str(path)!r} has schema {rev}, this code needs {head}; "
                          f"upgrade it with `python -m migrations --db {str(path)} upgrade` (any "

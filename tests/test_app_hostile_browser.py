@@ -49,7 +49,7 @@ def hostile_store(where: Path) -> tuple[Path, int]:
     stored text the pages show replaced by hostile strings."""
     import duckdb
 
-    from app.circuits import discover
+    from ingest.discover import discover
 
     db, _ = build_store(where, n=1, models=MODELS[:1], roots=[])
     print(f"{time.perf_counter() - T0:6.1f} s  store")

@@ -96,7 +96,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_circuit(toy):
-    from app.circuits import discover
+    from ingest.discover import discover
 
     db, tracer, _ = toy
     return discover(db, seeds=2, per_mode=1, depth=2, min_share=0.5, tracer=tracer)
@@ -122,7 +122,7 @@ def test_discovery_recovers_the_ground_truth(toy, toy_circuit):
 
 @pytest.fixture(scope="module")
 def toy_verification(toy, toy_circuit):
-    from app.verify import verify
+    from ingest.verify import verify
 
     db, tracer, _ = toy
     return verify(db, toy_circuit.circuit_id, ablation="resample", n_random=8, baseline="outside",
@@ -187,7 +187,7 @@ def test_heads_on_fresh_prompts_equal_the_stored_verification(toy, toy_circuit, 
     """`verify --heads` builds the prompts from the task instead of the store: on the
     same 16 prompts (same seed) it measures exactly what the stored circuit's
     verification measures; bad heads are refused with the fix."""
-    from app.verify import verify, verify_on_task
+    from ingest.verify import verify, verify_on_task
     from unpack.cli import main
 
     db, tracer, _ = toy
@@ -208,7 +208,7 @@ def test_heads_on_fresh_prompts_equal_the_stored_verification(toy, toy_circuit, 
 
 
 def test_profile_baseline_keeps_the_layer_profile(toy, toy_circuit):
-    from app.verify import random_masks
+    from ingest.verify import random_masks
 
     heads = ["attn_0_head_0", "attn_1_head_0", "attn_1_head_1", "attn_3_head_2"]
     for m in random_masks(heads, 4, 3, 20, "profile", np.random.default_rng(0)):
@@ -417,14 +417,15 @@ def test_mean_ablation_uses_the_abc_controls(tmp_path, capsys):
     v = json.loads(capsys.readouterr().out)
     assert v["ablation"] == "mean" and "control prompts" in v["reference"]
     # the same knock-out computed here: controls' mixed values, averaged per template
-    from app.circuits import encode_batch, load_tracer
-    from app.reports.composition import _records
+    from ingest.discover import encode_batch
+    from ingest.queries import prompt_records
+    from ingest.reroots import load_tracer
 
     con = duckdb.connect(str(db), read_only=True)
     ids = json.loads(con.execute("SELECT prompt_ids FROM circuits").fetchone()[0])
     ctrl = [r[0] for r in con.execute("SELECT prompt_id FROM prompts WHERE condition = 'abc_c' "
                                       "ORDER BY prompt_id").fetchall()]
-    recs, crecs = _records(con, ids), _records(con, ctrl)
+    recs, crecs = prompt_records(con, ids), prompt_records(con, ctrl)
     stored = dict(con.execute("SELECT prompt_id, knocked FROM circuit_prompt_results").fetchall())
     con.close()
     tr = load_tracer(str(model_dir))

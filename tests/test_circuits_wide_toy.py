@@ -43,7 +43,7 @@ def wide(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wide_circuit(wide):
-    from app.circuits import discover
+    from ingest.discover import discover
 
     db, tracer, _ = wide
     return discover(db, seeds=4, per_mode=1, relative=0.5, depth=2, min_share=0.5, tracer=tracer)
@@ -53,7 +53,7 @@ def test_discovery_returns_both_previous_token_heads(wide, wide_circuit):
     """With --relative 0.5 the circuit is exactly the heads the model's attention names;
     with the strongest head per mode alone the weaker previous-token head is missed,
     since the stronger one out-reads it in the induction heads' K in every prompt."""
-    from app.circuits import discover
+    from ingest.discover import discover
 
     db, tracer, heads = wide
     assert len(heads["prev"]) == 2 and len(heads["induction"]) == 4 and len(heads["current"]) == 1
@@ -75,7 +75,7 @@ def test_knocking_the_wide_circuit_out_destroys_induction(wide, wide_circuit):
     """The circuit knocked out: no repeated-half accuracy left; the head outside it
     knocked out (every draw, disjoint from the circuit): the accuracy stays; any one of
     the circuit's own heads costs more of the logit difference than it."""
-    from app.verify import verify
+    from ingest.verify import verify
 
     db, tracer, _ = wide
     v = verify(db, wide_circuit.circuit_id, ablation="resample", n_random=8, baseline="outside",
@@ -94,7 +94,7 @@ def test_knocking_the_wide_circuit_out_destroys_induction(wide, wide_circuit):
 def test_relative_selection_keeps_heads_close_to_the_strongest():
     """Per prompt and mode: the per_mode strongest, plus every head within the given
     fraction of the strongest; without it, exactly the per_mode strongest."""
-    from app.circuits import check_params, select_edges
+    from ingest.discover import check_params, select_edges
     from unpack.errors import InputError
 
     rows = [(p, "r", c, "K", w) for p in (1, 2) for c, w in
@@ -119,7 +119,7 @@ SPARSE = REPO / "unpack" / "toy" / "checkpoints" / "attn-only-d128-sparse"
 def sparse(tmp_path_factory):
     """attn-only-d128-sparse (8 heads per layer, trained with a price on each head's
     output): 16 induction prompts stored, the 4-seed circuit, its heads by toy.json."""
-    from app.circuits import discover
+    from ingest.discover import discover
     from helpers import toy_store, truth_heads
 
     db = tmp_path_factory.mktemp("sparse") / "toy.duckdb"
@@ -142,7 +142,7 @@ def test_sparse_toy_discovery_is_the_named_heads_that_write(sparse):
     k = c.edges[c.edges["mode"] == "K"]
     assert set(k["parent"]) == seeds and set(k["child"]) == prev
     assert (k["share"] >= 0.9).all()
-    from app.verify import verify_on_task
+    from ingest.verify import verify_on_task
 
     def fresh(heads):
         return verify_on_task(str(SPARSE), sorted(heads), task="induction", n=32, prompt_seed=1,
@@ -157,7 +157,7 @@ def test_random_circuits_of_the_sparse_circuits_size_keep_the_induction(sparse):
     """Knocked out, the circuit's 5 heads take the repeated-half accuracy to nothing;
     5 random heads outside it, every draw, leave it whole. Drawn from all 16 heads,
     a random circuit fails only when it holds one of the circuit's heads."""
-    from app.verify import verify
+    from ingest.verify import verify
 
     db, tracer, c, _, _ = sparse
     circuit = set(c.components["component"])

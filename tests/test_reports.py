@@ -1,4 +1,4 @@
-"""Reports (app/reports): suppression and composition on hand-written stores
+"""Reports (app/reports, ingest/composition.py): suppression and composition on hand-written stores
 (known numbers), the CLI's exit codes and messages, the composition report's
 ingest of missing reroots against the tracer itself, and the composition
 report end to end on a trained toy induction model (ground truth from its
@@ -11,11 +11,16 @@ import pandas as pd
 import pytest
 
 from app.reports import NoData
-from app.reports import cli as rcli
-from app.reports.composition import composition_report, rank_of, roles_table
+from ingest.composition import composition_report, rank_of, roles_table
 from app.reports.suppression import bootstrap_ci, suppression_report
 from test_graphs import edge, prompt, trace, write_store
+from unpack.cli import main as unpack_main
 from unpack.errors import InputError
+
+
+def report(args: list) -> int:
+    """``unpack report ARGS``, as the command runs it."""
+    return unpack_main(["report", *args])
 
 # ------------------------------------------------------------------ suppression, by hand
 
@@ -102,7 +107,7 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
 
 def test_suppression_cli_writes_tables_and_a_small_figure(supp_db, tmp_path, capsys):
     out = tmp_path / "rep"
-    assert rcli.main(["suppression", "--db", str(supp_db), "--out", str(out), "--n-boot", "200"]) == 0
+    assert report(["suppression", "--db", str(supp_db), "--out", str(out), "--n-boot", "200"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["suppression.md", "suppression.png", "suppression_by_condition.csv",
                      "suppression_by_model.csv", "suppression_per_prompt.csv"]
@@ -116,13 +121,13 @@ def test_suppression_without_rows_or_controls_exits_1_with_the_ingest_command(su
                                                                               capsys):
     empty = tmp_path / "empty.duckdb"
     write_store(empty, {})
-    assert rcli.main(["suppression", "--db", str(empty), "--out", str(tmp_path / "o")]) == 1
+    assert report(["suppression", "--db", str(empty), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "no IOI traces" in err
     assert f"unpack ingest --model MODEL --task ioi --n 100 --controls --db {empty}" in err
     no_ctrl = tmp_path / "noctrl.duckdb"
     write_store(no_ctrl, suppression_rows(models=("small",), conditions=("ioi_io",)))
-    assert rcli.main(["suppression", "--db", str(no_ctrl)]) == 1
+    assert report(["suppression", "--db", str(no_ctrl)]) == 1
     err = capsys.readouterr().err
     assert "none of the controls" in err and "--model small --task ioi" in err
     with pytest.raises(NoData):
@@ -234,13 +239,13 @@ def test_composition_cli_and_bad_input(comp_db, tmp_path, capsys):
     out = tmp_path / "c"
     args = ["composition", "--db", str(comp_db), "--roles", str(comp_db.parent / "roles.csv"),
             "--connections", "top@END:mid:Q", "--no-ingest", "--out", str(out)]
-    assert rcli.main(args) == 0
+    assert report(args) == 0
     assert {p.name for p in out.iterdir()} == {"composition.md", "composition.png",
                                               "composition_ranks.csv", "composition_connections.csv",
                                               "composition_per_prompt.csv"}
     assert (out / "composition.png").stat().st_size < 300_000
     assert "recovered via Q" in capsys.readouterr().out
-    assert rcli.main(args[:3] + ["--no-ingest"]) == 2  # not GPT-2 small: needs --roles
+    assert report(args[:3] + ["--no-ingest"]) == 2  # not GPT-2 small: needs --roles
     assert "--roles" in capsys.readouterr().err
     with pytest.raises(InputError, match="ROOT@WHERE"):
         comp(comp_db, connections=["top:mid"])
@@ -265,13 +270,13 @@ def test_composition_without_rows_exits_1_with_the_ingest_command(tmp_path, caps
     (tmp_path / "roles.csv").write_text(ROLES_CSV)
     args = ["composition", "--db", str(db), "--roles", str(tmp_path / "roles.csv"),
             "--connections", "top@END:mid:Q", "--no-ingest", "--n", "50"]
-    assert rcli.main(args) == 1
+    assert report(args) == 1
     err = capsys.readouterr().err
     assert "none rerooted at attn_2_head_0@END" in err
     assert f'unpack ingest --model hand3 --task ioi --n 50 --roots "2.0@END" --db {db}' in err
     empty = tmp_path / "empty.duckdb"
     write_store(empty, {})
-    assert rcli.main(["composition", "--db", str(empty), "--model", "gpt2"]) == 1
+    assert report(["composition", "--db", str(empty), "--model", "gpt2"]) == 1
     assert "unpack ingest --model gpt2 --task ioi" in capsys.readouterr().err
 
 
@@ -398,7 +403,7 @@ def test_toy_composition_recovers_previous_token_to_induction_via_K(toy_dir, tmp
     ingest(records, tracer=Tracer(model=model, tokenizer=tok), model_name=str(toy_dir), db=db,
            progress=False)
     out = tmp_path / "rep"
-    rc = rcli.main(["composition", "--db", str(db), "--model", str(toy_dir), "--task", "induction",
+    rc = report(["composition", "--db", str(db), "--model", str(toy_dir), "--task", "induction",
                     "--roles", str(roles), "--min-layer", "0", "--n", "24", "--out", str(out),
                     "--no-progress"])
     assert rc == 0

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ingest.run import TracingBackend
 from test_ingest import (DUPLICATE_CHECKS, _env, _start_and_kill, build_tiny_model, sql)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,8 +147,8 @@ def test_two_workers_store_exactly_the_rows_of_one_process(workers, model_dir, r
     assert_no_duplicates(db)
 
 
-class KillOneWorker:
-    """The workers' backend, with one worker process SIGKILLed (by its pid) as soon
+class KillOneWorker(TracingBackend):
+    """The workers' backend (a :class:`ingest.run.TracingBackend`), with one worker process SIGKILLed (by its pid) as soon
     as the first traced batch is back: that worker is then tracing its next batch."""
 
     def __init__(self, workers):

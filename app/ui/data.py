@@ -10,20 +10,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ingest.queries import FROM_PROMPTS, induction_strength, q  # noqa: F401 (app.ui.data's names)
 from unpack.components import sort_key
 
-FROM_PROMPTS = ("prompts p JOIN runs r ON r.run_id = p.run_id "
-                "JOIN models m ON m.model_id = r.model_id")
 ROLE_ORDER = ("IO", "S1", "S2", "A", "B", "C", "END")
-
-
-def q(con, sql: str, params=None) -> pd.DataFrame:
-    """Run one query on a fresh cursor and return all of its rows."""
-    cur = con.cursor()
-    try:
-        return cur.execute(sql, list(params or [])).df()
-    finally:
-        cur.close()
 
 
 def scalar(con, sql: str, params=None):
@@ -352,52 +342,6 @@ def size_table(con, ws: WorkingSet) -> pd.DataFrame:
     if not heads.empty:
         base = base.merge(heads, on="model", how="left")
     return base
-
-
-def induction_strength(con, preset: str | None = None) -> pd.DataFrame:
-    """docs/METHOD.md §10, per toy model and training step: the K, Q and V
-    interaction from the induction heads (rerooted at END) into the previous-token
-    heads of the trained model, the mean over traces summed over those heads; the
-    K share of the three; the accuracy on the repeated half (the model's toy.json)
-    and the mean p(target) of the stored prompts. Models by size, then step."""
-    models = q(con, """SELECT name AS model, n_params, n_layers, n_heads, d_model, step, info
-                       FROM models WHERE json_extract(info, '$.toy.circuit') IS NOT NULL""")
-    if models.empty:
-        return models
-    prm = [] if preset is None else [preset]
-    pre = "" if preset is None else "AND r.preset = ?"
-    e = q(con, f"""
-        SELECT m.name AS model, t.trace_id, e.child_head AS prev_head, e.mode, sum(e.weight) AS w
-        FROM edges e JOIN traces t ON t.trace_id = e.trace_id
-        JOIN {FROM_PROMPTS} ON p.prompt_id = t.prompt_id
-        WHERE p.status = 'ok' AND p.task = 'induction' AND t.root_layer = 1 {pre}
-          AND e.parent = t.root_component AND e.child_layer = 0 AND e.child_head IS NOT NULL
-          AND e.mode IN ('K', 'Q', 'V')
-        GROUP BY ALL""", prm)
-    n = q(con, f"""
-        SELECT m.name AS model, count(*) FILTER (WHERE t.root_layer = 1) AS n_traces,
-               count(DISTINCT p.prompt_id) AS prompts,
-               avg(p.target_prob) FILTER (WHERE t.root = 'target') AS mean_p_target
-        FROM traces t JOIN {FROM_PROMPTS} ON p.prompt_id = t.prompt_id
-        WHERE p.status = 'ok' AND p.task = 'induction' {pre} GROUP BY ALL""", prm)
-    rows = []
-    for m in models.itertuples():
-        info = json.loads(m.info)["toy"]
-        prev = set(info["circuit"]["prev_heads"])
-        mine = e[(e["model"] == m.model) & e["prev_head"].isin(prev)]
-        cnt = n[n["model"] == m.model]
-        n_tr = int(cnt["n_traces"].iloc[0]) if len(cnt) else 0
-        by = {md: float(mine.loc[mine["mode"] == md, "w"].sum()) / max(n_tr, 1) for md in "KQV"}
-        tot = sum(abs(v) for v in by.values())
-        rows.append(dict(model=m.model, family=m.model.split("@")[0], n_params=m.n_params,
-                         d_model=m.d_model, n_heads=m.n_heads, step=m.step,
-                         acc_repeat=(info.get("eval") or {}).get("acc_repeat"),
-                         K_prev_to_ind=by["K"], Q=by["Q"], V=by["V"],
-                         K_share=by["K"] / tot if tot else None,
-                         mean_p_target=float(cnt["mean_p_target"].iloc[0]) if len(cnt) else None,
-                         prompts=int(cnt["prompts"].iloc[0]) if len(cnt) else 0, traces=n_tr))
-    out = pd.DataFrame(rows)
-    return out.sort_values(["n_params", "family", "step"]).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ SQL page

@@ -195,78 +195,26 @@ def suppression(models: tuple, preset: str | None):
 # ------------------------------------------------------------------ tracing on demand
 
 def model_availability(name: str) -> tuple[bool, str]:
-    """Can this process load ``name`` to trace on demand? ``(ok, why)``. Asks the
-    resolver that ``unpack trace`` uses (:func:`unpack.loading.resolve_model`), so the
-    aliases, fetched models and toy ladder checkpoints are known here exactly as there."""
-    from unpack.loading import SMOLLM2_ALIAS, resolve_model, split_revision
+    """Can this process load ``name`` to trace on demand? ``(ok, why)``
+    (:func:`unpack.on_demand.model_availability`)."""
+    from unpack.on_demand import model_availability
 
-    try:
-        kind, where, revision = resolve_model(name)
-    except InputError as e:
-        return False, f"the model {name!r} is not on this machine: {e}"
-    if name.strip().lower() == SMOLLM2_ALIAS:
-        return True, "offline SmolLM2 (loads in about 25 s the first time)"
-    if kind == "gguf":
-        return True, f"{name!r} from {where} (the first load converts it: a minute or more)"
-    if kind == "dir":
-        return True, f"local model at {where}"
-    try:  # a hub name: only from the local Hugging Face cache, never over the network
-        from huggingface_hub import try_to_load_from_cache
-
-        cached_cfg = try_to_load_from_cache(split_revision(name)[0], "config.json",
-                                            revision=revision)
-    except Exception:  # not a valid repo id
-        cached_cfg = None
-    if isinstance(cached_cfg, str):
-        return True, f"{name!r} from the local Hugging Face cache"
-    return False, (f"{name!r} is a hub name that is not in the local Hugging Face cache; trace "
-                   f"it with `unpack trace --model {name} --root COMPONENT@POS` where the hub "
-                   "is reachable")
+    return model_availability(name)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _tracer(name: str):
-    """The tracer of a trace on demand, on ``unpack app --device/--dtype``
-    (``$UNPACK_DEVICE``, ``$UNPACK_DTYPE``; default the CPU and float32)."""
-    import os
+    """The tracer of a trace on demand (:func:`unpack.on_demand.load_tracer`), kept."""
+    from unpack.on_demand import load_tracer
 
-    from unpack import Tracer
-    from unpack.loading import load_model
-
-    if os.environ.get("UNPACK_THREADS"):  # unpack app --threads
-        import torch
-
-        torch.set_num_threads(int(os.environ["UNPACK_THREADS"]))
-
-    model, tok = load_model(name, dtype=os.environ.get("UNPACK_DTYPE") or None,
-                            device=os.environ.get("UNPACK_DEVICE") or "cpu")
-    return Tracer(model=model, tokenizer=tok)
+    return load_tracer(name)
 
 
 @st.cache_data(show_spinner=False, max_entries=200)
 def trace_on_demand(model: str, text: str, target: str, distractor, config_json: str,
                     root: str) -> dict:
-    """Trace one prompt from ``root`` with the run's config; plain data for caching."""
-    import json
+    """Trace one prompt from ``root`` with the run's config; plain data for caching
+    (:func:`unpack.on_demand.trace_root`: in memory, nothing is stored)."""
+    from unpack.on_demand import trace_root
 
-    cfg = json.loads(config_json)
-    preset = cfg.pop("preset", "kqv_aligned")
-    cfg["position_edges"] = True
-    res = _tracer(model).trace(text, target=target, distractor=distractor or None, preset=preset,
-                               root=root, **cfg)
-    comp, _, pos = root.rpartition("@")
-    pe = res.position_edges
-    feed = pe[(pe["parent"] == comp) & (pe["parent_pos"] == int(pos))] if pe is not None else None
-    return {
-        "tokens": list(res.tokens),
-        "credit": [float(x) for x in res.token_credit],
-        "credit_pct": [float(x) for x in res.token_credit_pct],
-        "suppression": float(res.suppression),
-        "paths": [{"rank": i + 1, "score": float(p.score), "score_pct": float(p.score_pct),
-                   "chain": p.chain, "source_pos": p.source_pos, "source_token": p.source_token,
-                   "modes": ",".join(p.modes), "depth": p.depth} for i, p in enumerate(res.paths)],
-        "feeders": None if feed is None else feed.rename(
-            columns={"child": "writer", "child_pos": "writer_pos"})[
-            ["writer", "writer_pos", "mode", "weight"]].reset_index(drop=True),
-        "timing_s": float(res.timing.get("total_s", 0.0)),
-    }
+    return trace_root(_tracer(model), text, target, distractor, config_json, root)

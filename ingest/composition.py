@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.db import open_db
-from app.graphs import selection_sql
 from unpack.components import layer_head, short_label
 from unpack.errors import InputError
 
-from . import NoData, markdown_table, write_outputs
+from .queries import NoData, markdown_table, pick_model_task, prompt_records, selection_sql, \
+    stored_prompts, write_outputs
+from .reroots import store_reroots
+from .store import open_read_only as open_db
 
 MODES = ("K", "Q", "V", "all")
 
@@ -154,33 +155,6 @@ def ingest_command(db, model, task, conns, table, n) -> str:
 
 
 # ------------------------------------------------------------------ reading the store
-
-def _stored(con, model, task, preset, condition) -> pd.DataFrame:
-    """One row per stored prompt identity (run, text, target, distractor; no
-    distractor is '') with its roots and its first prompt id."""
-    sel, params = selection_sql(model=model, task=task, preset=preset, condition=condition,
-                                root=None)
-    return con.execute(f"""
-        WITH sel AS ({sel})
-        SELECT s.run_id, s.text, s.target, coalesce(s.distractor, '') AS distractor,
-               min(s.prompt_id) AS prompt_id,
-               list(DISTINCT s.root) AS roots
-        FROM sel s GROUP BY ALL ORDER BY prompt_id""", params).df()
-
-
-def _records(con, prompt_ids) -> list:
-    from unpack.tasks import PromptRecord
-
-    ids = [int(i) for i in prompt_ids]
-    rows = con.execute(
-        f"SELECT task, text, target, distractor, roles, template, prompt_group, condition, metadata "
-        f"FROM prompts WHERE prompt_id IN ({', '.join('?' for _ in ids)}) ORDER BY prompt_id",
-        ids).fetchall()
-    return [PromptRecord(task=r[0], text=r[1], target=r[2], distractor=r[3],
-                         roles=json.loads(r[4]) if r[4] else {}, template=r[5] or "",
-                         group=r[6] or "", condition=r[7] or "",
-                         metadata=json.loads(r[8]) if r[8] else {}) for r in rows]
-
 
 def _head_edges(con, model, task, preset, condition, root_specs) -> pd.DataFrame:
     """Direct edges from each rooted head to upstream heads, summed over positions:
@@ -377,7 +351,7 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
         raise InputError("--min-layer must be >= 0 and --max-rank >= 1")
     con = open_db(db)
     try:
-        model, task, info = _pick_model_task(con, db, model, task, preset)
+        model, task, info = pick_model_task(con, db, model, task, preset)
         table, conns, condition = _connections(model, task, info, roles, connections, condition)
         needed = {f"{h}@{c.where}" for c in conns for h in table[c.root]}
         command = ingest_command(db, model, task, conns, table, n)
@@ -387,11 +361,12 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
         con.close()
 
     if records:
-        _ingest(records, db, model, preset, config, sorted(needed), tracer, progress, command)
+        store_reroots(records, db, model, preset, config, sorted(needed), tracer, progress,
+                      command)
 
     con = open_db(db)
     try:
-        stored = _stored(con, model, task, preset, condition)
+        stored = stored_prompts(con, model, task, preset, condition)
         edges = _head_edges(con, model, task, preset, condition, needed)
     finally:
         con.close()
@@ -436,7 +411,7 @@ def _connections(model, task, info, roles, connections, condition):
 def _missing(con, db, model, task, preset, condition, needed, n, ingest_missing, command):
     """``(records, run config)`` of the stored prompts that lack some of the
     ``needed`` reroots, as many as it takes to reach ``n`` complete prompts."""
-    stored = _stored(con, model, task, preset, condition)
+    stored = stored_prompts(con, model, task, preset, condition)
     if stored.empty:
         raise NoData(f"database {db!s} has no {task} prompts for model {model!r} (preset "
                      f"{preset}{', condition ' + condition if condition else ''})", command)
@@ -444,7 +419,7 @@ def _missing(con, db, model, task, preset, condition, needed, n, ingest_missing,
     complete = stored[has.map(lambda r: needed <= r)]
     missing = stored[~has.map(lambda r: needed <= r)]
     todo = missing.head(max(0, n - len(complete)))
-    records = _records(con, todo["prompt_id"]) if len(todo) and ingest_missing else []
+    records = prompt_records(con, todo["prompt_id"]) if len(todo) and ingest_missing else []
     runs = sorted(set(todo["run_id"])) if records else []
     config = (json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?",
                                      [runs[0]]).fetchone()[0]) if runs else None)
@@ -462,47 +437,6 @@ def _complete(stored: pd.DataFrame, conns, table: dict, n: int) -> dict:
         keys = list(zip(ok["run_id"], ok["text"], ok["target"], ok["distractor"]))
         complete[(c.root, c.where)] = (specs, keys)
     return complete
-
-
-def _pick_model_task(con, db, model, task, preset):
-    sel, params = selection_sql(model=model, task=task, preset=preset, root="target")
-    found = con.execute(f"SELECT DISTINCT model, task FROM ({sel}) ORDER BY ALL", params).fetchall()
-    if not found:
-        what = " ".join(f"--{k} {v}" for k, v in (("model", model), ("task", task)) if v)
-        raise NoData(f"database {db!s} has no traces for {what or 'any model'} with preset {preset}",
-                     f"unpack ingest --model {model or 'MODEL'} --task {task or 'ioi'} --n 100 "
-                     f"--db {db}")
-    models = sorted({m for m, _ in found})
-    if len(models) > 1:
-        raise InputError(f"the database holds several models ({', '.join(models)}): pass --model")
-    tasks = sorted({t for _, t in found})
-    if len(tasks) > 1:
-        raise InputError(f"model {models[0]!r} has several tasks ({', '.join(tasks)}): pass --task")
-    model, task = models[0], tasks[0]
-    row = con.execute("SELECT model_type, n_layers, n_heads, d_model FROM models WHERE name = ?",
-                      [model]).fetchone()
-    info = dict(zip(("model_type", "n_layers", "n_heads", "d_model"), row))
-    return model, task, info
-
-
-def _ingest(records, db, model, preset, config, roots, tracer, progress, command) -> None:
-    """Store the rerooted traces of ``records`` in the run they came from."""
-    from ingest.run import ingest
-
-    if tracer is None:
-        from unpack import Tracer
-        from unpack.loading import load_model
-
-        try:
-            m, tok = load_model(model)
-        except Exception as e:  # noqa: BLE001 - any loader failure: say what to do instead
-            raise InputError(f"rerooted traces are missing and model {model!r} cannot be loaded "
-                             f"here ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                             f"ingest them where it loads: {command}") from None
-        tracer = Tracer(model=m, tokenizer=tok)
-    overrides = {k: v for k, v in (config or {}).items() if k not in ("preset", "position_edges")}
-    ingest(records, tracer=tracer, model_name=model, db=db, preset=preset, roots=roots,
-           overrides=overrides, progress=progress)
 
 
 def _markdown(model, task, preset, condition, min_layer, max_rank, complete, summary,

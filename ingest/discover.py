@@ -38,11 +38,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.db import open_db
-from app.reports import NoData
-from app.reports.composition import _pick_model_task, _records, _stored
 from unpack.components import layer_head
 from unpack.errors import InputError
+
+from .queries import NoData, pick_model_task, prompt_records, stored_prompts
+from .reroots import load_tracer, store_reroots
+from .store import open_read_only as open_db
 
 MODES = ("K", "Q", "V")
 DEFAULT_CONDITION = {"ioi": "ioi_io"}
@@ -115,20 +116,6 @@ def check_params(seeds, per_mode, depth, min_share, relative=None) -> None:
 
 # ------------------------------------------------------------------ the model side
 
-def load_tracer(model: str, command: str | None = None):
-    """A :class:`unpack.Tracer` for the model stored under ``model``."""
-    from unpack import Tracer
-    from unpack.loading import load_model
-
-    try:
-        m, tok = load_model(model)
-    except Exception as e:  # noqa: BLE001 - any loader failure: say what to do instead
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"model {model!r} cannot be loaded here ({why}); "
-                         + (command or "run this where it loads")) from None
-    return Tracer(model=m, tokenizer=tok)
-
-
 def encode_batch(tracer, records) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(ids [B, S] right-padded, lengths, target ids, distractor ids or -1)``."""
     preps = [tracer.prepare(r.text, r.target, r.distractor or None) for r in records]
@@ -167,7 +154,7 @@ def pick_seeds(de: np.ndarray, k: int, min_share: float) -> list[tuple[str, floa
 def _prompts(con, db, model, task, preset, condition, n):
     """``(run_id, prompt ids, records, n_tokens)`` of the stored prompts the circuit is
     found on: the first ``n`` ok prompts of the first run with target traces."""
-    stored = _stored(con, model, task, preset, condition)
+    stored = stored_prompts(con, model, task, preset, condition)
     stored = stored[stored["roots"].map(lambda r: "target" in r)]
     if stored.empty:
         raise NoData(f"database {db!s} has no {task} prompts for model {model!r} (preset "
@@ -179,7 +166,7 @@ def _prompts(con, db, model, task, preset, condition, n):
         f"SELECT prompt_id, n_tokens FROM prompts WHERE status = 'ok' AND prompt_id IN "
         f"({', '.join('?' for _ in ids)})", ids).fetchall()}
     ids = [i for i in ids if i in ok][:n] if n else [i for i in ids if i in ok]
-    return run_id, ids, _records(con, ids), [int(ok[i]) for i in ids]
+    return run_id, ids, prompt_records(con, ids), [int(ok[i]) for i in ids]
 
 
 def _roots_of(con, prompt_ids) -> dict[int, set]:
@@ -194,8 +181,6 @@ def _roots_of(con, prompt_ids) -> dict[int, set]:
 def ensure_reroots(db, model, preset, run_id, prompt_ids, records, specs, tracer, progress):
     """Trace and store the rerooted traces ``specs`` that the prompts lack (into the
     same run, with its config). Returns how many prompts were traced."""
-    from app.reports.composition import _ingest
-
     con = open_db(db)
     try:
         have = _roots_of(con, prompt_ids)
@@ -206,7 +191,7 @@ def ensure_reroots(db, model, preset, run_id, prompt_ids, records, specs, tracer
     todo = [r for pid, r in zip(prompt_ids, records) if not set(specs) <= have.get(pid, set())]
     if todo:
         command = f"unpack ingest --model {model} --roots {' '.join(sorted(specs))} --db {db}"
-        _ingest(todo, db, model, preset, config, sorted(specs), tracer, progress, command)
+        store_reroots(todo, db, model, preset, config, sorted(specs), tracer, progress, command)
     return len(todo)
 
 
@@ -276,7 +261,7 @@ def discover(db, *, model=None, task=None, condition=None, preset: str = "kqv_al
         raise InputError(f"--n {n!r} must be a positive whole number")
     con = open_db(db)
     try:
-        model, task, _ = _pick_model_task(con, db, model, task, preset)
+        model, task, _ = pick_model_task(con, db, model, task, preset)
         condition = condition if condition is not None else DEFAULT_CONDITION.get(task)
         run_id, pids, records, n_tok = _prompts(con, db, model, task, preset, condition, n)
     finally:
@@ -320,7 +305,7 @@ def discover(db, *, model=None, task=None, condition=None, preset: str = "kqv_al
                                            "direct_effect"]],
                       pd.DataFrame(edges, columns=["parent", "child", "mode", "weight", "share"]))
     if store:
-        from ingest.circuits import save_circuit
+        from .circuits import save_circuit
 
         circuit.circuit_id = save_circuit(db, circuit)
     return circuit

@@ -45,10 +45,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.circuits import encode_batch, load_tracer, split_head
-from app.db import open_db
-from app.reports.composition import _records
 from unpack.errors import InputError
+
+from .discover import encode_batch, split_head
+from .queries import prompt_records
+from .reroots import load_tracer
+from .store import open_read_only as open_db
 
 ABLATIONS = ("mean", "zero", "resample")
 BASELINES = ("outside", "profile", "size")
@@ -170,7 +172,7 @@ def circuit_prompts(con, db, c: dict, circuit_id: int):
                          f"{' ...' if len(missing) > 5 else ''} of run {c['run_id']}, which "
                          f"{db!s} does not hold (deleted, or a copy of another store); run "
                          f"`unpack discover --db {db} --model {c['model']}` again on this store")
-    return _records(con, ids), ids, [ok[i][0] for i in ids], [int(ok[i][1]) for i in ids]
+    return prompt_records(con, ids), ids, [ok[i][0] for i in ids], [int(ok[i][1]) for i in ids]
 
 
 def control_prompts(con, run_id: int):
@@ -178,7 +180,7 @@ def control_prompts(con, run_id: int):
     rows = con.execute("SELECT min(prompt_id), template, n_tokens FROM prompts WHERE run_id = ? "
                        "AND status = 'ok' AND condition LIKE 'abc%' GROUP BY text, template, "
                        "n_tokens ORDER BY 1", [run_id]).fetchall()
-    return _records(con, [r[0] for r in rows]), [r[1] for r in rows], [int(r[2]) for r in rows]
+    return prompt_records(con, [r[0] for r in rows]), [r[1] for r in rows], [int(r[2]) for r in rows]
 
 
 # ------------------------------------------------------------------ the interventions
@@ -397,7 +399,7 @@ def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, s
                   baseline=baseline, label=f"circuit {circuit_id}")
     ver.circuit_id = circuit_id
     if store:
-        from ingest.circuits import save_verification
+        from .circuits import save_verification
 
         ver.verification_id = save_verification(db, ver)
     return ver
