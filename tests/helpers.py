@@ -1,6 +1,6 @@
-"""Helpers that several test files share: reading a store from the test process,
-a tiny model saved to disk, a store of a shipped toy model's induction prompts, and
-a command whose progress is watched on stderr."""
+"""Helpers that several test files share: the equality tolerance, reading a store
+from the test process, a store of a shipped toy model's induction prompts, and a
+command whose progress is watched on stderr."""
 from __future__ import annotations
 
 import re
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TOY = str(REPO / "unpack" / "toy" / "checkpoints" / "attn-only-d64")  # a shipped toy
 
 
 def rel(a, b) -> float:
@@ -19,6 +20,33 @@ def rel(a, b) -> float:
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def assert_contractions_agree(tr, prep) -> None:
+    """The three K/Q contractions (docs/METHOD.md §4: fold W_K (R_s^T) Q into one
+    vector; project and rotate each writer; project head writers through virtual
+    weights) give the same raw key and query scores, none all zero, at every layer
+    of ``tr``'s model on the prepared prompt ``prep`` (fp64 capture, each layer's
+    own rotary tables)."""
+    import torch
+
+    from unpack import decompose as dec
+    from unpack.capture import capture
+
+    n = len(prep.ids)
+    cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64)
+    chat = dec.writers_hat(cap)
+    virtual = (cap.comps, cap.Z, tr.engine.vws)
+    for L in range(tr.spec.n_layers):
+        lc = cap.layers[L]
+        lw, C = lc.weights(), cap.comps.n_writers_attn(L)
+        sc = {m: dec.AttnScores(tr.spec, lw, lc, chat[:, :C], lc.cos, lc.sin, m, virtual)
+              for m in ("fold", "project", "virtual")}
+        for side in ("raw_key", "raw_query"):
+            a = getattr(sc["fold"], side)(0, n, n)
+            assert a.abs().max() > 0, (L, side)
+            for m in ("project", "virtual"):
+                assert rel(a.numpy(), getattr(sc[m], side)(0, n, n).numpy()) <= 1e-12, (L, side, m)
 
 
 def query_db(db, q, params=None, df: bool = False):
@@ -32,18 +60,6 @@ def query_db(db, q, params=None, df: bool = False):
         return cur.df() if df else cur.fetchall()
     finally:
         con.close()
-
-
-def save_tiny_gpt2(tmp_path_factory) -> str:
-    """A tiny random GPT-2 (float32) with the word tokenizer, saved in a fresh folder."""
-    import torch
-
-    from models import tiny_gpt2, word_tokenizer
-
-    d = tmp_path_factory.mktemp("tiny_gpt2")
-    tiny_gpt2(dtype=torch.float32).save_pretrained(d)
-    word_tokenizer().save_pretrained(d)
-    return str(d)
 
 
 def toy_store(toy: Path, db, n: int):

@@ -1,5 +1,10 @@
-"""Tiny random models and a word-level tokenizer for the tests (no hub needed)."""
+"""Tiny random models and word-level tokenizers for the tests (no hub needed), and
+the one builder of a tiny model saved on disk (:func:`build_model_dir`)."""
 from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -79,3 +84,55 @@ def tiny_llama_gqa(seed=0, n_layer=2, dtype=torch.float64, classes=None, **extra
                   bos_token_id=0, eos_token_id=0, **extra)
     torch.manual_seed(seed)
     return randomize(model_cls(cfg), seed, std=0.15).to(dtype)
+
+
+# the ingest tests' GPT-2, build_model_dir(path, **INGEST_GPT2): 40 positions, words t0 … t49 too
+INGEST_GPT2 = {"n_positions": 40, "extra_words": tuple(f"t{i}" for i in range(50))}
+
+
+def ioi_tokenizer(extra_words=()) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer that knows every word of the IOI templates, names,
+    places and objects (so every name is one token with a leading space), and
+    ``extra_words``."""
+    from tokenizers import decoders
+
+    ioi = importlib.import_module("unpack.tasks.ioi")  # the module, not the function
+    text = " ".join(ioi.TEMPLATES + ioi.NAMES + ioi.PLACES + ioi.OBJECTS)
+    words = set(re.findall(r"\w+|[^\w\s]+", re.sub(r"\{\w+\}", " ", text)))
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
+    for w in sorted(words | set(extra_words)):
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", unk_token="[UNK]",
+                                   pad_token="<|endoftext|>")
+
+
+def build_model_dir(path, family: str = "gpt2", n_layer: int = 2, seed: int = 0, *,
+                    n_positions: int = 48, extra_words=(), model=None, tokenizer=None) -> Path:
+    """A tiny model and its tokenizer saved as a Hugging Face directory at ``path``.
+
+    By default a GPT-2 (``family="neox"``: GPT-NeoX, rotary on half of each head) of
+    width 32 with 2 heads, Hugging Face's own random initialisation under ``seed``,
+    and :func:`ioi_tokenizer` with ``extra_words``; ``model`` and ``tokenizer``
+    save those instead."""
+    path = Path(path)
+    tok = tokenizer if tokenizer is not None else ioi_tokenizer(extra_words)
+    if model is None:
+        torch.manual_seed(seed)
+        if family == "gpt2":
+            cfg = GPT2Config(n_layer=n_layer, n_head=2, n_embd=32, vocab_size=len(tok),
+                             n_positions=n_positions, bos_token_id=0, eos_token_id=0)
+            model = GPT2LMHeadModel(cfg)
+        else:
+            cfg = GPTNeoXConfig(num_hidden_layers=n_layer, num_attention_heads=2, hidden_size=32,
+                                intermediate_size=128, vocab_size=len(tok),
+                                max_position_embeddings=n_positions, rotary_pct=0.5,
+                                bos_token_id=0, eos_token_id=0)
+            model = GPTNeoXForCausalLM(cfg)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import importlib
-import json
 import re
 import shutil
 import socket
@@ -16,132 +14,17 @@ import duckdb
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "app" / "streamlit_app.py"
-PAGES = {"overview": None, "prompt": "ui/pages/prompt.py", "circuit": "ui/pages/circuit.py",
-         "compare": "ui/pages/compare.py", "sql": "ui/pages/sql.py"}
-MODELS = (("tiny-gpt2", "gpt2", 2), ("tiny-neox", "neox", 3))  # (dir name, family, layers)
-ROOTS = ["1.*@END"]  # every head of layer 1, rerooted at END
-
+from tests.app_harness import (APP, MODELS, PAGES, assert_clean, build_store, captions, con_of,
+                               figures, open_app, sql, widget)
 
 # ------------------------------------------------------------------ a store from a real ingest
-
-def ioi_tokenizer():
-    """A word-level tokenizer that knows every word of the IOI templates, names,
-    places and objects (so every name is one token with a leading space)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    ioi = importlib.import_module("unpack.tasks.ioi")
-    text = " ".join(ioi.TEMPLATES + ioi.NAMES + ioi.PLACES + ioi.OBJECTS)
-    words = sorted(set(re.findall(r"\w+|[^\w\s]+", re.sub(r"\{\w+\}", " ", text))))
-    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", unk_token="[UNK]",
-                                   pad_token="<|endoftext|>")
-
-
-def build_model_dir(path: Path, family: str = "gpt2", n_layer: int = 2, seed: int = 0) -> Path:
-    """A small random model and its tokenizer saved as a Hugging Face directory."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
-
-    tok = ioi_tokenizer()
-    torch.manual_seed(seed)
-    if family == "gpt2":
-        cfg = GPT2Config(n_layer=n_layer, n_head=2, n_embd=32, vocab_size=len(tok), n_positions=48,
-                         bos_token_id=0, eos_token_id=0)
-        model = GPT2LMHeadModel(cfg)
-    else:
-        cfg = GPTNeoXConfig(num_hidden_layers=n_layer, num_attention_heads=2, hidden_size=32,
-                            intermediate_size=128, vocab_size=len(tok), max_position_embeddings=48,
-                            rotary_pct=0.5, bos_token_id=0, eos_token_id=0)
-        model = GPTNeoXForCausalLM(cfg)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-def build_store(where: Path, n: int = 5, models=MODELS, roots=ROOTS, failing: bool = True,
-                batch_size: int = 16, progress: bool = False) -> tuple[Path, list[str]]:
-    """``(db, model names)``: IOI with its ABC controls (4 n prompts per model) traced
-    from the target and from ``roots``, ingested into ``where/app.duckdb``; with
-    ``failing`` one bad prompt (empty target) is stored as failed."""
-    from ingest.run import ingest
-    from unpack import Tracer
-    from unpack.loading import load_model
-    from unpack.tasks import PromptRecord, ioi
-
-    db, names = where / "app.duckdb", []
-    for i, (name, family, n_layer) in enumerate(models):
-        d = build_model_dir(where / name, family, n_layer, seed=i)
-        model, tok = load_model(str(d))
-        records = ioi(tok, n, seed=0, controls=True)
-        if failing and i == 0:
-            records.append(PromptRecord(task="ioi", text=records[0].text, target="",
-                                        distractor=" Mary", condition="ioi_io", template="bad"))
-        ingest(records, tracer=Tracer(model=model, tokenizer=tok), model_name=str(d), db=db,
-               roots=roots, batch_size=batch_size, progress=progress)
-        names.append(str(d))
-    return db, names
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return build_store(tmp_path_factory.mktemp("app-store"))
 
 
-def con_of(db):
-    """The process's shared read-only connection (the one the app uses)."""
-    from app.db import shared_db
-
-    return shared_db(db)
-
-
-def sql(db, q, params=None):
-    from app.ui.data import q as run
-
-    return run(con_of(db), q, params)
-
-
 # ------------------------------------------------------------------ the harness
-
-def assert_clean(at):
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def open_app(monkeypatch, db, page: str | None = None, params: dict | None = None):
-    """The app on ``db`` at ``page``; ``params``: query parameters in place before
-    the first run of the session (a browser opening a link)."""
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("UNPACK_DB", str(db))
-    at = AppTest.from_file(str(APP), default_timeout=180)
-    for k, v in (params or {}).items():
-        at.query_params[k] = v
-    at.run()
-    assert_clean(at)
-    if PAGES.get(page):
-        at.switch_page(PAGES[page]).run()
-        assert_clean(at)
-    return at
-
-
-def widget(seq, label):
-    found = [w for w in seq if w.label == label]
-    assert found, f"no widget {label!r} among {[w.label for w in seq]}"
-    return found[0]
-
-
-def captions(at) -> list[str]:
-    return [c.value for c in at.caption]
-
 
 def strips(at) -> list[list[tuple[int, str, float]]]:
     """Every token strip on the page as [(pos, token, credit)]."""
@@ -153,10 +36,6 @@ def strips(at) -> list[list[tuple[int, str, float]]]:
                            m.value)
         out.append([(int(p), html.unescape(t), float(c)) for p, c, t in boxes])
     return out
-
-
-def figures(at) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
 
 
 def node_names(fig) -> set[str]:

@@ -6,156 +6,17 @@ Playwright must drive the system Chromium; it never downloads a browser
 (no ``playwright install``). Missing Chromium or Playwright fails the test with
 the setup command.
 
-Page-load measurement (docs/results/page_load.json, shown on the benchmarks page), on a store of N prompts:
-    python tests/test_app_browser.py bench --prompts 1000 --out artifacts/bench
+Page-load measurement: tests/scripts/page_load.py.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import query_db  # noqa: E402
-from test_app import MODELS, build_store  # noqa: E402  (the same real-ingest store)
-
-REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("UNPACK_CHROMIUM", "/usr/bin/chromium")
-SETUP = ("bash .ci/setup --test (it runs apt-get install -y chromium; Playwright comes with "
-         "the project's test extra) -- Playwright drives /usr/bin/chromium; never run "
-         "`playwright install`")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-SHOTS = REPO / "artifacts" / "screenshots"
-VIEWPORT = {"width": 1400, "height": 1000}
-LOAD_TIMEOUT_MS = 120_000
-
-
-# ------------------------------------------------------------------ the app and the browser
-
-def require_browser() -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}; set it up with: {SETUP}",
-                    pytrace=False)
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.fail(f"Playwright is not installed; set it up with: {SETUP}", pytrace=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def unpack_command() -> list[str]:
-    exe = Path(sys.executable).parent / "unpack"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "unpack.cli"]
-
-
-@contextlib.contextmanager
-def running_app(db, port: int | None = None, log: Path | None = None):
-    """``unpack app --db DB --port P`` in its own process group; yields the URL."""
-    port = port or free_port()
-    log = log or Path(db).with_suffix(".app.log")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(unpack_command() + ["app", "--db", str(db), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"`unpack app` exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"`unpack app` did not answer in 90 s:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the app and its streamlit child
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@contextlib.contextmanager
-def chromium_page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        # Playwright gives every launch a fresh temporary profile (--user-data-dir)
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(LOAD_TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
-
-
-def settle(page, quiet_s: float = 1.0) -> float:
-    """Wait until Streamlit has finished: no running indicator and the page's text
-    unchanged for ``quiet_s``. Returns the time (perf_counter) of the last change."""
-    page.wait_for_selector('[data-testid="stApp"]')
-    state = ("() => [document.body.innerText.length, document.querySelectorAll('*').length,"
-             " !!document.querySelector('[data-testid=\"stStatusWidget\"]')"
-             " || !!document.querySelector('[data-testid=\"stSpinner\"]')]")
-    last, changed = None, time.perf_counter()
-    deadline = changed + LOAD_TIMEOUT_MS / 1000
-    while True:
-        now = page.evaluate(state)
-        t = time.perf_counter()
-        if now != last or now[2]:
-            last, changed = now, t
-        elif t - changed >= quiet_s:
-            return changed
-        if t > deadline:
-            raise TimeoutError(f"the page did not settle in {LOAD_TIMEOUT_MS / 1000:.0f} s")
-        page.wait_for_timeout(100)
-
-
-def open_page(page, url: str, ready: str) -> float:
-    """Go to ``url``, wait for the ``ready`` selector and a settled page; seconds from
-    navigation to the last change on the page."""
-    t0 = time.perf_counter()
-    page.goto(url)
-    page.wait_for_selector(ready, state="visible")
-    return settle(page) - t0
-
-
-def shot(page, name: str) -> Path:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    p = SHOTS / f"{name}.png"
-    page.screenshot(path=str(p))
-    return p
-
-
-def no_exception(page) -> None:
-    """No traceback on the page, and no error the app's page-level guard caught."""
-    errs = page.locator('[data-testid="stException"]')
-    assert errs.count() == 0, errs.first.inner_text()
-    guarded = page.locator('[data-testid="stAlert"]').filter(has_text="could not be drawn")
-    assert guarded.count() == 0, guarded.first.inner_text()
-
+from tests.app_harness import MODELS, build_store
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, chromium_page, no_exception, open_page,
+                           require_browser, running_app, settle, shot, sql)
 
 # ------------------------------------------------------------------ fixtures
 
@@ -171,11 +32,6 @@ def app(tmp_path_factory):
 def page(app):
     with chromium_page() as p:
         yield p
-
-
-def sql(db, q, params=None):
-    """A read-only query from the test process (the app's process holds its own)."""
-    return query_db(db, q, params, df=True)
 
 
 # ------------------------------------------------------------------ one test per page
@@ -316,106 +172,3 @@ def test_sql_runs_a_query_and_refuses_writes(app, page):
 
 
 # ------------------------------------------------------------------ page-load measurement
-
-BENCH_PAGES = [("Overview", "/", "h1:has-text('Overview')"),
-               ("Prompt", "/prompt", ".unpack-tok"),
-               ("Circuit", "/circuit", ".js-plotly-plot .scatterlayer"),
-               ("Compare", "/compare", "h3:has-text('What changes with size')"),
-               ("SQL", "/sql", "button:has-text('Run query')")]
-HARNESS_PAGES = {"Overview": None, "Prompt": "ui/pages/prompt.py",
-                 "Circuit": "ui/pages/circuit.py", "Compare": "ui/pages/compare.py",
-                 "SQL": "ui/pages/sql.py"}
-
-
-def harness_times(db) -> dict[str, tuple[float, float]]:
-    """Seconds to run each page through streamlit.testing: (first, again)."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    os.environ["UNPACK_DB"] = str(db)
-    st.cache_data.clear()
-    out = {}
-    at = AppTest.from_file(str(REPO / "app" / "streamlit_app.py"), default_timeout=600)
-    for name, path in HARNESS_PAGES.items():
-        times = []
-        for _ in range(2):
-            if path:
-                at.switch_page(path)
-            t0 = time.perf_counter()
-            at.run()
-            times.append(time.perf_counter() - t0)
-            assert not at.exception, [e.value for e in at.exception]
-        out[name] = tuple(times)
-    return out
-
-
-def browser_times(db, shots: Path | None = None) -> dict[str, tuple[float, float, float]]:
-    """Seconds from navigation to a settled page in Chromium: (first visit after the
-    app starts, a later visit by URL (a full reload), a click on the page's sidebar
-    link from another page)."""
-    out: dict = {}
-    with running_app(db) as url, chromium_page() as page:
-        for _ in range(2):
-            for name, path, ready in BENCH_PAGES:
-                out.setdefault(name, []).append(open_page(page, url + path, ready))
-                if shots is not None and len(out[name]) == 2:
-                    shots.mkdir(parents=True, exist_ok=True)
-                    page.screenshot(path=str(shots / f"{name.lower()}.png"))
-        nav = page.locator('[data-testid="stSidebarNav"]')
-        for name, path, ready in BENCH_PAGES[1:] + BENCH_PAGES[:1]:
-            t0 = time.perf_counter()
-            nav.get_by_text(name, exact=True).click()
-            page.wait_for_selector(ready, state="visible")
-            out[name].append(settle(page) - t0)
-    return {k: tuple(v) for k, v in out.items()}
-
-
-def bench(argv=None) -> int:
-    import argparse
-    import json
-    import tempfile
-
-    p = argparse.ArgumentParser(prog="tests/test_app_browser.py bench",
-                                description="Measure page loads on a store of N prompts.")
-    p.add_argument("--prompts", type=int, default=1000, help="prompts in all (default 1000)")
-    p.add_argument("--db", default=None, help="use this store instead of building one")
-    p.add_argument("--out", default="artifacts/bench", help="where to write the results")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.db:
-        db = Path(args.db)
-    else:
-        per_model = max(1, args.prompts // (4 * len(MODELS)))  # IOI with 3 controls: 4 each
-        t0 = time.perf_counter()
-        db, _ = build_store(Path(tempfile.mkdtemp(prefix="unpack-bench-")), n=per_model,
-                            failing=False, progress=True)
-        print(f"built {db} in {time.perf_counter() - t0:.0f} s", flush=True)
-    import duckdb
-
-    con = duckdb.connect(str(db), read_only=True)
-    sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-             for t in ("prompts", "traces", "edges", "component_flows", "paths")}
-    con.close()
-    h = harness_times(db)
-    b = browser_times(db, out / "screenshots")
-    lines = [f"Store: {sizes['prompts']:,} prompts, {sizes['traces']:,} traces, "
-             f"{sizes['edges']:,} edges, {sizes['component_flows']:,} component flows, "
-             f"{sizes['paths']:,} paths; {os.cpu_count()} CPU cores.", "",
-             "| page | harness, first run (s) | harness, again (s) | browser, first visit (s) "
-             "| browser, reload (s) | browser, sidebar click (s) |", "|---|---|---|---|---|---|"]
-    for name, *_ in BENCH_PAGES:
-        lines.append(f"| {name} | {h[name][0]:.2f} | {h[name][1]:.2f} | {b[name][0]:.2f} | "
-                     f"{b[name][1]:.2f} | {b[name][2]:.2f} |")
-    table = "\n".join(lines)
-    (out / "page_load_times.md").write_text(table + "\n")
-    (out / "page_load_times.json").write_text(json.dumps({"sizes": sizes, "harness": h,
-                                                          "browser": b}, indent=1))
-    print(table)
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["bench"]:
-        sys.exit(bench(sys.argv[2:]))
-    sys.exit(pytest.main([__file__, "-q"] + sys.argv[1:]))

@@ -1,21 +1,19 @@
 """Hostile stored text in a real browser (docs/SECURITY.md): a store whose prompt
 texts, task, condition and template names, tokens, errors and circuit task are
-the corpus of test_escape.py; every page of ``unpack app`` and every HTML
+the corpus of tests/hostile.py; every page of ``unpack app`` and every HTML
 export (the CLI's prompt export, the app's circuit and top-paths downloads)
 opened in headless Chromium. Nothing may open a dialog, ask for anything beyond
 the app's own origin (or the file itself), or make an element or attribute
 from the text; the text must show as the same characters."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app import MODELS, build_store  # noqa: E402
-from test_app_browser import (chromium_page, no_exception, open_page, require_browser,  # noqa: E402
-                              running_app, settle)
-from test_escape import CORPUS, EVIL, HOSTILE  # noqa: E402
+from tests.app_harness import MODELS, build_store
+from tests.browser import (chromium_page, no_exception, open_page, require_browser, running_app,
+                           settle)
+from tests.hostile import CORPUS, EVIL, HOSTILE
 
 # What must never be on a page: event-handler attributes, a URL to EVIL, an
 # element the corpus would make (img src=x, svg onload), a script that is not

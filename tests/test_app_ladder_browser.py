@@ -7,27 +7,19 @@ The store is part of what `unpack demo` makes (every ladder size at three of its
 steps, 3 prompts each, and 2 induction prompts on SmolLM2) so the test stays
 short; the README's main command ingests all of it.
 Screenshots of the test go to artifacts/screenshots/; those in docs/screenshots/
-come from the store of `unpack demo`:
-
-    .venv/bin/python tests/test_app_ladder_browser.py shots --db unpack.duckdb --out docs/screenshots
-"""
+come from the store of `unpack demo` (tests/scripts/screenshots.py)."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app_browser import (CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT_MS, VIEWPORT,  # noqa: E402
-                              chromium_page, no_exception, open_page, require_browser,
-                              running_app, settle, shot, sql)
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, LADDER, LAST_D64, LOAD_TIMEOUT_MS, SMOL,
+                           VIEWPORT, link, no_exception, open_page, require_browser, running_app,
+                           settle, shot, sql)
 
 KEEP = ("step0", "step200")  # and each member's last step
-SMOL = "smollm2-135m"
-LADDER = ["ladder-d64", "ladder-d96", "ladder-d128"]
 
 
 def build_ladder_store(where: Path, n: int = 3, smol_n: int = 2) -> Path:
@@ -81,10 +73,6 @@ def session(browser):
     page = browser.new_context(viewport=VIEWPORT).new_page()
     page.set_default_timeout(LOAD_TIMEOUT_MS)
     return page
-
-
-def link(url: str, page: str, params: dict) -> str:
-    return f"{url}/{page}?{urlencode(params, doseq=True)}"
 
 
 def test_compare_opens_on_the_ladder_and_smollm2(app, browser):
@@ -217,7 +205,7 @@ def test_trace_on_demand_runs_on_a_ladder_checkpoint(app, browser):
     checkpoint's name is the project's own alias (``ladder-d64@step972``), resolved
     locally, never taken for a hub name."""
     url, db = app
-    model = LADDER[0] + "@" + _LAST_D64
+    model = LADDER[0] + "@" + LAST_D64
     page = session(browser)
     open_page(page, link(url, "prompt", {"ws_task": "induction", "ws_models": [model]}),
               ".unpack-tok")
@@ -233,68 +221,3 @@ def test_trace_on_demand_runs_on_a_ladder_checkpoint(app, browser):
 
 
 # ------------------------------------------------------------------ docs/screenshots from a store
-
-def shots(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="tests/test_app_ladder_browser.py shots")
-    p.add_argument("--db", default="unpack.duckdb")
-    p.add_argument("--out", default="docs/screenshots")
-    a = p.parse_args(argv)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with running_app(Path(a.db).resolve()) as url, chromium_page() as page:
-        open_page(page, link(url, "compare", {"ws_task": "induction"}),
-                  ".js-plotly-plot .scatterlayer .trace")
-        settle(page, 2.0)
-        page.screenshot(path=str(out / "compare_ladder.png"))
-        page.get_by_text("Circuits aligned by relative depth").scroll_into_view_if_needed()
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(out / "compare_ladder_graphs.png"))
-        open_page(page, url + "/", "h1:has-text('Overview')")  # the root address (no /overview)
-        page.screenshot(path=str(out / "overview.png"))
-        _page_shots(url, page, out)
-    print(f"screenshots in {out}")
-    return 0
-
-
-def _page_shots(url: str, page, out: Path) -> None:
-    """Prompt (and a reroot traced on demand), Circuit (SmolLM2 on IOI, the toy
-    ladder's smallest model on induction, a component's edges) and SQL."""
-    open_page(page, link(url, "prompt", {"ws_task": "ioi", "ws_models": [SMOL]}), ".unpack-tok")
-    page.screenshot(path=str(out / "prompt.png"))
-    page.get_by_role("tab", name="Trace on demand").click()
-    page.get_by_role("button", name="Trace from").click()
-    page.get_by_text("Traced in").wait_for(timeout=600_000)
-    settle(page)
-    page.get_by_text("Reroot: what feeds a component").scroll_into_view_if_needed()
-    page.screenshot(path=str(out / "prompt_reroot.png"))
-    open_page(page, link(url, "circuit", {"ws_task": "ioi", "ws_models": [SMOL]}),
-              ".js-plotly-plot .scatterlayer")
-    page.screenshot(path=str(out / "circuit.png"))
-    page.get_by_text("Reads from (upstream writers)").scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
-    page.screenshot(path=str(out / "circuit_node.png"))
-    open_page(page, link(url, "circuit", {"ws_task": "induction", "ws_models": [LADDER[0] + "@"
-                                                                                 + _LAST_D64]}),
-              ".js-plotly-plot .scatterlayer")
-    page.screenshot(path=str(out / "circuit_ladder.png"))
-    open_page(page, url + "/sql", "button:has-text('Run query')")
-    for q, name in (("SELECT model, task, count(*) AS prompts FROM trace_info GROUP BY ALL "
-                     "ORDER BY ALL", "sql"), ("CREATE TABLE t AS SELECT 1", "sql_refused")):
-        box = page.get_by_label("Query")
-        box.fill(q)
-        box.press("Control+Enter")
-        settle(page)
-        page.get_by_role("button", name="Run query").click()
-        settle(page)
-        page.screenshot(path=str(out / f"{name}.png"))
-
-
-_LAST_D64 = "step972"  # ladder-d64's last shipped step
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["shots"]:
-        sys.exit(shots(sys.argv[2:]))
-    sys.exit(pytest.main([__file__, "-q"]))

@@ -7,14 +7,12 @@ and no traceback, and a link carries only its page's state; the paths export
 gives every label its own room and has a legend. One app and one browser for all."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app_browser import (chromium_page, no_exception, open_page,  # noqa: E402
-                              require_browser, running_app, settle, shot, sql)
-from test_graph_drawing import worst_overlap  # noqa: E402
+from tests.browser import (chromium_page, no_exception, open_page, require_browser, running_app,
+                           settle, shot, sql)
+from tests.curves import worst_overlap
 
 MODEL = "ladder-d64"
 PAGES = [("overview", "h1:has-text('Overview')"), ("prompt", ".unpack-tok"),

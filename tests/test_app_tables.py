@@ -5,18 +5,15 @@ measure. On a hand-written store: a model at steps 0, 150 and 1065 and
 induction prompts, which have no distractor and so no logit difference."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_graphs import edge, prompt, trace, write_store  # noqa: E402
-
-from app.ui import data as D  # noqa: E402
-from app.ui import tables as T  # noqa: E402
+from app.ui import data as D
+from app.ui import tables as T
+from tests.hand_store import edge, prompt, trace, write_store
 
 STEPS = (0, 1065, 150)  # stored in this order: text order would keep it
 

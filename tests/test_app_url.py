@@ -1,16 +1,13 @@
 """Shareable views (app/ui/url.py): a page opened with the query parameters of a
 link shows the view they describe, and changing a widget writes it into the URL.
-Driven with Streamlit's test harness on the real-ingest store of test_app."""
+Driven with Streamlit's test harness on the real-ingest store of tests/app_harness.py."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app import assert_clean, build_store, open_app, sql, widget  # noqa: E402
+from tests.app_harness import APP, PAGES, assert_clean, build_store, captions, open_app, sql, widget
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +89,6 @@ def test_sql_view_and_a_bad_link(monkeypatch, store):
 
 def test_a_linked_query_runs_and_one_row_is_one_row(monkeypatch, store):
     """The SQL page opened from a link runs its query; the count reads '1 row'."""
-    from test_app import captions
-
     db, _ = store
     at = open_link(monkeypatch, db, "sql", {"sql_text": "SELECT 42 AS answer"})
     widget(at.button, "Run query").click().run()
@@ -115,8 +110,6 @@ def test_overview_formats_the_parameter_count(monkeypatch, store):
 def first_run_on(monkeypatch, db, page: str, params: dict, state: dict | None = None):
     """A browser opening ``/page?params``: the session's first run is that page."""
     from streamlit.testing.v1 import AppTest
-
-    from test_app import APP, PAGES
 
     monkeypatch.setenv("UNPACK_DB", str(db))
     at = AppTest.from_file(str(APP), default_timeout=180)

@@ -1,16 +1,11 @@
 """The Prompt page shows Unpack and a baseline on the same prompt, in headless
-Chromium (the harness of tests/test_app_browser.py)."""
+Chromium (the harness of tests/browser.py)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app_browser import (chromium_page, no_exception, open_page, require_browser,  # noqa: E402
-                              running_app, shot, sql)
-from test_evaluate import TOY  # noqa: E402
-
-from unpack.cli import main  # noqa: E402
+from tests.browser import (chromium_page, no_exception, open_page, require_browser, running_app,
+                           shot, sql)
+from tests.helpers import TOY
+from unpack.cli import main
 
 
 def test_prompt_page_shows_a_baseline_beside_unpack(tmp_path):

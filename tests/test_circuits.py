@@ -6,7 +6,6 @@ import copy
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import duckdb
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import MODEL_KINDS, tiny_llama_gqa
+from tests.models import MODEL_KINDS, tiny_llama_gqa
 from unpack.adapters import build_spec
 from unpack.intervene import forward
 
@@ -87,7 +86,7 @@ def test_patching_a_head_with_its_own_values_changes_nothing():
 def toy(tmp_path_factory):
     """A store of 16 induction prompts on the shipped attn-only-d64 toy, its tracer and
     its ground truth (read off the model's own attention by unpack.toy)."""
-    from helpers import toy_store
+    from tests.helpers import toy_store
 
     db = tmp_path_factory.mktemp("circuits") / "toy.duckdb"
     tracer, truth = toy_store(TOY, db, 16)
@@ -103,7 +102,7 @@ def toy_circuit(toy):
 
 
 def test_discovery_recovers_the_ground_truth(toy, toy_circuit):
-    from helpers import truth_heads
+    from tests.helpers import truth_heads
 
     _, _, truth = toy
     prev, induction = truth_heads(truth)
@@ -316,8 +315,7 @@ def test_tikz_export_structure(toy, toy_circuit, tmp_path):
 
 
 def test_html_export_opens_offline_in_chromium(toy, toy_circuit, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_app_browser import chromium_page, require_browser
+    from tests.browser import chromium_page, require_browser
     from unpack.cli import main
 
     require_browser()
@@ -352,8 +350,7 @@ def test_html_export_opens_offline_in_chromium(toy, toy_circuit, tmp_path):
 
 def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch, toy,
                                                                      toy_circuit, toy_verification):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_app import assert_clean, figures, open_app, sql, widget
+    from tests.app_harness import assert_clean, figures, open_app, sql, widget
 
     db, _, _ = toy
     at = open_app(monkeypatch, db, "circuit")
@@ -391,8 +388,7 @@ def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch,
 def test_mean_ablation_uses_the_abc_controls(tmp_path, capsys):
     """--conditions keeps an IOI prompt and its ABC control; a circuit's mean ablation
     replaces its heads by their mean over the controls of the same template and length."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_app import build_model_dir
+    from tests.models import build_model_dir
     from unpack.cli import main
     from unpack.intervene import forward, logit_diff
 

@@ -31,7 +31,7 @@ def current_token_heads(model, threshold: float) -> set[str]:
 def wide(tmp_path_factory):
     """A store of 16 induction prompts on attn-only-d128, its tracer, and the heads its
     own attention names: previous-token, induction (toy.json) and current-token."""
-    from helpers import toy_store, truth_heads
+    from tests.helpers import toy_store, truth_heads
 
     db = tmp_path_factory.mktemp("wide") / "toy.duckdb"
     tracer, truth = toy_store(WIDE, db, 16)
@@ -120,7 +120,7 @@ def sparse(tmp_path_factory):
     """attn-only-d128-sparse (8 heads per layer, trained with a price on each head's
     output): 16 induction prompts stored, the 4-seed circuit, its heads by toy.json."""
     from ingest.discover import discover
-    from helpers import toy_store, truth_heads
+    from tests.helpers import toy_store, truth_heads
 
     db = tmp_path_factory.mktemp("sparse") / "toy.duckdb"
     tracer, truth = toy_store(SPARSE, db, 16)

@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from helpers import save_tiny_gpt2
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 
@@ -22,13 +21,9 @@ def unpack(*args, check=None):
     return p
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_gpt2(tmp_path_factory)
-
-
-def test_trace_json_has_every_key(model_dir):
-    p = unpack("trace", "--model", model_dir, "--text", "<bos> When Mary and John went to the store",
+def test_trace_json_has_every_key(word_gpt2_dir):
+    p = unpack("trace", "--model", word_gpt2_dir,
+               "--text", "<bos> When Mary and John went to the store",
                "--target", " Mary", "--distractor", " John", "--json", "--top-paths", "7", check=0)
     out = json.loads(p.stdout.strip().splitlines()[-1])
     for key in ("tokens", "token_credit", "token_credit_pct", "suppression", "paths",
@@ -43,14 +38,15 @@ def test_trace_json_has_every_key(model_dir):
     assert out["config"]["top_paths_k"] == 7
 
 
-def test_trace_prompts_file_reports_bad_rows(model_dir, tmp_path):
+def test_trace_prompts_file_reports_bad_rows(word_gpt2_dir, tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in [
         {"text": "<bos> Mary John", "target": " Mary"},
         {"text": "<bos> Mary John", "target": " Mary", "root": "attn_1_head_0@-1"},
         {"text": "<bos> John", "target": " Mary", "root": "attn_5_head_0@0"},
     ]) + "\n")
-    p = unpack("trace", "--model", model_dir, "--prompts", str(f), "--json", "--preset", "k_only_l2")
+    p = unpack("trace", "--model", word_gpt2_dir, "--prompts", str(f), "--json",
+               "--preset", "k_only_l2")
     assert p.returncode == 1  # some failed, not all
     lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
     assert lines[1]["root"] == "attn_1_head_0@-1" and lines[1]["config"]["preset"] == "k_only_l2"
@@ -63,8 +59,8 @@ def test_trace_prompts_file_reports_bad_rows(model_dir, tmp_path):
     (["--text", "<bos> Mary", "--target", " Mary", "--preset", "nope"], "unknown preset"),
     (["--text", "<bos> Mary"], "--target are required"),
 ])
-def test_trace_bad_input_exits_nonzero_with_message(model_dir, args, message):
-    p = unpack("trace", "--model", model_dir, *args)
+def test_trace_bad_input_exits_nonzero_with_message(word_gpt2_dir, args, message):
+    p = unpack("trace", "--model", word_gpt2_dir, *args)
     assert p.returncode == 2
     assert message in p.stderr and "Traceback" not in p.stderr
 
@@ -75,9 +71,9 @@ def test_hub_name_fails_clearly(tmp_path):
     assert "some-org/not-here-model" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_validate_passes_and_prints_every_invariant(model_dir):
-    p = unpack("validate", "--model", model_dir, "--text", "<bos> When Mary and John went to the store",
-               check=0)
+def test_validate_passes_and_prints_every_invariant(word_gpt2_dir):
+    p = unpack("validate", "--model", word_gpt2_dir,
+               "--text", "<bos> When Mary and John went to the store", check=0)
     for i in range(1, 10):
         assert f"PASS  {i} " in p.stdout
     assert "9 passed, 0 failed" in p.stdout
@@ -113,7 +109,7 @@ def test_bench_against_an_earlier_commit(tmp_path):
     assert "unpack-against-" not in trees
 
 
-def test_every_model_command_takes_device_and_dtype(model_dir, tmp_path):
+def test_every_model_command_takes_device_and_dtype(word_gpt2_dir, tmp_path):
     """--device and the weights' --dtype on trace, validate, bench, ingest, demo and app;
     a device that is not there is a clear error (exit 2) before anything loads."""
     for cmd in ("trace", "validate", "bench", "ingest", "demo", "app", "plan"):
@@ -123,25 +119,26 @@ def test_every_model_command_takes_device_and_dtype(model_dir, tmp_path):
         missing = f"cuda:{torch.cuda.device_count()}"
     else:
         missing = "cuda"
-    p = unpack("trace", "--model", model_dir, "--text", "<bos> Mary John", "--target", " Mary",
+    p = unpack("trace", "--model", word_gpt2_dir, "--text", "<bos> Mary John", "--target", " Mary",
                "--device", missing)
     assert p.returncode == 2 and f"device {missing!r} is not available" in p.stderr
     assert "--device" in p.stderr and "Traceback" not in p.stderr
-    p = unpack("ingest", "--model", model_dir, "--task", "induction", "--n", "2",
+    p = unpack("ingest", "--model", word_gpt2_dir, "--task", "induction", "--n", "2",
                "--db", str(tmp_path / "x.duckdb"), "--device", missing)
     assert p.returncode == 2 and "not available" in p.stderr
     assert not (tmp_path / "x.duckdb").exists()
     # bf16 weights: the math still runs in fp32 and the trace is finite
-    p = unpack("trace", "--model", model_dir, "--text", "<bos> When Mary and John went to the store",
+    p = unpack("trace", "--model", word_gpt2_dir,
+               "--text", "<bos> When Mary and John went to the store",
                "--target", " Mary", "--distractor", " John", "--dtype", "bfloat16", "--json", check=0)
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert all(abs(c) < 1e6 for c in out["token_credit"]) and max(map(abs, out["token_credit"])) > 0
-    p = unpack("validate", "--model", model_dir, "--dtype", "bfloat16", "--text",
+    p = unpack("validate", "--model", word_gpt2_dir, "--dtype", "bfloat16", "--text",
                "<bos> When Mary and John went to the store", check=0)
     assert "weights bfloat16 on cpu, math in float32" in p.stdout and "9 passed, 0 failed" in p.stdout
 
 
-def test_plan_predicts_and_refuses(model_dir):
+def test_plan_predicts_and_refuses(word_gpt2_dir):
     """`unpack plan` from shapes only: JSON with the figures; exit 1 with the fix when a
     case does not fit; exit 2 for bad input."""
     p = unpack("plan", "--model", "gpt2-small", "--tokens", "256", "--json", check=0)
@@ -149,7 +146,7 @@ def test_plan_predicts_and_refuses(model_dir):
     assert d["fits"] and d["peak_bytes"] > 475 * 2**20 and d["seconds_per_prompt"] > 0
     assert sum(d["modes"].values()) == 12 and set(d["modes"]) <= {"fold", "project", "virtual"}
     assert set(d["parts"]) >= {"weights", "capture", "layer", "flow"}
-    p = unpack("plan", "--model", model_dir, "--tokens", "16", check=0)
+    p = unpack("plan", "--model", word_gpt2_dir, "--tokens", "16", check=0)
     assert "peak memory" in p.stdout and "fits" in p.stdout
     p = unpack("plan", "--model", "pythia-6.9b", "--tokens", "4096")
     assert p.returncode == 1 and "DOES NOT FIT" in p.stdout and "--dtype bfloat16" in p.stdout
@@ -159,11 +156,11 @@ def test_plan_predicts_and_refuses(model_dir):
     assert p.returncode == 2 and "bench shape" in p.stderr
 
 
-def test_ingest_refuses_a_prompt_that_cannot_fit(model_dir, tmp_path):
+def test_ingest_refuses_a_prompt_that_cannot_fit(word_gpt2_dir, tmp_path):
     """With less memory than a trace needs (UNPACK_MEMORY_LIMIT), ingest stops before the
     store is touched and says how much it needs and what to change; with enough it runs."""
     db = tmp_path / "s.duckdb"
-    args = [sys.executable, "-m", "unpack.cli", "ingest", "--model", model_dir, "--task",
+    args = [sys.executable, "-m", "unpack.cli", "ingest", "--model", word_gpt2_dir, "--task",
             "induction", "--n", "2", "--db", str(db), "--no-progress"]
     p = subprocess.run(args, capture_output=True, text=True, timeout=600,
                        env=dict(ENV, UNPACK_MEMORY_LIMIT="200M"))

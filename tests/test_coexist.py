@@ -10,10 +10,10 @@ import urllib.request
 
 import pytest
 
-from test_app import build_model_dir
-from test_app_browser import (chromium_page, no_exception, open_page, require_browser,
-                              running_app, unpack_command)
-from test_ingest import _env
+from tests.browser import (chromium_page, no_exception, open_page, require_browser, running_app,
+                           unpack_command)
+from tests.ingest_checks import ingest_env
+from tests.models import build_model_dir
 
 
 def prompts_shown(page, url: str) -> int:
@@ -53,7 +53,7 @@ def stored_prompts(db) -> int | None:
     None while another process holds the file (it is committing)."""
     import duckdb
 
-    from helpers import query_db
+    from tests.helpers import query_db
 
     try:
         return query_db(db, "SELECT count(*) FROM prompts")[0][0]
@@ -93,7 +93,7 @@ def test_app_and_ingest_on_the_same_file_at_once(store):
     with running_app(db) as url, chromium_page() as page:
         before = prompts_shown(page, url)
         assert before == 8
-        ingest = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
+        ingest = subprocess.Popen(cmd, env=ingest_env(), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
             assert healthy(url)

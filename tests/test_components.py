@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from models import tiny_gpt2, tiny_neox
+from tests.models import tiny_gpt2, tiny_neox
 
 from unpack import components as C
 from unpack.adapters import build_spec

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import rel
-from models import MODEL_KINDS, PROMPTS, tiny_gpt2, tiny_neox, word_tokenizer
+from tests.helpers import assert_contractions_agree, rel
+from tests.models import MODEL_KINDS, PROMPTS, tiny_gpt2, tiny_neox
 from unpack import InputError, Tracer, make_config
 from unpack.capture import capture
 from unpack.config import PRESETS
@@ -17,11 +17,6 @@ from unpack.reference import Reference
 from unpack.validate import validate_model
 
 TOL = 1e-8
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
 
 
 @pytest.fixture(scope="module", params=list(MODEL_KINDS))
@@ -279,26 +274,10 @@ def test_fold_project_and_virtual_agree(tok, make):
     project and rotate each writer; project head writers through virtual weights)
     are the same numbers, on prompts shorter and longer than d; each is also
     checked against the reference."""
-    from unpack import decompose as dec
     tr = Tracer(model=make(), tokenizer=tok)  # d = 16
     long_text = "<bos> " + " ".join(f"w{i % 7}" for i in range(20))
     for text in (PROMPTS[0][0], long_text):
-        prep = tr.prepare(text, " Mary")
-        n = len(prep.ids)
-        cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64)
-        chat = dec.writers_hat(cap)
-        virtual = (cap.comps, cap.Z, tr.engine.vws)
-        for L in range(tr.spec.n_layers):
-            lc = cap.layers[L]
-            lw, C = lc.weights(), cap.comps.n_writers_attn(L)
-            sc = {m: dec.AttnScores(tr.spec, lw, lc, chat[:, :C], cap.cos, cap.sin, m, virtual)
-                  for m in ("fold", "project", "virtual")}
-            for side in ("raw_key", "raw_query"):
-                a = getattr(sc["fold"], side)(0, n, n)
-                for m in ("project", "virtual"):
-                    b = getattr(sc[m], side)(0, n, n)
-                    assert rel(a.numpy(), b.numpy()) <= 1e-12, (L, side, m)
-                assert a.abs().max() > 0
+        assert_contractions_agree(tr, tr.prepare(text, " Mary"))
         for mode in ("fold", "project", "virtual"):
             tr.engine.mode = mode
             res = tr.trace(text, " Mary", " John")

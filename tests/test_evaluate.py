@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import duckdb
 import numpy as np
 
+from tests.helpers import TOY
 from unpack.cli import main
 
-TOY = str(Path(__file__).resolve().parents[1] / "unpack" / "toy" / "checkpoints" / "attn-only-d64")
 METHODS = (["unpack"], ["eap"], ["eap_ig", "--steps", "2"], ["ig", "--steps", "4"],
            ["grad_x_input"], ["rollout"])
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import transformers as tf
 
-from helpers import rel
-from models import WORDS, randomize, word_tokenizer
+from tests.helpers import assert_contractions_agree, rel
+from tests.models import WORDS, randomize, word_tokenizer
 from unpack import Tracer, cli
 from unpack import make_config as preset
 from unpack.adapters import build_spec
@@ -74,11 +74,6 @@ def make_family(name, dtype=torch.float64, seed=0):
     cfg = make_config(name)
     torch.manual_seed(seed)
     return randomize(getattr(tf, FAMILIES[name][1])(cfg), seed, std=0.3).to(dtype)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -221,20 +216,5 @@ def test_contractions_agree(name, tok):
     """The three K/Q contractions (fold, project, virtual; docs/METHOD.md §4) give
     the same raw scores under qk-norm, post-norms, windows, soft-caps and per-layer
     rotary (everything after the scores is shared by the three)."""
-    from unpack import decompose as dec
     tr = Tracer(model=make_family(name), tokenizer=tok)
-    prep = tr.prepare(LONG, " Mary", " John")
-    n = len(prep.ids)
-    cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64)
-    chat = dec.writers_hat(cap)
-    virtual = (cap.comps, cap.Z, tr.engine.vws)
-    for L in range(tr.spec.n_layers):
-        lc = cap.layers[L]
-        lw, C = lc.weights(), cap.comps.n_writers_attn(L)
-        sc = {m: dec.AttnScores(tr.spec, lw, lc, chat[:, :C], lc.cos, lc.sin, m, virtual)
-              for m in ("fold", "project", "virtual")}
-        for side in ("raw_key", "raw_query"):
-            a = getattr(sc["fold"], side)(0, n, n)
-            assert a.abs().max() > 0
-            for m in ("project", "virtual"):
-                assert rel(a.numpy(), getattr(sc[m], side)(0, n, n).numpy()) <= 1e-12, (L, side, m)
+    assert_contractions_agree(tr, tr.prepare(LONG, " Mary", " John"))

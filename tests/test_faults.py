@@ -19,10 +19,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from helpers import start_until
-
-from test_ingest import (DUPLICATE_CHECKS, _per_prompt_rows, build_tiny_model, sql,
-                         table_counts)
+from tests.helpers import start_until
+from tests.ingest_checks import DUPLICATE_CHECKS, per_prompt_rows, sql, table_counts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,11 +46,6 @@ def digest(path) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
-
-
-@pytest.fixture(scope="module")
 def clean(model_dir, tmp_path_factory):
     """The uninterrupted ingest every faulty one must end up equal to."""
     db = tmp_path_factory.mktemp("clean") / "clean.duckdb"
@@ -66,14 +59,14 @@ def assert_same_rows(db, clean_db):
     for table, key in DUPLICATE_CHECKS.items():
         assert sql(db, f"SELECT count(*) FROM (SELECT {key} FROM {table} GROUP BY ALL "
                        "HAVING count(*) > 1)") == [(0,)], table
-    assert _per_prompt_rows(db) == _per_prompt_rows(clean_db)
+    assert per_prompt_rows(db) == per_prompt_rows(clean_db)
     assert table_counts(db) == table_counts(clean_db)
     assert sql(db, "SELECT status FROM runs") == [("done",)]
 
 
 def assert_whole_prompts(db):
     """Every stored prompt has all of its rows (tokens, three traces, their credits)."""
-    for key, (status, roles, toks, traces, credits, *_rest) in _per_prompt_rows(db).items():
+    for key, (status, roles, toks, traces, credits, *_rest) in per_prompt_rows(db).items():
         assert status == "ok" and roles == 4 and traces == 3 and toks > 0, key
         assert credits == 3 * toks, key
 

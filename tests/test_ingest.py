@@ -1,57 +1,24 @@
 """The ingest on real DuckDB files with a tiny random GPT-2 and real tracing."""
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import query_db, start_until
+from tests.ingest_checks import (DUPLICATE_CHECKS, ingest_env, per_prompt_rows, sql,
+                                 start_and_kill, table_counts)
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ["1.*@END", "attn_0_head_0@S2"]  # S2 exists in ioi_* records only
 
 
-# ------------------------------------------------------------------ a tiny model on disk
-
-def build_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A 2-layer GPT-2 with a word-level tokenizer covering the IOI vocabulary."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    ioi_mod = importlib.import_module("unpack.tasks.ioi")  # the module, not the function
-    text = " ".join(ioi_mod.TEMPLATES + ioi_mod.NAMES + ioi_mod.PLACES + ioi_mod.OBJECTS)
-    words = set(re.findall(r"\w+|[^\w\s]+", re.sub(r"\{\w+\}", " ", text)))
-    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
-    for w in sorted(words | {f"t{i}" for i in range(50)}):
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", unk_token="[UNK]",
-                                   pad_token="<|endoftext|>")
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(vocab), n_positions=40,
-                     bos_token_id=0, eos_token_id=0)
-    GPT2LMHeadModel(cfg).save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
-
+# ------------------------------------------------------------------ the tracer (its model: conftest.py)
 
 @pytest.fixture(scope="module")
 def tracer(model_dir):
@@ -67,17 +34,6 @@ def records(tracer):
     from unpack.tasks import ioi
 
     return ioi(tracer.tokenizer, 5, seed=0, controls=True)  # 20 records
-
-
-def sql(db, q, params=None):
-    return query_db(db, q, params)
-
-
-def table_counts(db) -> dict[str, int]:
-    from ingest.schema import CIRCUIT_TABLES, metadata
-
-    return {t: sql(db, f"SELECT count(*) FROM {t}")[0][0] for t in metadata.tables
-            if t not in CIRCUIT_TABLES}  # written by unpack discover/verify, not the ingest
 
 
 def expected_counts(tracer, records, roots, batch_size) -> dict[str, int]:
@@ -378,63 +334,17 @@ def _ingest_cmd(model_dir, db):
             "--batch-size", "1"]
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _start_and_kill(cmd, after_s: float) -> None:
-    """Start the ingest, wait until the progress bar shows stored prompts, wait
-    ``after_s`` more, SIGKILL it."""
-    proc, _, t = start_until(cmd, rb"ingest [^:]*: +\d+%[^|]*\|[^|]*\| *[1-9]\d*/\d+ \[", _env(),
-                             stdout=subprocess.DEVNULL)
-    try:
-        time.sleep(after_s)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        t.join(10)
-    assert proc.returncode == -signal.SIGKILL
-
-
-def _per_prompt_rows(db) -> dict[str, tuple]:
-    """Rows of every table per prompt, keyed by the prompt's key (ids differ between files)."""
-    q = """
-    SELECT p.prompt_key, p.status,
-      (SELECT count(*) FROM roles r WHERE r.prompt_id = p.prompt_id),
-      (SELECT count(*) FROM tokens k WHERE k.prompt_id = p.prompt_id),
-      (SELECT count(*) FROM traces t WHERE t.prompt_id = p.prompt_id),
-      (SELECT count(*) FROM token_credits c JOIN traces t USING (trace_id) WHERE t.prompt_id = p.prompt_id),
-      (SELECT count(*) FROM component_flows c JOIN traces t USING (trace_id) WHERE t.prompt_id = p.prompt_id),
-      (SELECT count(*) FROM edges c JOIN traces t USING (trace_id) WHERE t.prompt_id = p.prompt_id),
-      (SELECT count(*) FROM paths c JOIN traces t USING (trace_id) WHERE t.prompt_id = p.prompt_id),
-      (SELECT count(*) FROM path_hops h JOIN paths c USING (path_id) JOIN traces t USING (trace_id)
-        WHERE t.prompt_id = p.prompt_id)
-    FROM prompts p"""
-    return {r[0]: r[1:] for r in sql(db, q)}
-
-
-DUPLICATE_CHECKS = {
-    "prompts": "run_id, prompt_key", "roles": "prompt_id, role", "traces": "prompt_id, root",
-    "tokens": "prompt_id, pos", "token_credits": "trace_id, pos",
-    "component_flows": "trace_id, component, pos",
-    "edges": "trace_id, parent, parent_pos, child, child_pos, mode",
-    "paths": "trace_id, rank", "path_hops": "path_id, hop",
-}
-
-
 def test_sigkill_then_rerun_gives_exactly_the_clean_result(tmp_path, model_dir):
     db, clean = tmp_path / "killed.duckdb", tmp_path / "clean.duckdb"
-    _start_and_kill(_ingest_cmd(model_dir, db), after_s=0.0)
+    start_and_kill(_ingest_cmd(model_dir, db), after_s=0.0)
     n1 = sql(db, "SELECT count(*) FROM prompts")[0][0]
     assert 0 < n1 < 40, f"the kill should land mid-way, found {n1} prompts"
-    _start_and_kill(_ingest_cmd(model_dir, db), after_s=0.0)  # and once more
+    start_and_kill(_ingest_cmd(model_dir, db), after_s=0.0)  # and once more
     n2 = sql(db, "SELECT count(*) FROM prompts")[0][0]
     assert n1 <= n2 <= 40
 
-    done = subprocess.run(_ingest_cmd(model_dir, db) + ["--no-progress"], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_ingest_cmd(model_dir, db) + ["--no-progress"], cwd=REPO,
+                          env=ingest_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{n2} already stored" in done.stdout
     assert sql(db, "SELECT count(*), count(DISTINCT prompt_key) FROM prompts") == [(40, 40)]
@@ -442,9 +352,9 @@ def test_sigkill_then_rerun_gives_exactly_the_clean_result(tmp_path, model_dir):
         assert sql(db, f"SELECT count(*) FROM (SELECT {key} FROM {table} GROUP BY ALL "
                        "HAVING count(*) > 1)") == [(0,)], table
     # every prompt has exactly the rows an uninterrupted ingest gives it
-    subprocess.run(_ingest_cmd(model_dir, clean) + ["--no-progress"], cwd=REPO, env=_env(),
-                   check=True, capture_output=True, timeout=300)
-    assert _per_prompt_rows(db) == _per_prompt_rows(clean)
+    subprocess.run(_ingest_cmd(model_dir, clean) + ["--no-progress"], cwd=REPO,
+                   env=ingest_env(), check=True, capture_output=True, timeout=300)
+    assert per_prompt_rows(db) == per_prompt_rows(clean)
     assert table_counts(db) == table_counts(clean)
 
 
@@ -469,11 +379,11 @@ def test_sigkill_inside_a_write_leaves_no_partial_prompt(tmp_path, model_dir):
     """The process dies between two bulk inserts of one batch (after the prompts,
     tokens and some traces went in): none of that batch is in the file."""
     db = tmp_path / "u.duckdb"
-    cmd = _ingest_cmd(model_dir, db)[3:] + ["--no-progress"]  # the arguments after `ingest.cli`
+    cmd = _ingest_cmd(model_dir, db)[3:] + ["--no-progress"]  # the arguments after ingest.cli
     # 9 insert_arrow calls per batch, one per table;
     # die at the 5th insert of the 3rd batch
     p = subprocess.run([sys.executable, "-c", _KILL_INSIDE_WRITE, str(2 * 9 + 5)] + cmd,
-                       cwd=REPO, env=_env(), capture_output=True, timeout=300)
+                       cwd=REPO, env=ingest_env(), capture_output=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr.decode()[-2000:]
     assert sql(db, "SELECT count(*) FROM prompts") == [(2,)]
     assert sql(db, "SELECT count(DISTINCT prompt_id) FROM tokens") == [(2,)]
@@ -481,7 +391,7 @@ def test_sigkill_inside_a_write_leaves_no_partial_prompt(tmp_path, model_dir):
     for table in ("token_credits", "component_flows", "edges", "paths"):
         assert sql(db, f"SELECT count(*) FROM {table} WHERE trace_id NOT IN "
                        "(SELECT trace_id FROM traces)") == [(0,)], table
-    subprocess.run([sys.executable, "-m", "ingest.cli"] + cmd, cwd=REPO, env=_env(),
+    subprocess.run([sys.executable, "-m", "ingest.cli"] + cmd, cwd=REPO, env=ingest_env(),
                    check=True, capture_output=True, timeout=300)
     assert sql(db, "SELECT count(*), count(DISTINCT prompt_key) FROM prompts") == [(40, 40)]
 

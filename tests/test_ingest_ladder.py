@@ -7,7 +7,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from test_app import assert_clean, build_model_dir, open_app, sql, widget
+from tests.app_harness import assert_clean, open_app, sql, widget
+from tests.models import build_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import save_tiny_gpt2
 
 ROWS = [("w1 w2 w3", " w4", ""), ("w5 w6 w7", " w8", "attn_9_head_0@END"),
         ("w2 w3 w4", " w5", "")]
@@ -15,11 +14,10 @@ def _csv(rows) -> str:
     return "text,target,root\n" + "".join(f'"{t}","{g}","{r}"\n' for t, g, r in rows)
 
 
-def test_a_failed_row_is_named_by_file_and_line_and_its_root_once(tmp_path_factory, tmp_path,
-                                                                   capsys):
+def test_a_failed_row_is_named_by_file_and_line_and_its_root_once(word_gpt2_dir, tmp_path, capsys):
     from unpack.cli import main
 
-    model = save_tiny_gpt2(tmp_path_factory)
+    model = word_gpt2_dir
     corpus = tmp_path / "c.csv"
     corpus.write_text(_csv(ROWS))
     assert main(["ingest", "--model", model, "--corpus", str(corpus), "--db",
@@ -32,7 +30,7 @@ def test_a_failed_row_is_named_by_file_and_line_and_its_root_once(tmp_path_facto
 
 @pytest.mark.parametrize("codec", ["utf-16", "utf-32"])
 def test_a_wide_csv_with_a_byte_order_mark_reads_as_utf8_does(codec, tmp_path):
-    from models import word_tokenizer
+    from tests.models import word_tokenizer
     from unpack.tasks import load_corpus
 
     tok = word_tokenizer()
@@ -46,7 +44,7 @@ def test_a_wide_csv_with_a_byte_order_mark_reads_as_utf8_does(codec, tmp_path):
 
 
 def test_a_utf16_csv_without_its_mark_is_refused_with_the_fix(tmp_path):
-    from models import word_tokenizer
+    from tests.models import word_tokenizer
     from unpack.errors import InputError
     from unpack.tasks import load_corpus
 

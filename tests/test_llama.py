@@ -8,7 +8,7 @@ import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM)
 
-from models import PROMPTS, WORDS, tiny_llama_gqa, word_tokenizer
+from tests.models import PROMPTS, WORDS, tiny_llama_gqa, word_tokenizer
 from unpack import InputError, Tracer, make_config
 from unpack.adapters import build_spec, supported_model_types
 from unpack.capture import capture

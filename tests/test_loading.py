@@ -35,17 +35,22 @@ def _need_smollm2():
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    """Cold load (GGUF -> dense, written to a fresh cache), then the cached load."""
+    """Cold load (GGUF -> dense, written to a fresh cache), then the cached load;
+    ``converted``: how many GGUF conversions each of the two loads ran."""
     _need_smollm2()
     cache = tmp_path_factory.mktemp("unpack_cache")
-    t0 = time.perf_counter()
-    load_model("smollm2-135m", cache_dir=cache)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model, tok = load_model("smollm2-135m", cache_dir=cache)
-    cached = time.perf_counter() - t0
+    calls = []
+    real = loading._gguf_model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loading, "_gguf_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+        t0 = time.perf_counter()
+        load_model("smollm2-135m", cache_dir=cache)
+        cold, after_cold = time.perf_counter() - t0, len(calls)
+        t0 = time.perf_counter()
+        model, tok = load_model("smollm2-135m", cache_dir=cache)
+        cached = time.perf_counter() - t0
     print(f"\nSmolLM2 load: cold {cold:.1f} s, cached {cached:.1f} s")
-    return model, tok, cold, cached, cache
+    return model, tok, (after_cold, len(calls) - after_cold), cache
 
 
 def test_alias_loads_smollm2_shape(smollm2):
@@ -62,11 +67,13 @@ def test_alias_loads_smollm2_shape(smollm2):
     assert getattr(model, "hf_quantizer", None) is None
 
 
-def test_cached_load_is_fast(smollm2):
-    _, _, cold, cached, cache = smollm2
+def test_second_load_reads_the_cache(smollm2):
+    """The second load reads the dense cache and converts no GGUF (its time is printed
+    above, not asserted: timings belong to `unpack bench`)."""
+    _, _, converted, cache = smollm2
     assert (cache / "smollm2-135m" / "config.json").is_file()
     assert not [p for p in cache.iterdir() if p.name.startswith(".")], "temp dir left behind"
-    assert cached < 10.0 and cached < cold / 2, (cold, cached)
+    assert converted == (1, 0), converted
 
 
 def test_tokenizer_offsets_and_pad(smollm2):
@@ -81,7 +88,7 @@ def test_tokenizer_offsets_and_pad(smollm2):
 
 
 def test_load_tokenizer_alone_matches(smollm2):
-    _, tok, _, _, cache = smollm2
+    _, tok, _, cache = smollm2
     tok2 = load_tokenizer("smollm2-135m", cache_dir=cache)
     text = IOI[0][0]
     assert encode(tok2, text) == encode(tok, text)

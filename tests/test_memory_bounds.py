@@ -20,7 +20,7 @@ def deep_model(tmp_path_factory) -> str:
     pruning (path_min_frac=0) has millions of partial paths at 7 tokens."""
     import torch
 
-    from models import tiny_gpt2, word_tokenizer
+    from tests.models import tiny_gpt2, word_tokenizer
 
     d = tmp_path_factory.mktemp("deep_gpt2")
     tiny_gpt2(dtype=torch.float32, n_layer=6, n_head=4, n_embd=32).save_pretrained(d)

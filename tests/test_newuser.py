@@ -7,44 +7,35 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import save_tiny_gpt2  # noqa: E402
-
-from unpack.cli import main  # noqa: E402
+from unpack.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 # the README and every page of the docs site: the user guide moved out of the README
 README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_gpt2(tmp_path_factory)
-
-
-def test_trace_prompts_goes_on_past_a_bad_line(model_dir, tmp_path, capsys):
+def test_trace_prompts_goes_on_past_a_bad_line(word_gpt2_dir, tmp_path, capsys):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"text": "<bos> Mary John", "target": " Mary"}) + "\n"
                  + "{not json\n" + json.dumps({"text": "<bos> John"}) + "\n"
                  + json.dumps({"text": "<bos> John Mary", "target": " John"}) + "\n")
-    assert main(["trace", "--model", model_dir, "--prompts", str(f), "--json"]) == 1
+    assert main(["trace", "--model", word_gpt2_dir, "--prompts", str(f), "--json"]) == 1
     out, err = capsys.readouterr()
     rows = [json.loads(x) for x in out.strip().splitlines()]
     assert [r["tokens"][-1] for r in rows] == ["John", "Mary"]  # both good lines traced
     assert f"{f}:2: not valid JSON" in err and f"{f}:3: each line needs 'text' and 'target'" in err
     assert "loading" in err  # model loading is announced
     f.write_text("{not json\n")
-    assert main(["trace", "--model", model_dir, "--prompts", str(f)]) == 2  # all failed
+    assert main(["trace", "--model", word_gpt2_dir, "--prompts", str(f)]) == 2  # all failed
 
 
-def test_trace_bos_choice(model_dir, capsys):
-    args = ["trace", "--model", model_dir, "--text", " Mary John", "--target", " Mary", "--json"]
+def test_trace_bos_choice(word_gpt2_dir, capsys):
+    args = ["trace", "--model", word_gpt2_dir, "--text", " Mary John", "--target", " Mary",
+            "--json"]
     assert main(args) == 0
     plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(args + ["--bos"]) == 0
@@ -52,8 +43,8 @@ def test_trace_bos_choice(model_dir, capsys):
     assert plain["tokens"] == ["Mary", "John"] and bos["tokens"] == ["<bos>", "Mary", "John"]
 
 
-def test_validate_says_what_it_checks_before_the_results(model_dir, capsys):
-    assert main(["validate", "--model", model_dir, "--text", "<bos> Mary John"]) == 0
+def test_validate_says_what_it_checks_before_the_results(word_gpt2_dir, capsys):
+    assert main(["validate", "--model", word_gpt2_dir, "--text", "<bos> Mary John"]) == 0
     out = capsys.readouterr().out
     assert out.index("checking the docs/METHOD.md §9 invariants on 1 prompt") < out.index("PASS")
 
@@ -100,19 +91,19 @@ def test_readme_corpus_command_has_its_required_flags():
         build_parser().parse_args(c.split()[1:])  # argparse exits 2 on a missing flag
 
 
-def test_random_model_is_the_architecture_with_fresh_weights(model_dir, tmp_path, capsys):
+def test_random_model_is_the_architecture_with_fresh_weights(word_gpt2_dir, tmp_path, capsys):
     """`unpack random-model` (the README's untrained baseline), on a tiny model."""
     from unpack.loading import load_model
 
     out = tmp_path / "rnd"
-    assert main(["random-model", "--like", model_dir, "--layers", "1", "--seed", "3",
+    assert main(["random-model", "--like", word_gpt2_dir, "--layers", "1", "--seed", "3",
                  "--out", str(out)]) == 0
     rnd, tok = load_model(str(out))
-    ref, _ = load_model(model_dir)
+    ref, _ = load_model(word_gpt2_dir)
     assert rnd.config.n_layer == 1 and rnd.config.n_embd == ref.config.n_embd
     assert not torch.equal(rnd.transformer.wte.weight, ref.transformer.wte.weight)
-    assert tok.get_vocab() == load_model(model_dir)[1].get_vocab()
-    assert main(["random-model", "--like", model_dir, "--layers", "9", "--out", str(out)]) == 2
+    assert tok.get_vocab() == load_model(word_gpt2_dir)[1].get_vocab()
+    assert main(["random-model", "--like", word_gpt2_dir, "--layers", "9", "--out", str(out)]) == 2
 
 
 def _readme_commands() -> list[str]:
@@ -194,7 +185,7 @@ def test_wide_tables_fit_the_page_numbers_whole_text_cut():
 def test_reroot_hint_never_sends_to_the_position_it_is_at(monkeypatch, tmp_path):
     """The Prompt page's reroot with nothing stored to show: at the target position
     it suggests another component, elsewhere the target position."""
-    from test_app import build_store, open_app, sql, widget
+    from tests.app_harness import build_store, open_app, sql, widget
 
     db, _ = build_store(tmp_path, n=1, models=[("tiny-gpt2", "gpt2", 2)], roots=(), failing=False)
     at = open_app(monkeypatch, db, "prompt")

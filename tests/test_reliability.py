@@ -17,7 +17,7 @@ import duckdb
 import pytest
 import torch
 
-from models import tiny_gpt2, word_tokenizer
+from tests.models import build_model_dir, tiny_gpt2, word_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
@@ -31,14 +31,7 @@ def unpack(*args, timeout=300):
 
 
 def save(model, d: Path) -> str:
-    model.save_pretrained(d)
-    word_tokenizer().save_pretrained(d)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save(tiny_gpt2(dtype=torch.float32), tmp_path_factory.mktemp("tiny"))
+    return str(build_model_dir(d, model=model, tokenizer=word_tokenizer()))
 
 
 @pytest.fixture(scope="module")
@@ -197,18 +190,7 @@ def test_valid_overrides_are_typed_by_their_field():
 
 # ------------------------------------------------------------------ 6. corpus roots, roles, SIGINT
 
-def _ioi_model(tmp_path_factory):
-    from test_ingest import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("ioi-gpt2"))
-
-
-@pytest.fixture(scope="module")
-def ioi_model_dir(tmp_path_factory):
-    return _ioi_model(tmp_path_factory)
-
-
-def test_corpus_root_is_traced_and_bad_rows_keep_their_text(ioi_model_dir, tmp_path):
+def test_corpus_root_is_traced_and_bad_rows_keep_their_text(model_dir, tmp_path):
     rows = [
         {"text": "When Mary and John went to the store, John gave a drink to",
          "target": " Mary", "root": "attn_1_head_0@END"},
@@ -220,7 +202,7 @@ def test_corpus_root_is_traced_and_bad_rows_keep_their_text(ioi_model_dir, tmp_p
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join((json.dumps(r) if isinstance(r, dict) else r) + "\n" for r in rows))
     db = tmp_path / "u.duckdb"
-    p = unpack("ingest", "--model", str(ioi_model_dir), "--corpus", str(corpus), "--db", str(db),
+    p = unpack("ingest", "--model", str(model_dir), "--corpus", str(corpus), "--db", str(db),
                "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     con = duckdb.connect(str(db), read_only=True)
@@ -241,9 +223,9 @@ def test_corpus_root_is_traced_and_bad_rows_keep_their_text(ioi_model_dir, tmp_p
     assert texts["this line is not JSON"].startswith(f"{corpus}:{line}: "), texts
 
 
-def test_a_role_no_prompt_has_is_a_warning_with_the_roles_there_are(ioi_model_dir, tmp_path):
+def test_a_role_no_prompt_has_is_a_warning_with_the_roles_there_are(model_dir, tmp_path):
     db = tmp_path / "u.duckdb"
-    p = unpack("ingest", "--model", str(ioi_model_dir), "--task", "ioi", "--n", "1", "--db",
+    p = unpack("ingest", "--model", str(model_dir), "--task", "ioi", "--n", "1", "--db",
                str(db), "--roots", "1.0@S3", "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     msg = "no prompt has the role 'S3'"
@@ -251,8 +233,8 @@ def test_a_role_no_prompt_has_is_a_warning_with_the_roles_there_are(ioi_model_di
     assert msg in p.stdout  # in the summary too
 
 
-def test_sigint_during_start_up_of_trace_exits_130_without_a_traceback(model_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "unpack.cli", "trace", "--model", model_dir,
+def test_sigint_during_start_up_of_trace_exits_130_without_a_traceback(word_gpt2_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "unpack.cli", "trace", "--model", word_gpt2_dir,
                              "--text", TEXT, "--target", " Mary"], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)  # importing torch

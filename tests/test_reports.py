@@ -13,7 +13,8 @@ import pytest
 from app.reports import NoData
 from ingest.composition import composition_report, rank_of, roles_table
 from app.reports.suppression import bootstrap_ci, suppression_report
-from test_graphs import edge, prompt, trace, write_store
+from tests.hand_store import edge, prompt, trace, write_store
+from tests.models import INGEST_GPT2, build_model_dir
 from unpack.cli import main as unpack_main
 from unpack.errors import InputError
 
@@ -286,12 +287,11 @@ def test_composition_ingests_missing_reroots_and_matches_the_tracer(tmp_path):
     """Target traces only in the store: the report ingests the reroots (once) and
     its ranks equal those computed from the tracer's own edges."""
     from ingest.run import ingest
-    from test_ingest import build_tiny_model
     from unpack import Tracer
     from unpack.loading import load_model
     from unpack.tasks import ioi
 
-    model_dir = build_tiny_model(tmp_path / "tiny")
+    model_dir = build_model_dir(tmp_path / "tiny", **INGEST_GPT2)
     m, tok = load_model(str(model_dir))
     tracer = Tracer(model=m, tokenizer=tok)
     records = ioi(tok, 4, seed=0)

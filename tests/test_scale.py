@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import tiny_gpt2, tiny_llama_gqa, tiny_neox
-from test_engine import rel, tok  # noqa: F401  (the relative error and the tokenizer fixture)
+from tests.helpers import rel
+from tests.models import tiny_gpt2, tiny_llama_gqa, tiny_neox
 from unpack import InputError, Tracer, make_config
 from unpack.capture import capture
 from unpack.reference import Reference

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from ingest.run import TracingBackend
-from test_ingest import (DUPLICATE_CHECKS, _env, _start_and_kill, build_tiny_model, sql)
+from tests.ingest_checks import DUPLICATE_CHECKS, ingest_env, sql, start_and_kill
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ["1.*@END"]
@@ -94,11 +94,6 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +187,11 @@ def test_driver_sigkill_then_rerun_resumes_to_the_clean_rows(ray_local, workers,
     workers.close()  # their CPUs go to the command's own workers
     address = ray_local.get_runtime_context().gcs_address
     db = tmp_path / "killed-driver.duckdb"
-    _start_and_kill(_cli(model_dir, db, address), after_s=0.0)
+    start_and_kill(_cli(model_dir, db, address), after_s=0.0)
     n1 = sql(db, "SELECT count(*) FROM prompts")[0][0]
     assert 0 < n1 < 20, f"the kill should land mid-way, found {n1} prompts"
-    done = subprocess.run(_cli(model_dir, db, address) + ["--no-progress"], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_cli(model_dir, db, address) + ["--no-progress"], cwd=REPO,
+                          env=ingest_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{n1} already stored" in done.stdout
     assert sql(db, "SELECT count(*), count(DISTINCT prompt_key) FROM prompts") == [(20, 20)]
@@ -223,7 +218,7 @@ def test_without_ray_workers_fail_with_the_install_command(model_dir, tmp_path):
     db = tmp_path / "u.duckdb"
     p = subprocess.run([sys.executable, "-c", _NO_RAY, "ingest", "--model", str(model_dir),
                         "--task", "ioi", "--n", "2", "--db", str(db), "--workers", "2"],
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                       cwd=REPO, env=ingest_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr[-2000:]
     assert 'pip install -e ".[ray]"' in p.stderr and "--workers" in p.stderr
     assert "Traceback" not in p.stderr

@@ -12,18 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import query_db
-from test_ingest import build_tiny_model
+from tests.helpers import query_db
 
 ROOTS = ["attn_1_head_0@END"]
 
 
 @pytest.fixture(scope="module")
-def tracer64(tmp_path_factory):
+def tracer64(model_dir):
     from unpack import Tracer
     from unpack.loading import load_model
 
-    model, tok = load_model(str(build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))))
+    model, tok = load_model(str(model_dir))
     return Tracer(model=model.double(), tokenizer=tok)
 
 

@@ -1,0 +1,1 @@
+"""Scripts beside the tests (run from the repository root as ``python -m tests.scripts.<name>``)."""
