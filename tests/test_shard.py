@@ -143,8 +143,9 @@ def test_two_workers_store_exactly_the_rows_of_one_process(workers, model_dir, r
 
 
 class KillOneWorker(TracingBackend):
-    """The workers' backend (a :class:`ingest.run.TracingBackend`), with one worker process SIGKILLed (by its pid) as soon
-    as the first traced batch is back: that worker is then tracing its next batch."""
+    """The workers' backend (a :class:`ingest.run.TracingBackend`), with one worker
+    process SIGKILLed (by its pid) as soon as the first traced batch is back: that
+    worker is then tracing its next batch."""
 
     def __init__(self, workers):
         self.workers, self.killed = workers, None
