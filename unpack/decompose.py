@@ -420,9 +420,13 @@ def safe_denom(v: Tensor, beta: float, dim: int) -> tuple[Tensor, Tensor]:
     """§6 ``safe_denom``: ``(den, valid)`` with ``den = sign(T)·max(|T|, β·N)``,
     ``T = Σv``, ``N = Σ|v|`` (``T >= 0`` counts positive); ``valid`` is False where
     ``N < 1e-10`` (there the credit is dropped) and ``den`` is 1 there."""
-    T, N = v.sum(dim), v.abs().sum(dim)
+    return denominator(v.sum(dim), v.abs().sum(dim), beta)
+
+
+def denominator(T: Tensor, N: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """:func:`safe_denom` from the two sums ``T = Σv``, ``N = Σ|v|``."""
     valid = N >= EPS_DEN
-    den = torch.where(T >= 0, 1.0, -1.0).to(v.dtype) * torch.maximum(T.abs(), beta * N)
+    den = torch.where(T >= 0, 1.0, -1.0).to(T.dtype) * torch.maximum(T.abs(), beta * N)
     return torch.where(valid, den, torch.ones_like(den)), valid
 
 
@@ -462,6 +466,26 @@ class HeadChunk:
         """``[B, H, S1, Qc, C]``: ``w_Q · query_c / safe_denom``."""
         return None if self.query is None else self.query * self.qscale[..., None]
 
+    def key_credit(self, x: Tensor) -> Tensor:
+        """The K branch (§6) of credit ``x [B, R, H, Qc, S1]``: to each writer at the
+        source, ``Σ_q x · kscale · key_c`` → ``[B, R, H, S1, C]``."""
+        y = x * self.kscale[:, None]
+        return torch.stack([(self.key * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
+
+    def query_credit(self, x: Tensor) -> Tensor:
+        """The Q branch (§6): to each writer at the query, ``Σ_s x · qscale · query_c``
+        → ``[B, R, H, Qc, C]``."""
+        y = (x * self.qscale.transpose(-1, -2)[:, None]).transpose(-1, -2)  # [B, R, H, S1, Qc]
+        return torch.stack([(self.query * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
+
+    def key_rows(self, b: Tensor, h: Tensor, qi: Tensor) -> Tensor:
+        """``key_c · kscale`` of (prompt, head, query-in-chunk) triples → ``[n, S1, C]``."""
+        return self.key[b, h, qi] * self.kscale[b, h, qi][..., None]
+
+    def query_rows(self, b: Tensor, h: Tensor, qi: Tensor) -> Tensor:
+        """``query_c · qscale`` of the triples → ``[n, S1, C]``."""
+        return self.query[b, h, :, qi] * self.qscale[b, h, :, qi][..., None]
+
 
 @dataclass
 class HeadOps:
@@ -479,6 +503,7 @@ class HeadOps:
     w_K: float
     w_Q: float
     beta: float
+    fused: Optional[object] = None  # unpack.fused.FusedKQ, when the fused path is on
 
     def chunks(self, q_lo: int = 0, q_hi: Optional[int] = None) -> Iterator[HeadChunk]:
         """The chunks of query positions ``q_lo .. q_hi-1`` (default: all); the
@@ -486,6 +511,9 @@ class HeadOps:
         S = self.f0.shape[-1] if q_hi is None else q_hi
         for q0 in range(q_lo, S, self.rows):
             q1 = min(S, q0 + self.rows)
+            if self.fused is not None:
+                yield self.fused.chunk(q0, q1)
+                continue
             key = query = ks = qs = None
             if self.w_K:
                 key = self.scores.key(q0, q1)

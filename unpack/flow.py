@@ -134,15 +134,13 @@ class Flow:
         q0, q1 = ch.q0, ch.q1
         x = xs[:, :, :, q0:q1, :q1]  # [B, R, H, Qc, S1]
         heads, C = slice(slot, slot + H), ops.C
-        if ch.key is not None:  # to writers at the source position s: Σ_q
-            y = x * ch.kscale[:, None]
-            T = torch.stack([(ch.key * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
-            self.Fk[:, :, :C, :q1] += T.sum(2).transpose(2, 3)  # T: [B, R, H, S1, C]
+        if ch.kscale is not None:  # to writers at the source position s: Σ_q
+            T = ch.key_credit(x)  # [B, R, H, S1, C]
+            self.Fk[:, :, :C, :q1] += T.sum(2).transpose(2, 3)
             self.E[:, :, heads, :C, 0] += T.sum(3)
-        if ch.query is not None:  # to writers at the query position q: Σ_s
-            y = (x * ch.qscale.transpose(-1, -2)[:, None]).transpose(-1, -2)  # [B, R, H, S1, Qc]
-            T = torch.stack([(ch.query * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
-            self.Fk[:, :, :C, q0:q1] += T.sum(2).transpose(2, 3)  # T: [B, R, H, Qc, C]
+        if ch.qscale is not None:  # to writers at the query position q: Σ_s
+            T = ch.query_credit(x)  # [B, R, H, Qc, C]
+            self.Fk[:, :, :C, q0:q1] += T.sum(2).transpose(2, 3)
             self.E[:, :, heads, :C, 1] += T.sum(3)
         if self.pos_min is not None:
             self._keep_heads(slot, H, x, ops, ch)

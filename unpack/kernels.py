@@ -57,14 +57,16 @@ class VirtualWeights:
 class EngineOptions:
     """How the engine computes (never what): the K/Q contraction (None: the
     cheapest by :func:`unpack.cost.choose_mode`), the size of a query chunk's
-    buffers in elements, the largest projected-writers buffer, the virtual weights."""
+    buffers in elements, the largest projected-writers buffer, the virtual weights,
+    and whether the K/Q factors take the fused path (:mod:`unpack.fused`; off: on a
+    CPU it was not faster, docs/THROUGHPUT.md)."""
 
     mode: Optional[str] = None
     chunk_elements: int = CHUNK_ELEMENTS
     max_proj_bytes: int = 1 << 30
     vws: Optional[VirtualWeights] = None
     proj_elements: int = PROJ_BLOCK
-
+    fused: bool = False
 
 
 def transpose_scaled(proj: Tensor, inv_sigma: Tensor, out: Tensor, block: int = 1 << 18) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import decompose as dec
+from . import fused
 from .adapters import build_spec
 from .capture import Capture, capture, unembed_mean
 from .components import Components
@@ -293,8 +294,9 @@ class Tracer:
 
         def ops_for_layer(L):
             lw = cap.layers[L].weights()  # one cast of the layer for all its readers
+            hops = dec.head_ops(cap, L, chat, d_hat, cfg, self.engine, lw)
             return (dec.mlp_ops(cap, L, chat, d_hat, cfg, lw),
-                    dec.head_ops(cap, L, chat, d_hat, cfg, self.engine, lw))
+                    fused.attach(hops) if self.engine.fused else hops)
         return ops_for_layer
 
     @torch.no_grad()
