@@ -81,6 +81,34 @@ def test_chunked_modes_equal_reference(tok, kind, mode):
                 check(tr, res, p, make_config(preset))
 
 
+def test_fused_equals_reference_and_plain_path(tok):
+    """The fused K/Q path (unpack.fused.FusedKQ: no score tensor is centered or
+    normalized whole) on GQA with rotary and virtual weights, a padded batch with a
+    reroot, several chunks of query positions: the reference's credit, flow and
+    edges within 1e-8, and the plain path's paths and position-resolved edges."""
+    tr = Tracer(model=KINDS["llama_gqa"](), tokenizer=tok)
+    tr.engine.mode, tr.engine.chunk_elements, tr.engine.fused = "virtual", 1 << 13, True
+    assert 1 < dec_rows(tr) < 25
+    ids = tr.prepare(LONG, " Mary").ids
+    cap = capture(tr.spec, torch.tensor([ids]), torch.tensor([len(ids)]), dtype=tr.dtype)
+    d_hat = tr.start(cap, torch.tensor([0]), None, "importance")[1]
+    assert all(tr.layer_ops(cap, make_config("kqv_aligned"), d_hat)(L)[1].fused is not None
+               for L in range(tr.spec.n_layers))  # the fused path is the one tested
+    kw = dict(path_min_frac=1e-3, top_paths_k=60, position_edges=True, edge_min_frac=1e-4)
+    batch = BATCH[1:3]  # 11 and 25 tokens; the long one rerooted at a head
+    fused = tr.trace_batch(batch, batch_size=8, **kw)
+    for p, res in zip(batch, fused):
+        check(tr, res, p, make_config("kqv_aligned", **kw))
+    tr.engine.fused = False
+    for p, a, b in zip(batch, fused, tr.trace_batch(batch, batch_size=8, **kw)):
+        pa, pb = {q.chain: q.score for q in a.paths}, {q.chain: q.score for q in b.paths}
+        assert len(pa) >= 20 and set(pa) == set(pb), p
+        assert max(abs(pa[k] - pb[k]) / abs(pb[k]) for k in pb) <= TOL
+        key = ["parent", "parent_pos", "child", "child_pos", "mode"]
+        pe = a.position_edges.merge(b.position_edges, on=key, how="outer").fillna(0.0)
+        assert len(pe) > 20 and rel(pe["weight_x"], pe["weight_y"]) <= TOL
+
+
 @pytest.mark.parametrize("kind", ["neox_partial_rotary", "llama_gqa"])
 def test_chunked_paths_and_position_edges(tok, kind):
     """Paths and position-resolved edges do not depend on the chunking: the same

@@ -1,4 +1,5 @@
-"""Writer scores of every reader, as batched tensor code (METHOD.md §2-5).
+"""The Unpack decomposition, in the order of docs/METHOD.md: §3 seeds, §4
+attention scores, §5 MLP scores, §6 the factors the sweep distributes credit with.
 
 Shapes: ``B`` prompts, ``C`` eligible writers, ``H`` heads, ``S`` positions,
 ``D`` width, ``d`` head dim, ``F`` MLP width. Writers enter as ``ĉ`` (centered
@@ -8,6 +9,8 @@ folded into the contractions: ``m(c)[s]·v = (ĉ[s]·(γ⊙v)) / σ[s]``.
 The K and Q scores (``C·H·S²`` numbers per reader) are never held for a whole
 layer: :class:`AttnScores` produces them a chunk of query positions at a time,
 and the sweep and the path search consume each chunk before the next is made.
+How the contractions are computed fast (fold, project, virtual weights, the
+blocked layouts) is :mod:`unpack.kernels`.
 """
 from __future__ import annotations
 
@@ -18,34 +21,15 @@ import torch
 
 from .adapters.base import LayerWeights, ModelSpec
 from .capture import Capture, LayerCapture, attention_logits, attention_probs, expand_kv, softcap
-from .cost import CHUNK_ELEMENTS, PROJ_BLOCK, Shape, chunk_rows, choose_mode, shape_of, virtual_bytes
+from .cost import PROJ_BLOCK, chunk_rows, choose_mode, shape_of
+from .kernels import (EngineOptions, VirtualWeights, fold, fold_per_source, per_position,
+                      project_writers, rotate_head_major)
 
 Tensor = torch.Tensor
 EPS_DEN = 1e-10
 
 
-def safe_denom(v: Tensor, beta: float, dim: int) -> tuple[Tensor, Tensor]:
-    """§6 ``safe_denom``: ``(den, valid)`` with ``den = sign(T)·max(|T|, β·N)``,
-    ``T = Σv``, ``N = Σ|v|`` (``T >= 0`` counts positive); ``valid`` is False where
-    ``N < 1e-10`` (there the credit is dropped) and ``den`` is 1 there."""
-    T, N = v.sum(dim), v.abs().sum(dim)
-    valid = N >= EPS_DEN
-    den = torch.where(T >= 0, 1.0, -1.0).to(v.dtype) * torch.maximum(T.abs(), beta * N)
-    return torch.where(valid, den, torch.ones_like(den)), valid
-
-
-def normalize(v: Tensor, beta: float, dim: int) -> Tensor:
-    """``v / safe_denom(v)`` along ``dim``, zero where the denominator vanishes."""
-    den, valid = safe_denom(v, beta, dim)
-    return v / den.unsqueeze(dim) * valid.unsqueeze(dim)
-
-
-def inverse_denom(v: Tensor, beta: float, dim: int, weight: float = 1.0) -> Tensor:
-    """``weight / safe_denom(v)`` along ``dim``, zero where the denominator vanishes."""
-    den, valid = safe_denom(v, beta, dim)
-    return weight * valid.to(v.dtype) / den
-
-
+# --------------------------------------------------------------------------- §3
 def centered_writers(cap: Capture, writers: Tensor) -> Tensor:
     """``ĉ`` for every writer (§3): centered over D for LayerNorm models."""
     return cap.spec.ln_final.center(writers)
@@ -55,6 +39,99 @@ def writers_hat(cap: Capture) -> Tensor:
     """``ĉ`` of every credited writer ``[B, N, S, D]`` (the capture's buffer when it
     was made centered; no copy)."""
     return cap.writers if cap.centered else centered_writers(cap, cap.writers)
+
+
+def unembed_direction(W_U: Tensor, W_U_mean: Tensor, tid: Tensor, did: Optional[Tensor] = None) -> Tensor:
+    """§3 ``u`` per prompt → ``[B, D]``: ``W_U[τ] − W_U[δ]`` where a distractor is
+    given (``did >= 0``), else ``W_U[τ] − mean_v W_U[v]``. ``did``: ``[B]`` token
+    ids, ``-1`` for none; ``None`` for no distractors at all."""
+    ut = W_U[tid].to(W_U_mean.dtype)
+    if did is None:
+        return ut - W_U_mean
+    ud = W_U[did.clamp_min(0)].to(W_U_mean.dtype)
+    return torch.where((did >= 0)[:, None], ut - ud, ut - W_U_mean)
+
+
+def target_direction(cap: Capture, u: Tensor) -> Tensor:
+    """``d_t = γ_f ⊙ u / σ_f(resid_final[t])`` per prompt → ``[B, D]``."""
+    B = u.shape[0]
+    sig = cap.sigma_final[torch.arange(B, device=u.device), cap.t]
+    return cap.spec.ln_final.weight.to(u.dtype) * u / sig[:, None]
+
+
+def seeds(cap: Capture, chat: Tensor, W_U: Tensor, W_U_mean: Tensor, tid: Tensor,
+          did: Optional[Tensor], seed: str = "importance") -> Tensor:
+    """§3 seeds ``I_c = ĉ[t] · d_t`` for every writer in ``chat`` → ``[B, N]``.
+
+    ``seed="importance"`` (the paper's): ``u = W_U[τ] − mean_v W_U[v]`` even when a
+    distractor is given; ``seed="metric"``: the distractor's direction where there
+    is one (the seeds then add up to the logit difference, with the bias parts),
+    else the same as importance."""
+    did = did if seed == "metric" else None
+    u = unembed_direction(W_U, W_U_mean, tid, did)
+    dirn = target_direction(cap, u)  # [B, D]
+    B = tid.shape[0]
+    c_t = chat[torch.arange(B, device=chat.device), :, cap.t]  # [B, N, D]
+    I = torch.einsum("bnD,bD->bn", c_t, dirn)
+    r = capped_seed_ratio(cap, tid, did)
+    return I if r is None else I * r[:, None]
+
+
+def metric_of(logits: Tensor, tid: Tensor, did: Optional[Tensor]) -> Tensor:
+    """``[B]``: ``logits[τ] − logits[δ]`` where a distractor is given (``did >= 0``),
+    else ``logits[τ] − mean_v logits[v]`` (§3)."""
+    ar = torch.arange(logits.shape[0], device=logits.device)
+    other = logits.mean(-1)
+    if did is not None:
+        other = torch.where(did >= 0, logits[ar, did.clamp_min(0)], other)
+    return logits[ar, tid] - other
+
+
+def capped_seed_ratio(cap: Capture, tid: Tensor, did: Optional[Tensor]) -> Optional[Tensor]:
+    """``[B]``: the final soft-cap's ratio, capped over uncapped metric (§3), the
+    factor every seed takes so that the seeds add up to the capped metric; None
+    without a final soft-cap (1 where the uncapped metric is 0)."""
+    if cap.logits_raw_t is None:
+        return None
+    raw, capped = metric_of(cap.logits_raw_t, tid, did), metric_of(cap.logits_t, tid, did)
+    small = raw.abs() < 1e-30
+    return torch.where(small, torch.ones_like(raw), capped / torch.where(small, 1.0, raw))
+
+
+# --------------------------------------------------------------------------- §4
+def _gamma_weights(lw: LayerWeights) -> tuple[Tensor, Tensor]:
+    """``(Γ W_K, Γ W_Q)``: the attention norm's γ folded into the weights (m·W = (ĉ/σ)·(γ⊙W)),
+    and a qk-norm's ``γ_k`` / ``γ_q`` over each head's features."""
+    gam = lw.ln_attn.weight
+    # multiplied along each head's rows as they lie in memory ([H, d, D] views):
+    # a fused per-head QKV matrix is then read in order, not transposed
+    WK, WQ = (lw.W_K.transpose(1, 2) * gam).transpose(1, 2), (lw.W_Q.transpose(1, 2) * gam).transpose(1, 2)
+    if lw.k_norm is not None:
+        WK = WK * lw.k_norm.gamma(WK.shape[0])[:, None, :]
+    if lw.q_norm is not None:
+        WQ = WQ * lw.q_norm.gamma(WQ.shape[0])[:, None, :]
+    return WK, WQ
+
+
+def _inverse_scales(spec: ModelSpec, lc: LayerCapture) -> tuple[Tensor, Tensor]:
+    """``(1/σ_k, 1/σ_q)``, each ``[B, H or 1, S]``: the per-source factor of a
+    writer's key part (the attention norm's ``1/σ[s]``, times ``1/σ_k[g(h), s]``
+    under a qk-norm) and the per-query factor of its query part (§4)."""
+    inv = 1.0 / lc.sigma_attn[:, None]
+    ik = inv if lc.sigma_k is None else inv / expand_kv(lc.sigma_k, spec)
+    iq = inv if lc.sigma_q is None else inv / lc.sigma_q
+    return ik, iq
+
+
+def capped_ratio(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> Optional[Tensor]:
+    """``[B, H, S, S]``: soft-capped over uncapped attention logits (1 where a logit
+    is 0), the factor every writer's K and Q score takes under a soft-cap (§4);
+    None without one."""
+    if lw.softcap is None:
+        return None
+    t = attention_logits(spec, lw, lc.Q, lc.K)
+    small = t.abs() < 1e-30
+    return torch.where(small, torch.ones_like(t), softcap(t, lw.softcap) / torch.where(small, 1.0, t))
 
 
 def causal_center(raw: Tensor, q0: int, sdim: int, window: Optional[int] = None) -> Tensor:
@@ -94,154 +171,6 @@ def _window_center(raw: Tensor, q: Tensor, sdim: int, qdim: int, window: int) ->
     raw.mul_(vis)
     raw.sub_(raw.sum(sdim, keepdim=True) / count)
     return raw.mul_(vis)
-
-
-# --------------------------------------------------------------------------- §4
-# Three contractions give the same K/Q scores (see unpack/cost.py for their costs):
-#   fold     contract ĉ with one D-vector per (h, q): W_K Q[h,q] (with rotary one per
-#            (h, q, s): W_K R_s^T Q[h,q]); best while S is short;
-#   project  project every writer into head space, rotate, contract;
-#   virtual  as project, but a head writer's projection is z_h' (W_O[h'] P Γ W_K): a
-#            d×d "virtual weight" per (writer head, reader head), cached per model
-#            when it fits, else built per batch.
-
-
-class VirtualWeights:
-    """``W_O[h'] P Γ_L [W_K | W_Q]`` per (writer layer, reader layer): ``[H, d, P]``.
-
-    Kept for the life of the tracer when all of them fit in ``budget_bytes``
-    (12 layers of 12 heads, width 768: about 300 MB); otherwise built when needed and dropped."""
-
-    def __init__(self, spec: ModelSpec, dtype: torch.dtype, budget_bytes: int = 1 << 30):
-        self.spec, self.dtype = spec, dtype
-        elem = torch.empty((), dtype=dtype).element_size()
-        self.cached = virtual_bytes(Shape.from_spec(spec), elem) <= budget_bytes
-        self._store: dict[tuple[int, int], Tensor] = {}
-
-    def get(self, L: int, Wkq: Tensor) -> Tensor:
-        """``[L·H, d, P]``: the virtual weights of every head of layers ``< L`` into
-        reader ``L`` (``Wkq = Γ_L [W_K | W_Q]``, ``[D, P]``)."""
-        if L in self._store:
-            return self._store[L]
-        W_O = torch.cat([lw.W_O.detach() for lw in self.spec.layers[:L]]).to(self.dtype)
-        W_O = self.spec.ln_final.center(W_O)  # P: each head's output centered over D
-        vw = W_O @ Wkq.detach()
-        if self.cached:
-            self._store[L] = vw
-        return vw
-
-
-@dataclass
-class EngineOptions:
-    """How the engine computes (never what): the K/Q contraction (None: the
-    cheapest by :func:`unpack.cost.choose_mode`), the size of a query chunk's
-    buffers in elements, the largest projected-writers buffer, the virtual weights."""
-
-    mode: Optional[str] = None
-    chunk_elements: int = CHUNK_ELEMENTS
-    max_proj_bytes: int = 1 << 30
-    vws: Optional[VirtualWeights] = None
-    proj_elements: int = PROJ_BLOCK
-
-
-def _gamma_weights(lw: LayerWeights) -> tuple[Tensor, Tensor]:
-    """``(Γ W_K, Γ W_Q)``: the attention norm's γ folded into the weights (m·W = (ĉ/σ)·(γ⊙W)),
-    and a qk-norm's ``γ_k`` / ``γ_q`` over each head's features."""
-    gam = lw.ln_attn.weight
-    # multiplied along each head's rows as they lie in memory ([H, d, D] views):
-    # a fused per-head QKV matrix is then read in order, not transposed
-    WK, WQ = (lw.W_K.transpose(1, 2) * gam).transpose(1, 2), (lw.W_Q.transpose(1, 2) * gam).transpose(1, 2)
-    if lw.k_norm is not None:
-        WK = WK * lw.k_norm.gamma(WK.shape[0])[:, None, :]
-    if lw.q_norm is not None:
-        WQ = WQ * lw.q_norm.gamma(WQ.shape[0])[:, None, :]
-    return WK, WQ
-
-
-def _inverse_scales(spec: ModelSpec, lc: LayerCapture) -> tuple[Tensor, Tensor]:
-    """``(1/σ_k, 1/σ_q)``, each ``[B, H or 1, S]``: the per-source factor of a
-    writer's key part (the attention norm's ``1/σ[s]``, times ``1/σ_k[g(h), s]``
-    under a qk-norm) and the per-query factor of its query part (§4)."""
-    inv = 1.0 / lc.sigma_attn[:, None]
-    ik = inv if lc.sigma_k is None else inv / expand_kv(lc.sigma_k, spec)
-    iq = inv if lc.sigma_q is None else inv / lc.sigma_q
-    return ik, iq
-
-
-def capped_ratio(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> Optional[Tensor]:
-    """``[B, H, S, S]``: soft-capped over uncapped attention logits (1 where a logit
-    is 0), the factor every writer's K and Q score takes under a soft-cap (§4);
-    None without one."""
-    if lw.softcap is None:
-        return None
-    t = attention_logits(spec, lw, lc.Q, lc.K)
-    small = t.abs() < 1e-30
-    return torch.where(small, torch.ones_like(t), softcap(t, lw.softcap) / torch.where(small, 1.0, t))
-
-
-def _transpose_scaled(proj: Tensor, inv_sigma: Tensor, out: Tensor, block: int = 1 << 18) -> None:
-    """``out[b, p, s, c] = proj[b, c, s, p] · inv_sigma[b, s]`` into ``out [B, P, S', C]``
-    (``inv_sigma`` and ``out`` cover ``proj``'s positions).
-
-    A cache-blocked transpose (a few positions per copy): one strided copy of the
-    whole ``[C, S, P]`` buffer is three times slower on a CPU."""
-    B, C, S, P = proj.shape
-    step = max(1, block // max(C * P, 1))
-    for s0 in range(0, S, step):
-        s1 = min(S, s0 + step)
-        torch.mul(proj[:, :, s0:s1].permute(0, 3, 2, 1), inv_sigma[:, None, s0:s1, None],
-                  out=out[:, :, s0:s1])
-
-
-def _rotate_head_major(x: Tensor, cos: Tensor, sin: Tensor, r: int) -> None:
-    """Rotary embedding in place on ``x [B, G, d, S, C]`` (head dim third, positions
-    fourth), ``cos, sin: [S, r]``: the same rotate-half rotation as
-    :meth:`unpack.adapters.base.Rotary.apply`, laid out for the chunked scores."""
-    half = r // 2
-    xr = x[:, :, :r]
-    rot = torch.cat((-xr[:, :, half:], xr[:, :, :half]), 2)
-    c, s_ = cos.T[:, :, None], sin.T[:, :, None]  # [r, S, 1]
-    x[:, :, :r] = xr * c + rot * s_
-
-
-def _fold(u: Tensor, ch: Tensor, inv: Tensor, q0: int, q_on_u: bool, blocks: int = 4) -> Tensor:
-    """``out[b, h, i, j, c] = (u[b, h, i] · ch[b, c, j]) · inv`` → ``[B, H, I, J, C]``,
-    causal: only pairs with source ``<=`` query are formed (the rest stay zero).
-
-    The query index ``q = q0 + i`` runs along ``u`` (K side, sources along ``ch``)
-    when ``q_on_u``, else ``q = q0 + j`` runs along ``ch`` (Q side). The query range
-    is cut into ``blocks`` GEMMs, each over the sources it can see, with the writers
-    as they lie in the buffer (rows ``(c, j)``); one pass per block then lays the
-    result out writers last and applies ``inv`` (broadcast over ``[B, H, I, J, C]``)."""
-    B, H, I, D = u.shape
-    C, J = ch.shape[1], ch.shape[2]
-    out = u.new_zeros(B, H, I, J, C)
-    n = I if q_on_u else J
-    step = -(-n // max(1, min(blocks, n)))
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        if q_on_u:  # queries a..b-1 along u see sources < q0 + b along ch
-            ub, cb, jb = u[:, :, a:b], ch[:, :, :min(J, q0 + b)], slice(0, min(J, q0 + b))
-            ib, iv = slice(a, b), inv[..., jb, :]
-        else:  # queries a..b-1 along ch see sources < q0 + b along u
-            ub, cb, ib = u[:, :, :min(I, q0 + b)], ch[:, :, a:b], slice(0, min(I, q0 + b))
-            jb, iv = slice(a, b), inv[..., a:b, :]
-        i, j = ub.shape[2], cb.shape[2]
-        prod = ub.reshape(B, H * i, D) @ cb.reshape(B, C * j, D).transpose(1, 2)  # [B, H·i, C·j]
-        torch.mul(prod.view(B, H, i, C, j).transpose(-1, -2), iv, out=out[:, :, ib, jb])
-    return out
-
-
-def _fold_per_source(u: Tensor, ch: Tensor, inv: Tensor) -> Tensor:
-    """``out[b, h, i, j, c] = (u[b, h, i, j] · ch[b, c, j]) · inv`` → ``[B, H, I, J, C]``
-    (the rotary fold: one D-vector per pair): a GEMM per position ``j`` over the
-    writers as they lie in the buffer."""
-    B, H, I, J, D = u.shape
-    C = ch.shape[1]
-    uj = u.permute(0, 3, 1, 2, 4).reshape(B, J, H * I, D)
-    prod = torch.matmul(uj, ch.transpose(1, 2).transpose(-1, -2))  # [B, J, H·I, C]
-    prod = prod.view(B, J, H, I, C).permute(0, 2, 3, 1, 4)
-    return torch.mul(prod, inv, out=u.new_empty(B, H, I, J, C))
 
 
 class AttnScores:
@@ -285,55 +214,21 @@ class AttnScores:
             return
         # every writer in head space, laid out [B, Hkv + H, d, S, C] with 1/σ[s]
         # applied: one GEMM per head then makes a whole chunk, writers last
-        allT = self._projected_T(virtual, 1.0 / lc.sigma_attn, proj_elements).view(B, Hkv + H, d, S, C)
+        Wkq = torch.cat([self.W_K.permute(1, 0, 2).reshape(D, -1),
+                         self.W_Q.permute(1, 0, 2).reshape(D, -1)], 1)  # Γ [W_K | W_Q]: [D, P]
+        heads = None
+        if mode == "virtual" and lc.L > 0:  # head writers through their virtual weights
+            comps, Z, vws = virtual
+            heads = (comps, Z, vws.get(lc.L, Wkq), lc.L)
+        allT = project_writers(chat, Wkq, 1.0 / lc.sigma_attn, proj_elements, heads)
+        allT = allT.view(B, Hkv + H, d, S, C)
         if lc.sigma_k is not None:
             allT[:, :Hkv].div_(lc.sigma_k[:, :, None, :, None])
         if lc.sigma_q is not None:
             allT[:, Hkv:].div_(lc.sigma_q[:, :, None, :, None])
         if self.rotary is not None:
-            _rotate_head_major(allT, cos, sin, self.rotary.dim)
+            rotate_head_major(allT, cos, sin, self.rotary.dim)
         self.kcT, self.qcT = allT[:, :Hkv], allT[:, Hkv:]  # [B, Hkv, d, S, C], [B, H, d, S, C]
-
-    def _projected_T(self, virtual, inv_sigma: Tensor, block: int) -> Tensor:
-        """Every writer through ``Γ [W_K | W_Q]`` and scaled by ``1/σ[s]``, laid out
-        ``[B, P, S, C]``. The ``[B, C, S, P]`` projection is made a block of positions
-        at a time (at most ``block`` elements alive besides the result)."""
-        D = self.spec.d_model
-        Wkq = torch.cat([self.W_K.permute(1, 0, 2).reshape(D, -1),
-                         self.W_Q.permute(1, 0, 2).reshape(D, -1)], 1)  # [D, P]
-        B, C, S, _ = self.chat.shape
-        P = Wkq.shape[1]
-        vw = None
-        if self.mode == "virtual" and self.lc.L > 0:
-            comps, Z, vws = virtual
-            vw = vws.get(self.lc.L, Wkq)
-        out = self.chat.new_empty(B, P, S, C)
-        step = max(1, block // max(B * C * P, 1))
-        for s0 in range(0, S, step):
-            s1 = min(S, s0 + step)
-            proj = self._project(Wkq, vw, virtual, s0, s1)
-            _transpose_scaled(proj, inv_sigma[:, s0:s1], out[:, :, s0:s1])
-            del proj
-        return out
-
-    def _project(self, Wkq: Tensor, vw: Optional[Tensor], virtual, s0: int, s1: int) -> Tensor:
-        """Positions ``s0 .. s1-1`` of every writer through ``Wkq`` (σ not yet
-        applied) → ``[B, C, s1 - s0, P]``; with virtual weights ``vw`` a head writer
-        goes through ``z_h' (W_O[h'] P Γ W)``, all heads at once."""
-        chat = self.chat[:, :, s0:s1]
-        if vw is None:
-            return chat @ Wkq
-        comps, Z, _ = virtual
-        L, H = self.lc.L, self.spec.n_heads
-        B, C, Sb, _ = chat.shape
-        proj = chat.new_empty(B, C, Sb, Wkq.shape[1])
-        full = list(range(comps.n_emb)) + [comps.mlp_slot(Lw) for Lw in range(L)]
-        proj[:, full] = chat[:, full] @ Wkq
-        heads = torch.einsum("blhsd,lhdP->blhsP", Z[:, :L, :, s0:s1], vw.view(L, H, *vw.shape[1:]))
-        for Lw in range(L):
-            slot = comps.head_slot(Lw)
-            proj[:, slot:slot + H] = heads[:, Lw]
-        return proj
 
     @torch.no_grad()
     def raw_key(self, q0: int, q1: int, s1: int, causal: bool = False) -> Tensor:
@@ -350,13 +245,13 @@ class AttnScores:
             ch = self.chat[:, :, :s1]
             inv = self.lw.attn_scale * self.inv_k[:, :, None, :s1, None]
             if self.rotary is None:
-                raw = _fold(self.uK[:, :, q0:q1], ch, inv, q0, True, 4 if causal else 1)
+                raw = fold(self.uK[:, :, q0:q1], ch, inv, q0, True, 4 if causal else 1)
             else:
                 # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
                 Qr = self.rotary.apply(lc.Q[:, :, q0:q1, None, :].expand(-1, -1, -1, s1, -1),
                                        self.cos[:s1], -self.sin[:s1])
                 u = torch.einsum("bhqse,hDe->bhqsD", Qr, expand_kv(self.W_K, spec, 0))
-                raw = _fold_per_source(u, ch, inv)
+                raw = fold_per_source(u, ch, inv)
         if self.ratio is not None:
             raw.mul_(self.ratio[:, :, q0:q1, :s1, None])
         return raw
@@ -374,13 +269,13 @@ class AttnScores:
             ch = self.chat[:, :, q0:q1]
             inv = self.lw.attn_scale * self.inv_q[:, :, None, q0:q1, None]
             if self.rotary is None:
-                raw = _fold(self.uQ[:, :, :s1], ch, inv, q0, False, 4 if causal else 1)
+                raw = fold(self.uQ[:, :, :s1], ch, inv, q0, False, 4 if causal else 1)
             else:
                 # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
                 Kr = self.rotary.apply(self.Kx[:, :, None, :s1, :].expand(-1, -1, Qc, -1, -1),
                                        self.cos[q0:q1, None], -self.sin[q0:q1, None])
                 u = torch.einsum("bhqse,hDe->bhqsD", Kr, self.W_Q)
-                raw = _fold_per_source(u.transpose(2, 3), ch, inv)
+                raw = fold_per_source(u.transpose(2, 3), ch, inv)
         if self.ratio is not None:
             raw.mul_(self.ratio[:, :, q0:q1, :s1].transpose(-1, -2)[..., None])
         return raw
@@ -423,15 +318,6 @@ def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: 
     S = chat.shape[2]
     mode = mode or score_mode(spec, chat.shape[0], S, lc.L)
     return AttnScores(spec, lw, lc, chat, cos, sin, mode).raw_query(0, S, S).permute(0, 4, 1, 3, 2)
-
-
-def per_position(chat: Tensor, vec: Tensor) -> Tensor:
-    """``out[b, c, s, k] = chat[b, c, s] · vec[b, s, k]`` → ``[B, C, S, K]`` for
-    ``chat [B, C, S, D]``, ``vec [B, S, K, D]``: one GEMM per position over the
-    writers as they lie in the buffer, a prompt at a time (batched over the
-    prompts too, the contraction would first copy every writer position-major)."""
-    return torch.stack([torch.bmm(chat[b].transpose(0, 1), vec[b].transpose(1, 2))
-                        for b in range(chat.shape[0])]).transpose(1, 2)
 
 
 def value_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor) -> Tensor:
@@ -529,11 +415,31 @@ def mlp_l2(lw: LayerWeights, lc: LayerCapture, chat: Tensor, max_elements: int =
     return torch.cat(out, 1)
 
 
-def target_direction(cap: Capture, u: Tensor) -> Tensor:
-    """``d_t = γ_f ⊙ u / σ_f(resid_final[t])`` per prompt → ``[B, D]``."""
-    B = u.shape[0]
-    sig = cap.sigma_final[torch.arange(B, device=u.device), cap.t]
-    return cap.spec.ln_final.weight.to(u.dtype) * u / sig[:, None]
+# --------------------------------------------------------------------------- §6
+def safe_denom(v: Tensor, beta: float, dim: int) -> tuple[Tensor, Tensor]:
+    """§6 ``safe_denom``: ``(den, valid)`` with ``den = sign(T)·max(|T|, β·N)``,
+    ``T = Σv``, ``N = Σ|v|`` (``T >= 0`` counts positive); ``valid`` is False where
+    ``N < 1e-10`` (there the credit is dropped) and ``den`` is 1 there."""
+    return denominator(v.sum(dim), v.abs().sum(dim), beta)
+
+
+def denominator(T: Tensor, N: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """:func:`safe_denom` from the two sums ``T = Σv``, ``N = Σ|v|``."""
+    valid = N >= EPS_DEN
+    den = torch.where(T >= 0, 1.0, -1.0).to(T.dtype) * torch.maximum(T.abs(), beta * N)
+    return torch.where(valid, den, torch.ones_like(den)), valid
+
+
+def normalize(v: Tensor, beta: float, dim: int) -> Tensor:
+    """``v / safe_denom(v)`` along ``dim``, zero where the denominator vanishes."""
+    den, valid = safe_denom(v, beta, dim)
+    return v / den.unsqueeze(dim) * valid.unsqueeze(dim)
+
+
+def inverse_denom(v: Tensor, beta: float, dim: int, weight: float = 1.0) -> Tensor:
+    """``weight / safe_denom(v)`` along ``dim``, zero where the denominator vanishes."""
+    den, valid = safe_denom(v, beta, dim)
+    return weight * valid.to(v.dtype) / den
 
 
 @dataclass
@@ -560,6 +466,26 @@ class HeadChunk:
         """``[B, H, S1, Qc, C]``: ``w_Q · query_c / safe_denom``."""
         return None if self.query is None else self.query * self.qscale[..., None]
 
+    def key_credit(self, x: Tensor) -> Tensor:
+        """The K branch (§6) of credit ``x [B, R, H, Qc, S1]``: to each writer at the
+        source, ``Σ_q x · kscale · key_c`` → ``[B, R, H, S1, C]``."""
+        y = x * self.kscale[:, None]
+        return torch.stack([(self.key * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
+
+    def query_credit(self, x: Tensor) -> Tensor:
+        """The Q branch (§6): to each writer at the query, ``Σ_s x · qscale · query_c``
+        → ``[B, R, H, Qc, C]``."""
+        y = (x * self.qscale.transpose(-1, -2)[:, None]).transpose(-1, -2)  # [B, R, H, S1, Qc]
+        return torch.stack([(self.query * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
+
+    def key_rows(self, b: Tensor, h: Tensor, qi: Tensor) -> Tensor:
+        """``key_c · kscale`` of (prompt, head, query-in-chunk) triples → ``[n, S1, C]``."""
+        return self.key[b, h, qi] * self.kscale[b, h, qi][..., None]
+
+    def query_rows(self, b: Tensor, h: Tensor, qi: Tensor) -> Tensor:
+        """``query_c · qscale`` of the triples → ``[n, S1, C]``."""
+        return self.query[b, h, :, qi] * self.qscale[b, h, :, qi][..., None]
+
 
 @dataclass
 class HeadOps:
@@ -577,6 +503,7 @@ class HeadOps:
     w_K: float
     w_Q: float
     beta: float
+    fused: Optional[object] = None  # unpack.fused.FusedKQ, when the fused path is on
 
     def chunks(self, q_lo: int = 0, q_hi: Optional[int] = None) -> Iterator[HeadChunk]:
         """The chunks of query positions ``q_lo .. q_hi-1`` (default: all); the
@@ -584,6 +511,9 @@ class HeadOps:
         S = self.f0.shape[-1] if q_hi is None else q_hi
         for q0 in range(q_lo, S, self.rows):
             q1 = min(S, q0 + self.rows)
+            if self.fused is not None:
+                yield self.fused.chunk(q0, q1)
+                continue
             key = query = ks = qs = None
             if self.w_K:
                 key = self.scores.key(q0, q1)
@@ -683,53 +613,3 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
 
     return MLPOps(chain("depth0"), chain(cfg.mlp_rule))
 
-
-# --------------------------------------------------------------------------- §3
-def unembed_direction(W_U: Tensor, W_U_mean: Tensor, tid: Tensor, did: Optional[Tensor] = None) -> Tensor:
-    """§3 ``u`` per prompt → ``[B, D]``: ``W_U[τ] − W_U[δ]`` where a distractor is
-    given (``did >= 0``), else ``W_U[τ] − mean_v W_U[v]``. ``did``: ``[B]`` token
-    ids, ``-1`` for none; ``None`` for no distractors at all."""
-    ut = W_U[tid].to(W_U_mean.dtype)
-    if did is None:
-        return ut - W_U_mean
-    ud = W_U[did.clamp_min(0)].to(W_U_mean.dtype)
-    return torch.where((did >= 0)[:, None], ut - ud, ut - W_U_mean)
-
-
-def metric_of(logits: Tensor, tid: Tensor, did: Optional[Tensor]) -> Tensor:
-    """``[B]``: ``logits[τ] − logits[δ]`` where a distractor is given (``did >= 0``),
-    else ``logits[τ] − mean_v logits[v]`` (§3)."""
-    ar = torch.arange(logits.shape[0], device=logits.device)
-    other = logits.mean(-1)
-    if did is not None:
-        other = torch.where(did >= 0, logits[ar, did.clamp_min(0)], other)
-    return logits[ar, tid] - other
-
-
-def capped_seed_ratio(cap: Capture, tid: Tensor, did: Optional[Tensor]) -> Optional[Tensor]:
-    """``[B]``: the final soft-cap's ratio, capped over uncapped metric (§3), the
-    factor every seed takes so that the seeds add up to the capped metric; None
-    without a final soft-cap (1 where the uncapped metric is 0)."""
-    if cap.logits_raw_t is None:
-        return None
-    raw, capped = metric_of(cap.logits_raw_t, tid, did), metric_of(cap.logits_t, tid, did)
-    small = raw.abs() < 1e-30
-    return torch.where(small, torch.ones_like(raw), capped / torch.where(small, 1.0, raw))
-
-
-def seeds(cap: Capture, chat: Tensor, W_U: Tensor, W_U_mean: Tensor, tid: Tensor,
-          did: Optional[Tensor], seed: str = "importance") -> Tensor:
-    """§3 seeds ``I_c = ĉ[t] · d_t`` for every writer in ``chat`` → ``[B, N]``.
-
-    ``seed="importance"`` (the paper's): ``u = W_U[τ] − mean_v W_U[v]`` even when a
-    distractor is given; ``seed="metric"``: the distractor's direction where there
-    is one (the seeds then add up to the logit difference, with the bias parts),
-    else the same as importance."""
-    did = did if seed == "metric" else None
-    u = unembed_direction(W_U, W_U_mean, tid, did)
-    dirn = target_direction(cap, u)  # [B, D]
-    B = tid.shape[0]
-    c_t = chat[torch.arange(B, device=chat.device), :, cap.t]  # [B, N, D]
-    I = torch.einsum("bnD,bD->bn", c_t, dirn)
-    r = capped_seed_ratio(cap, tid, did)
-    return I if r is None else I * r[:, None]

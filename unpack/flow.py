@@ -8,7 +8,6 @@ V, MLP) and, when asked for, kept position-resolved above a threshold.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from .decompose import HeadChunk, HeadOps, MLPOps
+from .profile import NO_PROFILE
 
 Tensor = torch.Tensor
 MODES = ("K", "Q", "V", "MLP")
@@ -134,15 +134,13 @@ class Flow:
         q0, q1 = ch.q0, ch.q1
         x = xs[:, :, :, q0:q1, :q1]  # [B, R, H, Qc, S1]
         heads, C = slice(slot, slot + H), ops.C
-        if ch.key is not None:  # to writers at the source position s: Σ_q
-            y = x * ch.kscale[:, None]
-            T = torch.stack([(ch.key * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
-            self.Fk[:, :, :C, :q1] += T.sum(2).transpose(2, 3)  # T: [B, R, H, S1, C]
+        if ch.kscale is not None:  # to writers at the source position s: Σ_q
+            T = ch.key_credit(x)  # [B, R, H, S1, C]
+            self.Fk[:, :, :C, :q1] += T.sum(2).transpose(2, 3)
             self.E[:, :, heads, :C, 0] += T.sum(3)
-        if ch.query is not None:  # to writers at the query position q: Σ_s
-            y = (x * ch.qscale.transpose(-1, -2)[:, None]).transpose(-1, -2)  # [B, R, H, S1, Qc]
-            T = torch.stack([(ch.query * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
-            self.Fk[:, :, :C, q0:q1] += T.sum(2).transpose(2, 3)  # T: [B, R, H, Qc, C]
+        if ch.qscale is not None:  # to writers at the query position q: Σ_s
+            T = ch.query_credit(x)  # [B, R, H, Qc, C]
+            self.Fk[:, :, :C, q0:q1] += T.sum(2).transpose(2, 3)
             self.E[:, :, heads, :C, 1] += T.sum(3)
         if self.pos_min is not None:
             self._keep_heads(slot, H, x, ops, ch)
@@ -190,45 +188,43 @@ def query_range(xs: Tensor, search=None) -> tuple[int, int]:
 
 
 def sweep(cap, ops_for_layer, F0: Tensor, pos_min: Optional[Tensor] = None,
-          Fk: Optional[Tensor] = None, search=None, timer: Optional[dict] = None) -> Flow:
+          Fk: Optional[Tensor] = None, search=None, profile=NO_PROFILE) -> Flow:
     """Run §6 from layer L-1 down to 0: ``mlp_L`` first, then the heads of L.
 
     ``ops_for_layer(L) -> (MLPOps, HeadOps)`` supplies the factors; the heads' K
     and Q factors come a chunk of query positions at a time and are freed after
     use. ``search`` (a :class:`unpack.paths.PathSearch`), if given, expands its
-    paths with the same factors while they are alive. ``timer``, if given, gains
-    the seconds spent making chunks (``decompose_s``) and expanding paths (``paths_s``)."""
+    paths with the same factors while they are alive. ``profile`` (an
+    :class:`unpack.profile.Profile`) is told which work is the decomposition
+    (``decompose_s``: the factors and the chunks) and which the path search
+    (``paths_s``)."""
     comps = cap.comps
     flow = Flow.start(F0, pos_min, Fk)
     H = comps.n_heads
-    clock = {"decompose_s": 0.0, "paths_s": 0.0}
-
-    def timed(key, fn, *args):
-        t = time.perf_counter()
-        out = fn(*args)
-        clock[key] += time.perf_counter() - t
-        return out
-
     for L in reversed(range(cap.spec.n_layers)):
         slot, mslot = comps.head_slot(L), comps.mlp_slot(L)  # the heads, then mlp_L
         if not flow.holds(slot, mslot + 1) and (search is None or not search.has_pending(L)):
             continue  # no credit reaches layer L (a root below it): nothing to distribute
-        mops, hops = ops_for_layer(L)
+        with profile("decompose_s"):
+            mops, hops = ops_for_layer(L)
         flow.mlp_step(mslot, mops)
         if search is not None:
-            timed("paths_s", search.expand_mlp, L, mops)
+            with profile("paths_s"):
+                search.expand_mlp(L, mops)
         xs = flow.source_split(slot, H, hops)
         flow.values_step(slot, H, xs, hops)
         if search is not None:
             search.start_heads(L)
         chunks = hops.chunks(*query_range(xs, search))
-        while (ch := timed("decompose_s", next, chunks, None)) is not None:
+        while True:
+            with profile("decompose_s"):
+                ch = next(chunks, None)
+            if ch is None:
+                break
             flow.heads_chunk(slot, H, xs, hops, ch)
             if search is not None:
-                timed("paths_s", search.expand_heads, L, hops, ch)
+                with profile("paths_s"):
+                    search.expand_heads(L, hops, ch)
             del ch
         del mops, hops, xs
-    if timer is not None:
-        for k, v in clock.items():
-            timer[k] = timer.get(k, 0.0) + v
     return flow

@@ -209,8 +209,7 @@ class PathSearch:
         xs = thr(self.score[idx, None] * f)
         n = xs.shape[0]
         cands, comps_, poss, modes = [], [], [], []
-        rowsK = None if ch.key is None else (ch.key[b, h, qi] * ch.kscale[b, h, qi][..., None]
-                                              ).transpose(1, 2)  # [n, C, S1]
+        rowsK = None if ch.kscale is None else ch.key_rows(b, h, qi).transpose(1, 2)  # [n, C, S1]
         rowsV = None if hops.Vn is None else hops.Vn.permute(0, 2, 1, 3)[b, h][..., :S1]
         for m, rows in ((0, rowsK), (2, rowsV)):  # children at the source position s
             if rows is None:
@@ -221,8 +220,8 @@ class PathSearch:
             comps_.append(torch.arange(C, device=dev).repeat_interleave(S1).expand(n, -1))
             poss.append(torch.arange(S1, device=dev).repeat(C).expand(n, -1))
             modes.append(torch.full_like(cand, m, dtype=torch.long))
-        if ch.query is not None:  # children at the query position q
-            rows = (ch.query[b, h, :, qi] * ch.qscale[b, h, :, qi][..., None]).transpose(1, 2)
+        if ch.qscale is not None:  # children at the query position q
+            rows = ch.query_rows(b, h, qi).transpose(1, 2)
             cand = (xs[:, None, :] * rows).sum(-1)
             cands.append(cand)
             comps_.append(torch.arange(cand.shape[1], device=dev).expand(n, -1))

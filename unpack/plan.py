@@ -59,7 +59,7 @@ def resolve_shape(model: str, weight_bytes: int) -> Shape:
 
     from transformers import AutoConfig
 
-    from .bench import SHAPES, config_for
+    from .shapes import SHAPES, config_for
     from .loading import ALIAS_CONFIGS, SMOLLM2_ALIAS, _cache_dir, resolve_model
     if model in SHAPES:
         return shape_from_config(config_for(model), weight_bytes)
@@ -125,13 +125,13 @@ def fold_rate(shape: Shape, device: torch.device, C: int = 64, S: int = 16, toke
     """FLOP/s of the engine's own fold on a chunk of ``shape``'s width and heads:
     ``C`` writers, ``S`` sources, and (rotary) the query rows per chunk the engine
     uses at ``tokens`` tokens."""
-    from .decompose import _fold, _fold_per_source
+    from .kernels import fold, fold_per_source
     H, D, d = shape.n_heads, shape.d_model, shape.d_head
     ch = torch.randn(1, C, S, D, device=device)
     inv = torch.ones(1, 1, 1, S, 1, device=device)
     if not shape.rotary:
         u = torch.randn(1, H, S, D, device=device)
-        t = _best(lambda: _fold(u, ch, inv, 0, True), 3, device)
+        t = _best(lambda: fold(u, ch, inv, 0, True), 3, device)
         return 2 * C * H * D * scored_pairs(S, S, "fold") / t
     rows = min(S, chunk_rows(shape, shape.n_layers - 1, 1, tokens, "fold", CHUNK_ELEMENTS))
     Qr = torch.randn(1, H, rows, S, d, device=device)
@@ -139,7 +139,7 @@ def fold_rate(shape: Shape, device: torch.device, C: int = 64, S: int = 16, toke
 
     def step():
         u = torch.einsum("bhqse,hDe->bhqsD", Qr, W)
-        return _fold_per_source(u, ch, inv)
+        return fold_per_source(u, ch, inv)
     t = _best(step, 3, device)
     return 2 * H * rows * S * D * (C + d) / t
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 
 from . import decompose as dec
+from . import fused
 from .adapters import build_spec
 from .capture import Capture, capture, unembed_mean
 from .components import Components
@@ -17,9 +17,11 @@ from .config import Config, make_config
 from .cost import batch_sizes, shape_of
 from .errors import InputError
 from .finite import NonFiniteError, non_finite
+from .kernels import EngineOptions, VirtualWeights
 from .flow import MODES, Flow, credit_summary, initial_credit, sweep
 from .paths import Path, PathSearch, truncation_notice
 from .plan import path_bytes
+from .profile import Profile, per_prompt
 from .tokens import encode
 
 Tensor = torch.Tensor
@@ -167,7 +169,7 @@ class Tracer:
         self.device = self.spec.W_E.device
         self.W_U_mean = unembed_mean(self.spec.W_U, self.dtype)  # mean_v W_U[v] (§3)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.engine = dec.EngineOptions(vws=dec.VirtualWeights(self.spec, self.dtype))
+        self.engine = EngineOptions(vws=VirtualWeights(self.spec, self.dtype))
 
     # ------------------------------------------------------------------ input
     def _encode_target(self, s: str, what: str, warnings: list[str]) -> int:
@@ -285,52 +287,46 @@ class Tracer:
         u = dec.unembed_direction(W_U, W_U_mean, tid, did)
         return I, self.spec.ln_final.center(dec.target_direction(cap, u))
 
-    def layer_ops(self, cap: Capture, cfg: Config, d_hat: Tensor, timers: Optional[dict] = None):
+    def layer_ops(self, cap: Capture, cfg: Config, d_hat: Tensor):
         """``L -> (MLPOps, HeadOps)``: the §4-6 factors of layer ``L`` for
-        :func:`unpack.flow.sweep`; ``timers["decompose_s"]`` gains the seconds spent."""
+        :func:`unpack.flow.sweep`."""
         chat = dec.writers_hat(cap)
 
         def ops_for_layer(L):
-            s = time.perf_counter()
             lw = cap.layers[L].weights()  # one cast of the layer for all its readers
-            ops = (dec.mlp_ops(cap, L, chat, d_hat, cfg, lw),
-                   dec.head_ops(cap, L, chat, d_hat, cfg, self.engine, lw))
-            if timers is not None:
-                timers["decompose_s"] += time.perf_counter() - s
-            return ops
+            hops = dec.head_ops(cap, L, chat, d_hat, cfg, self.engine, lw)
+            return (dec.mlp_ops(cap, L, chat, d_hat, cfg, lw),
+                    fused.attach(hops) if self.engine.fused else hops)
         return ops_for_layer
 
     @torch.no_grad()
     def _run(self, preps: list[Prepared], cfg: Config) -> list[list[TraceResult]]:
-        t0 = time.perf_counter()
-        ids, lengths = self.pad(preps)
-        cap = capture(self.spec, ids, lengths, dtype=self.dtype)
-        t1 = time.perf_counter()
-        tid = torch.tensor([p.target_id for p in preps], device=self.device)
-        did = torch.tensor([p.distractor_id if p.distractor_id is not None else -1
-                            for p in preps], device=self.device)
-        I, d_hat = self.start(cap, tid, did, cfg.seed)
-        F0 = initial_credit(I, [len(p.ids) - 1 for p in preps],
-                            [[None if r is None else r[1:] for r in p.roots] for p in preps], ids.shape[1])
-        mass = F0.abs().sum((2, 3))  # Σ|seeds| per (b, r)
-        search = PathSearch(self.comps, F0, cfg.path_min_frac * mass, cfg.max_path_nodes,
-                            max_bytes=path_bytes(self.device))
-        timers = {"decompose_s": 0.0, "paths_s": 0.0}
-        t2 = time.perf_counter()
-        flow = sweep(cap, self.layer_ops(cap, cfg, d_hat, timers), F0,
-                     cfg.edge_min_frac * mass if cfg.position_edges else None, search=search, timer=timers)
-        t3 = time.perf_counter()
-        sw = Swept(cap, I, flow, search, flow.token_credit(self.comps.n_emb),
-                   search.terminal_credit(ids.shape[1]), flow.position_edges(),
-                   cap.logits_t.float().log_softmax(-1))
-        t4 = time.perf_counter()
-        results = [[self._result(p, b, r, root, sw, cfg) for r, root in enumerate(p.roots)]
-                   for b, p in enumerate(preps)]
-        t5 = time.perf_counter()
-        B = len(preps)
-        timing = {"forward_s": (t1 - t0) / B, "decompose_s": timers["decompose_s"] / B,
-                  "sweep_s": ((t3 - t2) - timers["decompose_s"] - timers["paths_s"]) / B,
-                  "paths_s": (timers["paths_s"] + t5 - t4) / B, "total_s": (t5 - t0) / B}
+        prof = Profile()
+        with prof("total"):
+            with prof("forward"):
+                ids, lengths = self.pad(preps)
+                cap = capture(self.spec, ids, lengths, dtype=self.dtype)
+            tid = torch.tensor([p.target_id for p in preps], device=self.device)
+            did = torch.tensor([p.distractor_id if p.distractor_id is not None else -1
+                                for p in preps], device=self.device)
+            I, d_hat = self.start(cap, tid, did, cfg.seed)
+            F0 = initial_credit(I, [len(p.ids) - 1 for p in preps],
+                                [[None if r is None else r[1:] for r in p.roots] for p in preps],
+                                ids.shape[1])
+            mass = F0.abs().sum((2, 3))  # Σ|seeds| per (b, r)
+            search = PathSearch(self.comps, F0, cfg.path_min_frac * mass, cfg.max_path_nodes,
+                                max_bytes=path_bytes(self.device))
+            with prof("sweep"):
+                flow = sweep(cap, self.layer_ops(cap, cfg, d_hat), F0,
+                             cfg.edge_min_frac * mass if cfg.position_edges else None,
+                             search=search, profile=prof)
+            sw = Swept(cap, I, flow, search, flow.token_credit(self.comps.n_emb),
+                       search.terminal_credit(ids.shape[1]), flow.position_edges(),
+                       cap.logits_t.float().log_softmax(-1))
+            with prof("results"):
+                results = [[self._result(p, b, r, root, sw, cfg) for r, root in enumerate(p.roots)]
+                           for b, p in enumerate(preps)]
+        timing = per_prompt(prof, len(preps))
         for per_root in results:
             for res in per_root:
                 res.timing = dict(timing)
