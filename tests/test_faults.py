@@ -179,9 +179,13 @@ def test_sigint_during_start_up_is_a_message_not_a_traceback(model_dir, tmp_path
 def test_a_second_writer_is_refused_and_the_first_finishes(model_dir, clean, tmp_path):
     db = tmp_path / "u.duckdb"
     first, log = _start_slow_until_progress(model_dir, db)
+    # stopped while the second starts (seconds of imports on a busy machine), so the
+    # first surely still runs and holds the file when the second asks for it
+    first.send_signal(signal.SIGSTOP)
     try:
         second = run_ingest(model_dir, db)
     finally:
+        first.send_signal(signal.SIGCONT)
         first.wait(300)
     assert second.returncode == 2, second.stderr[-2000:]
     assert "open in another process" in second.stderr and str(db) in second.stderr
