@@ -247,10 +247,10 @@ def agreement(a, b, budgets=(0.01, 0.05, 0.1)) -> dict:
     ``|score|`` over all edges, and the overlap (Jaccard) of their circuits at
     ``budgets``."""
     import numpy as np
-    import pandas as pd
 
-    ra, rb = pd.Series(np.abs(a)).rank(), pd.Series(np.abs(b)).rank()
-    out = {"spearman": float(np.corrcoef(ra, rb)[0, 1])}
+    from unpack.baselines.agreement import spearman
+
+    out = {"spearman": spearman(np.abs(a), np.abs(b))}
     for x in budgets:
         ka, kb = _top(a, x), _top(b, x)
         out[f"overlap_{100 * x:g}%"] = float((ka & kb).sum() / (ka | kb).sum())
