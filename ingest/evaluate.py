@@ -486,7 +486,8 @@ def format_results(results: list[dict]) -> str:
         lines.append(f"{r['label']:14s} {circ}  {ci('comprehensiveness')}  {ci('sufficiency')}  "
                      f"{r['seconds_per_prompt']:.3f}")
     for r in results:
-        if r.get("edges_scored", 0) < r.get("n_edges", 0) // 2:
+        if (r.get("edge_storage", "").startswith("position-resolved")
+                and r["edges_scored"] < r["n_edges"] // 2):
             lines.append(f"note: {r['label']} scores {r['edges_scored']:,} of {r['n_edges']:,} "
                          f"edges ({r['edge_storage']}): past them its circuits take edges tied "
                          "at 0 in graph order; for every edge ingest Unpack with "
