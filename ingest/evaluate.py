@@ -3,8 +3,12 @@ model and task, side by side (docs/RESULTS_BASELINES.md).
 
 Circuits (runs with edges: unpack, eap, eap_ig). A method's edge score is its
 stored weight summed over positions, averaged over the prompts (0 where a
-prompt has no row: Unpack stores edges above ``edge_min_frac`` only); the logits
-edges are the writers' flows at the target position. At each budget (a share of
+prompt has no row); the logits edges are the writers' flows at the target
+position. The baselines store every edge summed over positions; so does an
+Unpack run ingested with ``--set position_edges=false``, the like-for-like
+comparison. Unpack's default store keeps position-resolved edges above
+``edge_min_frac`` only, which leaves most edges tied at 0: each result says how
+many edges its method scores (``edges_scored``) and how they were stored. At each budget (a share of
 all edges of the graph, :mod:`unpack.baselines.graph`) the circuit is the edges
 of largest ``|score|``. Every other edge is mean-ablated: its reader sees, in
 place of the writer's output, the mean of that writer's output over the
@@ -80,7 +84,7 @@ def load_runs(db, model: str, task: str, n: int | None = None):
     try:
         with engine.connect() as conn:
             runs = q("SELECT r.run_id, coalesce(r.method, 'unpack') AS method, r.preset, "
-                     "r.method_params FROM runs r JOIN models m USING (model_id) "
+                     "r.method_params, r.config FROM runs r JOIN models m USING (model_id) "
                      "WHERE m.name = :m ORDER BY r.run_id", m=model)
             if runs.empty:
                 raise InputError(f"database {str(db)!r} has no run of model {model!r}; "
@@ -246,10 +250,10 @@ def agreement(a, b, budgets=(0.01, 0.05, 0.1)) -> dict:
     ``|score|`` over all edges, and the overlap (Jaccard) of their circuits at
     ``budgets``."""
     import numpy as np
-    import pandas as pd
 
-    ra, rb = pd.Series(np.abs(a)).rank(), pd.Series(np.abs(b)).rank()
-    out = {"spearman": float(np.corrcoef(ra, rb)[0, 1])}
+    from unpack.baselines.agreement import spearman
+
+    out = {"spearman": spearman(np.abs(a), np.abs(b))}
     for x in budgets:
         ka, kb = _top(a, x), _top(b, x)
         out[f"overlap_{100 * x:g}%"] = float((ka & kb).sum() / (ka | kb).sum())
@@ -361,7 +365,7 @@ def evaluate(db, model: str, task: str, n: int | None = None, seed: int = 0,
                    n_prompts=len(items),
                    seconds_per_prompt=float(prompts.trace_s[prompts.run_id == r.run_id].mean()))
         if r.label in scores:
-            res.update(_circuit_result(cm, r.label, seed))
+            res.update(_circuit_result(cm, r.label, seed), **_coverage(scores[r.label], r.config))
             if "unpack" in scores and r.label != "unpack":
                 res["vs_unpack"] = agreement(scores[r.label], scores["unpack"])
             if truth:
@@ -410,6 +414,18 @@ def _circuit_result(cm, label: str, seed: int) -> dict:
                 cmd_ci=bootstrap(stat(1), P, seed), budgets=list(BUDGETS),
                 faithfulness=[float(x) for x in f], clean_logit_diff=float(np.mean(clean)),
                 ablated_logit_diff=float(np.mean(empty)))
+
+
+def _coverage(score, config) -> dict:
+    """How many of the graph's edges a method scores (nonzero), and how its run
+    stored them: ``summed`` over positions (every edge, as the baselines), or
+    Unpack's ``position-resolved`` edges above ``edge_min_frac`` of Σ|seeds|,
+    whose tail is tied at 0 (docs/RESULTS_BASELINES.md, "Which edges")."""
+    cfg = json.loads(config) if isinstance(config, str) else {}
+    sparse = cfg.get("position_edges", False) and cfg.get("edge_min_frac", 0) > 0
+    stored = (f"position-resolved, |weight| >= {cfg['edge_min_frac']:g}·Σ|seeds|" if sparse
+              else "summed over positions")
+    return dict(edges_scored=int((score != 0).sum()), n_edges=len(score), edge_storage=stored)
 
 
 def _truth(model: str) -> set | None:
@@ -469,6 +485,12 @@ def format_results(results: list[dict]) -> str:
         lines.append(f"{r['label']:14s} {circ}  {ci('comprehensiveness')}  {ci('sufficiency')}  "
                      f"{r['seconds_per_prompt']:.3f}")
     for r in results:
+        if (r.get("edge_storage", "").startswith("position-resolved")
+                and r["edges_scored"] < r["n_edges"] // 2):
+            lines.append(f"note: {r['label']} scores {r['edges_scored']:,} of {r['n_edges']:,} "
+                         f"edges ({r['edge_storage']}): past them its circuits take edges tied "
+                         "at 0 in graph order; for every edge ingest Unpack with "
+                         "--set position_edges=false")
         if "faithfulness" in r:
             lines.append(f"faithfulness {r['label']}: " + ", ".join(
                 f"{100 * b:g}% {f:.3f}" for b, f in zip(r["budgets"], r["faithfulness"])))

@@ -305,7 +305,7 @@ def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict
             raise InputError(f"--edge-min-frac {edge_min_frac} must be a finite number >= 0, "
                              "e.g. --edge-min-frac 1e-3") from None
     split_roots(roots)
-    return make_config(preset, **dict(extra, position_edges=True)).to_dict()
+    return make_config(preset, **{"position_edges": True, **extra}).to_dict()
 
 
 MIN_BATCH_CAP = 64  # prompts per batch that cap_batch always allows

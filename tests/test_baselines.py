@@ -122,3 +122,42 @@ def test_eap_ig_converges_to_the_patching_difference():
     ids, lengths, tid, did = _inputs(word_tokenizer())
     s = M.eap(spec, ids, ids[[1, 0]], lengths, tid, did, dtype=torch.float64, steps=64)
     assert torch.allclose(s.tokens.sum(-1), s.clean - s.corrupt, rtol=1e-2, atol=2e-4)
+
+
+# what each family's spec has that the baselines' pass does not implement
+REFUSED = {"gemma3": ["k_norm", "ln_attn_post", "ln_mlp_post", "q_norm", "window"],
+           "gemma2": ["final_softcap", "ln_attn_post", "ln_mlp_post", "softcap", "window"],
+           "qwen3": ["k_norm", "q_norm"],
+           "qwen3_bias_window": ["k_norm", "q_norm", "window"],
+           "olmo2": ["k_norm", "ln_attn_post", "ln_mlp_post", "q_norm"]}
+
+
+def test_unimplemented_features_are_refused(tmp_path, capsys):
+    """A model with post-norms, qk-norm, a sliding window or soft-caps is refused when
+    the baseline is made (before any prompt), naming the model, its family and each
+    feature; a family without them (Gemma-1) is taken; through `unpack ingest` the
+    refusal is exit 2 and no database file is made."""
+    from tests.test_families import make_family
+    from unpack.baselines.tracer import BaselineTracer
+    from unpack.cli import main
+    from unpack.errors import InputError
+
+    tok = word_tokenizer()
+    for name, features in REFUSED.items():
+        model = make_family(name)
+        with pytest.raises(InputError) as e:
+            BaselineTracer("eap", model=model, tokenizer=tok)
+        msg = str(e.value)
+        listed = msg.split("does not implement ")[1].split(" (")[0].split(", ")
+        assert listed == features, (name, msg)
+        assert f"model {model.config.model_type!r}" in msg and "--method unpack" in msg
+        assert f"family {build_spec(model).family!r}" in msg
+    BaselineTracer("grad_x_input", model=make_family("gemma"), tokenizer=tok)
+    make_family("gemma2", torch.float32).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    db = tmp_path / "s.duckdb"
+    code = main(["ingest", "--model", str(tmp_path / "m"), "--task", "induction", "--n", "2",
+                 "--db", str(db), "--method", "eap", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not implement final_softcap" in err and str(tmp_path / "m") in err
+    assert not db.exists()

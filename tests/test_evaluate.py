@@ -44,6 +44,9 @@ def test_ingest_every_method_then_evaluate(tmp_path, capsys):
         # and every head is in it: recall 1, precision = truth / all heads
         last = r["ground_truth"][-1]
         assert last["recall"] == 1.0 and abs(last["precision"] - truth / last["n_heads"]) < 1e-12
+        assert 0 < r["edges_scored"] <= r["n_edges"]
+        assert r["edge_storage"] == ("position-resolved, |weight| >= 0.001·Σ|seeds|"
+                                     if m == "unpack" else "summed over positions")
         if m != "unpack":  # how its ranking agrees with Unpack's
             assert -1 <= r["vs_unpack"]["spearman"] <= 1 and 0 <= r["vs_unpack"]["overlap_5%"] <= 1
     for r in res.values():
@@ -74,3 +77,26 @@ def test_agreement_between_rankings():
                                     "overlap_10%": 1.0}
     b = agreement(a, np.random.default_rng(1).normal(size=2000))
     assert abs(b["spearman"]) < 0.1 and b["overlap_10%"] < 0.15
+
+
+def test_unpack_summed_edges_are_its_position_edges_summed(tmp_path):
+    """`--set position_edges=false` stores Unpack's edges summed over positions
+    (positions NULL): the same numbers as every position-resolved edge
+    (`--edge-min-frac 0`) summed in SQL, and the summed store has no threshold."""
+    sums = []
+    for name, flags in (("summed", ["--set", "position_edges=false"]),
+                        ("pos", ["--edge-min-frac", "0"])):
+        db = str(tmp_path / f"{name}.duckdb")
+        assert main(["ingest", "--model", TOY, "--task", "induction", "--n", "1", "--db", db,
+                     "--no-progress", *flags]) == 0
+        con = duckdb.connect(db, read_only=True)
+        n_pos = con.execute("SELECT count(parent_pos) FROM edges").fetchone()[0]
+        assert (n_pos == 0) == (name == "summed")
+        sums.append(dict(((k, p, c, m), w) for k, p, c, m, w in con.execute(
+            "SELECT p.prompt_key, e.parent, e.child, e.mode, sum(e.weight) FROM edges e JOIN "
+            "traces t USING (trace_id) JOIN prompts p USING (prompt_id) GROUP BY ALL").fetchall()))
+        con.close()
+    a, b = sums
+    keys = sorted(set(a) | set(b))
+    x, y = np.array([a.get(k, 0.0) for k in keys]), np.array([b.get(k, 0.0) for k in keys])
+    assert len(a) > 25 and np.abs(x - y).max() <= 1e-5 * np.abs(y).max()

@@ -93,17 +93,19 @@ def _heads_attention(spec: ModelSpec, lw, xq: Tensor, xk: Tensor, xv: Tensor, co
     return A @ V
 
 
-def check_supported(spec: ModelSpec) -> None:
+def check_supported(spec: ModelSpec, model: str = "") -> None:
     """This pass implements pre-norm blocks with causal attention: a model whose spec
     has post-sublayer norms, qk-norm, a sliding window or soft-caps
-    (docs/ADAPTERS.md) is refused rather than run wrongly."""
+    (docs/ADAPTERS.md) is refused rather than run wrongly; the error names
+    ``model`` (when given), its family and each missing feature."""
     extra = sorted({name for lw in spec.layers for name in
                     ("ln_attn_post", "ln_mlp_post", "q_norm", "k_norm", "window", "softcap")
                     if getattr(lw, name) is not None}
                    | ({"final_softcap"} if spec.final_softcap is not None else set()))
     if extra:
+        who = f"model {model!r}, family {spec.family!r}" if model else f"model family {spec.family!r}"
         raise InputError(f"the baselines' forward pass does not implement {', '.join(extra)} "
-                         f"(model family {spec.family!r}); run the baselines on a GPT-2, "
+                         f"({who}); run the baselines on a GPT-2, "
                          "GPT-NeoX or Llama-family model, or use --method unpack")
 
 

@@ -19,6 +19,7 @@ import torch
 from ..errors import InputError
 from ..tracer import TraceFailure, TraceResult, Tracer
 from ..tokens import encode
+from . import forward as F
 from . import methods as M
 from .graph import LOGITS, edges, flatten
 
@@ -57,6 +58,8 @@ class BaselineTracer(Tracer):
 
     def __init__(self, method: str, *, model, tokenizer, dtype=None, device=None, **params):
         super().__init__(model=model, tokenizer=tokenizer, dtype=dtype, device=device)
+        cfg = getattr(model, "config", None)  # refused before any prompt is traced
+        F.check_supported(self.spec, getattr(cfg, "name_or_path", "") or getattr(cfg, "model_type", ""))
         self.method = method
         self.params = method_params(method, params)
 

@@ -119,6 +119,60 @@ with st.expander("Download the graph"):
     st.download_button("Graph (JSON)", json.dumps(to_json(G)).encode(),
                        file_name="circuit.json", mime="application/json", key="circuit_json")
 
+
+
+def show_beside(mws):
+    """Unpack beside another method on one prompt: top-k edge overlap and rank
+    correlation (app.ui.method_compare; docs/RESULTS_BASELINES.md, "Agreement")."""
+    from app.ui import method_compare as MC
+
+    st.subheader("Beside another method, on one prompt")
+    plist = state.query(D.prompt_list, mws, "", 1000)
+    if plist.empty:
+        return
+    ids = [int(i) for i in plist["prompt_id"]]
+    text = dict(zip(ids, plist["text"]))
+    if st.session_state.get("circuit_cmp_prompt") not in ids:
+        st.session_state["circuit_cmp_prompt"] = ids[0]
+    pid = st.selectbox("Prompt", ids, key="circuit_cmp_prompt",
+                       format_func=lambda i: f"#{i} · {text[i][-70:]}")
+    this, others = state.query(MC.edge_runs, pid)
+    if others.empty:
+        st.info("No other method's run of this model stores edges for this prompt: ingest the "
+                "same prompts with `unpack ingest --method eap` (or eap_ig, or unpack).")
+        return
+    c1, c2 = st.columns(2)
+    pick = c1.selectbox("Other method", others["method"].tolist(), key="circuit_cmp_method")
+    k = c2.slider("k: top edges by |score| of each method", 5, 500, 50, step=5,
+                  key="circuit_cmp_k")
+    a_name = this.iloc[0]["method"]
+    res = state.query(MC.compare, int(this.iloc[0]["trace_id"]),
+                      int(others[others["method"] == pick].iloc[0]["trace_id"]), k)
+    ov, rk = res["overlap"], res["rank"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    m = st.columns(4)
+    m[0].metric(f"|A ∩ B| of the top {k}", f"{ov['both']}")
+    m[1].metric("Jaccard", fmt(ov["jaccard"]))
+    m[2].metric("Spearman (|score|)", fmt(rk["spearman"]))
+    m[3].metric("Kendall τ-b (|score|)", fmt(rk["kendall"]))
+    st.markdown(
+        f'<div class="unpack-agreement" data-both="{ov["both"]}" data-jaccard="{ov["jaccard"]}" '
+        f'data-spearman="{rk["spearman"]}" data-kendall="{rk["kendall"]}" '
+        f'data-n-both="{rk["n_both"]}" data-k="{k}"></div>', unsafe_allow_html=True)
+    st.caption(
+        f"A = {md(a_name)} ({res['n_a']:,} edges stored), B = {md(pick)} ({res['n_b']:,}); an "
+        "edge is (reader, writer, mode), its score the stored weight summed over positions. "
+        f"Top k: the k largest |score| of each (all of them when fewer are stored: A "
+        f"{ov['n_a']}, B {ov['n_b']}). The rank correlations compare the {rk['n_both']:,} edges "
+        f"both store; an edge stored by one method only is left out (A only {rk['only_a']:,}, "
+        f"B only {rk['only_b']:,}): Unpack stores an edge only above the ingest's edge_min_frac. "
+        f"Counting a missing edge as 0, Spearman is {fmt(rk['spearman_union'])}; "
+        f"{fmt(rk['same_sign'])} of the shared edges have the same sign. Kendall is left out "
+        "('-') beyond 5,000 shared edges.")
+    table(res["top"])
+
+
 from app.ui import circuit_stored  # noqa: E402
 
 circuit_stored.show(model, G_all)
+show_beside(mws)
