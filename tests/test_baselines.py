@@ -137,7 +137,7 @@ def test_unimplemented_features_are_refused(tmp_path, capsys):
     the baseline is made (before any prompt), naming the model, its family and each
     feature; a family without them (Gemma-1) is taken; through `unpack ingest` the
     refusal is exit 2 and no database file is made."""
-    from tests.test_families import make_family
+    from tests.models import make_family
     from unpack.baselines.tracer import BaselineTracer
     from unpack.cli import main
     from unpack.errors import InputError

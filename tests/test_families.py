@@ -12,7 +12,7 @@ import torch
 import transformers as tf
 
 from tests.helpers import assert_contractions_agree, rel
-from tests.models import WORDS, randomize, word_tokenizer
+from tests.models import FAMILIES, WORDS, make_config, make_family, word_tokenizer
 from unpack import Tracer, cli
 from unpack import make_config as preset
 from unpack.adapters import build_spec
@@ -21,59 +21,11 @@ from unpack.reference import Reference
 from unpack.validate import validate_model
 
 TOL = 1e-8
-BASE = dict(vocab_size=len(WORDS), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-            bos_token_id=0, eos_token_id=0, pad_token_id=1, attn_implementation="eager")
-GEMMA3_TYPES = ["sliding_attention", "full_attention"]
-GEMMA3_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
-               "full_attention": {"rope_type": "default", "rope_theta": 1000.0}}
-
-# name: (config class, model class, config beyond BASE). The first entry of each
-# family also runs the path test.
-FAMILIES = {
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
-               dict(layer_types=GEMMA3_TYPES, sliding_window=4, rope_parameters=GEMMA3_ROPE,
-                    query_pre_attn_scalar=12)),
-    "gemma3_bias_mha_untied": ("Gemma3TextConfig", "Gemma3ForCausalLM",
-                               dict(layer_types=GEMMA3_TYPES, sliding_window=3,
-                                    rope_parameters=GEMMA3_ROPE, attention_bias=True,
-                                    num_key_value_heads=4, tie_word_embeddings=False)),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
-               dict(layer_types=GEMMA3_TYPES, sliding_window=4, query_pre_attn_scalar=12,
-                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0)),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(num_key_value_heads=1)),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(tie_word_embeddings=True)),
-    "qwen3_bias_window": ("Qwen3Config", "Qwen3ForCausalLM",
-                          dict(attention_bias=True, use_sliding_window=True, sliding_window=4,
-                               layer_types=["full_attention", "sliding_attention"])),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict()),
-    "olmo2_bias_mha_tied": ("Olmo2Config", "Olmo2ForCausalLM",
-                            dict(attention_bias=True, num_key_value_heads=4, tie_word_embeddings=True)),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM",
-             dict(rope_parameters={"rope_type": "default", "rope_theta": 100.0,
-                                   "partial_rotary_factor": 0.5})),
-    "phi3_mha_tied": ("Phi3Config", "Phi3ForCausalLM", dict(num_key_value_heads=4, tie_word_embeddings=True)),
-    "gptj": ("GPTJConfig", "GPTJForCausalLM",
-             dict(n_embd=32, hidden_size=32, n_head=4, rotary_dim=4)),
-    "gptj_full_rotary": ("GPTJConfig", "GPTJForCausalLM",
-                         dict(n_embd=32, hidden_size=32, n_head=4, rotary_dim=8, tie_word_embeddings=True)),
-}
 FIRST = sorted({k.split("_")[0]: k for k in reversed(list(FAMILIES))}.values())
 
 # 11 tokens: longer than the head dim (8) and the windows (3, 4)
 LONG = "<bos> When Mary and John went to the store , John gave"
 PROMPTS = [(LONG, " Mary", " John"), ("<bos> w1 w2 w3 w1 w2", " w3", None)]
-
-
-def make_config(name):
-    cfg_cls, _, extra = FAMILIES[name]
-    return getattr(tf, cfg_cls)(**{**BASE, **extra})
-
-
-def make_family(name, dtype=torch.float64, seed=0):
-    cfg = make_config(name)
-    torch.manual_seed(seed)
-    return randomize(getattr(tf, FAMILIES[name][1])(cfg), seed, std=0.3).to(dtype)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
