@@ -2,6 +2,7 @@
 
 Top-level imports stay light (argparse only); the store is checked and
 Streamlit started inside the handler."""
+
 from __future__ import annotations
 
 import time
@@ -43,28 +44,59 @@ opened read-only.
 
 
 def register(subparsers) -> None:
-    p = add_command(subparsers, "app", "browse a store in a Streamlit app (read-only)",
-                     _APP_TEXT, epilog=_EPILOG, raw=True)
+    p = add_command(
+        subparsers,
+        "app",
+        "browse a store in a Streamlit app (read-only)",
+        _APP_TEXT,
+        epilog=_EPILOG,
+        raw=True,
+    )
     add_flags(p, "db")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port to listen on (default {DEFAULT_PORT})")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to listen on (default {DEFAULT_HOST}; anything else exposes "
-                        "the database to the network)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})"
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}; anything else exposes "
+        "the database to the network)",
+    )
     add_device_flags(p, "the model of a trace on demand (a reroot on the Prompt page)")
-    add_flags(p, "threads", threads=dict(help="torch threads of a trace on demand (default: "
-                                               "torch's)"))
-    p.add_argument("--sql-timeout", type=float, default=None, metavar="SECONDS",
-                   help="time limit of one query in the SQL box (default 10); a query past it "
-                        "is interrupted and says so")
-    p.add_argument("--sql-max-mb", type=float, default=None, metavar="MB",
-                   help="size limit of one SQL result in MiB (default 32); the result cache "
-                        "holds at most four times this")
-    p.add_argument("--sql-memory-mb", type=int, default=None, metavar="MB",
-                   help="DuckDB's memory limit in MiB for all of the app's queries together "
-                        "(default 2048); a query past it stops and says so")
-    p.add_argument("--sql-threads", type=int, default=None, metavar="N",
-                   help="DuckDB's threads for the app's queries (default: the CPUs, at most 4)")
+    add_flags(
+        p, "threads", threads=dict(help="torch threads of a trace on demand (default: torch's)")
+    )
+    p.add_argument(
+        "--sql-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time limit of one query in the SQL box (default 10); a query past it "
+        "is interrupted and says so",
+    )
+    p.add_argument(
+        "--sql-max-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="size limit of one SQL result in MiB (default 32); the result cache "
+        "holds at most four times this",
+    )
+    p.add_argument(
+        "--sql-memory-mb",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="DuckDB's memory limit in MiB for all of the app's queries together "
+        "(default 2048); a query past it stops and says so",
+    )
+    p.add_argument(
+        "--sql-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="DuckDB's threads for the app's queries (default: the CPUs, at most 4)",
+    )
     p.set_defaults(func=app_handler)
 
 
@@ -74,13 +106,34 @@ def streamlit_command(db: str, host: str, port: int) -> list[str]:
     from pathlib import Path
 
     script = Path(__file__).resolve().parent / "streamlit_app.py"
-    return [sys.executable, "-m", "streamlit", "run", str(script),
-            "--server.address", host, "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none", "--server.runOnSave", "false",
-            "--global.developmentMode", "false",
-            "--global.disableWidgetStateDuplicationWarning", "true", "--client.toolbarMode", "minimal",
-            "--", "--db", db]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--global.developmentMode",
+        "false",
+        "--global.disableWidgetStateDuplicationWarning",
+        "true",
+        "--client.toolbarMode",
+        "minimal",
+        "--",
+        "--db",
+        db,
+    ]
 
 
 def check_port(host: str, port: int) -> None:
@@ -90,20 +143,25 @@ def check_port(host: str, port: int) -> None:
     from unpack.errors import InputError
 
     if not 1 <= port <= 65535:
-        raise InputError(f"--port {port} is not a port number; give one in 1..65535, e.g. --port 8501")
+        raise InputError(
+            f"--port {port} is not a port number; give one in 1..65535, e.g. --port 8501"
+        )
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise InputError(f"--host {host!r} is not an address of this machine ({e.strerror}); "
-                         "use 127.0.0.1") from None
+        raise InputError(
+            f"--host {host!r} is not an address of this machine ({e.strerror}); use 127.0.0.1"
+        ) from None
     family, _, _, _, addr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: a port
-        try:                                                     # in TIME_WAIT is free
+        try:  # in TIME_WAIT is free
             s.bind(addr)
         except OSError as e:
-            raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); pick a free port "
-                             "with --port, or stop what is using it") from None
+            raise InputError(
+                f"cannot listen on {host}:{port} ({e.strerror}); pick a free port "
+                "with --port, or stop what is using it"
+            ) from None
 
 
 def _limits(args) -> dict[str, str]:
@@ -115,15 +173,17 @@ def _limits(args) -> dict[str, str]:
 
     out = {}
     for flag, value, default, name, top in (
-            ("--sql-timeout", args.sql_timeout, DEFAULT_TIMEOUT_S, "UNPACK_SQL_TIMEOUT", 86400),
-            ("--sql-max-mb", args.sql_max_mb, DEFAULT_MAX_MB, "UNPACK_SQL_MAX_MB", 65536),
-            ("--sql-memory-mb", args.sql_memory_mb, DEFAULT_MEMORY_MB, "UNPACK_SQL_MEMORY_MB",
-             1 << 20),
-            ("--sql-threads", args.sql_threads, DEFAULT_THREADS, "UNPACK_SQL_THREADS", 256)):
+        ("--sql-timeout", args.sql_timeout, DEFAULT_TIMEOUT_S, "UNPACK_SQL_TIMEOUT", 86400),
+        ("--sql-max-mb", args.sql_max_mb, DEFAULT_MAX_MB, "UNPACK_SQL_MAX_MB", 65536),
+        ("--sql-memory-mb", args.sql_memory_mb, DEFAULT_MEMORY_MB, "UNPACK_SQL_MEMORY_MB", 1 << 20),
+        ("--sql-threads", args.sql_threads, DEFAULT_THREADS, "UNPACK_SQL_THREADS", 256),
+    ):
         v = default if value is None else value
         if not 0 < v <= top:  # also refuses nan
-            raise InputError(f"{flag} {value} must be a number above 0 and at most {top}, "
-                             f"e.g. {flag} {default:g}")
+            raise InputError(
+                f"{flag} {value} must be a number above 0 and at most {top}, "
+                f"e.g. {flag} {default:g}"
+            )
         out[name] = repr(float(v))
     return out
 
@@ -181,20 +241,31 @@ def app_handler(args) -> int:
     limits = _limits(args)
     open_db(db).close()  # missing, not a store, truncated or a schema of other code: say so now
     from unpack.on_demand import check_device
+
     check_device(args.device)  # a device that is not there: a clear error now
     check_port(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"unpack app: warning: listening on {args.host}: anyone who can reach port "
-              f"{args.port} can read {db}", file=sys.stderr)
+        print(
+            f"unpack app: warning: listening on {args.host}: anyone who can reach port "
+            f"{args.port} can read {db}",
+            file=sys.stderr,
+        )
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"unpack app: {db} (read-only) at http://{url_host}:{args.port}  (Ctrl-C stops it)",
-          flush=True)
+    print(
+        f"unpack app: {db} (read-only) at http://{url_host}:{args.port}  (Ctrl-C stops it)",
+        flush=True,
+    )
     if args.threads is not None and args.threads < 1:
         from unpack.errors import InputError
 
         raise InputError(f"--threads {args.threads}: give 1 or more, e.g. --threads 2")
-    env = dict(os.environ, UNPACK_DB=str(db), UNPACK_DEVICE=args.device,
-               UNPACK_DTYPE=args.dtype or "float32", **limits)
+    env = dict(
+        os.environ,
+        UNPACK_DB=str(db),
+        UNPACK_DEVICE=args.device,
+        UNPACK_DTYPE=args.dtype or "float32",
+        **limits,
+    )
     if args.threads:
         env["UNPACK_THREADS"] = str(args.threads)
     return serve(streamlit_command(str(db), args.host, args.port), env)

@@ -6,6 +6,7 @@ SQL box included) can write, attach another file, install extensions or read the
 file system. This module adds what the app needs on top: the SQL box's checks and
 limits and the short-lived connections an ingest can commit between.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,11 +38,23 @@ DEFAULT_THREADS = min(4, os.cpu_count() or 1)  # DuckDB's threads; `unpack app -
 # Functions that would show the store's absolute path (or the home directory) in
 # their rows: the SQL box refuses them; ``query``/``query_table`` would run any of
 # them from a string. Paths in error messages are hidden (:func:`hide_paths`).
-_PATH_FUNCTIONS = ("duckdb_databases", "pragma_database_list", "database_list",
-                   "duckdb_settings", "duckdb_extensions", "duckdb_secrets",
-                   "duckdb_temporary_files")
-_PATH_CALLS = ("current_setting", "which_secret", "query", "query_table", "getvariable",
-               "json_execute_serialized_sql")  # refused when called: NAME(
+_PATH_FUNCTIONS = (
+    "duckdb_databases",
+    "pragma_database_list",
+    "database_list",
+    "duckdb_settings",
+    "duckdb_extensions",
+    "duckdb_secrets",
+    "duckdb_temporary_files",
+)
+_PATH_CALLS = (
+    "current_setting",
+    "which_secret",
+    "query",
+    "query_table",
+    "getvariable",
+    "json_execute_serialized_sql",
+)  # refused when called: NAME(
 
 
 def app_limits() -> dict:
@@ -50,6 +63,7 @@ def app_limits() -> dict:
     --sql-memory-mb/--sql-threads``; defaults :data:`DEFAULT_MEMORY_MB`,
     :data:`DEFAULT_THREADS`). One DuckDB instance serves every session, so the
     memory limit bounds all queries together (docs/SECURITY.md)."""
+
     def num(name, default, cast):
         try:
             v = cast(float(os.environ.get(name, default)))
@@ -57,8 +71,10 @@ def app_limits() -> dict:
             return default
         return v if v >= 1 else default
 
-    return {"memory_limit": f"{num('UNPACK_SQL_MEMORY_MB', DEFAULT_MEMORY_MB, int)}MiB",
-            "threads": num("UNPACK_SQL_THREADS", DEFAULT_THREADS, int)}
+    return {
+        "memory_limit": f"{num('UNPACK_SQL_MEMORY_MB', DEFAULT_MEMORY_MB, int)}MiB",
+        "threads": num("UNPACK_SQL_THREADS", DEFAULT_THREADS, int),
+    }
 
 
 def check_no_path_functions(body: str) -> None:
@@ -73,9 +89,11 @@ def check_no_path_functions(body: str) -> None:
         name = word.strip('"').lower()
         called = i + 1 < len(words) and words[i + 1].startswith("(")
         if name in _PATH_FUNCTIONS or (name in _PATH_CALLS and called):
-            raise InputError(f"{name} is not allowed in the SQL box: it can show paths of the "
-                             "machine the app runs on; query the store's tables and views "
-                             "(see 'Tables and views' below)")
+            raise InputError(
+                f"{name} is not allowed in the SQL box: it can show paths of the "
+                "machine the app runs on; query the store's tables and views "
+                "(see 'Tables and views' below)"
+            )
 
 
 def hide_paths(text: str, path) -> str:
@@ -84,8 +102,11 @@ def hide_paths(text: str, path) -> str:
     if path is None:
         return text
     p = Path(path).resolve()
-    for full, short in ((str(p), "<store>"), (str(p.parent), "<store folder>"),
-                        (str(Path.home()), "~")):
+    for full, short in (
+        (str(p), "<store>"),
+        (str(p.parent), "<store folder>"),
+        (str(Path.home()), "~"),
+    ):
         if len(full) > 1:
             text = text.replace(full, short)
     return text
@@ -110,19 +131,23 @@ def check_readonly_sql(sql: str) -> str:
     settings); this check gives the clear message first."""
     text = sql or ""
     try:
-        stmts = [st for st in duckdb.extract_statements(text)
-                 if st.query.strip().rstrip(";").strip()]
+        stmts = [
+            st for st in duckdb.extract_statements(text) if st.query.strip().rstrip(";").strip()
+        ]
     except duckdb.Error as e:
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         msg = lines[0].replace("Parser Error: ", "")
         where = f" ({lines[1].strip()})" if len(lines) > 1 and lines[1].startswith("LINE") else ""
-        raise InputError(f"the query is not valid SQL: {msg}{where}; check the spelling, e.g. "
-                         "SELECT * FROM prompts LIMIT 10") from None
+        raise InputError(
+            f"the query is not valid SQL: {msg}{where}; check the spelling, e.g. "
+            "SELECT * FROM prompts LIMIT 10"
+        ) from None
     if not stmts:
         raise InputError("the query is empty: write a SELECT")
     if len(stmts) > 1:
-        raise InputError(f"one statement at a time: this has {len(stmts)}; remove the ';' "
-                         "between statements")
+        raise InputError(
+            f"one statement at a time: this has {len(stmts)}; remove the ';' between statements"
+        )
     st = stmts[0]
     kind = st.type.name
     word = _first_word(st.query)
@@ -135,11 +160,13 @@ def check_readonly_sql(sql: str) -> str:
 def _without_terminator(stmt: str) -> str:
     """The statement without its closing ';' (and the comments after it), found
     with DuckDB's tokenizer so a ';' in a string or a comment is left alone."""
-    toks = [(off, kind.name if hasattr(kind, "name") else str(kind))
-            for off, kind in duckdb.tokenize(stmt)]
+    toks = [
+        (off, kind.name if hasattr(kind, "name") else str(kind))
+        for off, kind in duckdb.tokenize(stmt)
+    ]
     code = [(off, kind) for off, kind in toks if kind != "comment"]
-    if code and code[-1][1] == "operator" and stmt[code[-1][0]:].lstrip().startswith(";"):
-        stmt = stmt[:code[-1][0]]
+    if code and code[-1][1] == "operator" and stmt[code[-1][0] :].lstrip().startswith(";"):
+        stmt = stmt[: code[-1][0]]
     return stmt.strip()
 
 
@@ -147,8 +174,13 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
 
 
-def run_query(con, sql: str, limit: int | None = 10_000, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-              max_bytes: int | None = int(DEFAULT_MAX_MB * 2**20)):
+def run_query(
+    con,
+    sql: str,
+    limit: int | None = 10_000,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    max_bytes: int | None = int(DEFAULT_MAX_MB * 2**20),
+):
     """A read query's result as a DataFrame: at most ``limit`` rows (one more is
     fetched, so ``df.attrs["truncated"]`` says whether rows were left out), at most
     ``max_bytes`` of result (else :class:`QueryLimitError`), and stopped after
@@ -211,7 +243,8 @@ def _fetch(cur, body: str, limit: int | None, max_bytes: int | None):
             raise QueryLimitError(
                 f"the result is larger than the size limit of {_mb(max_bytes)} (passed it "
                 f"after {n_rows:,} rows): select fewer or narrower columns, add a LIMIT, or "
-                "raise the limit with `unpack app --sql-max-mb`")
+                "raise the limit with `unpack app --sql-max-mb`"
+            )
         if limit is not None and n_rows > limit:
             break
     return pa.Table.from_batches(batches, schema=reader.schema), n_bytes
@@ -223,16 +256,27 @@ def _query_error(e: duckdb.Error, timed_out: bool, timeout_s) -> InputError:
         return QueryLimitError(
             f"the query ran past the time limit of {timeout_s:g} s and was stopped: narrow "
             "it (a WHERE, a LIMIT, fewer joins), or raise the limit with "
-            "`unpack app --sql-timeout`")
+            "`unpack app --sql-timeout`"
+        )
     msg = str(e).splitlines()[0]
     if isinstance(e, duckdb.OutOfMemoryException):
         return QueryLimitError(
             f"the query needs more memory than the SQL box's memory limit allows ({msg}): "
             "narrow it (a "
             "WHERE, a LIMIT, fewer or smaller aggregates), or raise the limit with "
-            "`unpack app --sql-memory-mb`")
-    if any(k in msg.lower() for k in ("read-only", "read only", "external access", "permission",
-                                      "lock_configuration", "locked")):
+            "`unpack app --sql-memory-mb`"
+        )
+    if any(
+        k in msg.lower()
+        for k in (
+            "read-only",
+            "read only",
+            "external access",
+            "permission",
+            "lock_configuration",
+            "locked",
+        )
+    ):
         return InputError(f"refused: {msg} (this connection is read-only and cannot reach files)")
     return InputError(f"query failed: {msg}")
 
@@ -388,9 +432,13 @@ def shared_db(path) -> ShortLived:
         return _SHARED[key]
 
 
-def query_store(path, sql: str, limit: int | None = 10_000,
-                timeout_s: float | None = DEFAULT_TIMEOUT_S,
-                max_bytes: int | None = int(DEFAULT_MAX_MB * 2**20)):
+def query_store(
+    path,
+    sql: str,
+    limit: int | None = 10_000,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    max_bytes: int | None = int(DEFAULT_MAX_MB * 2**20),
+):
     """:func:`run_query` on the app's handle on the store at ``path``
     (:func:`shared_db`): the SQL box's one way in."""
     return run_query(shared_db(path), sql, limit, timeout_s=timeout_s, max_bytes=max_bytes)

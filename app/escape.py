@@ -5,6 +5,7 @@ Stored text is data, never markup: whatever it holds (``<script>``, a Markdown
 image, ``\\input``) it comes out as the same characters, drawn as text. See
 docs/SECURITY.md for which context each export and page uses.
 """
+
 from __future__ import annotations
 
 import html
@@ -44,8 +45,10 @@ _MD_SPECIAL = set(string.punctuation)
 
 
 _WJ = "\u2060"  # WORD JOINER: invisible, no break; splits what GFM would make a link
-_BARE_LINK = re.compile(r"(?i)(?<=www)(?=\.)|(?<=http:)|(?<=https:)|(?<=mailto:)|(?<=xmpp:)"
-                        r"|(?<=@)(?=[\w-]+\.)")
+_BARE_LINK = re.compile(
+    r"(?i)(?<=www)(?=\.)|(?<=http:)|(?<=https:)|(?<=mailto:)|(?<=xmpp:)"
+    r"|(?<=@)(?=[\w-]+\.)"
+)
 
 
 def markdown(s) -> str:
@@ -63,11 +66,27 @@ def markdown(s) -> str:
     return "".join(out)
 
 
-_TEX = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&",
-        "#": r"\#", "%": r"\%", "_": r"\_", "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
-        "|": r"\textbar{}", "\n": " ", "\r": " ", "\t": " ", "\x85": " ", "\u2028": " ",
-        "\u2029": " "}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "&": r"\&",
+    "#": r"\#",
+    "%": r"\%",
+    "_": r"\_",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "\n": " ",
+    "\r": " ",
+    "\t": " ",
+    "\x85": " ",
+    "\u2028": " ",
+    "\u2029": " ",
+}
 
 
 def tex(s) -> str:

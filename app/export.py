@@ -7,6 +7,7 @@ nodes carry ``kind``, ``layer``, ``head`` and ``depth`` (the docs/METHOD.md §1 
 index), edges point the way credit moves (reader → the writer it reads) with
 ``weight``, ``mode`` (the dominant one) and ``by_mode``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,20 +35,29 @@ def _add_edge(G, parent, child, mode, w, **extra) -> None:
 
 def circuit_nx(con, circuit_id: int) -> nx.DiGraph:
     """The stored circuit ``circuit_id`` (nodes: its components; edges: its edges)."""
-    row = con.execute("SELECT model, task, condition, n_prompts FROM circuits WHERE "
-                      "circuit_id = ?", [circuit_id]).fetchone()
+    row = con.execute(
+        "SELECT model, task, condition, n_prompts FROM circuits WHERE circuit_id = ?", [circuit_id]
+    ).fetchone()
     if row is None:
-        raise InputError(f"circuit {circuit_id} does not exist; list the stored ones with "
-                         "SELECT circuit_id, model, task FROM circuits")
-    G = nx.DiGraph(title=f"circuit {circuit_id}: {row[0]}, {row[1]}"
-                         f"{' (' + row[2] + ')' if row[2] else ''}, {row[3]} prompts")
+        raise InputError(
+            f"circuit {circuit_id} does not exist; list the stored ones with "
+            "SELECT circuit_id, model, task FROM circuits"
+        )
+    G = nx.DiGraph(
+        title=f"circuit {circuit_id}: {row[0]}, {row[1]}"
+        f"{' (' + row[2] + ')' if row[2] else ''}, {row[3]} prompts"
+    )
     for name, share, depth in con.execute(
-            "SELECT component, share, depth FROM circuit_components WHERE circuit_id = ? "
-            "ORDER BY layer, head", [circuit_id]).fetchall():
+        "SELECT component, share, depth FROM circuit_components WHERE circuit_id = ? "
+        "ORDER BY layer, head",
+        [circuit_id],
+    ).fetchall():
         G.add_node(name, **gr.component_attrs(name), share=share, hop=depth)
     for p, c, m, w, s in con.execute(
-            "SELECT parent, child, mode, weight, share FROM circuit_edges WHERE circuit_id = ? "
-            "ORDER BY parent, child, mode", [circuit_id]).fetchall():
+        "SELECT parent, child, mode, weight, share FROM circuit_edges WHERE circuit_id = ? "
+        "ORDER BY parent, child, mode",
+        [circuit_id],
+    ).fetchall():
         for n in (p, c):
             if n not in G:
                 G.add_node(n, **gr.component_attrs(n))
@@ -59,15 +69,22 @@ def circuit_nx(con, circuit_id: int) -> nx.DiGraph:
 def paths_nx(con, prompt_id: int, root: str = "target", top: int = 10) -> nx.DiGraph:
     """The ``top`` paths of one stored trace: nodes ``component@pos``, edges between
     consecutive hops weighted by the summed path scores."""
-    row = con.execute("SELECT t.trace_id, p.text FROM traces t JOIN prompts p USING (prompt_id) "
-                      "WHERE t.prompt_id = ? AND t.root = ?", [prompt_id, root]).fetchone()
+    row = con.execute(
+        "SELECT t.trace_id, p.text FROM traces t JOIN prompts p USING (prompt_id) "
+        "WHERE t.prompt_id = ? AND t.root = ?",
+        [prompt_id, root],
+    ).fetchone()
     if row is None:
-        raise InputError(f"prompt {prompt_id} has no stored trace with root {root!r}; see "
-                         "SELECT prompt_id, root FROM traces")
+        raise InputError(
+            f"prompt {prompt_id} has no stored trace with root {root!r}; see "
+            "SELECT prompt_id, root FROM traces"
+        )
     hops = con.execute(
         "SELECT p.path_id, p.score, h.hop, h.component, h.pos, h.mode FROM paths p "
         "JOIN path_hops h USING (path_id) WHERE p.trace_id = ? AND p.rank <= ? "
-        "ORDER BY p.rank, h.hop", [row[0], top]).fetchall()
+        "ORDER BY p.rank, h.hop",
+        [row[0], top],
+    ).fetchall()
     G = nx.DiGraph(title=f"prompt {prompt_id}, root {root}: top {top} paths — {row[1]}")
     prev = {}
     for path_id, score, hop, comp, pos, mode in hops:
@@ -108,8 +125,9 @@ def label(n: str) -> str:
     return gr.short_name(comp) + (f"@{pos}" if pos else "")
 
 
-def _drawing(G: nx.DiGraph, width: int = 900, height: int = 560, pad: int = 60,
-             unit=(64, 44)) -> dict:
+def _drawing(
+    G: nx.DiGraph, width: int = 900, height: int = 560, pad: int = 60, unit=(64, 44)
+) -> dict:
     """Node and edge records with SVG coordinates, the data the HTML page draws:
     one edge per reader, writer and mode (:func:`app.graphs.edge_geometry`, its
     curve's control point in ``c``); the page grows so that a layout step is at
@@ -121,9 +139,13 @@ def _drawing(G: nx.DiGraph, width: int = 900, height: int = 560, pad: int = 60,
     height = max(height, int(2 * pad + unit[1] * (max(ys) - min(ys))))
     sx = (width - 2 * pad) / max(max(xs) - min(xs), 1e-9)
     sy = (height - 2 * pad) / max(max(ys) - min(ys), 1e-9)
-    at = {n: (round(pad + (x - min(xs)) * sx if max(xs) > min(xs) else width / 2, 1),
-              round(pad + (max(ys) - y) * sy if max(ys) > min(ys) else height / 2, 1))
-          for n, (x, y) in pos.items()}
+    at = {
+        n: (
+            round(pad + (x - min(xs)) * sx if max(xs) > min(xs) else width / 2, 1),
+            round(pad + (max(ys) - y) * sy if max(ys) > min(ys) else height / 2, 1),
+        )
+        for n, (x, y) in pos.items()
+    }
     geo = gr.edge_geometry(G, at, scale=(1 / unit[0], 1 / unit[0]))
     # curves bend out of the nodes' box: move everything so that they stay on the page
     pts = list(at.values()) + [q for e in geo for q in e["points"]]
@@ -136,18 +158,40 @@ def _drawing(G: nx.DiGraph, width: int = 900, height: int = 560, pad: int = 60,
     for e in geo:
         e["control"] = (e["control"][0] + dx, e["control"][1] + dy)
     top = max([abs(e["weight"]) for e in geo] or [1.0]) or 1.0
-    nodes = [dict(id=n, label=label(n), x=at[n][0], y=at[n][1],
-                  kind=d.get("kind"), info={k: v for k, v in d.items()
-                                            if isinstance(v, (int, float, str)) and v is not None})
-             for n, d in G.nodes(data=True)]
-    edges = [dict(source=e["parent"], target=e["child"], mode=e["mode"], weight=e["weight"],
-                  c=[round(e["control"][0], 1), round(e["control"][1], 1)],
-                  width=round(1 + 5 * abs(e["weight"]) / top, 2),
-                  share=G.edges[e["parent"], e["child"]].get("share"))
-             for e in geo]
+    nodes = [
+        dict(
+            id=n,
+            label=label(n),
+            x=at[n][0],
+            y=at[n][1],
+            kind=d.get("kind"),
+            info={k: v for k, v in d.items() if isinstance(v, (int, float, str)) and v is not None},
+        )
+        for n, d in G.nodes(data=True)
+    ]
+    edges = [
+        dict(
+            source=e["parent"],
+            target=e["child"],
+            mode=e["mode"],
+            weight=e["weight"],
+            c=[round(e["control"][0], 1), round(e["control"][1], 1)],
+            width=round(1 + 5 * abs(e["weight"]) / top, 2),
+            share=G.edges[e["parent"], e["child"]].get("share"),
+        )
+        for e in geo
+    ]
     modes = [m for m in gr.MODES if any(e["mode"] == m for e in edges)]
-    return dict(title=G.graph.get("title", ""), width=width, height=height, nodes=nodes,
-                edges=edges, colors=COLORS, modes=modes, n_pairs=G.number_of_edges())
+    return dict(
+        title=G.graph.get("title", ""),
+        width=width,
+        height=height,
+        nodes=nodes,
+        edges=edges,
+        colors=COLORS,
+        modes=modes,
+        n_pairs=G.number_of_edges(),
+    )
 
 
 _STYLE = """
@@ -229,17 +273,21 @@ def _sha256(text: str) -> str:
 
 # nothing may load or run but the page's own style and script (by hash): no network,
 # no inline script from the data, no form, no base URL
-CSP = (f"default-src 'none'; script-src {_sha256(_SCRIPT)}; style-src {_sha256(_STYLE)}; "
-       "img-src 'none'; connect-src 'none'; font-src 'none'; object-src 'none'; "
-       "base-uri 'none'; form-action 'none'")
+CSP = (
+    f"default-src 'none'; script-src {_sha256(_SCRIPT)}; style-src {_sha256(_STYLE)}; "
+    "img-src 'none'; connect-src 'none'; font-src 'none'; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
-_PAGE = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
-         '<title>{title}</title>\n<style>{style}</style></head><body>\n<h3>{title}</h3>\n'
-         '<div id="legend"></div>\n<svg id="graph" xmlns="http://www.w3.org/2000/svg"></svg>\n'
-         '<div id="info">Hover an edge or a node; click a node to keep its edges highlighted.'
-         '</div>\n<script id="data" type="application/json">{data}</script>\n'
-         '<script>{script}</script></body></html>\n')
+_PAGE = (
+    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+    f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+    '<title>{title}</title>\n<style>{style}</style></head><body>\n<h3>{title}</h3>\n'
+    '<div id="legend"></div>\n<svg id="graph" xmlns="http://www.w3.org/2000/svg"></svg>\n'
+    '<div id="info">Hover an edge or a node; click a node to keep its edges highlighted.'
+    '</div>\n<script id="data" type="application/json">{data}</script>\n'
+    '<script>{script}</script></body></html>\n'
+)
 
 
 def to_html(G: nx.DiGraph) -> str:
@@ -247,8 +295,12 @@ def to_html(G: nx.DiGraph) -> str:
     embedded data; nothing is fetched and nothing runs but its own script (its content
     security policy, :data:`CSP`). Stored text is escaped for each place it lands
     (:mod:`app.escape`: the title as HTML text, the data as script data)."""
-    return _PAGE.format(title=escape.html_text(G.graph.get("title", "graph")),
-                        data=escape.script_json(_drawing(G)), style=_STYLE, script=_SCRIPT)
+    return _PAGE.format(
+        title=escape.html_text(G.graph.get("title", "graph")),
+        data=escape.script_json(_drawing(G)),
+        style=_STYLE,
+        script=_SCRIPT,
+    )
 
 
 def to_tikz(G: nx.DiGraph, scale: float = 1.6) -> str:
@@ -260,12 +312,17 @@ def to_tikz(G: nx.DiGraph, scale: float = 1.6) -> str:
     ids = {n: f"n{i}" for i, n in enumerate(G.nodes)}
     geo = gr.edge_geometry(G, pos, scale=(1 / scale, 1 / scale))
     top = max([abs(e["weight"]) for e in geo] or [1.0]) or 1.0
-    out = [f"% {escape.tex(G.graph.get('title', ''))}", "% needs \\usetikzlibrary{arrows.meta}",
-           f"% {G.number_of_nodes()} nodes, {len(geo)} edges (one per reader, writer and mode; "
-           f"{G.number_of_edges()} reader-writer pairs)"]
+    out = [
+        f"% {escape.tex(G.graph.get('title', ''))}",
+        "% needs \\usetikzlibrary{arrows.meta}",
+        f"% {G.number_of_nodes()} nodes, {len(geo)} edges (one per reader, writer and mode; "
+        f"{G.number_of_edges()} reader-writer pairs)",
+    ]
     out += [f"\\definecolor{{mode{m}}}{{HTML}}{{{c[1:].upper()}}}" for m, c in COLORS.items()]
-    out.append("\\begin{tikzpicture}[>=Stealth, comp/.style={draw, circle, minimum size=7mm, "
-               "inner sep=1pt, font=\\scriptsize}]")
+    out.append(
+        "\\begin{tikzpicture}[>=Stealth, comp/.style={draw, circle, minimum size=7mm, "
+        "inner sep=1pt, font=\\scriptsize}]"
+    )
     for n in G.nodes:
         x, y = pos[n]
         out.append(f"  \\node[comp] ({ids[n]}) at ({x:.2f}, {y:.2f}) {{{escape.tex(label(n))}}};")
@@ -275,12 +332,17 @@ def to_tikz(G: nx.DiGraph, scale: float = 1.6) -> str:
         c1 = (x0 + 2 / 3 * (cx - x0), y0 + 2 / 3 * (cy - y0))
         c2 = (x1 + 2 / 3 * (cx - x1), y1 + 2 / 3 * (cy - y1))
         mode = e["mode"] if e["mode"] in COLORS else None  # a colour name only for known modes
-        style = [f"draw=mode{mode}" if mode else "draw=black", f"line width={0.4 + 2.4 * abs(e['weight']) / top:.2f}pt"]
+        style = [
+            f"draw=mode{mode}" if mode else "draw=black",
+            f"line width={0.4 + 2.4 * abs(e['weight']) / top:.2f}pt",
+        ]
         if e["weight"] < 0:
             style.append("dashed")
-        out.append(f"  \\draw[->, {', '.join(style)}] ({ids[u]}) .. controls ({c1[0]:.2f}, "
-                   f"{c1[1]:.2f}) and ({c2[0]:.2f}, {c2[1]:.2f}) .. ({ids[v]}) "
-                   f"node[pos=0.5, font=\\tiny, fill=white, inner sep=0.5pt] {{{escape.tex(e['mode'])}}};")
+        out.append(
+            f"  \\draw[->, {', '.join(style)}] ({ids[u]}) .. controls ({c1[0]:.2f}, "
+            f"{c1[1]:.2f}) and ({c2[0]:.2f}, {c2[1]:.2f}) .. ({ids[v]}) "
+            f"node[pos=0.5, font=\\tiny, fill=white, inner sep=0.5pt] {{{escape.tex(e['mode'])}}};"
+        )
     out.append("\\end{tikzpicture}")
     return "\n".join(out) + "\n"
 
@@ -291,7 +353,10 @@ def write(G: nx.DiGraph, fmt: str, path) -> None:
     if fmt == "graphml":
         gr.to_graphml(G, path)
         return
-    text = {"html": to_html, "tikz": to_tikz,
-            "json": lambda g: json.dumps(gr.to_json(g), indent=1, default=str)}[fmt](G)
+    text = {
+        "html": to_html,
+        "tikz": to_tikz,
+        "json": lambda g: json.dumps(gr.to_json(g), indent=1, default=str),
+    }[fmt](G)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

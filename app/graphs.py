@@ -24,6 +24,7 @@ Helpers: :func:`layered_layout`, :func:`top_paths`, :func:`credit_subgraph`,
 :func:`compare_graphs`, :func:`to_graphml`, :func:`to_json`, and
 :func:`available` (what the store holds, to fill filters).
 """
+
 from __future__ import annotations
 
 import heapq
@@ -45,13 +46,16 @@ AGGS = ("mean", "sum")
 
 # ------------------------------------------------------------------ selection
 
+
 def available(con) -> pd.DataFrame:
     """What the store holds: one row per model, preset, task, condition and root,
     with the number of traces (duplicates counted once)."""
     sel, params = selection_sql(root=None)
     return con.execute(
         f"SELECT model, preset, task, condition, root, count(*) AS n_traces FROM ({sel}) "
-        "GROUP BY ALL ORDER BY model, preset, task, condition, root", params).df()
+        "GROUP BY ALL ORDER BY model, preset, task, condition, root",
+        params,
+    ).df()
 
 
 def _describe(filters: dict) -> str:
@@ -61,16 +65,30 @@ def _describe(filters: dict) -> str:
 
 # ------------------------------------------------------------------ the graph
 
+
 def component_attrs(name: str, parallel: bool = False) -> dict:
     """``kind``, ``layer``, ``head`` and ``depth`` of a component name (§1;
     :func:`unpack.components.attrs`)."""
     return components.attrs(name, parallel)
 
 
-def circuit_graph(con, *, model=None, run_id=None, task=None, preset=None, condition=None,
-                  template=None, prompt_ids=None, root="target", modes=MODES,
-                  min_weight: float = 0.0, min_share: float = 0.0, top_k: int | None = None,
-                  agg: str = "mean") -> nx.DiGraph:
+def circuit_graph(
+    con,
+    *,
+    model=None,
+    run_id=None,
+    task=None,
+    preset=None,
+    condition=None,
+    template=None,
+    prompt_ids=None,
+    root="target",
+    modes=MODES,
+    min_weight: float = 0.0,
+    min_share: float = 0.0,
+    top_k: int | None = None,
+    agg: str = "mean",
+) -> nx.DiGraph:
     """The circuit of the selected traces as a DiGraph (see the module docstring).
 
     ``modes``: the modes kept (a subset of K, Q, V, MLP); ``weight`` adds them.
@@ -84,21 +102,40 @@ def circuit_graph(con, *, model=None, run_id=None, task=None, preset=None, condi
     The selection must hold one model and one preset; an empty selection
     raises InputError naming the filters."""
     modes = _check_graph_args(agg, modes, top_k, min_weight, min_share)
-    filters = dict(model=model, run_id=run_id, task=task, preset=preset, condition=condition,
-                   template=template, prompt_ids=prompt_ids, root=root)
+    filters = dict(
+        model=model,
+        run_id=run_id,
+        task=task,
+        preset=preset,
+        condition=condition,
+        template=template,
+        prompt_ids=prompt_ids,
+        root=root,
+    )
     n_sel, per, flows, meta, roots = _read_selection(con, filters, modes)
     parallel = _parallel(meta["parallel_residual"], per, meta["model_type"])
     scale = 1.0 / n_sel if agg == "mean" else 1.0
-    G = nx.DiGraph(model=meta["model"], preset=meta["preset"], task=meta["task"],
-                   condition=meta["condition"], root=meta["root"], n_prompts=n_sel,
-                   n_layers=meta["n_layers"], n_heads=meta["n_heads"], parallel=parallel,
-                   agg=agg, modes=list(modes), filters={k: v for k, v in filters.items()
-                                                        if v is not None})
+    G = nx.DiGraph(
+        model=meta["model"],
+        preset=meta["preset"],
+        task=meta["task"],
+        condition=meta["condition"],
+        root=meta["root"],
+        n_prompts=n_sel,
+        n_layers=meta["n_layers"],
+        n_heads=meta["n_heads"],
+        parallel=parallel,
+        agg=agg,
+        modes=list(modes),
+        filters={k: v for k, v in filters.items() if v is not None},
+    )
     if len(per):
         edges = _aggregate(per, modes, n_sel, scale)
         keep = (edges["weight"].abs() >= min_weight) & (edges["share"] >= min_share)
         edges = edges[keep & (edges["weight"] != 0)]
-        edges = edges.reindex(edges["weight"].abs().sort_values(ascending=False, kind="stable").index)
+        edges = edges.reindex(
+            edges["weight"].abs().sort_values(ascending=False, kind="stable").index
+        )
         _add_edges(G, edges if top_k is None else edges.head(top_k), modes, n_sel)
     for c in roots:
         G.add_node(c)
@@ -119,12 +156,23 @@ def _check_graph_args(agg, modes, top_k, min_weight, min_share) -> tuple:
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise InputError(f"top_k={top_k!r} must be a positive integer or None")
     if not min_weight >= 0 or not 0 <= min_share <= 1:
-        raise InputError(f"min_weight={min_weight} must be >= 0 and min_share={min_share} in [0, 1]")
+        raise InputError(
+            f"min_weight={min_weight} must be >= 0 and min_share={min_share} in [0, 1]"
+        )
     return modes
 
 
-_META = ("model", "preset", "task", "condition", "root", "n_layers", "n_heads", "model_type",
-         "parallel_residual")
+_META = (
+    "model",
+    "preset",
+    "task",
+    "condition",
+    "root",
+    "n_layers",
+    "n_heads",
+    "model_type",
+    "parallel_residual",
+)
 
 
 def _read_selection(con, filters: dict, modes: tuple):
@@ -135,28 +183,39 @@ def _read_selection(con, filters: dict, modes: tuple):
     try:
         info = con.execute("SELECT model, preset, count(*) FROM _sel GROUP BY ALL").fetchall()
         if not info:
-            raise InputError(f"no traces match {_describe(filters)}; see app.graphs.available(con) "
-                             "for what the store holds, or ingest them with `unpack ingest`")
+            raise InputError(
+                f"no traces match {_describe(filters)}; see app.graphs.available(con) "
+                "for what the store holds, or ingest them with `unpack ingest`"
+            )
         for what, i in (("models", 0), ("presets", 1)):
             found = sorted({str(r[i]) for r in info})
             if len(found) > 1:
-                raise InputError(f"the selection mixes {what} {found}; pass "
-                                 f"{'model' if i == 0 else 'preset'}= to pick one")
+                raise InputError(
+                    f"the selection mixes {what} {found}; pass "
+                    f"{'model' if i == 0 else 'preset'}= to pick one"
+                )
         mode_list = ", ".join(f"'{m}'" for m in modes)
         per = con.execute(
             "SELECT e.trace_id, e.parent, e.child, e.mode, sum(e.weight) AS w "
             f"FROM edges e JOIN _sel s USING (trace_id) WHERE e.mode IN ({mode_list}) "
-            "GROUP BY ALL").df()
+            "GROUP BY ALL"
+        ).df()
         flows = con.execute(
             "SELECT f.component, sum(f.flow) AS flow FROM component_flows f "
-            "JOIN _sel s USING (trace_id) GROUP BY ALL").df()
+            "JOIN _sel s USING (trace_id) GROUP BY ALL"
+        ).df()
         meta = con.execute(
             "SELECT any_value(s.model), any_value(s.preset), string_agg(DISTINCT s.task, ','), "
             "string_agg(DISTINCT s.condition, ','), string_agg(DISTINCT s.root, ','), "
             "any_value(m.n_layers), any_value(m.n_heads), any_value(m.model_type), "
-            "any_value(m.parallel_residual) FROM _sel s JOIN models m ON m.name = s.model").fetchone()
-        roots = [r[0] for r in con.execute(
-            "SELECT DISTINCT root_component FROM _sel WHERE root_component IS NOT NULL").fetchall()]
+            "any_value(m.parallel_residual) FROM _sel s JOIN models m ON m.name = s.model"
+        ).fetchone()
+        roots = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT root_component FROM _sel WHERE root_component IS NOT NULL"
+            ).fetchall()
+        ]
     finally:
         con.execute("DROP TABLE IF EXISTS _sel")
     return int(sum(r[2] for r in info)), per, flows, dict(zip(_META, meta)), roots
@@ -165,10 +224,17 @@ def _read_selection(con, filters: dict, modes: tuple):
 def _add_edges(G: nx.DiGraph, edges: pd.DataFrame, modes: tuple, n_sel: int) -> None:
     for r in edges.itertuples(index=False):
         by_mode = {m: float(getattr(r, f"w_{m}")) for m in modes}
-        G.add_edge(r.parent, r.child, weight=float(r.weight), by_mode=by_mode,
-                   mode=max(by_mode, key=lambda m: abs(by_mode[m])),
-                   sum=float(r.sum), mean=float(r.sum) / n_sel, share=float(r.share),
-                   n_prompts=int(r.n))
+        G.add_edge(
+            r.parent,
+            r.child,
+            weight=float(r.weight),
+            by_mode=by_mode,
+            mode=max(by_mode, key=lambda m: abs(by_mode[m])),
+            sum=float(r.sum),
+            mean=float(r.sum) / n_sel,
+            share=float(r.share),
+            n_prompts=int(r.n),
+        )
 
 
 def _parallel(stored, per: pd.DataFrame, model_type) -> bool:
@@ -179,8 +245,11 @@ def _parallel(stored, per: pd.DataFrame, model_type) -> bool:
     if stored is not None and not pd.isna(stored):
         return bool(stored)
     if len(per):
-        mlp = per[(per["mode"] == "MLP") & per["parent"].str.startswith("mlp_")
-                  & per["child"].str.startswith("attn_")]
+        mlp = per[
+            (per["mode"] == "MLP")
+            & per["parent"].str.startswith("mlp_")
+            & per["child"].str.startswith("attn_")
+        ]
         pl = [components.layer_head(n)[0] for n in mlp["parent"]]
         cl = [components.layer_head(n)[0] for n in mlp["child"]]
         if any(a == b for a, b in zip(pl, cl)):
@@ -191,8 +260,13 @@ def _parallel(stored, per: pd.DataFrame, model_type) -> bool:
 def _aggregate(per: pd.DataFrame, modes, n_sel: int, scale: float) -> pd.DataFrame:
     """Per (parent, child): each mode's aggregate, the total, and in how many
     traces the edge appears."""
-    wide = per.pivot_table(index=["trace_id", "parent", "child"], columns="mode", values="w",
-                           aggfunc="sum", fill_value=0.0)
+    wide = per.pivot_table(
+        index=["trace_id", "parent", "child"],
+        columns="mode",
+        values="w",
+        aggfunc="sum",
+        fill_value=0.0,
+    )
     for m in modes:
         if m not in wide:
             wide[m] = 0.0
@@ -210,6 +284,7 @@ def _aggregate(per: pd.DataFrame, modes, n_sel: int, scale: float) -> pd.DataFra
 
 # ------------------------------------------------------------------ helpers
 
+
 def layered_layout(G: nx.DiGraph, layer_gap: float = 1.0, row_gap: float = 1.0) -> dict:
     """``{node: (x, y)}`` with layers left to right: ``x`` is the §1 layer index
     (embeddings -1, heads L, MLPs L + 0.5; in a parallel block, where the MLP
@@ -217,7 +292,8 @@ def layered_layout(G: nx.DiGraph, layer_gap: float = 1.0, row_gap: float = 1.0) 
     them); ``y`` puts heads in the row of their head index (top to bottom), MLPs
     in a row below the heads and embeddings in the middle, off the heads' rows."""
     n_heads = G.graph.get("n_heads") or 1 + max(
-        [d.get("head") for _, d in G.nodes(data=True) if d.get("head") is not None] or [0])
+        [d.get("head") for _, d in G.nodes(data=True) if d.get("head") is not None] or [0]
+    )
     mid = (n_heads - 1) / 2
     parallel = G.graph.get("parallel", False)
     pos = {}
@@ -297,8 +373,7 @@ def figure_scale(xy: dict, aspect: float = 2.4, steps: float = 3.0) -> tuple[flo
     wide as high: the nodes' box becomes ``steps * aspect`` by ``steps`` units."""
     xs = [p[0] for p in xy.values()] or [0.0]
     ys = [p[1] for p in xy.values()] or [0.0]
-    return (steps * aspect / max(max(xs) - min(xs), 1.0),
-            steps / max(max(ys) - min(ys), 1.0))
+    return (steps * aspect / max(max(xs) - min(xs), 1.0), steps / max(max(ys) - min(ys), 1.0))
 
 
 def edge_geometry(G: nx.DiGraph, xy: dict, scale=None, n: int = 24) -> list[dict]:
@@ -308,15 +383,24 @@ def edge_geometry(G: nx.DiGraph, xy: dict, scale=None, n: int = 24) -> list[dict
     out = []
     for u, v, m, w in drawn_edges(G):
         c = curve_control(xy[u], xy[v], m, scale)
-        out.append(dict(parent=u, child=v, mode=m, weight=w, control=c,
-                        points=curve_points(xy[u], c, xy[v], n)))
+        out.append(
+            dict(
+                parent=u,
+                child=v,
+                mode=m,
+                weight=w,
+                control=c,
+                points=curve_points(xy[u], c, xy[v], n),
+            )
+        )
     return out
 
 
 def layer_ticks(G: nx.DiGraph) -> tuple[list[int], list[str]]:
     """Integer layer ticks of a layered drawing: ``emb`` at -1, then 0 .. L-1."""
     nl = G.graph.get("n_layers") or 1 + max(
-        [d.get("layer", -1) for _, d in G.nodes(data=True) if d.get("layer") is not None] or [0])
+        [d.get("layer", -1) for _, d in G.nodes(data=True) if d.get("layer") is not None] or [0]
+    )
     vals = list(range(-1, int(nl)))
     return vals, ["emb" if v < 0 else str(v) for v in vals]
 
@@ -352,13 +436,19 @@ def top_paths(G: nx.DiGraph, k: int = 10, source=None, complete: bool = True) ->
             raise InputError(f"source {source!r} is not a node of the graph")
         start = {source: G.nodes[source].get("flow", 0.0)}
     else:
-        roots = [n for n in G.nodes if G.graph.get("root") and
-                 any(n == r.split("@")[0] for r in str(G.graph["root"]).split(","))]
+        roots = [
+            n
+            for n in G.nodes
+            if G.graph.get("root")
+            and any(n == r.split("@")[0] for r in str(G.graph["root"]).split(","))
+        ]
         if roots:
             start = {n: G.nodes[n].get("flow", 0.0) for n in roots}
         else:
-            start = {n: G.nodes[n].get("flow", 0.0) - sum(w for *_, w in G.in_edges(n, data="weight"))
-                     for n in G.nodes}
+            start = {
+                n: G.nodes[n].get("flow", 0.0) - sum(w for *_, w in G.in_edges(n, data="weight"))
+                for n in G.nodes
+            }
     best: dict = {n: [] for n in G.nodes}  # node -> [(|score|, score, nodes, modes)]
     for s, f in start.items():
         if abs(f) > 1e-12:
@@ -379,14 +469,22 @@ def top_paths(G: nx.DiGraph, k: int = 10, source=None, complete: bool = True) ->
             continue
         for child, m, w in out:
             f = w / fn
-            best[child].extend((abs(sc * f), sc * f, nodes + (child,), ms + (m,))
-                               for _, sc, nodes, ms in best[n])
+            best[child].extend(
+                (abs(sc * f), sc * f, nodes + (child,), ms + (m,)) for _, sc, nodes, ms in best[n]
+            )
     done = heapq.nlargest(k, done, key=lambda t: t[0])
     out = []
     for _, sc, nodes, ms in done:
         chain = "→".join(f"{a}[{m}]" for a, m in zip(nodes, ms)) + ("→" if ms else "") + nodes[-1]
-        out.append(dict(nodes=list(nodes), modes=list(ms), score=float(sc), chain=chain,
-                        complete=G.nodes[nodes[-1]].get("kind") in ("embedding", "pos_embedding")))
+        out.append(
+            dict(
+                nodes=list(nodes),
+                modes=list(ms),
+                score=float(sc),
+                chain=chain,
+                complete=G.nodes[nodes[-1]].get("kind") in ("embedding", "pos_embedding"),
+            )
+        )
     return out
 
 
@@ -433,8 +531,9 @@ def _collapse(G: nx.DiGraph, n_bins: int) -> dict:
     return out
 
 
-def compare_graphs(G1: nx.DiGraph, G2: nx.DiGraph, align: str = "auto",
-                   n_bins: int | None = None) -> pd.DataFrame:
+def compare_graphs(
+    G1: nx.DiGraph, G2: nx.DiGraph, align: str = "auto", n_bins: int | None = None
+) -> pd.DataFrame:
     """Edges of two graphs side by side, with ``status``: ``gained`` (only in
     G2), ``lost`` (only in G1), ``changed_mode`` (in both, another dominant
     mode) or ``same``.
@@ -447,8 +546,10 @@ def compare_graphs(G1: nx.DiGraph, G2: nx.DiGraph, align: str = "auto",
     Columns: parent, child, status, weight_1, weight_2, weight_diff, mode_1,
     mode_2, share_1, share_2; ``df.attrs`` holds the alignment and the counts."""
     if align == "auto":
-        same = (G1.graph.get("n_layers"), G1.graph.get("n_heads")) == \
-               (G2.graph.get("n_layers"), G2.graph.get("n_heads"))
+        same = (G1.graph.get("n_layers"), G1.graph.get("n_heads")) == (
+            G2.graph.get("n_layers"),
+            G2.graph.get("n_heads"),
+        )
         align = "name" if same else "depth"
     if align == "name":
         e1 = {(u, v): d for u, v, d in G1.edges(data=True)}
@@ -457,7 +558,9 @@ def compare_graphs(G1: nx.DiGraph, G2: nx.DiGraph, align: str = "auto",
         depths = [g.graph.get("n_layers") for g in (G1, G2)]
         if n_bins is None:
             if not all(depths):
-                raise InputError("align='depth' needs n_layers in both graphs' attributes or n_bins=")
+                raise InputError(
+                    "align='depth' needs n_layers in both graphs' attributes or n_bins="
+                )
             n_bins = min(depths)
         e1, e2 = _collapse(G1, n_bins), _collapse(G2, n_bins)
     else:
@@ -473,20 +576,49 @@ def compare_graphs(G1: nx.DiGraph, G2: nx.DiGraph, align: str = "auto",
             status = "same" if a["mode"] == b["mode"] else "changed_mode"
         w1 = a["weight"] if a else 0.0
         w2 = b["weight"] if b else 0.0
-        rows.append(dict(parent=key[0], child=key[1], status=status, weight_1=w1, weight_2=w2,
-                         weight_diff=w2 - w1, mode_1=a["mode"] if a else None,
-                         mode_2=b["mode"] if b else None,
-                         share_1=a.get("share") if a else None, share_2=b.get("share") if b else None))
-    df = pd.DataFrame(rows, columns=["parent", "child", "status", "weight_1", "weight_2",
-                                     "weight_diff", "mode_1", "mode_2", "share_1", "share_2"])
-    df.attrs.update(align=align, n_bins=n_bins, model_1=G1.graph.get("model"),
-                    model_2=G2.graph.get("model"),
-                    counts={s: int((df["status"] == s).sum())
-                            for s in ("gained", "lost", "changed_mode", "same")})
+        rows.append(
+            dict(
+                parent=key[0],
+                child=key[1],
+                status=status,
+                weight_1=w1,
+                weight_2=w2,
+                weight_diff=w2 - w1,
+                mode_1=a["mode"] if a else None,
+                mode_2=b["mode"] if b else None,
+                share_1=a.get("share") if a else None,
+                share_2=b.get("share") if b else None,
+            )
+        )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "parent",
+            "child",
+            "status",
+            "weight_1",
+            "weight_2",
+            "weight_diff",
+            "mode_1",
+            "mode_2",
+            "share_1",
+            "share_2",
+        ],
+    )
+    df.attrs.update(
+        align=align,
+        n_bins=n_bins,
+        model_1=G1.graph.get("model"),
+        model_2=G2.graph.get("model"),
+        counts={
+            s: int((df["status"] == s).sum()) for s in ("gained", "lost", "changed_mode", "same")
+        },
+    )
     return df
 
 
 # ------------------------------------------------------------------ export
+
 
 def _plain(v):
     """A JSON/GraphML-safe value: None for NaN, lists and dicts kept for JSON."""
@@ -502,12 +634,15 @@ def _plain(v):
 def to_json(G: nx.DiGraph) -> dict:
     """``{"graph": {...}, "nodes": [{"id", ...}], "edges": [{"source", "target", ...}]}``,
     plain JSON types only (``json.dumps`` works on it)."""
+
     def clean(d):
         return {k: (clean(v) if isinstance(v, dict) else _plain(v)) for k, v in d.items()}
 
-    return {"graph": clean(dict(G.graph)),
-            "nodes": [dict(id=n, **clean(d)) for n, d in G.nodes(data=True)],
-            "edges": [dict(source=u, target=v, **clean(d)) for u, v, d in G.edges(data=True)]}
+    return {
+        "graph": clean(dict(G.graph)),
+        "nodes": [dict(id=n, **clean(d)) for n, d in G.nodes(data=True)],
+        "edges": [dict(source=u, target=v, **clean(d)) for u, v, d in G.edges(data=True)],
+    }
 
 
 def to_graphml(G: nx.DiGraph, path) -> None:
@@ -519,8 +654,14 @@ def to_graphml(G: nx.DiGraph, path) -> None:
             continue
         H.graph[k] = json.dumps(_plain(v), default=str) if isinstance(v, (list, dict, tuple)) else v
     for n, d in G.nodes(data=True):
-        H.add_node(n, **{k: (-1 if v is None and k == "head" else v)
-                         for k, v in d.items() if v is not None or k == "head"})
+        H.add_node(
+            n,
+            **{
+                k: (-1 if v is None and k == "head" else v)
+                for k, v in d.items()
+                if v is not None or k == "head"
+            },
+        )
     for u, v, d in G.edges(data=True):
         attrs = {k: x for k, x in d.items() if k != "by_mode" and x is not None}
         for m in MODES:
@@ -546,19 +687,30 @@ def draw(G: nx.DiGraph, ax=None, pos=None, max_width: float = 6.0, labels: bool 
     fmax = max([abs(d.get("flow", 0.0)) for _, d in G.nodes(data=True)] or [1.0]) or 1.0
     for e in geo:
         xs, ys = zip(*e["points"])
-        ax.plot(xs, ys, color=MODE_COLORS.get(e["mode"], "black"), alpha=0.75,
-                lw=0.3 + max_width * abs(e["weight"]) / wmax,
-                linestyle="--" if e["weight"] < 0 else "-")
+        ax.plot(
+            xs,
+            ys,
+            color=MODE_COLORS.get(e["mode"], "black"),
+            alpha=0.75,
+            lw=0.3 + max_width * abs(e["weight"]) / wmax,
+            linestyle="--" if e["weight"] < 0 else "-",
+        )
     xs = [pos[n][0] for n in G]
     ys = [pos[n][1] for n in G]
     sizes = [15 + 250 * abs(G.nodes[n].get("flow", 0.0)) / fmax for n in G]
     ax.scatter(xs, ys, s=sizes, color="white", edgecolors="black", zorder=3, linewidths=0.8)
     if labels:
         for n in G:
-            ax.text(pos[n][0], pos[n][1], short_name(n), fontsize=6, ha="center", va="center",
-                    zorder=4)
-    ax.legend(handles=[Line2D([], [], color=MODE_COLORS[m], lw=2, label=m) for m in MODES],
-              fontsize=7, loc="lower right", title="mode", title_fontsize=7)
+            ax.text(
+                pos[n][0], pos[n][1], short_name(n), fontsize=6, ha="center", va="center", zorder=4
+            )
+    ax.legend(
+        handles=[Line2D([], [], color=MODE_COLORS[m], lw=2, label=m) for m in MODES],
+        fontsize=7,
+        loc="lower right",
+        title="mode",
+        title_fontsize=7,
+    )
     ticks, names = layer_ticks(G)
     ax.set_xticks(ticks, names)
     ax.set_xlabel("layer")
@@ -571,8 +723,14 @@ def graph_frame(G: nx.DiGraph) -> pd.DataFrame:
     one column per mode."""
     rows = []
     for u, v, d in G.edges(data=True):
-        row = dict(parent=u, child=v, weight=d["weight"], mode=d["mode"], share=d.get("share"),
-                   n_prompts=d.get("n_prompts"))
+        row = dict(
+            parent=u,
+            child=v,
+            weight=d["weight"],
+            mode=d["mode"],
+            share=d.get("share"),
+            n_prompts=d.get("n_prompts"),
+        )
         row.update({m: w for m, w in (d.get("by_mode") or {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -581,5 +739,7 @@ def graph_frame(G: nx.DiGraph) -> pd.DataFrame:
 def nodes_of(G: nx.DiGraph, kinds: Iterable[str]) -> list:
     """Nodes of the given kinds, by depth then head."""
     kinds = set(kinds)
-    return sorted((n for n, d in G.nodes(data=True) if d.get("kind") in kinds),
-                  key=lambda n: (G.nodes[n]["depth"], G.nodes[n].get("head") or 0))
+    return sorted(
+        (n for n, d in G.nodes(data=True) if d.get("kind") in kinds),
+        key=lambda n: (G.nodes[n]["depth"], G.nodes[n].get("head") or 0),
+    )

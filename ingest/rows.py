@@ -4,6 +4,7 @@ Everything is built column-wise from the result arrays (no per-row Python work
 for token credits, component flows or edges), so writing stays a small part of
 an ingest.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -24,6 +25,7 @@ from . import schema
 class Root:
     """Where a trace starts: ``spec`` 'target' (the logit seeds) or
     'COMPONENT@WHERE'; ``arg`` is what the tracer gets (None or 'COMPONENT@POS')."""
+
     spec: str
     component: str | None = None
     arg: str | None = None
@@ -32,6 +34,7 @@ class Root:
 @dataclass
 class Item:
     """One prompt on its way into the store."""
+
     seq: int
     key: str
     record: object | None  # PromptRecord; None for a corpus line that did not parse
@@ -85,11 +88,19 @@ class Columns:
         return pa.table(arrays)
 
 
-_ARROW = {sa.Integer: pa.int32(), sa.BigInteger: pa.int64(), sa.String: pa.string(),
-          sa.Double: pa.float64(), sa.Boolean: pa.bool_(), sa.DateTime: pa.timestamp("us")}
+_ARROW = {
+    sa.Integer: pa.int32(),
+    sa.BigInteger: pa.int64(),
+    sa.String: pa.string(),
+    sa.Double: pa.float64(),
+    sa.Boolean: pa.bool_(),
+    sa.DateTime: pa.timestamp("us"),
+}
 # Arrow column types of every table a batch writes, from the table definitions.
-SCHEMAS = {name: {c.name: _ARROW[type(c.type)] for c in schema.metadata.tables[name].columns}
-           for name in ("prompts",) + schema.CHILD_TABLES}
+SCHEMAS = {
+    name: {c.name: _ARROW[type(c.type)] for c in schema.metadata.tables[name].columns}
+    for name in ("prompts",) + schema.CHILD_TABLES
+}
 
 
 def _num(x):
@@ -98,21 +109,41 @@ def _num(x):
 
 def _prompt_row(it: Item, prompt_id: int, run_id: int, now) -> dict:
     r = it.record
-    row = dict(prompt_id=prompt_id, run_id=run_id, prompt_key=it.key, seq=it.seq,
-               status="failed" if it.error else "ok", error=it.error,
-               warnings=_json(it.warnings) if it.warnings else None,
-               trace_s=it.trace_s, created_at=now)
+    row = dict(
+        prompt_id=prompt_id,
+        run_id=run_id,
+        prompt_key=it.key,
+        seq=it.seq,
+        status="failed" if it.error else "ok",
+        error=it.error,
+        warnings=_json(it.warnings) if it.warnings else None,
+        trace_s=it.trace_s,
+        created_at=now,
+    )
     if r is not None:
-        row.update(task=r.task, text=r.text, target=r.target, distractor=r.distractor,
-                   roles=_json(r.roles), template=r.template or None,
-                   prompt_group=(str(r.group) if r.group not in (None, "") else None),
-                   condition=r.condition or None, metadata=_json(r.metadata or None))
+        row.update(
+            task=r.task,
+            text=r.text,
+            target=r.target,
+            distractor=r.distractor,
+            roles=_json(r.roles),
+            template=r.template or None,
+            prompt_group=(str(r.group) if r.group not in (None, "") else None),
+            condition=r.condition or None,
+            metadata=_json(r.metadata or None),
+        )
     row.update(it.fields)
     if it.results:
         res = it.results[0]
-        row.update(n_tokens=len(res.tokens), target_pos=res.target_pos, target_id=res.target_id,
-                   distractor_id=res.distractor_id, target_prob=_num(res.target_prob),
-                   target_logit=_num(res.target_logit), logit_diff=_num(res.logit_diff))
+        row.update(
+            n_tokens=len(res.tokens),
+            target_pos=res.target_pos,
+            target_id=res.target_id,
+            distractor_id=res.distractor_id,
+            target_prob=_num(res.target_prob),
+            target_logit=_num(res.target_logit),
+            logit_diff=_num(res.logit_diff),
+        )
     return row
 
 
@@ -150,26 +181,39 @@ def _add_prompt(cols, it: Item, prompt_id: int) -> None:
     res = it.results[0]
     S = len(res.tokens)
     roles = it.record.roles or {}
-    cols["roles"].add(prompt_id=[prompt_id] * len(roles), role=list(roles),
-                      pos=[int(p) for p in roles.values()])
-    cols["tokens"].add(prompt_id=np.full(S, prompt_id, np.int32), pos=np.arange(S, dtype=np.int32),
-                       token_id=np.asarray(res.token_ids, np.int32), token=list(res.tokens))
+    cols["roles"].add(
+        prompt_id=[prompt_id] * len(roles), role=list(roles), pos=[int(p) for p in roles.values()]
+    )
+    cols["tokens"].add(
+        prompt_id=np.full(S, prompt_id, np.int32),
+        pos=np.arange(S, dtype=np.int32),
+        token_id=np.asarray(res.token_ids, np.int32),
+        token=list(res.tokens),
+    )
 
 
 def _add_trace(cols, res, root: Root, prompt_id: int, trace_id: int, path_id: int) -> int:
     S = len(res.tokens)
     layer, head = layer_head(root.component) if root.component else (None, None)
-    cols["traces"].add(trace_id=[trace_id], prompt_id=[prompt_id], root=[root.spec],
-                       root_component=[root.component], root_layer=[layer], root_head=[head],
-                       root_pos=[_root_pos(res, root)],
-                       seed_total=[float(sum(res.seeds.values()))],
-                       suppression=[_num(res.suppression)],
-                       paths_truncated=[bool(getattr(res, "paths_truncated", False))],
-                       timing=[_json(getattr(res, "timing", None))])
-    cols["token_credits"].add(trace_id=np.full(S, trace_id, np.int32),
-                              pos=np.arange(S, dtype=np.int32),
-                              credit=np.asarray(res.token_credit, np.float64),
-                              credit_pct=np.asarray(res.token_credit_pct, np.float64))
+    cols["traces"].add(
+        trace_id=[trace_id],
+        prompt_id=[prompt_id],
+        root=[root.spec],
+        root_component=[root.component],
+        root_layer=[layer],
+        root_head=[head],
+        root_pos=[_root_pos(res, root)],
+        seed_total=[float(sum(res.seeds.values()))],
+        suppression=[_num(res.suppression)],
+        paths_truncated=[bool(getattr(res, "paths_truncated", False))],
+        timing=[_json(getattr(res, "timing", None))],
+    )
+    cols["token_credits"].add(
+        trace_id=np.full(S, trace_id, np.int32),
+        pos=np.arange(S, dtype=np.int32),
+        credit=np.asarray(res.token_credit, np.float64),
+        credit_pct=np.asarray(res.token_credit_pct, np.float64),
+    )
     # component flows: the nonzero entries of the [components, positions] matrix
     names = np.array(list(res.component_flow), dtype=object)
     if len(names):
@@ -177,26 +221,42 @@ def _add_trace(cols, res, root: Root, prompt_id: int, trace_id: int, path_id: in
         ci, pi = np.nonzero(flow)
         comp = names[ci]
         ly, hd = _lookup(comp)
-        cols["component_flows"].add(trace_id=np.full(len(ci), trace_id, np.int32),
-                                    component=comp, layer=ly, head=hd,
-                                    pos=pi.astype(np.int32), flow=flow[ci, pi])
+        cols["component_flows"].add(
+            trace_id=np.full(len(ci), trace_id, np.int32),
+            component=comp,
+            layer=ly,
+            head=hd,
+            pos=pi.astype(np.int32),
+            flow=flow[ci, pi],
+        )
     _add_edges(cols, res, trace_id)
     ps = res.paths
     if ps:
         n = len(ps)
         ids = np.arange(path_id, path_id + n, dtype=np.int32)
-        cols["paths"].add(path_id=ids, trace_id=np.full(n, trace_id, np.int32),
-                          rank=np.arange(1, n + 1, dtype=np.int32), chain=[p.chain for p in ps],
-                          score=[float(p.score) for p in ps], score_pct=[_num(p.score_pct) for p in ps],
-                          source_pos=[p.source_pos for p in ps],
-                          source_token=[p.source_token for p in ps],
-                          modes=[",".join(p.modes) for p in ps], depth=[p.depth for p in ps])
+        cols["paths"].add(
+            path_id=ids,
+            trace_id=np.full(n, trace_id, np.int32),
+            rank=np.arange(1, n + 1, dtype=np.int32),
+            chain=[p.chain for p in ps],
+            score=[float(p.score) for p in ps],
+            score_pct=[_num(p.score_pct) for p in ps],
+            source_pos=[p.source_pos for p in ps],
+            source_token=[p.source_token for p in ps],
+            modes=[",".join(p.modes) for p in ps],
+            depth=[p.depth for p in ps],
+        )
         hops = [(i, k, h) for i, p in zip(ids.tolist(), ps) for k, h in enumerate(p.hops)]
         lh = [layer_head(h[0]) for _, _, h in hops]
-        cols["path_hops"].add(path_id=[i for i, _, _ in hops], hop=[k for _, k, _ in hops],
-                              component=[h[0] for _, _, h in hops], layer=[x[0] for x in lh],
-                              head=[x[1] for x in lh], pos=[h[1] for _, _, h in hops],
-                              mode=[h[2] for _, _, h in hops])
+        cols["path_hops"].add(
+            path_id=[i for i, _, _ in hops],
+            hop=[k for _, k, _ in hops],
+            component=[h[0] for _, _, h in hops],
+            layer=[x[0] for x in lh],
+            head=[x[1] for x in lh],
+            pos=[h[1] for _, _, h in hops],
+            mode=[h[2] for _, _, h in hops],
+        )
     return path_id + len(ps)
 
 
@@ -215,7 +275,16 @@ def _add_edges(cols, res, trace_id: int) -> None:
         ppos, cpos = df["parent_pos"].to_numpy(np.int32), df["child_pos"].to_numpy(np.int32)
     else:
         ppos = cpos = np.full(n, None, dtype=object)
-    cols["edges"].add(trace_id=np.full(n, trace_id, np.int32), parent=parent, parent_layer=pl,
-                      parent_head=ph, parent_pos=ppos, child=child, child_layer=cl,
-                      child_head=ch, child_pos=cpos, mode=df["mode"].to_numpy(object),
-                      weight=df["weight"].to_numpy(np.float64))
+    cols["edges"].add(
+        trace_id=np.full(n, trace_id, np.int32),
+        parent=parent,
+        parent_layer=pl,
+        parent_head=ph,
+        parent_pos=ppos,
+        child=child,
+        child_layer=cl,
+        child_head=ch,
+        child_pos=cpos,
+        mode=df["mode"].to_numpy(object),
+        weight=df["weight"].to_numpy(np.float64),
+    )

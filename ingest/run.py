@@ -7,6 +7,7 @@ prompts only; the same command run again skips every prompt already stored (ok
 or failed), and a run that names new roots adds only the missing traces to the
 prompts already stored (never a second copy of a prompt).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,19 +67,27 @@ class Summary:
             lines.append(
                 f"  time: tracing {self.trace_s:.1f} s, writing {self.write_s:.2f} s "
                 f"({100 * self.write_s / max(total, 1e-9):.1f}% of the total); "
-                f"{self.n_done / max(total, 1e-9):.2f} prompts/s")
+                f"{self.n_done / max(total, 1e-9):.2f} prompts/s"
+            )
         lines.append("  rows in this run: " + ", ".join(f"{t} {n:,}" for t, n in self.rows.items()))
-        per = f", {self.db_bytes / self.db_prompts / 1024:.1f} KiB per prompt" \
-            if self.db_prompts else ""
-        lines.append(f"  database: {self.db_bytes / 2**20:.2f} MiB for {self.db_prompts:,} "
-                     f"prompts of all runs{per}")
+        per = (
+            f", {self.db_bytes / self.db_prompts / 1024:.1f} KiB per prompt"
+            if self.db_prompts
+            else ""
+        )
+        lines.append(
+            f"  database: {self.db_bytes / 2**20:.2f} MiB for {self.db_prompts:,} "
+            f"prompts of all runs{per}"
+        )
         for where, reason in self.errors:
             lines.append(f"  failed: {where}: {reason}")
         for w in self.warnings:
             lines.append(f"  warning: {w}")
         if self.n_failed > len(self.errors):
-            lines.append(f"  ... {self.n_failed - len(self.errors)} more failed; "
-                         "see SELECT seq, text, error FROM prompts WHERE status = 'failed'")
+            lines.append(
+                f"  ... {self.n_failed - len(self.errors)} more failed; "
+                "see SELECT seq, text, error FROM prompts WHERE status = 'failed'"
+            )
         return "\n".join(lines)
 
 
@@ -95,8 +104,10 @@ def split_roots(specs) -> list[tuple[str, list[str], str]]:
         for part in str(spec).split():
             comps, at, where = part.rpartition("@")
             if not at or not comps or not where or "" in comps.split(","):
-                raise InputError(f"root {part!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
-                                 "e.g. attn_9_head_9@END, 9.9,9.6@END or mlp_0@-1")
+                raise InputError(
+                    f"root {part!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
+                    "e.g. attn_9_head_9@END, 9.9,9.6@END or mlp_0@-1"
+                )
             pats = []
             for c in comps.split(","):
                 m = _SHORT.match(c)
@@ -118,8 +129,10 @@ def parse_roots(specs, names: list[str]) -> list[tuple[str, str]]:
             pattern = re.compile("^" + re.escape(c).replace(r"\*", r"\d+") + "$")
             found = [n for n in names if pattern.match(n)]
             if not found:
-                raise InputError(f"root {part!r}: no component {c!r} in this model "
-                                 f"(components look like {names[0]}, {names[-1]})")
+                raise InputError(
+                    f"root {part!r}: no component {c!r} in this model "
+                    f"(components look like {names[0]}, {names[-1]})"
+                )
             out += [(n, where) for n in found if (n, where) not in out]
     return out
 
@@ -142,8 +155,9 @@ def resolve_roots(record, roots: list[tuple[str, str]]) -> tuple[list[Root], lis
 
 
 def prompt_key(record) -> str:
-    blob = json.dumps([record.task, record.text, record.target, record.distractor],
-                      ensure_ascii=False)
+    blob = json.dumps(
+        [record.task, record.text, record.target, record.distractor], ensure_ascii=False
+    )
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
@@ -157,8 +171,13 @@ def code_version() -> str:
     version = getattr(unpack, "__version__", "unknown")
     try:
         here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{version}+{commit}" if commit else version
@@ -166,22 +185,25 @@ def code_version() -> str:
 
 # ------------------------------------------------------------------ tracing
 
+
 def trace_items(tracer, items: list[Item], config: dict, batch_size: int) -> None:
     """Trace every root of every item; a prompt that fails gets ``error`` set."""
     inputs, owner = [], []
     for i, it in enumerate(items):
         r = it.record
         for root in it.roots:
-            inputs.append({"text": r.text, "target": r.target, "distractor": r.distractor,
-                           "root": root.arg})
+            inputs.append(
+                {"text": r.text, "target": r.target, "distractor": r.distractor, "root": root.arg}
+            )
             if (r.metadata or {}).get("corrupt"):  # the patching baselines' corrupted prompt
                 inputs[-1]["corrupt"] = r.metadata["corrupt"]
             owner.append(i)
     kw = {k: v for k, v in config.items() if k != "preset"}
     t0 = time.perf_counter()
     try:
-        out = tracer.trace_batch(inputs, preset=config["preset"], batch_size=batch_size,
-                                 on_error="collect", **kw)
+        out = tracer.trace_batch(
+            inputs, preset=config["preset"], batch_size=batch_size, on_error="collect", **kw
+        )
     except Exception as e:  # one prompt broke the batch: trace them one by one
         if len(items) == 1:
             items[0].error = f"{type(e).__name__}: {e}" if not isinstance(e, InputError) else str(e)
@@ -208,6 +230,7 @@ def trace_items(tracer, items: list[Item], config: dict, batch_size: int) -> Non
 
 # ------------------------------------------------------------------ the store side
 
+
 def _now():
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -222,11 +245,20 @@ def _model_id(conn, name: str, info: dict) -> int:
     if found is not None:
         return found
     mid = store.next_id(conn, m.c.model_id)
-    conn.execute(m.insert().values(
-        model_id=mid, name=name, model_type=info.get("model_type"), n_layers=info.get("n_layers"),
-        n_heads=info.get("n_heads"), d_model=info.get("d_model"), n_params=info.get("n_params"),
-        info=json.dumps(info, sort_keys=True, default=str), created_at=_now(),
-        **{k: info.get(k) for k in MODEL_FACTS}))
+    conn.execute(
+        m.insert().values(
+            model_id=mid,
+            name=name,
+            model_type=info.get("model_type"),
+            n_layers=info.get("n_layers"),
+            n_heads=info.get("n_heads"),
+            d_model=info.get("d_model"),
+            n_params=info.get("n_params"),
+            info=json.dumps(info, sort_keys=True, default=str),
+            created_at=_now(),
+            **{k: info.get(k) for k in MODEL_FACTS},
+        )
+    )
     return mid
 
 
@@ -237,24 +269,42 @@ def _run_id(conn, model_id: int, config: dict) -> int:
     found = conn.execute(sa.select(r.c.run_id).where(key)).scalar()
     now = _now()
     if found is not None:
-        conn.execute(r.update().where(r.c.run_id == found).values(
-            status="running", updated_at=now, finished_at=None, code_version=code_version()))
+        conn.execute(
+            r.update()
+            .where(r.c.run_id == found)
+            .values(status="running", updated_at=now, finished_at=None, code_version=code_version())
+        )
         return found
     rid = store.next_id(conn, r.c.run_id)
-    conn.execute(r.insert().values(
-        run_id=rid, model_id=model_id, preset=config["preset"],
-        config=json.dumps(config, sort_keys=True), config_hash=h,
-        edge_min_frac=config.get("edge_min_frac"), code_version=code_version(),
-        status="running", started_at=now, updated_at=now, method=config.get("method", "unpack"),
-        method_params=json.dumps({k: v for k, v in config.items() if k not in ("preset", "method")},
-                                 sort_keys=True) if "method" in config else None))
+    conn.execute(
+        r.insert().values(
+            run_id=rid,
+            model_id=model_id,
+            preset=config["preset"],
+            config=json.dumps(config, sort_keys=True),
+            config_hash=h,
+            edge_min_frac=config.get("edge_min_frac"),
+            code_version=code_version(),
+            status="running",
+            started_at=now,
+            updated_at=now,
+            method=config.get("method", "unpack"),
+            method_params=json.dumps(
+                {k: v for k, v in config.items() if k not in ("preset", "method")}, sort_keys=True
+            )
+            if "method" in config
+            else None,
+        )
+    )
     return rid
 
 
 def _first_ids(conn) -> dict[str, int]:
-    return {"prompt_id": store.next_id(conn, S.prompts.c.prompt_id),
-            "trace_id": store.next_id(conn, S.traces.c.trace_id),
-            "path_id": store.next_id(conn, S.paths.c.path_id)}
+    return {
+        "prompt_id": store.next_id(conn, S.prompts.c.prompt_id),
+        "trace_id": store.next_id(conn, S.traces.c.trace_id),
+        "path_id": store.next_id(conn, S.paths.c.path_id),
+    }
 
 
 def _write(conn, items: list[Item], run_id: int, ids: dict[str, int]) -> None:
@@ -278,14 +328,19 @@ def run_counts(conn, run_id: int) -> dict[str, int]:
         "tokens": "SELECT count(*) FROM tokens JOIN prompts USING (prompt_id) WHERE run_id = :r",
     }
     for t in ("token_credits", "component_flows", "edges", "paths"):
-        q[t] = (f"SELECT count(*) FROM {t} JOIN traces USING (trace_id) "
-                "JOIN prompts USING (prompt_id) WHERE run_id = :r")
-    q["path_hops"] = ("SELECT count(*) FROM path_hops JOIN paths USING (path_id) JOIN traces "
-                      "USING (trace_id) JOIN prompts USING (prompt_id) WHERE run_id = :r")
+        q[t] = (
+            f"SELECT count(*) FROM {t} JOIN traces USING (trace_id) "
+            "JOIN prompts USING (prompt_id) WHERE run_id = :r"
+        )
+    q["path_hops"] = (
+        "SELECT count(*) FROM path_hops JOIN paths USING (path_id) JOIN traces "
+        "USING (trace_id) JOIN prompts USING (prompt_id) WHERE run_id = :r"
+    )
     return {t: int(conn.execute(sa.text(sql), {"r": run_id}).scalar()) for t, sql in q.items()}
 
 
 # ------------------------------------------------------------------ the ingest
+
 
 def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict:
     """The run's config from the preset, overrides and flags, every value typed and
@@ -302,8 +357,10 @@ def check_arguments(preset, overrides, edge_min_frac, batch_size, roots) -> dict
         try:
             extra["edge_min_frac"] = check_field("edge_min_frac", edge_min_frac)
         except InputError:
-            raise InputError(f"--edge-min-frac {edge_min_frac} must be a finite number >= 0, "
-                             "e.g. --edge-min-frac 1e-3") from None
+            raise InputError(
+                f"--edge-min-frac {edge_min_frac} must be a finite number >= 0, "
+                "e.g. --edge-min-frac 1e-3"
+            ) from None
     split_roots(roots)
     return make_config(preset, **{"position_edges": True, **extra}).to_dict()
 
@@ -328,10 +385,13 @@ def cap_batch(backend, records, batch_size: int) -> int:
         want = min(batch_size, 1 << 16)
         cap = max(cap, batch_sizes(shape_of(tracer.spec), [n] * want, want)[0])
     if batch_size > cap:
-        print(f"unpack ingest: notice: --batch-size {batch_size} capped at {cap} prompts per "
-              "batch (what the planner traces at once for the longest prompt): a batch is held "
-              "in memory until it commits, so more costs memory and is not faster",
-              file=sys.stderr, flush=True)
+        print(
+            f"unpack ingest: notice: --batch-size {batch_size} capped at {cap} prompts per "
+            "batch (what the planner traces at once for the longest prompt): a batch is held "
+            "in memory until it commits, so more costs memory and is not faster",
+            file=sys.stderr,
+            flush=True,
+        )
     return min(batch_size, cap)
 
 
@@ -364,6 +424,7 @@ class LocalTracing(TracingBackend):
 
     def model_info(self) -> dict:
         from unpack.loading import model_info
+
         return model_info(self.tracer.model, getattr(self.tracer, "spec", None))
 
     def traced(self, batches, config: dict, batch_size: int):
@@ -377,7 +438,7 @@ class LocalTracing(TracingBackend):
             i = 0
             while i < len(batch):
                 k = 1 if per_prompt is None else max(1, int(self.piece_s / max(per_prompt, 1e-9)))
-                piece = batch[i:i + k]
+                piece = batch[i : i + k]
                 t0 = time.perf_counter()
                 trace_items(self.tracer, piece, config, batch_size)
                 per_prompt = (time.perf_counter() - t0) / len(piece)
@@ -387,11 +448,24 @@ class LocalTracing(TracingBackend):
             yield batch
 
 
-def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str = "kqv_aligned",
-           roots=(), batch_size: int = 8, edge_min_frac: float | None = None,
-           overrides: dict | None = None, errors=(), progress: bool = True,
-           model_info: dict | None = None, overall=None, method: str = "unpack",
-           method_params: dict | None = None) -> Summary:
+def ingest(
+    records,
+    *,
+    tracer,
+    model_name: str,
+    db=store.DEFAULT_DB,
+    preset: str = "kqv_aligned",
+    roots=(),
+    batch_size: int = 8,
+    edge_min_frac: float | None = None,
+    overrides: dict | None = None,
+    errors=(),
+    progress: bool = True,
+    model_info: dict | None = None,
+    overall=None,
+    method: str = "unpack",
+    method_params: dict | None = None,
+) -> Summary:
     """Trace ``records`` with ``tracer`` and store everything in ``db``.
 
     ``tracer``: a :class:`unpack.Tracer`, or a :class:`TracingBackend` such as
@@ -409,27 +483,55 @@ def ingest(records, *, tracer, model_name: str, db=store.DEFAULT_DB, preset: str
 
     The arguments are checked (:func:`run_config`) and the writer lock taken here,
     then :func:`ingest_checked` does the work."""
-    config = run_config(preset, overrides, edge_min_frac, batch_size, roots, method,
-                        method_params)
+    config = run_config(preset, overrides, edge_min_frac, batch_size, roots, method, method_params)
     with _store_errors(db), store.writer_lock(db):
-        return ingest_checked(records, config, tracer=tracer, model_name=model_name, db=db,
-                              roots=roots, batch_size=batch_size, errors=errors,
-                              progress=progress, model_info=model_info, overall=overall)
+        return ingest_checked(
+            records,
+            config,
+            tracer=tracer,
+            model_name=model_name,
+            db=db,
+            roots=roots,
+            batch_size=batch_size,
+            errors=errors,
+            progress=progress,
+            model_info=model_info,
+            overall=overall,
+        )
 
 
-def run_config(preset, overrides, edge_min_frac, batch_size, roots, method: str = "unpack",
-               method_params: dict | None = None) -> dict:
+def run_config(
+    preset,
+    overrides,
+    edge_min_frac,
+    batch_size,
+    roots,
+    method: str = "unpack",
+    method_params: dict | None = None,
+) -> dict:
     """The run's config: :func:`check_arguments` for the method's own runs, a
     baseline's ``method_config`` (its preset is the method's name) for the others."""
     if method == "unpack":
         return check_arguments(preset, overrides, edge_min_frac, batch_size, roots)
     from unpack.baselines.tracer import method_config
+
     return method_config(method, method_params)
 
 
-def ingest_checked(records, config: dict, *, tracer, model_name: str, db, roots=(),
-                   batch_size: int = 8, errors=(), progress: bool = True,
-                   model_info: dict | None = None, overall=None) -> Summary:
+def ingest_checked(
+    records,
+    config: dict,
+    *,
+    tracer,
+    model_name: str,
+    db,
+    roots=(),
+    batch_size: int = 8,
+    errors=(),
+    progress: bool = True,
+    model_info: dict | None = None,
+    overall=None,
+) -> Summary:
     """:func:`ingest` once its arguments are checked into ``config`` (:func:`run_config`)
     and this process holds ``store.writer_lock(db)``: the ingest command checks and
     locks once, before it loads a model, and calls this for each model."""
@@ -439,8 +541,20 @@ def ingest_checked(records, config: dict, *, tracer, model_name: str, db, roots=
     if model_info is None:
         model_info = backend.model_info()
     with _store_errors(db):
-        summary = _ingest_into(db, records, errors, backend, model_name, config["preset"],
-                               config, root_list, batch_size, model_info, progress, overall)
+        summary = _ingest_into(
+            db,
+            records,
+            errors,
+            backend,
+            model_name,
+            config["preset"],
+            config,
+            root_list,
+            batch_size,
+            model_info,
+            progress,
+            overall,
+        )
     summary.db_bytes = store.file_bytes(db)
     return summary
 
@@ -452,16 +566,29 @@ def _store_errors(db):
     try:
         yield
     except Exception as e:
-        store_side = isinstance(e, (sa.exc.DBAPIError, OSError)) or \
-            type(e).__module__.startswith("duckdb")
+        store_side = isinstance(e, (sa.exc.DBAPIError, OSError)) or type(e).__module__.startswith(
+            "duckdb"
+        )
         mapped = store.store_error(db, e) if store_side else None
         if mapped is None:
             raise
         raise mapped from None
 
 
-def _ingest_into(db, records, errors, backend, model_name, preset, config, root_list, batch_size,
-                 model_info, progress, overall) -> Summary:
+def _ingest_into(
+    db,
+    records,
+    errors,
+    backend,
+    model_name,
+    preset,
+    config,
+    root_list,
+    batch_size,
+    model_info,
+    progress,
+    overall,
+) -> Summary:
     engine = store.connect(db, short=True)  # each transaction opens and closes the file
     try:
         with store.transaction(engine, db) as conn:
@@ -478,14 +605,19 @@ def _ingest_into(db, records, errors, backend, model_name, preset, config, root_
         if bad:
             _commit(engine, db, bad, run_id, ids, summary, overall)
         todo = [it for it in todo if not it.error]
-        _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids, summary,
-                          progress, overall)
+        _trace_and_commit(
+            engine, db, todo, backend, config, batch_size, run_id, ids, summary, progress, overall
+        )
         with store.transaction(engine, db) as conn:
-            conn.execute(S.runs.update().where(S.runs.c.run_id == run_id).values(
-                status="done", updated_at=_now(), finished_at=_now()))
+            conn.execute(
+                S.runs.update()
+                .where(S.runs.c.run_id == run_id)
+                .values(status="done", updated_at=_now(), finished_at=_now())
+            )
             summary.rows = run_counts(conn, run_id)
-            summary.db_prompts = conn.execute(sa.select(sa.func.count())
-                                              .select_from(S.prompts)).scalar()
+            summary.db_prompts = conn.execute(
+                sa.select(sa.func.count()).select_from(S.prompts)
+            ).scalar()
         # Fold the write-ahead log into the file now: DuckDB's own checkpoint at
         # close hides its errors (a full disk would go unreported).
         with store.retry_locked(engine.connect, db) as conn:
@@ -506,18 +638,28 @@ def _commit(engine, db, items, run_id, ids, summary, overall=None) -> None:
         overall.update(len(items))
 
 
-def _trace_and_commit(engine, db, todo, backend, config, batch_size, run_id, ids, summary,
-                      progress, overall) -> None:
+def _trace_and_commit(
+    engine, db, todo, backend, config, batch_size, run_id, ids, summary, progress, overall
+) -> None:
     """Trace ``todo`` batch by batch (in this process or on workers) and commit each
     batch as it comes back, in whatever order."""
     from tqdm.auto import tqdm
 
     # mininterval 0: every prompt is drawn (a piece of a batch takes about a second)
-    bar = _PromptBar(tqdm(total=len(todo), unit="prompt", desc=f"ingest {summary.model}",
-                          disable=not progress, dynamic_ncols=True, file=sys.stderr,
-                          mininterval=0, position=0 if overall is None else 1,
-                          leave=overall is None))
-    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    bar = _PromptBar(
+        tqdm(
+            total=len(todo),
+            unit="prompt",
+            desc=f"ingest {summary.model}",
+            disable=not progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=0,
+            position=0 if overall is None else 1,
+            leave=overall is None,
+        )
+    )
+    batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
     if isinstance(backend, LocalTracing) and progress:
         backend.tick = bar.tick
     try:
@@ -557,20 +699,27 @@ class _PromptBar:
 def _stored(conn, run_id: int) -> dict[str, tuple[int, str, set]]:
     """``prompt_key -> (prompt_id, status, roots traced)`` for the prompts of a run."""
     out: dict[str, tuple[int, str, set]] = {}
-    q = sa.text("SELECT p.prompt_key, p.prompt_id, p.status, t.root FROM prompts p "
-                "LEFT JOIN traces t USING (prompt_id) WHERE p.run_id = :r")
+    q = sa.text(
+        "SELECT p.prompt_key, p.prompt_id, p.status, t.root FROM prompts p "
+        "LEFT JOIN traces t USING (prompt_id) WHERE p.run_id = :r"
+    )
     for key, pid, status, root in conn.execute(q, {"r": run_id}):
         out.setdefault(key, (pid, status, set()))[2].add(root)
     return out
 
 
-def _plan(records, errors, root_list, stored: dict, summary: Summary,
-          names: list[str] = ()) -> list[Item]:
+def _plan(
+    records, errors, root_list, stored: dict, summary: Summary, names: list[str] = ()
+) -> list[Item]:
     """Items still to do, in input order: rejected corpus rows first, then records
     (new prompts, and stored prompts that lack some of the requested roots)."""
     todo, seen, n_rejected = [], set(), 0
     for e in errors or ():
-        file, line, reason = getattr(e, "file", None), getattr(e, "line", None), getattr(e, "reason", str(e))
+        file, line, reason = (
+            getattr(e, "file", None),
+            getattr(e, "line", None),
+            getattr(e, "reason", str(e)),
+        )
         key = hashlib.sha1(json.dumps(["rejected", str(file), line]).encode()).hexdigest()[:20]
         summary.n_input += 1
         if key in stored or key in seen:
@@ -580,11 +729,20 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
         seen.add(key)
         # after the rows that loaded, in file order; the text is the row's (or its line)
         # the error names the file and line too, so a plain query of the errors finds the row
-        todo.append(Item(seq=len(records) + n_rejected, key=key, record=None,
-                         error=f"{file}:{line}: {reason}" if file is not None else str(reason),
-                         label=f"{file}:{line}",
-                         fields={"task": "corpus", "text": getattr(e, "text", None),
-                                 "metadata": json.dumps({"file": str(file), "line": line})}))
+        todo.append(
+            Item(
+                seq=len(records) + n_rejected,
+                key=key,
+                record=None,
+                error=f"{file}:{line}: {reason}" if file is not None else str(reason),
+                label=f"{file}:{line}",
+                fields={
+                    "task": "corpus",
+                    "text": getattr(e, "text", None),
+                    "metadata": json.dumps({"file": str(file), "line": line}),
+                },
+            )
+        )
         n_rejected += 1
     for seq, rec in enumerate(records):
         summary.n_input += 1
@@ -606,8 +764,7 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
                 roots += [r for r in extra[1:] if r.spec not in {x.spec for x in roots}]
         if error is not None:
             if key not in stored:
-                todo.append(Item(seq=seq, key=key, record=rec, error=error,
-                                 label=_label(seq, rec)))
+                todo.append(Item(seq=seq, key=key, record=rec, error=error, label=_label(seq, rec)))
             else:
                 summary.n_skipped += 1
             continue
@@ -618,8 +775,17 @@ def _plan(records, errors, root_list, stored: dict, summary: Summary,
             if status != "ok" or not roots:
                 summary.n_skipped += 1
                 continue
-        todo.append(Item(seq=seq, key=key, record=rec, roots=roots, warnings=warnings,
-                         label=_label(seq, rec), prompt_id=prompt_id))
+        todo.append(
+            Item(
+                seq=seq,
+                key=key,
+                record=rec,
+                roots=roots,
+                warnings=warnings,
+                label=_label(seq, rec),
+                prompt_id=prompt_id,
+            )
+        )
     return todo
 
 
@@ -636,13 +802,14 @@ def _warn_missing_roles(records, root_list, summary: Summary) -> None:
     import sys
 
     have = sorted({r for rec in records for r in (rec.roles or {})})
-    missing = sorted({w for _, w in root_list
-                      if not re.fullmatch(r"-?\d+", w) and w not in have})
+    missing = sorted({w for _, w in root_list if not re.fullmatch(r"-?\d+", w) and w not in have})
     for w in missing:
         specs = sorted({f"{c}@{w}" for c, ww in root_list if ww == w})
         shown = ", ".join(specs[:3]) + (f" and {len(specs) - 3} more" if len(specs) > 3 else "")
-        msg = (f"--roots {shown}: no prompt has the role {w!r}, so nothing is traced from it; "
-               f"the prompts' roles are {', '.join(have) or '(none)'}")
+        msg = (
+            f"--roots {shown}: no prompt has the role {w!r}, so nothing is traced from it; "
+            f"the prompts' roles are {', '.join(have) or '(none)'}"
+        )
         summary.warnings.append(msg)
         print(f"unpack ingest: warning: {msg}", file=sys.stderr, flush=True)
 

@@ -9,24 +9,37 @@ with ``layer`` (embeddings: -1; ``mlp_L``: L) and ``head`` (NULL unless a head),
 positions are token positions from 0. Rows of one prompt are written in one
 transaction, so a prompt with ``status = 'ok'`` always has all of its rows.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-Int, Big, Str, Dbl, Bool, Time = sa.Integer, sa.BigInteger, sa.String, sa.Double, sa.Boolean, sa.DateTime
+Int, Big, Str, Dbl, Bool, Time = (
+    sa.Integer,
+    sa.BigInteger,
+    sa.String,
+    sa.Double,
+    sa.Boolean,
+    sa.DateTime,
+)
 
 
 def component(name: str = "component") -> tuple[sa.Column, sa.Column, sa.Column]:
     """A component column with its ``layer`` and ``head`` columns: ``component,
     layer, head``, or for a named end ``parent, parent_layer, parent_head``."""
     prefix = "" if name == "component" else f"{name}_"
-    return (sa.Column(name, Str, nullable=False), sa.Column(f"{prefix}layer", Int),
-            sa.Column(f"{prefix}head", Int))
+    return (
+        sa.Column(name, Str, nullable=False),
+        sa.Column(f"{prefix}layer", Int),
+        sa.Column(f"{prefix}head", Int),
+    )
+
 
 models = sa.Table(
-    "models", metadata,
+    "models",
+    metadata,
     sa.Column("model_id", Int, primary_key=True, autoincrement=False),
     sa.Column("name", Str, nullable=False, unique=True),
     sa.Column("model_type", Str),
@@ -46,7 +59,8 @@ models = sa.Table(
 )
 
 runs = sa.Table(
-    "runs", metadata,
+    "runs",
+    metadata,
     sa.Column("run_id", Int, primary_key=True, autoincrement=False),
     sa.Column("model_id", Int, nullable=False),
     sa.Column("preset", Str, nullable=False),
@@ -65,7 +79,8 @@ runs = sa.Table(
 )
 
 prompts = sa.Table(
-    "prompts", metadata,
+    "prompts",
+    metadata,
     sa.Column("prompt_id", Int, primary_key=True, autoincrement=False),
     sa.Column("run_id", Int, nullable=False),
     sa.Column("prompt_key", Str, nullable=False),  # hash of task, text, target, distractor
@@ -95,7 +110,8 @@ prompts = sa.Table(
 )
 
 roles = sa.Table(
-    "roles", metadata,
+    "roles",
+    metadata,
     sa.Column("prompt_id", Int, nullable=False),
     sa.Column("role", Str, nullable=False),
     sa.Column("pos", Int, nullable=False),
@@ -103,7 +119,8 @@ roles = sa.Table(
 )
 
 traces = sa.Table(
-    "traces", metadata,
+    "traces",
+    metadata,
     sa.Column("trace_id", Int, primary_key=True, autoincrement=False),
     sa.Column("prompt_id", Int, nullable=False),
     sa.Column("root", Str, nullable=False),  # 'target' or a root spec, e.g. 'attn_9_head_9@END'
@@ -119,7 +136,8 @@ traces = sa.Table(
 )
 
 tokens = sa.Table(
-    "tokens", metadata,
+    "tokens",
+    metadata,
     sa.Column("prompt_id", Int, nullable=False),
     sa.Column("pos", Int, nullable=False),
     sa.Column("token_id", Int),
@@ -127,7 +145,8 @@ tokens = sa.Table(
 )
 
 token_credits = sa.Table(
-    "token_credits", metadata,
+    "token_credits",
+    metadata,
     sa.Column("trace_id", Int, nullable=False),
     sa.Column("pos", Int, nullable=False),
     sa.Column("credit", Dbl),
@@ -135,7 +154,8 @@ token_credits = sa.Table(
 )
 
 component_flows = sa.Table(  # nonzero entries only
-    "component_flows", metadata,
+    "component_flows",
+    metadata,
     sa.Column("trace_id", Int, nullable=False),
     *component(),
     sa.Column("pos", Int, nullable=False),
@@ -143,7 +163,8 @@ component_flows = sa.Table(  # nonzero entries only
 )
 
 edges = sa.Table(  # sparse: only |weight| >= runs.edge_min_frac * Σ|seeds| of the trace
-    "edges", metadata,
+    "edges",
+    metadata,
     sa.Column("trace_id", Int, nullable=False),
     *component("parent"),
     sa.Column("parent_pos", Int),
@@ -154,7 +175,8 @@ edges = sa.Table(  # sparse: only |weight| >= runs.edge_min_frac * Σ|seeds| of 
 )
 
 paths = sa.Table(
-    "paths", metadata,
+    "paths",
+    metadata,
     sa.Column("path_id", Int, primary_key=True, autoincrement=False),
     sa.Column("trace_id", Int, nullable=False),
     sa.Column("rank", Int, nullable=False),  # 1 = largest |score|
@@ -168,7 +190,8 @@ paths = sa.Table(
 )
 
 path_hops = sa.Table(
-    "path_hops", metadata,
+    "path_hops",
+    metadata,
     sa.Column("path_id", Int, nullable=False),
     sa.Column("hop", Int, nullable=False),  # 0 = the seed end
     *component(),
@@ -178,7 +201,8 @@ path_hops = sa.Table(
 
 # Circuits (migration 0003): found by `unpack discover`, checked by `unpack verify`.
 circuits = sa.Table(
-    "circuits", metadata,
+    "circuits",
+    metadata,
     sa.Column("circuit_id", Int, primary_key=True, autoincrement=False),
     sa.Column("run_id", Int, nullable=False),
     sa.Column("model", Str, nullable=False),
@@ -195,7 +219,8 @@ circuits = sa.Table(
 )
 
 circuit_components = sa.Table(
-    "circuit_components", metadata,
+    "circuit_components",
+    metadata,
     sa.Column("circuit_id", Int, nullable=False),
     *component(),
     sa.Column("depth", Int),  # 0 = a seed; k = reached after k reroots
@@ -206,7 +231,8 @@ circuit_components = sa.Table(
 )
 
 circuit_edges = sa.Table(
-    "circuit_edges", metadata,
+    "circuit_edges",
+    metadata,
     sa.Column("circuit_id", Int, nullable=False),
     *component("parent"),
     *component("child"),
@@ -217,7 +243,8 @@ circuit_edges = sa.Table(
 )
 
 circuit_verifications = sa.Table(
-    "circuit_verifications", metadata,
+    "circuit_verifications",
+    metadata,
     sa.Column("verification_id", Int, primary_key=True, autoincrement=False),
     sa.Column("circuit_id", Int, nullable=False),
     sa.Column("ablation", Str, nullable=False),  # mean | zero | resample
@@ -243,7 +270,8 @@ circuit_verifications = sa.Table(
 )
 
 circuit_prompt_results = sa.Table(
-    "circuit_prompt_results", metadata,
+    "circuit_prompt_results",
+    metadata,
     sa.Column("verification_id", Int, nullable=False),
     sa.Column("prompt_id", Int, nullable=False),
     sa.Column("clean", Dbl),  # logit differences: clean, circuit knocked out, only the circuit kept
@@ -259,9 +287,29 @@ sa.Index("ix_prompts_run", prompts.c.run_id)
 sa.Index("ix_traces_prompt", traces.c.prompt_id)
 
 # Tables holding a prompt's rows (written with it, in one transaction).
-CHILD_TABLES = ("roles", "traces", "tokens", "token_credits", "component_flows",
-                "edges", "paths", "path_hops")
-CIRCUIT_TABLES = ("circuits", "circuit_components", "circuit_edges", "circuit_verifications",
-                  "circuit_prompt_results")
-VIEWS = ("trace_info", "credits", "credit_by_role", "interactions", "head_interactions",
-         "model_vs_model", "path_info")
+CHILD_TABLES = (
+    "roles",
+    "traces",
+    "tokens",
+    "token_credits",
+    "component_flows",
+    "edges",
+    "paths",
+    "path_hops",
+)
+CIRCUIT_TABLES = (
+    "circuits",
+    "circuit_components",
+    "circuit_edges",
+    "circuit_verifications",
+    "circuit_prompt_results",
+)
+VIEWS = (
+    "trace_info",
+    "credits",
+    "credit_by_role",
+    "interactions",
+    "head_interactions",
+    "model_vs_model",
+    "path_info",
+)

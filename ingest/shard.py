@@ -10,6 +10,7 @@ effects), so a killed worker costs time, not prompts.
 
 Ray is an optional extra: ``pip install -e ".[ray]"``.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,11 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise InputError("--workers and --ray need Ray, which is not installed here; install it "
-                         f"with `{INSTALL}` (from the project folder), then run the same command "
-                         "again") from None
+        raise InputError(
+            "--workers and --ray need Ray, which is not installed here; install it "
+            f"with `{INSTALL}` (from the project folder), then run the same command "
+            "again"
+        ) from None
     return ray
 
 
@@ -46,8 +49,10 @@ def start_ray(address: str | None, workers: int):
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise InputError(f"--ray {address}: cannot join a Ray cluster there ({e}); start one "
-                             "with `ray start --head` or give its address (host:6379)") from None
+            raise InputError(
+                f"--ray {address}: cannot join a Ray cluster there ({e}); start one "
+                "with `ray start --head` or give its address (host:6379)"
+            ) from None
     else:
         ray.init(num_cpus=max(workers, os.cpu_count() or 1), **kw)
     return ray, True
@@ -73,7 +78,10 @@ class _Worker:
     def describe(self) -> dict:
         from unpack.loading import model_info
 
-        return {"names": list(self.tracer.comps.names), "model_info": model_info(self.tracer.model, self.tracer.spec)}
+        return {
+            "names": list(self.tracer.comps.names),
+            "model_info": model_info(self.tracer.model, self.tracer.spec),
+        }
 
     def check_fits(self, lengths: list, n_traces: int) -> None:
         from .run import check_lengths
@@ -94,8 +102,10 @@ def _placement(ray, device: str, workers: int) -> tuple[str, float, int]:
     gpus = ray.cluster_resources().get("GPU", 0)
     want = str(device or "cpu")
     if want.startswith("cuda") and gpus < 1:
-        raise InputError(f"--device {want}: the Ray cluster has no GPU; use --device cpu (or "
-                         "auto), or join a cluster with GPUs (--ray ADDRESS)")
+        raise InputError(
+            f"--device {want}: the Ray cluster has no GPU; use --device cpu (or "
+            "auto), or join a cluster with GPUs (--ray ADDRESS)"
+        )
     if want.startswith("cuda") or (want == "auto" and gpus >= 1):
         return "cuda", 1.0, 1
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -109,10 +119,16 @@ class RayTracing(TracingBackend):
     def __init__(self, model: str, workers: int, device: str = "cpu", dtype=None):
         ray = self.ray = require_ray()
         if not ray.is_initialized():
-            raise InputError("Ray is not running in this process; call ingest.shard.start_ray first")
+            raise InputError(
+                "Ray is not running in this process; call ingest.shard.start_ray first"
+            )
         where, gpus, threads = _placement(ray, device, workers)
-        remote = ray.remote(_Worker).options(num_cpus=0 if gpus else threads, num_gpus=gpus,
-                                             max_restarts=RESTARTS, max_task_retries=RESTARTS)
+        remote = ray.remote(_Worker).options(
+            num_cpus=0 if gpus else threads,
+            num_gpus=gpus,
+            max_restarts=RESTARTS,
+            max_task_retries=RESTARTS,
+        )
         self.model = model
         self.actors = [remote.remote(model, where, dtype, threads) for _ in range(workers)]
         self.pids = self._call("pid", all_actors=True)  # waits until every replica is loaded
@@ -130,8 +146,9 @@ class RayTracing(TracingBackend):
             raise
         except self.ray.exceptions.RayActorError as e:
             why = str(e).strip().splitlines()[-1]
-            raise InputError(f"a Ray worker could not start with the model {self.model!r}: "
-                             f"{why}") from None
+            raise InputError(
+                f"a Ray worker could not start with the model {self.model!r}: {why}"
+            ) from None
         return out if all_actors else out[0]
 
     def model_info(self) -> dict:
@@ -147,8 +164,7 @@ class RayTracing(TracingBackend):
         from ray.util import ActorPool
 
         pool = ActorPool(self.actors)
-        yield from pool.map_unordered(lambda a, b: a.trace.remote(b, config, batch_size),
-                                      batches)
+        yield from pool.map_unordered(lambda a, b: a.trace.remote(b, config, batch_size), batches)
 
     def close(self) -> None:
         for a in self.actors:

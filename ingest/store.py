@@ -9,6 +9,7 @@ statements go through SQLAlchemy Core; bulk rows go in as Arrow tables with one
 ``INSERT ... SELECT`` per table, on the same connection and inside the caller's
 transaction.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,10 @@ def check_store_path(path, for_writing: bool = True) -> None:
     p = Path(path)
     name = str(p)
     if not p.parent.exists():
-        raise InputError(f"database {name!r}: folder {str(p.parent)!r} does not exist; "
-                         "create it or pick another --db")
+        raise InputError(
+            f"database {name!r}: folder {str(p.parent)!r} does not exist; "
+            "create it or pick another --db"
+        )
     if p.is_dir():
         raise StoreError(f"database {name!r} is a folder, not a file; give a file path with --db")
     if p.exists():
@@ -64,23 +67,31 @@ def check_store_path(path, for_writing: bool = True) -> None:
             with open(p, "rb") as f:
                 head = f.read(16)
         except OSError as e:
-            raise StoreError(f"database {name!r} cannot be read ({e.strerror}); check its "
-                             "permissions or choose another --db") from None
+            raise StoreError(
+                f"database {name!r} cannot be read ({e.strerror}); check its "
+                "permissions or choose another --db"
+            ) from None
         if size == 0:
-            raise StoreError(f"database {name!r} is an empty file (0 bytes), not a DuckDB "
-                             "database: restore it from a backup, or delete it to start a new "
-                             "store there, or choose another --db")
+            raise StoreError(
+                f"database {name!r} is an empty file (0 bytes), not a DuckDB "
+                "database: restore it from a backup, or delete it to start a new "
+                "store there, or choose another --db"
+            )
         if head[8:12] != b"DUCK":
-            raise StoreError(f"database {name!r} is not a DuckDB database (the file holds "
-                             f"{_describe(head)}): choose another --db, or restore the store "
-                             "from a backup")
+            raise StoreError(
+                f"database {name!r} is not a DuckDB database (the file holds "
+                f"{_describe(head)}): choose another --db, or restore the store "
+                "from a backup"
+            )
     if for_writing:
         target = p if p.exists() else p.parent
         if not os.access(target, os.W_OK):
             ro = _read_only_fs(target)
             why = "is on a read-only file system" if ro else "is not writable (permissions)"
-            raise StoreError(f"database {name!r} {why}: choose a writable path with --db"
-                             + ("" if ro else ", or fix the permissions"))
+            raise StoreError(
+                f"database {name!r} {why}: choose a writable path with --db"
+                + ("" if ro else ", or fix the permissions")
+            )
 
 
 def check_store(path) -> None:
@@ -95,13 +106,25 @@ def check_store(path) -> None:
     if not p.exists():
         return
     try:
-        raw = retry_locked(lambda: duckdb.connect(str(p), read_only=True, config={
-            "autoinstall_known_extensions": False, "autoload_known_extensions": False}), p)
+        raw = retry_locked(
+            lambda: duckdb.connect(
+                str(p),
+                read_only=True,
+                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+            ),
+            p,
+        )
         try:
             check_complete(raw, p)
-            has = raw.execute("SELECT count(*) FROM information_schema.tables "
-                              "WHERE table_name = 'alembic_version'").fetchone()[0]
-            rev = raw.execute("SELECT max(version_num) FROM alembic_version").fetchone()[0] if has else None
+            has = raw.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_name = 'alembic_version'"
+            ).fetchone()[0]
+            rev = (
+                raw.execute("SELECT max(version_num) FROM alembic_version").fetchone()[0]
+                if has
+                else None
+            )
             refuse_newer(rev, p)
         finally:
             raw.close()
@@ -115,10 +138,12 @@ def refuse_newer(rev, path) -> None:
     import migrations
 
     if rev is not None and not migrations.known_revision(rev):
-        raise StoreError(f"database {str(path)!r} has schema revision {rev}, newer than this "
-                         f"code (which knows up to {migrations.head_revision()}): upgrade the "
-                         "code (git pull, then bash .ci/setup), or use a store made by this "
-                         "version")
+        raise StoreError(
+            f"database {str(path)!r} has schema revision {rev}, newer than this "
+            f"code (which knows up to {migrations.head_revision()}): upgrade the "
+            "code (git pull, then bash .ci/setup), or use a store made by this "
+            "version"
+        )
 
 
 SAFE_CONFIG = {
@@ -155,8 +180,10 @@ def open_read_only(path):
 
     p = Path(path)
     if not p.exists():
-        raise InputError(f"database {str(p)!r} does not exist; create it with "
-                         "`unpack demo` or `unpack ingest --model M --task ioi --db PATH`")
+        raise InputError(
+            f"database {str(p)!r} does not exist; create it with "
+            "`unpack demo` or `unpack ingest --model M --task ioi --db PATH`"
+        )
     check_store_path(p, for_writing=False)
     try:
         con = open_read(p)
@@ -188,13 +215,17 @@ def check_schema(con, path) -> None:
     rev = rev[0] if rev else None
     refuse_newer(rev, path)
     if rev is None:
-        raise InputError(f"database {str(path)!r} has no unpack schema (schema None, this code "
-                         f"needs {head}): it is not a store made by `unpack ingest`; create one "
-                         "with `unpack demo` or `unpack ingest --db PATH`")
+        raise InputError(
+            f"database {str(path)!r} has no unpack schema (schema None, this code "
+            f"needs {head}): it is not a store made by `unpack ingest`; create one "
+            "with `unpack demo` or `unpack ingest --db PATH`"
+        )
     if rev != head:
-        raise InputError(f"database {str(path)!r} has schema {rev}, this code needs {head}; "
-                         f"upgrade it with `python -m migrations --db {str(path)} upgrade` "
-                         "(any `unpack ingest` into it upgrades it too)")
+        raise InputError(
+            f"database {str(path)!r} has schema {rev}, this code needs {head}; "
+            f"upgrade it with `python -m migrations --db {str(path)} upgrade` "
+            "(any `unpack ingest` into it upgrades it too)"
+        )
 
 
 def _read_only_fs(path) -> bool:
@@ -214,18 +245,23 @@ def check_complete(raw, path) -> None:
     block_size = int(raw.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0])
     last = raw.execute("SELECT max(block_id) FROM pragma_metadata_info()").fetchone()[0]
     last = -1 if last is None else int(last)
-    for (table,) in raw.execute("SELECT table_name FROM duckdb_tables() "
-                                "WHERE database_name = current_database()").fetchall():
-        q = ("SELECT max(greatest(block_id, coalesce(list_max(additional_block_ids), -1))) "
-             "FROM pragma_storage_info(?) WHERE persistent")
+    for (table,) in raw.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+    ).fetchall():
+        q = (
+            "SELECT max(greatest(block_id, coalesce(list_max(additional_block_ids), -1))) "
+            "FROM pragma_storage_info(?) WHERE persistent"
+        )
         b = raw.execute(q, [table]).fetchone()[0]
         if b is not None:
             last = max(last, int(b))
     need, have = _HEADER + (last + 1) * block_size, p.stat().st_size
     if have < need:
-        raise StoreError(f"database {str(p)!r} is truncated: it has {have:,} bytes, its "
-                         f"contents need {need:,} (an interrupted copy or download?); restore "
-                         "it from a backup or copy it again")
+        raise StoreError(
+            f"database {str(p)!r} is truncated: it has {have:,} bytes, its "
+            f"contents need {need:,} (an interrupted copy or download?); restore "
+            "it from a backup or copy it again"
+        )
 
 
 def raise_mapped(path, exc: BaseException, opening: bool = False):
@@ -250,43 +286,68 @@ def store_error(path, exc, opening: bool = False) -> StoreError | None:
     text = str(orig)
     low = text.lower()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(orig).__name__]
-    keys = ("no space left", "read-only file system", "permission denied", "lock", "corrupt",
-            "checksum", "could not read enough bytes", "not a valid duckdb")
+    keys = (
+        "no space left",
+        "read-only file system",
+        "permission denied",
+        "lock",
+        "corrupt",
+        "checksum",
+        "could not read enough bytes",
+        "not a valid duckdb",
+    )
     msg = next((ln for ln in lines if any(k in ln.lower() for k in keys)), lines[0])
     msg = msg.replace('Original error: "', "").rstrip('"')
     name = str(path)
     code = getattr(orig, "errno", None)
     if code == errno.ENOSPC or "no space left" in low or "disk is full" in low:
-        return StoreError(f"database {name!r}: the disk is full ({msg}); free some space (or "
-                          "choose another --db) and run the same command again: the prompts "
-                          "stored so far are kept and the rest are added")
+        return StoreError(
+            f"database {name!r}: the disk is full ({msg}); free some space (or "
+            "choose another --db) and run the same command again: the prompts "
+            "stored so far are kept and the rest are added"
+        )
     if code == errno.EROFS or "read-only file system" in low:
-        return StoreError(f"database {name!r} is on a read-only file system ({msg}); choose "
-                          "a writable path with --db")
+        return StoreError(
+            f"database {name!r} is on a read-only file system ({msg}); choose "
+            "a writable path with --db"
+        )
     if code in (errno.EACCES, errno.EPERM) or "permission denied" in low:
-        return StoreError(f"database {name!r} cannot be written ({msg}); fix its permissions "
-                          "or choose another --db")
+        return StoreError(
+            f"database {name!r} cannot be written ({msg}); fix its permissions "
+            "or choose another --db"
+        )
     if "replaying wal" in low or "wal does not match" in low or "checkpoint iteration" in low:
         return _wal_error(name, low, msg)
     if "conflicting lock" in low or ("lock" in low and "could not set lock" in low):
-        return StoreError(f"database {name!r} is open in another process (DuckDB allows one "
-                          "writer); wait for it to finish or use another --db")
+        return StoreError(
+            f"database {name!r} is open in another process (DuckDB allows one "
+            "writer); wait for it to finish or use another --db"
+        )
     if "not a valid duckdb database" in low:
-        return StoreError(f"database {name!r} is not a DuckDB database ({msg}); choose another "
-                          "--db, or restore the store from a backup")
+        return StoreError(
+            f"database {name!r} is not a DuckDB database ({msg}); choose another "
+            "--db, or restore the store from a backup"
+        )
     if "could not read enough bytes" in low or "truncated" in low:
-        return StoreError(f"database {name!r} is truncated ({msg}); restore it from a backup "
-                          "or copy it again")
+        return StoreError(
+            f"database {name!r} is truncated ({msg}); restore it from a backup or copy it again"
+        )
     if "corrupt" in low or "checksum" in low:
-        return StoreError(f"database {name!r} is corrupt ({msg}); restore it from a backup "
-                          "(a rerun cannot repair it)")
+        return StoreError(
+            f"database {name!r} is corrupt ({msg}); restore it from a backup "
+            "(a rerun cannot repair it)"
+        )
     if "version number" in low or "storage version" in low or "serialization" in low:
-        return StoreError(f"database {name!r} was written by another DuckDB version ({msg}); "
-                          "open it with the DuckDB version that wrote it, or export and import")
+        return StoreError(
+            f"database {name!r} was written by another DuckDB version ({msg}); "
+            "open it with the DuckDB version that wrote it, or export and import"
+        )
     if opening and _from_store(exc):
-        return StoreError(f"database {name!r} cannot be opened ({msg}); check that it is a store "
-                          "made by `unpack ingest` and that nothing else is changing it, or "
-                          "restore it from a backup")
+        return StoreError(
+            f"database {name!r} cannot be opened ({msg}); check that it is a store "
+            "made by `unpack ingest` and that nothing else is changing it, or "
+            "restore it from a backup"
+        )
     return None
 
 
@@ -296,8 +357,10 @@ def _wal_error(name: str, low: str, msg: str) -> StoreError:
     and never deletes it."""
     wal = f"{name}.wal"
     if "checkpoint iteration" in low:
-        what = ("the log comes from a later checkpoint than the file: the file was replaced "
-                "by an older copy, e.g. restored from a backup, while its log stayed")
+        what = (
+            "the log comes from a later checkpoint than the file: the file was replaced "
+            "by an older copy, e.g. restored from a backup, while its log stayed"
+        )
     elif "does not match" in low:
         what = "the log belongs to another database file"
     else:
@@ -307,20 +370,23 @@ def _wal_error(name: str, low: str, msg: str) -> StoreError:
         f"({what}). If the file was restored from a backup on purpose, move the stale log "
         f"aside (mv {wal} {wal}.stale) and run the command again: the store opens as the "
         "backup holds it, without the log's changes. Otherwise put back the database file "
-        "that goes with the log. Nothing was changed or deleted")
+        "that goes with the log. Nothing was changed or deleted"
+    )
 
 
 def _from_store(exc) -> bool:
     """Was ``exc`` raised by DuckDB (directly or through SQLAlchemy) or the OS?"""
     orig = getattr(exc, "orig", None) or exc
-    return isinstance(orig, OSError) or type(orig).__module__.split(".")[0] in ("duckdb",
-                                                                                 "_duckdb")
+    return isinstance(orig, OSError) or type(orig).__module__.split(".")[0] in ("duckdb", "_duckdb")
 
 
 def stored_revision(conn) -> str | None:
     """The Alembic revision recorded in the file (None: no schema yet)."""
-    has = conn.execute(sa.text("SELECT count(*) FROM information_schema.tables "
-                               "WHERE table_name = 'alembic_version'")).scalar()
+    has = conn.execute(
+        sa.text(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'alembic_version'"
+        )
+    ).scalar()
     if not has:
         return None
     return conn.execute(sa.text("SELECT max(version_num) FROM alembic_version")).scalar()
@@ -334,9 +400,11 @@ def _check_revision(conn, path, read_only: bool) -> None:
     rev, head = stored_revision(conn), migrations.head_revision()
     refuse_newer(rev, path)
     if read_only and rev != head:
-        raise InputError(f"database {str(path)!r} has schema {rev}, this code needs {head}; "
-                         f"upgrade it with `python -m migrations --db {str(path)} upgrade` (any "
-                         "`unpack ingest` into it upgrades it too)")
+        raise InputError(
+            f"database {str(path)!r} has schema {rev}, this code needs {head}; "
+            f"upgrade it with `python -m migrations --db {str(path)} upgrade` (any "
+            "`unpack ingest` into it upgrades it too)"
+        )
 
 
 def connect(path=DEFAULT_DB, read_only: bool = False, short: bool = False) -> sa.Engine:
@@ -354,8 +422,11 @@ def connect(path=DEFAULT_DB, read_only: bool = False, short: bool = False) -> sa
         raise InputError(f"database {str(path)!r} does not exist; create it with `unpack ingest`")
     check_store_path(path, for_writing=not read_only)
     existed = path.exists()
-    engine = sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": read_only},
-                              **({"poolclass": sa.pool.NullPool} if short else {}))
+    engine = sa.create_engine(
+        f"duckdb:///{path}",
+        connect_args={"read_only": read_only},
+        **({"poolclass": sa.pool.NullPool} if short else {}),
+    )
     if short and not read_only:
         sa.event.listen(engine, "connect", _no_checkpoint_on_close)
     try:
@@ -528,10 +599,12 @@ def _lock(name: str, path) -> tuple[str, int]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise StoreError(f"database {str(path)!r} is open in another process: another "
-                             "ingest is writing it, maybe under another name (a hard link or "
-                             "a symlink is the same file; one ingest per file); wait for it "
-                             "to finish or use another --db") from None
+            raise StoreError(
+                f"database {str(path)!r} is open in another process: another "
+                "ingest is writing it, maybe under another name (a hard link or "
+                "a symlink is the same file; one ingest per file); wait for it "
+                "to finish or use another --db"
+            ) from None
         try:
             if os.stat(name).st_ino == os.fstat(fd).st_ino:
                 return name, fd
@@ -573,8 +646,9 @@ def insert_arrow(conn: sa.Connection, table: str, data) -> int:
     if n == 0:
         return 0
     raw = conn.connection.driver_connection
-    cols = ", ".join(f'"{c}"' for c in (data.column_names if hasattr(data, "column_names")
-                                         else data.columns))
+    cols = ", ".join(
+        f'"{c}"' for c in (data.column_names if hasattr(data, "column_names") else data.columns)
+    )
     view = f"_incoming_{table}"
     raw.complete()  # DuckDB >= 2: finish the last statement's result before new work
     raw.register(view, data)

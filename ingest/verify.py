@@ -36,6 +36,7 @@ Ablations (what replaces an ablated head's output at each position):
 
 Default: ``mean`` where the run has controls, ``resample`` otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,31 +86,48 @@ class Verification:
         """The columns of ``circuit_verifications`` (ids and times aside)."""
         bn, bf = np.array(self.baseline["necessity"]), np.array(self.baseline["faithfulness"])
         return dict(
-            circuit_id=self.circuit_id, ablation=self.ablation, reference=self.reference,
-            n_prompts=len(self.clean), n_random=self.n_random, seed=self.seed,
-            clean_logit_diff=float(self.clean.mean()), knocked_logit_diff=float(self.knocked.mean()),
-            kept_logit_diff=float(self.kept.mean()), necessity=self.necessity,
-            faithfulness=self.faithfulness, clean_accuracy=self.accuracy["clean"],
-            knocked_accuracy=self.accuracy["knocked"], kept_accuracy=self.accuracy["kept"],
-            baseline_necessity_mean=float(bn.mean()), baseline_faithfulness_mean=float(bf.mean()),
+            circuit_id=self.circuit_id,
+            ablation=self.ablation,
+            reference=self.reference,
+            n_prompts=len(self.clean),
+            n_random=self.n_random,
+            seed=self.seed,
+            clean_logit_diff=float(self.clean.mean()),
+            knocked_logit_diff=float(self.knocked.mean()),
+            kept_logit_diff=float(self.kept.mean()),
+            necessity=self.necessity,
+            faithfulness=self.faithfulness,
+            clean_accuracy=self.accuracy["clean"],
+            knocked_accuracy=self.accuracy["knocked"],
+            kept_accuracy=self.accuracy["kept"],
+            baseline_necessity_mean=float(bn.mean()),
+            baseline_faithfulness_mean=float(bf.mean()),
             necessity_rank=float((bn >= self.necessity).mean()),
-            faithfulness_rank=float((bf >= self.faithfulness).mean()))
+            faithfulness_rank=float((bf >= self.faithfulness).mean()),
+        )
 
     def to_dict(self) -> dict:
-        return dict(self.summary(), verification_id=self.verification_id,
-                    baseline=self.baseline, knocked_accuracy_rank=self.knocked_accuracy_rank,
-                    warnings=self.warnings)
+        return dict(
+            self.summary(),
+            verification_id=self.verification_id,
+            baseline=self.baseline,
+            knocked_accuracy_rank=self.knocked_accuracy_rank,
+            warnings=self.warnings,
+        )
 
     @property
     def knocked_accuracy_rank(self) -> float:
         """Share of random circuits whose knock-out leaves at most the circuit's accuracy."""
-        return float((np.array(self.baseline["knocked_accuracy"])
-                      <= self.accuracy["knocked"]).mean())
+        return float(
+            (np.array(self.baseline["knocked_accuracy"]) <= self.accuracy["knocked"]).mean()
+        )
 
     def format(self) -> str:
         s, b = self.summary(), self.baseline
         bn, bf = np.array(b["necessity"]), np.array(b["faithfulness"])
-        q = lambda a: f"mean {a.mean():.3f}, 5-95% [{np.percentile(a, 5):.3f}, {np.percentile(a, 95):.3f}]"  # noqa: E731
+        q = lambda a: (
+            f"mean {a.mean():.3f}, 5-95% [{np.percentile(a, 5):.3f}, {np.percentile(a, 95):.3f}]"
+        )  # noqa: E731
         lines = [
             f"{self.label or f'circuit {self.circuit_id}'}: {s['n_prompts']} prompts, "
             f"{self.ablation} ablation "
@@ -126,64 +144,97 @@ class Verification:
             f"  accuracy (top token = target): clean {s['clean_accuracy']:.3f}, knocked out "
             f"{s['knocked_accuracy']:.3f}, only the circuit {s['kept_accuracy']:.3f}",
             f"  random circuits knocked out: accuracy {q(np.array(b['knocked_accuracy']))}; "
-            f"share <= circuit {self.knocked_accuracy_rank:.2f}"]
+            f"share <= circuit {self.knocked_accuracy_rank:.2f}",
+        ]
         if b["size"] < b["circuit_size"]:
             e = b["equal_size"]
             lines.append(
                 f"  heads outside the circuit: {b['size']} (it has {b['circuit_size']}); at equal "
                 f"size, {len(e['necessity'])} random {e['size']}-head subsets of the circuit "
                 f"knocked out: necessity {q(np.array(e['necessity']))}, accuracy "
-                f"{q(np.array(e['knocked_accuracy']))}")
+                f"{q(np.array(e['knocked_accuracy']))}"
+            )
         return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
 # ------------------------------------------------------------------ reading the circuit
 
+
 def load_circuit(con, db, circuit_id) -> dict:
     """The stored circuit's row, heads and prompts; a clear error when it is not there."""
     if isinstance(circuit_id, bool) or not isinstance(circuit_id, int):
         raise InputError(f"--circuit {circuit_id!r} must be a circuit id (a whole number)")
-    row = con.execute("SELECT run_id, model, task, prompt_ids FROM circuits WHERE circuit_id = ?",
-                      [circuit_id]).fetchone()
+    row = con.execute(
+        "SELECT run_id, model, task, prompt_ids FROM circuits WHERE circuit_id = ?", [circuit_id]
+    ).fetchone()
     if row is None:
         have = [r[0] for r in con.execute("SELECT circuit_id FROM circuits ORDER BY 1").fetchall()]
-        listing = (f"the stored circuits are {', '.join(map(str, have[:20]))}" if have
-                   else "it holds no circuit")
-        raise InputError(f"circuit {circuit_id} does not exist in {db!s} ({listing}); find one "
-                         f"with `unpack discover --db {db}`")
-    heads = [r[0] for r in con.execute(
-        "SELECT component FROM circuit_components WHERE circuit_id = ? AND head IS NOT NULL "
-        "ORDER BY layer, head", [circuit_id]).fetchall()]
-    return dict(run_id=row[0], model=row[1], task=row[2], prompt_ids=json.loads(row[3]),
-                heads=heads)
+        listing = (
+            f"the stored circuits are {', '.join(map(str, have[:20]))}"
+            if have
+            else "it holds no circuit"
+        )
+        raise InputError(
+            f"circuit {circuit_id} does not exist in {db!s} ({listing}); find one "
+            f"with `unpack discover --db {db}`"
+        )
+    heads = [
+        r[0]
+        for r in con.execute(
+            "SELECT component FROM circuit_components WHERE circuit_id = ? AND head IS NOT NULL "
+            "ORDER BY layer, head",
+            [circuit_id],
+        ).fetchall()
+    ]
+    return dict(
+        run_id=row[0], model=row[1], task=row[2], prompt_ids=json.loads(row[3]), heads=heads
+    )
 
 
 def circuit_prompts(con, db, c: dict, circuit_id: int):
     """``(records, prompt ids, templates, n_tokens)`` of the circuit's prompts, all of
     which must still be stored and ok."""
     ids = sorted(int(i) for i in c["prompt_ids"])
-    ok = {r[0]: r[1:] for r in con.execute(
-        f"SELECT prompt_id, template, n_tokens FROM prompts WHERE status = 'ok' AND run_id = ? "
-        f"AND prompt_id IN ({', '.join('?' for _ in ids)})", [c["run_id"]] + ids).fetchall()} \
-        if ids else {}
+    ok = (
+        {
+            r[0]: r[1:]
+            for r in con.execute(
+                f"SELECT prompt_id, template, n_tokens FROM prompts WHERE status = 'ok' AND run_id = ? "
+                f"AND prompt_id IN ({', '.join('?' for _ in ids)})",
+                [c["run_id"]] + ids,
+            ).fetchall()
+        }
+        if ids
+        else {}
+    )
     missing = [i for i in ids if i not in ok]
     if not ids or missing:
-        raise InputError(f"circuit {circuit_id} needs prompts {missing[:5] or '(none listed)'}"
-                         f"{' ...' if len(missing) > 5 else ''} of run {c['run_id']}, which "
-                         f"{db!s} does not hold (deleted, or a copy of another store); run "
-                         f"`unpack discover --db {db} --model {c['model']}` again on this store")
+        raise InputError(
+            f"circuit {circuit_id} needs prompts {missing[:5] or '(none listed)'}"
+            f"{' ...' if len(missing) > 5 else ''} of run {c['run_id']}, which "
+            f"{db!s} does not hold (deleted, or a copy of another store); run "
+            f"`unpack discover --db {db} --model {c['model']}` again on this store"
+        )
     return prompt_records(con, ids), ids, [ok[i][0] for i in ids], [int(ok[i][1]) for i in ids]
 
 
 def control_prompts(con, run_id: int):
     """``(records, templates, n_tokens)`` of the run's control prompts (ABC)."""
-    rows = con.execute("SELECT min(prompt_id), template, n_tokens FROM prompts WHERE run_id = ? "
-                       "AND status = 'ok' AND condition LIKE 'abc%' GROUP BY text, template, "
-                       "n_tokens ORDER BY 1", [run_id]).fetchall()
-    return prompt_records(con, [r[0] for r in rows]), [r[1] for r in rows], [int(r[2]) for r in rows]
+    rows = con.execute(
+        "SELECT min(prompt_id), template, n_tokens FROM prompts WHERE run_id = ? "
+        "AND status = 'ok' AND condition LIKE 'abc%' GROUP BY text, template, "
+        "n_tokens ORDER BY 1",
+        [run_id],
+    ).fetchall()
+    return (
+        prompt_records(con, [r[0] for r in rows]),
+        [r[1] for r in rows],
+        [int(r[2]) for r in rows],
+    )
 
 
 # ------------------------------------------------------------------ the interventions
+
 
 def mixed_values(tracer, records, batch_size: int = 16) -> list[torch.Tensor]:
     """Every head's mixed values on each prompt, ``[L, H, n, d]`` (its own length n)."""
@@ -191,9 +242,9 @@ def mixed_values(tracer, records, batch_size: int = 16) -> list[torch.Tensor]:
 
     out = []
     for k in range(0, len(records), batch_size):
-        ids, lengths, _, _ = encode_batch(tracer, records[k:k + batch_size])
+        ids, lengths, _, _ = encode_batch(tracer, records[k : k + batch_size])
         _, Z = forward(tracer.spec, ids, lengths, dtype=tracer.dtype, keep_z=True)
-        out += [Z[b, :, :, :int(n)] for b, n in enumerate(lengths)]
+        out += [Z[b, :, :, : int(n)] for b, n in enumerate(lengths)]
     return out
 
 
@@ -203,7 +254,9 @@ def _same_shape(refs, key, n):
     return exact or [i for i, k in enumerate(refs) if k[1] == n]
 
 
-def sources(ablation, tracer, prompts, ref_records, ref_keys, rng) -> tuple[torch.Tensor | None, str]:
+def sources(
+    ablation, tracer, prompts, ref_records, ref_keys, rng
+) -> tuple[torch.Tensor | None, str]:
     """``[P, L, H, S, d]`` replacement mixed values for each prompt (None for zero),
     and a description of where they come from. ``prompts``: (record, template, n)."""
     if ablation == "zero":
@@ -217,9 +270,11 @@ def sources(ablation, tracer, prompts, ref_records, ref_keys, rng) -> tuple[torc
         if ablation == "resample":
             cand = [i for i in cand if ref_records[i].text != rec.text]
         if not cand:
-            raise InputError(f"{ablation} ablation: no reference prompt of {n} tokens for "
-                             f"prompt {rec.text[:60]!r} (positions must line up); use "
-                             "--ablation zero, or store more prompts of that template")
+            raise InputError(
+                f"{ablation} ablation: no reference prompt of {n} tokens for "
+                f"prompt {rec.text[:60]!r} (positions must line up); use "
+                "--ablation zero, or store more prompts of that template"
+            )
         if ablation == "mean":
             out[b, :, :, :n] = torch.stack([Zr[i] for i in cand]).mean(0)
         else:
@@ -247,8 +302,10 @@ def random_masks(heads: list[str], L: int, H: int, n: int, kind: str, rng) -> li
 
 def _profile(heads: list[str]) -> dict[int, int]:
     """Heads per layer."""
-    return {int(k): int(v) for k, v in pd.Series([split_head(h)[0] for h in heads],
-                                                 dtype=int).value_counts().items()}
+    return {
+        int(k): int(v)
+        for k, v in pd.Series([split_head(h)[0] for h in heads], dtype=int).value_counts().items()
+    }
 
 
 def outside_mask(heads: list[str], L: int, H: int, rng) -> np.ndarray:
@@ -303,13 +360,16 @@ def run_masks(tracer, batch, source, masks, batch_size: int = 32):
             sl = slice(k, k + batch_size)
             ab = None if m is None else torch.as_tensor(m)
             src = None if source is None else source[sl]
-            logits = forward(tracer.spec, ids[sl], lengths[sl], dtype=tracer.dtype,
-                             ablate=ab, source=src)
+            logits = forward(
+                tracer.spec, ids[sl], lengths[sl], dtype=tracer.dtype, ablate=ab, source=src
+            )
             metric[j, sl] = logit_diff(logits, tid[sl], did[sl]).double().cpu().numpy()
             hit[j, sl] = (logits.argmax(-1).cpu() == tid[sl]).double().numpy()
     if not np.isfinite(metric).all():
-        raise InputError("the intervened forward pass gave a non-finite logit difference; "
-                         "run it in float64 (load the model with --dtype float64)")
+        raise InputError(
+            "the intervened forward pass gave a non-finite logit difference; "
+            "run it in float64 (load the model with --dtype float64)"
+        )
     return metric, hit
 
 
@@ -318,7 +378,8 @@ def run_masks(tracer, batch, source, masks, batch_size: int = 32):
 BASELINE_TEXT = {
     "outside": "heads outside the circuit, its heads per layer where a layer has room",
     "profile": "the circuit's heads per layer, drawn from all heads of those layers",
-    "size": "the circuit's number of heads, drawn from all heads"}
+    "size": "the circuit's number of heads, drawn from all heads",
+}
 
 
 def baseline_dict(kind: str, size: int, rand: list, metric, hit) -> dict:
@@ -327,17 +388,24 @@ def baseline_dict(kind: str, size: int, rand: list, metric, hit) -> dict:
     after them), as stored in ``circuit_verifications.baseline``."""
     n, clean = len(rand), metric[0].mean()
     k = int(rand[0].sum())
-    base = dict(kind=kind, described=BASELINE_TEXT[kind], size=k, circuit_size=size,
-                necessity=[float(1 - metric[3 + 2 * i].mean() / clean) for i in range(n)],
-                faithfulness=[float(metric[4 + 2 * i].mean() / clean) for i in range(n)],
-                knocked_accuracy=[float(hit[3 + 2 * i].mean()) for i in range(n)],
-                kept_accuracy=[float(hit[4 + 2 * i].mean()) for i in range(n)],
-                circuits=[[f"attn_{L}_head_{h}" for L, h in zip(*np.nonzero(r))] for r in rand])
+    base = dict(
+        kind=kind,
+        described=BASELINE_TEXT[kind],
+        size=k,
+        circuit_size=size,
+        necessity=[float(1 - metric[3 + 2 * i].mean() / clean) for i in range(n)],
+        faithfulness=[float(metric[4 + 2 * i].mean() / clean) for i in range(n)],
+        knocked_accuracy=[float(hit[3 + 2 * i].mean()) for i in range(n)],
+        kept_accuracy=[float(hit[4 + 2 * i].mean()) for i in range(n)],
+        circuits=[[f"attn_{L}_head_{h}" for L, h in zip(*np.nonzero(r))] for r in rand],
+    )
     if k < size:
         rows = range(3 + 2 * n, len(metric))
-        base["equal_size"] = dict(size=k, necessity=[float(1 - metric[j].mean() / clean)
-                                                     for j in rows],
-                                  knocked_accuracy=[float(hit[j].mean()) for j in rows])
+        base["equal_size"] = dict(
+            size=k,
+            necessity=[float(1 - metric[j].mean() / clean) for j in rows],
+            knocked_accuracy=[float(hit[j].mean()) for j in rows],
+        )
     return base
 
 
@@ -353,11 +421,20 @@ def check_args(ablation, n_random, baseline) -> None:
 def _reference(con, db, c, ablation, records, templates, n_tok):
     """``(ablation, reference records, their (template, n) keys, description)``."""
     refs, r_templates, r_ntok = control_prompts(con, c["run_id"])
-    fix = (f"store the ABC controls with `unpack ingest --model {c['model']} --task ioi "
-           f"--n N --controls --db {db}`, or use" if c["task"] == "ioi" else "use")
-    return choose_reference(ablation, records, list(zip(templates, n_tok)), refs,
-                            list(zip(r_templates, r_ntok)),
-                            f"run {c['run_id']}, and task {c['task']} has none stored: {fix}")
+    fix = (
+        f"store the ABC controls with `unpack ingest --model {c['model']} --task ioi "
+        f"--n N --controls --db {db}`, or use"
+        if c["task"] == "ioi"
+        else "use"
+    )
+    return choose_reference(
+        ablation,
+        records,
+        list(zip(templates, n_tok)),
+        refs,
+        list(zip(r_templates, r_ntok)),
+        f"run {c['run_id']}, and task {c['task']} has none stored: {fix}",
+    )
 
 
 def choose_reference(ablation, records, keys, refs, ref_keys, why_none: str):
@@ -366,19 +443,38 @@ def choose_reference(ablation, records, keys, refs, ref_keys, why_none: str):
     if ablation is None:
         ablation = "mean" if refs else "resample"
     if ablation == "mean" and not refs:
-        raise InputError(f"mean ablation needs control prompts in {why_none} --ablation zero "
-                         "or --ablation resample")
+        raise InputError(
+            f"mean ablation needs control prompts in {why_none} --ablation zero "
+            "or --ablation resample"
+        )
     if ablation == "zero":
         return ablation, [], [], "zero output"
     if refs:
-        return ablation, refs, ref_keys, \
-            f"{len(refs)} control prompts (condition abc*), same template and length"
-    return ablation, records, keys, \
-        f"the circuit's {len(records)} prompts, another prompt of the same length"
+        return (
+            ablation,
+            refs,
+            ref_keys,
+            f"{len(refs)} control prompts (condition abc*), same template and length",
+        )
+    return (
+        ablation,
+        records,
+        keys,
+        f"the circuit's {len(records)} prompts, another prompt of the same length",
+    )
 
 
-def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, seed: int = 0,
-           baseline: str = "outside", tracer=None, store: bool = True) -> Verification:
+def verify(
+    db,
+    circuit_id,
+    *,
+    ablation: str | None = None,
+    n_random: int = 20,
+    seed: int = 0,
+    baseline: str = "outside",
+    tracer=None,
+    store: bool = True,
+) -> Verification:
     """Necessity and faithfulness of a stored circuit against ``n_random`` random
     circuits (see the module docstring); stored unless ``store=False``."""
     check_args(ablation, n_random, baseline)
@@ -386,17 +482,31 @@ def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, s
     try:
         c = load_circuit(con, db, circuit_id)
         records, ids, templates, n_tok = circuit_prompts(con, db, c, circuit_id)
-        ablation, refs, ref_keys, described = _reference(con, db, c, ablation, records,
-                                                         templates, n_tok)
+        ablation, refs, ref_keys, described = _reference(
+            con, db, c, ablation, records, templates, n_tok
+        )
     finally:
         con.close()
     if not c["heads"]:
-        raise InputError(f"circuit {circuit_id} has no heads to knock out; discover it again "
-                         "with a lower --min-share")
+        raise InputError(
+            f"circuit {circuit_id} has no heads to knock out; discover it again "
+            "with a lower --min-share"
+        )
     tracer = tracer or load_tracer(c["model"], "verify needs it for the interventions")
-    ver = measure(tracer, c["heads"], list(zip(records, templates, n_tok)), ids, refs, ref_keys,
-                  ablation=ablation, described=described, n_random=n_random, seed=seed,
-                  baseline=baseline, label=f"circuit {circuit_id}")
+    ver = measure(
+        tracer,
+        c["heads"],
+        list(zip(records, templates, n_tok)),
+        ids,
+        refs,
+        ref_keys,
+        ablation=ablation,
+        described=described,
+        n_random=n_random,
+        seed=seed,
+        baseline=baseline,
+        label=f"circuit {circuit_id}",
+    )
     ver.circuit_id = circuit_id
     if store:
         from .circuits import save_verification
@@ -405,8 +515,21 @@ def verify(db, circuit_id, *, ablation: str | None = None, n_random: int = 20, s
     return ver
 
 
-def measure(tracer, heads, prompts, ids, refs, ref_keys, *, ablation, described, n_random,
-            seed, baseline, label) -> Verification:
+def measure(
+    tracer,
+    heads,
+    prompts,
+    ids,
+    refs,
+    ref_keys,
+    *,
+    ablation,
+    described,
+    n_random,
+    seed,
+    baseline,
+    label,
+) -> Verification:
     """The interventions of a verification: ``prompts`` are ``(record, template,
     n_tokens)``, ``refs`` the reference records of the ablation with their keys."""
     rng = np.random.default_rng(seed)
@@ -416,29 +539,48 @@ def measure(tracer, heads, prompts, ids, refs, ref_keys, *, ablation, described,
     for h in heads:
         mask[split_head(h)] = True
     if baseline == "outside" and mask.all():
-        raise InputError(f"{label} holds every head of the model, so no random circuit lies "
-                         "outside it; use --baseline profile or --baseline size")
+        raise InputError(
+            f"{label} holds every head of the model, so no random circuit lies "
+            "outside it; use --baseline profile or --baseline size"
+        )
     rand = random_masks(heads, spec.n_layers, spec.n_heads, n_random, baseline, rng)
     k = int(rand[0].sum())
-    subsets = equal_size_subsets(heads, spec.n_layers, spec.n_heads, k, n_random, rng) \
-        if k < len(heads) else []
+    subsets = (
+        equal_size_subsets(heads, spec.n_layers, spec.n_heads, k, n_random, rng)
+        if k < len(heads)
+        else []
+    )
     masks = [None, mask, ~mask] + [m for r in rand for m in (r, ~r)] + subsets
     metric, hit = run_masks(tracer, encode_batch(tracer, [p[0] for p in prompts]), source, masks)
     clean = metric[0]
     if not abs(clean.mean()) > 1e-9:
-        raise InputError(f"{label}: the clean logit difference is zero on average, so no "
-                         "fraction of it can be measured")
+        raise InputError(
+            f"{label}: the clean logit difference is zero on average, so no "
+            "fraction of it can be measured"
+        )
     base = baseline_dict(baseline, len(heads), rand, metric, hit)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.abs(clean) > 1e-9, metric[2] / clean, np.nan)
-    per_prompt = pd.DataFrame(dict(prompt_id=ids, clean=clean, knocked=metric[1], kept=metric[2],
-                                   faithfulness=ratio))
-    return Verification(None, ablation, described, n_random, seed, clean, metric[1], metric[2],
-                        dict(clean=float(hit[0].mean()), knocked=float(hit[1].mean()),
-                             kept=float(hit[2].mean())), base, per_prompt)
+    per_prompt = pd.DataFrame(
+        dict(prompt_id=ids, clean=clean, knocked=metric[1], kept=metric[2], faithfulness=ratio)
+    )
+    return Verification(
+        None,
+        ablation,
+        described,
+        n_random,
+        seed,
+        clean,
+        metric[1],
+        metric[2],
+        dict(clean=float(hit[0].mean()), knocked=float(hit[1].mean()), kept=float(hit[2].mean())),
+        base,
+        per_prompt,
+    )
 
 
 # ------------------------------------------------------------------ heads on fresh prompts
+
 
 def parse_heads(heads, n_layers: int, n_heads: int) -> list[str]:
     """``attn_L_head_H`` names (or ``L.H``), comma-separated or a list, checked against
@@ -447,13 +589,18 @@ def parse_heads(heads, n_layers: int, n_heads: int) -> list[str]:
     text = heads if isinstance(heads, str) else ",".join(map(str, heads))
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         try:
-            L, h = (split_head(part) if part.startswith("attn_")
-                    else tuple(int(x) for x in part.split(".")))
+            L, h = (
+                split_head(part)
+                if part.startswith("attn_")
+                else tuple(int(x) for x in part.split("."))
+            )
         except (ValueError, IndexError):
             L, h = -1, -1
         if not (0 <= L < n_layers and 0 <= h < n_heads):
-            raise InputError(f"--heads: {part!r} is not a head of the model ({n_layers} layers x "
-                             f"{n_heads} heads); write attn_L_head_H or L.H, comma-separated")
+            raise InputError(
+                f"--heads: {part!r} is not a head of the model ({n_layers} layers x "
+                f"{n_heads} heads); write attn_L_head_H or L.H, comma-separated"
+            )
         out.append(f"attn_{L}_head_{h}")
     if not out:
         raise InputError("--heads is empty; name the circuit's heads, e.g. --heads 9.6,9.9,10.0")
@@ -466,9 +613,19 @@ def _keys(tracer, records) -> list[tuple[str, int]]:
     return [(r.template, int(n)) for r, n in zip(records, lengths)]
 
 
-def verify_on_task(model: str, heads, *, task: str = "ioi", n: int = 100, prompt_seed: int = 0,
-                   ablation: str | None = None, n_random: int = 20, seed: int = 0,
-                   baseline: str = "outside", tracer=None) -> Verification:
+def verify_on_task(
+    model: str,
+    heads,
+    *,
+    task: str = "ioi",
+    n: int = 100,
+    prompt_seed: int = 0,
+    ablation: str | None = None,
+    n_random: int = 20,
+    seed: int = 0,
+    baseline: str = "outside",
+    tracer=None,
+) -> Verification:
     """Verify a set of heads on ``n`` fresh prompts of a built-in task, generated with
     ``prompt_seed`` (for IOI: the ``ioi_io`` prompts, with their ``abc_c`` controls as
     the mean-ablation reference), on the model alone: nothing is stored. A circuit
@@ -490,10 +647,21 @@ def verify_on_task(model: str, heads, *, task: str = "ioi", n: int = 100, prompt
     refs = [r for r in recs if r.condition == "abc_c"]
     keys, ref_keys = _keys(tracer, prompts), _keys(tracer, refs)
     ablation, refs, ref_keys, described = choose_reference(
-        ablation, prompts, keys, refs, ref_keys, f"task {task}: it has none; use")
-    ver = measure(tracer, heads, [(r, t, k) for r, (t, k) in zip(prompts, keys)],
-                  list(range(len(prompts))), refs, ref_keys, ablation=ablation,
-                  described=described, n_random=n_random, seed=seed, baseline=baseline,
-                  label=f"{len(heads)} heads on fresh {task} prompts (seed {prompt_seed})")
+        ablation, prompts, keys, refs, ref_keys, f"task {task}: it has none; use"
+    )
+    ver = measure(
+        tracer,
+        heads,
+        [(r, t, k) for r, (t, k) in zip(prompts, keys)],
+        list(range(len(prompts))),
+        refs,
+        ref_keys,
+        ablation=ablation,
+        described=described,
+        n_random=n_random,
+        seed=seed,
+        baseline=baseline,
+        label=f"{len(heads)} heads on fresh {task} prompts (seed {prompt_seed})",
+    )
     ver.label = f"heads {', '.join(heads)} on {n} fresh {task} prompts (seed {prompt_seed})"
     return ver

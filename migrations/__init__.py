@@ -6,6 +6,7 @@
     python -m migrations revision -m "add x"     # then write it by hand
 
 The ingest upgrades a database to head whenever it opens one."""
+
 from __future__ import annotations
 
 import os

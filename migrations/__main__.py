@@ -3,6 +3,7 @@
 New revisions are written by hand (``revision -m``): SQLAlchemy's reflection
 does not work through duckdb_engine, so autogenerate is not available; keep
 ``ingest/schema.py`` in step (tests/test_migrations.py checks it)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,9 @@ from . import alembic_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m migrations",
-                                description="Alembic commands on an unpack DuckDB store.")
+    p = argparse.ArgumentParser(
+        prog="python -m migrations", description="Alembic commands on an unpack DuckDB store."
+    )
     p.add_argument("--db", default="unpack.duckdb", help="DuckDB file (default: %(default)s)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("upgrade").add_argument("revision", nargs="?", default="head")

@@ -1,4 +1,5 @@
 """Alembic environment for the DuckDB store (see migrations/__init__.py)."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa

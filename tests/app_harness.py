@@ -1,6 +1,7 @@
 """The Streamlit app on a store made by a real ingest (tiny random GPT-2 and
 GPT-NeoX models saved as Hugging Face directories), and Streamlit's own test
 harness to drive it page by page; shared by the app's test files."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,13 @@ from tests.models import build_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app" / "streamlit_app.py"
-PAGES = {"overview": None, "prompt": "ui/pages/prompt.py", "circuit": "ui/pages/circuit.py",
-         "compare": "ui/pages/compare.py", "sql": "ui/pages/sql.py"}
+PAGES = {
+    "overview": None,
+    "prompt": "ui/pages/prompt.py",
+    "circuit": "ui/pages/circuit.py",
+    "compare": "ui/pages/compare.py",
+    "sql": "ui/pages/sql.py",
+}
 MODELS = (("tiny-gpt2", "gpt2", 2), ("tiny-neox", "neox", 3))  # (dir name, family, layers)
 ROOTS = ["1.*@END"]  # every head of layer 1, rerooted at END
 
@@ -19,8 +25,15 @@ ROOTS = ["1.*@END"]  # every head of layer 1, rerooted at END
 # ------------------------------------------------------------------ a store from a real ingest
 
 
-def build_store(where: Path, n: int = 5, models=MODELS, roots=ROOTS, failing: bool = True,
-                batch_size: int = 16, progress: bool = False) -> tuple[Path, list[str]]:
+def build_store(
+    where: Path,
+    n: int = 5,
+    models=MODELS,
+    roots=ROOTS,
+    failing: bool = True,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[Path, list[str]]:
     """``(db, model names)``: IOI with its ABC controls (4 n prompts per model) traced
     from the target and from ``roots``, ingested into ``where/app.duckdb``; with
     ``failing`` one bad prompt (empty target) is stored as failed."""
@@ -35,10 +48,25 @@ def build_store(where: Path, n: int = 5, models=MODELS, roots=ROOTS, failing: bo
         model, tok = load_model(str(d))
         records = ioi(tok, n, seed=0, controls=True)
         if failing and i == 0:
-            records.append(PromptRecord(task="ioi", text=records[0].text, target="",
-                                        distractor=" Mary", condition="ioi_io", template="bad"))
-        ingest(records, tracer=Tracer(model=model, tokenizer=tok), model_name=str(d), db=db,
-               roots=roots, batch_size=batch_size, progress=progress)
+            records.append(
+                PromptRecord(
+                    task="ioi",
+                    text=records[0].text,
+                    target="",
+                    distractor=" Mary",
+                    condition="ioi_io",
+                    template="bad",
+                )
+            )
+        ingest(
+            records,
+            tracer=Tracer(model=model, tokenizer=tok),
+            model_name=str(d),
+            db=db,
+            roots=roots,
+            batch_size=batch_size,
+            progress=progress,
+        )
         names.append(str(d))
     return db, names
 
@@ -57,6 +85,7 @@ def sql(db, q, params=None):
 
 
 # ------------------------------------------------------------------ the harness
+
 
 def assert_clean(at):
     assert not at.exception, [e.value for e in at.exception]

@@ -4,6 +4,7 @@ by Playwright: the pieces the browser tests share.
 Playwright must drive the system Chromium; it never downloads a browser (no
 ``playwright install``). Missing Chromium or Playwright fails the test with the
 setup command."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,12 +28,21 @@ SMOL = "smollm2-135m"
 LADDER = ["ladder-d64", "ladder-d96", "ladder-d128"]
 LAST_D64 = "step972"  # ladder-d64's last shipped step
 CHROMIUM = os.environ.get("UNPACK_CHROMIUM", "/usr/bin/chromium")
-SETUP = ("bash .ci/setup --test (it runs apt-get install -y chromium; Playwright comes with "
-         "the project's test extra) -- Playwright drives /usr/bin/chromium; never run "
-         "`playwright install`")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+SETUP = (
+    "bash .ci/setup --test (it runs apt-get install -y chromium; Playwright comes with "
+    "the project's test extra) -- Playwright drives /usr/bin/chromium; never run "
+    "`playwright install`"
+)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = REPO / "artifacts" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
 LOAD_TIMEOUT_MS = 120_000
@@ -40,8 +50,9 @@ LOAD_TIMEOUT_MS = 120_000
 
 def require_browser() -> None:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}; set it up with: {SETUP}",
-                    pytrace=False)
+        pytest.fail(
+            f"Chromium is not installed at {CHROMIUM}; set it up with: {SETUP}", pytrace=False
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -65,14 +76,20 @@ def running_app(db, port: int | None = None, log: Path | None = None):
     port = port or free_port()
     log = log or Path(db).with_suffix(".app.log")
     with open(log, "w") as out:
-        proc = subprocess.Popen(unpack_command() + ["app", "--db", str(db), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            unpack_command() + ["app", "--db", str(db), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"`unpack app` exited with {proc.returncode}:\n{log.read_text()}")
+                raise RuntimeError(
+                    f"`unpack app` exited with {proc.returncode}:\n{log.read_text()}"
+                )
             try:
                 with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
                     if r.status == 200:
@@ -112,9 +129,11 @@ def settle(page, quiet_s: float = 1.0) -> float:
     """Wait until Streamlit has finished: no running indicator and the page's text
     unchanged for ``quiet_s``. Returns the time (perf_counter) of the last change."""
     page.wait_for_selector('[data-testid="stApp"]')
-    state = ("() => [document.body.innerText.length, document.querySelectorAll('*').length,"
-             " !!document.querySelector('[data-testid=\"stStatusWidget\"]')"
-             " || !!document.querySelector('[data-testid=\"stSpinner\"]')]")
+    state = (
+        "() => [document.body.innerText.length, document.querySelectorAll('*').length,"
+        " !!document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !!document.querySelector('[data-testid=\"stSpinner\"]')]"
+    )
     last, changed = None, time.perf_counter()
     deadline = changed + LOAD_TIMEOUT_MS / 1000
     while True:

@@ -1,5 +1,6 @@
 """Fixtures shared by the test files: the word-level tokenizer, and the tiny
 models saved on disk (all built by :func:`tests.models.build_model_dir`)."""
+
 from __future__ import annotations
 
 import pytest

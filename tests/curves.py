@@ -1,15 +1,16 @@
 """How much drawn curves overlap, in pixels (tests/test_graph_drawing.py and the
 same check on a real store in tests/test_app_read_browser.py)."""
+
 from __future__ import annotations
 
 import itertools
 import math
 
 
-
 def overlap(a, b, tol: float = 3.0, end: float = 20.0) -> float:
     """The share of curve ``a``'s points (those more than ``end`` pixels from its
     ends, outside the node markers) that lie within ``tol`` pixels of curve ``b``."""
+
     def dist(p, q0, q1):
         dx, dy = q1[0] - q0[0], q1[1] - q0[1]
         L = dx * dx + dy * dy
@@ -23,5 +24,6 @@ def overlap(a, b, tol: float = 3.0, end: float = 20.0) -> float:
 
 def worst_overlap(paths: list) -> float:
     """The largest :func:`overlap` between two of ``paths`` (either way round)."""
-    return max([max(overlap(a, b), overlap(b, a)) for a, b in itertools.combinations(paths, 2)]
-               or [0.0])
+    return max(
+        [max(overlap(a, b), overlap(b, a)) for a, b in itertools.combinations(paths, 2)] or [0.0]
+    )

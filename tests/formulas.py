@@ -2,6 +2,7 @@
 section, function name and ``file:line``, and the ``def`` lines of the project's
 functions read from their syntax trees (tests/test_formulas.py checks the table;
 ``python -m tests.scripts.fix_formulas`` rewrites its line numbers)."""
+
 from __future__ import annotations
 
 import ast

@@ -1,6 +1,7 @@
 """Helpers that several test files share: the equality tolerance, reading a store
 from the test process, a store of a shipped toy model's induction prompts, and a
 command whose progress is watched on stderr."""
+
 from __future__ import annotations
 
 import re
@@ -40,8 +41,10 @@ def assert_contractions_agree(tr, prep) -> None:
     for L in range(tr.spec.n_layers):
         lc = cap.layers[L]
         lw, C = lc.weights(), cap.comps.n_writers_attn(L)
-        sc = {m: dec.AttnScores(tr.spec, lw, lc, chat[:, :C], lc.cos, lc.sin, m, virtual)
-              for m in ("fold", "project", "virtual")}
+        sc = {
+            m: dec.AttnScores(tr.spec, lw, lc, chat[:, :C], lc.cos, lc.sin, m, virtual)
+            for m in ("fold", "project", "virtual")
+        }
         for side in ("raw_key", "raw_query"):
             a = getattr(sc["fold"], side)(0, n, n)
             assert a.abs().max() > 0, (L, side)
@@ -76,23 +79,37 @@ def toy_store(toy: Path, db, n: int):
     from unpack.tasks import induction
 
     if not toy.exists():
-        pytest.fail(f"{toy} is missing; rebuild with `unpack toy-train --variant all "
-                    "--out unpack/toy/checkpoints`")
+        pytest.fail(
+            f"{toy} is missing; rebuild with `unpack toy-train --variant all "
+            "--out unpack/toy/checkpoints`"
+        )
     torch.set_num_threads(1)
     m, tok = load_model(str(toy))
     tracer = Tracer(model=m, tokenizer=tok)
     c = m.config
-    ingest(induction(tok, n, seed=0), tracer=tracer, model_name=str(toy), db=db, progress=False,
-           model_info={"model_type": "gpt2", "n_layers": c.n_layer, "n_heads": c.n_head,
-                       "d_model": c.n_embd})
+    ingest(
+        induction(tok, n, seed=0),
+        tracer=tracer,
+        model_name=str(toy),
+        db=db,
+        progress=False,
+        model_info={
+            "model_type": "gpt2",
+            "n_layers": c.n_layer,
+            "n_heads": c.n_head,
+            "d_model": c.n_embd,
+        },
+    )
     return tracer, json.loads((toy / "toy.json").read_text())["ground_truth"]
 
 
 def truth_heads(truth: dict) -> tuple[set[str], set[str]]:
     """``(previous-token, induction)`` head names of a toy's ground truth (toy.json):
     the former in layer 0, the latter in layer 1."""
-    return ({f"attn_0_head_{h}" for h in truth["prev_heads"]},
-            {f"attn_1_head_{h}" for h in truth["induction_heads"]})
+    return (
+        {f"attn_0_head_{h}" for h in truth["prev_heads"]},
+        {f"attn_1_head_{h}" for h in truth["induction_heads"]},
+    )
 
 
 def start_until(cmd, pattern: bytes, env: dict, timeout: float = 180, stdout=subprocess.PIPE):
@@ -119,6 +136,7 @@ def start_until(cmd, pattern: bytes, env: dict, timeout: float = 180, stdout=sub
     if not (seen.is_set() and proc.poll() is None):
         proc.kill()
         proc.wait(30)
-        raise AssertionError("no progress before the end: "
-                             + b"".join(log).decode(errors="replace")[-2000:])
+        raise AssertionError(
+            "no progress before the end: " + b"".join(log).decode(errors="replace")[-2000:]
+        )
     return proc, log, reader

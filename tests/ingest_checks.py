@@ -1,6 +1,7 @@
 """What the ingest tests share: the store read from the test process, its row
 counts, the duplicate-key checks, and an ingest started in a subprocess and
 killed once it has stored prompts."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,11 @@ def sql(db, q, params=None):
 def table_counts(db) -> dict[str, int]:
     from ingest.schema import CIRCUIT_TABLES, metadata
 
-    return {t: sql(db, f"SELECT count(*) FROM {t}")[0][0] for t in metadata.tables
-            if t not in CIRCUIT_TABLES}  # written by unpack discover/verify, not the ingest
+    return {
+        t: sql(db, f"SELECT count(*) FROM {t}")[0][0]
+        for t in metadata.tables
+        if t not in CIRCUIT_TABLES
+    }  # written by unpack discover/verify, not the ingest
 
 
 def ingest_env():
@@ -34,8 +38,12 @@ def ingest_env():
 def start_and_kill(cmd, after_s: float) -> None:
     """Start the ingest, wait until the progress bar shows stored prompts, wait
     ``after_s`` more, SIGKILL it."""
-    proc, _, t = start_until(cmd, rb"ingest [^:]*: +\d+%[^|]*\|[^|]*\| *[1-9]\d*/\d+ \[",
-                             ingest_env(), stdout=subprocess.DEVNULL)
+    proc, _, t = start_until(
+        cmd,
+        rb"ingest [^:]*: +\d+%[^|]*\|[^|]*\| *[1-9]\d*/\d+ \[",
+        ingest_env(),
+        stdout=subprocess.DEVNULL,
+    )
     try:
         time.sleep(after_s)
     finally:
@@ -63,9 +71,13 @@ def per_prompt_rows(db) -> dict[str, tuple]:
 
 
 DUPLICATE_CHECKS = {
-    "prompts": "run_id, prompt_key", "roles": "prompt_id, role", "traces": "prompt_id, root",
-    "tokens": "prompt_id, pos", "token_credits": "trace_id, pos",
+    "prompts": "run_id, prompt_key",
+    "roles": "prompt_id, role",
+    "traces": "prompt_id, root",
+    "tokens": "prompt_id, pos",
+    "token_credits": "trace_id, pos",
     "component_flows": "trace_id, component, pos",
     "edges": "trace_id, parent, parent_pos, child, child_pos, mode",
-    "paths": "trace_id, rank", "path_hops": "path_id, hop",
+    "paths": "trace_id, rank",
+    "path_hops": "path_id, hop",
 }

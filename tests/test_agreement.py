@@ -1,5 +1,6 @@
 """The agreement of two methods' edge scores (unpack/baselines/agreement.py):
 hand-computed values, and the same numbers by independent computations."""
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,9 @@ def test_agreement_against_independent_computations():
     assert r["n_both"] == 235 and r["only_a"] == 25 and r["only_b"] == 40
     frame = pd.DataFrame({"a": a[both].abs(), "b": b[both].abs()})  # pandas' own ranks
     assert close(r["spearman"], frame.corr(method="spearman").iloc[0, 1], 1e-12)
-    assert close(r["kendall"], _kendall_pairs(a[both].abs().tolist(), b[both].abs().tolist()), 1e-12)
+    assert close(
+        r["kendall"], _kendall_pairs(a[both].abs().tolist(), b[both].abs().tolist()), 1e-12
+    )
     # the top-k sets by pandas' nlargest (distinct |score| values: no ties to break)
     u = pd.Series(rng.permutation(500) + 1.0, index=[f"e{i}" for i in range(500)])
     v = pd.Series(rng.permutation(500) - 250.5, index=u.index)

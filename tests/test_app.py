@@ -1,6 +1,7 @@
 """The Streamlit app on a store made by a real ingest (tiny random GPT-2 and
 GPT-NeoX models saved as Hugging Face directories), driven page by page with
 Streamlit's own test harness; the read-only SQL box; ``unpack app``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,22 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.app_harness import (APP, MODELS, PAGES, assert_clean, build_store, captions, con_of,
-                               figures, open_app, sql, widget)
+from tests.app_harness import (
+    APP,
+    MODELS,
+    PAGES,
+    assert_clean,
+    build_store,
+    captions,
+    con_of,
+    figures,
+    open_app,
+    sql,
+    widget,
+)
 
 # ------------------------------------------------------------------ a store from a real ingest
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -26,24 +39,31 @@ def store(tmp_path_factory):
 
 # ------------------------------------------------------------------ the harness
 
+
 def strips(at) -> list[list[tuple[int, str, float]]]:
     """Every token strip on the page as [(pos, token, credit)]."""
     out = []
     for m in at.markdown:
         if 'class="unpack-strip"' not in m.value:
             continue
-        boxes = re.findall(r'data-pos="(\d+)" data-credit="([^"]+)".*?white-space:pre">(.*?)<br>',
-                           m.value)
+        boxes = re.findall(
+            r'data-pos="(\d+)" data-credit="([^"]+)".*?white-space:pre">(.*?)<br>', m.value
+        )
         out.append([(int(p), html.unescape(t), float(c)) for p, c, t in boxes])
     return out
 
 
 def node_names(fig) -> set[str]:
-    return {n for tr in fig["data"] if tr.get("name", "").endswith("components")
-            for n in tr.get("customdata", [])}
+    return {
+        n
+        for tr in fig["data"]
+        if tr.get("name", "").endswith("components")
+        for n in tr.get("customdata", [])
+    }
 
 
 # ------------------------------------------------------------------ the CLI
+
 
 def test_cli_defaults_bind_localhost_and_command_is_headless():
     from app.cli import streamlit_command
@@ -120,14 +140,25 @@ def test_run_query_refuses_writes_and_file_access(store, tmp_path, name):
         run_query(con_of(db).cursor(), stmt)
     msg = str(e.value)
     # (a quoted path is not read as a file with external access off: it is an unknown table)
-    assert re.search(r"read-only|not allowed|refused|one statement|file system|"
-                     r"Table with name /etc/passwd does not exist", msg), msg
+    assert re.search(
+        r"read-only|not allowed|refused|one statement|file system|"
+        r"Table with name /etc/passwd does not exist",
+        msg,
+    ), msg
     assert db_digest(db) == before and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("stmt", ["COPY models TO '{out}/m.csv'", "ATTACH '{out}/o.duckdb'",
-                                  "INSTALL httpfs", "SELECT * FROM read_csv('/etc/passwd')",
-                                  "CREATE TABLE t (x INT)", "SET enable_external_access = true"])
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        "COPY models TO '{out}/m.csv'",
+        "ATTACH '{out}/o.duckdb'",
+        "INSTALL httpfs",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "CREATE TABLE t (x INT)",
+        "SET enable_external_access = true",
+    ],
+)
 def test_the_connection_itself_refuses(store, tmp_path, stmt):
     """Second layer: even without the statement check, the connection cannot
     write, attach, install or read files."""
@@ -163,7 +194,8 @@ def test_sql_page_runs_examples_and_offers_downloads(monkeypatch, store):
     examples.set_value("Credit at each role (IO, S1, S2, END / A, B, C)").run()
     assert "FROM credit_by_role" in at.text_area(key="sql_text").value
     at.text_area(key="sql_text").set_value(
-        "SELECT prompt_id, status FROM prompts ORDER BY prompt_id")
+        "SELECT prompt_id, status FROM prompts ORDER BY prompt_id"
+    )
     widget(at.button, "Run query").click().run()
     assert_clean(at)
     want = sql(db, "SELECT prompt_id, status FROM prompts ORDER BY prompt_id")
@@ -178,20 +210,25 @@ def test_sql_page_runs_examples_and_offers_downloads(monkeypatch, store):
 
 # ------------------------------------------------------------------ Overview
 
+
 def test_overview_counts_failures_and_working_set(monkeypatch, store):
     db, names = store
     at = open_app(monkeypatch, db)
     assert [t.value for t in at.title] == ["Overview"]
     metrics = {m.label: m.value for m in at.metric}
-    c = sql(db, "SELECT count(*) FILTER (WHERE status = 'ok') AS ok, "
-                "count(*) FILTER (WHERE status <> 'ok') AS bad FROM prompts").iloc[0]
+    c = sql(
+        db,
+        "SELECT count(*) FILTER (WHERE status = 'ok') AS ok, "
+        "count(*) FILTER (WHERE status <> 'ok') AS bad FROM prompts",
+    ).iloc[0]
     assert metrics["prompts"] == f"{int(c.ok):,}" and metrics["failures"] == f"{int(c.bad):,}"
     assert int(c.bad) == 1 and metrics["models"] == "2"
     fails = [d.value for d in at.dataframe if "error" in d.value.columns]
     assert fails and "target is empty" in fails[0]["error"].iloc[0]
 
-    n_cond = sql(db, "SELECT count(*) AS n FROM prompts WHERE status = 'ok' "
-                     "AND condition = 'ioi_io'").n[0]
+    n_cond = sql(
+        db, "SELECT count(*) AS n FROM prompts WHERE status = 'ok' AND condition = 'ioi_io'"
+    ).n[0]
     assert f"{n_cond} prompts in the working set" in captions(at)
     widget(at.selectbox, "Condition").set_value("(all)").run()
     assert_clean(at)
@@ -204,16 +241,21 @@ def test_overview_counts_failures_and_working_set(monkeypatch, store):
 
 # ------------------------------------------------------------------ Prompt
 
+
 def test_prompt_strip_shows_the_prompts_tokens_and_credit(monkeypatch, store):
     db, _ = store
     at = open_app(monkeypatch, db, "prompt")
     pick = widget(at.selectbox, "Prompt (10 in the working set)")
 
     def check(pid, root="target"):
-        want = sql(db, "SELECT k.pos, k.token, c.credit FROM traces t "
-                       "JOIN token_credits c ON c.trace_id = t.trace_id "
-                       "JOIN tokens k ON k.prompt_id = t.prompt_id AND k.pos = c.pos "
-                       "WHERE t.prompt_id = ? AND t.root = ? ORDER BY k.pos", [pid, root])
+        want = sql(
+            db,
+            "SELECT k.pos, k.token, c.credit FROM traces t "
+            "JOIN token_credits c ON c.trace_id = t.trace_id "
+            "JOIN tokens k ON k.prompt_id = t.prompt_id AND k.pos = c.pos "
+            "WHERE t.prompt_id = ? AND t.root = ? ORDER BY k.pos",
+            [pid, root],
+        )
         strip = strips(at)[0]
         assert [t for _, t, _ in strip] == want["token"].tolist()
         np.testing.assert_allclose([c for *_, c in strip], want["credit"], rtol=1e-5, atol=1e-12)
@@ -238,8 +280,12 @@ def test_prompt_paths_have_kqv_labels_and_the_slider_counts(monkeypatch, store):
     at = open_app(monkeypatch, db, "prompt")
     pid = int(widget(at.selectbox, "Prompt (10 in the working set)").value)
     widget(at.selectbox, "Stored trace (root)").set_value("attn_1_head_0@END").run()
-    want = sql(db, "SELECT p.chain, p.modes FROM paths p JOIN traces t USING (trace_id) "
-                   "WHERE t.prompt_id = ? AND t.root = 'attn_1_head_0@END' ORDER BY rank", [pid])
+    want = sql(
+        db,
+        "SELECT p.chain, p.modes FROM paths p JOIN traces t USING (trace_id) "
+        "WHERE t.prompt_id = ? AND t.root = 'attn_1_head_0@END' ORDER BY rank",
+        [pid],
+    )
     page = [m.value for m in at.markdown if "unpack-path" in m.value][0]  # the top paths
     assert page.count('class="unpack-path"') == min(8, len(want))
     first_modes = [m for m in want["modes"].iloc[0].split(",") if m]
@@ -262,19 +308,26 @@ def test_prompt_reroot_from_stored_rows(monkeypatch, store):
     comp.set_value("attn_1_head_1").run()
     widget(at.selectbox, "Position").set_value(end).run()
     assert_clean(at)
-    want = sql(db, "SELECT e.child, e.child_pos, e.mode, e.weight FROM edges e JOIN traces t "
-                   "USING (trace_id) WHERE t.prompt_id = ? AND t.root = 'target' AND "
-                   "e.parent = 'attn_1_head_1' AND e.parent_pos = ? "
-                   "ORDER BY abs(e.weight) DESC LIMIT 25", [pid, end])
+    want = sql(
+        db,
+        "SELECT e.child, e.child_pos, e.mode, e.weight FROM edges e JOIN traces t "
+        "USING (trace_id) WHERE t.prompt_id = ? AND t.root = 'target' AND "
+        "e.parent = 'attn_1_head_1' AND e.parent_pos = ? "
+        "ORDER BY abs(e.weight) DESC LIMIT 25",
+        [pid, end],
+    )
     assert len(want) > 0
     feed = [d.value for d in at.dataframe if "writer" in d.value.columns][0]
     assert feed["writer"].tolist() == want["child"].tolist()
     np.testing.assert_allclose(feed["weight"], want["weight"])
     # the stored reroot at that component and position is found and shown
     stored_strip = strips(at)[1]
-    want_credit = sql(db, "SELECT c.credit FROM token_credits c JOIN traces t USING (trace_id) "
-                          "WHERE t.prompt_id = ? AND t.root = 'attn_1_head_1@END' ORDER BY c.pos",
-                      [pid])["credit"]
+    want_credit = sql(
+        db,
+        "SELECT c.credit FROM token_credits c JOIN traces t USING (trace_id) "
+        "WHERE t.prompt_id = ? AND t.root = 'attn_1_head_1@END' ORDER BY c.pos",
+        [pid],
+    )["credit"]
     np.testing.assert_allclose([c for *_, c in stored_strip], want_credit, rtol=1e-5, atol=1e-12)
     # a position with no stored reroot says so and lists the stored roots
     widget(at.selectbox, "Position").set_value(end - 1).run()
@@ -300,9 +353,12 @@ def test_prompt_trace_on_demand_equals_the_stored_reroot(monkeypatch, store):
     assert_clean(at)
     assert any("Traced in" in c for c in captions(at))
     live = strips(at)[-1]
-    stored = sql(db, "SELECT c.credit FROM token_credits c JOIN traces t USING (trace_id) "
-                     "WHERE t.prompt_id = ? AND t.root = 'attn_1_head_0@END' ORDER BY c.pos",
-                 [pid])["credit"]
+    stored = sql(
+        db,
+        "SELECT c.credit FROM token_credits c JOIN traces t USING (trace_id) "
+        "WHERE t.prompt_id = ? AND t.root = 'attn_1_head_0@END' ORDER BY c.pos",
+        [pid],
+    )["credit"]
     np.testing.assert_allclose([c for *_, c in live], stored, rtol=1e-4, atol=1e-9)
 
 
@@ -333,19 +389,29 @@ def test_model_availability_messages(tmp_path):
 
 # ------------------------------------------------------------------ Circuit
 
+
 def test_circuit_graph_matches_app_graphs_and_reacts(monkeypatch, store):
     from app.graphs import circuit_graph
     from app.ui.views import threshold
 
     db, names = store
     at = open_app(monkeypatch, db, "circuit")
-    G = circuit_graph(con_of(db).cursor(), model=names[0], task="ioi", preset="kqv_aligned",
-                      condition="ioi_io", root="target")
+    G = circuit_graph(
+        con_of(db).cursor(),
+        model=names[0],
+        task="ioi",
+        preset="kqv_aligned",
+        condition="ioi_io",
+        root="target",
+    )
     H = threshold(G, 0.0, 40)
     fig = figures(at)[0]
     assert node_names(fig) == set(H.nodes) and len(H) >= 4
-    assert any(f"the {H.number_of_edges()} strongest shown" in c and
-               f"between {H.number_of_nodes()} components" in c for c in captions(at))
+    assert any(
+        f"the {H.number_of_edges()} strongest shown" in c
+        and f"between {H.number_of_nodes()} components" in c
+        for c in captions(at)
+    )
     # top-k: fewer edges and nodes
     widget(at.slider, "Top-k edges").set_value(5).run()
     assert_clean(at)
@@ -357,7 +423,9 @@ def test_circuit_graph_matches_app_graphs_and_reacts(monkeypatch, store):
     widget(at.slider, "Min |weight| (% of the strongest edge)").set_value(50.0).run()
     wmax = max(abs(w) for *_, w in G.edges(data="weight"))
     Hw = threshold(G, 0.5 * wmax, 300)
-    assert node_names(figures(at)[0]) == set(Hw.nodes) and Hw.number_of_edges() < G.number_of_edges()
+    assert (
+        node_names(figures(at)[0]) == set(Hw.nodes) and Hw.number_of_edges() < G.number_of_edges()
+    )
     # modes: K only -> every edge line is a K line
     widget(at.slider, "Min |weight| (% of the strongest edge)").set_value(0.0).run()
     widget(at.multiselect, "Modes").set_value(["K"]).run()
@@ -377,21 +445,27 @@ def test_circuit_node_details_and_reroot(monkeypatch, store):
 
     assert any(m.value.startswith(f"**{markdown(target)}**") for m in at.markdown)
     examples = [d.value for d in at.dataframe if "text" in d.value.columns][0]
-    want = sql(db, "SELECT t.prompt_id FROM component_flows f JOIN trace_info t USING (trace_id) "
-                   "WHERE t.model = ? AND t.root = 'target' AND t.condition = 'ioi_io' AND "
-                   "f.component = ? GROUP BY 1 ORDER BY abs(sum(f.flow)) DESC LIMIT 5",
-               [names[0], target])
+    want = sql(
+        db,
+        "SELECT t.prompt_id FROM component_flows f JOIN trace_info t USING (trace_id) "
+        "WHERE t.model = ? AND t.root = 'target' AND t.condition = 'ioi_io' AND "
+        "f.component = ? GROUP BY 1 ORDER BY abs(sum(f.flow)) DESC LIMIT 5",
+        [names[0], target],
+    )
     assert examples["prompt_id"].tolist() == want["prompt_id"].tolist()
     widget(at.selectbox, "Root").set_value("attn_1_head_1@END").run()
     assert_clean(at)
     assert "attn_1_head_1" in node_names(figures(at)[0])  # the root feeds from upstream
     widget(at.selectbox, "Model").set_value(names[1]).run()
     assert_clean(at)
-    assert any(f"{Path(names[1]).name} · ioi" in (f["layout"].get("title") or {}).get("text", "")
-               for f in figures(at))
+    assert any(
+        f"{Path(names[1]).name} · ioi" in (f["layout"].get("title") or {}).get("text", "")
+        for f in figures(at)
+    )
 
 
 # ------------------------------------------------------------------ Compare
+
 
 def test_compare_two_models_by_role_suppression_and_depth(monkeypatch, store):
     db, names = store
@@ -399,8 +473,9 @@ def test_compare_two_models_by_role_suppression_and_depth(monkeypatch, store):
     widget(at.selectbox, "Condition").set_value("(all)").run()
     assert_clean(at)
     role_table = [d.value for d in at.dataframe if "role" in d.value.columns][0]
-    want = sql(db, "SELECT model, condition, role, mean_credit FROM credit_by_role "
-                   "WHERE root = 'target'")
+    want = sql(
+        db, "SELECT model, condition, role, mean_credit FROM credit_by_role WHERE root = 'target'"
+    )
     for r in want.itertuples():
         got = role_table[(role_table["condition"] == r.condition) & (role_table["role"] == r.role)]
         assert np.isclose(got[Path(r.model).name].iloc[0], r.mean_credit, rtol=1e-9)
@@ -410,8 +485,7 @@ def test_compare_two_models_by_role_suppression_and_depth(monkeypatch, store):
     depth = [f for f in figures(at) if len(f["layout"].get("annotations", [])) == 2][0]
     titles = [a["text"] for a in depth["layout"]["annotations"]]
     assert titles == ["tiny-gpt2 (2 layers)", "tiny-neox (3 layers)"]
-    xs = [x for tr in depth["data"] if tr.get("name", "").endswith("components")
-          for x in tr["x"]]
+    xs = [x for tr in depth["data"] if tr.get("name", "").endswith("components") for x in tr["x"]]
     assert min(xs) == 0.0 and max(xs) <= 1.0 + 1e-9  # relative depth
     size = [d.value for d in at.dataframe if "mean_suppression" in d.value.columns][0]
     assert size["model"].tolist() == names and size["n_layers"].tolist() == [2, 3]
@@ -443,9 +517,12 @@ def test_every_page_on_an_empty_store(monkeypatch, tmp_path):
     ingest_store.connect(db).dispose()
     at = open_app(monkeypatch, db)
     assert {m.label: m.value for m in at.metric}["prompts"] == "0"
-    for page, says in (("prompt", "No prompt of the working set matches"),
-                       ("circuit", "No models in the store"),
-                       ("compare", "two or more models"), ("sql", None)):
+    for page, says in (
+        ("prompt", "No prompt of the working set matches"),
+        ("circuit", "No models in the store"),
+        ("compare", "two or more models"),
+        ("sql", None),
+    ):
         at.switch_page(PAGES[page]).run()
         assert_clean(at)
         if says:

@@ -8,6 +8,7 @@ the setup command.
 
 Page-load measurement: tests/scripts/page_load.py.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,10 +16,21 @@ from pathlib import Path
 import pytest
 
 from tests.app_harness import MODELS, build_store
-from tests.browser import (CHROMIUM, CHROMIUM_ARGS, chromium_page, no_exception, open_page,
-                           require_browser, running_app, settle, shot, sql)
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    chromium_page,
+    no_exception,
+    open_page,
+    require_browser,
+    running_app,
+    settle,
+    shot,
+    sql,
+)
 
 # ------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
@@ -35,6 +47,7 @@ def page(app):
 
 
 # ------------------------------------------------------------------ one test per page
+
 
 def test_chromium_and_playwright_are_installed():
     """Fails (never skips) with the setup command when the browser is missing."""
@@ -60,7 +73,9 @@ def test_overview(app, page):
     for name, *_ in MODELS:
         assert name in body
     for link in ("Prompt", "Circuit", "Compare", "SQL"):
-        assert page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).count() == 1
+        assert (
+            page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).count() == 1
+        )
     shot(page, "overview")
 
 
@@ -68,9 +83,15 @@ def test_prompt_token_strip_paths_and_reroot(app, page):
     url, db, names = app
     open_page(page, url + "/prompt", ".unpack-tok")
     no_exception(page)
-    pid = int(sql(db, "SELECT min(p.prompt_id) FROM prompts p JOIN runs USING (run_id) "
-                      "JOIN models m USING (model_id) WHERE m.name = ? AND p.condition = 'ioi_io'"
-                      " AND p.status = 'ok'", [names[0]]).iloc[0, 0])
+    pid = int(
+        sql(
+            db,
+            "SELECT min(p.prompt_id) FROM prompts p JOIN runs USING (run_id) "
+            "JOIN models m USING (model_id) WHERE m.name = ? AND p.condition = 'ioi_io'"
+            " AND p.status = 'ok'",
+            [names[0]],
+        ).iloc[0, 0]
+    )
     tokens = sql(db, "SELECT token FROM tokens WHERE prompt_id = ? ORDER BY pos", [pid])["token"]
     boxes = page.locator(".unpack-strip").first.locator(".unpack-tok")
     shown = [b.inner_text().splitlines()[0] for b in boxes.all()]
@@ -100,8 +121,13 @@ def test_circuit_graph_renders_nodes_and_a_click_selects_one(app, page):
 
     con = duckdb.connect(str(db), read_only=True)
     try:
-        G = threshold(circuit_graph(con, model=names[0], task="ioi", preset="kqv_aligned",
-                                    condition="ioi_io"), 0.0, 40)
+        G = threshold(
+            circuit_graph(
+                con, model=names[0], task="ioi", preset="kqv_aligned", condition="ioi_io"
+            ),
+            0.0,
+            40,
+        )
     finally:
         con.close()
     nodes = page.locator(".js-plotly-plot .scatterlayer .trace").last.locator("path.point")
@@ -131,8 +157,14 @@ def test_compare_models_side_by_side(app, page):
     no_exception(page)
     page.get_by_text("tiny-neox (3 layers)").wait_for()
     body = page.inner_text("body")
-    for text in ("Credit by role", "Duplicate suppression", "tiny-gpt2 (2 layers)",
-                 "tiny-neox (3 layers)", "relative depth", "What changes with size"):
+    for text in (
+        "Credit by role",
+        "Duplicate suppression",
+        "tiny-gpt2 (2 layers)",
+        "tiny-neox (3 layers)",
+        "relative depth",
+        "What changes with size",
+    ):
         assert text in body, text
     assert page.locator(".js-plotly-plot").count() >= 2
     shot(page, "compare")
@@ -160,12 +192,18 @@ def test_sql_runs_a_query_and_refuses_writes(app, page):
     assert page.get_by_role("button", name="Download CSV").is_visible()
     assert page.get_by_role("button", name="Download Parquet").is_visible()
     shot(page, "sql")
-    for q in ("COPY models TO '/tmp/unpack_app_copy.csv'", "ATTACH '/tmp/unpack_x.duckdb'",
-              "INSTALL httpfs", "SELECT * FROM read_csv('/etc/passwd')",
-              "CREATE TABLE t AS SELECT 1"):
+    for q in (
+        "COPY models TO '/tmp/unpack_app_copy.csv'",
+        "ATTACH '/tmp/unpack_x.duckdb'",
+        "INSTALL httpfs",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "CREATE TABLE t AS SELECT 1",
+    ):
         run(q)
         alert = page.locator('[data-testid="stAlert"]').filter(has_text="read-only")
-        alert.or_(page.locator('[data-testid="stAlert"]').filter(has_text="refused")).first.wait_for()
+        alert.or_(
+            page.locator('[data-testid="stAlert"]').filter(has_text="refused")
+        ).first.wait_for()
         assert page.get_by_role("button", name="Download CSV").count() == 0
     assert not Path("/tmp/unpack_app_copy.csv").exists()
     shot(page, "sql_refused")

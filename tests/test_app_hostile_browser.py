@@ -5,20 +5,28 @@ export (the CLI's prompt export, the app's circuit and top-paths downloads)
 opened in headless Chromium. Nothing may open a dialog, ask for anything beyond
 the app's own origin (or the file itself), or make an element or attribute
 from the text; the text must show as the same characters."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 from tests.app_harness import MODELS, build_store
-from tests.browser import (chromium_page, no_exception, open_page, require_browser, running_app,
-                           settle)
+from tests.browser import (
+    chromium_page,
+    no_exception,
+    open_page,
+    require_browser,
+    running_app,
+    settle,
+)
 from tests.hostile import CORPUS, EVIL, HOSTILE
 
 # What must never be on a page: event-handler attributes, a URL to EVIL, an
 # element the corpus would make (img src=x, svg onload), a script that is not
 # data and mentions alert(.
-_BAD = """() => {
+_BAD = (
+    """() => {
   const bad = [];
   const host = v => { try { return new URL(v, location.href).host; } catch (e) { return ''; } };
   for (const el of document.querySelectorAll('*')) {
@@ -26,7 +34,9 @@ _BAD = """() => {
       const n = a.name.toLowerCase();
       if (n.startsWith('on')) bad.push(el.tagName + ' ' + n + '=' + a.value);
       if (['src', 'href', 'srcset', 'action', 'formaction', 'data', 'xlink:href', 'poster']
-          .includes(n) && host(a.value).includes('""" + EVIL + """'))
+          .includes(n) && host(a.value).includes('"""
+    + EVIL
+    + """'))
         bad.push(el.outerHTML.slice(0, 200));
     }
   }
@@ -36,6 +46,7 @@ _BAD = """() => {
       bad.push('script ' + s.textContent.slice(0, 80));
   return bad;
 }"""
+)
 T0 = 0.0
 IMG = CORPUS[1]  # <img src=x onerror=...>
 TASK = " ".join(s for s in CORPUS if s.startswith(("<a href", "`code`")))  # HTML and Markdown links
@@ -55,14 +66,17 @@ def hostile_store(where: Path) -> tuple[Path, int]:
     print(f"{time.perf_counter() - T0:6.1f} s  circuit")
     con = duckdb.connect(str(db))
     try:
-        con.execute("UPDATE prompts SET text = ? || ' ' || text, task = ?, condition = ?, "
-                    "template = ?, target = ?, distractor = ?, "
-                    "error = CASE WHEN status = 'ok' THEN error ELSE ? END",
-                    [HOSTILE, TASK, IMG, CORPUS[3], TASK, CORPUS[5], HOSTILE])
+        con.execute(
+            "UPDATE prompts SET text = ? || ' ' || text, task = ?, condition = ?, "
+            "template = ?, target = ?, distractor = ?, "
+            "error = CASE WHEN status = 'ok' THEN error ELSE ? END",
+            [HOSTILE, TASK, IMG, CORPUS[3], TASK, CORPUS[5], HOSTILE],
+        )
         for i, s in enumerate(CORPUS):
             con.execute("UPDATE tokens SET token = ? WHERE pos = ?", [s, i])
-        con.execute("UPDATE circuits SET task = ?, condition = ?, model = ?",
-                    [HOSTILE, CORPUS[5], TASK])
+        con.execute(
+            "UPDATE circuits SET task = ?, condition = ?, model = ?", [HOSTILE, CORPUS[5], TASK]
+        )
         con.execute("UPDATE models SET name = ?", [TASK])
         pid = con.execute("SELECT min(prompt_id) FROM prompts WHERE status = 'ok'").fetchone()[0]
     finally:
@@ -122,8 +136,12 @@ def test_hostile_text_on_every_page_and_export(tmp_path):
     T0 = time.perf_counter()
     db, pid = hostile_store(tmp_path)
     out = tmp_path / "prompt.html"
-    assert main(["export", "--db", str(db), "--prompt", str(pid), "--format", "html",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["export", "--db", str(db), "--prompt", str(pid), "--format", "html", "--out", str(out)]
+        )
+        == 0
+    )
     with running_app(db) as url, chromium_page() as page:
         seen = watch(page, url)
         open_page(page, url + "/", "h1:has-text('Overview')")

@@ -8,6 +8,7 @@ steps, 3 prompts each, and 2 induction prompts on SmolLM2) so the test stays
 short; the README's main command ingests all of it.
 Screenshots of the test go to artifacts/screenshots/; those in docs/screenshots/
 come from the store of `unpack demo` (tests/scripts/screenshots.py)."""
+
 from __future__ import annotations
 
 import re
@@ -15,9 +16,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import (CHROMIUM, CHROMIUM_ARGS, LADDER, LAST_D64, LOAD_TIMEOUT_MS, SMOL,
-                           VIEWPORT, link, no_exception, open_page, require_browser, running_app,
-                           settle, shot, sql)
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LADDER,
+    LAST_D64,
+    LOAD_TIMEOUT_MS,
+    SMOL,
+    VIEWPORT,
+    link,
+    no_exception,
+    open_page,
+    require_browser,
+    running_app,
+    settle,
+    shot,
+    sql,
+)
 
 KEEP = ("step0", "step200")  # and each member's last step
 
@@ -32,8 +47,13 @@ def build_ladder_store(where: Path, n: int = 3, smol_n: int = 2) -> Path:
 
     last = {m: r for m, r, _ in checkpoints()}
     db = where / "ladder.duckdb"
-    ingest_ladder(db, n=n, progress=False, out=lambda *a, **k: None,
-                  keep=lambda m, r: r in KEEP or r == last[m])
+    ingest_ladder(
+        db,
+        n=n,
+        progress=False,
+        out=lambda *a, **k: None,
+        keep=lambda m, r: r in KEEP or r == last[m],
+    )
     if smol_n:
         import torch
 
@@ -88,17 +108,23 @@ def test_compare_opens_on_the_ladder_and_smollm2(app, browser):
     assert "Page not found" not in page.inner_text("body")
     assert _tables_fit(page) >= 4
     page.get_by_role("link", name="Compare").click()
-    page.wait_for_selector("h3:has-text('The induction circuit across size and training')",
-                           state="visible")
+    page.wait_for_selector(
+        "h3:has-text('The induction circuit across size and training')", state="visible"
+    )
     settle(page)
     no_exception(page)
     tags = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] [data-tag]')
     picked = [t.get_attribute("aria-label") for t in tags.all()]
     assert picked == latest + [SMOL], picked  # each size's latest step, and SmolLM2
     body = page.inner_text("body")
-    for text in ("K interaction, previous-token → induction", "accuracy on the repeated half",
-                 "Credit by role", "Circuits aligned by relative depth", "What changes with size",
-                 f"{SMOL} (30 layers)"):
+    for text in (
+        "K interaction, previous-token → induction",
+        "accuracy on the repeated half",
+        "Credit by role",
+        "Circuits aligned by relative depth",
+        "What changes with size",
+        f"{SMOL} (30 layers)",
+    ):
         assert text in body, text
     # the two ladder charts: one line per size, in size order, one point per stored step
     charts = page.locator(".js-plotly-plot").filter(has_text="previous-token → induction")
@@ -108,7 +134,8 @@ def test_compare_opens_on_the_ladder_and_smollm2(app, browser):
     assert points.count() == 3  # step 0, 200 and the last
     # credit by role: the three sizes and SmolLM2, smallest first
     roles = page.locator(".js-plotly-plot").filter(
-        has=page.locator(".legendtitletext", has_text=re.compile(r"^model$")))
+        has=page.locator(".legendtitletext", has_text=re.compile(r"^model$"))
+    )
     legend = [t.text_content() for t in roles.first.locator(".legendtext").all()]
     assert legend == latest + [SMOL], legend
     assert _tables_fit(page) >= 5
@@ -127,8 +154,11 @@ def _tables_fit(page) -> int:
 def _last(db, name: str) -> str:
     """The last stored step of ``name``'s model, as a revision."""
     member = name.split("@")[0]
-    return sql(db, "SELECT revision FROM models WHERE name LIKE ? ORDER BY step DESC LIMIT 1",
-               [member + "@%"])["revision"][0]
+    return sql(
+        db,
+        "SELECT revision FROM models WHERE name LIKE ? ORDER BY step DESC LIMIT 1",
+        [member + "@%"],
+    )["revision"][0]
 
 
 def _view(page, keys) -> dict:
@@ -137,9 +167,12 @@ def _view(page, keys) -> dict:
     from urllib.parse import parse_qs, urlparse
 
     params = parse_qs(urlparse(page.url).query)
-    return dict(path=urlparse(page.url).path, params={k: params.get(k) for k in keys},
-                sliders=[s.inner_text() for s in page.locator('[data-testid="stSliderThumbValue"]').all()],
-                selects=[c.input_value() for c in page.get_by_role("combobox").all()])
+    return dict(
+        path=urlparse(page.url).path,
+        params={k: params.get(k) for k in keys},
+        sliders=[s.inner_text() for s in page.locator('[data-testid="stSliderThumbValue"]').all()],
+        selects=[c.input_value() for c in page.get_by_role("combobox").all()],
+    )
 
 
 def _stable_url(page, quiet_ms: int = 1500) -> str:
@@ -153,14 +186,31 @@ def _stable_url(page, quiet_ms: int = 1500) -> str:
 
 
 LINKS = {  # page -> (parameters, a selector that must be visible, text that must show)
-    "overview": ({"ws_task": "induction", "ws_models": ["ladder-d96@step200"]},
-                 "h1:has-text('Overview')", "ladder-d96@step200"),
-    "prompt": ({"ws_task": "induction", "ws_models": ["ladder-d128@step0"], "prompt_k": "3"},
-               ".unpack-tok", "ladder-d128@step0"),
-    "circuit": ({"ws_task": "induction", "ws_models": ["ladder-d64@step200"], "circuit_topk": "15",
-                 "circuit_agg": "sum"}, ".js-plotly-plot .scatterlayer", "15"),
-    "compare": ({"ws_task": "induction", "compare_topk": "50", "compare_value": "share_negative"},
-                "h3:has-text('Circuits aligned by relative depth')", "50"),
+    "overview": (
+        {"ws_task": "induction", "ws_models": ["ladder-d96@step200"]},
+        "h1:has-text('Overview')",
+        "ladder-d96@step200",
+    ),
+    "prompt": (
+        {"ws_task": "induction", "ws_models": ["ladder-d128@step0"], "prompt_k": "3"},
+        ".unpack-tok",
+        "ladder-d128@step0",
+    ),
+    "circuit": (
+        {
+            "ws_task": "induction",
+            "ws_models": ["ladder-d64@step200"],
+            "circuit_topk": "15",
+            "circuit_agg": "sum",
+        },
+        ".js-plotly-plot .scatterlayer",
+        "15",
+    ),
+    "compare": (
+        {"ws_task": "induction", "compare_topk": "50", "compare_value": "share_negative"},
+        "h3:has-text('Circuits aligned by relative depth')",
+        "50",
+    ),
     "sql": ({"sql_text": "SELECT 6 * 7 AS answer"}, "button:has-text('Run query')", ""),
 }
 
@@ -193,8 +243,11 @@ def test_a_copied_link_reproduces_the_view(app, browser, name):
 def test_the_url_follows_the_view(app, browser):
     url, db = app
     page = session(browser)
-    open_page(page, link(url, "compare", {"ws_task": "induction"}),
-              "h3:has-text('Circuits aligned by relative depth')")
+    open_page(
+        page,
+        link(url, "compare", {"ws_task": "induction"}),
+        "h3:has-text('Circuits aligned by relative depth')",
+    )
     page.get_by_text("share_negative", exact=True).click()
     settle(page)
     assert "compare_value=share_negative" in page.url
@@ -207,12 +260,15 @@ def test_trace_on_demand_runs_on_a_ladder_checkpoint(app, browser):
     url, db = app
     model = LADDER[0] + "@" + LAST_D64
     page = session(browser)
-    open_page(page, link(url, "prompt", {"ws_task": "induction", "ws_models": [model]}),
-              ".unpack-tok")
+    open_page(
+        page, link(url, "prompt", {"ws_task": "induction", "ws_models": [model]}), ".unpack-tok"
+    )
     no_exception(page)
     page.get_by_role("tab", name="Trace on demand").click()
     body = page.inner_text("body")
-    assert "hub name" not in body and "not in the local Hugging Face cache" not in body, body[-2000:]
+    assert "hub name" not in body and "not in the local Hugging Face cache" not in body, body[
+        -2000:
+    ]
     page.get_by_role("button", name="Trace from").click()
     page.get_by_text("Traced in").wait_for(timeout=120_000)
     no_exception(page)

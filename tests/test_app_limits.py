@@ -4,6 +4,7 @@ splitting, and ``unpack app`` stopping cleanly on SIGTERM.
 Real parts: a store made by the real migrations, the Streamlit app driven by
 ``streamlit.testing`` in a fresh process (so its peak memory is the app's
 own), and ``unpack app`` as a real server process."""
+
 from __future__ import annotations
 
 import json
@@ -73,9 +74,14 @@ print(json.dumps({"seconds": seconds,  # errors as read: without Markdown's esca
 
 
 def sql_page(db, query, **limits) -> dict:
-    p = subprocess.run([sys.executable, "-c", _SQL_PAGE, str(APP), query], cwd=REPO,
-                       env=env(UNPACK_DB=str(db), **limits), capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", _SQL_PAGE, str(APP), query],
+        cwd=REPO,
+        env=env(UNPACK_DB=str(db), **limits),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -162,12 +168,15 @@ def test_result_cache_is_bounded_in_bytes():
     assert c.get(("big",)) is None and c.bytes <= 1000
 
 
-@pytest.mark.parametrize("query, want", [
-    ("SELECT 'a;b' AS s", ["a;b"]),
-    ("(SELECT 'x' AS s)", ["x"]),
-    ("-- a comment; with a semicolon\nSELECT 'c' AS s; -- and one after", ["c"]),
-    ("/* ; */ SELECT 'd' AS s", ["d"]),
-])
+@pytest.mark.parametrize(
+    "query, want",
+    [
+        ("SELECT 'a;b' AS s", ["a;b"]),
+        ("(SELECT 'x' AS s)", ["x"]),
+        ("-- a comment; with a semicolon\nSELECT 'c' AS s; -- and one after", ["c"]),
+        ("/* ; */ SELECT 'd' AS s", ["d"]),
+    ],
+)
 def test_statement_splitting_understands_strings_and_comments(db, query, want):
     from app.db import open_db, run_query
 
@@ -178,13 +187,22 @@ def test_statement_splitting_understands_strings_and_comments(db, query, want):
         con.close()
 
 
-@pytest.mark.parametrize("query, message", [
-    ("SELEC 1", "not valid SQL: syntax error at or near \"SELEC\""),
-    ("SELECT 1; DROP TABLE models", "one statement at a time"),
-    ("SELECT 'a;b'; DELETE FROM prompts", "one statement at a time"),
-    ("WITH x AS (SELECT 1) INSERT INTO models (model_id, name) SELECT 1, 'm'", "INSERT is not allowed"),
-    ("/* hi */ -- note\nDELETE FROM prompts", "DELETE is not allowed here: this SQL box is read-only"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("SELEC 1", "not valid SQL: syntax error at or near \"SELEC\""),
+        ("SELECT 1; DROP TABLE models", "one statement at a time"),
+        ("SELECT 'a;b'; DELETE FROM prompts", "one statement at a time"),
+        (
+            "WITH x AS (SELECT 1) INSERT INTO models (model_id, name) SELECT 1, 'm'",
+            "INSERT is not allowed",
+        ),
+        (
+            "/* hi */ -- note\nDELETE FROM prompts",
+            "DELETE is not allowed here: this SQL box is read-only",
+        ),
+    ],
+)
 def test_typos_and_writes_get_their_own_messages(query, message):
     from app.db import check_readonly_sql
 
@@ -196,6 +214,7 @@ def test_typos_and_writes_get_their_own_messages(query, message):
 
 
 # ------------------------------------------------------------------ unpack app and SIGTERM
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -227,15 +246,21 @@ def alive(pid: int) -> bool:
 
 def test_sigterm_stops_the_server_and_frees_the_port(db):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "unpack.cli", "app", "--db", str(db),
-                             "--port", str(port)], cwd=REPO, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unpack.cli", "app", "--db", str(db), "--port", str(port)],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/_stcore/health", timeout=2
+                ) as r:
                     if r.read().strip() == b"ok":
                         break
             except OSError:
@@ -262,8 +287,9 @@ def test_sigterm_stops_the_server_and_frees_the_port(db):
         s.listen()
 
 
-@pytest.mark.parametrize("flag, value", [("--sql-timeout", "0"), ("--sql-timeout", "nan"),
-                                         ("--sql-max-mb", "-5")])
+@pytest.mark.parametrize(
+    "flag, value", [("--sql-timeout", "0"), ("--sql-timeout", "nan"), ("--sql-max-mb", "-5")]
+)
 def test_app_limit_flags_are_checked(db, capsys, flag, value):
     from unpack.cli import main
 
@@ -281,19 +307,28 @@ def test_sql_page_stops_a_query_at_the_memory_limit(db):
     """DuckDB's memory_limit (`unpack app --sql-memory-mb`) stops the query with a
     message naming the flag, and the app's peak memory stays near the limit."""
     got = sql_page(db, BIG, UNPACK_SQL_MEMORY_MB="256")
-    print(f"memory-limit query: {got['seconds']:.2f} s, app peak {got['maxrss_mib']:.0f} MiB "
-          f"(after SELECT 1: {got['base_mib']:.0f} MiB; limit 256 MiB)")
+    print(
+        f"memory-limit query: {got['seconds']:.2f} s, app peak {got['maxrss_mib']:.0f} MiB "
+        f"(after SELECT 1: {got['base_mib']:.0f} MiB; limit 256 MiB)"
+    )
     assert not got["exceptions"], got
     assert len(got["errors"]) == 1 and "memory limit" in got["errors"][0], got
     assert "--sql-memory-mb" in got["errors"][0]
     assert got["maxrss_mib"] < got["base_mib"] + 256 + 128, got
 
 
-@pytest.mark.parametrize("query", [
-    "SELECT * FROM duckdb_databases()", "SELECT path FROM duckdb_databases",
-    "FROM duckdb_settings()", "SELECT current_setting('temp_directory') AS t",
-    "SELECT * FROM query('SELECT path FROM duckdb_databases()')",
-    "SELECT * FROM duckdb_extensions()", "SELECT * FROM pragma_database_list"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM duckdb_databases()",
+        "SELECT path FROM duckdb_databases",
+        "FROM duckdb_settings()",
+        "SELECT current_setting('temp_directory') AS t",
+        "SELECT * FROM query('SELECT path FROM duckdb_databases()')",
+        "SELECT * FROM duckdb_extensions()",
+        "SELECT * FROM pragma_database_list",
+    ],
+)
 def test_sql_box_never_shows_a_path_of_the_machine(tmp_path, query):
     from app.db import query_store
     from ingest import store

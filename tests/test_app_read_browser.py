@@ -5,19 +5,32 @@ rendered figure's data; the inspected node is ringed; no page requests anything
 from outside the machine; a link with values out of range opens with a notice
 and no traceback, and a link carries only its page's state; the paths export
 gives every label its own room and has a legend. One app and one browser for all."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.browser import (chromium_page, no_exception, open_page, require_browser, running_app,
-                           settle, shot, sql)
+from tests.browser import (
+    chromium_page,
+    no_exception,
+    open_page,
+    require_browser,
+    running_app,
+    settle,
+    shot,
+    sql,
+)
 from tests.curves import worst_overlap
 
 MODEL = "ladder-d64"
-PAGES = [("overview", "h1:has-text('Overview')"), ("prompt", ".unpack-tok"),
-         ("circuit", ".js-plotly-plot .scatterlayer"),
-         ("compare", "h1:has-text('Compare')"), ("sql", "button:has-text('Run query')")]
+PAGES = [
+    ("overview", "h1:has-text('Overview')"),
+    ("prompt", ".unpack-tok"),
+    ("circuit", ".js-plotly-plot .scatterlayer"),
+    ("compare", "h1:has-text('Compare')"),
+    ("sql", "button:has-text('Run query')"),
+]
 
 
 def build_store(where: Path) -> Path:
@@ -27,8 +40,13 @@ def build_store(where: Path) -> Path:
 
     last = {m: r for m, r, _ in checkpoints()}
     db = where / "d64.duckdb"
-    ingest_ladder(db, n=3, progress=False, out=lambda *a, **k: None,
-                  keep=lambda m, r: m == MODEL and r == last[m])
+    ingest_ladder(
+        db,
+        n=3,
+        progress=False,
+        out=lambda *a, **k: None,
+        keep=lambda m, r: m == MODEL and r == last[m],
+    )
     return db
 
 
@@ -63,8 +81,11 @@ def test_pages_read_right_in_chromium(tmp_path_factory):
                 open_page(page, f"{url}/{name}", ready)
                 no_exception(page)
         paths_export_labels_keep_apart_with_a_legend(db, page, tmp_path_factory.mktemp("paths"))
-    hosts = {urlparse(u).hostname for u in requests
-             if urlparse(u).scheme in ("http", "https", "ws", "wss")}
+    hosts = {
+        urlparse(u).hostname
+        for u in requests
+        if urlparse(u).scheme in ("http", "https", "ws", "wss")
+    }
     assert requests and hosts == {"127.0.0.1"}, sorted(u for u in requests if "127.0.0.1" not in u)
 
 
@@ -121,14 +142,30 @@ def paths_export_labels_keep_apart_with_a_legend(db, page, where: Path):
 
     pid = int(sql(db, "SELECT min(prompt_id) FROM traces WHERE root = 'target'").iat[0, 0])
     out = where / "paths.html"
-    assert main(["export", "--db", str(db), "--prompt", str(pid), "--top", "10",
-                 "--format", "html", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--db",
+                str(db),
+                "--prompt",
+                str(pid),
+                "--top",
+                "10",
+                "--format",
+                "html",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     page.goto(out.as_uri())
     boxes = page.evaluate("""() => [...document.querySelectorAll('svg g.node')].map(g => {
         const r = g.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })""")
     assert len(boxes) > 3
     for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
     modes = page.locator("#legend .mode").all_text_contents()
     assert modes and all(m.split()[0] in ("K", "Q", "V", "MLP") for m in modes)

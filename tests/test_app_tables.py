@@ -3,6 +3,7 @@ names whole, parameter counts with separators, training steps in their natural
 order, "not applicable" where a measure does not apply, and one name per
 measure. On a hand-written store: a model at steps 0, 150 and 1065 and
 induction prompts, which have no distractor and so no logit difference."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,17 +22,44 @@ STEPS = (0, 1065, 150)  # stored in this order: text order would keep it
 @pytest.fixture(scope="module")
 def con(tmp_path_factory):
     db = tmp_path_factory.mktemp("tables") / "steps.duckdb"
-    models = [dict(model_id=i + 1, name=f"ladder-d64@step{s}", model_type="gpt2", n_layers=2,
-                   n_heads=2, d_model=64, n_params=171650, step=s) for i, s in enumerate(STEPS)]
-    runs = [dict(run_id=i + 1, model_id=i + 1, preset="kqv_aligned", config="{}",
-                 config_hash=f"h{i}", status="done") for i in range(len(STEPS))]
-    prompts = [prompt(10 * r + k, r, f"a b c {k}", None, target=" c", distractor=None,
-                      task="induction") for r in (1, 2, 3) for k in range(2)]
+    models = [
+        dict(
+            model_id=i + 1,
+            name=f"ladder-d64@step{s}",
+            model_type="gpt2",
+            n_layers=2,
+            n_heads=2,
+            d_model=64,
+            n_params=171650,
+            step=s,
+        )
+        for i, s in enumerate(STEPS)
+    ]
+    runs = [
+        dict(
+            run_id=i + 1,
+            model_id=i + 1,
+            preset="kqv_aligned",
+            config="{}",
+            config_hash=f"h{i}",
+            status="done",
+        )
+        for i in range(len(STEPS))
+    ]
+    prompts = [
+        prompt(10 * r + k, r, f"a b c {k}", None, target=" c", distractor=None, task="induction")
+        for r in (1, 2, 3)
+        for k in range(2)
+    ]
     traces = [trace(p["prompt_id"], p["prompt_id"]) for p in prompts]
-    edges = [edge(t["trace_id"], "attn_1_head_0", "attn_0_head_0", m, w)
-             for t in traces for m, w in (("K", 0.3), ("Q", 0.1))]
-    write_store(db, {"models": models, "runs": runs, "prompts": prompts, "traces": traces,
-                     "edges": edges})
+    edges = [
+        edge(t["trace_id"], "attn_1_head_0", "attn_0_head_0", m, w)
+        for t in traces
+        for m, w in (("K", 0.3), ("Q", 0.1))
+    ]
+    write_store(
+        db, {"models": models, "runs": runs, "prompts": prompts, "traces": traces, "edges": edges}
+    )
     c = duckdb.connect(str(db), read_only=True)
     yield c
     c.close()
@@ -48,8 +76,14 @@ def test_times_show_as_times_and_parameter_counts_with_separators(con):
 
 def test_names_that_tell_rows_apart_are_never_cut():
     names = [f"ladder-d{d}@step{s}" for d in (64, 96, 128) for s in (0, 150, 200, 500, 972, 1065)]
-    df = pd.DataFrame({"model": names, "code_version": ["0123456789abcdef" * 3] * len(names),
-                       "preset": ["kqv_aligned"] * len(names), "prompts_ok": 3})
+    df = pd.DataFrame(
+        {
+            "model": names,
+            "code_version": ["0123456789abcdef" * 3] * len(names),
+            "preset": ["kqv_aligned"] * len(names),
+            "prompts_ok": 3,
+        }
+    )
     w = T.fit_widths(df, 400)
     assert w["model"] == T.natural_px(df, "model", "model")  # whole: 18 runs tell apart
     assert w["code_version"] < T.natural_px(df, "code_version", "code_version")
@@ -58,7 +92,10 @@ def test_names_that_tell_rows_apart_are_never_cut():
 def test_steps_in_their_natural_order(con):
     tasks = D.tasks_table(con)
     assert [c for c in tasks.columns if c.startswith("ladder")] == [
-        "ladder-d64@step0", "ladder-d64@step150", "ladder-d64@step1065"]
+        "ladder-d64@step0",
+        "ladder-d64@step150",
+        "ladder-d64@step1065",
+    ]
 
 
 def test_a_measure_that_does_not_apply_says_so(con):
@@ -66,10 +103,14 @@ def test_a_measure_that_does_not_apply_says_so(con):
     summary = D.ws_summary(con, ws)
     assert summary["mean_logit_diff"].isna().all()
     assert summary["share_logit_diff_pos"].isna().all()  # not 0.00 beside a missing mean
-    shown = T.not_applicable(summary, {"mean_logit_diff": "{:+.3f}",
-                                       "share_logit_diff_pos": "{:.2f}"})
-    assert shown["mean_logit_diff"].tolist() == shown["share_logit_diff_pos"].tolist() == [
-        "not applicable"]
+    shown = T.not_applicable(
+        summary, {"mean_logit_diff": "{:+.3f}", "share_logit_diff_pos": "{:.2f}"}
+    )
+    assert (
+        shown["mean_logit_diff"].tolist()
+        == shown["share_logit_diff_pos"].tolist()
+        == ["not applicable"]
+    )
     kept = T.not_applicable(pd.DataFrame({"x": [0.5, -1.0]}), {"x": "{:+.3f}"})
     assert kept["x"].tolist() == [0.5, -1.0]  # numbers stay numbers where all apply
 

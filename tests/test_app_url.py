@@ -1,6 +1,7 @@
 """Shareable views (app/ui/url.py): a page opened with the query parameters of a
 link shows the view they describe, and changing a widget writes it into the URL.
 Driven with Streamlit's test harness on the real-ingest store of tests/app_harness.py."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,13 @@ def url_of(at) -> dict:
 
 def test_working_set_and_compare_view_from_a_link(monkeypatch, store):
     db, names = store
-    params = {"ws_models": names, "ws_condition": "ioi_s", "compare_value": "share_negative",
-              "compare_topk": "50", "compare_modes": ["K", "V"]}
+    params = {
+        "ws_models": names,
+        "ws_condition": "ioi_s",
+        "compare_value": "share_negative",
+        "compare_topk": "50",
+        "compare_modes": ["K", "V"],
+    }
     at = open_link(monkeypatch, db, "compare", params)
     assert widget(at.multiselect, "Models").value == names
     assert widget(at.selectbox, "Condition").value == "ioi_s"
@@ -43,12 +49,23 @@ def test_working_set_and_compare_view_from_a_link(monkeypatch, store):
 def test_prompt_view_from_a_link(monkeypatch, store):
     db, names = store
     pid = int(sql(db, "SELECT max(prompt_id) FROM trace_info WHERE root <> 'target'").iat[0, 0])
-    root = sql(db, "SELECT max(root) FROM traces WHERE prompt_id = ? AND root <> 'target'",
-               [pid]).iat[0, 0]
+    root = sql(
+        db, "SELECT max(root) FROM traces WHERE prompt_id = ? AND root <> 'target'", [pid]
+    ).iat[0, 0]
     model = sql(db, "SELECT model FROM trace_info WHERE prompt_id = ?", [pid]).iat[0, 0]
-    at = open_link(monkeypatch, db, "prompt", {"ws_models": [model], "ws_condition": "(all)",
-                                               "prompt_id": str(pid), "prompt_root": root,
-                                               "prompt_k": "3", "prompt_excl_last": "false"})
+    at = open_link(
+        monkeypatch,
+        db,
+        "prompt",
+        {
+            "ws_models": [model],
+            "ws_condition": "(all)",
+            "prompt_id": str(pid),
+            "prompt_root": root,
+            "prompt_k": "3",
+            "prompt_excl_last": "false",
+        },
+    )
     assert widget(at.selectbox, "Stored trace (root)").value == root
     assert [s for s in at.selectbox if s.label.startswith("Prompt (")][0].value == pid
     assert widget(at.slider, "Paths shown").value == 3
@@ -58,9 +75,19 @@ def test_prompt_view_from_a_link(monkeypatch, store):
 
 def test_circuit_view_from_a_link(monkeypatch, store):
     db, names = store
-    at = open_link(monkeypatch, db, "circuit", {"ws_models": names, "circuit_model": names[1],
-                                                "circuit_agg": "sum", "circuit_topk": "15",
-                                                "circuit_minw": "2.5", "circuit_modes": ["Q"]})
+    at = open_link(
+        monkeypatch,
+        db,
+        "circuit",
+        {
+            "ws_models": names,
+            "circuit_model": names[1],
+            "circuit_agg": "sum",
+            "circuit_topk": "15",
+            "circuit_minw": "2.5",
+            "circuit_modes": ["Q"],
+        },
+    )
     assert widget(at.selectbox, "Model").value == names[1]
     assert widget(at.selectbox, "Aggregate").value == "sum"
     assert widget(at.slider, "Top-k edges").value == 15
@@ -82,8 +109,12 @@ def test_sql_view_and_a_bad_link(monkeypatch, store):
     at = open_link(monkeypatch, db, "sql", {"sql_text": "SELECT 42 AS answer"})
     assert widget(at.text_area, "Query").value == "SELECT 42 AS answer"
     # values that do not parse or are not offered open the page on its defaults
-    at = open_link(monkeypatch, db, "compare", {"compare_topk": "many", "ws_task": "nope",
-                                                "prompt_excl_last": "maybe"})
+    at = open_link(
+        monkeypatch,
+        db,
+        "compare",
+        {"compare_topk": "many", "ws_task": "nope", "prompt_excl_last": "maybe"},
+    )
     assert widget(at.slider, "Top-k edges per model").value == 25
 
 
@@ -107,6 +138,7 @@ def test_overview_formats_the_parameter_count(monkeypatch, store):
 
 # ------------------------------------------------------------------ values out of range, short links
 
+
 def first_run_on(monkeypatch, db, page: str, params: dict, state: dict | None = None):
     """A browser opening ``/page?params``: the session's first run is that page."""
     from streamlit.testing.v1 import AppTest
@@ -125,19 +157,32 @@ def first_run_on(monkeypatch, db, page: str, params: dict, state: dict | None = 
 BAD_LINKS = [  # page, parameters, {slider label: the value it opens on}
     ("prompt", {"prompt_k": "51"}, {"Paths shown": 50}),
     ("prompt", {"prompt_k": "-5"}, {"Paths shown": 1}),
-    ("circuit", {"circuit_topk": "1e12", "circuit_minw": "-inf", "circuit_minshare": "-1"},
-     {"Top-k edges": 300, "Min |weight| (% of the strongest edge)": 0.0,
-      "Min share of prompts with the edge": 0.0}),
-    ("circuit", {"circuit_topk": "-1", "circuit_minw": "1e308", "circuit_minshare": "inf"},
-     {"Top-k edges": 5, "Min |weight| (% of the strongest edge)": 50.0,
-      "Min share of prompts with the edge": 0.0}),
+    (
+        "circuit",
+        {"circuit_topk": "1e12", "circuit_minw": "-inf", "circuit_minshare": "-1"},
+        {
+            "Top-k edges": 300,
+            "Min |weight| (% of the strongest edge)": 0.0,
+            "Min share of prompts with the edge": 0.0,
+        },
+    ),
+    (
+        "circuit",
+        {"circuit_topk": "-1", "circuit_minw": "1e308", "circuit_minshare": "inf"},
+        {
+            "Top-k edges": 5,
+            "Min |weight| (% of the strongest edge)": 50.0,
+            "Min share of prompts with the edge": 0.0,
+        },
+    ),
     ("compare", {"compare_topk": "-7"}, {"Top-k edges per model": 5}),
 ]
 
 
 @pytest.mark.parametrize("page,params,opens", BAD_LINKS)
-def test_out_of_range_link_values_are_clamped_or_dropped_with_a_notice(monkeypatch, store, page,
-                                                                        params, opens):
+def test_out_of_range_link_values_are_clamped_or_dropped_with_a_notice(
+    monkeypatch, store, page, params, opens
+):
     db, names = store
     at = first_run_on(monkeypatch, db, page, params)
     assert_clean(at)  # no traceback, no error
@@ -168,8 +213,9 @@ def test_a_link_carries_only_its_page_and_nothing_at_its_default(monkeypatch, st
     assert "ws_models" not in url_of(at)  # the models a first visit opens on
     assert "prompt_id" in url_of(at) and "prompt_k" not in url_of(at)  # 8, its default
     pid = int(sql(db, "SELECT max(prompt_id) FROM trace_info").iat[0, 0])
-    at = first_run_on(monkeypatch, db, "prompt", {"prompt_id": str(pid), "prompt_k": "3",
-                                                  "ws_condition": "(all)"})
+    at = first_run_on(
+        monkeypatch, db, "prompt", {"prompt_id": str(pid), "prompt_k": "3", "ws_condition": "(all)"}
+    )
     assert_clean(at)
     assert url_of(at)["prompt_id"] == [str(pid)] and url_of(at)["prompt_k"] == ["3"]
     assert "reroot_comp" in at.session_state

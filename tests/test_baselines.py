@@ -1,5 +1,6 @@
 """The baselines (unpack/baselines) on tiny fp64 models: each checked against an
 independent computation."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,10 @@ from unpack.baselines import methods as M
 from unpack.baselines.forward import Drop, embed, run
 from unpack.intervene import forward, logit_diff
 
-TEXTS = ("<bos> When Mary and John went to the store , John gave a drink to",
-         "<bos> When Mary and John went to the park , Anne gave a drink to")
+TEXTS = (
+    "<bos> When Mary and John went to the store , John gave a drink to",
+    "<bos> When Mary and John went to the park , Anne gave a drink to",
+)
 
 
 def _inputs(tok):
@@ -51,8 +54,13 @@ def test_eap_equals_finite_differences(setup):
         base = run(spec, e, lengths, tid, did).metric
     eps = 1e-6
     L = spec.n_layers - 1
-    checks = [("attn", L, (0, 1, 2)), ("attn", L, (spec.n_heads - 1, 2, 0)),
-              ("attn", L, (1, 2, 3)), ("mlp", 0, (0,)), ("logits", None, (3,))]
+    checks = [
+        ("attn", L, (0, 1, 2)),
+        ("attn", L, (spec.n_heads - 1, 2, 0)),
+        ("attn", L, (1, 2, 3)),
+        ("mlp", 0, (0,)),
+        ("logits", None, (3,)),
+    ]
     for kind, layer, idx in checks:
         drop = Drop.zeros(spec)
         target = drop.logits if kind == "logits" else getattr(drop, kind)[layer]
@@ -60,8 +68,11 @@ def test_eap_equals_finite_differences(setup):
         with torch.no_grad():
             m = run(spec, e, lengths, tid, did, drop=drop, ref=ref).metric
         fd = (base - m) / eps
-        got = s.logits[:, idx[0]] if kind == "logits" else \
-            getattr(s, kind)[layer][(slice(None),) + idx]
+        got = (
+            s.logits[:, idx[0]]
+            if kind == "logits"
+            else getattr(s, kind)[layer][(slice(None),) + idx]
+        )
         assert got.abs().max() > 1e-4, (kind, idx)  # a real edge, not a zero
         assert torch.allclose(fd, got, rtol=1e-4, atol=1e-7), (kind, idx, fd, got)
 
@@ -76,8 +87,9 @@ def test_dropping_every_edge_gives_the_reference_run(setup):
         drop = Drop.zeros(spec)
         for t in drop.attn + drop.mlp + [drop.logits]:
             t.fill_(1.0)
-        m = run(spec, embed(spec, ids, torch.float64), lengths, tid, did, drop=drop,
-                ref=c.writers).metric
+        m = run(
+            spec, embed(spec, ids, torch.float64), lengths, tid, did, drop=drop, ref=c.writers
+        ).metric
     assert torch.allclose(m, c.metric, atol=1e-9)
 
 
@@ -86,8 +98,9 @@ def test_ig_completeness_error_shrinks_with_steps(setup):
     _, spec, (ids, lengths, tid, did) = setup
     errs = []
     for steps in (2, 8, 24):
-        sc, m1, m0 = M.integrated_gradients(spec, ids, lengths, tid, did, baseline="mean",
-                                            steps=steps, dtype=torch.float64)
+        sc, m1, m0 = M.integrated_gradients(
+            spec, ids, lengths, tid, did, baseline="mean", steps=steps, dtype=torch.float64
+        )
         errs.append((sc.sum(-1) - (m1 - m0)).abs().max().item())
     assert errs[2] < errs[1] < errs[0], errs
     assert errs[2] < 2e-2 * (m1 - m0).abs().max().item(), errs
@@ -125,11 +138,13 @@ def test_eap_ig_converges_to_the_patching_difference():
 
 
 # what each family's spec has that the baselines' pass does not implement
-REFUSED = {"gemma3": ["k_norm", "ln_attn_post", "ln_mlp_post", "q_norm", "window"],
-           "gemma2": ["final_softcap", "ln_attn_post", "ln_mlp_post", "softcap", "window"],
-           "qwen3": ["k_norm", "q_norm"],
-           "qwen3_bias_window": ["k_norm", "q_norm", "window"],
-           "olmo2": ["k_norm", "ln_attn_post", "ln_mlp_post", "q_norm"]}
+REFUSED = {
+    "gemma3": ["k_norm", "ln_attn_post", "ln_mlp_post", "q_norm", "window"],
+    "gemma2": ["final_softcap", "ln_attn_post", "ln_mlp_post", "softcap", "window"],
+    "qwen3": ["k_norm", "q_norm"],
+    "qwen3_bias_window": ["k_norm", "q_norm", "window"],
+    "olmo2": ["k_norm", "ln_attn_post", "ln_mlp_post", "q_norm"],
+}
 
 
 def test_unimplemented_features_are_refused(tmp_path, capsys):
@@ -156,8 +171,22 @@ def test_unimplemented_features_are_refused(tmp_path, capsys):
     make_family("gemma2", torch.float32).save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     db = tmp_path / "s.duckdb"
-    code = main(["ingest", "--model", str(tmp_path / "m"), "--task", "induction", "--n", "2",
-                 "--db", str(db), "--method", "eap", "--no-progress"])
+    code = main(
+        [
+            "ingest",
+            "--model",
+            str(tmp_path / "m"),
+            "--task",
+            "induction",
+            "--n",
+            "2",
+            "--db",
+            str(db),
+            "--method",
+            "eap",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "does not implement final_softcap" in err and str(tmp_path / "m") in err
     assert not db.exists()

@@ -1,5 +1,6 @@
 """Circuits: interventions checked against the models themselves, discovery and
 verification on the shipped toy induction model, the store, exports, bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -34,13 +35,13 @@ def zero_head_weights(model, L: int, h: int):
     with torch.no_grad():
         if cfg.model_type == "gpt2":
             d = cfg.n_embd // cfg.n_head
-            m.transformer.h[L].attn.c_proj.weight[h * d:(h + 1) * d, :] = 0  # Conv1D: x @ W
+            m.transformer.h[L].attn.c_proj.weight[h * d : (h + 1) * d, :] = 0  # Conv1D: x @ W
         elif cfg.model_type == "gpt_neox":
             d = cfg.hidden_size // cfg.num_attention_heads
-            m.gpt_neox.layers[L].attention.dense.weight[:, h * d:(h + 1) * d] = 0
+            m.gpt_neox.layers[L].attention.dense.weight[:, h * d : (h + 1) * d] = 0
         else:
             d = m.model.layers[L].self_attn.head_dim
-            m.model.layers[L].self_attn.o_proj.weight[:, h * d:(h + 1) * d] = 0
+            m.model.layers[L].self_attn.o_proj.weight[:, h * d : (h + 1) * d] = 0
     return m
 
 
@@ -70,7 +71,9 @@ def test_patched_forward_equals_the_model(family):
 def test_patching_a_head_with_its_own_values_changes_nothing():
     model = FAMILIES["gpt2"](seed=1)
     spec = build_spec(model)
-    ids = torch.randint(2, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(
+        2, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1)
+    )
     lengths = torch.tensor([7, 5])
     clean, Z = forward(spec, ids, lengths, dtype=torch.float64, keep_z=True)
     every = torch.ones(spec.n_layers, spec.n_heads, dtype=torch.bool)
@@ -81,6 +84,7 @@ def test_patching_a_head_with_its_own_values_changes_nothing():
 
 
 # ------------------------------------------------------------------ the toy induction model
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
@@ -112,8 +116,10 @@ def test_discovery_recovers_the_ground_truth(toy, toy_circuit):
     assert seeds == induction
     k = c.edges[c.edges["mode"] == "K"]
     for h in truth["induction_heads"]:  # each induction head reads the prev-token head via K
-        row = k[(k["parent"] == f"attn_1_head_{h}")
-                & k["child"].isin([f"attn_0_head_{p}" for p in truth["prev_heads"]])]
+        row = k[
+            (k["parent"] == f"attn_1_head_{h}")
+            & k["child"].isin([f"attn_0_head_{p}" for p in truth["prev_heads"]])
+        ]
         assert len(row) == 1 and row["share"].iloc[0] >= 0.9
         strongest = c.edges[c.edges["parent"] == f"attn_1_head_{h}"]
         assert strongest.loc[strongest["weight"].abs().idxmax(), "mode"] == "K"
@@ -124,8 +130,14 @@ def toy_verification(toy, toy_circuit):
     from ingest.verify import verify
 
     db, tracer, _ = toy
-    return verify(db, toy_circuit.circuit_id, ablation="resample", n_random=8, baseline="outside",
-                  tracer=tracer)
+    return verify(
+        db,
+        toy_circuit.circuit_id,
+        ablation="resample",
+        n_random=8,
+        baseline="outside",
+        tracer=tracer,
+    )
 
 
 def test_knocking_the_circuit_out_destroys_induction(toy, toy_verification):
@@ -139,11 +151,15 @@ def test_knocking_the_circuit_out_destroys_induction(toy, toy_verification):
     assert len(bf) == 8 and bf.mean() < v.faithfulness - 0.3  # random circuits of its size do not
     con = duckdb.connect(str(db), read_only=True)
     try:
-        row = con.execute("SELECT necessity, faithfulness, n_random, baseline FROM "
-                          "circuit_verifications WHERE verification_id = ?",
-                          [v.verification_id]).fetchone()
-        n = con.execute("SELECT count(*) FROM circuit_prompt_results WHERE verification_id = ?",
-                        [v.verification_id]).fetchone()[0]
+        row = con.execute(
+            "SELECT necessity, faithfulness, n_random, baseline FROM "
+            "circuit_verifications WHERE verification_id = ?",
+            [v.verification_id],
+        ).fetchone()
+        n = con.execute(
+            "SELECT count(*) FROM circuit_prompt_results WHERE verification_id = ?",
+            [v.verification_id],
+        ).fetchone()[0]
     finally:
         con.close()
     assert row[:3] == pytest.approx((v.necessity, v.faithfulness, 8))
@@ -151,8 +167,9 @@ def test_knocking_the_circuit_out_destroys_induction(toy, toy_verification):
     assert n == 16
 
 
-def test_random_circuits_outside_the_circuit_leave_induction_intact(toy, toy_circuit,
-                                                                  toy_verification):
+def test_random_circuits_outside_the_circuit_leave_induction_intact(
+    toy, toy_circuit, toy_verification
+):
     """Knocking the circuit out destroys the repeated-half accuracy; knocking out random
     heads outside it does not. With 2 heads per layer only one head lies outside the
     3-head circuit, so the outside draws have 1 head, and the circuit's own 1-head
@@ -174,8 +191,12 @@ def test_random_circuits_outside_the_circuit_leave_induction_intact(toy, toy_cir
     assert np.mean(e["necessity"]) > np.mean(b["necessity"]) + 0.2
     con = duckdb.connect(str(db), read_only=True)
     try:
-        stored = json.loads(con.execute("SELECT baseline FROM circuit_verifications WHERE "
-                                        "verification_id = ?", [v.verification_id]).fetchone()[0])
+        stored = json.loads(
+            con.execute(
+                "SELECT baseline FROM circuit_verifications WHERE verification_id = ?",
+                [v.verification_id],
+            ).fetchone()[0]
+        )
     finally:
         con.close()
     assert stored["kind"] == "outside" and stored["size"] == 1
@@ -191,16 +212,25 @@ def test_heads_on_fresh_prompts_equal_the_stored_verification(toy, toy_circuit, 
 
     db, tracer, _ = toy
     heads = ",".join(toy_circuit.components["component"])
-    a = verify(db, toy_circuit.circuit_id, ablation="zero", n_random=3, tracer=tracer,
-               store=False)
-    b = verify_on_task(str(TOY), heads, task="induction", n=16, prompt_seed=0, ablation="zero",
-                       n_random=3, tracer=tracer)
+    a = verify(db, toy_circuit.circuit_id, ablation="zero", n_random=3, tracer=tracer, store=False)
+    b = verify_on_task(
+        str(TOY),
+        heads,
+        task="induction",
+        n=16,
+        prompt_seed=0,
+        ablation="zero",
+        n_random=3,
+        tracer=tracer,
+    )
     assert b.clean == pytest.approx(a.clean, rel=1e-9) and len(b.clean) == 16
     assert (b.necessity, b.faithfulness) == pytest.approx((a.necessity, a.faithfulness), rel=1e-9)
     assert b.baseline["necessity"] == pytest.approx(a.baseline["necessity"], rel=1e-9)
     assert "fresh induction prompts" in b.format()
-    for bad, says in ((["--heads", "2.0"], "not a head of the model"),
-                      (["--heads", "0.0"], "--heads needs --model")):
+    for bad, says in (
+        (["--heads", "2.0"], "not a head of the model"),
+        (["--heads", "0.0"], "--heads needs --model"),
+    ):
         model = ["--model", str(TOY)] if bad[1] == "2.0" else []
         assert main(["verify", *bad, *model, "--task", "induction", "--prompts", "2"]) == 2
         assert says in capsys.readouterr().err
@@ -243,16 +273,43 @@ def test_cli_json_and_bad_input(toy, toy_circuit, capsys):
     assert main(["verify", "--db", str(db), "--circuit", "999"]) == 2
     err = capsys.readouterr().err
     assert "circuit 999 does not exist" in err and "unpack discover" in err
-    assert main(["verify", "--db", str(db), "--circuit", str(toy_circuit.circuit_id),
-                 "--ablation", "mean"]) == 2
+    assert (
+        main(
+            [
+                "verify",
+                "--db",
+                str(db),
+                "--circuit",
+                str(toy_circuit.circuit_id),
+                "--ablation",
+                "mean",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "mean ablation needs control prompts" in err and "--ablation zero" in err
     assert main(["verify", "--db", str(db), "--circuit", "1", "--n", "0"]) == 2
     assert "--n 0" in capsys.readouterr().err
     assert main(["discover", "--db", str(db), "--min-share", "1.5"]) == 2
     assert (count("circuit_verifications"), count("circuit_prompt_results")) == before
-    assert main(["verify", "--db", str(db), "--circuit", str(toy_circuit.circuit_id),
-                 "--ablation", "zero", "--n", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                "--db",
+                str(db),
+                "--circuit",
+                str(toy_circuit.circuit_id),
+                "--ablation",
+                "zero",
+                "--n",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["circuit_id"] == toy_circuit.circuit_id
     assert len(out["baseline"]["necessity"]) == len(out["baseline"]["faithfulness"]) == 3
@@ -274,9 +331,12 @@ def test_a_store_without_the_circuits_prompts_is_refused(toy, toy_circuit, tmp_p
     assert "does not hold" in err and "unpack discover" in err
     con = duckdb.connect(str(copy_db), read_only=True)
     try:
-        assert con.execute("SELECT count(*) FROM circuit_prompt_results").fetchone()[0] == \
-            duckdb.connect(str(db), read_only=True).execute(
-                "SELECT count(*) FROM circuit_prompt_results").fetchone()[0]
+        assert (
+            con.execute("SELECT count(*) FROM circuit_prompt_results").fetchone()[0]
+            == duckdb.connect(str(db), read_only=True)
+            .execute("SELECT count(*) FROM circuit_prompt_results")
+            .fetchone()[0]
+        )
     finally:
         con.close()
 
@@ -293,21 +353,40 @@ def test_discover_on_an_empty_store_names_the_ingest(tmp_path, capsys):
 
 # ------------------------------------------------------------------ exports
 
+
 def test_tikz_export_structure(toy, toy_circuit, tmp_path):
     from unpack.cli import main
 
     db, _, _ = toy
     out = tmp_path / "c.tex"
-    assert main(["export", "--db", str(db), "--circuit", str(toy_circuit.circuit_id),
-                 "--format", "tikz", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--db",
+                str(db),
+                "--circuit",
+                str(toy_circuit.circuit_id),
+                "--format",
+                "tikz",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     tex = out.read_text()
-    body = tex[tex.index("\\begin{tikzpicture}"):]
+    body = tex[tex.index("\\begin{tikzpicture}") :]
     assert body.rstrip().endswith("\\end{tikzpicture}")
     nodes = re.findall(r"\\node\[comp\] \((n\d+)\) at \(([-\d.]+), ([-\d.]+)\) \{([^}]*)\};", tex)
-    draws = re.findall(r"\\draw\[->, draw=mode(K|Q|V|MLP),[^\]]*\] \((n\d+)\) \.\. controls .*"
-                       r"\.\. \((n\d+)\) node", tex)
+    draws = re.findall(
+        r"\\draw\[->, draw=mode(K|Q|V|MLP),[^\]]*\] \((n\d+)\) \.\. controls .*"
+        r"\.\. \((n\d+)\) node",
+        tex,
+    )
     assert sorted(n[3] for n in nodes) == sorted(
-        f"{r.layer}.{r.head}" for r in toy_circuit.components.itertuples())
+        f"{r.layer}.{r.head}" for r in toy_circuit.components.itertuples()
+    )
     # one arrow per stored edge (reader, writer and mode)
     assert sorted(d[0] for d in draws) == sorted(toy_circuit.edges["mode"])
     assert {d[1] for d in draws} | {d[2] for d in draws} <= {n[0] for n in nodes}
@@ -321,14 +400,49 @@ def test_html_export_opens_offline_in_chromium(toy, toy_circuit, tmp_path):
     require_browser()
     db, _, _ = toy
     files = {"circuit": tmp_path / "circuit.html", "paths": tmp_path / "paths.html"}
-    assert main(["export", "--db", str(db), "--circuit", str(toy_circuit.circuit_id),
-                 "--format", "html", "--out", str(files["circuit"])]) == 0
-    assert main(["export", "--db", str(db), "--prompt", "1", "--top", "5",
-                 "--format", "html", "--out", str(files["paths"])]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--db",
+                str(db),
+                "--circuit",
+                str(toy_circuit.circuit_id),
+                "--format",
+                "html",
+                "--out",
+                str(files["circuit"]),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--db",
+                str(db),
+                "--prompt",
+                "1",
+                "--top",
+                "5",
+                "--format",
+                "html",
+                "--out",
+                str(files["paths"]),
+            ]
+        )
+        == 0
+    )
     requests = []
     with chromium_page() as page:
-        page.route("**/*", lambda r: (requests.append(r.request.url), r.abort()
-                                      if not r.request.url.startswith("file:") else r.continue_()))
+        page.route(
+            "**/*",
+            lambda r: (
+                requests.append(r.request.url),
+                r.abort() if not r.request.url.startswith("file:") else r.continue_(),
+            ),
+        )
         for kind, f in files.items():
             page.goto(f.as_uri())
             n_nodes = page.locator("svg g.node").count()
@@ -340,7 +454,8 @@ def test_html_export_opens_offline_in_chromium(toy, toy_circuit, tmp_path):
                 assert n_nodes == len(toy_circuit.components)
                 assert n_edges == len(toy_circuit.edges)  # one arrow per reader, writer and mode
                 assert sorted(page.locator("svg g.node text").all_text_contents()) == sorted(
-                    f"{r.layer}.{r.head}" for r in toy_circuit.components.itertuples())
+                    f"{r.layer}.{r.head}" for r in toy_circuit.components.itertuples()
+                )
                 page.hover("svg g.node[data-id='attn_0_head_0']")
                 assert "attn_0_head_0" in page.locator("#info").inner_text()
     assert all(u.startswith("file:") for u in requests)  # nothing but the file itself
@@ -348,32 +463,53 @@ def test_html_export_opens_offline_in_chromium(toy, toy_circuit, tmp_path):
 
 # ------------------------------------------------------------------ the app
 
-def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch, toy,
-                                                                     toy_circuit, toy_verification):
+
+def test_circuit_page_shows_the_stored_circuit_and_its_verification(
+    monkeypatch, toy, toy_circuit, toy_verification
+):
     from tests.app_harness import assert_clean, figures, open_app, sql, widget
 
     db, _, _ = toy
     at = open_app(monkeypatch, db, "circuit")
     assert widget(at.selectbox, "Circuit").value == toy_circuit.circuit_id
-    fig = [f for f in figures(at) if "circuit" in (f["layout"].get("title") or {}).get("text", "")
-           and any(tr.get("name") == "circuit" for tr in f["data"])][0]
+    fig = [
+        f
+        for f in figures(at)
+        if "circuit" in (f["layout"].get("title") or {}).get("text", "")
+        and any(tr.get("name") == "circuit" for tr in f["data"])
+    ][0]
     ringed = [tr for tr in fig["data"] if tr.get("name") == "circuit"][0]["customdata"]
     assert sorted(ringed) == sorted(toy_circuit.components["component"])
     tables = {tuple(d.value.columns): d.value for d in at.dataframe}
-    ver = tables[("measure", "circuit", "random_mean", "random_p5", "random_p95",
-                  "share_random_at_least")]
-    latest = sql(db, "SELECT verification_id, necessity, faithfulness, baseline FROM "
-                     "circuit_verifications WHERE circuit_id = ? ORDER BY verification_id DESC "
-                     "LIMIT 1", [toy_circuit.circuit_id]).iloc[0]  # the page shows the latest
-    vid, nec, faith, base = (int(latest["verification_id"]), latest["necessity"],
-                             latest["faithfulness"], latest["baseline"])
-    per = sql(db, "SELECT prompt_id FROM circuit_prompt_results WHERE verification_id = ? "
-                  "ORDER BY faithfulness NULLS FIRST, prompt_id LIMIT 5", [vid])["prompt_id"].tolist()
+    ver = tables[
+        ("measure", "circuit", "random_mean", "random_p5", "random_p95", "share_random_at_least")
+    ]
+    latest = sql(
+        db,
+        "SELECT verification_id, necessity, faithfulness, baseline FROM "
+        "circuit_verifications WHERE circuit_id = ? ORDER BY verification_id DESC "
+        "LIMIT 1",
+        [toy_circuit.circuit_id],
+    ).iloc[0]  # the page shows the latest
+    vid, nec, faith, base = (
+        int(latest["verification_id"]),
+        latest["necessity"],
+        latest["faithfulness"],
+        latest["baseline"],
+    )
+    per = sql(
+        db,
+        "SELECT prompt_id FROM circuit_prompt_results WHERE verification_id = ? "
+        "ORDER BY faithfulness NULLS FIRST, prompt_id LIMIT 5",
+        [vid],
+    )["prompt_id"].tolist()
     assert vid >= toy_verification.verification_id
     assert ver.set_index("measure")["circuit"].to_dict() == pytest.approx(
-        {"necessity": nec, "faithfulness": faith})
+        {"necessity": nec, "faithfulness": faith}
+    )
     assert ver.set_index("measure")["random_mean"]["faithfulness"] == pytest.approx(
-        np.mean(json.loads(base)["faithfulness"]))
+        np.mean(json.loads(base)["faithfulness"])
+    )
     kind = json.loads(base)["kind"]
     assert [c.value for c in at.caption if f"baseline {kind}" in c.value]  # says which one
     weakest = [d for k, d in tables.items() if "only_circuit" in k][0]
@@ -385,6 +521,7 @@ def test_circuit_page_shows_the_stored_circuit_and_its_verification(monkeypatch,
 
 # ------------------------------------------------------------------ IOI with controls: mean ablation
 
+
 def test_mean_ablation_uses_the_abc_controls(tmp_path, capsys):
     """--conditions keeps an IOI prompt and its ABC control; a circuit's mean ablation
     replaces its heads by their mean over the controls of the same template and length."""
@@ -394,22 +531,50 @@ def test_mean_ablation_uses_the_abc_controls(tmp_path, capsys):
 
     model_dir = build_model_dir(tmp_path / "m", n_layer=2, seed=4)
     db = tmp_path / "ioi.duckdb"
-    base = ["ingest", "--model", str(model_dir), "--task", "ioi", "--n", "6", "--db", str(db),
-            "--no-progress"]
+    base = [
+        "ingest",
+        "--model",
+        str(model_dir),
+        "--task",
+        "ioi",
+        "--n",
+        "6",
+        "--db",
+        str(db),
+        "--no-progress",
+    ]
     assert main(base + ["--controls", "--conditions", "ioi_io,nope"]) == 2
     assert "--conditions" in capsys.readouterr().err
     assert main(base + ["--controls", "--conditions", "ioi_io,abc_c"]) == 0
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT condition, count(*) FROM prompts GROUP BY 1 ORDER BY 1"
-                       ).fetchall() == [("abc_c", 6), ("ioi_io", 6)]
+    assert con.execute(
+        "SELECT condition, count(*) FROM prompts GROUP BY 1 ORDER BY 1"
+    ).fetchall() == [("abc_c", 6), ("ioi_io", 6)]
     con.close()
     capsys.readouterr()
-    assert main(["discover", "--db", str(db), "--seeds", "2", "--depth", "1", "--min-share",
-                 "0.3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "discover",
+                "--db",
+                str(db),
+                "--seeds",
+                "2",
+                "--depth",
+                "1",
+                "--min-share",
+                "0.3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     c = json.loads(capsys.readouterr().out)
     assert c["n_prompts"] == 6 and c["components"]
-    assert main(["verify", "--db", str(db), "--circuit", str(c["circuit_id"]), "--n", "4",
-                 "--json"]) == 0
+    assert (
+        main(["verify", "--db", str(db), "--circuit", str(c["circuit_id"]), "--n", "4", "--json"])
+        == 0
+    )
     v = json.loads(capsys.readouterr().out)
     assert v["ablation"] == "mean" and "control prompts" in v["reference"]
     # the same knock-out computed here: controls' mixed values, averaged per template
@@ -419,8 +584,12 @@ def test_mean_ablation_uses_the_abc_controls(tmp_path, capsys):
 
     con = duckdb.connect(str(db), read_only=True)
     ids = json.loads(con.execute("SELECT prompt_ids FROM circuits").fetchone()[0])
-    ctrl = [r[0] for r in con.execute("SELECT prompt_id FROM prompts WHERE condition = 'abc_c' "
-                                      "ORDER BY prompt_id").fetchall()]
+    ctrl = [
+        r[0]
+        for r in con.execute(
+            "SELECT prompt_id FROM prompts WHERE condition = 'abc_c' ORDER BY prompt_id"
+        ).fetchall()
+    ]
     recs, crecs = prompt_records(con, ids), prompt_records(con, ctrl)
     stored = dict(con.execute("SELECT prompt_id, knocked FROM circuit_prompt_results").fetchall())
     con.close()
@@ -436,5 +605,9 @@ def test_mean_ablation_uses_the_abc_controls(tmp_path, capsys):
         assert (clen == clen[0]).all()
         pids, plen, tid, did = encode_batch(tr, [rec])
         assert int(plen[0]) == int(clen[0])
-        logits = forward(spec, pids, plen, dtype=tr.dtype, ablate=mask, source=Z.mean(0, keepdim=True))
-        assert float(logit_diff(logits, tid, did)[0]) == pytest.approx(stored[pid], rel=1e-5, abs=1e-6)
+        logits = forward(
+            spec, pids, plen, dtype=tr.dtype, ablate=mask, source=Z.mean(0, keepdim=True)
+        )
+        assert float(logit_diff(logits, tid, did)[0]) == pytest.approx(
+            stored[pid], rel=1e-5, abs=1e-6
+        )

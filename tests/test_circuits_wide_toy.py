@@ -2,6 +2,7 @@
 four heads per layer): two previous-token heads share the induction heads' K, and a
 current-token head feeds their Q and V. The heads are read off the model's own
 attention (unpack.toy), independently of the traces."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,11 @@ def wide(tmp_path_factory):
     db = tmp_path_factory.mktemp("wide") / "toy.duckdb"
     tracer, truth = toy_store(WIDE, db, 16)
     prev, induction = truth_heads(truth)
-    heads = dict(prev=prev, induction=induction,
-                 current=current_token_heads(tracer.model, truth["threshold"]))
+    heads = dict(
+        prev=prev,
+        induction=induction,
+        current=current_token_heads(tracer.model, truth["threshold"]),
+    )
     return db, tracer, heads
 
 
@@ -78,8 +82,14 @@ def test_knocking_the_wide_circuit_out_destroys_induction(wide, wide_circuit):
     from ingest.verify import verify
 
     db, tracer, _ = wide
-    v = verify(db, wide_circuit.circuit_id, ablation="resample", n_random=8, baseline="outside",
-               tracer=tracer)
+    v = verify(
+        db,
+        wide_circuit.circuit_id,
+        ablation="resample",
+        n_random=8,
+        baseline="outside",
+        tracer=tracer,
+    )
     b, circuit = v.baseline, set(wide_circuit.components["component"])
     assert v.accuracy["clean"] >= 0.9 and v.accuracy["kept"] >= 0.9
     assert v.accuracy["knocked"] <= 0.1 and v.necessity >= 0.85 and v.faithfulness >= 0.9
@@ -97,8 +107,11 @@ def test_relative_selection_keeps_heads_close_to_the_strongest():
     from ingest.discover import check_params, select_edges
     from unpack.errors import InputError
 
-    rows = [(p, "r", c, "K", w) for p in (1, 2) for c, w in
-            (("a", 1.0), ("b", 0.6 if p == 1 else 0.4), ("c", -0.1))]
+    rows = [
+        (p, "r", c, "K", w)
+        for p in (1, 2)
+        for c, w in (("a", 1.0), ("b", 0.6 if p == 1 else 0.4), ("c", -0.1))
+    ]
     w = pd.DataFrame(rows, columns=["prompt_id", "root", "child", "mode", "w"])
     off = select_edges(w, "r", [1, 2], 1, 0.5)
     assert off["child"].tolist() == ["a"]
@@ -145,8 +158,17 @@ def test_sparse_toy_discovery_is_the_named_heads_that_write(sparse):
     from ingest.verify import verify_on_task
 
     def fresh(heads):
-        return verify_on_task(str(SPARSE), sorted(heads), task="induction", n=32, prompt_seed=1,
-                              ablation="resample", n_random=1, tracer=tracer)
+        return verify_on_task(
+            str(SPARSE),
+            sorted(heads),
+            task="induction",
+            n=32,
+            prompt_seed=1,
+            ablation="resample",
+            n_random=1,
+            tracer=tracer,
+        )
+
     left_out = fresh(induction - seeds)
     assert left_out.necessity < 0.15 and left_out.accuracy["knocked"] >= 0.9
     found = fresh(comps)
@@ -161,16 +183,16 @@ def test_random_circuits_of_the_sparse_circuits_size_keep_the_induction(sparse):
 
     db, tracer, c, _, _ = sparse
     circuit = set(c.components["component"])
-    v = verify(db, c.circuit_id, ablation="resample", n_random=8, baseline="outside",
-               tracer=tracer)
+    v = verify(db, c.circuit_id, ablation="resample", n_random=8, baseline="outside", tracer=tracer)
     b = v.baseline
     assert v.accuracy["clean"] >= 0.9 and v.accuracy["kept"] >= 0.9
     assert v.accuracy["knocked"] <= 0.1 and v.necessity >= 0.85
     assert b["size"] == len(circuit) == 5
     assert all(len(r) == 5 and not set(r) & circuit for r in b["circuits"])
     assert min(b["knocked_accuracy"]) >= 0.9 and max(b["necessity"]) < 0.2
-    s = verify(db, c.circuit_id, ablation="resample", n_random=12, baseline="size",
-               tracer=tracer).baseline
+    s = verify(
+        db, c.circuit_id, ablation="resample", n_random=12, baseline="size", tracer=tracer
+    ).baseline
     assert s["size"] == 5
     for r, acc in zip(s["circuits"], s["knocked_accuracy"]):
         if acc < 0.9:

@@ -2,6 +2,7 @@
 ingest`` process on the same DuckDB file at the same time. The ingest holds the
 file only while it commits a batch, the app reads through short-lived
 read-only connections; neither fails, and a refresh shows the new prompts."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,14 @@ import urllib.request
 
 import pytest
 
-from tests.browser import (chromium_page, no_exception, open_page, require_browser, running_app,
-                           unpack_command)
+from tests.browser import (
+    chromium_page,
+    no_exception,
+    open_page,
+    require_browser,
+    running_app,
+    unpack_command,
+)
 from tests.ingest_checks import ingest_env
 from tests.models import build_model_dir
 
@@ -21,8 +28,11 @@ def prompts_shown(page, url: str) -> int:
     open_page(page, url + "/", "h1:has-text('Overview')")
     no_exception(page)
     alerts = page.locator('[data-testid="stAlert"]')
-    errors = [alerts.nth(i).inner_text() for i in range(alerts.count())
-              if "Cannot" in alerts.nth(i).inner_text()]
+    errors = [
+        alerts.nth(i).inner_text()
+        for i in range(alerts.count())
+        if "Cannot" in alerts.nth(i).inner_text()
+    ]
     assert not errors, errors
     metric = page.locator('[data-testid="stMetric"]').filter(has_text="prompts").first
     return int(metric.locator('[data-testid="stMetricValue"]').inner_text().replace(",", ""))
@@ -43,8 +53,24 @@ def store(tmp_path_factory):
     first = build_model_dir(where / "first-gpt2", "gpt2", 2, seed=0)
     second = build_model_dir(where / "second-neox", "neox", 2, seed=1)
     db = where / "shared.duckdb"
-    assert main(["ingest", "--model", str(first), "--task", "ioi", "--n", "2", "--controls",
-                 "--db", str(db), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "--model",
+                str(first),
+                "--task",
+                "ioi",
+                "--n",
+                "2",
+                "--controls",
+                "--db",
+                str(db),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return db, second
 
 
@@ -75,8 +101,10 @@ def pause_between_commits(proc, db, before: int, after: int, timeout: float = 30
             return n
         proc.send_signal(signal.SIGCONT)
         time.sleep(0.02)
-    raise AssertionError(f"the ingest (exit status {proc.poll()}) was never caught between "
-                         f"its commits with part of its prompts stored (of {before} -> {after})")
+    raise AssertionError(
+        f"the ingest (exit status {proc.poll()}) was never caught between "
+        f"its commits with part of its prompts stored (of {before} -> {after})"
+    )
 
 
 def test_app_and_ingest_on_the_same_file_at_once(store):
@@ -87,14 +115,29 @@ def test_app_and_ingest_on_the_same_file_at_once(store):
     import signal
 
     db, second = store
-    cmd = unpack_command() + ["ingest", "--model", str(second), "--task", "ioi", "--n", "10",
-                              "--controls", "--roots", "1.*@END", "--db", str(db),
-                              "--batch-size", "1", "--no-progress"]
+    cmd = unpack_command() + [
+        "ingest",
+        "--model",
+        str(second),
+        "--task",
+        "ioi",
+        "--n",
+        "10",
+        "--controls",
+        "--roots",
+        "1.*@END",
+        "--db",
+        str(db),
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
     with running_app(db) as url, chromium_page() as page:
         before = prompts_shown(page, url)
         assert before == 8
-        ingest = subprocess.Popen(cmd, env=ingest_env(), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        ingest = subprocess.Popen(
+            cmd, env=ingest_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             assert healthy(url)
             part = pause_between_commits(ingest, db, before, before + 40)
@@ -131,8 +174,9 @@ def hold(db, how: str, seconds: float) -> subprocess.Popen:
     """Another process that holds ``db`` open (``read`` or ``write``) for ``seconds``."""
     import sys
 
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(db), how, str(seconds)],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(db), how, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert p.stdout.readline().strip() == "holding"
     return p
 
@@ -196,8 +240,11 @@ def test_app_reads_wait_for_a_commit_and_let_the_file_go(empty_store):
     duckdb.connect(str(empty_store)).close()  # free for a writer again
     cur = handle.cursor()  # still the app's safe connection underneath
     try:
-        for stmt in ("CREATE TABLE t (x INT)", "SET enable_external_access = true",
-                     "SELECT * FROM read_csv('/etc/passwd')"):
+        for stmt in (
+            "CREATE TABLE t (x INT)",
+            "SET enable_external_access = true",
+            "SELECT * FROM read_csv('/etc/passwd')",
+        ):
             with pytest.raises(duckdb.Error):
                 cur.execute(stmt).fetchall()
     finally:

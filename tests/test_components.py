@@ -1,6 +1,7 @@
 """The component-name API (unpack/components.py, docs/METHOD.md §1): parsing,
 labels, the reading order and the layer index, on a sequential GPT-2 and a
 parallel GPT-NeoX, checked against the Components of their ModelSpec."""
+
 from __future__ import annotations
 
 import random
@@ -32,8 +33,9 @@ def test_parse_and_layer_head():
 
 
 def test_short_labels():
-    assert [C.short_label(n) for n in ("attn_9_head_11", "mlp_3", "embedding", "pos_embedding")] \
-        == ["9.11", "m3", "emb", "pos"]
+    assert [
+        C.short_label(n) for n in ("attn_9_head_11", "mlp_3", "embedding", "pos_embedding")
+    ] == ["9.11", "m3", "emb", "pos"]
     assert C.short_label("attn_2_bias") == "attn_2_bias"  # not a credited component: as is
     assert C.short_label("attn_9_head_9@END") == "attn_9_head_9@END"
 
@@ -42,8 +44,11 @@ def test_sort_key_gives_the_reading_order(comps):
     names = list(comps.all_names)
     shuffled = random.Random(0).sample(names, len(names))
     assert sorted(shuffled, key=C.sort_key) == names
-    assert sorted(["not_a_component", "mlp_0", "embedding"], key=C.sort_key) \
-        == ["embedding", "mlp_0", "not_a_component"]
+    assert sorted(["not_a_component", "mlp_0", "embedding"], key=C.sort_key) == [
+        "embedding",
+        "mlp_0",
+        "not_a_component",
+    ]
 
 
 def test_layer_index_and_attrs_follow_the_topology(comps):

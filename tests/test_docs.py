@@ -2,6 +2,7 @@
 reference in the README, the docs pages, the CLI help and the app points at
 ``docs/METHOD.md``; the docs site builds with warnings as errors; every results
 table names its command and commit; the README stays short."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,9 @@ def _doc_pages():
 
 
 def _hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "mkdocs" / "hooks.py")
+    spec = importlib.util.spec_from_file_location(
+        "docs_hooks", ROOT / "docs" / "mkdocs" / "hooks.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -55,9 +58,15 @@ def _hooks():
 def test_method_document_has_every_section_with_formulas():
     assert _sections() == {str(i) for i in range(1, 11)}
     text = METHOD.read_text()
-    for formula in ("m(c)[s] = γ ⊙ (c[s] − mean(c[s])) / σ(x[s])", "safe_denom(v) = sign(T) · max(|T|, β·N)",
-                    "key_c[h,q,s] = rawK_c[h,q,s] − mean_{s' ≤ q} rawK_c[h,q,s']", "kqv_aligned",
-                    "k_only_l2", "Residual closure", "Duplicate suppression"):
+    for formula in (
+        "m(c)[s] = γ ⊙ (c[s] − mean(c[s])) / σ(x[s])",
+        "safe_denom(v) = sign(T) · max(|T|, β·N)",
+        "key_c[h,q,s] = rawK_c[h,q,s] − mean_{s' ≤ q} rawK_c[h,q,s']",
+        "kqv_aligned",
+        "k_only_l2",
+        "Residual closure",
+        "Duplicate suppression",
+    ):
         assert formula in text, formula
 
 
@@ -80,9 +89,13 @@ def test_docs_site_builds_with_warnings_as_errors(tmp_path):
     """`mkdocs build --strict`: a broken link, a missing page, a docstring the API
     reference cannot read or a results table without its command fails here."""
     site = tmp_path / "site"
-    p = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(MKDOCS),
-                        "-d", str(site)], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    p = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(MKDOCS), "-d", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     log = p.stdout + p.stderr
     assert p.returncode == 0 and "WARNING" not in log, log[-4000:]
     cli = (site / "reference" / "cli" / "index.html").read_text()
@@ -115,8 +128,11 @@ def test_every_results_table_names_a_command_and_a_commit_of_this_repository():
     names = sorted(p.stem for p in (ROOT / "docs" / "results").glob("*.json"))
     assert sorted(marks) == names, "each table is shown exactly once, and each mark has its table"
     for t in tables:
-        git = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", t["commit"] + "^{commit}"],
-                             capture_output=True, text=True)
+        git = subprocess.run(
+            ["git", "-C", str(ROOT), "cat-file", "-e", t["commit"] + "^{commit}"],
+            capture_output=True,
+            text=True,
+        )
         assert git.returncode == 0, f"{t['title']}: commit {t['commit']} is not in this repository"
         cmds = t["command"] if isinstance(t["command"], list) else [t["command"]]
         for c in cmds:  # an `unpack` command parses as written (placeholders in capitals)
@@ -133,6 +149,7 @@ def test_results_tables_render_with_their_command_and_commit():
     assert f"`{t['commit']}`" in md and t["command"][0] in md
     assert md.count("\n| ") == len(t["rows"]) + 1 and "<!--" not in md
     import mkdocs.exceptions
+
     try:
         hooks.on_page_markdown("<!-- results: no_such_table -->", None, None, None)
     except mkdocs.exceptions.PluginError as e:
@@ -146,7 +163,9 @@ def test_readme_is_short_and_its_links_resolve():
     assert len(text.splitlines()) <= 250
     links = re.findall(r"\]\(([^)#]+)\)", text)
     local = [ln for ln in links if not ln.startswith("http")]
-    assert local and all((ROOT / ln).exists() for ln in local), [ln for ln in local if not (ROOT / ln).exists()]
+    assert local and all((ROOT / ln).exists() for ln in local), [
+        ln for ln in local if not (ROOT / ln).exists()
+    ]
 
 
 def test_links_from_the_docs_to_code_are_checked():

@@ -2,6 +2,7 @@
 
 Everything here runs in fp64 on tiny random models, where the two
 implementations must agree to 1e-8 relative (docs/METHOD.md §6-7)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,15 +27,18 @@ def tracer(request, tok):
 
 def reference_for(tracer, prep, cfg, root=None, **kw):
     """The reference run on the prompt traced alone (no batch, no padding)."""
-    cap = capture(tracer.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]),
-                  dtype=torch.float64)
+    cap = capture(
+        tracer.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]), dtype=torch.float64
+    )
     ref = Reference(cap, 0, cfg)
     return ref.trace(prep.target_id, prep.distractor_id, root=root, **kw)
 
 
 def edges_dict(res, names):
-    return {(names.index(p), names.index(c), m): w
-            for p, c, m, w in res.edges[["parent", "child", "mode", "weight"]].itertuples(index=False)}
+    return {
+        (names.index(p), names.index(c), m): w
+        for p, c, m, w in res.edges[["parent", "child", "mode", "weight"]].itertuples(index=False)
+    }
 
 
 def assert_same(res, ref_out, names):
@@ -50,7 +54,9 @@ def assert_same(res, ref_out, names):
     b = np.array([edges.get(k, 0.0) for k in sorted(keys)])
     assert rel(a, b) <= TOL
     # from the seeds the edges carry every mode the preset uses
-    used = {m for m, w in zip("KQV", (res.config["w_K"], res.config["w_Q"], res.config["w_V"])) if w}
+    used = {
+        m for m, w in zip("KQV", (res.config["w_K"], res.config["w_Q"], res.config["w_V"])) if w
+    }
     assert res.root is not None or used | {"MLP"} <= set(res.edges["mode"])
 
 
@@ -68,8 +74,9 @@ def test_seed_metric_and_overrides(tracer):
     over = dict(seed="metric", beta=0.5, w_K=0.2, w_Q=0.5, w_V=0.3, mlp_rule="weighted")
     res = tracer.trace(text, target, distractor, **over)
     prep = tracer.prepare(text, target, distractor)
-    assert_same(res, reference_for(tracer, prep, make_config("kqv_aligned", **over)),
-                tracer.comps.names)
+    assert_same(
+        res, reference_for(tracer, prep, make_config("kqv_aligned", **over)), tracer.comps.names
+    )
     # metric seeds add up (with the norm-bias and unembedding parts) to the logit difference
     assert res.config["seed"] == "metric" and res.config["beta"] == 0.5
 
@@ -82,8 +89,9 @@ def test_reroot_equals_reference(tracer):
         prep = tracer.prepare(text, target, distractor, roots=[root])
         _, idx, pos = prep.roots[0]
         assert res.seeds == {f"{names[idx]}@{pos}": 1.0}
-        assert_same(res, reference_for(tracer, prep, make_config("kqv_aligned"), root=(idx, pos)),
-                    names)
+        assert_same(
+            res, reference_for(tracer, prep, make_config("kqv_aligned"), root=(idx, pos)), names
+        )
 
 
 def test_batch_with_padding_equals_alone(tracer):
@@ -91,8 +99,14 @@ def test_batch_with_padding_equals_alone(tracer):
     of each prompt traced alone by the reference."""
     names = tracer.comps.names
     batch = [{"text": t, "target": tg, "distractor": d} for t, tg, d in PROMPTS]
-    batch.append({"text": PROMPTS[0][0], "target": PROMPTS[0][1], "distractor": PROMPTS[0][2],
-                  "root": "attn_1_head_0@-1"})
+    batch.append(
+        {
+            "text": PROMPTS[0][0],
+            "target": PROMPTS[0][1],
+            "distractor": PROMPTS[0][2],
+            "root": "attn_1_head_0@-1",
+        }
+    )
     results = tracer.trace_batch(batch, preset="kqv_weighted", batch_size=8)
     assert len({len(r.tokens) for r in results}) > 1
     for p, res in zip(batch, results):
@@ -107,8 +121,14 @@ def test_unpruned_paths_sum_to_token_credit(tok):
     for model in (tiny_gpt2(n_embd=8, n_head=2, n_layer=2), tiny_neox(hidden=8, n_head=2)):
         tr = Tracer(model=model, tokenizer=tok)
         for root in (None, "attn_1_head_1@-1"):
-            res = tr.trace("<bos> Mary John Mary", " John", None, root=root, path_min_frac=0.0,
-                           max_path_nodes=5_000_000)
+            res = tr.trace(
+                "<bos> Mary John Mary",
+                " John",
+                None,
+                root=root,
+                path_min_frac=0.0,
+                max_path_nodes=5_000_000,
+            )
             assert not res.paths_truncated
             assert rel(res.path_credit, res.token_credit) <= TOL
             assert abs(res.token_credit).max() > 0
@@ -121,13 +141,16 @@ def test_top_paths_equal_reference_enumeration(tok):
     text, target, distractor = "<bos> Mary John store Mary", " John", " Mary"
     res = tr.trace(text, target, distractor, path_min_frac=1e-3, top_paths_k=50)
     prep = tr.prepare(text, target, distractor)
-    *_, paths = reference_for(tr, prep, make_config("kqv_aligned"), with_paths=True,
-                              path_min_frac=1e-3)
+    *_, paths = reference_for(
+        tr, prep, make_config("kqv_aligned"), with_paths=True, path_min_frac=1e-3
+    )
     names = tr.comps.names
 
     def chain(hops):
-        return "→".join(f"{names[c]}[{m}]@{p}" if m in ("K", "Q", "V") else f"{names[c]}@{p}"
-                        for c, p, m in hops)
+        return "→".join(
+            f"{names[c]}[{m}]@{p}" if m in ("K", "Q", "V") else f"{names[c]}@{p}"
+            for c, p, m in hops
+        )
 
     ref = sorted(((chain(h), s) for h, s in paths), key=lambda x: -abs(x[1]))[:50]
     got = [(p.chain, p.score) for p in res.paths]
@@ -163,6 +186,7 @@ def test_invariants_fp64_are_exact(tok):
 def test_validate_detects_a_broken_capture(tok, monkeypatch):
     """The checks can fail: a wrong attention scale breaks the K/Q closures and logits."""
     import unpack.adapters.gpt2 as g
+
     orig = g.build_spec
 
     def broken(model):
@@ -171,8 +195,10 @@ def test_validate_detects_a_broken_capture(tok, monkeypatch):
         return spec
 
     monkeypatch.setattr(g, "build_spec", broken)
-    checks = {c.name[0]: c for c in validate_model(tiny_gpt2(dtype=torch.float32), tok,
-                                                   texts=[PROMPTS[0][0]])}
+    checks = {
+        c.name[0]: c
+        for c in validate_model(tiny_gpt2(dtype=torch.float32), tok, texts=[PROMPTS[0][0]])
+    }
     assert not checks["9"].ok
 
 
@@ -187,8 +213,20 @@ def test_results_api(tok):
     assert len(res.paths) == 5
     assert res.logit_diff is not None and 0 < res.target_prob < 1
     d = res.to_dict()
-    for key in ("tokens", "token_credit", "token_credit_pct", "suppression", "paths",
-                "component_flow", "edges", "seeds", "target_prob", "logit_diff", "config", "timing"):
+    for key in (
+        "tokens",
+        "token_credit",
+        "token_credit_pct",
+        "suppression",
+        "paths",
+        "component_flow",
+        "edges",
+        "seeds",
+        "target_prob",
+        "logit_diff",
+        "config",
+        "timing",
+    ):
         assert key in d
     assert set(d["timing"]) == {"forward_s", "decompose_s", "sweep_s", "paths_s", "total_s"}
     assert "token credit" in str(res)
@@ -211,16 +249,19 @@ def test_position_edges_add_up_to_aggregated_edges(tok):
     assert (q["child_pos"] == q["parent_pos"]).all()
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(text="", target=" Mary"), "text is empty"),
-    (dict(text="<bos> Mary", target=""), "target is empty"),
-    (dict(text="<bos> Mary", target=" Mary", root="attn_7_head_0@1"), "does not exist"),
-    (dict(text="<bos> Mary", target=" Mary", root="attn_0_bias@1"), "bias component"),
-    (dict(text="<bos> Mary", target=" Mary", root="nonsense@1"), "unknown component"),
-    (dict(text="<bos> Mary", target=" Mary", root="mlp_0@5"), "out of range"),
-    (dict(text="<bos> Mary", target=" Mary", root="mlp_0"), "COMPONENT@POSITION"),
-    (dict(text="<bos> " + " ".join(["Mary"] * 80), target=" Mary"), "context"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(text="", target=" Mary"), "text is empty"),
+        (dict(text="<bos> Mary", target=""), "target is empty"),
+        (dict(text="<bos> Mary", target=" Mary", root="attn_7_head_0@1"), "does not exist"),
+        (dict(text="<bos> Mary", target=" Mary", root="attn_0_bias@1"), "bias component"),
+        (dict(text="<bos> Mary", target=" Mary", root="nonsense@1"), "unknown component"),
+        (dict(text="<bos> Mary", target=" Mary", root="mlp_0@5"), "out of range"),
+        (dict(text="<bos> Mary", target=" Mary", root="mlp_0"), "COMPONENT@POSITION"),
+        (dict(text="<bos> " + " ".join(["Mary"] * 80), target=" Mary"), "context"),
+    ],
+)
 def test_bad_input_is_a_clear_error(tok, bad, match):
     tr = Tracer(model=tiny_gpt2(dtype=torch.float32), tokenizer=tok)
     with pytest.raises(InputError, match=match):
@@ -238,11 +279,16 @@ def test_target_that_encodes_to_nothing_and_multi_token_warning(tok):
 
 def test_collect_errors_keeps_the_batch_going(tok):
     from unpack import TraceFailure
+
     tr = Tracer(model=tiny_gpt2(dtype=torch.float32), tokenizer=tok)
-    out = tr.trace_batch([{"text": "<bos> Mary John", "target": " Mary"},
-                          {"text": "", "target": " Mary"},
-                          {"text": "<bos> John", "target": " Mary", "root": "mlp_9@0"}],
-                         on_error="collect")
+    out = tr.trace_batch(
+        [
+            {"text": "<bos> Mary John", "target": " Mary"},
+            {"text": "", "target": " Mary"},
+            {"text": "<bos> John", "target": " Mary", "root": "mlp_9@0"},
+        ],
+        on_error="collect",
+    )
     assert out[0].tokens == ["<bos>", "Mary", "John"]
     assert isinstance(out[1], TraceFailure) and "empty" in out[1].error
     assert isinstance(out[2], TraceFailure) and "does not exist" in out[2].error
@@ -251,8 +297,16 @@ def test_collect_errors_keeps_the_batch_going(tok):
 def test_unsupported_architecture_names_the_supported_ones(tok):
     from transformers import BertConfig, BertForMaskedLM
     from unpack.adapters import build_spec
-    m = BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
-                                   intermediate_size=32, vocab_size=60))
+
+    m = BertForMaskedLM(
+        BertConfig(
+            num_hidden_layers=1,
+            hidden_size=16,
+            num_attention_heads=2,
+            intermediate_size=32,
+            vocab_size=60,
+        )
+    )
     with pytest.raises(InputError, match="gpt2.*gpt_neox"):
         build_spec(m)
 
@@ -266,9 +320,15 @@ def test_unknown_preset_and_field():
     assert (cfg.w_K, cfg.w_Q, cfg.w_V) == (1.0, 0.0, 0.0)  # (deviation) not 0.3
 
 
-@pytest.mark.parametrize("make", [lambda: tiny_neox(parallel=True, hidden=32),
-                                  lambda: tiny_neox(parallel=False, hidden=32),
-                                  lambda: tiny_gpt2(n_embd=32)], ids=["neox_par", "neox_seq", "gpt2"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tiny_neox(parallel=True, hidden=32),
+        lambda: tiny_neox(parallel=False, hidden=32),
+        lambda: tiny_gpt2(n_embd=32),
+    ],
+    ids=["neox_par", "neox_seq", "gpt2"],
+)
 def test_fold_project_and_virtual_agree(tok, make):
     """The three K/Q contractions (docs/METHOD.md §4: fold W_K (R_s^T) Q into one vector;
     project and rotate each writer; project head writers through virtual weights)

@@ -3,6 +3,7 @@
 parsing each output back (HTML with the standard parser, Markdown with a
 CommonMark renderer, TeX with a small tokenizer) and through the exports.
 The app's pages and the HTML exports in a browser: test_app_hostile_browser.py."""
+
 from __future__ import annotations
 
 import base64
@@ -36,7 +37,7 @@ class _Tree(HTMLParser):
 
     def handle_endtag(self, tag):
         if tag in self.stack:
-            del self.stack[self.stack.index(tag):]
+            del self.stack[self.stack.index(tag) :]
 
     def handle_data(self, data):
         self.text.append(data)
@@ -83,8 +84,14 @@ def test_markdown_renders_as_the_text_alone(s):
     assert not re.search(r"(?i)https?://|www\.|mailto:\w|[\w.+-]@[\w-]+\.", read), read
 
 
-_TEX_BACK = {r"\textbackslash{}": "\\", r"\textasciitilde{}": "~", r"\textasciicircum{}": "^",
-             r"\textless{}": "<", r"\textgreater{}": ">", r"\textbar{}": "|"}
+_TEX_BACK = {
+    r"\textbackslash{}": "\\",
+    r"\textasciitilde{}": "~",
+    r"\textasciicircum{}": "^",
+    r"\textless{}": "<",
+    r"\textgreater{}": ">",
+    r"\textbar{}": "|",
+}
 
 
 def untex(s: str) -> str:
@@ -100,11 +107,11 @@ def untex(s: str) -> str:
         else:
             c = s[i]
             if c == "\\":
-                assert s[i + 1] in "{}$&#%_", f"live control sequence at {s[i:i + 20]!r}"
+                assert s[i + 1] in "{}$&#%_", f"live control sequence at {s[i : i + 20]!r}"
                 out.append(s[i + 1])
                 i += 2
                 continue
-            assert c not in "{}$&#%^_~\n\r", f"unescaped {c!r} at {s[i:i + 20]!r}"
+            assert c not in "{}$&#%^_~\n\r", f"unescaped {c!r} at {s[i : i + 20]!r}"
             out.append(c)
             i += 1
     return "".join(out)
@@ -122,12 +129,20 @@ def test_tex_reads_back_as_the_text_on_one_line(s):
 
 # ------------------------------------------------------------------ the exports
 
+
 def hostile_graph() -> nx.DiGraph:
     """A paths-shaped graph whose title, node names and mode are all hostile."""
     G = nx.DiGraph(title=f"prompt 1, root target: top 10 paths — {HOSTILE}")
     for i, n in enumerate(["attn_0_head_1@2", "mlp_0@3", f"{CORPUS[1]}@4"]):
-        G.add_node(n, kind="head" if i != 1 else "mlp", layer=0, head=1, depth=i, position=i,
-                   note=CORPUS[i])
+        G.add_node(
+            n,
+            kind="head" if i != 1 else "mlp",
+            layer=0,
+            head=1,
+            depth=i,
+            position=i,
+            note=CORPUS[i],
+        )
     ex._add_edge(G, "mlp_0@3", "attn_0_head_1@2", "K", 0.5)
     ex._add_edge(G, f"{CORPUS[1]}@4", "mlp_0@3", "V}\\input{/etc/hostname}", -0.25)
     return G
@@ -140,13 +155,13 @@ def test_html_export_keeps_the_text_as_text_and_runs_only_its_own_script():
     tags = [tag for tag, _ in t.tags]
     assert tags.count("script") == 2 and "img" not in tags and "svg" in tags, tags
     assert t.inside["title"] == t.inside["h3"] == _no_control(G.graph["title"])
-    data = json.loads(page.split('<script id="data" type="application/json">')[1]
-                      .split("</script>")[0])
+    data = json.loads(
+        page.split('<script id="data" type="application/json">')[1].split("</script>")[0]
+    )
     assert data["title"] == G.graph["title"]
     assert {n["id"] for n in data["nodes"]} == set(G.nodes)
     # the policy: nothing from outside, and the one script that runs is the page's own
-    csp = next(a["content"] for _, a in t.tags
-               if a.get("http-equiv") == "Content-Security-Policy")
+    csp = next(a["content"] for _, a in t.tags if a.get("http-equiv") == "Content-Security-Policy")
     assert "unsafe-inline" not in csp and "default-src 'none'" in csp
     own = page.split("<script>")[1].split("</script>")[0]
     digest = base64.b64encode(hashlib.sha256(own.encode()).digest()).decode()
@@ -161,9 +176,22 @@ def test_tikz_export_has_no_live_tex_from_the_text():
     body = "\n".join(lines[1:])
     # the only control sequences are the template's and the escapes' own
     names = set(re.findall(r"\\([A-Za-z]+)", body))
-    assert names <= {"usetikzlibrary", "definecolor", "begin", "end", "node", "draw", "tiny",
-                     "scriptsize", "textbackslash", "textless", "textgreater", "textbar",
-                     "textasciitilde", "textasciicircum"}, names
+    assert names <= {
+        "usetikzlibrary",
+        "definecolor",
+        "begin",
+        "end",
+        "node",
+        "draw",
+        "tiny",
+        "scriptsize",
+        "textbackslash",
+        "textless",
+        "textgreater",
+        "textbar",
+        "textasciitilde",
+        "textasciicircum",
+    }, names
     node = next(ln for ln in lines if ln.startswith("  \\node") and "(n2)" in ln)
     assert untex(node.split("{", 1)[1].rsplit("}", 1)[0]) == ex.label(f"{CORPUS[1]}@4")
     edge = next(ln for ln in lines if "dashed" in ln)

@@ -3,6 +3,7 @@ every extra hidden from the import system, as on a machine with only the engine
 installed, the engine still traces, the command line still builds, and a
 command that needs an extra stops with exit 2 and the pip command that installs
 it, not an ImportError."""
+
 from __future__ import annotations
 
 import json
@@ -54,10 +55,18 @@ print(json.dumps(out))
 def test_commands_without_their_extra_name_the_install(tmp_path):
     refused = sorted(set().union(*EXTRAS.values()))
     db = str(tmp_path / "none.duckdb")
-    commands = [["app", "--db", db], ["ingest", "--model", "gpt2", "--task", "ioi", "--db", db],
-                ["evaluate", "--help"]]
-    r = subprocess.run([sys.executable, "-c", _SCRIPT, ",".join(refused), json.dumps(commands),
-                        str(TOY)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    commands = [
+        ["app", "--db", db],
+        ["ingest", "--model", "gpt2", "--task", "ioi", "--db", db],
+        ["evaluate", "--help"],
+    ]
+    r = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, ",".join(refused), json.dumps(commands), str(TOY)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     code, err = out[f"app --db {db}"]
@@ -73,7 +82,9 @@ def test_commands_without_their_extra_name_the_install(tmp_path):
 
 
 def test_a_module_met_on_the_way_names_its_smallest_extra():
-    hint = missing_extra(ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib.pyplot"))
+    hint = missing_extra(
+        ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib.pyplot")
+    )
     assert "pip install 'unpack[app]'" in str(hint)
     hint = missing_extra(ModuleNotFoundError("No module named 'duckdb'", name="duckdb"))
     assert "pip install 'unpack[store]'" in str(hint)
@@ -87,7 +98,8 @@ def test_extras_match_pyproject():
     import tomllib
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
 
     def modules(extra: str) -> set[str]:
         out = set()

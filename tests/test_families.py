@@ -4,6 +4,7 @@ class: §9 invariants, and the engine against the plain-loop reference in fp64
 sliding window, in a padded batch and from a reroot (docs/ADAPTERS.md).
 
 A new family joins by adding its configs to ``FAMILIES``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,9 @@ def named_tracer(request, tok):
 
 
 def reference(tracer, prep, cfg, root=None, **kw):
-    cap = capture(tracer.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]),
-                  dtype=torch.float64)
+    cap = capture(
+        tracer.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]), dtype=torch.float64
+    )
     return Reference(cap, 0, cfg).trace(prep.target_id, prep.distractor_id, root=root, **kw)
 
 
@@ -47,8 +49,10 @@ def assert_same(res, ref_out, names):
     got = np.array([res.component_flow[nm] for nm in names])
     want = np.array([[flow[(c, q)] for q in range(n)] for c in range(len(names))])
     assert rel(got, want) <= TOL
-    mine = {(names.index(p), names.index(c), m): w for p, c, m, w in
-            res.edges[["parent", "child", "mode", "weight"]].itertuples(index=False)}
+    mine = {
+        (names.index(p), names.index(c), m): w
+        for p, c, m, w in res.edges[["parent", "child", "mode", "weight"]].itertuples(index=False)
+    }
     keys = sorted(set(mine) | {k for k, v in edges.items() if v != 0})
     assert rel([mine.get(k, 0.0) for k in keys], [edges.get(k, 0.0) for k in keys]) <= TOL
 
@@ -71,6 +75,7 @@ def test_plan_from_config_only(name, tmp_path, capsys):
     code = cli.main(["plan", "--model", str(tmp_path), "--tokens", "16", "--json"])
     out = capsys.readouterr().out
     import json
+
     d = json.loads(out)
     assert code == 0 and d["fits"] and d["peak_bytes"] > 0 and d["seconds_per_prompt"] > 0
 
@@ -81,14 +86,17 @@ def test_batch_and_reroot_equal_reference(named_tracer):
     name, tracer = named_tracer
     batch = [{"text": t, "target": tg, "distractor": d} for t, tg, d in PROMPTS]
     if name in FIRST:
-        batch.append({"text": LONG, "target": " Mary", "distractor": " John", "root": "attn_1_head_2@-3"})
+        batch.append(
+            {"text": LONG, "target": " Mary", "distractor": " John", "root": "attn_1_head_2@-3"}
+        )
     results = tracer.trace_batch(batch, preset="kqv_aligned", batch_size=8)
     assert len({len(r.tokens) for r in results}) > 1
     for p, res in zip(batch, results):
         prep = tracer.prepare(p["text"], p["target"], p.get("distractor"), roots=[p.get("root")])
         root = prep.roots[0][1:] if prep.roots[0] else None
-        assert_same(res, reference(tracer, prep, preset("kqv_aligned"), root=root),
-                    tracer.comps.names)
+        assert_same(
+            res, reference(tracer, prep, preset("kqv_aligned"), root=root), tracer.comps.names
+        )
 
 
 @pytest.mark.parametrize("name", FIRST)
@@ -99,11 +107,14 @@ def test_paths_equal_reference(name, tok):
     text, target, distractor = PROMPTS[1]
     res = tracer.trace(text, target, distractor, path_min_frac=1e-3, top_paths_k=30)
     prep = tracer.prepare(text, target, distractor)
-    *_, paths = reference(tracer, prep, preset("kqv_aligned"), with_paths=True,
-                          path_min_frac=1e-3)
+    *_, paths = reference(tracer, prep, preset("kqv_aligned"), with_paths=True, path_min_frac=1e-3)
     names = tracer.comps.names
-    chain = lambda hops: "→".join(f"{names[c]}[{m}]@{p}" if m in ("K", "Q", "V")  # noqa: E731
-                                  else f"{names[c]}@{p}" for c, p, m in hops)
+    chain = lambda hops: "→".join(
+        f"{names[c]}[{m}]@{p}"
+        if m in ("K", "Q", "V")  # noqa: E731
+        else f"{names[c]}@{p}"
+        for c, p, m in hops
+    )
     ref = sorted(((chain(h), s) for h, s in paths), key=lambda x: -abs(x[1]))
     assert len(res.paths) == 30 and len(ref) >= 30
     # the same 30 largest scores (paths of equal size may swap places at the cut) ...
@@ -112,8 +123,9 @@ def test_paths_equal_reference(name, tok):
     ref = dict(ref)
     for p in res.paths:
         assert abs(p.score - ref[p.chain]) <= TOL * abs(ref[p.chain]), p.chain
-    short = tracer.trace("<bos> Mary John", " Mary", None, path_min_frac=0.0,
-                         max_path_nodes=5_000_000)
+    short = tracer.trace(
+        "<bos> Mary John", " Mary", None, path_min_frac=0.0, max_path_nodes=5_000_000
+    )
     assert not short.paths_truncated
     assert rel(short.path_credit, short.token_credit) <= TOL
 
@@ -126,7 +138,7 @@ def test_gemma3_spec_and_window(tok):
     spec = build_spec(model)
     assert [lw.window for lw in spec.layers] == [4, None]
     assert spec.layers[0].rotary is not spec.layers[1].rotary
-    assert spec.embed_scale == pytest.approx(16 ** 0.5)
+    assert spec.embed_scale == pytest.approx(16**0.5)
     assert spec.layers[0].q_norm is not None and spec.layers[0].ln_attn_post is not None
     tr = Tracer(model=model, tokenizer=tok)
     for lw in tr.spec.layers:
@@ -143,7 +155,9 @@ def test_gemma2_soft_caps(tok):
     res = tr.trace(LONG, " Mary", " John", seed="metric")
     prep = tr.prepare(LONG, " Mary", " John")
     assert_same(res, reference(tr, prep, preset("kqv_aligned", seed="metric")), tr.comps.names)
-    cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]), dtype=torch.float64)
+    cap = capture(
+        tr.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]), dtype=torch.float64
+    )
     tid, did = torch.tensor([prep.target_id]), torch.tensor([prep.distractor_id])
     seeds, _ = tr.start(cap, tid, did, "metric")
     raw = float(cap.logits_raw_t[0, tid] - cap.logits_raw_t[0, did])
@@ -155,6 +169,7 @@ def test_unsupported_type_lists_the_supported_and_points_to_the_guide(tmp_path, 
     """build_spec and `unpack plan` refuse a model type no adapter knows (exit 2),
     naming every supported type and docs/ADAPTERS.md."""
     from unpack import InputError
+
     cfg = tf.BloomConfig(vocab_size=len(WORDS), hidden_size=16, n_layer=1, n_head=2)
     with pytest.raises(InputError, match=r"gemma3_text.*olmo2.*phi3.*qwen3.*docs/ADAPTERS\.md"):
         build_spec(tf.BloomForCausalLM(cfg))

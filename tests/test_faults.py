@@ -4,6 +4,7 @@ SIGINT, two writers, a full disk and a read-only file system (a small tmpfs,
 when the tests run as root), damaged and foreign files, a newer schema. Each
 case ends with the clean run's rows, or with the previous rows untouched and a
 clear message with exit status 2."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,13 +33,34 @@ def env():
 
 
 def ingest_args(model_dir, db, n=3):
-    return ["ingest", "--model", str(model_dir), "--task", "ioi", "--n", str(n), "--controls",
-            "--roots", "1.*@END", "--db", str(db), "--batch-size", "1", "--no-progress"]
+    return [
+        "ingest",
+        "--model",
+        str(model_dir),
+        "--task",
+        "ioi",
+        "--n",
+        str(n),
+        "--controls",
+        "--roots",
+        "1.*@END",
+        "--db",
+        str(db),
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
 
 
 def run_ingest(model_dir, db, n=3, timeout=300):
-    return subprocess.run([sys.executable, "-m", "unpack.cli", *ingest_args(model_dir, db, n)],
-                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "unpack.cli", *ingest_args(model_dir, db, n)],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def digest(path) -> str:
@@ -57,8 +79,9 @@ def clean(model_dir, tmp_path_factory):
 def assert_same_rows(db, clean_db):
     assert sql(db, "SELECT count(*), count(DISTINCT prompt_key) FROM prompts") == [(12, 12)]
     for table, key in DUPLICATE_CHECKS.items():
-        assert sql(db, f"SELECT count(*) FROM (SELECT {key} FROM {table} GROUP BY ALL "
-                       "HAVING count(*) > 1)") == [(0,)], table
+        assert sql(
+            db, f"SELECT count(*) FROM (SELECT {key} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
+        ) == [(0,)], table
     assert per_prompt_rows(db) == per_prompt_rows(clean_db)
     assert table_counts(db) == table_counts(clean_db)
     assert sql(db, "SELECT status FROM runs") == [("done",)]
@@ -116,17 +139,24 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-@pytest.mark.parametrize("target, n", [("migration", 14), ("insert", 1), ("batch", 6),
-                                       ("finish", 1)])
+@pytest.mark.parametrize(
+    "target, n", [("migration", 14), ("insert", 1), ("batch", 6), ("finish", 1)]
+)
 def test_sigkill_then_rerun_gives_the_clean_rows(target, n, model_dir, clean, tmp_path):
     db = tmp_path / "u.duckdb"
-    p = subprocess.run([sys.executable, "-c", _KILL_AT, target, str(n),
-                        *ingest_args(model_dir, db)], cwd=REPO, env=env(), capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", _KILL_AT, target, str(n), *ingest_args(model_dir, db)],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == -signal.SIGKILL, f"{target}: not killed\n{p.stderr[-2000:]}"
     if target == "migration":  # the schema is one transaction: nothing of it is left
-        assert not db.exists() or sql(db, "SELECT count(*) FROM information_schema.tables "
-                                          "WHERE table_name = 'prompts'") == [(0,)]
+        assert not db.exists() or sql(
+            db, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'prompts'"
+        ) == [(0,)]
     elif target == "batch":  # five batches were committed, each a whole prompt
         assert sql(db, "SELECT count(*) FROM prompts") == [(5,)]
         assert_whole_prompts(db)
@@ -136,6 +166,7 @@ def test_sigkill_then_rerun_gives_the_clean_rows(target, n, model_dir, clean, tm
 
 
 # ------------------------------------------------------------------ SIGINT and two writers
+
 
 def _start_slow_until_progress(model_dir, db, timeout=180):
     """Start a slowed-down ingest (0.4 s a batch) with its progress bar; return
@@ -164,9 +195,14 @@ def test_sigint_keeps_whole_batches_and_a_rerun_finishes(model_dir, clean, tmp_p
 
 def test_sigint_during_start_up_is_a_message_not_a_traceback(model_dir, tmp_path):
     db = tmp_path / "u.duckdb"
-    proc = subprocess.Popen([sys.executable, "-m", "unpack.cli", *ingest_args(model_dir, db)],
-                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unpack.cli", *ingest_args(model_dir, db)],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.6)  # importing torch / loading the model
     assert proc.poll() is None, "the ingest ended before the signal"
     proc.send_signal(signal.SIGINT)
@@ -207,8 +243,12 @@ def test_one_writer_per_file_whatever_its_name(model_dir, clean, tmp_path):
         os.link(db, tmp_path / "hard.duckdb")
         os.symlink(db, tmp_path / "soft.duckdb")
         with ThreadPoolExecutor(2) as pool:  # both at once
-            seconds = list(pool.map(lambda name: run_ingest(model_dir, tmp_path / name),
-                                    ("hard.duckdb", "soft.duckdb")))
+            seconds = list(
+                pool.map(
+                    lambda name: run_ingest(model_dir, tmp_path / name),
+                    ("hard.duckdb", "soft.duckdb"),
+                )
+            )
     finally:
         first.send_signal(signal.SIGCONT)
         first.wait(300)
@@ -220,13 +260,13 @@ def test_one_writer_per_file_whatever_its_name(model_dir, clean, tmp_path):
     assert not Path(f"{db}.wal").exists()  # nothing left in a log under either name
     assert_same_rows(db, clean)
     assert_same_rows(tmp_path / "hard.duckdb", clean)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["hard.duckdb", "soft.duckdb",
-                                                         "u.duckdb"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["hard.duckdb", "soft.duckdb", "u.duckdb"]
     st = db.stat()
     assert not (Path(lock_dir()) / ("%x-%d.ingest.lock" % (st.st_dev, st.st_ino))).exists()
 
 
 # ------------------------------------------------------------------ full disk, read-only
+
 
 @pytest.fixture
 def tmpfs(tmp_path):
@@ -234,13 +274,20 @@ def tmpfs(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("SKIPPED LOUDLY: the full-disk and read-only tests mount a tmpfs and need "
-                    "root; run the suite as root to cover them")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+        pytest.skip(
+            "SKIPPED LOUDLY: the full-disk and read-only tests mount a tmpfs and need "
+            "root; run the suite as root to cover them"
+        )
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
-        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here ({p.stderr.strip()}); the "
-                    "full-disk and read-only tests did not run")
+        pytest.skip(
+            f"SKIPPED LOUDLY: cannot mount a tmpfs here ({p.stderr.strip()}); the "
+            "full-disk and read-only tests did not run"
+        )
     try:
         yield mnt
     finally:
@@ -260,7 +307,9 @@ def test_full_disk_keeps_the_stored_prompts_then_read_only_then_rerun(model_dir,
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     before = digest(db)
     p = run_ingest(model_dir, db)
-    assert p.returncode == 2 and "read-only file system" in p.stderr and "--db" in p.stderr, p.stderr
+    assert p.returncode == 2 and "read-only file system" in p.stderr and "--db" in p.stderr, (
+        p.stderr
+    )
     assert digest(db) == before
 
     subprocess.run(["mount", "-o", "remount,rw,size=64m", str(tmpfs)], check=True)
@@ -271,6 +320,7 @@ def test_full_disk_keeps_the_stored_prompts_then_read_only_then_rerun(model_dir,
 
 # ------------------------------------------------------------------ damaged and foreign files
 
+
 def _damage(kind: str, src: Path, dst: Path) -> None:
     data = src.read_bytes()
     if kind == "zero-byte":
@@ -279,21 +329,24 @@ def _damage(kind: str, src: Path, dst: Path) -> None:
         dst.write_text("model,prompt\nsmollm2,hello\n")
     elif kind == "sqlite":
         import sqlite3
+
         con = sqlite3.connect(dst)
         con.execute("CREATE TABLE prompts (x)")
         con.commit()
         con.close()
     elif kind == "truncated":
-        dst.write_bytes(data[:len(data) // 2])  # half the blocks are gone
+        dst.write_bytes(data[: len(data) // 2])  # half the blocks are gone
     elif kind == "corrupt":  # overwrite bytes inside the block that holds the prompts
         con = duckdb.connect(str(src), read_only=True)
-        block = con.execute("SELECT max(block_id) FROM pragma_storage_info('prompts') "
-                            "WHERE column_name = 'prompt_key' AND persistent").fetchone()[0]
+        block = con.execute(
+            "SELECT max(block_id) FROM pragma_storage_info('prompts') "
+            "WHERE column_name = 'prompt_key' AND persistent"
+        ).fetchone()[0]
         size = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0]
         con.close()
         b = bytearray(data)
         at = 3 * 4096 + block * size + 64
-        b[at:at + 512] = b"\x55" * 512
+        b[at : at + 512] = b"\x55" * 512
         dst.write_bytes(bytes(b))
     elif kind == "newer-schema":
         shutil.copy(src, dst)
@@ -313,8 +366,9 @@ DAMAGE = {  # kind -> what the message must say
 
 
 @pytest.mark.parametrize("kind", list(DAMAGE))
-def test_damaged_or_foreign_store_is_a_clear_error_and_left_untouched(kind, model_dir, clean,
-                                                                       tmp_path, capsys):
+def test_damaged_or_foreign_store_is_a_clear_error_and_left_untouched(
+    kind, model_dir, clean, tmp_path, capsys
+):
     db = tmp_path / f"{kind}.duckdb"
     _damage(kind, clean, db)
     before = digest(db)
@@ -326,6 +380,7 @@ def test_damaged_or_foreign_store_is_a_clear_error_and_left_untouched(kind, mode
     assert digest(db) == before and not Path(f"{db}.wal").exists()
 
     from unpack.cli import main  # the app's start-up check says the same
+
     if kind != "corrupt":  # a bad block is found when read: see the app test below
         assert main(["app", "--db", str(db)]) == 2
         err = capsys.readouterr().err
@@ -342,8 +397,9 @@ def test_app_pages_on_a_corrupt_store_show_the_problem(monkeypatch, clean, tmp_p
     at = AppTest.from_file(str(REPO / "app" / "streamlit_app.py"), default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("is corrupt" in e.value and "restore it from a backup" in e.value
-               for e in at.error), [e.value for e in at.error]
+    assert any(
+        "is corrupt" in e.value and "restore it from a backup" in e.value for e in at.error
+    ), [e.value for e in at.error]
 
 
 def test_an_old_schema_names_the_command_that_upgrades_it(clean, tmp_path, capsys):

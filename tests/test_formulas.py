@@ -7,6 +7,7 @@ have rows.
 
 After code moved: ``python -m tests.scripts.fix_formulas`` rewrites the table's
 line numbers (it never changes which function a row names)."""
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,9 @@ BODY = re.compile(r"^\| *§\d")
 def test_the_row_pattern_reads_every_row_of_the_table():
     body = [line for line in TABLE.read_text().splitlines() if BODY.match(line)]
     unread = [line for line in body if not ROW.match(line)]
-    assert body and not unread, "rows the checks cannot read (fix their shape):\n" + "\n".join(unread)
+    assert body and not unread, "rows the checks cannot read (fix their shape):\n" + "\n".join(
+        unread
+    )
 
 
 def package_counts() -> dict[str, int]:
@@ -43,8 +46,9 @@ def test_every_row_points_at_the_definition_of_its_function():
         lines = definitions(ROOT / file).get(name, [])
         if line not in lines:
             wrong.append(f"{name} at {file}:{line} (defined there at {lines or 'no line'})")
-    assert not wrong, ("docs/FORMULAS.md is stale; run python -m tests.scripts.fix_formulas:\n"
-                       + "\n".join(wrong))
+    assert not wrong, (
+        "docs/FORMULAS.md is stale; run python -m tests.scripts.fix_formulas:\n" + "\n".join(wrong)
+    )
 
 
 def test_each_function_of_the_table_is_defined_once():
@@ -58,4 +62,3 @@ def test_every_section_of_the_method_has_formulas_in_the_table():
     sections = set(re.findall(r"^## §(\d+) ", method, flags=re.M))
     assert sections == {str(i) for i in range(1, 11)}
     assert {s for s, _, _, _ in rows()} == sections
-

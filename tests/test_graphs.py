@@ -1,5 +1,6 @@
 """Circuit graphs (app/graphs.py) on a store whose rows are written by hand, so
 every weight, mode, share and comparison below is known exactly."""
+
 from __future__ import annotations
 
 import json
@@ -21,47 +22,90 @@ from unpack.errors import InputError
 H10, H01, H11 = "attn_1_head_0", "attn_0_head_1", "attn_1_head_1"
 EDGES = [
     # trace 1: K split over two position pairs (0.2 + 0.1)
-    edge(1, H10, H01, "K", 0.2, 5, 2), edge(1, H10, H01, "K", 0.1, 5, 3),
-    edge(1, H10, H01, "V", 0.05), edge(1, H10, "embedding", "Q", 0.4),
-    edge(1, "mlp_1", H10, "MLP", 0.5), edge(1, H01, "embedding", "V", 0.25),
+    edge(1, H10, H01, "K", 0.2, 5, 2),
+    edge(1, H10, H01, "K", 0.1, 5, 3),
+    edge(1, H10, H01, "V", 0.05),
+    edge(1, H10, "embedding", "Q", 0.4),
+    edge(1, "mlp_1", H10, "MLP", 0.5),
+    edge(1, H01, "embedding", "V", 0.25),
     # trace 2
-    edge(2, H10, H01, "K", 0.1), edge(2, H10, "embedding", "Q", 0.2),
+    edge(2, H10, H01, "K", 0.1),
+    edge(2, H10, "embedding", "Q", 0.2),
     edge(2, "mlp_1", H10, "MLP", 0.3),
     # trace 3: the H10 -> H01 edge goes through V
-    edge(3, H10, H01, "V", 0.6), edge(3, H01, "embedding", "V", -0.15),
+    edge(3, H10, H01, "V", 0.6),
+    edge(3, H01, "embedding", "V", -0.15),
     # trace 4 (abc_c): H10 -> H01 via K, a new edge from H11, H10 -> embedding absent
-    edge(4, H10, H01, "K", 0.5), edge(4, H11, "embedding", "V", 0.2),
+    edge(4, H10, H01, "K", 0.5),
+    edge(4, H11, "embedding", "V", 0.2),
     edge(4, "mlp_1", H10, "MLP", 0.1),
     # trace 5: duplicate of prompt 1, must be ignored
     edge(5, "attn_0_head_0", "embedding", "V", 9.0),
     # trace 6: reroot at H10
-    edge(6, H10, H01, "K", 0.7), edge(6, H10, "embedding", "Q", 0.3),
+    edge(6, H10, H01, "K", 0.7),
+    edge(6, H10, "embedding", "Q", 0.3),
     # trace 7 (m4)
     edge(7, "attn_3_head_5", "attn_1_head_2", "K", 0.3),
     edge(7, "attn_2_head_1", "attn_0_head_0", "K", 0.2),
     edge(7, "attn_1_head_2", "embedding", "Q", 0.4),
     edge(7, "mlp_3", "attn_3_head_5", "MLP", 0.1),
 ]
-FLOWS = ([flow(t, "mlp_1", 1.0) for t in (1, 2, 3)] + [flow(t, H10, 0.8) for t in (1, 2, 3)]
-         + [flow(t, H01, 0.3, 2) for t in (1, 2, 3)] + [flow(t, H01, 0.2, 3) for t in (1, 2, 3)]
-         + [flow(t, "embedding", f) for t, f in ((1, 0.65), (2, 0.2), (3, -0.15))]
-         + [flow(5, "attn_0_head_0", 50.0)]
-         + [flow(6, H10, 1.0), flow(6, H01, 0.7, 2), flow(6, "embedding", 0.3)])
+FLOWS = (
+    [flow(t, "mlp_1", 1.0) for t in (1, 2, 3)]
+    + [flow(t, H10, 0.8) for t in (1, 2, 3)]
+    + [flow(t, H01, 0.3, 2) for t in (1, 2, 3)]
+    + [flow(t, H01, 0.2, 3) for t in (1, 2, 3)]
+    + [flow(t, "embedding", f) for t, f in ((1, 0.65), (2, 0.2), (3, -0.15))]
+    + [flow(5, "attn_0_head_0", 50.0)]
+    + [flow(6, H10, 1.0), flow(6, H01, 0.7, 2), flow(6, "embedding", 0.3)]
+)
 TEXT = "<bos> When Mary and John went to the store , John gave a drink to"
 ROWS = {
-    "models": [dict(model_id=1, name="m2", model_type="gpt2", n_layers=2, n_heads=2, d_model=8,
-                    n_params=1000),
-               dict(model_id=2, name="m4", model_type="gpt2", n_layers=4, n_heads=8, d_model=16,
-                    n_params=9000)],
-    "runs": [dict(run_id=1, model_id=1, preset="kqv_aligned", config="{}", config_hash="a",
-                  status="done"),
-             dict(run_id=2, model_id=2, preset="kqv_aligned", config="{}", config_hash="b",
-                  status="done")],
-    "prompts": [prompt(1, 1, TEXT, "ioi_io"), prompt(2, 1, TEXT + " x", "ioi_io"),
-                prompt(3, 1, TEXT + " y", "ioi_io"), prompt(4, 1, TEXT + " z", "abc_c"),
-                prompt(5, 1, TEXT, "ioi_io"), prompt(7, 2, TEXT, "ioi_io")],
-    "traces": [trace(1, 1), trace(2, 2), trace(3, 3), trace(4, 4), trace(5, 5),
-               trace(6, 1, f"{H10}@END"), trace(7, 7)],
+    "models": [
+        dict(
+            model_id=1,
+            name="m2",
+            model_type="gpt2",
+            n_layers=2,
+            n_heads=2,
+            d_model=8,
+            n_params=1000,
+        ),
+        dict(
+            model_id=2,
+            name="m4",
+            model_type="gpt2",
+            n_layers=4,
+            n_heads=8,
+            d_model=16,
+            n_params=9000,
+        ),
+    ],
+    "runs": [
+        dict(
+            run_id=1, model_id=1, preset="kqv_aligned", config="{}", config_hash="a", status="done"
+        ),
+        dict(
+            run_id=2, model_id=2, preset="kqv_aligned", config="{}", config_hash="b", status="done"
+        ),
+    ],
+    "prompts": [
+        prompt(1, 1, TEXT, "ioi_io"),
+        prompt(2, 1, TEXT + " x", "ioi_io"),
+        prompt(3, 1, TEXT + " y", "ioi_io"),
+        prompt(4, 1, TEXT + " z", "abc_c"),
+        prompt(5, 1, TEXT, "ioi_io"),
+        prompt(7, 2, TEXT, "ioi_io"),
+    ],
+    "traces": [
+        trace(1, 1),
+        trace(2, 2),
+        trace(3, 3),
+        trace(4, 4),
+        trace(5, 5),
+        trace(6, 1, f"{H10}@END"),
+        trace(7, 7),
+    ],
     "edges": EDGES,
     "component_flows": FLOWS,
 }
@@ -81,6 +125,7 @@ def ioi_graph(con, **kw):
 
 
 # ------------------------------------------------------------------ the graph
+
 
 def test_weights_modes_and_shares_are_aggregated_exactly(con):
     G = ioi_graph(con)
@@ -117,8 +162,11 @@ def test_sum_aggregation(con):
 
 
 def test_thresholds_top_k_modes_and_share(con):
-    assert set(ioi_graph(con, min_weight=0.1).edges) == {(H10, H01), (H10, "embedding"),
-                                                         ("mlp_1", H10)}
+    assert set(ioi_graph(con, min_weight=0.1).edges) == {
+        (H10, H01),
+        (H10, "embedding"),
+        ("mlp_1", H10),
+    }
     assert list(ioi_graph(con, top_k=2).edges) == [(H10, H01), ("mlp_1", H10)]
     G = ioi_graph(con, modes=("K",))
     assert set(G.edges) == {(H10, H01)}
@@ -160,6 +208,7 @@ def test_available_lists_what_the_store_holds(con):
 
 # ------------------------------------------------------------------ helpers
 
+
 def test_top_paths_follow_the_flow_shares(con):
     G = ioi_graph(con)
     paths = gr.top_paths(G, k=3)
@@ -184,7 +233,9 @@ def test_top_paths_follow_the_flow_shares(con):
     assert gr.top_paths(R, 5)[0]["score"] == pytest.approx(0.3)
     cut = gr.top_paths(R, 5, complete=False)
     assert [(p["chain"], p["complete"]) for p in cut] == [
-        ("attn_1_head_0[K]→attn_0_head_1", False), ("attn_1_head_0[Q]→embedding", True)]
+        ("attn_1_head_0[K]→attn_0_head_1", False),
+        ("attn_1_head_0[Q]→embedding", True),
+    ]
 
 
 def test_credit_subgraph_takes_the_strongest_edges(con):
@@ -270,6 +321,7 @@ def test_draw_and_frame(con, tmp_path):
 
 # ------------------------------------------------------------------ the stored residual topology
 
+
 def test_ingest_stores_the_model_facts_and_graphs_read_the_topology(tmp_path):
     """A GPT-NeoX with ``use_parallel_residual=False`` is sequential (§1): the
     ingest stores that from the adapter's ModelSpec, and the graph reads it from
@@ -285,13 +337,22 @@ def test_ingest_stores_the_model_facts_and_graphs_read_the_topology(tmp_path):
     db = tmp_path / "neox.duckdb"
     for name, parallel in (("neox_seq", False), ("neox_par", True)):
         tracer = Tracer(model=tiny_neox(parallel=parallel, dtype=torch.float32), tokenizer=tok)
-        ingest(induction(tok, 2, seed=0, seg_len=4), tracer=tracer, model_name=name, db=db,
-               progress=False)
+        ingest(
+            induction(tok, 2, seed=0, seg_len=4),
+            tracer=tracer,
+            model_name=name,
+            db=db,
+            progress=False,
+        )
     con = open_db(db)
     try:
-        facts = con.execute("SELECT name, family, parallel_residual, n_kv_heads, d_head "
-                            "FROM models ORDER BY name").fetchall()
-        assert facts == [("neox_par", "gpt_neox", True, 2, 8), ("neox_seq", "gpt_neox", False, 2, 8)]
+        facts = con.execute(
+            "SELECT name, family, parallel_residual, n_kv_heads, d_head FROM models ORDER BY name"
+        ).fetchall()
+        assert facts == [
+            ("neox_par", "gpt_neox", True, 2, 8),
+            ("neox_seq", "gpt_neox", False, 2, 8),
+        ]
         for name, parallel in (("neox_seq", False), ("neox_par", True)):
             G = gr.circuit_graph(con, model=name, task="induction", modes=("K", "Q", "V"))
             assert G.graph["parallel"] is parallel
@@ -305,5 +366,8 @@ def test_ingest_stores_the_model_facts_and_graphs_read_the_topology(tmp_path):
 def test_a_model_stored_before_the_facts_falls_back_to_its_edges(con):
     """The hand-written models have no ``parallel_residual`` (NULL, as in a store
     made before migration 0004): GPT-2 stays sequential."""
-    assert con.execute("SELECT count(*) FROM models WHERE parallel_residual IS NULL").fetchone()[0] == 2
+    assert (
+        con.execute("SELECT count(*) FROM models WHERE parallel_residual IS NULL").fetchone()[0]
+        == 2
+    )
     assert ioi_graph(con).graph["parallel"] is False

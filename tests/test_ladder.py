@@ -1,5 +1,6 @@
 """The toy ladder (three sizes × training steps), checkpoints by revision, and the
 model facts the store keeps (migration 0004)."""
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ def _checkpoints(tmp_path) -> Path:
 
 # ------------------------------------------------------------------ revisions
 
+
 def test_revision_of_a_local_directory_of_checkpoints(tmp_path):
     base = _checkpoints(tmp_path)
     model, _ = load_model(with_revision(str(base), "step40"))
@@ -47,7 +49,10 @@ def test_revision_of_a_local_directory_of_checkpoints(tmp_path):
 
 
 def test_name_at_revision_parsing(tmp_path):
-    assert split_revision("EleutherAI/pythia-160m@step1000") == ("EleutherAI/pythia-160m", "step1000")
+    assert split_revision("EleutherAI/pythia-160m@step1000") == (
+        "EleutherAI/pythia-160m",
+        "step1000",
+    )
     assert split_revision("gpt2") == ("gpt2", None)
     odd = tmp_path / "dir@x"
     odd.mkdir()
@@ -64,22 +69,41 @@ def test_ingest_stores_size_revision_and_step(tmp_path):
     """--revision loads the checkpoint and the models row records its facts."""
     base = _checkpoints(tmp_path)
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t, "target": a, "distractor": b}) + "\n"
-                              for t, a, b in PROMPTS))
+    corpus.write_text(
+        "".join(json.dumps({"text": t, "target": a, "distractor": b}) + "\n" for t, a, b in PROMPTS)
+    )
     db = tmp_path / "s.duckdb"
     from unpack.cli import main
 
-    assert main(["ingest", "--model", str(base), "--revision", "step40", "--corpus", str(corpus),
-                 "--db", str(db), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "--model",
+                str(base),
+                "--revision",
+                "step40",
+                "--corpus",
+                str(corpus),
+                "--db",
+                str(db),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     con = duckdb.connect(str(db), read_only=True)
-    row = con.sql("SELECT name, n_params, n_layers, n_heads, d_model, step, revision, family, "
-                  "parallel_residual, n_kv_heads, d_head FROM models").fetchall()
+    row = con.sql(
+        "SELECT name, n_params, n_layers, n_heads, d_model, step, revision, family, "
+        "parallel_residual, n_kv_heads, d_head FROM models"
+    ).fetchall()
     con.close()
     n_params = sum(p.numel() for p in tiny_gpt2(dtype=torch.float32).parameters())
     assert row == [(f"{base}@step40", n_params, 2, 2, 16, 40, "step40", "gpt2", False, 2, 8)]
 
 
 # ------------------------------------------------------------------ the shipped ladder
+
 
 def _shipped() -> dict[str, list[dict]]:
     out = {}
@@ -104,9 +128,13 @@ def test_shipped_ladder_sizes_steps_and_the_moment_the_circuit_forms():
         acc = [s["eval"]["acc_repeat"] for s in steps]
         assert acc[0] < 0.1 and acc[-1] > 0.9, (member, acc)
         assert any(0.1 <= a <= 0.9 for a in acc), (member, acc)  # a step while it forms
-        assert steps[-1]["ground_truth"]["prev_found"] and steps[-1]["ground_truth"]["induction_found"]
-        assert all(s["circuit"]["induction_heads"] == steps[-1]["ground_truth"]["induction_heads"]
-                   for s in steps)
+        assert (
+            steps[-1]["ground_truth"]["prev_found"] and steps[-1]["ground_truth"]["induction_found"]
+        )
+        assert all(
+            s["circuit"]["induction_heads"] == steps[-1]["ground_truth"]["induction_heads"]
+            for s in steps
+        )
 
 
 def test_ladder_member_reproduces_within_tolerance(tmp_path):
@@ -148,8 +176,14 @@ def test_ladder_member_reproduces_within_tolerance(tmp_path):
             a, b = new[k].float(), old[k].float()
             # float16 storage: one or two units in the last place where rounding differs
             scale = max(float(b.abs().max()), 1e-3)
-            assert torch.allclose(a, b, rtol=1e-2, atol=1e-3 * scale), (step, k, float((a - b).abs().max()))
-        shipped = json.loads((LADDER_DIR / "ladder-d64" / f"step{step}" / "toy.json").read_text())["eval"]
+            assert torch.allclose(a, b, rtol=1e-2, atol=1e-3 * scale), (
+                step,
+                k,
+                float((a - b).abs().max()),
+            )
+        shipped = json.loads((LADDER_DIR / "ladder-d64" / f"step{step}" / "toy.json").read_text())[
+            "eval"
+        ]
         got = evals[step]  # save_step returns the snapshot's evaluation
         assert got["loss_repeat"] == pytest.approx(shipped["loss_repeat"], rel=1e-2), step
         assert got["acc_repeat"] == pytest.approx(shipped["acc_repeat"], abs=0.02), step
@@ -167,7 +201,11 @@ def test_toy_train_refuses_to_overwrite_shipped_checkpoints(capsys, monkeypatch)
     from unpack.cli import main
 
     monkeypatch.chdir(ROOT)
-    for out in ("unpack/toy/checkpoints", "unpack/toy/ladder/ladder-d64", "unpack/toy/checkpoints/x"):
+    for out in (
+        "unpack/toy/checkpoints",
+        "unpack/toy/ladder/ladder-d64",
+        "unpack/toy/checkpoints/x",
+    ):
         assert main(["toy-train", "--variant", "tiny", "--out", out]) == 2
         assert "--overwrite-shipped" in capsys.readouterr().err, out
     from unpack.toy.cli import check_out

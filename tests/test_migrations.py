@@ -1,4 +1,5 @@
 """The store's schema: Alembic migrations on real DuckDB files."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,15 +18,23 @@ HEAD = "0005"
 BELOW_HEAD = importlib.import_module("migrations.versions.0005_run_method").down_revision
 BELOW_FACTS = importlib.import_module("migrations.versions.0004_model_facts").down_revision
 
-TYPES = {sa.Integer: "INTEGER", sa.BigInteger: "BIGINT", sa.String: "VARCHAR",
-         sa.Double: "DOUBLE", sa.Boolean: "BOOLEAN", sa.DateTime: "TIMESTAMP"}
+TYPES = {
+    sa.Integer: "INTEGER",
+    sa.BigInteger: "BIGINT",
+    sa.String: "VARCHAR",
+    sa.Double: "DOUBLE",
+    sa.Boolean: "BOOLEAN",
+    sa.DateTime: "TIMESTAMP",
+}
 
 
 def objects(path) -> dict[str, str]:
     con = duckdb.connect(str(path), read_only=True)
     try:
-        rows = con.sql("SELECT table_name, table_type FROM information_schema.tables "
-                       "WHERE table_schema = 'main'").fetchall()
+        rows = con.sql(
+            "SELECT table_name, table_type FROM information_schema.tables "
+            "WHERE table_schema = 'main'"
+        ).fetchall()
     finally:
         con.close()
     return dict(rows)
@@ -67,22 +76,38 @@ def test_migrated_schema_matches_ingest_schema(tmp_path):
     con = duckdb.connect(str(db), read_only=True)
     try:
         for table in schema.metadata.sorted_tables:
-            cols = con.sql("SELECT column_name, data_type, is_nullable FROM "
-                           "information_schema.columns WHERE table_name = ? "
-                           "ORDER BY ordinal_position", params=[table.name]).fetchall()
-            want = [(c.name, TYPES[type(c.type)], "NO" if not c.nullable else "YES")
-                    for c in table.columns]
+            cols = con.sql(
+                "SELECT column_name, data_type, is_nullable FROM "
+                "information_schema.columns WHERE table_name = ? "
+                "ORDER BY ordinal_position",
+                params=[table.name],
+            ).fetchall()
+            want = [
+                (c.name, TYPES[type(c.type)], "NO" if not c.nullable else "YES")
+                for c in table.columns
+            ]
             assert cols == want, table.name
-            pk = con.sql("SELECT constraint_column_names FROM duckdb_constraints() WHERE "
-                         "table_name = ? AND constraint_type = 'PRIMARY KEY'",
-                         params=[table.name]).fetchall()
-            assert [list(r[0]) for r in pk] == ([[c.name for c in table.primary_key]]
-                                                if table.primary_key.columns else [])
-            uniques = {tuple(r[0]) for r in con.sql(
-                "SELECT constraint_column_names FROM duckdb_constraints() WHERE table_name = ? "
-                "AND constraint_type = 'UNIQUE'", params=[table.name]).fetchall()}
-            want_u = {tuple(c.name for c in u.columns) for u in table.constraints
-                      if isinstance(u, sa.UniqueConstraint)}
+            pk = con.sql(
+                "SELECT constraint_column_names FROM duckdb_constraints() WHERE "
+                "table_name = ? AND constraint_type = 'PRIMARY KEY'",
+                params=[table.name],
+            ).fetchall()
+            assert [list(r[0]) for r in pk] == (
+                [[c.name for c in table.primary_key]] if table.primary_key.columns else []
+            )
+            uniques = {
+                tuple(r[0])
+                for r in con.sql(
+                    "SELECT constraint_column_names FROM duckdb_constraints() WHERE table_name = ? "
+                    "AND constraint_type = 'UNIQUE'",
+                    params=[table.name],
+                ).fetchall()
+            }
+            want_u = {
+                tuple(c.name for c in u.columns)
+                for u in table.constraints
+                if isinstance(u, sa.UniqueConstraint)
+            }
             want_u |= {(c.name,) for c in table.columns if c.unique}
             assert uniques == want_u, table.name
         indexes = {r[0] for r in con.sql("SELECT index_name FROM duckdb_indexes()").fetchall()}
@@ -111,12 +136,16 @@ def test_downgrade_upgrade_round_trip_keeps_data(tmp_path):
 
     migrate(db, migrations.downgrade, "0002")  # the model facts and the circuit tables
     assert revision(db) == "0002"
-    assert set(objects(db)) == (set(schema.metadata.tables) - set(schema.CIRCUIT_TABLES)
-                                | set(schema.VIEWS) | {"alembic_version"})
+    assert set(objects(db)) == (
+        set(schema.metadata.tables) - set(schema.CIRCUIT_TABLES)
+        | set(schema.VIEWS)
+        | {"alembic_version"}
+    )
     migrate(db, migrations.downgrade, "0001")  # views only
     assert revision(db) == "0001"
-    assert set(objects(db)) == (set(schema.metadata.tables) - set(schema.CIRCUIT_TABLES)
-                                | {"alembic_version"})
+    assert set(objects(db)) == (
+        set(schema.metadata.tables) - set(schema.CIRCUIT_TABLES) | {"alembic_version"}
+    )
     migrate(db, migrations.upgrade, "head")
     assert set(schema.VIEWS) <= set(objects(db))
     con = duckdb.connect(str(db), read_only=True)
@@ -136,16 +165,23 @@ def test_model_facts_migration_adds_and_drops_its_columns_keeping_rows(tmp_path)
     db = tmp_path / "s.duckdb"
     store.connect(db).dispose()
     con = duckdb.connect(str(db))
-    con.execute("INSERT INTO models (model_id, name, n_params, step, revision, family, "
-                "parallel_residual, n_kv_heads, d_head) VALUES (1, 'm', 123, 400, 'step400', "
-                "'gpt2', false, 2, 32)")
+    con.execute(
+        "INSERT INTO models (model_id, name, n_params, step, revision, family, "
+        "parallel_residual, n_kv_heads, d_head) VALUES (1, 'm', 123, 400, 'step400', "
+        "'gpt2', false, 2, 32)"
+    )
     con.close()
 
     def columns():
         c = duckdb.connect(str(db), read_only=True)
         try:
-            return [r[0] for r in c.sql("SELECT column_name FROM information_schema.columns "
-                                        "WHERE table_name = 'models' ORDER BY ordinal_position").fetchall()]
+            return [
+                r[0]
+                for r in c.sql(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'models' ORDER BY ordinal_position"
+                ).fetchall()
+            ]
         finally:
             c.close()
 
@@ -155,7 +191,9 @@ def test_model_facts_migration_adds_and_drops_its_columns_keeping_rows(tmp_path)
     assert not set(added) & set(columns()) and "n_params" in columns()
     migrate(db, migrations.upgrade, "head")
     con = duckdb.connect(str(db), read_only=True)
-    assert con.sql("SELECT name, n_params, step, family FROM models").fetchall() == [("m", 123, None, None)]
+    assert con.sql("SELECT name, n_params, step, family FROM models").fetchall() == [
+        ("m", 123, None, None)
+    ]
     con.close()
 
 
@@ -207,9 +245,17 @@ def test_a_database_held_by_another_process_is_a_clear_error(tmp_path, monkeypat
     # wait, a file held open all along is this clear error
     monkeypatch.setenv("UNPACK_LOCK_WAIT", "1")
     db = tmp_path / "s.duckdb"
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
-                               f"c = duckdb.connect({str(db)!r}); print('ready', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; "
+            f"c = duckdb.connect({str(db)!r}); print('ready', flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(InputError, match="open in another process"):
@@ -226,18 +272,26 @@ def test_run_method_migration_marks_old_runs_unpack(tmp_path):
     db = tmp_path / "s.duckdb"
     migrate(db, migrations.upgrade, BELOW_HEAD)
     con = duckdb.connect(str(db))
-    con.execute("INSERT INTO runs (run_id, model_id, preset, config, config_hash, status) "
-                "VALUES (1, 1, 'kqv_aligned', '{}', 'h', 'done')")
+    con.execute(
+        "INSERT INTO runs (run_id, model_id, preset, config, config_hash, status) "
+        "VALUES (1, 1, 'kqv_aligned', '{}', 'h', 'done')"
+    )
     con.close()
     store.connect(db).dispose()  # upgrade on open
     con = duckdb.connect(str(db))
-    assert con.sql("SELECT run_id, method, method_params FROM runs").fetchall() == [(1, "unpack", None)]
-    con.execute("INSERT INTO runs (run_id, model_id, preset, config, config_hash, status, method, "
-                "method_params) VALUES (2, 1, 'eap_ig', '{}', 'g', 'done', 'eap_ig', '{\"steps\": 4}')")
+    assert con.sql("SELECT run_id, method, method_params FROM runs").fetchall() == [
+        (1, "unpack", None)
+    ]
+    con.execute(
+        "INSERT INTO runs (run_id, model_id, preset, config, config_hash, status, method, "
+        "method_params) VALUES (2, 1, 'eap_ig', '{}', 'g', 'done', 'eap_ig', '{\"steps\": 4}')"
+    )
     con.close()
     migrate(db, migrations.downgrade, BELOW_HEAD)
     migrate(db, migrations.upgrade, "head")
     con = duckdb.connect(str(db), read_only=True)
     assert con.sql("SELECT run_id, method FROM runs ORDER BY run_id").fetchall() == [
-        (1, "unpack"), (2, "unpack")]  # the method went with the downgrade: unpack again
+        (1, "unpack"),
+        (2, "unpack"),
+    ]  # the method went with the downgrade: unpack again
     con.close()

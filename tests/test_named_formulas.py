@@ -1,6 +1,7 @@
 """The small named formulas of docs/METHOD.md §2, §3 and §6 on hand-made numbers:
 the marginal norm adds up to the norm, the starting credit puts seeds or a root
 where §3 says, and the §6 outputs of a credit vector are the documented ratios."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,12 @@ from unpack.validate import bias_part
 def test_marginal_norms_of_the_writers_add_up_to_the_norm(kind):
     g = torch.Generator().manual_seed(0)
     c = torch.randn(2, 5, 3, 8, generator=g, dtype=torch.float64)  # [B, C, S, D] writers
-    norm = Norm(kind, 1 + 0.3 * torch.randn(8, generator=g, dtype=torch.float64),
-                0.2 * torch.randn(8, generator=g, dtype=torch.float64) if kind == "layer" else None, 1e-5)
+    norm = Norm(
+        kind,
+        1 + 0.3 * torch.randn(8, generator=g, dtype=torch.float64),
+        0.2 * torch.randn(8, generator=g, dtype=torch.float64) if kind == "layer" else None,
+        1e-5,
+    )
     x = c.sum(1)  # the residual the reader reads
     m = norm.marginal_norm(norm.center(c), norm.scale(x))
     shift = norm.bias if norm.bias is not None else 0
@@ -51,6 +56,9 @@ def test_percent_credit_and_suppression():
 
 def test_bias_part_is_the_shift_through_the_weights_plus_the_bias():
     W = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4)  # [G, D, d]
-    beta, b = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64), torch.ones(2, 4, dtype=torch.float64)
+    beta, b = (
+        torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64),
+        torch.ones(2, 4, dtype=torch.float64),
+    )
     torch.testing.assert_close(bias_part(beta, W, b), W[:, 0] - W[:, 2] + 1)
     assert not bias_part(None, W, None).any()

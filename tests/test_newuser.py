@@ -3,6 +3,7 @@ line, `trace --bos` offers the beginning-of-sequence token as ingest does, model
 loading and `validate` say what they are doing, the Compare legend lists every
 mode drawn, the Prompt page's reroot hint, and the commands of the README and
 the docs pages (docs/**/*.md), read as one text."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,22 @@ from unpack.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 # the README and every page of the docs site: the user guide moved out of the README
-README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
+README = "\n".join(
+    p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+)
 
 
 def test_trace_prompts_goes_on_past_a_bad_line(word_gpt2_dir, tmp_path, capsys):
     f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps({"text": "<bos> Mary John", "target": " Mary"}) + "\n"
-                 + "{not json\n" + json.dumps({"text": "<bos> John"}) + "\n"
-                 + json.dumps({"text": "<bos> John Mary", "target": " John"}) + "\n")
+    f.write_text(
+        json.dumps({"text": "<bos> Mary John", "target": " Mary"})
+        + "\n"
+        + "{not json\n"
+        + json.dumps({"text": "<bos> John"})
+        + "\n"
+        + json.dumps({"text": "<bos> John Mary", "target": " John"})
+        + "\n"
+    )
     assert main(["trace", "--model", word_gpt2_dir, "--prompts", str(f), "--json"]) == 1
     out, err = capsys.readouterr()
     rows = [json.loads(x) for x in out.strip().splitlines()]
@@ -34,8 +43,16 @@ def test_trace_prompts_goes_on_past_a_bad_line(word_gpt2_dir, tmp_path, capsys):
 
 
 def test_trace_bos_choice(word_gpt2_dir, capsys):
-    args = ["trace", "--model", word_gpt2_dir, "--text", " Mary John", "--target", " Mary",
-            "--json"]
+    args = [
+        "trace",
+        "--model",
+        word_gpt2_dir,
+        "--text",
+        " Mary John",
+        "--target",
+        " Mary",
+        "--json",
+    ]
     assert main(args) == 0
     plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(args + ["--bos"]) == 0
@@ -68,10 +85,13 @@ def test_compare_legend_lists_every_mode_drawn_in_any_graph():
 
 # ------------------------------------------------------------------ README claims
 
+
 def test_readme_commands_use_the_venv_and_no_duckdb_cli():
     blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
     lines = [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip()]
-    assert not [ln for ln in lines if re.match(r"^unpack\s", ln)], "bare unpack: use .venv/bin/unpack"
+    assert not [ln for ln in lines if re.match(r"^unpack\s", ln)], (
+        "bare unpack: use .venv/bin/unpack"
+    )
     assert "duckdb -readonly" not in README and not re.search(r"^\s*duckdb ", README, flags=re.M)
     assert "toy-train --variant all --out unpack/toy/checkpoints" not in README
 
@@ -96,8 +116,22 @@ def test_random_model_is_the_architecture_with_fresh_weights(word_gpt2_dir, tmp_
     from unpack.loading import load_model
 
     out = tmp_path / "rnd"
-    assert main(["random-model", "--like", word_gpt2_dir, "--layers", "1", "--seed", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "random-model",
+                "--like",
+                word_gpt2_dir,
+                "--layers",
+                "1",
+                "--seed",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rnd, tok = load_model(str(out))
     ref, _ = load_model(word_gpt2_dir)
     assert rnd.config.n_layer == 1 and rnd.config.n_embd == ref.config.n_embd
@@ -138,7 +172,9 @@ def test_readme_ladder_trace_runs_as_written(capsys, monkeypatch):
     import shlex
 
     monkeypatch.chdir(ROOT)
-    cmd = next(c for c in _readme_commands() if c.startswith(".venv/bin/unpack trace --model ladder"))
+    cmd = next(
+        c for c in _readme_commands() if c.startswith(".venv/bin/unpack trace --model ladder")
+    )
     assert main(shlex.split(cmd)[1:]) == 0
     out = capsys.readouterr().out
     assert "target: ' t1'" in out and "token credit" in out
@@ -158,8 +194,12 @@ def test_node_labels_of_the_mlp_row_and_embeddings_keep_clear_of_the_heads():
     xy = {n: (0.0, float(i)) for i, n in enumerate(G.nodes)}
     nodes = [t for t in views.graph_traces(G, xy) if t.name == "components"][0]
     side = dict(zip(nodes.customdata, nodes.textposition))
-    assert side == {"attn_0_head_1": "top center", "embedding": "middle left",
-                    "mlp_0": "bottom center", "attn_0_head_0": "top center"}
+    assert side == {
+        "attn_0_head_1": "top center",
+        "embedding": "middle left",
+        "mlp_0": "bottom center",
+        "attn_0_head_0": "top center",
+    }
 
 
 def test_wide_tables_fit_the_page_numbers_whole_text_cut():
@@ -169,9 +209,14 @@ def test_wide_tables_fit_the_page_numbers_whole_text_cut():
 
     from app.ui.tables import MIN_TEXT_PX, fit_widths, natural_px
 
-    df = pd.DataFrame({"model": ["ladder-d128@step1065", "smollm2-135m"],
-                       "text": ["When Mary and John went to the store, " * 6, "x"],
-                       "n_params": [171650, 134515008], "mean_p_target": [0.7348, 0.0282]})
+    df = pd.DataFrame(
+        {
+            "model": ["ladder-d128@step1065", "smollm2-135m"],
+            "text": ["When Mary and John went to the store, " * 6, "x"],
+            "n_params": [171650, 134515008],
+            "mean_p_target": [0.7348, 0.0282],
+        }
+    )
     whole = {c: natural_px(df, c, c) for c in df.columns}
     assert whole["text"] > 400 and whole["n_params"] == len("134,515,008") * 8 + 26
     w = fit_widths(df, 520)
@@ -193,6 +238,7 @@ def test_reroot_hint_never_sends_to_the_position_it_is_at(monkeypatch, tmp_path)
     end = int(sql(db, "SELECT target_pos FROM prompts WHERE prompt_id = ?", [pid]).iloc[0, 0])
     widget(at.selectbox, "Component").set_value("embedding").run()
     widget(at.selectbox, "Position").set_value(end).run()
+
     def info_hints():  # the page Markdown-escapes the component's name (app.escape.markdown)
         texts = (re.sub(r"\\(.)", r"\1", i.value).replace("\u2060", "") for i in at.info)
         return [t for t in texts if "No stored edges read by embedding@" in t]

@@ -1,6 +1,7 @@
 """The example notebook docs/examples/trace.ipynb, run cell by cell as Jupyter
 would (the value of a cell's last expression is what the notebook displays), on
 the shipped toy model; and ``TraceResult._repr_html_``, what it displays."""
+
 from __future__ import annotations
 
 import ast
@@ -29,8 +30,11 @@ def run_notebook(path: Path) -> tuple[dict, list, str]:
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
         with contextlib.redirect_stdout(out):
             exec(compile(tree, str(path), "exec"), ns)
-            value = None if last is None else eval(
-                compile(ast.Expression(last.value), str(path), "eval"), ns)
+            value = (
+                None
+                if last is None
+                else eval(compile(ast.Expression(last.value), str(path), "eval"), ns)
+            )
             if value is not None:  # what Jupyter would display under the cell
                 shown.append(value)
     return ns, shown, out.getvalue()

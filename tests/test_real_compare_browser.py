@@ -5,14 +5,23 @@ each real model beside the others, ordered by size.
 
 ``.ci/setup`` fetches Qwen2.5-Coder-0.5B and Gemma-3-270M; when either is missing this
 FAILS, naming the command that fetches it."""
+
 from __future__ import annotations
 
 import subprocess
 
 import pytest
 
-from tests.browser import (chromium_page, no_exception, open_page, require_browser, running_app,
-                           shot, sql, unpack_command)
+from tests.browser import (
+    chromium_page,
+    no_exception,
+    open_page,
+    require_browser,
+    running_app,
+    shot,
+    sql,
+    unpack_command,
+)
 from unpack import models
 
 REAL = {"smollm2-135m": 30, "gemma-3-270m": 18, "qwen2.5-coder-0.5b": 24}  # alias -> layers
@@ -23,20 +32,28 @@ def demo_store(tmp_path_factory):
     require_browser()
     for alias in ("gemma-3-270m", "qwen2.5-coder-0.5b"):
         if not models.gguf_path(alias).is_file():
-            raise AssertionError(f"{alias} is not fetched here: run `unpack models fetch {alias}` "
-                                 "(.ci/setup does)")
+            raise AssertionError(
+                f"{alias} is not fetched here: run `unpack models fetch {alias}` (.ci/setup does)"
+            )
     db = tmp_path_factory.mktemp("demo-real") / "demo.duckdb"
-    run = subprocess.run(unpack_command() + ["demo", "--real", "--n", "1", "--ladder-n", "0",
-                                             "--db", str(db), "--no-progress"],
-                         capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(
+        unpack_command()
+        + ["demo", "--real", "--n", "1", "--ladder-n", "0", "--db", str(db), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return db
 
 
 def test_demo_real_stores_each_real_model(demo_store):
-    got = sql(demo_store, "SELECT m.name AS model, count(*) AS n, min(m.n_params) AS p "
-                          "FROM prompts p JOIN runs r USING (run_id) JOIN models m USING (model_id) "
-                          "WHERE p.task = 'ioi' AND p.status = 'ok' GROUP BY m.name")
+    got = sql(
+        demo_store,
+        "SELECT m.name AS model, count(*) AS n, min(m.n_params) AS p "
+        "FROM prompts p JOIN runs r USING (run_id) JOIN models m USING (model_id) "
+        "WHERE p.task = 'ioi' AND p.status = 'ok' GROUP BY m.name",
+    )
     n = dict(zip(got["model"], got["n"]))
     assert all(n.get(m) == 4 for m in REAL), n  # one prompt, four conditions, per model
     size = dict(zip(got["model"], got["p"]))

@@ -2,6 +2,7 @@
 alias: the file is intact, the model does IOI, and every §9 invariant holds
 (docs/METHOD.md §9). ``.ci/setup`` fetches it; when it is missing this FAILS,
 naming the command."""
+
 import torch
 
 from unpack import models
@@ -15,8 +16,10 @@ IOI = "When Mary and John went to the store, John gave a drink to"
 
 def test_fetched_qwen_by_alias_does_ioi_and_passes_every_invariant():
     if not models.gguf_path(ALIAS).is_file():
-        raise AssertionError(f"{ALIAS} is not fetched here ({models.gguf_path(ALIAS)}): run "
-                             f"`unpack models fetch {ALIAS}` (.ci/setup does)")
+        raise AssertionError(
+            f"{ALIAS} is not fetched here ({models.gguf_path(ALIAS)}): run "
+            f"`unpack models fetch {ALIAS}` (.ci/setup does)"
+        )
     ok, why = models.verify(ALIAS)
     assert ok, why
     model, tok = load_model(ALIAS)

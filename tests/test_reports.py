@@ -3,6 +3,7 @@
 ingest of missing reroots against the tracer itself, and the composition
 report end to end on a trained toy induction model (ground truth from its
 attention)."""
+
 from __future__ import annotations
 
 import duckdb
@@ -23,18 +24,23 @@ def report(args: list) -> int:
     """``unpack report ARGS``, as the command runs it."""
     return unpack_main(["report", *args])
 
+
 # ------------------------------------------------------------------ suppression, by hand
 
 # slot credits per condition: (IO/A, S1/B, S2/C) for group 0 and group 1
 CREDITS = {
-    "small": {"ioi_io": [(1.0, 0.2, -0.1), (0.8, 0.0, 0.1)],
-              "ioi_s": [(0.1, 0.9, -0.5), (0.0, 0.7, -0.1)],
-              "abc_c": [(0.0, 0.1, 1.2), (0.2, 0.1, 0.8)],
-              "abc_b": [(0.0, 1.1, 0.1), (0.1, 0.9, -0.1)]},
-    "big": {"ioi_io": [(2.0, 0.0, -0.4), (1.6, 0.2, -0.2)],
-            "ioi_s": [(0.0, 1.5, -0.9), (0.2, 1.1, -0.7)],
-            "abc_c": [(0.1, 0.0, 2.0), (0.1, 0.1, 1.0)],
-            "abc_b": [(0.0, 2.0, 0.0), (0.0, 1.0, 0.2)]},
+    "small": {
+        "ioi_io": [(1.0, 0.2, -0.1), (0.8, 0.0, 0.1)],
+        "ioi_s": [(0.1, 0.9, -0.5), (0.0, 0.7, -0.1)],
+        "abc_c": [(0.0, 0.1, 1.2), (0.2, 0.1, 0.8)],
+        "abc_b": [(0.0, 1.1, 0.1), (0.1, 0.9, -0.1)],
+    },
+    "big": {
+        "ioi_io": [(2.0, 0.0, -0.4), (1.6, 0.2, -0.2)],
+        "ioi_s": [(0.0, 1.5, -0.9), (0.2, 1.1, -0.7)],
+        "abc_c": [(0.1, 0.0, 2.0), (0.1, 0.1, 1.0)],
+        "abc_b": [(0.0, 2.0, 0.0), (0.0, 1.0, 0.2)],
+    },
 }
 PROBS = {"ioi_io": 0.6, "ioi_s": 0.1, "abc_c": 0.5, "abc_b": 0.3}
 
@@ -43,10 +49,27 @@ def suppression_rows(models=("small", "big"), conditions=tuple(PROBS)) -> dict:
     rows = {k: [] for k in ("models", "runs", "prompts", "roles", "traces", "token_credits")}
     pid = 0
     for mi, m in enumerate(models, start=1):
-        rows["models"].append(dict(model_id=mi, name=m, model_type="gpt2", n_layers=2, n_heads=2,
-                                   d_model=8, n_params=1000 if m == "small" else 5000))
-        rows["runs"].append(dict(run_id=mi, model_id=mi, preset="kqv_aligned", config="{}",
-                                 config_hash=m, status="done"))
+        rows["models"].append(
+            dict(
+                model_id=mi,
+                name=m,
+                model_type="gpt2",
+                n_layers=2,
+                n_heads=2,
+                d_model=8,
+                n_params=1000 if m == "small" else 5000,
+            )
+        )
+        rows["runs"].append(
+            dict(
+                run_id=mi,
+                model_id=mi,
+                preset="kqv_aligned",
+                config="{}",
+                config_hash=m,
+                status="done",
+            )
+        )
         for cond in conditions:
             for g, credits in enumerate(CREDITS[m][cond]):
                 pid += 1
@@ -58,8 +81,9 @@ def suppression_rows(models=("small", "big"), conditions=tuple(PROBS)) -> dict:
                     rows["roles"].append(dict(prompt_id=pid, role=role, pos=pos))
                 rows["traces"].append(trace(pid, pid))
                 for pos, c in zip((1, 2, 4, 5), credits + (0.5,)):
-                    rows["token_credits"].append(dict(trace_id=pid, pos=pos, credit=c,
-                                                      credit_pct=100 * c))
+                    rows["token_credits"].append(
+                        dict(trace_id=pid, pos=pos, credit=c, credit_pct=100 * c)
+                    )
     return rows
 
 
@@ -110,16 +134,22 @@ def test_suppression_cli_writes_tables_and_a_small_figure(supp_db, tmp_path, cap
     out = tmp_path / "rep"
     assert report(["suppression", "--db", str(supp_db), "--out", str(out), "--n-boot", "200"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["suppression.md", "suppression.png", "suppression_by_condition.csv",
-                     "suppression_by_model.csv", "suppression_per_prompt.csv"]
+    assert names == [
+        "suppression.md",
+        "suppression.png",
+        "suppression_by_condition.csv",
+        "suppression_by_model.csv",
+        "suppression_per_prompt.csv",
+    ]
     assert 1_000 < (out / "suppression.png").stat().st_size < 300_000
     df = pd.read_csv(out / "suppression_by_model.csv")
     assert df["S2 (ioi_s)"].tolist() == pytest.approx([-0.3, -0.8])
     assert "Duplicate suppression" in capsys.readouterr().out
 
 
-def test_suppression_without_rows_or_controls_exits_1_with_the_ingest_command(supp_db, tmp_path,
-                                                                              capsys):
+def test_suppression_without_rows_or_controls_exits_1_with_the_ingest_command(
+    supp_db, tmp_path, capsys
+):
     empty = tmp_path / "empty.duckdb"
     write_store(empty, {})
     assert report(["suppression", "--db", str(empty), "--out", str(tmp_path / "o")]) == 1
@@ -150,16 +180,38 @@ ROLES_CSV = "head,role\n2.0,top\n1.0,mid\nattn_1_head_1,low\n0.0,base\n"
 
 def composition_rows(reroot=True) -> dict:
     # 8 heads a layer: 8 candidates in layer 1, so a median rank <= 2 counts as recovered
-    rows = {"models": [dict(model_id=1, name="hand3", model_type="gpt2", n_layers=3, n_heads=8,
-                            d_model=8, n_params=100)],
-            "runs": [dict(run_id=1, model_id=1, preset="kqv_aligned", config="{}",
-                          config_hash="h", status="done")],
-            "prompts": [], "traces": [], "edges": []}
+    rows = {
+        "models": [
+            dict(
+                model_id=1,
+                name="hand3",
+                model_type="gpt2",
+                n_layers=3,
+                n_heads=8,
+                d_model=8,
+                n_params=100,
+            )
+        ],
+        "runs": [
+            dict(
+                run_id=1,
+                model_id=1,
+                preset="kqv_aligned",
+                config="{}",
+                config_hash="h",
+                status="done",
+            )
+        ],
+        "prompts": [],
+        "traces": [],
+        "edges": [],
+    }
     tid = 0
     for pid, edges in COMP_EDGES.items():
         # prompt 3 has no distractor (like induction prompts)
-        rows["prompts"].append(prompt(pid, 1, f"prompt {pid}", "ioi_io",
-                                      distractor=None if pid == 3 else " John"))
+        rows["prompts"].append(
+            prompt(pid, 1, f"prompt {pid}", "ioi_io", distractor=None if pid == 3 else " John")
+        )
         tid += 1
         rows["traces"].append(trace(tid, pid))
         if reroot:
@@ -168,8 +220,10 @@ def composition_rows(reroot=True) -> dict:
             # the rooted head's edges, split over two positions, plus an edge deeper
             # in the trace that is not the root's and must be ignored
             for child, mode, w in edges:
-                rows["edges"] += [edge(tid, R, child, mode, w / 2, 5, 1),
-                                  edge(tid, R, child, mode, w / 2, 5, 2)]
+                rows["edges"] += [
+                    edge(tid, R, child, mode, w / 2, 5, 1),
+                    edge(tid, R, child, mode, w / 2, 5, 2),
+                ]
             rows["edges"].append(edge(tid, H10, H00, "K", 5.0))
     return rows
 
@@ -238,12 +292,26 @@ def test_composition_min_layer_zero_adds_layer_0_heads(comp_db):
 
 def test_composition_cli_and_bad_input(comp_db, tmp_path, capsys):
     out = tmp_path / "c"
-    args = ["composition", "--db", str(comp_db), "--roles", str(comp_db.parent / "roles.csv"),
-            "--connections", "top@END:mid:Q", "--no-ingest", "--out", str(out)]
+    args = [
+        "composition",
+        "--db",
+        str(comp_db),
+        "--roles",
+        str(comp_db.parent / "roles.csv"),
+        "--connections",
+        "top@END:mid:Q",
+        "--no-ingest",
+        "--out",
+        str(out),
+    ]
     assert report(args) == 0
-    assert {p.name for p in out.iterdir()} == {"composition.md", "composition.png",
-                                              "composition_ranks.csv", "composition_connections.csv",
-                                              "composition_per_prompt.csv"}
+    assert {p.name for p in out.iterdir()} == {
+        "composition.md",
+        "composition.png",
+        "composition_ranks.csv",
+        "composition_connections.csv",
+        "composition_per_prompt.csv",
+    }
     assert (out / "composition.png").stat().st_size < 300_000
     assert "recovered via Q" in capsys.readouterr().out
     assert report(args[:3] + ["--no-ingest"]) == 2  # not GPT-2 small: needs --roles
@@ -269,8 +337,18 @@ def test_composition_without_rows_exits_1_with_the_ingest_command(tmp_path, caps
     db = tmp_path / "noroot.duckdb"
     write_store(db, composition_rows(reroot=False))
     (tmp_path / "roles.csv").write_text(ROLES_CSV)
-    args = ["composition", "--db", str(db), "--roles", str(tmp_path / "roles.csv"),
-            "--connections", "top@END:mid:Q", "--no-ingest", "--n", "50"]
+    args = [
+        "composition",
+        "--db",
+        str(db),
+        "--roles",
+        str(tmp_path / "roles.csv"),
+        "--connections",
+        "top@END:mid:Q",
+        "--no-ingest",
+        "--n",
+        "50",
+    ]
     assert report(args) == 1
     err = capsys.readouterr().err
     assert "none rerooted at attn_2_head_0@END" in err
@@ -282,6 +360,7 @@ def test_composition_without_rows_exits_1_with_the_ingest_command(tmp_path, caps
 
 
 # ------------------------------------------------------------------ ingest of missing reroots
+
 
 def test_composition_ingests_missing_reroots_and_matches_the_tracer(tmp_path):
     """Target traces only in the store: the report ingests the reroots (once) and
@@ -299,8 +378,13 @@ def test_composition_ingests_missing_reroots_and_matches_the_tracer(tmp_path):
     ingest(records, tracer=tracer, model_name=str(model_dir), db=db, progress=False)
     roles = tmp_path / "roles.csv"
     roles.write_text("head,role\n1.0,reader\n1.1,reader\n0.0,writer\n")
-    kw = dict(roles=roles, connections=["reader@S2:writer:K"], min_layer=0, make_figure=False,
-              tracer=tracer)
+    kw = dict(
+        roles=roles,
+        connections=["reader@S2:writer:K"],
+        min_layer=0,
+        make_figure=False,
+        tracer=tracer,
+    )
     rep = composition_report(db, **kw)
     con = duckdb.connect(str(db), read_only=True)
     n_prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
@@ -315,8 +399,9 @@ def test_composition_ingests_missing_reroots_and_matches_the_tracer(tmp_path):
     for r in records:
         w = {m: np.zeros(2) for m in ("K", "Q", "V")}
         for h in ("attn_1_head_0", "attn_1_head_1"):
-            e = tracer.trace(r.text, r.target, r.distractor, root=f"{h}@{r.roles['S2']}",
-                             position_edges=True).position_edges
+            e = tracer.trace(
+                r.text, r.target, r.distractor, root=f"{h}@{r.roles['S2']}", position_edges=True
+            ).position_edges
             e = e[(e.parent == h) & e.child.isin(cands)]
             for row in e.itertuples():
                 if row.mode in w:
@@ -327,13 +412,17 @@ def test_composition_ingests_missing_reroots_and_matches_the_tracer(tmp_path):
     assert len({x for v in expect.values() for x in v if not np.isnan(x)}) == 2  # ranks 1 and 2
     s = rep.tables["ranks"].set_index(["upstream", "mode"])
     for m, ranks in expect.items():
-        assert s.loc[("writer", m), "median_rank"] == pytest.approx(np.nanmedian(ranks), nan_ok=True)
+        assert s.loc[("writer", m), "median_rank"] == pytest.approx(
+            np.nanmedian(ranks), nan_ok=True
+        )
         assert s.loc[("writer", m), "mean_rank"] == pytest.approx(np.nanmean(ranks), nan_ok=True)
         assert s.loc[("writer", m), "share_found"] == pytest.approx(np.mean(~np.isnan(ranks)))
     # a second run finds everything stored and ingests nothing
     rep2 = composition_report(db, **kw)
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT count(*), count(DISTINCT (prompt_id, root)) FROM traces").fetchone() == (12, 12)
+    assert con.execute(
+        "SELECT count(*), count(DISTINCT (prompt_id, root)) FROM traces"
+    ).fetchone() == (12, 12)
     con.close()
     assert rep2.tables["ranks"].equals(rep.tables["ranks"])
 
@@ -393,36 +482,78 @@ def test_toy_composition_recovers_previous_token_to_induction_via_K(toy_dir, tmp
     gt = identify(model, cfg)
     assert gt.prev_found and gt.induction_found, (
         "the toy model shows no previous-token or induction head, so there is no ground "
-        f"truth to recover:\n{format_ground_truth(gt)}")
+        f"truth to recover:\n{format_ground_truth(gt)}"
+    )
     roles = tmp_path / "roles.csv"
-    roles.write_text("head,role\n" + "".join(f"0.{h},previous_token\n" for h in gt.prev_heads)
-                     + "".join(f"1.{h},induction\n" for h in gt.induction_heads))
+    roles.write_text(
+        "head,role\n"
+        + "".join(f"0.{h},previous_token\n" for h in gt.prev_heads)
+        + "".join(f"1.{h},induction\n" for h in gt.induction_heads)
+    )
     seg = min(8, cfg.seg_max)
     records = induction(tok, 24, seed=0, seg_len=seg)
     db = tmp_path / "toy.duckdb"
-    ingest(records, tracer=Tracer(model=model, tokenizer=tok), model_name=str(toy_dir), db=db,
-           progress=False)
+    ingest(
+        records,
+        tracer=Tracer(model=model, tokenizer=tok),
+        model_name=str(toy_dir),
+        db=db,
+        progress=False,
+    )
     out = tmp_path / "rep"
-    rc = report(["composition", "--db", str(db), "--model", str(toy_dir), "--task", "induction",
-                    "--roles", str(roles), "--min-layer", "0", "--n", "24", "--out", str(out),
-                    "--no-progress"])
+    rc = report(
+        [
+            "composition",
+            "--db",
+            str(db),
+            "--model",
+            str(toy_dir),
+            "--task",
+            "induction",
+            "--roles",
+            str(roles),
+            "--min-layer",
+            "0",
+            "--n",
+            "24",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     conn = pd.read_csv(out / "composition_connections.csv").iloc[0]
     ranks = pd.read_csv(out / "composition_ranks.csv").set_index(["upstream", "mode"])
     k = ranks.loc[("previous_token", "K")]
-    print(f"\ntoy composition: {conn['verdict']}\n"
-          + ranks.reset_index()[["upstream", "mode", "median_rank", "mean_rank", "share_found"]]
-          .to_string(index=False))
+    print(
+        f"\ntoy composition: {conn['verdict']}\n"
+        + ranks.reset_index()[
+            ["upstream", "mode", "median_rank", "mean_rank", "share_found"]
+        ].to_string(index=False)
+    )
     assert k["n_prompts"] == 24
     assert k["median_rank"] == 1 and k["share_found"] >= 0.9
     assert conn["dominant_mode"] == "K" and conn["mode_share"] > 0.5
     assert bool(conn["recovered"])
     # control: call the other layer-0 heads previous-token heads and K no longer ranks them first
     others = [h for h in range(model.config.n_head) if h not in gt.prev_heads]
-    swapped = {"previous_token": [f"0.{h}" for h in others],
-               "induction": [f"1.{h}" for h in gt.induction_heads]}
-    rep = composition_report(db, model=str(toy_dir), roles=swapped, min_layer=0, n=24,
-                             ingest_missing=False, make_figure=False)
-    assert rep.tables["ranks"].set_index(["upstream", "mode"]).loc[
-        ("previous_token", "K"), "median_rank"] > 1
+    swapped = {
+        "previous_token": [f"0.{h}" for h in others],
+        "induction": [f"1.{h}" for h in gt.induction_heads],
+    }
+    rep = composition_report(
+        db,
+        model=str(toy_dir),
+        roles=swapped,
+        min_layer=0,
+        n=24,
+        ingest_missing=False,
+        make_figure=False,
+    )
+    assert (
+        rep.tables["ranks"]
+        .set_index(["upstream", "mode"])
+        .loc[("previous_token", "K"), "median_rank"]
+        > 1
+    )
     assert not bool(rep.connections.iloc[0]["recovered"])

@@ -2,6 +2,7 @@
 devices and weight dtypes. Every number is checked against the plain-loop
 reference in fp64 (docs/METHOD.md §6-7), on prompts longer than the head dimension and
 longer than a query chunk."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,34 @@ from unpack.capture import capture
 from unpack.reference import Reference
 
 TOL = 1e-8
-LONG = "<bos> " + " ".join(["When", "Mary", "and", "John", "went", "to", "the", "store", ",",
-                             "w3", "w1", "w4", "w1", "w5", "w9", "w2", "w6", "w5", "w3", "John",
-                             "gave", "a", "drink", "to"])  # 25 tokens, d = 8
+LONG = "<bos> " + " ".join(
+    [
+        "When",
+        "Mary",
+        "and",
+        "John",
+        "went",
+        "to",
+        "the",
+        "store",
+        ",",
+        "w3",
+        "w1",
+        "w4",
+        "w1",
+        "w5",
+        "w9",
+        "w2",
+        "w6",
+        "w5",
+        "w3",
+        "John",
+        "gave",
+        "a",
+        "drink",
+        "to",
+    ]
+)  # 25 tokens, d = 8
 SHORT = "<bos> Then , Anne and Mary went to the park ."
 
 KINDS = {
@@ -29,8 +55,9 @@ KINDS = {
 
 
 def reference(tr, prep, cfg, root=None):
-    cap = capture(tr.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]),
-                  dtype=torch.float64)
+    cap = capture(
+        tr.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]), dtype=torch.float64
+    )
     return Reference(cap, 0, cfg).trace(prep.target_id, prep.distractor_id, root=root)
 
 
@@ -43,17 +70,21 @@ def check(tr, res, p, cfg):
     got = np.array([res.component_flow[nm] for nm in names])
     want = np.array([[flow[(c, q)] for q in range(n)] for c in range(len(names))])
     assert rel(got, want) <= TOL
-    mine = {(names.index(a), names.index(c), m): w for a, c, m, w in
-            res.edges[["parent", "child", "mode", "weight"]].itertuples(index=False)}
+    mine = {
+        (names.index(a), names.index(c), m): w
+        for a, c, m, w in res.edges[["parent", "child", "mode", "weight"]].itertuples(index=False)
+    }
     keys = sorted(set(mine) | {k for k, v in edges.items() if v != 0})
     assert rel([mine.get(k, 0.0) for k in keys], [edges.get(k, 0.0) for k in keys]) <= TOL
     assert np.abs(credit).max() > 0
 
 
-BATCH = [{"text": LONG, "target": " Mary", "distractor": " John"},
-         {"text": SHORT, "target": " Anne", "distractor": None},
-         {"text": LONG, "target": " Mary", "distractor": " John", "root": "attn_1_head_1@-1"},
-         {"text": LONG, "target": " Mary", "distractor": " John", "root": "mlp_0@12"}]
+BATCH = [
+    {"text": LONG, "target": " Mary", "distractor": " John"},
+    {"text": SHORT, "target": " Anne", "distractor": None},
+    {"text": LONG, "target": " Mary", "distractor": " John", "root": "attn_1_head_1@-1"},
+    {"text": LONG, "target": " Mary", "distractor": " John", "root": "mlp_0@12"},
+]
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -66,6 +97,7 @@ def test_chunked_modes_equal_reference(tok, kind, mode):
     tr.engine.mode = mode
     spec = tr.spec
     from unpack.cost import chunk_rows, shape_of
+
     S, L = 25, spec.n_layers - 1
     per_row = 2 * spec.n_heads * S * max(2 * tr.comps.n_writers_attn(L), spec.d_model)
     for elements in (3 * per_row, 1):
@@ -92,8 +124,10 @@ def test_fused_equals_reference_and_plain_path(tok):
     ids = tr.prepare(LONG, " Mary").ids
     cap = capture(tr.spec, torch.tensor([ids]), torch.tensor([len(ids)]), dtype=tr.dtype)
     d_hat = tr.start(cap, torch.tensor([0]), None, "importance")[1]
-    assert all(tr.layer_ops(cap, make_config("kqv_aligned"), d_hat)(L)[1].fused is not None
-               for L in range(tr.spec.n_layers))  # the fused path is the one tested
+    assert all(
+        tr.layer_ops(cap, make_config("kqv_aligned"), d_hat)(L)[1].fused is not None
+        for L in range(tr.spec.n_layers)
+    )  # the fused path is the one tested
     kw = dict(path_min_frac=1e-3, top_paths_k=60, position_edges=True, edge_min_frac=1e-4)
     batch = BATCH[1:3]  # 11 and 25 tokens; the long one rerooted at a head
     fused = tr.trace_batch(batch, batch_size=8, **kw)
@@ -140,10 +174,17 @@ def test_chunked_paths_and_position_edges(tok, kind):
 def dec_rows(tr):
     from unpack.cost import chunk_rows, shape_of
     from unpack.decompose import score_mode
+
     S = len(tr.prepare(LONG, " Mary").ids)
     L = tr.spec.n_layers - 1
-    return chunk_rows(shape_of(tr.spec), L, 1, S, score_mode(tr.spec, 1, S, L, tr.engine),
-                      tr.engine.chunk_elements)
+    return chunk_rows(
+        shape_of(tr.spec),
+        L,
+        1,
+        S,
+        score_mode(tr.spec, 1, S, L, tr.engine),
+        tr.engine.chunk_elements,
+    )
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -159,8 +200,9 @@ def test_metric_seeds(tok, kind):
         imp = tr.trace(LONG, " Mary", distractor)
         prep = tr.prepare(LONG, " Mary", distractor)
         n = len(prep.ids)
-        cap = capture(spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64,
-                      center=False)
+        cap = capture(
+            spec, torch.tensor([prep.ids]), torch.tensor([n]), dtype=torch.float64, center=False
+        )
         W_U = spec.W_U.double()
         tid = prep.target_id
         u = W_U[tid] - (W_U[prep.distractor_id] if distractor else W_U.mean(0))
@@ -185,13 +227,19 @@ def test_metric_seeds(tok, kind):
         else:
             assert any(abs(res.seeds[k] - imp.seeds[k]) > 1e-6 for k in imp.seeds)
             assert abs(sum(res.seeds.values()) - (res.logit_diff - bias_parts)) <= 1e-9 * max(
-                1.0, abs(res.logit_diff))
-        check(tr, res, {"text": LONG, "target": " Mary", "distractor": distractor},
-              make_config("kqv_aligned", seed="metric"))
+                1.0, abs(res.logit_diff)
+            )
+        check(
+            tr,
+            res,
+            {"text": LONG, "target": " Mary", "distractor": distractor},
+            make_config("kqv_aligned", seed="metric"),
+        )
 
 
 def test_device_that_is_not_there_is_a_clear_error():
     from unpack.loading import resolve_device
+
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -208,6 +256,7 @@ def test_half_weights_math_in_fp32(tok, wdtype):
     with the model's forward in fp32 math on the same weights, and the model's own
     low-precision forward, shown apart, differs by far more (its rounding)."""
     from unpack.validate import validate_model
+
     model = tiny_neox(hidden=32, rotary_pct=0.25).to(wdtype)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tr = Tracer(model=model, tokenizer=tok)
@@ -230,13 +279,16 @@ def test_planner_cuts_batches_as_the_tracer(tok, monkeypatch):
     batches under the score-buffer budget (its peak is the largest batch's)."""
     from unpack import cost
     from unpack.plan import predict
+
     tr = Tracer(model=tiny_gpt2(), tokenizer=tok)
     S = len(tr.prepare(LONG, " Mary").ids)
     shape = cost.shape_of(tr.spec)
     # a budget that holds three prompts of this length, not four
     monkeypatch.setattr(cost, "BATCH_BUDGET", 3 * shape.n_heads * S * S * shape.n_components + 1)
     seen, run = [], tr._run
-    monkeypatch.setattr(tr, "_run", lambda preps, cfg: (seen.append(len(preps)), run(preps, cfg))[1])
+    monkeypatch.setattr(
+        tr, "_run", lambda preps, cfg: (seen.append(len(preps)), run(preps, cfg))[1]
+    )
     words = ["w1", "w2", "w3", "w4", "w5", "w6", "w9"]
     prompts = [{"text": LONG.replace("w6", w), "target": " Mary"} for w in words]
     tr.trace_batch(prompts, batch_size=16)
@@ -246,8 +298,11 @@ def test_planner_cuts_batches_as_the_tracer(tok, monkeypatch):
     assert predict(shape, S, len(prompts))["peak"] == one > predict(shape, S, 1)["peak"]
 
 
-@pytest.mark.parametrize("model", [lambda: tiny_gpt2(n_layer=4), lambda: tiny_neox(n_layer=4)],
-                         ids=["gpt2_learned_pos", "neox_partial_rotary"])
+@pytest.mark.parametrize(
+    "model",
+    [lambda: tiny_gpt2(n_layer=4), lambda: tiny_neox(n_layer=4)],
+    ids=["gpt2_learned_pos", "neox_partial_rotary"],
+)
 def test_sweep_skips_what_holds_no_credit(tok, model, monkeypatch):
     """The sweep makes no K/Q chunk for a layer above the root or for query
     positions where no head holds credit (the seeds sit at the last position, so
@@ -256,21 +311,30 @@ def test_sweep_skips_what_holds_no_credit(tok, model, monkeypatch):
     layer and position, and the reference."""
     import unpack.flow as flow
     from unpack.decompose import AttnScores
+
     tr = Tracer(model=model(), tokenizer=tok)
     tr.engine.chunk_elements = 1  # one query position per chunk
     made = []
     key = AttnScores.key
-    monkeypatch.setattr(AttnScores, "key", lambda self, q0, q1: made.append((self.lc.L, q0)) or key(self, q0, q1))
+    monkeypatch.setattr(
+        AttnScores, "key", lambda self, q0, q1: made.append((self.lc.L, q0)) or key(self, q0, q1)
+    )
     kw = dict(path_min_frac=1e-3, top_paths_k=40, position_edges=True, edge_min_frac=0.0)
     S = len(tr.prepare(LONG, " Mary").ids)
     runs = {}
     for root in (None, "attn_1_head_1@-1"):
         made.clear()
         runs[root] = tr.trace(LONG, " Mary", " John", root=root, **kw)
-        check(tr, runs[root], {"text": LONG, "target": " Mary", "distractor": " John", "root": root},
-              make_config("kqv_aligned"))
+        check(
+            tr,
+            runs[root],
+            {"text": LONG, "target": " Mary", "distractor": " John", "root": root},
+            make_config("kqv_aligned"),
+        )
         if root is None:  # every layer; the last one only at the target position
-            assert sorted(made) == sorted([(L, q) for L in range(3) for q in range(S)] + [(3, S - 1)])
+            assert sorted(made) == sorted(
+                [(L, q) for L in range(3) for q in range(S)] + [(3, S - 1)]
+            )
         else:  # nothing above layer 1, and layer 1 only where the root sits
             assert max(L for L, _ in made) == 1 and [q for L, q in made if L == 1] == [S - 1]
     monkeypatch.setattr(flow, "query_range", lambda xs, search=None: (0, xs.shape[3]))
@@ -293,6 +357,7 @@ def test_planner_counts_the_layers_a_root_leaves():
     does not, and all layers is the default; the bench maps a root to them."""
     from unpack import bench
     from unpack.plan import Rates, predict, resolve_shape
+
     shape = resolve_shape("gpt2-small", 4)
     rates = Rates(1e11, 5e9, "cpu", 5e10)
     secs = {k: predict(shape, 64, rates=rates, layers=k)["seconds"] for k in (None, 12, 6, 1, 0)}
@@ -302,6 +367,10 @@ def test_planner_counts_the_layers_a_root_leaves():
     assert dec[0] > dec[1] > dec[2] > dec[3] == 0
     model, tk = bench.random_model("tiny")
     tr = Tracer(model=model, tokenizer=tk)
-    by_root = {r: bench.predicted(tr, 8, 1, rates, 0, r)["seconds"]
-               for r in (None, "attn_1_head_0@-1", "mlp_0@3", "embedding@0")}
-    assert by_root[None] == by_root["attn_1_head_0@-1"] > by_root["mlp_0@3"] > by_root["embedding@0"]
+    by_root = {
+        r: bench.predicted(tr, 8, 1, rates, 0, r)["seconds"]
+        for r in (None, "attn_1_head_0@-1", "mlp_0@3", "embedding@0")
+    }
+    assert (
+        by_root[None] == by_root["attn_1_head_0@-1"] > by_root["mlp_0@3"] > by_root["embedding@0"]
+    )

@@ -3,6 +3,7 @@ a worker killed mid-run, the driver killed and rerun, and the message without Ra
 
 One local Ray instance (``ray.init(num_cpus=2)``) serves the module and is shut
 down at its end; the CLI runs join it with ``--ray ADDRESS``."""
+
 from __future__ import annotations
 
 import os
@@ -30,20 +31,20 @@ _T = f"traces t JOIN {_P} USING (prompt_id)"
 CONTENT = {
     "models": "SELECT * EXCLUDE (model_id, created_at) FROM models",
     "runs": "SELECT m.name, r.* EXCLUDE (run_id, model_id, started_at, updated_at, finished_at) "
-            "FROM runs r JOIN models m USING (model_id)",
+    "FROM runs r JOIN models m USING (model_id)",
     "prompts": f"SELECT m.name, p.* EXCLUDE (prompt_id, run_id, trace_s, created_at) FROM {_P}",
     "roles": f"SELECT m.name, p.prompt_key, x.* EXCLUDE (prompt_id) FROM roles x JOIN {_P} USING (prompt_id)",
     "tokens": f"SELECT m.name, p.prompt_key, x.* EXCLUDE (prompt_id) FROM tokens x JOIN {_P} USING (prompt_id)",
     "traces": f"SELECT m.name, p.prompt_key, t.* EXCLUDE (trace_id, prompt_id, timing) FROM {_T}",
     "token_credits": f"SELECT m.name, p.prompt_key, t.root, x.* EXCLUDE (trace_id) "
-                     f"FROM token_credits x JOIN {_T} USING (trace_id)",
+    f"FROM token_credits x JOIN {_T} USING (trace_id)",
     "component_flows": f"SELECT m.name, p.prompt_key, t.root, x.* EXCLUDE (trace_id) "
-                       f"FROM component_flows x JOIN {_T} USING (trace_id)",
+    f"FROM component_flows x JOIN {_T} USING (trace_id)",
     "edges": f"SELECT m.name, p.prompt_key, t.root, x.* EXCLUDE (trace_id) FROM edges x JOIN {_T} USING (trace_id)",
     "paths": f"SELECT m.name, p.prompt_key, t.root, x.* EXCLUDE (trace_id, path_id) "
-             f"FROM paths x JOIN {_T} USING (trace_id)",
+    f"FROM paths x JOIN {_T} USING (trace_id)",
     "path_hops": f"SELECT m.name, p.prompt_key, t.root, y.rank, x.* EXCLUDE (path_id) "
-                 f"FROM path_hops x JOIN paths y USING (path_id) JOIN {_T} USING (trace_id)",
+    f"FROM path_hops x JOIN paths y USING (path_id) JOIN {_T} USING (trace_id)",
 }
 
 
@@ -78,11 +79,13 @@ def assert_same_content(db, clean_db) -> None:
 
 def assert_no_duplicates(db) -> None:
     for table, key in DUPLICATE_CHECKS.items():
-        assert sql(db, f"SELECT count(*) FROM (SELECT {key} FROM {table} GROUP BY ALL "
-                       "HAVING count(*) > 1)") == [(0,)], table
+        assert sql(
+            db, f"SELECT count(*) FROM (SELECT {key} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
+        ) == [(0,)], table
 
 
 # ------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -113,8 +116,15 @@ def clean(model_dir, records, tmp_path_factory):
 
     db = tmp_path_factory.mktemp("clean") / "clean.duckdb"
     model, tok = load_model(str(model_dir))
-    ingest(records, tracer=Tracer(model=model, tokenizer=tok), model_name=str(model_dir), db=db,
-           roots=ROOTS, batch_size=2, progress=False)
+    ingest(
+        records,
+        tracer=Tracer(model=model, tokenizer=tok),
+        model_name=str(model_dir),
+        db=db,
+        roots=ROOTS,
+        batch_size=2,
+        progress=False,
+    )
     return db
 
 
@@ -129,14 +139,23 @@ def workers(ray_local, model_dir):
 
 # ------------------------------------------------------------------ the tests
 
-def test_two_workers_store_exactly_the_rows_of_one_process(workers, model_dir, records, clean,
-                                                           tmp_path):
+
+def test_two_workers_store_exactly_the_rows_of_one_process(
+    workers, model_dir, records, clean, tmp_path
+):
     from ingest.run import ingest
 
     db = tmp_path / "ray.duckdb"
     assert len(set(workers.pids)) == 2 and os.getpid() not in workers.pids
-    summary = ingest(records, tracer=workers, model_name=str(model_dir), db=db, roots=ROOTS,
-                     batch_size=2, progress=False)
+    summary = ingest(
+        records,
+        tracer=workers,
+        model_name=str(model_dir),
+        db=db,
+        roots=ROOTS,
+        batch_size=2,
+        progress=False,
+    )
     assert (summary.n_ok, summary.n_failed) == (20, 0)
     assert_same_content(db, clean)
     assert_no_duplicates(db)
@@ -160,13 +179,21 @@ class KillOneWorker(TracingBackend):
 
 
 def test_a_worker_killed_mid_run_is_restarted_and_every_prompt_stored_once(
-        ray_local, workers, model_dir, records, clean, tmp_path):
+    ray_local, workers, model_dir, records, clean, tmp_path
+):
     from ingest.run import ingest
 
     db = tmp_path / "killed-worker.duckdb"
     backend = KillOneWorker(workers)
-    summary = ingest(records, tracer=backend, model_name=str(model_dir), db=db, roots=ROOTS,
-                     batch_size=2, progress=False)
+    summary = ingest(
+        records,
+        tracer=backend,
+        model_name=str(model_dir),
+        db=db,
+        roots=ROOTS,
+        batch_size=2,
+        progress=False,
+    )
     restarted = ray_local.get(workers.actors[0].pid.remote())
     assert backend.killed is not None and restarted != backend.killed  # a new process
     with pytest.raises(ProcessLookupError):
@@ -178,21 +205,48 @@ def test_a_worker_killed_mid_run_is_restarted_and_every_prompt_stored_once(
 
 
 def _cli(model_dir, db, address) -> list[str]:
-    return [sys.executable, "-m", "unpack.cli", "ingest", "--model", str(model_dir), "--task", "ioi",
-            "--n", "5", "--controls", "--roots", *ROOTS, "--db", str(db), "--batch-size", "2",
-            "--ray", address, "--workers", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "unpack.cli",
+        "ingest",
+        "--model",
+        str(model_dir),
+        "--task",
+        "ioi",
+        "--n",
+        "5",
+        "--controls",
+        "--roots",
+        *ROOTS,
+        "--db",
+        str(db),
+        "--batch-size",
+        "2",
+        "--ray",
+        address,
+        "--workers",
+        "2",
+    ]
 
 
-def test_driver_sigkill_then_rerun_resumes_to_the_clean_rows(ray_local, workers, model_dir,
-                                                             clean, tmp_path):
+def test_driver_sigkill_then_rerun_resumes_to_the_clean_rows(
+    ray_local, workers, model_dir, clean, tmp_path
+):
     workers.close()  # their CPUs go to the command's own workers
     address = ray_local.get_runtime_context().gcs_address
     db = tmp_path / "killed-driver.duckdb"
     start_and_kill(_cli(model_dir, db, address), after_s=0.0)
     n1 = sql(db, "SELECT count(*) FROM prompts")[0][0]
     assert 0 < n1 < 20, f"the kill should land mid-way, found {n1} prompts"
-    done = subprocess.run(_cli(model_dir, db, address) + ["--no-progress"], cwd=REPO,
-                          env=ingest_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _cli(model_dir, db, address) + ["--no-progress"],
+        cwd=REPO,
+        env=ingest_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{n1} already stored" in done.stdout
     assert sql(db, "SELECT count(*), count(DISTINCT prompt_key) FROM prompts") == [(20, 20)]
@@ -217,9 +271,29 @@ _NO_RAY = textwrap.dedent("""
 
 def test_without_ray_workers_fail_with_the_install_command(model_dir, tmp_path):
     db = tmp_path / "u.duckdb"
-    p = subprocess.run([sys.executable, "-c", _NO_RAY, "ingest", "--model", str(model_dir),
-                        "--task", "ioi", "--n", "2", "--db", str(db), "--workers", "2"],
-                       cwd=REPO, env=ingest_env(), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _NO_RAY,
+            "ingest",
+            "--model",
+            str(model_dir),
+            "--task",
+            "ioi",
+            "--n",
+            "2",
+            "--db",
+            str(db),
+            "--workers",
+            "2",
+        ],
+        cwd=REPO,
+        env=ingest_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr[-2000:]
     assert 'pip install -e ".[ray]"' in p.stderr and "--workers" in p.stderr
     assert "Traceback" not in p.stderr

@@ -1,6 +1,7 @@
 """Store files in states a user can get them into: a write-ahead log that does
 not belong to the file (docs/RELIABILITY.md). Each command that opens a store
 says what happened and the fix, exits 2, and changes no file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -60,12 +61,35 @@ def test_a_wal_that_does_not_match_the_file_is_exit_2_with_the_fix(kind, tmp_pat
     wal = f"{db}.wal"
     before = _digests(db, wal)
     commands = {
-        "ingest": lambda: main(["ingest", "--model", "smollm2-135m", "--task", "ioi", "--n", "1",
-                                "--db", str(db), "--no-progress"]),
+        "ingest": lambda: main(
+            [
+                "ingest",
+                "--model",
+                "smollm2-135m",
+                "--task",
+                "ioi",
+                "--n",
+                "1",
+                "--db",
+                str(db),
+                "--no-progress",
+            ]
+        ),
         "migrations": lambda: migrations_main(["--db", str(db), "current"]),
         "app": lambda: main(["app", "--db", str(db)]),
-        "export": lambda: main(["export", "--db", str(db), "--prompt", "1", "--format", "html",
-                                "--out", str(tmp_path / "x.html")]),
+        "export": lambda: main(
+            [
+                "export",
+                "--db",
+                str(db),
+                "--prompt",
+                "1",
+                "--format",
+                "html",
+                "--out",
+                str(tmp_path / "x.html"),
+            ]
+        ),
     }
     for name, run in commands.items():
         assert run() == 2, name

@@ -4,6 +4,7 @@ as ``tests.<name>``), no test module imported by another (shared pieces live in
 conftest.py and helper modules not named ``test_*``), no ``sys.path`` edits, no
 test file that doubles as a script (scripts live in tests/scripts/), and no
 assertion on a wall-clock time (timings belong to ``unpack bench``)."""
+
 from __future__ import annotations
 
 import ast
@@ -22,8 +23,11 @@ def imported(nodes) -> list[list[str]]:
         if isinstance(node, ast.Import):
             out += [[a.name] for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = (node.module if node.level == 0  # relative: from . import x, from .x import y
-                    else "tests" + (f".{node.module}" if node.module else ""))
+            base = (
+                node.module
+                if node.level == 0  # relative: from . import x, from .x import y
+                else "tests" + (f".{node.module}" if node.module else "")
+            )
             out += [[base, f"{base}.{a.name}"] for a in node.names]
     return out
 
@@ -35,34 +39,57 @@ def import_problems(nodes) -> list[str]:
             parts = name.split(".")
             module = ".".join(parts[:2]) if parts[0] == "tests" else parts[0]
             if module.split(".")[-1].startswith("test_"):
-                bad.add(f"imports the test module {module!r} (share pieces through conftest.py "
-                        "or a helper module not named test_*)")
+                bad.add(
+                    f"imports the test module {module!r} (share pieces through conftest.py "
+                    "or a helper module not named test_*)"
+                )
             elif parts[0] in LOCAL:
                 bad.add(f"imports {parts[0]!r} by its bare name (import it as tests.{parts[0]})")
     return sorted(bad)
 
 
 def path_edits(nodes) -> list[str]:
-    return [f"line {n.lineno}: touches sys.path" for n in nodes
-            if isinstance(n, ast.Attribute) and n.attr == "path"
-            and isinstance(n.value, ast.Name) and n.value.id == "sys"]
+    return [
+        f"line {n.lineno}: touches sys.path"
+        for n in nodes
+        if isinstance(n, ast.Attribute)
+        and n.attr == "path"
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "sys"
+    ]
 
 
 def script_mains(nodes) -> list[str]:
-    return [f"line {n.lineno}: runs as a script (move that part to tests/scripts/)"
-            for n in nodes if isinstance(n, ast.If) and isinstance(n.test, ast.Compare)
-            and "__name__" in ast.unparse(n.test) and "__main__" in ast.unparse(n.test)]
+    return [
+        f"line {n.lineno}: runs as a script (move that part to tests/scripts/)"
+        for n in nodes
+        if isinstance(n, ast.If)
+        and isinstance(n.test, ast.Compare)
+        and "__name__" in ast.unparse(n.test)
+        and "__main__" in ast.unparse(n.test)
+    ]
 
 
 def clock_asserts(nodes) -> list[str]:
     """Asserts that compare a clock reading, or a name assigned from one, with anything."""
-    def reads_clock(node) -> bool:
-        return any(isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
-                   and c.func.attr in CLOCKS and isinstance(c.func.value, ast.Name)
-                   and c.func.value.id == "time" for c in ast.walk(node))
 
-    timed = {t.id for n in nodes if isinstance(n, ast.Assign) and reads_clock(n.value)
-             for t in n.targets if isinstance(t, ast.Name)}
+    def reads_clock(node) -> bool:
+        return any(
+            isinstance(c, ast.Call)
+            and isinstance(c.func, ast.Attribute)
+            and c.func.attr in CLOCKS
+            and isinstance(c.func.value, ast.Name)
+            and c.func.value.id == "time"
+            for c in ast.walk(node)
+        )
+
+    timed = {
+        t.id
+        for n in nodes
+        if isinstance(n, ast.Assign) and reads_clock(n.value)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
     bad = []
     for n in nodes:
         if isinstance(n, ast.Assert) and any(isinstance(c, ast.Compare) for c in ast.walk(n.test)):
@@ -85,17 +112,25 @@ def test_test_modules_import_no_test_module_and_leave_sys_path_alone():
 
 def test_the_checks_see_what_they_look_for():
     """Each check flags a small sample of what it forbids (so the test above can fail)."""
-    sample = list(ast.walk(ast.parse(
-        "import sys\nsys.path.insert(0, 'x')\nfrom test_app import build_store\n"
-        "from tests.test_ingest import sql\nfrom tests import test_graphs\n"
-        "import helpers\nimport time\nt0 = time.monotonic()\n"
-        "took = time.monotonic() - t0\nassert took < 15.0\n"
-        "assert time.perf_counter() - t0 < 1\n"
-        "if __name__ == '__main__':\n    pass\n")))
+    sample = list(
+        ast.walk(
+            ast.parse(
+                "import sys\nsys.path.insert(0, 'x')\nfrom test_app import build_store\n"
+                "from tests.test_ingest import sql\nfrom tests import test_graphs\n"
+                "import helpers\nimport time\nt0 = time.monotonic()\n"
+                "took = time.monotonic() - t0\nassert took < 15.0\n"
+                "assert time.perf_counter() - t0 < 1\n"
+                "if __name__ == '__main__':\n    pass\n"
+            )
+        )
+    )
     assert len(import_problems(sample)) == 4
     assert len(path_edits(sample)) == 1
     assert len(clock_asserts(sample)) == 2
     assert len(script_mains(sample)) == 1
-    fine = list(ast.walk(ast.parse("from tests.helpers import rel\nimport numpy\n"
-                                   "assert rel(1, 1) < 1e-9\n")))
+    fine = list(
+        ast.walk(
+            ast.parse("from tests.helpers import rel\nimport numpy\nassert rel(1, 1) < 1e-9\n")
+        )
+    )
     assert not import_problems(fine) + path_edits(fine) + clock_asserts(fine)

@@ -4,6 +4,7 @@ Two tokenizers: the offline SmolLM2 tokenizer (byte-level BPE) and a word-level
 tokenizer built here with ``tokenizers`` (whitespace pre-tokenizer, a ``<bos>``
 token, and a vocabulary that lacks a few of the built-in names).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,15 @@ from transformers import PreTrainedTokenizerFast
 
 from unpack.cli import main as cli_main
 from unpack.errors import InputError
-from unpack.tasks import (PromptRecord, induction, ioi, load_corpus, read_jsonl,
-                          token_pool, write_jsonl)
+from unpack.tasks import (
+    PromptRecord,
+    induction,
+    ioi,
+    load_corpus,
+    read_jsonl,
+    token_pool,
+    write_jsonl,
+)
 from unpack.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, usable_names
 from unpack.tokens import bos_text, encode
 
@@ -48,6 +56,7 @@ def wordlevel_tokenizer(extra=()):
 @pytest.fixture(scope="module")
 def smol():
     from unpack.loading import load_tokenizer
+
     try:
         return load_tokenizer("smollm2-135m")
     except InputError as e:
@@ -71,10 +80,13 @@ def token_str(tokenizer, text, pos):
 
 # ---------------------------------------------------------------- IOI
 
+
 def test_templates_names_and_orders():
     assert len(TEMPLATES) >= 15
-    assert all(t.endswith(" to") and {"{N1}", "{N2}", "{S2}"} <= set(re.findall(r"\{\w+\}", t))
-               for t in TEMPLATES)
+    assert all(
+        t.endswith(" to") and {"{N1}", "{N2}", "{S2}"} <= set(re.findall(r"\{\w+\}", t))
+        for t in TEMPLATES
+    )
     recs = ioi(wordlevel_tokenizer(), 200, seed=0)
     tids = {r.template for r in recs}
     assert {t.rsplit("_", 1)[1] for t in tids} == {"ABBA", "BABA"}
@@ -104,8 +116,12 @@ def test_ioi_roles_decode_to_names(tok):
         # the target and distractor are the tokens at the matching roles
         tgt, dis = encode(tok, r.target)[0], encode(tok, r.distractor)[0]
         assert len(tgt) == 1 and len(dis) == 1
-        at = {"ioi_io": ("IO", "S1"), "ioi_s": ("S1", "IO"),
-              "abc_c": ("C", "A"), "abc_b": ("B", "A")}[r.condition]
+        at = {
+            "ioi_io": ("IO", "S1"),
+            "ioi_s": ("S1", "IO"),
+            "abc_c": ("C", "A"),
+            "abc_b": ("B", "A"),
+        }[r.condition]
         assert (tgt[0], dis[0]) == (ids[r.roles[at[0]]], ids[r.roles[at[1]]])
 
 
@@ -120,11 +136,15 @@ def test_every_name_is_a_single_token(tok, wordlevel):
     if tok is wordlevel:
         assert not used & set(MISSING_NAMES)
     # multi-token names are dropped ("Megan" is two SmolLM2 tokens, "Mary-Jane" three words)
-    assert usable_names(tok, ["Mary", "Megan" if tok is not wordlevel else "Amanda",
-                              "Mary-Jane", "John"]) == ["Mary", "John"]
+    assert usable_names(
+        tok, ["Mary", "Megan" if tok is not wordlevel else "Amanda", "Mary-Jane", "John"]
+    ) == ["Mary", "John"]
     recs = ioi(tok, 20, seed=0, names=["Mary", "Mary-Jane", "John", "Megan", "Alice"])
     assert {r.metadata["io"] for r in recs} | {r.metadata["s"] for r in recs} == {
-        "Mary", "John", "Alice"}
+        "Mary",
+        "John",
+        "Alice",
+    }
 
 
 def test_controls_differ_only_at_s2(tok):
@@ -190,6 +210,7 @@ def test_record_json_round_trip(smol, tmp_path):
 
 # ---------------------------------------------------------------- induction
 
+
 def toy_tokenizer(n=100):
     vocab = {"[UNK]": 0, **{f"t{i}": i + 1 for i in range(n)}}
     tk = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
@@ -211,7 +232,7 @@ def test_induction_roles(which, smol, wordlevel):
         assert r.roles["second_0"] == r.roles["first_7"] + 1
         n_bos = len(encode(tk, bos_text(tk))[0])
         assert len(ids) == n_bos + 3 + 8 + 5
-        assert r.metadata["tokens"][3:] == [tk.decode([i]).strip() for i in ids[n_bos + 3:]]
+        assert r.metadata["tokens"][3:] == [tk.decode([i]).strip() for i in ids[n_bos + 3 :]]
 
 
 def test_induction_toy_pool_and_determinism(tmp_path):
@@ -234,10 +255,8 @@ def test_induction_toy_pool_and_determinism(tmp_path):
 # ---------------------------------------------------------------- corpora
 
 EXPECTED_BAD = {
-    "jsonl": [(3, "missing text"), (4, "unknown token"), (6, "outside the text"),
-              (7, "UTF-8")],
-    "csv": [(3, "missing text"), (5, "unknown token"), (6, "outside the text"),
-            (7, "UTF-8")],
+    "jsonl": [(3, "missing text"), (4, "unknown token"), (6, "outside the text"), (7, "UTF-8")],
+    "csv": [(3, "missing text"), (5, "unknown token"), (6, "outside the text"), (7, "UTF-8")],
 }
 
 
@@ -265,9 +284,17 @@ def test_corpus_good_and_bad_rows(fmt, wordlevel):
 def test_corpus_roles_on_smollm2_with_bos(smol, tmp_path):
     p = tmp_path / "c.jsonl"
     text = "When Mary and John went to the store, John gave a drink to"
-    p.write_text(json.dumps({"text": text, "target": " Mary", "distractor": " John",
-                             "roles": {"IO": 5, "S1": 14, "S2": text.rindex("John"),
-                                       "first": {"token": 0}}}) + "\n")
+    p.write_text(
+        json.dumps(
+            {
+                "text": text,
+                "target": " Mary",
+                "distractor": " John",
+                "roles": {"IO": 5, "S1": 14, "S2": text.rindex("John"), "first": {"token": 0}},
+            }
+        )
+        + "\n"
+    )
     for bos in (False, True):
         (r,), errors = load_corpus(p, smol, bos=bos)
         assert errors == []
@@ -288,11 +315,15 @@ def test_corpus_file_errors(wordlevel, tmp_path):
         load_corpus(tmp_path / "c.csv", wordlevel)
     recs, errors = load_corpus(DATA / "tasks_corpus_all_bad.jsonl", wordlevel)
     assert recs == [] and [e.line for e in errors] == [1, 2, 3]
-    assert ["missing text" in errors[0].reason, "missing target" in errors[1].reason,
-            "not valid JSON" in errors[2].reason] == [True, True, True]
+    assert [
+        "missing text" in errors[0].reason,
+        "missing target" in errors[1].reason,
+        "not valid JSON" in errors[2].reason,
+    ] == [True, True, True]
 
 
 # ---------------------------------------------------------------- CLI
+
 
 @pytest.fixture(scope="module")
 def wordlevel_dir(tmp_path_factory):
@@ -305,15 +336,33 @@ def wordlevel_dir(tmp_path_factory):
 
 def test_cli_corpus(wordlevel_dir, tmp_path, capsys):
     out = tmp_path / "good.jsonl"
-    rc = cli_main(["tasks", "corpus", str(DATA / "tasks_corpus.jsonl"),
-                   "--model", wordlevel_dir, "--out", str(out)])
+    rc = cli_main(
+        [
+            "tasks",
+            "corpus",
+            str(DATA / "tasks_corpus.jsonl"),
+            "--model",
+            wordlevel_dir,
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0
     assert len(read_jsonl(out)) == 3
     for line, reason in EXPECTED_BAD["jsonl"]:
         assert re.search(rf"tasks_corpus\.jsonl:{line}: .*{reason}", err), err
-    rc = cli_main(["tasks", "corpus", str(DATA / "tasks_corpus_all_bad.jsonl"),
-                   "--model", wordlevel_dir, "--out", str(tmp_path / "none.jsonl")])
+    rc = cli_main(
+        [
+            "tasks",
+            "corpus",
+            str(DATA / "tasks_corpus_all_bad.jsonl"),
+            "--model",
+            wordlevel_dir,
+            "--out",
+            str(tmp_path / "none.jsonl"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc != 0 and "no valid row" in err and "tasks_corpus_all_bad.jsonl:3" in err
 
@@ -329,24 +378,49 @@ def test_cli_ioi_and_induction(tmp_path, capsys):
     assert a != run("ioi", "--n", "20", "--seed", "4", "--controls")
     lines = [json.loads(x) for x in a.splitlines()]
     assert len(lines) == 80
-    assert set(lines[0]) == {"text", "target", "distractor", "roles", "template", "group",
-                             "condition", "metadata", "task"}
+    assert set(lines[0]) == {
+        "text",
+        "target",
+        "distractor",
+        "roles",
+        "template",
+        "group",
+        "condition",
+        "metadata",
+        "task",
+    }
     # the CLI writes exactly what the Python API returns
     from unpack.loading import load_tokenizer
+
     api = ioi(load_tokenizer("smollm2-135m"), 20, seed=3, controls=True)
     assert a == "".join(r.to_json() + "\n" for r in api).encode()
     b = run("induction", "--n", "5", "--seed", "1", "--seg-len", "6", "--no-bos")
     assert [json.loads(x)["template"] for x in b.splitlines()] == ["induction_p0_l6_r5"] * 5
-    assert cli_main(["tasks", "ioi", "--model", "smollm2-135m", "--n", "0",
-                     "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert (
+        cli_main(
+            [
+                "tasks",
+                "ioi",
+                "--model",
+                "smollm2-135m",
+                "--n",
+                "0",
+                "--out",
+                str(tmp_path / "x.jsonl"),
+            ]
+        )
+        == 2
+    )
     assert "n=0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- a real model
 
+
 def test_smollm2_prefers_io_over_s():
     """Acceptance 4: the templates are natural enough that SmolLM2 predicts IO over S."""
     from unpack.loading import load_model
+
     t0 = time.time()
     try:
         model, tok = load_model("smollm2-135m")
@@ -357,16 +431,18 @@ def test_smollm2_prefers_io_over_s():
     ids = torch.full((len(encs), max(map(len, encs))), tok.pad_token_id)
     mask = torch.zeros_like(ids)
     for i, e in enumerate(encs):  # right padding: pads never reach earlier positions
-        ids[i, :len(e)] = torch.tensor(e)
-        mask[i, :len(e)] = 1
+        ids[i, : len(e)] = torch.tensor(e)
+        mask[i, : len(e)] = 1
     diffs = []
     with torch.no_grad():
         for b in range(0, len(recs), 25):
-            logits = model(ids[b:b + 25], attention_mask=mask[b:b + 25]).logits
-            for i, r in enumerate(recs[b:b + 25]):
+            logits = model(ids[b : b + 25], attention_mask=mask[b : b + 25]).logits
+            for i, r in enumerate(recs[b : b + 25]):
                 io, s = encode(tok, r.target)[0][0], encode(tok, r.distractor)[0][0]
                 diffs.append((logits[i, r.roles["END"], io] - logits[i, r.roles["END"], s]).item())
     rate = sum(d > 0 for d in diffs) / len(diffs)
-    print(f"SmolLM2 IOI: IO - S logit difference > 0 on {rate:.0%} of {len(diffs)} prompts, "
-          f"mean {sum(diffs) / len(diffs):+.2f} ({time.time() - t0:.1f} s)")
+    print(
+        f"SmolLM2 IOI: IO - S logit difference > 0 on {rate:.0%} of {len(diffs)} prompts, "
+        f"mean {sum(diffs) / len(diffs):+.2f} ({time.time() - t0:.1f} s)"
+    )
     assert rate >= 0.85

@@ -1,6 +1,7 @@
 """Corpus throughput: batches of mixed length in the ingest give the same stored
 numbers, in corpus order, as one prompt at a time; ``bench --corpus`` and the GPU
 script's table on a tiny shape."""
+
 from __future__ import annotations
 
 import json
@@ -37,15 +38,24 @@ def test_batched_ingest_stores_what_one_at_a_time_stores(tracer64, tmp_path):
     recs = ioi(tracer64.tokenizer, 3, seed=1, controls=True)  # 12 records, 15 to 17 tokens
     short = [r for r in recs if n_tok(r) == min(map(n_tok, recs))]
     long = [r for r in recs if n_tok(r) > n_tok(short[0])]
-    records = [r for pair in zip(short, long) for r in pair] + long[len(short):]  # mixed
+    records = [r for pair in zip(short, long) for r in pair] + long[len(short) :]  # mixed
     assert short and long
     dbs = {bs: tmp_path / f"b{bs}.duckdb" for bs in (1, 3)}
     for bs, db in dbs.items():
-        s = ingest(records, tracer=tracer64, model_name="tiny", db=db, roots=ROOTS,
-                   batch_size=bs, progress=False)
+        s = ingest(
+            records,
+            tracer=tracer64,
+            model_name="tiny",
+            db=db,
+            roots=ROOTS,
+            batch_size=bs,
+            progress=False,
+        )
         assert s.n_ok == len(records) and s.n_failed == 0
-    q = ("SELECT p.seq, t.root, c.pos, c.credit FROM token_credits c JOIN traces t USING (trace_id) "
-         "JOIN prompts p USING (prompt_id) ORDER BY p.seq, t.root, c.pos")
+    q = (
+        "SELECT p.seq, t.root, c.pos, c.credit FROM token_credits c JOIN traces t USING (trace_id) "
+        "JOIN prompts p USING (prompt_id) ORDER BY p.seq, t.root, c.pos"
+    )
     one, five = (query_db(dbs[bs], q) for bs in (1, 3))
     assert len(one) == len(five) > len(records) * 10
     assert [r[:3] for r in one] == [r[:3] for r in five]
@@ -61,8 +71,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cmd, env=None):
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def test_bench_corpus_on_tiny(tmp_path):
@@ -74,8 +90,20 @@ def test_bench_corpus_on_tiny(tmp_path):
     from unpack.tasks import ioi
 
     out = tmp_path / "c.json"
-    p = run([sys.executable, "-m", "unpack.cli", "bench", "--corpus", "1", "--shapes", "tiny",
-             "--json", str(out)])
+    p = run(
+        [
+            sys.executable,
+            "-m",
+            "unpack.cli",
+            "bench",
+            "--corpus",
+            "1",
+            "--shapes",
+            "tiny",
+            "--json",
+            str(out),
+        ]
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     rec = json.loads(out.read_text())["corpus"]["tiny"]
     n = len(ioi(ioi_tokenizer(2000), 1, seed=0, controls=True))
@@ -91,8 +119,22 @@ def test_gpu_bench_refuses_without_cuda_and_builds_its_table_on_cpu(tmp_path):
     p = run(["bash", ".ci/gpu-bench"], env={"CUDA_VISIBLE_DEVICES": ""})
     assert p.returncode == 2 and "no CUDA device" in p.stderr and "--device cpu" in p.stderr
     out = tmp_path / "g.json"
-    p = run(["bash", ".ci/gpu-bench", "--device", "cpu", "--shapes", "tiny", "--lengths", "8",
-             "--batch", "2", "--json", str(out)])
+    p = run(
+        [
+            "bash",
+            ".ci/gpu-bench",
+            "--device",
+            "cpu",
+            "--shapes",
+            "tiny",
+            "--lengths",
+            "8",
+            "--batch",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     table = [ln for ln in p.stdout.splitlines() if ln.startswith("| tiny |")]
     assert len(table) == 2 and p.stdout.count("| shape |") == 1

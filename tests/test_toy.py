@@ -1,5 +1,6 @@
 """Toy induction models: data, trainer (tiny setting), ground truth from the
 attention, and the recovery report (trained vs random init)."""
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ def tiny_dir(tmp_path_factory):
 
 # ------------------------------------------------------------------ data
 
+
 def test_tokenizer_one_token_per_word(tmp_path):
     from transformers import AutoTokenizer
 
@@ -63,7 +65,7 @@ def test_sequences_repeat_the_segment(distinct):
     for i in range(64):
         n, s1, s2 = int(b.n[i]), int(b.start1[i]), int(b.start2[i])
         assert 4 <= n <= 16 and s1 >= 1 and s2 >= s1 + n and s2 + n <= 33
-        assert torch.equal(b.ids[i, s1:s1 + n], b.ids[i, s2:s2 + n])
+        assert torch.equal(b.ids[i, s1 : s1 + n], b.ids[i, s2 : s2 + n])
         assert rep[i].nonzero().flatten().tolist() == list(range(s2, s2 + n - 1))
         assert first[i].nonzero().flatten().tolist() == list(range(s1, s1 + n - 1))
         for q in uniq[i].nonzero().flatten().tolist():
@@ -75,6 +77,7 @@ def test_sequences_repeat_the_segment(distinct):
 
 
 # ------------------------------------------------------------------ ground truth
+
 
 class _KnownAttention(torch.nn.Module):
     """A stand-in model whose layer-0 head 0 attends exactly to p-1 and whose layer-1
@@ -94,8 +97,9 @@ class _KnownAttention(torch.nn.Module):
             for q in range(S):
                 s = [s for s in range(1, q + 1) if ids[b, s - 1] == ids[b, q] and s - 1 < q]
                 ind[b, q, s[-1] if s else 0] = 1.0
-        return SimpleNamespace(attentions=(torch.stack([prev, uniform], 1),
-                                           torch.stack([ind, uniform], 1)))
+        return SimpleNamespace(
+            attentions=(torch.stack([prev, uniform], 1), torch.stack([ind, uniform], 1))
+        )
 
 
 def test_head_scores_on_known_attention():
@@ -105,7 +109,9 @@ def test_head_scores_on_known_attention():
     assert gt.induction_scores[1][0] == pytest.approx(1.0)
     # uniform causal attention to p-1 averages 1/(p+1) over p = 2..S-1
     S = cfg.seq_len
-    assert gt.prev_scores[0][1] == pytest.approx(np.mean([1 / (p + 1) for p in range(2, S)]), abs=1e-4)
+    assert gt.prev_scores[0][1] == pytest.approx(
+        np.mean([1 / (p + 1) for p in range(2, S)]), abs=1e-4
+    )
     assert gt.induction_scores[1][1] < 0.2
     assert gt.prev_heads == [0] and gt.induction_heads == [0]
     assert gt.prev_found and gt.induction_found
@@ -121,6 +127,7 @@ def test_random_model_has_no_circuit():
 
 # ------------------------------------------------------------------ training
 
+
 def test_training_is_deterministic_by_seed():
     cfg = toy.variant("tiny", induction_steps=8, lm_steps=4)
     a, _, _ = toy.train(cfg, seed=3, log=None)
@@ -128,7 +135,9 @@ def test_training_is_deterministic_by_seed():
     c, _, _ = toy.train(cfg, seed=4, log=None)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert not torch.equal(sa["transformer.h.0.attn.c_attn.weight"], sc["transformer.h.0.attn.c_attn.weight"])
+    assert not torch.equal(
+        sa["transformer.h.0.attn.c_attn.weight"], sc["transformer.h.0.attn.c_attn.weight"]
+    )
 
 
 def test_head_penalty_is_the_sum_of_each_heads_output_norm_and_silences_heads():
@@ -138,12 +147,16 @@ def test_head_penalty_is_the_sum_of_each_heads_output_norm_and_silences_heads():
     cfg = toy.variant("tiny", induction_steps=15, lm_steps=5, n_head=4)
     m = toy.build_model(cfg, seed=1)
     d = cfg.d_model // cfg.n_head
-    by_hand = sum(float(blk.attn.c_proj.weight.detach()[h * d:(h + 1) * d].norm())
-                  for blk in m.transformer.h for h in range(cfg.n_head))
+    by_hand = sum(
+        float(blk.attn.c_proj.weight.detach()[h * d : (h + 1) * d].norm())
+        for blk in m.transformer.h
+        for h in range(cfg.n_head)
+    )
     assert float(toy.head_penalty(m, cfg).detach()) == pytest.approx(by_hand, rel=1e-6)
     plain, _, _ = toy.train(cfg, seed=1, log=None)
-    priced, _, _ = toy.train(toy.variant("tiny", induction_steps=15, lm_steps=5, n_head=4,
-                                         head_l1=0.5), seed=1, log=None)
+    priced, _, _ = toy.train(
+        toy.variant("tiny", induction_steps=15, lm_steps=5, n_head=4, head_l1=0.5), seed=1, log=None
+    )
     with torch.no_grad():
         assert float(toy.head_penalty(priced, cfg)) < 0.5 * float(toy.head_penalty(plain, cfg))
 
@@ -183,6 +196,7 @@ def test_trained_tiny_is_a_standard_hf_dir_that_does_induction(tiny_dir):
 
 # ------------------------------------------------------------------ recovery report
 
+
 def test_recovery_trained_vs_random(tiny_dir):
     trained, rand = report.run(tiny_dir, n=30, seed=1, control=True)
     s, r = trained.summary(), rand.summary()
@@ -213,10 +227,16 @@ def test_report_cli_writes_files(tiny_dir, tmp_path, capsys):
     assert unpack_main(["toy-report", "--model", tiny_dir, "--n", "6", "--out", out]) == 0
     text = capsys.readouterr().out
     assert "| model | prev-token heads" in text and "(random init)" in text
-    for f in ("induction.md", "induction_summary.csv", "induction_reroots.csv",
-              "induction_credit.csv", "induction.png"):
+    for f in (
+        "induction.md",
+        "induction_summary.csv",
+        "induction_reroots.csv",
+        "induction_credit.csv",
+        "induction.png",
+    ):
         assert os.path.isfile(os.path.join(out, f)), f
     import pandas as pd
+
     summ = pd.read_csv(os.path.join(out, "induction_summary.csv"))
     assert len(summ) == 2 and summ["n_probes"].tolist() == [6, 6]
 
@@ -226,6 +246,7 @@ def test_report_induction_subcommand(tiny_dir, tmp_path):
     import argparse
 
     from unpack.cli import build_parser
+
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     if "report" not in sub.choices:
         pytest.fail("`unpack report` is not registered; `unpack toy-report` is the same report")
@@ -250,11 +271,14 @@ def test_bad_input(tmp_path, capsys):
 
 # ------------------------------------------------------------------ shipped checkpoints
 
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint(name):
     d = os.path.join(TOY_MODELS, name)
     if not os.path.isdir(d):
-        pytest.fail(f"{d} is missing; rebuild with `unpack toy-train --variant all --out unpack/toy/checkpoints`")
+        pytest.fail(
+            f"{d} is missing; rebuild with `unpack toy-train --variant all --out unpack/toy/checkpoints`"
+        )
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     assert size < 5e6
     meta = json.load(open(os.path.join(d, "toy.json")))

@@ -3,13 +3,28 @@ single forward pass (see docs/METHOD.md).
 
 The names below are imported on first use, so that ``unpack`` (the command)
 starts without torch and can answer bad arguments and Ctrl-C at once."""
+
 from .errors import InputError
 
-__all__ = ["PRESETS", "Config", "InputError", "TraceFailure", "TraceResult", "Tracer", "make_config"]
+__all__ = [
+    "PRESETS",
+    "Config",
+    "InputError",
+    "TraceFailure",
+    "TraceResult",
+    "Tracer",
+    "make_config",
+]
 __version__ = "0.1.0"
 
-_LAZY = {"PRESETS": ".config", "Config": ".config", "make_config": ".config",
-         "TraceFailure": ".tracer", "Tracer": ".tracer", "TraceResult": ".tracer"}
+_LAZY = {
+    "PRESETS": ".config",
+    "Config": ".config",
+    "make_config": ".config",
+    "TraceFailure": ".tracer",
+    "Tracer": ".tracer",
+    "TraceResult": ".tracer",
+}
 
 
 def __getattr__(name):

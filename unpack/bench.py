@@ -9,6 +9,7 @@ on one prompt, and with ``--against COMMIT`` the engine of an earlier commit on
 the same cases, checked out in a temporary git worktree and run in a
 subprocess.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,10 +33,12 @@ def numbered_tokenizer(vocab_size: int):
     """Word-level tokenizer over ``w0 .. w{V-1}``: prompts of any length, no hub."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
     tk = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab_size)}, unk_token="w0"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="w0", eos_token="w0",
-                                   pad_token="w0", unk_token="w0")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="w0", eos_token="w0", pad_token="w0", unk_token="w0"
+    )
 
 
 def random_model(shape: str, dtype=None, device="cpu"):
@@ -43,6 +46,7 @@ def random_model(shape: str, dtype=None, device="cpu"):
     (no float32 copy of a 7B model), and a tokenizer for it."""
     from transformers import AutoModelForCausalLM
     from .loading import _dtype, resolve_device
+
     dtype = _dtype(dtype)
     torch.manual_seed(0)
     with torch.device(resolve_device(device)):  # initialized where it runs (no host copy)
@@ -67,6 +71,7 @@ def release_freed_memory() -> None:
     use; a no-op where the C library has no such call."""
     import ctypes
     import gc
+
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -102,6 +107,7 @@ class PeakMemory:
             self.peak = torch.cuda.max_memory_allocated(self.device)
             return False
         from .plan import proc_bytes
+
         hwm = proc_bytes("/proc/self/status", "VmHWM:")
         self.peak = hwm if hwm is not None and self.resettable else int(peak_mib() * 2**20)
         return False
@@ -110,8 +116,10 @@ class PeakMemory:
 def bench_prompts(n_tokens: int, batch: int, root: str | None = None) -> list[dict]:
     """The ``batch`` prompts of a case: ``n_tokens`` random words each, traced from
     the target's seeds or, with ``root``, rerooted there."""
-    return [{"text": prompt(n_tokens, seed=i), "target": " w5", "distractor": " w9", "root": root}
-            for i in range(batch)]
+    return [
+        {"text": prompt(n_tokens, seed=i), "target": " w5", "distractor": " w9", "root": root}
+        for i in range(batch)
+    ]
 
 
 def bench_cases(lengths: list[int], batches: list[int], repeats: int, big: bool) -> list[tuple]:
@@ -126,8 +134,9 @@ def bench_cases(lengths: list[int], batches: list[int], repeats: int, big: bool)
     return out
 
 
-def time_trace(tracer, n_tokens: int, batch: int, repeats: int, warm: bool = True,
-               root: str | None = None) -> dict:
+def time_trace(
+    tracer, n_tokens: int, batch: int, repeats: int, warm: bool = True, root: str | None = None
+) -> dict:
     """Median per-prompt phase times of ``repeats`` batches (after one warm-up),
     and the peak memory of the whole case."""
     prompts = bench_prompts(n_tokens, batch, root)
@@ -150,25 +159,31 @@ def time_reference(tracer, n_tokens: int) -> float:
     from .capture import capture
     from .config import make_config
     from .reference import Reference
+
     prep = tracer.prepare(prompt(n_tokens), " w5", " w9")
     t0 = time.perf_counter()
     cap = capture(tracer.spec, torch.tensor([prep.ids]), torch.tensor([len(prep.ids)]))
     ref = Reference(cap, 0, make_config("kqv_aligned"), dtype=torch.float32)
-    ref.trace(prep.target_id, prep.distractor_id, with_paths=True, path_min_frac=1e-3,
-              max_nodes=2_000_000)
+    ref.trace(
+        prep.target_id, prep.distractor_id, with_paths=True, path_min_frac=1e-3, max_nodes=2_000_000
+    )
     return time.perf_counter() - t0
 
 
 def fmt_row(name: str, t: dict, pred: dict | None = None) -> str:
     row = f"| {name} | " + " | ".join(f"{t[k]:.3f}" for k in PHASES)
     if pred is not None:
-        row += (f" | {pred['seconds']:.3f} | {t['peak_mib'] / 1024:.2f} | {pred['peak'] / 2**30:.2f}"
-                f" | {t['total_s'] / pred['seconds']:.2f} | {t['peak_mib'] * 2**20 / pred['peak']:.2f}")
+        row += (
+            f" | {pred['seconds']:.3f} | {t['peak_mib'] / 1024:.2f} | {pred['peak'] / 2**30:.2f}"
+            f" | {t['total_s'] / pred['seconds']:.2f} | {t['peak_mib'] * 2**20 / pred['peak']:.2f}"
+        )
     return row + " |"
 
 
-HEADER = ("| prompt | " + " | ".join(PHASES) + " | predicted s | peak GiB | predicted GiB "
-          "| time measured/predicted | memory measured/predicted |")
+HEADER = (
+    "| prompt | " + " | ".join(PHASES) + " | predicted s | peak GiB | predicted GiB "
+    "| time measured/predicted | memory measured/predicted |"
+)
 
 
 def predicted(tracer, n_tokens: int, batch: int, rates, base: int, root: str | None = None) -> dict:
@@ -177,19 +192,28 @@ def predicted(tracer, n_tokens: int, batch: int, rates, base: int, root: str | N
     from .components import parse_component
     from .cost import shape_of
     from .plan import predict
+
     layers = None
     if root is not None:
         layer = parse_component(root.rpartition("@")[0])[1]
         layers = 0 if layer is None else layer + 1
-    p = predict(shape_of(tracer.spec), n_tokens, batch, rates=rates, base_bytes=base,
-                chunk_elements=tracer.engine.chunk_elements,
-                max_proj_bytes=tracer.engine.max_proj_bytes, layers=layers)
+    p = predict(
+        shape_of(tracer.spec),
+        n_tokens,
+        batch,
+        rates=rates,
+        base_bytes=base,
+        chunk_elements=tracer.engine.chunk_elements,
+        max_proj_bytes=tracer.engine.max_proj_bytes,
+        layers=layers,
+    )
     return {"seconds": sum(p["seconds"].values()), "peak": p["peak"]}
 
 
 def run_bench(args) -> int:
     from .loading import resolve_device
     from .plan import Rates
+
     torch.set_grad_enabled(False)
     device = resolve_device(getattr(args, "device", "cpu"))
     dtype = getattr(args, "dtype", None)
@@ -206,11 +230,13 @@ def run_bench(args) -> int:
         return write_json(args, out)
     rates = Rates.calibrate(device)  # the fold's own rate: per shape, in bench_shape
     out["rates"] = {"gemm_gflops": rates.gemm_flops / 1e9, "stream_gbs": rates.stream_bytes / 1e9}
-    print(f"unpack bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, "
-          f"weights {dtype or 'float32'}, math float32, preset kqv_aligned, top-20 paths, "
-          f"{'rerooted at ' + args.root if getattr(args, 'root', None) else 'from the seeds'}; "
-          f"calibration {rates.gemm_flops / 1e9:.0f} GFLOP/s GEMM, "
-          f"{rates.stream_bytes / 1e9:.1f} GB/s stream")
+    print(
+        f"unpack bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, "
+        f"weights {dtype or 'float32'}, math float32, preset kqv_aligned, top-20 paths, "
+        f"{'rerooted at ' + args.root if getattr(args, 'root', None) else 'from the seeds'}; "
+        f"calibration {rates.gemm_flops / 1e9:.0f} GFLOP/s GEMM, "
+        f"{rates.stream_bytes / 1e9:.1f} GB/s stream"
+    )
     for shape in shapes:
         out["shapes"][shape] = bench_shape(args, shape, rates, dtype, device, lengths, batches)
     if getattr(args, "against", None):
@@ -227,24 +253,31 @@ def write_json(args, out: dict) -> int:
     return 0
 
 
-def bench_shape(args, shape: str, rates, dtype, device, lengths: list[int], batches: list[int]) -> dict:
+def bench_shape(
+    args, shape: str, rates, dtype, device, lengths: list[int], batches: list[int]
+) -> dict:
     """One shape's table: every (length, batch) case measured beside the planner's
     prediction, the planner alone for ``--plan-only`` lengths, and the reference."""
     from .cost import shape_of
     from .plan import Rates, base_bytes, fold_rate
     from .tracer import Tracer
+
     t0 = time.perf_counter()
     model, tok = random_model(shape, dtype=dtype, device=device)
     build_s = time.perf_counter() - t0
     tracer = Tracer(model=model, tokenizer=tok)
-    rates = Rates(rates.gemm_flops, rates.stream_bytes, rates.device, fold_rate(shape_of(tracer.spec), device))
+    rates = Rates(
+        rates.gemm_flops, rates.stream_bytes, rates.device, fold_rate(shape_of(tracer.spec), device)
+    )
     base = base_bytes(model, device)
     n_params = sum(p.numel() for p in model.parameters())
     rec: dict = {"params": n_params, "build_s": build_s, "fold_gflops": rates.fold_flops / 1e9}
     big = n_params > 3e9
-    print(f"\n## {shape} (random weights, {n_params / 1e6:.0f}M parameters, "
-          f"{next(model.parameters()).dtype}; built in {build_s:.0f} s; the fold's kernels "
-          f"calibrated at {rates.fold_flops / 1e9:.0f} GFLOP/s)\n")
+    print(
+        f"\n## {shape} (random weights, {n_params / 1e6:.0f}M parameters, "
+        f"{next(model.parameters()).dtype}; built in {build_s:.0f} s; the fold's kernels "
+        f"calibrated at {rates.fold_flops / 1e9:.0f} GFLOP/s)\n"
+    )
     print(HEADER)
     print("|---" * 11 + "|")
     for n, bsz, reps, name in bench_cases(lengths, batches, args.repeats, big):
@@ -253,13 +286,20 @@ def bench_shape(args, shape: str, rates, dtype, device, lengths: list[int], batc
         rec[name] = dict(t, predicted_s=pr["seconds"], predicted_peak_mib=pr["peak"] / 2**20)
         print(fmt_row(name, t, pr), flush=True)
     rec["peak_rss_mib"] = peak_mib()
-    print(f"\npeak memory (process RSS so far): {rec['peak_rss_mib']:.0f} MiB; weights "
-          f"{sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20:.0f} MiB")
+    print(
+        f"\npeak memory (process RSS so far): {rec['peak_rss_mib']:.0f} MiB; weights "
+        f"{sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20:.0f} MiB"
+    )
     for n in [int(x) for x in getattr(args, "plan_only", "").split(",") if x]:
         pr = predicted(tracer, n, 1, rates, base)
-        rec[f"plan {n} tokens"] = {"predicted_s": pr["seconds"], "predicted_peak_mib": pr["peak"] / 2**20}
-        print(f"planner only, {n} tokens: {pr['seconds']:.1f} s per prompt, peak "
-              f"{pr['peak'] / 2**30:.2f} GiB")
+        rec[f"plan {n} tokens"] = {
+            "predicted_s": pr["seconds"],
+            "predicted_peak_mib": pr["peak"] / 2**20,
+        }
+        print(
+            f"planner only, {n} tokens: {pr['seconds']:.1f} s per prompt, peak "
+            f"{pr['peak'] / 2**30:.2f} GiB"
+        )
     if args.reference_tokens and shape in args.reference_on.split(","):
         rec.update(vs_reference(tracer, args.reference_tokens, rec))
     return rec
@@ -269,10 +309,15 @@ def vs_reference(tracer, n_tokens: int, rec: dict) -> dict:
     """The plain-loop reference against the engine on one ``n_tokens`` prompt
     (the engine's time from ``rec`` where that case was measured already)."""
     ref_s = time_reference(tracer, n_tokens)
-    ours = rec["16 tokens, batch 1"]["total_s"] if n_tokens == 16 else \
-        time_trace(tracer, n_tokens, 1, 1)["total_s"]
-    print(f"plain-loop reference, {n_tokens} tokens: {ref_s:.2f} s per prompt; "
-          f"vectorized {ours:.3f} s: {ref_s / ours:.1f}x faster")
+    ours = (
+        rec["16 tokens, batch 1"]["total_s"]
+        if n_tokens == 16
+        else time_trace(tracer, n_tokens, 1, 1)["total_s"]
+    )
+    print(
+        f"plain-loop reference, {n_tokens} tokens: {ref_s:.2f} s per prompt; "
+        f"vectorized {ours:.3f} s: {ref_s / ours:.1f}x faster"
+    )
     return {"reference_s": ref_s, "speedup_vs_reference": ref_s / ours}
 
 
@@ -311,19 +356,27 @@ print(json.dumps(out))
 def old_worktree(root: Path, commit: str):
     """A temporary detached git worktree of ``commit`` (removed on exit)."""
     from .errors import InputError
-    if subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True).returncode:
+
+    if subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True
+    ).returncode:
         raise InputError(f"--against needs a git checkout of unpack; {root} is not one")
     with tempfile.TemporaryDirectory(prefix="unpack-against-") as tmp:
         wt = Path(tmp) / "tree"
-        r = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(wt), commit],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["git", "-C", str(root), "worktree", "add", "--detach", str(wt), commit],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             raise InputError(f"--against {commit}: git worktree failed: {r.stderr.strip()}")
         try:
             yield wt
         finally:
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(wt)],
-                           capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(root), "worktree", "remove", "--force", str(wt)],
+                capture_output=True,
+            )
 
 
 def against(args, shapes, lengths, out) -> dict:
@@ -331,21 +384,35 @@ def against(args, shapes, lengths, out) -> dict:
     root) on the engine of ``args.against``, from a temporary worktree, in a
     subprocess; prints old/new per case."""
     from .errors import InputError
+
     root = Path(__file__).resolve().parent.parent
     old_shapes = [s for s in shapes if s != "pythia-6.9b"]  # not twice in memory
     # 342669b needs C·H·S² buffers: 13 GiB at 512 tokens on GPT-2 small, 50 at 1024
     lengths = [n for n in lengths if n <= args.against_max_tokens]
     batches = [int(x) for x in args.batches.split(",") if x]
-    job = {"shapes": old_shapes, "root": getattr(args, "root", None),
-           "configs": {s: config_for(s).to_dict() for s in old_shapes},
-           "cases": bench_cases(lengths, batches, args.repeats, False)}
+    job = {
+        "shapes": old_shapes,
+        "root": getattr(args, "root", None),
+        "configs": {s: config_for(s).to_dict() for s in old_shapes},
+        "cases": bench_cases(lengths, batches, args.repeats, False),
+    }
     with old_worktree(root, args.against) as wt:
         env = dict(os.environ, PYTHONPATH=str(wt))
-        print(f"\n## against {args.against} (engine of that commit, same cases, this run)\n", flush=True)
-        p = subprocess.run([sys.executable, "-c", AGAINST_DRIVER, json.dumps(job)], cwd=str(wt),
-                           env=env, capture_output=True, text=True)
+        print(
+            f"\n## against {args.against} (engine of that commit, same cases, this run)\n",
+            flush=True,
+        )
+        p = subprocess.run(
+            [sys.executable, "-c", AGAINST_DRIVER, json.dumps(job)],
+            cwd=str(wt),
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if p.returncode:
-            raise InputError(f"--against {args.against}: its engine failed: {p.stderr.strip()[-400:]}")
+            raise InputError(
+                f"--against {args.against}: its engine failed: {p.stderr.strip()[-400:]}"
+            )
         old = json.loads(p.stdout.strip().splitlines()[-1])
     print(f"| shape | prompt | {args.against[:10]} total_s | now total_s | speed-up |")
     print("|---|---|---|---|---|")
@@ -356,11 +423,17 @@ def against(args, shapes, lengths, out) -> dict:
             if not new:
                 continue
             if o["root"] != job["root"]:
-                raise InputError(f"--against {args.against}: its engine traced {key} from "
-                                 f"{o['root'] or 'the seeds'}, not {job['root'] or 'the seeds'}")
+                raise InputError(
+                    f"--against {args.against}: its engine traced {key} from "
+                    f"{o['root'] or 'the seeds'}, not {job['root'] or 'the seeds'}"
+                )
             ratio = o["total_s"] / new["total_s"]
-            res[f"{shape}: {key}"] = {"old_s": o["total_s"], "new_s": new["total_s"], "speedup": ratio,
-                                      "root": o["root"]}
+            res[f"{shape}: {key}"] = {
+                "old_s": o["total_s"],
+                "new_s": new["total_s"],
+                "speedup": ratio,
+                "root": o["root"],
+            }
             print(f"| {shape} | {key} | {o['total_s']:.3f} | {new['total_s']:.3f} | {ratio:.1f}x |")
     return res
 
@@ -369,6 +442,7 @@ def bench_real_model(name: str, repeats: int) -> dict:
     """Load times (cold: empty conversion cache; cached: second load) and a 16-token trace."""
     from .loading import load_model
     from .tracer import Tracer
+
     rec = {}
     with tempfile.TemporaryDirectory() as tmp:
         old = os.environ.get("UNPACK_CACHE")
@@ -391,15 +465,22 @@ def bench_real_model(name: str, repeats: int) -> dict:
     runs = [tracer.trace(text, " Mary", " John").timing for _ in range(repeats)]
     rec["tokens"] = len(tracer.prepare(text, " Mary").ids)
     rec["trace"] = {k: statistics.median(r[k] for r in runs) for k in PHASES}
-    print(f"\n## {name}\n\nload: cold {rec['load_cold_s']:.1f} s, cached {rec['load_cached_s']:.1f} s\n")
+    print(
+        f"\n## {name}\n\nload: cold {rec['load_cold_s']:.1f} s, cached {rec['load_cached_s']:.1f} s\n"
+    )
     print("| prompt | " + " | ".join(PHASES) + " |")
     print("|---" * (len(PHASES) + 1) + "|")
-    row = f"| {rec['tokens']} tokens, batch 1 | " + " | ".join(f"{rec['trace'][k]:.3f}" for k in PHASES) + " |"
+    row = (
+        f"| {rec['tokens']} tokens, batch 1 | "
+        + " | ".join(f"{rec['trace'][k]:.3f}" for k in PHASES)
+        + " |"
+    )
     print(row)
     return rec
 
 
 # ------------------------------------------------------------------ a corpus end to end
+
 
 def ioi_tokenizer(vocab_size: int):
     """Word-level tokenizer whose words are the IOI task's (names, places, objects,
@@ -411,6 +492,7 @@ def ioi_tokenizer(vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     import importlib
+
     ioi_mod = importlib.import_module("unpack.tasks.ioi")  # the module, not the function
     text = " ".join(ioi_mod.TEMPLATES + ioi_mod.NAMES + ioi_mod.PLACES + ioi_mod.OBJECTS)
     vocab = {"<|endoftext|>": 0, "[UNK]": 1}
@@ -423,9 +505,13 @@ def ioi_tokenizer(vocab_size: int):
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", unk_token="[UNK]",
-                                   pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="[UNK]",
+        pad_token="<|endoftext|>",
+    )
 
 
 def corpus_job(shape: str, n: int, n_layers: int) -> dict:
@@ -433,11 +519,15 @@ def corpus_job(shape: str, n: int, n_layers: int) -> dict:
     (``4 n`` records) rerooted at three heads of the last layer at END (the demo
     picks three heads; fixed here, so that every engine traces the same)."""
     from .tasks import ioi
+
     tok = ioi_tokenizer(SHAPES[shape][1]["vocab_size"])
     records = ioi(tok, n, seed=0, controls=True)
     roots = [",".join(f"attn_{n_layers - 1}_head_{h}" for h in range(3)) + "@END"]
-    return {"records": [r.to_json() for r in records], "roots": roots,
-            "config": config_for(shape).to_dict()}, tok
+    return {
+        "records": [r.to_json() for r in records],
+        "roots": roots,
+        "config": config_for(shape).to_dict(),
+    }, tok
 
 
 # Runs in this commit's process and in --against's worktree: only APIs every engine
@@ -470,14 +560,20 @@ print(json.dumps({"seconds": dt, "n_ok": s.n_ok, "n_failed": s.n_failed}))
 def run_corpus_driver(job: dict, cwd: Path, what: str) -> dict:
     """CORPUS_DRIVER in a subprocess with ``cwd`` first on the path."""
     from .errors import InputError
+
     with tempfile.TemporaryDirectory(prefix="unpack-corpus-") as tmp:
         job["tokenizer"] = str(Path(tmp) / "tok")
         job["_tok"].save_pretrained(job["tokenizer"])
         with open(Path(tmp) / "job.json", "w") as f:
             json.dump({k: v for k, v in job.items() if k != "_tok"}, f)
         env = dict(os.environ, PYTHONPATH=str(cwd))
-        p = subprocess.run([sys.executable, "-c", CORPUS_DRIVER, str(Path(tmp) / "job.json")],
-                           cwd=str(cwd), env=env, capture_output=True, text=True)
+        p = subprocess.run(
+            [sys.executable, "-c", CORPUS_DRIVER, str(Path(tmp) / "job.json")],
+            cwd=str(cwd),
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     if p.returncode:
         raise InputError(f"bench --corpus: the engine of {what} failed: {p.stderr.strip()[-600:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -492,13 +588,17 @@ def bench_corpus(args) -> dict:
     for shape in [s for s in args.shapes.split(",") if s]:
         if shape not in SHAPES:
             from .errors import InputError
+
             raise InputError(f"--shapes: unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
         job, tok = corpus_job(shape, args.corpus, config_for(shape).num_hidden_layers)
         job.update(_tok=tok, batch_size=args.corpus_batch)
         n = len(job["records"])
-        print(f"\n## corpus on {shape} (random weights): {n} IOI records ({args.corpus} prompts x 4 "
-              f"conditions), each traced from the target and rerooted at {job['roots'][0]}; "
-              f"ingest batch {args.corpus_batch}\n", flush=True)
+        print(
+            f"\n## corpus on {shape} (random weights): {n} IOI records ({args.corpus} prompts x 4 "
+            f"conditions), each traced from the target and rerooted at {job['roots'][0]}; "
+            f"ingest batch {args.corpus_batch}\n",
+            flush=True,
+        )
         rec = {"records": n, "now": run_corpus_driver(job, root, "this checkout")}
         rec["now"]["prompts_per_s"] = n / rec["now"]["seconds"]
         if getattr(args, "against", None):
@@ -510,8 +610,10 @@ def bench_corpus(args) -> dict:
         for who in ("old", "now"):
             if who in rec:
                 name = args.against[:10] if who == "old" else "this checkout"
-                print(f"| {name} | {rec[who]['n_ok']} | {rec[who]['seconds']:.1f} | "
-                      f"{rec[who]['prompts_per_s']:.3f} |")
+                print(
+                    f"| {name} | {rec[who]['n_ok']} | {rec[who]['seconds']:.1f} | "
+                    f"{rec[who]['prompts_per_s']:.3f} |"
+                )
         if "speedup" in rec:
             print(f"\nprompts/s: {rec['speedup']:.2f}x of {args.against}")
         out[shape] = rec

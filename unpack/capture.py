@@ -13,6 +13,7 @@ keeps ``[B, S, D]`` and ``[B, H, S, d]`` tensors only; the attention
 probabilities (``H·S²``) and the MLP activations (``S·F``) are recomputed from
 them with the very same operations when a reader needs them, one layer at a time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -151,8 +152,9 @@ class LayerCapture:
         """``[B, H, S, D]``: ``z_h W_O[h]``, no bias, as written to the residual
         (``γ ⊙ z_h W_O[h] / σ(attn_out)`` through a post-attention norm)."""
         lw = self.weights()
-        return post_normed(lw.ln_attn_post, torch.einsum("bhsd,hdD->bhsD", self.z, lw.W_O),
-                           self.sigma_attn_post)
+        return post_normed(
+            lw.ln_attn_post, torch.einsum("bhsd,hdD->bhsD", self.z, lw.W_O), self.sigma_attn_post
+        )
 
 
 @dataclass
@@ -201,10 +203,10 @@ class Capture:
             raise ValueError("all_writers needs a capture made with center=False")
         B, S = self.input_ids.shape
         comps, W = self.comps, self.writers
-        parts = [W[:, :comps.n_emb]]
+        parts = [W[:, : comps.n_emb]]
         for L in range(self.spec.n_layers):
             slot = comps.head_slot(L)
-            parts.append(W[:, slot:slot + comps.n_heads])
+            parts.append(W[:, slot : slot + comps.n_heads])
             lw = self.spec.layers[L]
             if lw.b_O is not None:  # through the post-norm: γ ⊙ b_O / σ_post
                 b_O = lw.b_O.to(self.dtype).expand(B, 1, S, -1)
@@ -222,7 +224,7 @@ KEEP_CELLS = 256 << 20
 def unembed(x: Tensor, W_U: Tensor, b_U: Optional[Tensor], rows: int = 8192) -> Tensor:
     """``x @ W_U^T + b_U`` in ``x``'s dtype, casting ``W_U`` a block of rows at a
     time (no full-precision copy of a large unembedding)."""
-    outs = [x @ W_U[i:i + rows].to(x.dtype).T for i in range(0, W_U.shape[0], rows)]
+    outs = [x @ W_U[i : i + rows].to(x.dtype).T for i in range(0, W_U.shape[0], rows)]
     out = torch.cat(outs, -1)
     return out + b_U.to(x.dtype) if b_U is not None else out
 
@@ -231,7 +233,7 @@ def unembed_mean(W_U: Tensor, dtype: torch.dtype, rows: int = 8192) -> Tensor:
     """``mean_v W_U[v]`` in ``dtype``, a block of rows at a time."""
     total = torch.zeros(W_U.shape[1], dtype=dtype, device=W_U.device)
     for i in range(0, W_U.shape[0], rows):
-        total += W_U[i:i + rows].to(dtype).sum(0)
+        total += W_U[i : i + rows].to(dtype).sum(0)
     return total / W_U.shape[0]
 
 
@@ -256,7 +258,9 @@ def layer_tables(spec: ModelSpec, S: int, dtype: torch.dtype) -> list:
     made: dict = {}
     for lw in spec.layers:
         if id(lw.rotary) not in made:
-            made[id(lw.rotary)] = rotary_tables(spec, S, dtype, lw.rotary) if lw.rotary else (None, None)
+            made[id(lw.rotary)] = (
+                rotary_tables(spec, S, dtype, lw.rotary) if lw.rotary else (None, None)
+            )
     return [made[id(lw.rotary)] for lw in spec.layers]
 
 
@@ -333,8 +337,9 @@ def final_logits(spec: ModelSpec, normed: Tensor) -> Tensor:
     return softcap(unembed(normed, spec.W_U, spec.b_U), spec.final_softcap)
 
 
-def last_logits(spec: ModelSpec, x: Tensor, lengths: Tensor, dtype: torch.dtype,
-                raw: bool = False) -> Tensor:
+def last_logits(
+    spec: ModelSpec, x: Tensor, lengths: Tensor, dtype: torch.dtype, raw: bool = False
+) -> Tensor:
     """``[B, V]``: the logits at each prompt's last real position of the final residual ``x``
     (``raw``: before the final soft-cap)."""
     final_t = spec.ln_final.cast(dtype)(x[torch.arange(x.shape[0], device=x.device), lengths - 1])
@@ -352,7 +357,7 @@ def _embed(spec: ModelSpec, input_ids: Tensor, W: Tensor) -> Tensor:
     W[:, 0] = embed(spec, input_ids, W.dtype)
     x = W[:, 0].clone()
     if spec.W_pos is not None:
-        W[:, 1] = spec.W_pos[:input_ids.shape[1]].to(W.dtype)
+        W[:, 1] = spec.W_pos[: input_ids.shape[1]].to(W.dtype)
         x = x + W[:, 1]
     return x
 
@@ -364,15 +369,23 @@ def _center_in_place(spec: ModelSpec, W: Tensor) -> None:
 
 
 @torch.no_grad()
-def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.float32,
-            full_logits: bool = False, center: bool = True) -> Capture:
+def capture(
+    spec: ModelSpec,
+    input_ids: Tensor,
+    lengths: Tensor,
+    dtype=torch.float32,
+    full_logits: bool = False,
+    center: bool = True,
+) -> Capture:
     """Run the model described by ``spec`` on right-padded ``input_ids [B, S]``.
 
     ``center``: leave ``ĉ`` (docs/METHOD.md §3) in the writers buffer, centered in place
     for LayerNorm models. The residuals are always kept (``[B, S, D]`` per layer)."""
     B, S = input_ids.shape
     F = spec.layers[0].mlp.W_out.shape[1]
-    keep_cells = B * S * F * spec.n_layers * 3 * torch.empty((), dtype=dtype).element_size() <= KEEP_CELLS
+    keep_cells = (
+        B * S * F * spec.n_layers * 3 * torch.empty((), dtype=dtype).element_size() <= KEEP_CELLS
+    )
     dev = spec.W_E.device
     input_ids, lengths = input_ids.to(dev), lengths.to(dev)
     comps = Components.from_spec(spec)
@@ -386,17 +399,35 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
         cos, sin = tables[L]
         Q, K, V, z, sq, sk = attention(spec, lw, x, cos, sin, out=Z[:, L])
         slot = comps.head_slot(L)
-        heads = W[:, slot:slot + spec.n_heads]
+        heads = W[:, slot : slot + spec.n_heads]
         heads.copy_(torch.einsum("bhsd,hdD->bhsD", z, lw.W_O))
         attn_out, attn_b, sig_ap = attn_block(lw, heads)
         mlp_in, h_mlp, cells, out, sig_mp = mlp_block(spec, lw, x, attn_b)
         W[:, comps.mlp_slot(L)] = out
-        layers.append(LayerCapture(
-            spec=spec, L=L, dtype=dtype, Q=Q, K=K, V=V, z=z,
-            sigma_attn=lw.ln_attn.scale(x), sigma_mlp=lw.ln_mlp.scale(mlp_in),
-            attn_out=attn_out, mlp_h=h_mlp, resid_pre=x,
-            resid_mlp_in=mlp_in, cells=cells if keep_cells else None, cos=cos, sin=sin,
-            sigma_q=sq, sigma_k=sk, sigma_attn_post=sig_ap, sigma_mlp_post=sig_mp))
+        layers.append(
+            LayerCapture(
+                spec=spec,
+                L=L,
+                dtype=dtype,
+                Q=Q,
+                K=K,
+                V=V,
+                z=z,
+                sigma_attn=lw.ln_attn.scale(x),
+                sigma_mlp=lw.ln_mlp.scale(mlp_in),
+                attn_out=attn_out,
+                mlp_h=h_mlp,
+                resid_pre=x,
+                resid_mlp_in=mlp_in,
+                cells=cells if keep_cells else None,
+                cos=cos,
+                sin=sin,
+                sigma_q=sq,
+                sigma_k=sk,
+                sigma_attn_post=sig_ap,
+                sigma_mlp_post=sig_mp,
+            )
+        )
         x = x + attn_b + out
         del lw
     logits_raw_t = last_logits(spec, x, lengths, dtype, raw=True)
@@ -406,7 +437,20 @@ def capture(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
     cos, sin = rotary_tables(spec, S, dtype)
     if center:
         _center_in_place(spec, W)  # RMSNorm: ĉ = c, nothing to do
-    return Capture(spec=spec, comps=comps, input_ids=input_ids, lengths=lengths, writers=W, Z=Z,
-                   centered=center, layers=layers, resid_final=x, sigma_final=ln_f.scale(x),
-                   logits_t=logits_t, logits_raw_t=logits_raw_t if spec.final_softcap else None,
-                   cos=cos, sin=sin, logits=full)
+    return Capture(
+        spec=spec,
+        comps=comps,
+        input_ids=input_ids,
+        lengths=lengths,
+        writers=W,
+        Z=Z,
+        centered=center,
+        layers=layers,
+        resid_final=x,
+        sigma_final=ln_f.scale(x),
+        logits_t=logits_t,
+        logits_raw_t=logits_raw_t if spec.final_softcap else None,
+        cos=cos,
+        sin=sin,
+        logits=full,
+    )

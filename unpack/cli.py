@@ -4,6 +4,7 @@ they do; :data:`_REGISTRARS` names their modules, which this module alone import
 across layers (by name, so ``import unpack`` loads no store and no app). Modules
 that pull in heavy dependencies (the store, the app) are imported only when
 their subcommand runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unpack",
         description="Unpack: token credit, named K/Q/V paths and component interactions "
-                    "from one forward pass; ingest into DuckDB; explore circuits.")
+        "from one forward pass; ingest into DuckDB; explore circuits.",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _REGISTRARS:
         try:

@@ -9,6 +9,7 @@ components (no bias ones) in this order::
 With that order the eligible writers of every reader are a prefix of ``names``,
 so "writers of reader r" is simply ``names[:n_writers(r)]``.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,10 @@ def parse_component(name: str) -> tuple[str, int | None, int | None]:
         return "attn_bias", int(m[1]), None
     if m := _MLP.match(name):
         return "mlp", int(m[1]), None
-    raise InputError(f"unknown component {name!r}: expected embedding, pos_embedding, "
-                     "attn_{L}_head_{h}, attn_{L}_bias or mlp_{L}")
+    raise InputError(
+        f"unknown component {name!r}: expected embedding, pos_embedding, "
+        "attn_{L}_head_{h}, attn_{L}_bias or mlp_{L}"
+    )
 
 
 _SHORT = {"embedding": "emb", "pos_embedding": "pos"}
@@ -109,13 +112,20 @@ class Components:
         for L in range(self.n_layers):
             heads = [f"attn_{L}_head_{h}" for h in range(self.n_heads)]
             self.names += heads + [f"mlp_{L}"]
-            self.all_names += heads + ([f"attn_{L}_bias"] if self.attn_bias[L] else []) + [f"mlp_{L}"]
+            self.all_names += (
+                heads + ([f"attn_{L}_bias"] if self.attn_bias[L] else []) + [f"mlp_{L}"]
+            )
         self.index = {n: i for i, n in enumerate(self.names)}
 
     @classmethod
     def from_spec(cls, spec) -> "Components":
-        return cls(spec.n_layers, spec.n_heads, spec.W_pos is not None,
-                   [lw.b_O is not None for lw in spec.layers], spec.parallel)
+        return cls(
+            spec.n_layers,
+            spec.n_heads,
+            spec.W_pos is not None,
+            [lw.b_O is not None for lw in spec.layers],
+            spec.parallel,
+        )
 
     @property
     def n_emb(self) -> int:
@@ -149,10 +159,14 @@ class Components:
         """Index of a credited component; a clear error for bias or unknown names."""
         kind, L, h = parse_component(name)
         if kind == "attn_bias":
-            raise InputError(f"component {name!r} is a bias component: bias components are "
-                             "never credited (docs/METHOD.md §1); pick a head, an MLP or an embedding")
+            raise InputError(
+                f"component {name!r} is a bias component: bias components are "
+                "never credited (docs/METHOD.md §1); pick a head, an MLP or an embedding"
+            )
         if name not in self.index:
-            raise InputError(f"component {name!r} does not exist in this model "
-                             f"({self.n_layers} layers, {self.n_heads} heads"
-                             f"{', no pos_embedding' if not self.has_pos else ''})")
+            raise InputError(
+                f"component {name!r} does not exist in this model "
+                f"({self.n_layers} layers, {self.n_heads} heads"
+                f"{', no pos_embedding' if not self.has_pos else ''})"
+            )
         return self.index[name]

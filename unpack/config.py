@@ -1,4 +1,5 @@
 """Presets and the trace configuration (docs/METHOD.md §8)."""
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,11 @@ PRESETS: dict[str, dict] = {
     "k_only_l2": dict(_K, mlp_rule="l2", value_shares="raw"),
 }
 
-_CHOICES = {"mlp_rule": ("aligned", "weighted", "l2"), "value_shares": ("aligned", "raw"),
-            "seed": ("importance", "metric")}
+_CHOICES = {
+    "mlp_rule": ("aligned", "weighted", "l2"),
+    "value_shares": ("aligned", "raw"),
+    "seed": ("importance", "metric"),
+}
 # Numeric fields: (kind, lowest, highest, meaning); checked on every config, the
 # same rules for --set FIELD=VALUE, the dedicated flags and the Python API.
 _NUMBERS = {
@@ -93,12 +97,16 @@ def check_field(name: str, value):
         kind, lo, hi, what = _NUMBERS[name]
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise InputError(f"{name}={value!r}: {what} must be a whole number {_range(lo, hi)}")
+                raise InputError(
+                    f"{name}={value!r}: {what} must be a whole number {_range(lo, hi)}"
+                )
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InputError(f"{name}={value!r}: {what} must be a number {_range(lo, hi)}")
             if not math.isfinite(value):
-                raise InputError(f"{name}={value!r}: {what} must be a finite number {_range(lo, hi)}")
+                raise InputError(
+                    f"{name}={value!r}: {what} must be a finite number {_range(lo, hi)}"
+                )
             value = float(value)
         if value < lo or (hi is not None and value > hi):
             raise InputError(f"{name}={value!r}: {what} must be {_range(lo, hi)}")
@@ -118,15 +126,18 @@ def parse_override(item: str) -> tuple[str, object]:
     if name == "preset":
         raise InputError("the preset is not a --set field; use --preset NAME")
     if name not in names:
-        raise InputError(f"--set {item!r}: unknown config field {name!r}; known: {', '.join(names)}")
+        raise InputError(
+            f"--set {item!r}: unknown config field {name!r}; known: {', '.join(names)}"
+        )
     if name in _NUMBERS:
         kind, lo, hi, what = _NUMBERS[name]
         try:
             value = int(text) if kind == "int" else float(text)
         except ValueError:
             a = "a whole number" if kind == "int" else "a number"
-            raise InputError(f"--set {item!r}: {what} must be {a} {_range(lo, hi)}, "
-                             f"not {text!r}") from None
+            raise InputError(
+                f"--set {item!r}: {what} must be {a} {_range(lo, hi)}, not {text!r}"
+            ) from None
     elif name in _BOOLS:
         low = text.lower()
         if low not in _TRUE + _FALSE:
@@ -156,10 +167,15 @@ def make_config(preset: str | Config = "kqv_aligned", **overrides) -> Config:
     names = {f.name for f in fields(Config)}
     bad = sorted(set(overrides) - names)
     if bad:
-        raise InputError(f"unknown config field(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
+        raise InputError(
+            f"unknown config field(s) {', '.join(bad)}; known: {', '.join(sorted(names))}"
+        )
     cfg = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    checked = {f.name: check_field(f.name, getattr(cfg, f.name)) for f in fields(Config)
-               if f.name != "preset"}
+    checked = {
+        f.name: check_field(f.name, getattr(cfg, f.name))
+        for f in fields(Config)
+        if f.name != "preset"
+    }
     cfg = replace(cfg, **checked)
     if cfg.w_K + cfg.w_Q + cfg.w_V <= 0:
         raise InputError("w_K, w_Q and w_V are all 0: at least one branch needs a positive weight")

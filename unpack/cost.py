@@ -6,6 +6,7 @@ Counts are multiply-adds (MACs) per batch; ``B`` prompts, ``S`` positions,
 ``C`` eligible writers of a reader, ``P = (H + Hkv)·d`` the width of a writer
 projected into the reader's key and query spaces (docs/METHOD.md §4).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,17 +69,39 @@ class Shape:
         lw = spec.layers[0]
         d_mlp = (lw.mlp.W_gate if lw.mlp.gated else lw.mlp.W_in).shape[0]
         if n_params is None:
-            tied = spec.W_U is spec.W_E or (spec.W_U.device.type != "meta"
-                                             and spec.W_U.data_ptr() == spec.W_E.data_ptr())
-            n_params = spec.W_E.numel() + (0 if tied else spec.W_U.numel()) + (
-                spec.W_pos.numel() if spec.W_pos is not None else 0) + sum(
-                t.numel() for lw in spec.layers for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.mlp.W_out)
-            ) + sum((lw.mlp.W_gate.numel() * 2 if lw.mlp.gated else lw.mlp.W_in.numel())
-                    for lw in spec.layers)
-        return cls(spec.family, spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model,
-                   spec.d_head, d_mlp, spec.W_U.shape[0], lw.mlp.gated, spec.rotary is not None,
-                   spec.W_pos is not None, spec.parallel, int(n_params),
-                   spec.W_E.element_size())
+            tied = spec.W_U is spec.W_E or (
+                spec.W_U.device.type != "meta" and spec.W_U.data_ptr() == spec.W_E.data_ptr()
+            )
+            n_params = (
+                spec.W_E.numel()
+                + (0 if tied else spec.W_U.numel())
+                + (spec.W_pos.numel() if spec.W_pos is not None else 0)
+                + sum(
+                    t.numel()
+                    for lw in spec.layers
+                    for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.mlp.W_out)
+                )
+                + sum(
+                    (lw.mlp.W_gate.numel() * 2 if lw.mlp.gated else lw.mlp.W_in.numel())
+                    for lw in spec.layers
+                )
+            )
+        return cls(
+            spec.family,
+            spec.n_layers,
+            spec.n_heads,
+            spec.n_kv_heads,
+            spec.d_model,
+            spec.d_head,
+            d_mlp,
+            spec.W_U.shape[0],
+            lw.mlp.gated,
+            spec.rotary is not None,
+            spec.W_pos is not None,
+            spec.parallel,
+            int(n_params),
+            spec.W_E.element_size(),
+        )
 
 
 def virtual_bytes(shape: Shape, elem: int = 4) -> int:
@@ -96,8 +119,9 @@ def scored_pairs(S: int, rows: int, mode: str) -> float:
     return S * (S + per_chunk) / 2
 
 
-def kq_costs(shape: Shape, L: int, B: int, S: int, vw_cached: bool,
-             chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, float]:
+def kq_costs(
+    shape: Shape, L: int, B: int, S: int, vw_cached: bool, chunk_elements: int = CHUNK_ELEMENTS
+) -> dict[str, float]:
     """MACs of the K and Q scores of reader layer ``L`` by each contraction (only
     the pairs :func:`scored_pairs` counts are formed)."""
     H, D, d, P = shape.n_heads, shape.d_model, shape.d_head, shape.proj_width
@@ -135,8 +159,16 @@ def proj_bytes(shape: Shape, L: int, B: int, S: int, elem: int = 4) -> int:
     return B * shape.n_writers_attn(L) * S * shape.proj_width * elem
 
 
-def choose_mode(shape: Shape, L: int, B: int, S: int, vw_cached: bool,
-                max_proj_bytes: int, elem: int = 4, chunk_elements: int = CHUNK_ELEMENTS) -> str:
+def choose_mode(
+    shape: Shape,
+    L: int,
+    B: int,
+    S: int,
+    vw_cached: bool,
+    max_proj_bytes: int,
+    elem: int = 4,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> str:
     """The cheapest K/Q contraction whose buffers fit (fold always fits: it is chunked)."""
     costs = kq_costs(shape, L, B, S, vw_cached, chunk_elements)
     if proj_bytes(shape, L, B, S, elem) > max_proj_bytes:

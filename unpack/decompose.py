@@ -12,6 +12,7 @@ and the sweep and the path search consume each chunk before the next is made.
 How the contractions are computed fast (fold, project, virtual weights, the
 blocked layouts) is :mod:`unpack.kernels`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,15 @@ import torch
 from .adapters.base import LayerWeights, ModelSpec
 from .capture import Capture, LayerCapture, attention_logits, attention_probs, expand_kv, softcap
 from .cost import PROJ_BLOCK, chunk_rows, choose_mode, shape_of
-from .kernels import (EngineOptions, VirtualWeights, fold, fold_per_source, per_position,
-                      project_writers, rotate_head_major)
+from .kernels import (
+    EngineOptions,
+    VirtualWeights,
+    fold,
+    fold_per_source,
+    per_position,
+    project_writers,
+    rotate_head_major,
+)
 
 Tensor = torch.Tensor
 EPS_DEN = 1e-10
@@ -41,7 +49,9 @@ def writers_hat(cap: Capture) -> Tensor:
     return cap.writers if cap.centered else centered_writers(cap, cap.writers)
 
 
-def unembed_direction(W_U: Tensor, W_U_mean: Tensor, tid: Tensor, did: Optional[Tensor] = None) -> Tensor:
+def unembed_direction(
+    W_U: Tensor, W_U_mean: Tensor, tid: Tensor, did: Optional[Tensor] = None
+) -> Tensor:
     """§3 ``u`` per prompt → ``[B, D]``: ``W_U[τ] − W_U[δ]`` where a distractor is
     given (``did >= 0``), else ``W_U[τ] − mean_v W_U[v]``. ``did``: ``[B]`` token
     ids, ``-1`` for none; ``None`` for no distractors at all."""
@@ -59,8 +69,15 @@ def target_direction(cap: Capture, u: Tensor) -> Tensor:
     return cap.spec.ln_final.weight.to(u.dtype) * u / sig[:, None]
 
 
-def seeds(cap: Capture, chat: Tensor, W_U: Tensor, W_U_mean: Tensor, tid: Tensor,
-          did: Optional[Tensor], seed: str = "importance") -> Tensor:
+def seeds(
+    cap: Capture,
+    chat: Tensor,
+    W_U: Tensor,
+    W_U_mean: Tensor,
+    tid: Tensor,
+    did: Optional[Tensor],
+    seed: str = "importance",
+) -> Tensor:
     """§3 seeds ``I_c = ĉ[t] · d_t`` for every writer in ``chat`` → ``[B, N]``.
 
     ``seed="importance"`` (the paper's): ``u = W_U[τ] − mean_v W_U[v]`` even when a
@@ -105,7 +122,10 @@ def _gamma_weights(lw: LayerWeights) -> tuple[Tensor, Tensor]:
     gam = lw.ln_attn.weight
     # multiplied along each head's rows as they lie in memory ([H, d, D] views):
     # a fused per-head QKV matrix is then read in order, not transposed
-    WK, WQ = (lw.W_K.transpose(1, 2) * gam).transpose(1, 2), (lw.W_Q.transpose(1, 2) * gam).transpose(1, 2)
+    WK, WQ = (
+        (lw.W_K.transpose(1, 2) * gam).transpose(1, 2),
+        (lw.W_Q.transpose(1, 2) * gam).transpose(1, 2),
+    )
     if lw.k_norm is not None:
         WK = WK * lw.k_norm.gamma(WK.shape[0])[:, None, :]
     if lw.q_norm is not None:
@@ -131,7 +151,9 @@ def capped_ratio(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> Optiona
         return None
     t = attention_logits(spec, lw, lc.Q, lc.K)
     small = t.abs() < 1e-30
-    return torch.where(small, torch.ones_like(t), softcap(t, lw.softcap) / torch.where(small, 1.0, t))
+    return torch.where(
+        small, torch.ones_like(t), softcap(t, lw.softcap) / torch.where(small, 1.0, t)
+    )
 
 
 def causal_center(raw: Tensor, q0: int, sdim: int, window: Optional[int] = None) -> Tensor:
@@ -146,7 +168,7 @@ def causal_center(raw: Tensor, q0: int, sdim: int, window: Optional[int] = None)
     q = torch.arange(q0, q0 + Qc, device=raw.device)
     if window is not None:
         return _window_center(raw, q, sdim, qdim, window)
-    tri = (q[None, :] >= q[:, None])  # [s - q0, q - q0]: s <= q
+    tri = q[None, :] >= q[:, None]  # [s - q0, q - q0]: s <= q
     if sdim == 3:
         tri = tri.T  # [q - q0, s - q0]
     tri = tri[..., None].to(raw.dtype)
@@ -188,9 +210,18 @@ class AttnScores:
     ``Z [B, L, H, S, d]``, and the :class:`VirtualWeights`."""
 
     @torch.no_grad()
-    def __init__(self, spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
-                 cos: Optional[Tensor], sin: Optional[Tensor], mode: str, virtual=None,
-                 proj_elements: int = PROJ_BLOCK):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        lw: LayerWeights,
+        lc: LayerCapture,
+        chat: Tensor,
+        cos: Optional[Tensor],
+        sin: Optional[Tensor],
+        mode: str,
+        virtual=None,
+        proj_elements: int = PROJ_BLOCK,
+    ):
         if mode not in ("fold", "project", "virtual"):
             raise ValueError(f"unknown K/Q contraction {mode!r}; use fold, project or virtual")
         if mode == "virtual" and virtual is None:
@@ -214,8 +245,9 @@ class AttnScores:
             return
         # every writer in head space, laid out [B, Hkv + H, d, S, C] with 1/σ[s]
         # applied: one GEMM per head then makes a whole chunk, writers last
-        Wkq = torch.cat([self.W_K.permute(1, 0, 2).reshape(D, -1),
-                         self.W_Q.permute(1, 0, 2).reshape(D, -1)], 1)  # Γ [W_K | W_Q]: [D, P]
+        Wkq = torch.cat(
+            [self.W_K.permute(1, 0, 2).reshape(D, -1), self.W_Q.permute(1, 0, 2).reshape(D, -1)], 1
+        )  # Γ [W_K | W_Q]: [D, P]
         heads = None
         if mode == "virtual" and lc.L > 0:  # head writers through their virtual weights
             comps, Z, vws = virtual
@@ -248,8 +280,11 @@ class AttnScores:
                 raw = fold(self.uK[:, :, q0:q1], ch, inv, q0, True, 4 if causal else 1)
             else:
                 # Q[h,q]·R_s(m W_K) = m·(W_K R_s^T Q[h,q]); R_s^T rotates by -θ_s
-                Qr = self.rotary.apply(lc.Q[:, :, q0:q1, None, :].expand(-1, -1, -1, s1, -1),
-                                       self.cos[:s1], -self.sin[:s1])
+                Qr = self.rotary.apply(
+                    lc.Q[:, :, q0:q1, None, :].expand(-1, -1, -1, s1, -1),
+                    self.cos[:s1],
+                    -self.sin[:s1],
+                )
                 u = torch.einsum("bhqse,hDe->bhqsD", Qr, expand_kv(self.W_K, spec, 0))
                 raw = fold_per_source(u, ch, inv)
         if self.ratio is not None:
@@ -264,7 +299,9 @@ class AttnScores:
         B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
         if self.mode != "fold":
             qT = self.qcT[:, :, :, q0:q1].reshape(B, spec.n_heads, spec.d_head, Qc * C)
-            raw = (self.Kx[:, :, :s1] @ qT).view(B, spec.n_heads, s1, Qc, C).mul_(self.lw.attn_scale)
+            raw = (
+                (self.Kx[:, :, :s1] @ qT).view(B, spec.n_heads, s1, Qc, C).mul_(self.lw.attn_scale)
+            )
         else:
             ch = self.chat[:, :, q0:q1]
             inv = self.lw.attn_scale * self.inv_q[:, :, None, q0:q1, None]
@@ -272,8 +309,11 @@ class AttnScores:
                 raw = fold(self.uQ[:, :, :s1], ch, inv, q0, False, 4 if causal else 1)
             else:
                 # R_q(m W_Q)·K[s] = m·(W_Q R_q^T K[s])
-                Kr = self.rotary.apply(self.Kx[:, :, None, :s1, :].expand(-1, -1, Qc, -1, -1),
-                                       self.cos[q0:q1, None], -self.sin[q0:q1, None])
+                Kr = self.rotary.apply(
+                    self.Kx[:, :, None, :s1, :].expand(-1, -1, Qc, -1, -1),
+                    self.cos[q0:q1, None],
+                    -self.sin[q0:q1, None],
+                )
                 u = torch.einsum("bhqse,hDe->bhqsD", Kr, self.W_Q)
                 raw = fold_per_source(u.transpose(2, 3), ch, inv)
         if self.ratio is not None:
@@ -283,16 +323,21 @@ class AttnScores:
     def key(self, q0: int, q1: int) -> Tensor:
         """``key_c[h,q,s]`` (§4): ``rawK_c`` minus its mean over ``s' <= q`` (over the
         window under sliding-window attention) → ``[B,H,Qc,S1,C]``."""
-        return causal_center(self.raw_key(q0, q1, q1, causal=True), q0, sdim=3, window=self.lw.window)
+        return causal_center(
+            self.raw_key(q0, q1, q1, causal=True), q0, sdim=3, window=self.lw.window
+        )
 
     def query(self, q0: int, q1: int) -> Tensor:
         """``query_c[h,q,s]`` (§4): ``rawQ_c`` minus its mean over ``s' <= q`` (over the
         window) → ``[B,H,S1,Qc,C]``."""
-        return causal_center(self.raw_query(q0, q1, q1, causal=True), q0, sdim=2, window=self.lw.window)
+        return causal_center(
+            self.raw_query(q0, q1, q1, causal=True), q0, sdim=2, window=self.lw.window
+        )
 
 
-def score_mode(spec: ModelSpec, B: int, S: int, L: Optional[int] = None,
-               opts: Optional[EngineOptions] = None) -> str:
+def score_mode(
+    spec: ModelSpec, B: int, S: int, L: Optional[int] = None, opts: Optional[EngineOptions] = None
+) -> str:
     """The K/Q contraction the engine uses for reader layer ``L`` (default: the last)."""
     opts = opts or EngineOptions()
     if opts.mode is not None:
@@ -300,11 +345,20 @@ def score_mode(spec: ModelSpec, B: int, S: int, L: Optional[int] = None,
     shape = shape_of(spec)
     L = spec.n_layers - 1 if L is None else L
     cached = opts.vws is not None and opts.vws.cached
-    return choose_mode(shape, L, B, S, cached, opts.max_proj_bytes, chunk_elements=opts.chunk_elements)
+    return choose_mode(
+        shape, L, B, S, cached, opts.max_proj_bytes, chunk_elements=opts.chunk_elements
+    )
 
 
-def raw_key_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
-                   cos: Optional[Tensor], sin: Optional[Tensor], mode: Optional[str] = None) -> Tensor:
+def raw_key_scores(
+    spec: ModelSpec,
+    lw: LayerWeights,
+    lc: LayerCapture,
+    chat: Tensor,
+    cos: Optional[Tensor],
+    sin: Optional[Tensor],
+    mode: Optional[str] = None,
+) -> Tensor:
     """``rawK_c[h,q,s] = scale · Q[h,q] · RoPE_s(m(c)[s] W_K[g(h)])`` → ``[B,C,H,S,S]``
     for every writer in ``chat``, all pairs, uncentered (a whole layer: for checks)."""
     S = chat.shape[2]
@@ -312,8 +366,15 @@ def raw_key_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Te
     return AttnScores(spec, lw, lc, chat, cos, sin, mode).raw_key(0, S, S).permute(0, 4, 1, 2, 3)
 
 
-def raw_query_scores(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture, chat: Tensor,
-                     cos: Optional[Tensor], sin: Optional[Tensor], mode: Optional[str] = None) -> Tensor:
+def raw_query_scores(
+    spec: ModelSpec,
+    lw: LayerWeights,
+    lc: LayerCapture,
+    chat: Tensor,
+    cos: Optional[Tensor],
+    sin: Optional[Tensor],
+    mode: Optional[str] = None,
+) -> Tensor:
     """``rawQ_c[h,q,s] = scale · RoPE_q(m(c)[q] W_Q[h]) · K[g(h),s]`` → ``[B,C,H,S,S]``, uncentered."""
     S = chat.shape[2]
     mode = mode or score_mode(spec, chat.shape[0], S, lc.L)
@@ -338,8 +399,9 @@ def projected_values(spec: ModelSpec, lw: LayerWeights, lc: LayerCapture) -> Ten
     return torch.einsum("bhse,heD->bhsD", expand_kv(lc.V, spec), lw.W_O)
 
 
-def value_shares(lc: LayerCapture, A: Tensor, pv: Tensor, d_hat: Tensor,
-                 post=None) -> tuple[Tensor, Tensor]:
+def value_shares(
+    lc: LayerCapture, A: Tensor, pv: Tensor, d_hat: Tensor, post=None
+) -> tuple[Tensor, Tensor]:
     """``(share0, shareA)``, each ``[B,H,S,S]``: depth-0 shares ``A·(p̂v·d_t)`` and
     aligned shares ``A·(pv·o[q]) / max(‖o[q]‖², 1e-10)`` with ``o[q] = Σ_h Σ_s A pv``.
     Through a post-attention norm ``post`` the parts written at ``q`` are
@@ -361,8 +423,9 @@ def _safe(x: Tensor) -> Tensor:
     return torch.where(x.abs() < EPS_DEN, torch.full_like(x, EPS_DEN), x)
 
 
-def mlp_cell_weights(lw: LayerWeights, a: Tensor, h: Tensor, d_hat: Tensor,
-                     sigma_post: Optional[Tensor] = None) -> dict[str, Tensor]:
+def mlp_cell_weights(
+    lw: LayerWeights, a: Tensor, h: Tensor, d_hat: Tensor, sigma_post: Optional[Tensor] = None
+) -> dict[str, Tensor]:
     """Cell weights ``w_j`` of the three weighted rules, each ``[B,S,F]``, from the
     cells ``a [B,S,F]`` and ``h = Σ_j a_j W_out[:, j]`` (no bias, as captured).
     Through a post-feedforward norm a cell writes ``γ ⊙ a_j W_out[:, j] / σ_post[q]``:
@@ -410,7 +473,7 @@ def mlp_l2(lw: LayerWeights, lc: LayerCapture, chat: Tensor, max_elements: int =
     step = max(1, max_elements // max(B * S * mats[0].shape[0], 1))
     out = []
     for c0 in range(0, C, step):
-        m = lw.ln_mlp.marginal_norm(chat[:, c0:c0 + step], lc.sigma_mlp)
+        m = lw.ln_mlp.marginal_norm(chat[:, c0 : c0 + step], lc.sigma_mlp)
         out.append(torch.sqrt(sum((m @ W.T).pow(2).sum(-1) for W in mats)))
     return torch.cat(out, 1)
 
@@ -530,8 +593,15 @@ class MLPOps:
     fack: Tensor  # [B,C,S] the same at depth >= 1
 
 
-def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
-             opts: Optional[EngineOptions] = None, lw: Optional[LayerWeights] = None) -> HeadOps:
+def head_ops(
+    cap: Capture,
+    L: int,
+    chat: Tensor,
+    d_hat: Tensor,
+    cfg,
+    opts: Optional[EngineOptions] = None,
+    lw: Optional[LayerWeights] = None,
+) -> HeadOps:
     """§4 scores of layer L turned into the §6 distribution factors (``lw``: the
     layer's weights in the math dtype, when the caller already cast them)."""
     opts = opts or EngineOptions()
@@ -555,19 +625,22 @@ def head_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
     scores, rows = None, S
     if cfg.w_K or cfg.w_Q:
         mode = score_mode(spec, B, S, L, opts)
-        virtual = (cap.comps, cap.Z, opts.vws or
-                   VirtualWeights(spec, cap.dtype, budget_bytes=0)) if mode == "virtual" else None
+        virtual = (
+            (cap.comps, cap.Z, opts.vws or VirtualWeights(spec, cap.dtype, budget_bytes=0))
+            if mode == "virtual"
+            else None
+        )
         scores = AttnScores(spec, lw, lc, ch, lc.cos, lc.sin, mode, virtual, opts.proj_elements)
-        rows = chunk_rows(shape_of(spec), L, B, S, mode,
-                          opts.chunk_elements)
+        rows = chunk_rows(shape_of(spec), L, B, S, mode, opts.chunk_elements)
     return HeadOps(f0, fk, Vn, C, scores, rows, cfg.w_K, cfg.w_Q, cfg.beta)
 
 
 _CHAIN = ("depth0", "aligned", "weighted", "l2")
 
 
-def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
-            lw: Optional[LayerWeights] = None) -> MLPOps:
+def mlp_ops(
+    cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg, lw: Optional[LayerWeights] = None
+) -> MLPOps:
     """§5-6 MLP factors: the first rule with a non-vanishing denominator, starting at
     depth0 (depth 0) or the preset's rule (depth >= 1); else all to ``embedding``."""
     lc = cap.layers[L]
@@ -587,8 +660,11 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
                 cache[name] = (l2 / torch.where(valid, tot, 1.0)[:, None] * valid[:, None], valid)
             else:
                 # the rules a sweep always needs share one pass over W_in
-                names = [name] + [r for r in ("depth0", cfg.mlp_rule)
-                                  if r != name and r != "l2" and r not in cache]
+                names = [name] + [
+                    r
+                    for r in ("depth0", cfg.mlp_rule)
+                    if r != name and r != "l2" and r not in cache
+                ]
                 vecs = mlp_score_vectors(lw, cells, torch.stack([weights[r] for r in names]))
                 for r, sc in zip(names, mlp_scores(lw, lc, ch, vecs)):
                     den, valid = safe_denom(sc, cfg.beta, 1)
@@ -601,7 +677,7 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
         # Padding positions never hold credit: count them as done so they cannot
         # force the costlier fallback rules.
         done = torch.arange(S, device=ch.device)[None, :] >= cap.lengths[:, None]
-        for name in _CHAIN[_CHAIN.index(start):]:
+        for name in _CHAIN[_CHAIN.index(start) :]:
             f, valid = rule(name)
             take = valid & ~done
             fac = torch.where(take[:, None], f, fac)
@@ -612,4 +688,3 @@ def mlp_ops(cap: Capture, L: int, chat: Tensor, d_hat: Tensor, cfg,
         return fac
 
     return MLPOps(chain("depth0"), chain(cfg.mlp_rule))
-

@@ -2,6 +2,7 @@
 the app and Ray come with ``pip install 'unpack[app]'`` (or ``[store]``,
 ``[ray]``). A command whose extra is missing stops with that pip command
 (an InputError, exit 2) instead of an ImportError's traceback."""
+
 from __future__ import annotations
 
 from importlib.util import find_spec
@@ -17,9 +18,17 @@ EXTRAS = {
 }
 # the commands that need an extra (the rest need only the engine); `ingest --workers`
 # and `--ray` name the ray extra themselves (ingest/shard.py)
-COMMANDS = {"ingest": "store", "demo": "store",
-            "app": "app", "report": "app", "discover": "app", "verify": "app", "export": "app",
-            "evaluate": "app", "toy-report": "app"}
+COMMANDS = {
+    "ingest": "store",
+    "demo": "store",
+    "app": "app",
+    "report": "app",
+    "discover": "app",
+    "verify": "app",
+    "export": "app",
+    "evaluate": "app",
+    "toy-report": "app",
+}
 
 
 def _installed(module: str) -> bool:
@@ -30,9 +39,11 @@ def _installed(module: str) -> bool:
 
 
 def _error(extra: str, modules: list[str]) -> InputError:
-    return InputError(f"this needs {', '.join(modules)}, from the optional extra [{extra}], "
-                      f"which is not installed: pip install 'unpack[{extra}]' (from a checkout: "
-                      f"pip install -e '.[{extra}]')")
+    return InputError(
+        f"this needs {', '.join(modules)}, from the optional extra [{extra}], "
+        f"which is not installed: pip install 'unpack[{extra}]' (from a checkout: "
+        f"pip install -e '.[{extra}]')"
+    )
 
 
 def require(command: str) -> None:

@@ -3,6 +3,7 @@
 meaning; a keyword changes what one command means by it, e.g.
 ``add_flags(p, "db", db=dict(required=True, help="DuckDB store (opened read-only)"))``.
 Imports argparse only, so ``unpack --help`` stays fast."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,10 @@ import sys
 
 DEFAULT_DB = "unpack.duckdb"
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-MODEL_HELP = ("local HF directory, .gguf file, a model alias (smollm2-135m, a fetched one: "
-              "`unpack models list`), a toy ladder checkpoint (ladder-d64@step200), or a hub name")
+MODEL_HELP = (
+    "local HF directory, .gguf file, a model alias (smollm2-135m, a fetched one: "
+    "`unpack models list`), a toy ladder checkpoint (ladder-d64@step200), or a hub name"
+)
 
 FLAGS = {
     "db": dict(default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})"),
@@ -29,13 +32,19 @@ FLAGS = {
 }
 
 
-def add_command(sub, name: str, help: str, description: str, epilog: str | None = None,
-                raw: bool = False) -> argparse.ArgumentParser:
+def add_command(
+    sub, name: str, help: str, description: str, epilog: str | None = None, raw: bool = False
+) -> argparse.ArgumentParser:
     """The subcommand ``name`` of the subparsers ``sub``: ``description`` (a
     wrapped text) is shown as one paragraph; ``raw`` keeps the epilog's lines."""
     fmt = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
-    return sub.add_parser(name, help=help, description=" ".join(description.split()),
-                          epilog=epilog, formatter_class=fmt)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=" ".join(description.split()),
+        epilog=epilog,
+        formatter_class=fmt,
+    )
 
 
 def add_flags(p, *names: str, **changed: dict) -> None:
@@ -49,13 +58,20 @@ def add_flags(p, *names: str, **changed: dict) -> None:
 
 def add_device_flags(p, what: str = "the model") -> None:
     """``--device`` and the weights' ``--dtype``, the same on every command that loads a model."""
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help=f"where {what} runs: cpu (default), cuda, cuda:N or auto (a GPU if "
-                        "there is one)")
-    p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="dtype of the weights (default float32): bfloat16/float16 keep a 7B "
-                        "model at 2 bytes a weight; the decomposition math runs in float32 "
-                        "(float64 with float64 weights)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help=f"where {what} runs: cpu (default), cuda, cuda:N or auto (a GPU if there is one)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="dtype of the weights (default float32): bfloat16/float16 keep a 7B "
+        "model at 2 bytes a weight; the decomposition math runs in float32 "
+        "(float64 with float64 weights)",
+    )
 
 
 # ------------------------------------------------------------------ the report command
@@ -77,8 +93,14 @@ def report_group(subparsers):
     which stores the reroots it lacks; ``app.reports.cli``: the reading ones)."""
     p = subparsers.choices.get("report")
     if p is None:
-        p = add_command(subparsers, "report", "composition, duplicate-suppression and induction "
-                        "reports from a store", REPORT_TEXT, epilog=REPORT_EPILOG, raw=True)
+        p = add_command(
+            subparsers,
+            "report",
+            "composition, duplicate-suppression and induction reports from a store",
+            REPORT_TEXT,
+            epilog=REPORT_EPILOG,
+            raw=True,
+        )
         p.reports = p.add_subparsers(dest="report", metavar="REPORT")
         p.set_defaults(func=lambda args: _usage(p))
     return p.reports
@@ -86,14 +108,28 @@ def report_group(subparsers):
 
 def add_report_flags(p, many_models: bool = False) -> None:
     """--db, --model, --preset and --out, as every report takes them."""
-    model = (dict(nargs="+", default=None, help="models to include (default: every model with "
-                                                "IOI traces)") if many_models else
-             dict(default=None, help="model name as stored (default: the only model in the store)"))
-    add_flags(p, "db", "model", "preset", "out", db=dict(required=True, default=None,
-                                                         help="DuckDB store (opened read-only)"),
-              model=dict(required=False, **model),
-              out=dict(required=False, default="reports", metavar=None,
-                       help="output folder (default ./reports)"))
+    model = (
+        dict(
+            nargs="+", default=None, help="models to include (default: every model with IOI traces)"
+        )
+        if many_models
+        else dict(default=None, help="model name as stored (default: the only model in the store)")
+    )
+    add_flags(
+        p,
+        "db",
+        "model",
+        "preset",
+        "out",
+        db=dict(required=True, default=None, help="DuckDB store (opened read-only)"),
+        model=dict(required=False, **model),
+        out=dict(
+            required=False,
+            default="reports",
+            metavar=None,
+            help="output folder (default ./reports)",
+        ),
+    )
 
 
 def _usage(p) -> int:

@@ -6,6 +6,7 @@ parent, depth >= 1) are ``[B, R, N, S]`` over the credited components. Edges
 are summed over positions into ``E [B, R, N_parent, N_child, 4]`` (modes K, Q,
 V, MLP) and, when asked for, kept position-resolved above a threshold.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ MODES = ("K", "Q", "V", "MLP")
 TINY = 1e-14  # credit below this is not distributed (§6)
 
 
-def initial_credit(I: Tensor, t: list[int], roots: list[list[Optional[tuple[int, int]]]],
-                   S: int) -> Tensor:
+def initial_credit(
+    I: Tensor, t: list[int], roots: list[list[Optional[tuple[int, int]]]], S: int
+) -> Tensor:
     """``F0 [B, R, N, S]`` at the start of the sweep (docs/METHOD.md §3, §6): for a
     root ``None`` the seeds ``F0[c][t] = I_c`` (``I [B, N]``, ``t`` the target
     position of each prompt); for a root ``(c, q)`` (rerooting) ``1.0`` at
@@ -69,13 +71,21 @@ class Flow:
     Fk: Tensor
     E: Tensor  # [B, R, N, N, 4]
     pos_min: Optional[Tensor] = None  # [B, R] threshold for position-resolved edges
-    pos_edges: list = field(default_factory=list)  # chunks of (b, r, parent, ppos, child, cpos, mode, w)
+    pos_edges: list = field(
+        default_factory=list
+    )  # chunks of (b, r, parent, ppos, child, cpos, mode, w)
 
     @classmethod
-    def start(cls, F0: Tensor, pos_min: Optional[Tensor] = None, Fk: Optional[Tensor] = None) -> "Flow":
+    def start(
+        cls, F0: Tensor, pos_min: Optional[Tensor] = None, Fk: Optional[Tensor] = None
+    ) -> "Flow":
         B, R, N, S = F0.shape
-        return cls(F0=F0.clone(), Fk=torch.zeros_like(F0) if Fk is None else Fk.clone(),
-                   E=F0.new_zeros(B, R, N, N, 4), pos_min=pos_min)
+        return cls(
+            F0=F0.clone(),
+            Fk=torch.zeros_like(F0) if Fk is None else Fk.clone(),
+            E=F0.new_zeros(B, R, N, N, 4),
+            pos_min=pos_min,
+        )
 
     @property
     def total(self) -> Tensor:
@@ -91,8 +101,9 @@ class Flow:
         where ``i`` indexes (parent, ppos, cpos) triples."""
         big = (amount.abs() >= self.pos_min[:, :, None, None]) & (amount != 0)
         b, r, i, c = big.nonzero(as_tuple=True)
-        self.pos_edges.append((b, r, parent[i], ppos[i], c, cpos[i],
-                               torch.full_like(b, mode), amount[b, r, i, c]))
+        self.pos_edges.append(
+            (b, r, parent[i], ppos[i], c, cpos[i], torch.full_like(b, mode), amount[b, r, i, c])
+        )
 
     def mlp_step(self, slot: int, ops: MLPOps):
         """Distribute the credit of ``mlp_L`` (component ``slot``) to its writers at q."""
@@ -109,12 +120,14 @@ class Flow:
     def holds(self, lo: int, hi: int) -> bool:
         """Whether any of the components ``lo .. hi-1`` holds credit the sweep would
         distribute (``|x| >= 1e-14``)."""
-        return bool((self.F0[:, :, lo:hi].abs() >= TINY).any() or (self.Fk[:, :, lo:hi].abs() >= TINY).any())
+        return bool(
+            (self.F0[:, :, lo:hi].abs() >= TINY).any() or (self.Fk[:, :, lo:hi].abs() >= TINY).any()
+        )
 
     def source_split(self, slot: int, H: int, ops: HeadOps) -> Tensor:
         """Step 1 for all heads of a layer: ``x_s = x · f_s`` → ``[B, R, H, Q, S]``."""
-        x0 = thr(self.F0[:, :, slot:slot + H])[..., None]
-        xk = thr(self.Fk[:, :, slot:slot + H])[..., None]
+        x0 = thr(self.F0[:, :, slot : slot + H])[..., None]
+        xk = thr(self.Fk[:, :, slot : slot + H])[..., None]
         return thr(x0 * ops.f0[:, None]) + thr(xk * ops.fk[:, None])
 
     def values_step(self, slot: int, H: int, xs: Tensor, ops: HeadOps):
@@ -125,7 +138,7 @@ class Flow:
         T = xs.sum(3)[:, :, None] * ops.Vn[:, None]  # [B, R, C, H, S]
         C = T.shape[2]
         self.Fk[:, :, :C] += T.sum(3)
-        self.E[:, :, slot:slot + H, :C, 2] += T.sum(4).transpose(2, 3)
+        self.E[:, :, slot : slot + H, :C, 2] += T.sum(4).transpose(2, 3)
 
     def heads_chunk(self, slot: int, H: int, xs: Tensor, ops: HeadOps, ch: HeadChunk):
         """The K and Q branches for the query positions of one chunk: each child's
@@ -148,8 +161,12 @@ class Flow:
     def _keep_heads(self, slot: int, H: int, x: Tensor, ops: HeadOps, ch: HeadChunk):
         B, R, _, Qc, S1 = x.shape
         dev = x.device
-        h, q, s = torch.meshgrid(torch.arange(H, device=dev), torch.arange(ch.q0, ch.q1, device=dev),
-                                 torch.arange(S1, device=dev), indexing="ij")
+        h, q, s = torch.meshgrid(
+            torch.arange(H, device=dev),
+            torch.arange(ch.q0, ch.q1, device=dev),
+            torch.arange(S1, device=dev),
+            indexing="ij",
+        )
         h, q, s = h.reshape(-1), q.reshape(-1), s.reshape(-1)
         Kn = ch.Kn
         if Kn is not None:  # parent h@q -> child c@s
@@ -187,8 +204,15 @@ def query_range(xs: Tensor, search=None) -> tuple[int, int]:
     return (int(q[0]), int(q[-1]) + 1) if len(q) else (0, 0)
 
 
-def sweep(cap, ops_for_layer, F0: Tensor, pos_min: Optional[Tensor] = None,
-          Fk: Optional[Tensor] = None, search=None, profile=NO_PROFILE) -> Flow:
+def sweep(
+    cap,
+    ops_for_layer,
+    F0: Tensor,
+    pos_min: Optional[Tensor] = None,
+    Fk: Optional[Tensor] = None,
+    search=None,
+    profile=NO_PROFILE,
+) -> Flow:
     """Run §6 from layer L-1 down to 0: ``mlp_L`` first, then the heads of L.
 
     ``ops_for_layer(L) -> (MLPOps, HeadOps)`` supplies the factors; the heads' K

@@ -12,6 +12,7 @@ Measured on GPT-2 small's shape at 256 tokens on a CPU it was not faster than th
 plain path (the K/Q GEMMs, which both paths make, dominate there), so the planner
 does not choose it; see docs/THROUGHPUT.md.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -33,7 +34,9 @@ def attach(ops: HeadOps) -> HeadOps:
     """``ops`` with its K/Q chunks made by :class:`FusedKQ` where :func:`use_fused` allows."""
     sc = ops.scores
     if sc is not None and use_fused(sc):
-        ops.fused = FusedKQ(sc.lc.Q, sc.Kx, sc.kcT, sc.qcT, sc.lw.attn_scale, ops.beta, ops.w_K, ops.w_Q)
+        ops.fused = FusedKQ(
+            sc.lc.Q, sc.Kx, sc.kcT, sc.qcT, sc.lw.attn_scale, ops.beta, ops.w_K, ops.w_Q
+        )
     return ops
 
 
@@ -46,8 +49,17 @@ class FusedKQ:
     ``qcT [B, H, d, S, C]``: the writers projected as :class:`unpack.decompose.AttnScores`
     lays them out; ``scale`` the attention scale; ``w_K, w_Q`` the branch weights."""
 
-    def __init__(self, Q: Tensor, K: Tensor, kcT: Tensor, qcT: Tensor, scale: float,
-                 beta: float, w_K: float, w_Q: float):
+    def __init__(
+        self,
+        Q: Tensor,
+        K: Tensor,
+        kcT: Tensor,
+        qcT: Tensor,
+        scale: float,
+        beta: float,
+        w_K: float,
+        w_Q: float,
+    ):
         self.Q, self.K = Q * scale, K  # the scale once, on the queries
         self.kcT, self.qcT, self.beta, self.w_K, self.w_Q = kcT, qcT, beta, w_K, w_Q
         S = K.shape[2]
@@ -63,7 +75,9 @@ class FusedKQ:
             self._prefix = self.kcT[:, :, :, :q0].sum(3)
         Qc = q1 - q0
         tri = torch.ones(Qc, Qc, dtype=self.kcT.dtype, device=self.kcT.device).tril_()
-        cum = (tri @ self.kcT[:, :, :, q0:q1]).add_(self._prefix[:, :, :, None])  # a GEMM, not a scan
+        cum = (tri @ self.kcT[:, :, :, q0:q1]).add_(
+            self._prefix[:, :, :, None]
+        )  # a GEMM, not a scan
         self._prefix, self._next = cum[:, :, :, -1], q1
         return cum
 
@@ -131,8 +145,8 @@ class FusedChunk:
         y = x * self.qscale[:, None]  # [B, R, H, Qc, S1]
         S1 = x.shape[-1]
         W = torch.einsum("brhqs,bhse->brhqe", y, f.K[:, :, :S1])
-        W = W - y.sum(-1, keepdim=True) * f.K_mean[:, None, :, self.q0:self.q1]
-        return torch.einsum("brhqe,bheqc->brhqc", W, f.qcT[:, :, :, self.q0:self.q1])
+        W = W - y.sum(-1, keepdim=True) * f.K_mean[:, None, :, self.q0 : self.q1]
+        return torch.einsum("brhqe,bheqc->brhqc", W, f.qcT[:, :, :, self.q0 : self.q1])
 
     # single rows (the path search) and whole tensors (position-resolved edges)
     def key_rows(self, b: Tensor, h: Tensor, qi: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ linear. Three replacements:
 Downstream heads and MLPs see the changed residual (the knock-out propagates);
 nothing else of the pass changes.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -21,8 +22,16 @@ from typing import Optional
 import torch
 
 from .adapters.base import ModelSpec
-from .capture import (attention, attn_block, capture, embed, last_logits, layer_tables, mlp_block,
-                      unembed_mean)
+from .capture import (
+    attention,
+    attn_block,
+    capture,
+    embed,
+    last_logits,
+    layer_tables,
+    mlp_block,
+    unembed_mean,
+)
 
 Tensor = torch.Tensor
 
@@ -38,9 +47,15 @@ def _patch(z: Tensor, L: int, ablate: Optional[Tensor], source: Optional[Tensor]
 
 
 @torch.no_grad()
-def forward(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.float32,
-            ablate: Optional[Tensor] = None, source: Optional[Tensor] = None,
-            keep_z: bool = False):
+def forward(
+    spec: ModelSpec,
+    input_ids: Tensor,
+    lengths: Tensor,
+    dtype=torch.float32,
+    ablate: Optional[Tensor] = None,
+    source: Optional[Tensor] = None,
+    keep_z: bool = False,
+):
     """Logits at each prompt's last position ``[B, V]`` (and, with ``keep_z``, every
     head's mixed values ``[B, L, H, S, d]``) of right-padded ``input_ids [B, S]``.
 
@@ -55,8 +70,11 @@ def forward(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, dtype=torch.flo
     if spec.W_pos is not None:
         x = x + spec.W_pos[:S].to(dtype)
     tables = layer_tables(spec, S, dtype)
-    Z = torch.empty(B, spec.n_layers, spec.n_heads, S, spec.d_head, dtype=dtype,
-                    device=dev) if keep_z else None
+    Z = (
+        torch.empty(B, spec.n_layers, spec.n_heads, S, spec.d_head, dtype=dtype, device=dev)
+        if keep_z
+        else None
+    )
     for L, lw in enumerate(spec.layers):
         lw = lw.cast(dtype)
         z = _patch(attention(spec, lw, x, *tables[L])[3], L, ablate, source)
@@ -79,15 +97,22 @@ def logit_diff(logits: Tensor, tid: Tensor, did: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def direct_effects(spec: ModelSpec, input_ids: Tensor, lengths: Tensor, tid: Tensor,
-                   did: Tensor, dtype=torch.float32) -> Tensor:
+def direct_effects(
+    spec: ModelSpec,
+    input_ids: Tensor,
+    lengths: Tensor,
+    tid: Tensor,
+    did: Tensor,
+    dtype=torch.float32,
+) -> Tensor:
     """``[B, L, H]``: each head's direct effect on the metric, ``ĉ_h[t] · d_t`` with
     the distractor's direction where there is one (METHOD.md §3, ``seed="metric"``)."""
     from . import decompose as dec
 
     cap = capture(spec, input_ids, lengths, dtype=dtype)
     W_U_mean = unembed_mean(spec.W_U, dtype)
-    I = dec.seeds(cap, cap.writers, spec.W_U, W_U_mean, tid.to(cap.device), did.to(cap.device),
-                  "metric")  # [B, N]
+    I = dec.seeds(
+        cap, cap.writers, spec.W_U, W_U_mean, tid.to(cap.device), did.to(cap.device), "metric"
+    )  # [B, N]
     slots = [cap.comps.head_slot(L, h) for L in range(spec.n_layers) for h in range(spec.n_heads)]
     return I[:, slots].reshape(-1, spec.n_layers, spec.n_heads)

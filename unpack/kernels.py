@@ -15,6 +15,7 @@ same numbers:
 Shapes: ``B`` prompts, ``C`` writers, ``H`` heads, ``S`` positions, ``D`` width,
 ``d`` head dim, ``P = (H + Hkv)·d``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,8 +80,11 @@ def transpose_scaled(proj: Tensor, inv_sigma: Tensor, out: Tensor, block: int = 
     step = max(1, block // max(C * P, 1))
     for s0 in range(0, S, step):
         s1 = min(S, s0 + step)
-        torch.mul(proj[:, :, s0:s1].permute(0, 3, 2, 1), inv_sigma[:, None, s0:s1, None],
-                  out=out[:, :, s0:s1])
+        torch.mul(
+            proj[:, :, s0:s1].permute(0, 3, 2, 1),
+            inv_sigma[:, None, s0:s1, None],
+            out=out[:, :, s0:s1],
+        )
 
 
 def rotate_head_major(x: Tensor, cos: Tensor, sin: Tensor, r: int) -> None:
@@ -111,10 +115,10 @@ def fold(u: Tensor, ch: Tensor, inv: Tensor, q0: int, q_on_u: bool, blocks: int 
     for a in range(0, n, step):
         b = min(n, a + step)
         if q_on_u:  # queries a..b-1 along u see sources < q0 + b along ch
-            ub, cb, jb = u[:, :, a:b], ch[:, :, :min(J, q0 + b)], slice(0, min(J, q0 + b))
+            ub, cb, jb = u[:, :, a:b], ch[:, :, : min(J, q0 + b)], slice(0, min(J, q0 + b))
             ib, iv = slice(a, b), inv[..., jb, :]
         else:  # queries a..b-1 along ch see sources < q0 + b along u
-            ub, cb, ib = u[:, :, :min(I, q0 + b)], ch[:, :, a:b], slice(0, min(I, q0 + b))
+            ub, cb, ib = u[:, :, : min(I, q0 + b)], ch[:, :, a:b], slice(0, min(I, q0 + b))
             jb, iv = slice(a, b), inv[..., a:b, :]
         i, j = ub.shape[2], cb.shape[2]
         prod = ub.reshape(B, H * i, D) @ cb.reshape(B, C * j, D).transpose(1, 2)  # [B, H·i, C·j]
@@ -133,16 +137,20 @@ def fold_per_source(u: Tensor, ch: Tensor, inv: Tensor) -> Tensor:
     prod = prod.view(B, J, H, I, C).permute(0, 2, 3, 1, 4)
     return torch.mul(prod, inv, out=u.new_empty(B, H, I, J, C))
 
+
 def per_position(chat: Tensor, vec: Tensor) -> Tensor:
     """``out[b, c, s, k] = chat[b, c, s] · vec[b, s, k]`` → ``[B, C, S, K]`` for
     ``chat [B, C, S, D]``, ``vec [B, S, K, D]``: one GEMM per position over the
     writers as they lie in the buffer, a prompt at a time (batched over the
     prompts too, the contraction would first copy every writer position-major)."""
-    return torch.stack([torch.bmm(chat[b].transpose(0, 1), vec[b].transpose(1, 2))
-                        for b in range(chat.shape[0])]).transpose(1, 2)
+    return torch.stack(
+        [torch.bmm(chat[b].transpose(0, 1), vec[b].transpose(1, 2)) for b in range(chat.shape[0])]
+    ).transpose(1, 2)
 
-def project_writers(chat: Tensor, Wkq: Tensor, inv_sigma: Tensor, block: int = PROJ_BLOCK,
-                    heads=None) -> Tensor:
+
+def project_writers(
+    chat: Tensor, Wkq: Tensor, inv_sigma: Tensor, block: int = PROJ_BLOCK, heads=None
+) -> Tensor:
     """Every writer ``chat [B, C, S, D]`` through ``Wkq [D, P]`` and scaled by
     ``inv_sigma [B, S]``, laid out ``[B, P, S, C]`` (the layout the chunks read).
 
@@ -156,7 +164,9 @@ def project_writers(chat: Tensor, Wkq: Tensor, inv_sigma: Tensor, block: int = P
     step = max(1, block // max(B * C * P, 1))
     for s0 in range(0, S, step):
         s1 = min(S, s0 + step)
-        proj = chat[:, :, s0:s1] @ Wkq if heads is None else _project_virtual(chat, Wkq, heads, s0, s1)
+        proj = (
+            chat[:, :, s0:s1] @ Wkq if heads is None else _project_virtual(chat, Wkq, heads, s0, s1)
+        )
         transpose_scaled(proj, inv_sigma[:, s0:s1], out[:, :, s0:s1])
         del proj
     return out
@@ -176,5 +186,5 @@ def _project_virtual(chat: Tensor, Wkq: Tensor, heads, s0: int, s1: int) -> Tens
     hw = torch.einsum("blhsd,lhdP->blhsP", Z[:, :L, :, s0:s1], vw.view(L, H, *vw.shape[1:]))
     for Lw in range(L):
         slot = comps.head_slot(Lw)
-        proj[:, slot:slot + H] = hw[:, Lw]
+        proj[:, slot : slot + H] = hw[:, Lw]
     return proj

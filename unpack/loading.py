@@ -12,6 +12,7 @@ attention probabilities). GGUF weights are de-quantized once and the result is
 cached as safetensors under ``$UNPACK_CACHE/models/<name>`` (default
 ``~/.cache/unpack/models/<name>``), so later loads take seconds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,31 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .models import MODELS, SMOLLM2_ALIAS, SMOLLM2_FILE, SMOLLM2_INSTALL, SMOLLM2_PACKAGE, \
-    cache_base, fetched_gguf, smollm2_path  # noqa: F401 (unpack.loading's names)
+from .models import (
+    MODELS,
+    SMOLLM2_ALIAS,
+    SMOLLM2_FILE as SMOLLM2_FILE,  # re-exported: unpack.loading's names before unpack.models
+    SMOLLM2_INSTALL as SMOLLM2_INSTALL,
+    SMOLLM2_PACKAGE as SMOLLM2_PACKAGE,
+    cache_base,
+    fetched_gguf,
+    smollm2_path,
+)
 
 ALIASES = (SMOLLM2_ALIAS,)
 # Each alias's Hugging Face config, for planning before the model is loaded (`unpack plan`).
-ALIAS_CONFIGS = {SMOLLM2_ALIAS: dict(
-    model_type="llama", num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-    hidden_size=576, intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True)}
+ALIAS_CONFIGS = {
+    SMOLLM2_ALIAS: dict(
+        model_type="llama",
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        hidden_size=576,
+        intermediate_size=1536,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    )
+}
 LADDER_DIR = Path(__file__).resolve().parent / "toy" / "ladder"  # the shipped toy ladder
 _STEP = re.compile(r"^step[-_]?(\d+)$")
 
@@ -42,6 +60,7 @@ _HUB_TIMEOUT_S = 10.0
 
 
 # ---------------------------------------------------------------- public API
+
 
 def load_model(name_or_path, dtype=None, device="cpu", *, cache_dir=None):
     """``(model, tokenizer)`` for a local directory, a ``.gguf`` file, an alias
@@ -71,8 +90,10 @@ def with_revision(name, revision=None) -> str:
         return str(name)
     base, rev = split_revision(name)
     if rev is not None and rev != revision:
-        raise InputError(f"--model {name!r} already names revision {rev!r}; drop --revision "
-                         f"{revision!r} or the @{rev}")
+        raise InputError(
+            f"--model {name!r} already names revision {rev!r}; drop --revision "
+            f"{revision!r} or the @{rev}"
+        )
     return f"{base}@{revision}"
 
 
@@ -81,7 +102,13 @@ def split_revision(name) -> tuple[str, str | None]:
     when the whole name is an existing path."""
     s = str(name).strip()
     base, at, rev = s.rpartition("@")
-    if not at or not base or not rev or Path(s).expanduser().exists() or any(c.isspace() for c in rev):
+    if (
+        not at
+        or not base
+        or not rev
+        or Path(s).expanduser().exists()
+        or any(c.isspace() for c in rev)
+    ):
         return s, None
     return base, rev
 
@@ -107,19 +134,25 @@ def resolve_device(name) -> "torch.device":
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise InputError(f"device {name!r} is not a device name; use cpu, cuda, cuda:N or auto") from None
+        raise InputError(
+            f"device {name!r} is not a device name; use cpu, cuda, cuda:N or auto"
+        ) from None
     if dev.type == "cpu":
         return dev
     if dev.type != "cuda":
         raise InputError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
     if not torch.cuda.is_available():
-        raise InputError(f"device {name!r} is not available: this machine has no CUDA GPU that "
-                         "torch can use (torch.cuda.is_available() is False); use --device cpu, "
-                         "or install a CUDA build of torch on a machine with a GPU")
+        raise InputError(
+            f"device {name!r} is not available: this machine has no CUDA GPU that "
+            "torch can use (torch.cuda.is_available() is False); use --device cpu, "
+            "or install a CUDA build of torch on a machine with a GPU"
+        )
     n = torch.cuda.device_count()
     if dev.index is not None and dev.index >= n:
-        raise InputError(f"device {name!r} is not available: this machine has {n} CUDA "
-                         f"device(s), cuda:0 .. cuda:{n - 1}; choose one with --device")
+        raise InputError(
+            f"device {name!r} is not available: this machine has {n} CUDA "
+            f"device(s), cuda:0 .. cuda:{n - 1}; choose one with --device"
+        )
     return dev
 
 
@@ -133,8 +166,9 @@ def load_tokenizer(name_or_path, *, cache_dir=None):
         return _gguf_tokenizer(where, str(name_or_path))
     if kind == "hub":
         try:
-            return _from_pretrained_tokenizer(where, where, local_files_only=True,
-                                              **_rev_kw(revision))
+            return _from_pretrained_tokenizer(
+                where, where, local_files_only=True, **_rev_kw(revision)
+            )
         except InputError:
             _check_hub(where)
         return _from_pretrained_tokenizer(where, where, **_rev_kw(revision))
@@ -182,9 +216,14 @@ def toy_facts(directory) -> dict | None:
     with open(path) as f:
         meta = json.load(f)
     gt = meta.get("ground_truth") or {}
-    return {"variant": meta.get("variant"), "step": meta.get("step"), "eval": meta.get("eval"),
-            "prev_heads": gt.get("prev_heads"), "induction_heads": gt.get("induction_heads"),
-            "circuit": meta.get("circuit")}
+    return {
+        "variant": meta.get("variant"),
+        "step": meta.get("step"),
+        "eval": meta.get("eval"),
+        "prev_heads": gt.get("prev_heads"),
+        "induction_heads": gt.get("induction_heads"),
+        "circuit": meta.get("circuit"),
+    }
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -197,6 +236,7 @@ def cache_root(cache_dir=None) -> Path:
 
 # ---------------------------------------------------------------- resolving
 
+
 def resolve_model(name_or_path) -> tuple[str, str, str | None]:
     """``(kind, where, revision)``: ``("gguf", file) | ("dir", directory) | ("hub", repo id)``
     and the revision of ``NAME@REVISION`` (None without one). The project's own names
@@ -204,8 +244,10 @@ def resolve_model(name_or_path) -> tuple[str, str, str | None]:
     fetched yet is an error naming the fetch), the toy ladder; then local paths; only
     what is left is a hub name. Nothing is loaded and the network is not asked."""
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
-        raise InputError(f"model {name_or_path!r}: give a local directory, a .gguf file, "
-                         f"a hub name or a model alias ({SMOLLM2_ALIAS!r}, `unpack models list`)")
+        raise InputError(
+            f"model {name_or_path!r}: give a local directory, a .gguf file, "
+            f"a hub name or a model alias ({SMOLLM2_ALIAS!r}, `unpack models list`)"
+        )
     base, revision = split_revision(name_or_path)
     if revision is None:
         kind, where = _resolve_base(base)
@@ -216,8 +258,10 @@ def resolve_model(name_or_path) -> tuple[str, str, str | None]:
         return "dir", str(_checkpoint_dir(p, base, revision)), revision
     kind, where = _resolve_base(base)
     if kind != "hub":
-        raise InputError(f"model {str(name_or_path)!r}: a revision (@{revision}) applies to a "
-                         "hub name or a local directory of checkpoints, not to a .gguf file")
+        raise InputError(
+            f"model {str(name_or_path)!r}: a revision (@{revision}) applies to a "
+            "hub name or a local directory of checkpoints, not to a .gguf file"
+        )
     return kind, where, revision
 
 
@@ -227,9 +271,14 @@ def _checkpoint_dir(p: Path, name: str, revision: str) -> Path:
     if (sub / "config.json").is_file():
         return sub.resolve()
     have = _revisions(p)
-    raise InputError(f"model {name!r} has no checkpoint {revision!r}"
-                     + (f"; it has {', '.join(have)}" if have else
-                        "; a local revision is a sub-directory with config.json and the weights"))
+    raise InputError(
+        f"model {name!r} has no checkpoint {revision!r}"
+        + (
+            f"; it has {', '.join(have)}"
+            if have
+            else "; a local revision is a sub-directory with config.json and the weights"
+        )
+    )
 
 
 def _revisions(p: Path) -> list[str]:
@@ -248,28 +297,39 @@ def _resolve_base(name: str) -> tuple[str, str]:
     p = Path(name).expanduser()
     if p.is_file():
         if p.suffix.lower() != ".gguf":
-            raise InputError(f"model {name!r} is a file but not a .gguf file; give a .gguf "
-                             "file or the directory that holds config.json and the weights")
+            raise InputError(
+                f"model {name!r} is a file but not a .gguf file; give a .gguf "
+                "file or the directory that holds config.json and the weights"
+            )
         return "gguf", str(p.resolve())
     if not p.is_dir() and (LADDER_DIR / name).is_dir():
         p = LADDER_DIR / name
     if p.is_dir():
         if not (p / "config.json").is_file() and _revisions(p):
-            raise InputError(f"model {name!r} is a directory of checkpoints; name one as "
-                             f"{name}@REVISION (or --revision REVISION): {', '.join(_revisions(p))}")
+            raise InputError(
+                f"model {name!r} is a directory of checkpoints; name one as "
+                f"{name}@REVISION (or --revision REVISION): {', '.join(_revisions(p))}"
+            )
         if not (p / "config.json").is_file():
             ggufs = sorted(p.glob("*.gguf"))
             if len(ggufs) == 1:
                 return "gguf", str(ggufs[0].resolve())
-            raise InputError(f"model directory {name!r} has no config.json; give a Hugging Face "
-                             "model directory (config, weights, tokenizer files) or a .gguf file")
+            raise InputError(
+                f"model directory {name!r} has no config.json; give a Hugging Face "
+                "model directory (config, weights, tokenizer files) or a .gguf file"
+            )
         return "dir", str(p.resolve())
-    looks_like_path = (name.startswith(("/", ".", "~")) or name.lower().endswith(".gguf")
-                       or not _HUB_ID.match(name))
+    looks_like_path = (
+        name.startswith(("/", ".", "~"))
+        or name.lower().endswith(".gguf")
+        or not _HUB_ID.match(name)
+    )
     if looks_like_path:
-        raise InputError(f"model {name!r}: no such file or directory; give an existing local "
-                         f"model directory, a .gguf file, or a model alias ({SMOLLM2_ALIAS!r}, "
-                         "`unpack models list`)")
+        raise InputError(
+            f"model {name!r}: no such file or directory; give an existing local "
+            f"model directory, a .gguf file, or a model alias ({SMOLLM2_ALIAS!r}, "
+            "`unpack models list`)"
+        )
     return "hub", name
 
 
@@ -278,44 +338,60 @@ def _dtype(dtype):
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16",
-             "bf16": "bfloat16"}
+    names = {
+        "fp32": "float32",
+        "float": "float32",
+        "fp16": "float16",
+        "half": "float16",
+        "bf16": "bfloat16",
+    }
     d = getattr(torch, names.get(str(dtype), str(dtype)), None)
     if not isinstance(d, torch.dtype) or not d.is_floating_point:
-        raise InputError(f"dtype {dtype!r} is not a floating-point torch dtype; "
-                         "use float32, bfloat16 or float16")
+        raise InputError(
+            f"dtype {dtype!r} is not a floating-point torch dtype; use float32, bfloat16 or float16"
+        )
     return d
 
 
 # ---------------------------------------------------------------- HF loading
 
+
 def _from_pretrained_model(where, label, dtype, **kw):
     from transformers import AutoModelForCausalLM
+
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype, attn_implementation="eager", **kw)
+            where, dtype=dtype, attn_implementation="eager", **kw
+        )
     except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"model {label!r} could not be loaded as a causal language model "
-                         f"({_first_line(e)}); check that the directory holds config.json "
-                         "and its weights") from None
+        raise InputError(
+            f"model {label!r} could not be loaded as a causal language model "
+            f"({_first_line(e)}); check that the directory holds config.json "
+            "and its weights"
+        ) from None
     return model.eval()
 
 
 def _from_pretrained_tokenizer(where, label, **kw):
     from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(where, **kw)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"model {label!r}: no tokenizer could be loaded ({_first_line(e)}); "
-                         "add the tokenizer files (tokenizer.json) to the model "
-                         "directory") from None
+        raise InputError(
+            f"model {label!r}: no tokenizer could be loaded ({_first_line(e)}); "
+            "add the tokenizer files (tokenizer.json) to the model "
+            "directory"
+        ) from None
     return _fix_tokenizer(tok, label)
 
 
 def _fix_tokenizer(tok, label):
     if not getattr(tok, "is_fast", False):
-        raise InputError(f"model {label!r}: the tokenizer is not a fast tokenizer, so it cannot "
-                         "give character offsets; add a tokenizer.json to the model directory")
+        raise InputError(
+            f"model {label!r}: the tokenizer is not a fast tokenizer, so it cannot "
+            "give character offsets; add a tokenizer.json to the model directory"
+        )
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
@@ -328,29 +404,38 @@ def _first_line(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- the hub
 
+
 def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _hub_error(name, why):
-    return InputError(f"model {name!r} could not be downloaded from the Hugging Face hub ({why}); "
-                      "give a local model directory or a .gguf file, or use the offline alias "
-                      f"{SMOLLM2_ALIAS!r}")
+    return InputError(
+        f"model {name!r} could not be downloaded from the Hugging Face hub ({why}); "
+        "give a local model directory or a .gguf file, or use the offline alias "
+        f"{SMOLLM2_ALIAS!r}"
+    )
 
 
 def _check_hub(name):
     """Fail fast and clearly when the hub cannot serve ``name`` (no retries, short timeout)."""
     if _offline():
-        raise _hub_error(name, "offline mode is set (HF_HUB_OFFLINE) and it is not in the local "
-                               "Hugging Face cache")
+        raise _hub_error(
+            name,
+            "offline mode is set (HF_HUB_OFFLINE) and it is not in the local Hugging Face cache",
+        )
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
     try:
         HfApi().model_info(name, timeout=_HUB_TIMEOUT_S)
     except GatedRepoError:
-        raise _hub_error(name, "the repository is gated; accept its terms and run "
-                               "`huggingface-cli login`") from None
+        raise _hub_error(
+            name, "the repository is gated; accept its terms and run `huggingface-cli login`"
+        ) from None
     except RepositoryNotFoundError:
         raise _hub_error(name, "no such model repository") from None
     except Exception as e:  # network down, DNS, timeout, proxy
@@ -370,11 +455,14 @@ def _load_hub(name, dtype, revision=None):
     except InputError:
         pass
     _check_hub(name)
-    return (_from_pretrained_model(name, name, dtype, **kw),
-            _from_pretrained_tokenizer(name, name, **kw))
+    return (
+        _from_pretrained_model(name, name, dtype, **kw),
+        _from_pretrained_tokenizer(name, name, **kw),
+    )
 
 
 # ---------------------------------------------------------------- GGUF
+
 
 def _cache_dir(gguf_file, label, cache_dir) -> Path:
     if label.strip().lower() in ALIASES or label.strip().lower() in MODELS:
@@ -395,11 +483,14 @@ def _gguf_model(gguf_file, label):
     """De-quantize a GGUF file into a dense float32 model (needs gguf and accelerate)."""
     for pkg in ("gguf", "accelerate"):
         if importlib.util.find_spec(pkg) is None:
-            raise InputError(f"model {label!r}: loading a .gguf file needs the package {pkg!r}; "
-                             f"install it with `pip install {pkg}`")
+            raise InputError(
+                f"model {label!r}: loading a .gguf file needs the package {pkg!r}; "
+                f"install it with `pip install {pkg}`"
+            )
     kw = {}
     try:  # transformers >= 5 can keep GGUF blocks packed; we need plain dense weights
         from transformers import GgufConfig
+
         kw["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:
         pass

@@ -2,6 +2,7 @@
 page): can this process load a model, the tracer it loads, and one rerooted
 trace as plain data. It runs the model in memory and stores nothing; the app
 reaches models only through this module (docs/API.md, "Layers")."""
+
 from __future__ import annotations
 
 import json
@@ -29,15 +30,18 @@ def model_availability(name: str) -> tuple[bool, str]:
     try:  # a hub name: only from the local Hugging Face cache, never over the network
         from huggingface_hub import try_to_load_from_cache
 
-        cached_cfg = try_to_load_from_cache(split_revision(name)[0], "config.json",
-                                            revision=revision)
+        cached_cfg = try_to_load_from_cache(
+            split_revision(name)[0], "config.json", revision=revision
+        )
     except Exception:  # not a valid repo id
         cached_cfg = None
     if isinstance(cached_cfg, str):
         return True, f"{name!r} from the local Hugging Face cache"
-    return False, (f"{name!r} is a hub name that is not in the local Hugging Face cache; trace "
-                   f"it with `unpack trace --model {name} --root COMPONENT@POS` where the hub "
-                   "is reachable")
+    return False, (
+        f"{name!r} is a hub name that is not in the local Hugging Face cache; trace "
+        f"it with `unpack trace --model {name} --root COMPONENT@POS` where the hub "
+        "is reachable"
+    )
 
 
 def check_device(device: str) -> None:
@@ -58,8 +62,11 @@ def load_tracer(name: str):
         import torch
 
         torch.set_num_threads(int(os.environ["UNPACK_THREADS"]))
-    model, tok = load_model(name, dtype=os.environ.get("UNPACK_DTYPE") or None,
-                            device=os.environ.get("UNPACK_DEVICE") or "cpu")
+    model, tok = load_model(
+        name,
+        dtype=os.environ.get("UNPACK_DTYPE") or None,
+        device=os.environ.get("UNPACK_DEVICE") or "cpu",
+    )
     return Tracer(model=model, tokenizer=tok)
 
 
@@ -69,8 +76,9 @@ def trace_root(tracer, text: str, target: str, distractor, config_json: str, roo
     cfg = json.loads(config_json)
     preset = cfg.pop("preset", "kqv_aligned")
     cfg["position_edges"] = True
-    res = tracer.trace(text, target=target, distractor=distractor or None, preset=preset,
-                       root=root, **cfg)
+    res = tracer.trace(
+        text, target=target, distractor=distractor or None, preset=preset, root=root, **cfg
+    )
     comp, _, pos = root.rpartition("@")
     pe = res.position_edges
     feed = pe[(pe["parent"] == comp) & (pe["parent_pos"] == int(pos))] if pe is not None else None
@@ -79,11 +87,23 @@ def trace_root(tracer, text: str, target: str, distractor, config_json: str, roo
         "credit": [float(x) for x in res.token_credit],
         "credit_pct": [float(x) for x in res.token_credit_pct],
         "suppression": float(res.suppression),
-        "paths": [{"rank": i + 1, "score": float(p.score), "score_pct": float(p.score_pct),
-                   "chain": p.chain, "source_pos": p.source_pos, "source_token": p.source_token,
-                   "modes": ",".join(p.modes), "depth": p.depth} for i, p in enumerate(res.paths)],
-        "feeders": None if feed is None else feed.rename(
-            columns={"child": "writer", "child_pos": "writer_pos"})[
-            ["writer", "writer_pos", "mode", "weight"]].reset_index(drop=True),
+        "paths": [
+            {
+                "rank": i + 1,
+                "score": float(p.score),
+                "score_pct": float(p.score_pct),
+                "chain": p.chain,
+                "source_pos": p.source_pos,
+                "source_token": p.source_token,
+                "modes": ",".join(p.modes),
+                "depth": p.depth,
+            }
+            for i, p in enumerate(res.paths)
+        ],
+        "feeders": None
+        if feed is None
+        else feed.rename(columns={"child": "writer", "child_pos": "writer_pos"})[
+            ["writer", "writer_pos", "mode", "weight"]
+        ].reset_index(drop=True),
         "timing_s": float(res.timing.get("total_s", 0.0)),
     }

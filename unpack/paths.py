@@ -13,6 +13,7 @@ nodes are expanded a slice at a time so that one slice's candidate children
 take about a quarter of that. Past the cap the weakest children are dropped
 and the search says ``truncated``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from .flow import MODES, TINY, percent_credit, thr
 
 Tensor = torch.Tensor
 SEED = -1
-NODE_BYTES = 600  # one node: its table row (61 bytes, twice while the table grows), its share of a slice
+NODE_BYTES = (
+    600  # one node: its table row (61 bytes, twice while the table grows), its share of a slice
+)
 CANDIDATE_BYTES = 100  # one candidate child while a slice is expanded (its score, factors, indices)
 
 
@@ -40,21 +43,32 @@ class Path:
     hops: list[tuple[str, int, Optional[str]]]
 
     def to_dict(self) -> dict:
-        return {"chain": self.chain, "score": self.score, "score_pct": self.score_pct,
-                "source_pos": self.source_pos, "source_token": self.source_token,
-                "modes": self.modes, "depth": self.depth,
-                "hops": [list(h) for h in self.hops]}
+        return {
+            "chain": self.chain,
+            "score": self.score,
+            "score_pct": self.score_pct,
+            "source_pos": self.source_pos,
+            "source_token": self.source_token,
+            "modes": self.modes,
+            "depth": self.depth,
+            "hops": [list(h) for h in self.hops],
+        }
 
 
 def truncation_notice(search: "PathSearch") -> list[str]:
     """The warning a result carries when its path search stopped at its node cap."""
     if not search.truncated:
         return []
-    why = (f"the memory budget ({search.max_bytes / 2**30:.2f} GiB, unpack.plan.path_bytes)"
-           if search.memory_capped else "max_path_nodes")
-    return [f"path search truncated at {search.max_nodes:,} partial paths, the cap set by {why}: "
-            "the weakest were dropped, so the paths and path credit are the strongest found, "
-            "not all; raise path_min_frac (--set path_min_frac=1e-4) to search fewer"]
+    why = (
+        f"the memory budget ({search.max_bytes / 2**30:.2f} GiB, unpack.plan.path_bytes)"
+        if search.memory_capped
+        else "max_path_nodes"
+    )
+    return [
+        f"path search truncated at {search.max_nodes:,} partial paths, the cap set by {why}: "
+        "the weakest were dropped, so the paths and path credit are the strongest found, "
+        "not all; raise path_min_frac (--set path_min_frac=1e-4) to search fewer"
+    ]
 
 
 @dataclass
@@ -109,8 +123,9 @@ class PathSearch:
             setattr(self, name, getattr(self, name)[order])
         self.truncated = True
 
-    def _add(self, parent_idx: Tensor, cand: Tensor, child_comp: Tensor, child_pos: Tensor,
-             mode: Tensor):
+    def _add(
+        self, parent_idx: Tensor, cand: Tensor, child_comp: Tensor, child_pos: Tensor, mode: Tensor
+    ):
         """Append children ``cand[i, j]`` (score) of node ``parent_idx[i]`` whose
         component/position/mode are ``child_comp/child_pos/mode[i, j]``, pruned."""
         b, r = self.b[parent_idx], self.r[parent_idx]
@@ -121,18 +136,23 @@ class PathSearch:
             Fk = self.remainder[1]
             bi = b[:, None].expand_as(cand)
             ri = r[:, None].expand_as(cand)
-            Fk.index_put_((bi.reshape(-1), ri.reshape(-1), child_comp.reshape(-1),
-                           child_pos.reshape(-1)), drop.reshape(-1), accumulate=True)
+            Fk.index_put_(
+                (bi.reshape(-1), ri.reshape(-1), child_comp.reshape(-1), child_pos.reshape(-1)),
+                drop.reshape(-1),
+                accumulate=True,
+            )
         i, j = keep.nonzero(as_tuple=True)
         score = cand[i, j]
         room = self.max_nodes - len(self.b)
         if len(i) > room:
             order = score.abs().argsort(descending=True)
-            cut, order = order[max(room, 0):], order[: max(room, 0)]
+            cut, order = order[max(room, 0) :], order[: max(room, 0)]
             if self.remainder is not None:
                 self.remainder[1].index_put_(
                     (b[i[cut]], r[i[cut]], child_comp[i[cut], j[cut]], child_pos[i[cut], j[cut]]),
-                    score[cut], accumulate=True)
+                    score[cut],
+                    accumulate=True,
+                )
             i, j, score = i[order], j[order], score[order]
             self.truncated = True
         comp = child_comp[i, j]
@@ -161,7 +181,7 @@ class PathSearch:
             if len(self.b) >= self.max_nodes and self.remainder is None:
                 self.truncated = True  # the rest stays unexpanded
                 return
-            yield idx[k:k + per]
+            yield idx[k : k + per]
 
     def expand_mlp(self, L: int, mops):
         """Expand the pending ``mlp_L`` nodes (the sweep's order: the MLP, then the heads)."""
@@ -171,8 +191,13 @@ class PathSearch:
             fac = torch.where((dc == 0)[:, None], mops.fac0[b, :, q], mops.fack[b, :, q])  # [n, C]
             cand = self.score[idx, None] * fac
             C = fac.shape[1]
-            self._add(idx, cand, torch.arange(C, device=cand.device).expand_as(cand),
-                      q[:, None].expand_as(cand), torch.full_like(cand, 3, dtype=torch.long))
+            self._add(
+                idx,
+                cand,
+                torch.arange(C, device=cand.device).expand_as(cand),
+                q[:, None].expand_as(cand),
+                torch.full_like(cand, 3, dtype=torch.long),
+            )
 
     def has_pending(self, L: int) -> bool:
         """Whether nodes at ``mlp_L`` or the heads of layer L wait to be expanded."""
@@ -228,8 +253,13 @@ class PathSearch:
             poss.append(q[:, None].expand_as(cand))
             modes.append(torch.full_like(cand, 1, dtype=torch.long))
         if cands:
-            self._add(idx, torch.cat(cands, 1), torch.cat(comps_, 1), torch.cat(poss, 1),
-                      torch.cat(modes, 1))
+            self._add(
+                idx,
+                torch.cat(cands, 1),
+                torch.cat(comps_, 1),
+                torch.cat(poss, 1),
+                torch.cat(modes, 1),
+            )
 
     def terminal_credit(self, S: int) -> Tensor:
         """Σ of complete path scores ending at each position → ``[B, R, S]``."""
@@ -241,29 +271,41 @@ class PathSearch:
 
     def top_paths(self, b: int, r: int, k: int, tokens: list[str], pos_total: float) -> list[Path]:
         """The ``k`` complete paths of prompt ``b``, root ``r`` with the largest ``|score|``."""
-        end = ((self.comp < self.comps.n_emb) & (self.b == b) & (self.r == r)).nonzero(as_tuple=True)[0]
+        end = ((self.comp < self.comps.n_emb) & (self.b == b) & (self.r == r)).nonzero(
+            as_tuple=True
+        )[0]
         if not len(end) or k == 0:
             return []
         top = end[self.score[end].abs().argsort(descending=True)[:k]].tolist()
         chains = [self._chain(node) for node in top]  # only these rows leave the tensors
         rows = sorted({i for c in chains for i in c})
         at = torch.tensor(rows, dtype=torch.long, device=self.comp.device)
-        comp, pos, mode, score = ({i: v for i, v in zip(rows, t[at].tolist())} for t in
-                                  (self.comp, self.pos, self.mode, self.score))
+        comp, pos, mode, score = (
+            {i: v for i, v in zip(rows, t[at].tolist())}
+            for t in (self.comp, self.pos, self.mode, self.score)
+        )
         names = self.comps.names
         out = []
         for node, chain_nodes in zip(top, chains):
             hops = []
             for a, nxt in zip(chain_nodes, chain_nodes[1:] + [None]):
                 hops.append((names[comp[a]], pos[a], MODES[mode[nxt]] if nxt is not None else None))
-            text = "→".join(f"{n}[{m}]@{p}" if m in ("K", "Q", "V") else f"{n}@{p}"
-                            for n, p, m in hops)
+            text = "→".join(
+                f"{n}[{m}]@{p}" if m in ("K", "Q", "V") else f"{n}@{p}" for n, p, m in hops
+            )
             src = pos[node]
-            out.append(Path(chain=text, score=score[node],
-                            score_pct=percent_credit(score[node], pos_total),
-                            source_pos=src, source_token=tokens[src] if src < len(tokens) else "",
-                            modes=[m for _, _, m in hops if m is not None], depth=len(hops) - 1,
-                            hops=hops))
+            out.append(
+                Path(
+                    chain=text,
+                    score=score[node],
+                    score_pct=percent_credit(score[node], pos_total),
+                    source_pos=src,
+                    source_token=tokens[src] if src < len(tokens) else "",
+                    modes=[m for _, _, m in hops if m is not None],
+                    depth=len(hops) - 1,
+                    hops=hops,
+                )
+            )
         return out
 
     def _chain(self, node: int) -> list[int]:

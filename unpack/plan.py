@@ -9,6 +9,7 @@ calibration (a GEMM and a memory-bound pass), plus the memory-bound passes
 over every chunk of scores. ``unpack bench`` prints the prediction next to the
 measurement for every case it runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,18 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .cost import (CHUNK_ELEMENTS, PROJ_BLOCK, Shape, batch_sizes, chunk_rows, choose_mode,
-                   kq_costs, proj_bytes, scored_pairs, virtual_bytes)
+from .cost import (
+    CHUNK_ELEMENTS,
+    PROJ_BLOCK,
+    Shape,
+    batch_sizes,
+    chunk_rows,
+    choose_mode,
+    kq_costs,
+    proj_bytes,
+    scored_pairs,
+    virtual_bytes,
+)
 from .errors import InputError
 
 GiB = float(1 << 30)
@@ -40,13 +51,16 @@ def shape_from_config(cfg, weight_bytes: int = 4) -> Shape:
     from transformers import AutoModelForCausalLM
 
     from .adapters import build_spec, supported_model_types
+
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg)
     except ValueError as e:
-        raise InputError(f"model type {getattr(cfg, 'model_type', None)!r} is not a causal language "
-                         f"model transformers knows ({e}); supported model types: "
-                         f"{', '.join(supported_model_types())} (docs/ADAPTERS.md)") from None
+        raise InputError(
+            f"model type {getattr(cfg, 'model_type', None)!r} is not a causal language "
+            f"model transformers knows ({e}); supported model types: "
+            f"{', '.join(supported_model_types())} (docs/ADAPTERS.md)"
+        ) from None
     return replace(Shape.from_spec(build_spec(model)), weight_bytes=weight_bytes)
 
 
@@ -61,11 +75,13 @@ def resolve_shape(model: str, weight_bytes: int) -> Shape:
 
     from .shapes import SHAPES, config_for
     from .loading import ALIAS_CONFIGS, SMOLLM2_ALIAS, _cache_dir, resolve_model
+
     if model in SHAPES:
         return shape_from_config(config_for(model), weight_bytes)
     if model.strip().lower() in ALIAS_CONFIGS:  # a known alias's shape, nothing read from disk
-        return shape_from_config(AutoConfig.for_model(**ALIAS_CONFIGS[model.strip().lower()]),
-                                 weight_bytes)
+        return shape_from_config(
+            AutoConfig.for_model(**ALIAS_CONFIGS[model.strip().lower()]), weight_bytes
+        )
     try:
         kind, where, _ = resolve_model(model)
     except InputError as e:
@@ -77,11 +93,14 @@ def resolve_shape(model: str, weight_bytes: int) -> Shape:
         if (converted / "config.json").is_file():
             return shape_from_config(AutoConfig.from_pretrained(str(converted)), weight_bytes)
         p = Path(where)
-        return shape_from_config(AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name),
-                                 weight_bytes)
-    raise InputError(f"model {model!r}: give a bench shape ({', '.join(SHAPES)}), "
-                     f"a model alias ({SMOLLM2_ALIAS}, `unpack models list`), a toy ladder "
-                     "checkpoint or a local model directory with a config.json")
+        return shape_from_config(
+            AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name), weight_bytes
+        )
+    raise InputError(
+        f"model {model!r}: give a bench shape ({', '.join(SHAPES)}), "
+        f"a model alias ({SMOLLM2_ALIAS}, `unpack models list`), a toy ladder "
+        "checkpoint or a local model directory with a config.json"
+    )
 
 
 @dataclass
@@ -103,7 +122,7 @@ class Rates:
         s = _best(lambda: x * 1.0001, 5, device)
         a = x = None  # free both (the lambdas above keep them) before the fold's tensors
         fold = fold_rate(shape, device) if shape is not None else 0.0
-        return cls(2 * 1024 ** 3 / g, 2 * (1 << 24) * 4 / s, str(device), fold)
+        return cls(2 * 1024**3 / g, 2 * (1 << 24) * 4 / s, str(device), fold)
 
 
 def _best(fn, n: int, device: torch.device) -> float:
@@ -121,11 +140,14 @@ def _best(fn, n: int, device: torch.device) -> float:
     return min(out)
 
 
-def fold_rate(shape: Shape, device: torch.device, C: int = 64, S: int = 16, tokens: int = 64) -> float:
+def fold_rate(
+    shape: Shape, device: torch.device, C: int = 64, S: int = 16, tokens: int = 64
+) -> float:
     """FLOP/s of the engine's own fold on a chunk of ``shape``'s width and heads:
     ``C`` writers, ``S`` sources, and (rotary) the query rows per chunk the engine
     uses at ``tokens`` tokens."""
     from .kernels import fold, fold_per_source
+
     H, D, d = shape.n_heads, shape.d_model, shape.d_head
     ch = torch.randn(1, C, S, D, device=device)
     inv = torch.ones(1, 1, 1, S, 1, device=device)
@@ -140,6 +162,7 @@ def fold_rate(shape: Shape, device: torch.device, C: int = 64, S: int = 16, toke
     def step():
         u = torch.einsum("bhqse,hDe->bhqsD", Qr, W)
         return fold_per_source(u, ch, inv)
+
     t = _best(step, 3, device)
     return 2 * H * rows * S * D * (C + d) / t
 
@@ -164,15 +187,20 @@ class Plan:
         return asdict(self)
 
     def format(self) -> str:
-        lines = [f"plan: {self.model}, {self.tokens} tokens, batch {self.batch}, weights "
-                 f"{self.weights_dtype} on {self.device}",
-                 "  K/Q contraction by reader layer: " + ", ".join(f"{m} x{n}" for m, n in self.modes.items()),
-                 f"  peak memory  {self.peak_bytes / GiB:7.2f} GiB   ("
-                 + ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items()) + ")",
-                 f"  time/prompt  {self.seconds_per_prompt:7.2f} s     ("
-                 + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds_parts.items()) + ")",
-                 f"  available    {self.available_bytes / GiB:7.2f} GiB   -> "
-                 + ("fits" if self.fits else "DOES NOT FIT")]
+        lines = [
+            f"plan: {self.model}, {self.tokens} tokens, batch {self.batch}, weights "
+            f"{self.weights_dtype} on {self.device}",
+            "  K/Q contraction by reader layer: "
+            + ", ".join(f"{m} x{n}" for m, n in self.modes.items()),
+            f"  peak memory  {self.peak_bytes / GiB:7.2f} GiB   ("
+            + ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items())
+            + ")",
+            f"  time/prompt  {self.seconds_per_prompt:7.2f} s     ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds_parts.items())
+            + ")",
+            f"  available    {self.available_bytes / GiB:7.2f} GiB   -> "
+            + ("fits" if self.fits else "DOES NOT FIT"),
+        ]
         if self.advice:
             lines.append(f"  {self.advice}")
         return "\n".join(lines)
@@ -222,15 +250,24 @@ def memory_limit() -> float:
     """``$UNPACK_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix: ``12G``): the most a
     trace may plan to use, for a machine shared with other work; unset: no limit."""
     import os
-    v = os.environ.get("UNPACK_MEMORY_LIMIT", "").strip().upper().removesuffix("B").removesuffix("I")
+
+    v = (
+        os.environ.get("UNPACK_MEMORY_LIMIT", "")
+        .strip()
+        .upper()
+        .removesuffix("B")
+        .removesuffix("I")
+    )
     if not v:
         return float("inf")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(v[-1], 1)
     try:
         return float(v[:-1] if mult > 1 else v) * mult
     except ValueError:
-        raise InputError(f"UNPACK_MEMORY_LIMIT={os.environ['UNPACK_MEMORY_LIMIT']!r} is not a "
-                         "size; give bytes or a size like 12G or 512M") from None
+        raise InputError(
+            f"UNPACK_MEMORY_LIMIT={os.environ['UNPACK_MEMORY_LIMIT']!r} is not a "
+            "size; give bytes or a size like 12G or 512M"
+        ) from None
 
 
 def base_bytes(model, device: torch.device) -> int:
@@ -242,7 +279,9 @@ def base_bytes(model, device: torch.device) -> int:
     return max(current_rss_bytes() - weights, 0)
 
 
-def fixes(weight_bytes: int, device: torch.device, batch: int = 1, tokens: str = "fewer tokens") -> str:
+def fixes(
+    weight_bytes: int, device: torch.device, batch: int = 1, tokens: str = "fewer tokens"
+) -> str:
     """What to change when a case does not fit, as one phrase."""
     tips = []
     if weight_bytes == 4:
@@ -263,10 +302,20 @@ def current_rss_bytes() -> int:
         return 0
 
 
-def predict(shape: Shape, S: int, B: int = 1, R: int = 1, rates: Rates | None = None,
-            base_bytes: int = 0, chunk_elements: int = CHUNK_ELEMENTS, max_proj_bytes: int = 1 << 30,
-            vw_budget: int = 1 << 30, max_path_nodes: int = 200_000, elem: int = 4,
-            layers: int | None = None) -> dict:
+def predict(
+    shape: Shape,
+    S: int,
+    B: int = 1,
+    R: int = 1,
+    rates: Rates | None = None,
+    base_bytes: int = 0,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    max_proj_bytes: int = 1 << 30,
+    vw_budget: int = 1 << 30,
+    max_path_nodes: int = 200_000,
+    elem: int = 4,
+    layers: int | None = None,
+) -> dict:
     """Peak bytes (by part) and seconds per prompt (by phase) of tracing ``B``
     prompts of ``S`` tokens, cut into batches as the tracer cuts them
     (:func:`unpack.cost.batch_sizes`): the peak is the largest batch's, the time
@@ -274,23 +323,45 @@ def predict(shape: Shape, S: int, B: int = 1, R: int = 1, rates: Rates | None = 
     sweep visits (a root at layer ``L``: ``L + 1``; default all)."""
     sizes = batch_sizes(shape, [S] * B, B)
     cached = virtual_bytes(shape, elem) <= vw_budget
-    kw = dict(cached=cached, chunk_elements=chunk_elements, max_proj_bytes=max_proj_bytes, elem=elem)
+    kw = dict(
+        cached=cached, chunk_elements=chunk_elements, max_proj_bytes=max_proj_bytes, elem=elem
+    )
     parts, modes = _memory(shape, S, sizes[0], R, base_bytes, **kw)
     secs: dict = {}
     if rates is not None:
         for b in sizes:
             for k, v in _seconds(shape, S, b, rates, layers=layers, **kw).items():
                 secs[k] = secs.get(k, 0.0) + v * b / B
-    return {"peak": sum(parts.values()), "parts": parts, "seconds": secs, "modes": modes,
-            "batches": sizes}
+    return {
+        "peak": sum(parts.values()),
+        "parts": parts,
+        "seconds": secs,
+        "modes": modes,
+        "batches": sizes,
+    }
 
 
-def _memory(shape: Shape, S: int, B: int, R: int, base_bytes: int, cached: bool,
-            chunk_elements: int, max_proj_bytes: int, elem: int) -> tuple[dict, dict]:
+def _memory(
+    shape: Shape,
+    S: int,
+    B: int,
+    R: int,
+    base_bytes: int,
+    cached: bool,
+    chunk_elements: int,
+    max_proj_bytes: int,
+    elem: int,
+) -> tuple[dict, dict]:
     """Bytes by part of one batch, tensor by tensor as the engine allocates them,
     and the K/Q contraction of each reader layer."""
-    L, H, Hkv, D, d, F = (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.d_model,
-                          shape.d_head, shape.d_mlp)
+    L, H, Hkv, D, d, F = (
+        shape.n_layers,
+        shape.n_heads,
+        shape.n_kv_heads,
+        shape.d_model,
+        shape.d_head,
+        shape.d_mlp,
+    )
     N, V, P = shape.n_components, shape.vocab, shape.proj_width
     writers = B * N * S * D * elem
     Z = B * L * H * S * d * elem
@@ -322,14 +393,28 @@ def _memory(shape: Shape, S: int, B: int, R: int, base_bytes: int, cached: bool,
         transient = max(transient, attn + proj + chunk, mlp + B * C * S * elem * 4)
     vw = virtual_bytes(shape, elem) if cached and "virtual" in modes else 0
     flow = B * R * N * S * elem * 3 + B * R * N * N * 4 * elem + PATH_NODES_BYTES
-    parts = {"base": base_bytes, "weights": shape.n_params * shape.weight_bytes,
-             "capture": writers + Z + L * per_layer + cells, "layer": transient + cast,
-             "virtual_weights": vw, "flow": flow}
+    parts = {
+        "base": base_bytes,
+        "weights": shape.n_params * shape.weight_bytes,
+        "capture": writers + Z + L * per_layer + cells,
+        "layer": transient + cast,
+        "virtual_weights": vw,
+        "flow": flow,
+    }
     return parts, modes
 
 
-def _seconds(shape: Shape, S: int, B: int, rates: Rates, cached: bool, chunk_elements: int,
-             max_proj_bytes: int, elem: int, layers: int | None = None) -> dict:
+def _seconds(
+    shape: Shape,
+    S: int,
+    B: int,
+    rates: Rates,
+    cached: bool,
+    chunk_elements: int,
+    max_proj_bytes: int,
+    elem: int,
+    layers: int | None = None,
+) -> dict:
     """Seconds per prompt of one batch of ``B``: arithmetic over the calibrated
     rates (the fold at its own measured rate), memory-bound passes over the
     streamed rate, and a fixed cost per group of tensor operations; the sweep's
@@ -338,9 +423,14 @@ def _seconds(shape: Shape, S: int, B: int, rates: Rates, cached: bool, chunk_ele
     L = shape.n_layers if layers is None else layers
     g, bw = rates.gemm_flops, rates.stream_bytes
     fold_g = rates.fold_flops or g
-    fwd = (2 * B * S * (shape.n_params - V * D) + 2 * B * shape.n_layers * H * S * S * shape.d_head * 2
-           + 2 * B * V * D)
-    casts = (shape.n_params * (shape.weight_bytes + elem) * 2 / bw) if shape.weight_bytes != elem else 0
+    fwd = (
+        2 * B * S * (shape.n_params - V * D)
+        + 2 * B * shape.n_layers * H * S * S * shape.d_head * 2
+        + 2 * B * V * D
+    )
+    casts = (
+        (shape.n_params * (shape.weight_bytes + elem) * 2 / bw) if shape.weight_bytes != elem else 0
+    )
     secs = {"forward": fwd / g + shape.n_params * shape.weight_bytes / bw + casts / 2}
     dec = 0.0
     n_chunks = 0
@@ -358,14 +448,18 @@ def _seconds(shape: Shape, S: int, B: int, rates: Rates, cached: bool, chunk_ele
         if mode != "fold":
             dec += 2 * proj_bytes(shape, Lr, B, S, elem) * 2 / bw  # the transposing copy
     weights_read = L * (4 * D * F + 4 * D * D) * elem  # MLP rules, γ-folded W_Q/W_K/W_V, W_O
-    secs["decompose"] = dec + weights_read / bw + PYTHON_S * L * (12 + n_chunks) + casts / 2 * L / shape.n_layers
+    secs["decompose"] = (
+        dec + weights_read / bw + PYTHON_S * L * (12 + n_chunks) + casts / 2 * L / shape.n_layers
+    )
     secs["paths"] = PYTHON_S * L * 8 + 1e-7 * B * shape.n_components * S
     return {k: v / B for k, v in secs.items()}
 
 
-def make_plan(model: str, tokens: int, device="cpu", dtype=None, batch: int = 1,
-              calibrate: bool = True) -> Plan:
+def make_plan(
+    model: str, tokens: int, device="cpu", dtype=None, batch: int = 1, calibrate: bool = True
+) -> Plan:
     from .loading import _dtype, resolve_device
+
     if tokens < 1:
         raise InputError(f"--tokens {tokens}: give a prompt length of at least 1 token")
     if batch < 1:
@@ -380,10 +474,21 @@ def make_plan(model: str, tokens: int, device="cpu", dtype=None, batch: int = 1,
     avail = available_bytes(dev)
     fits = pr["peak"] <= avail
     advice = "" if fits else "does not fit: try " + fixes(shape.weight_bytes, dev, batch)
-    return Plan(model, tokens, batch, str(dev), str(wdt).replace("torch.", ""), pr["modes"],
-                int(pr["peak"]), {k: int(v) for k, v in pr["parts"].items()},
-                float(sum(pr["seconds"].values())) if pr["seconds"] else float("nan"),
-                pr["seconds"], fits, int(avail), advice)
+    return Plan(
+        model,
+        tokens,
+        batch,
+        str(dev),
+        str(wdt).replace("torch.", ""),
+        pr["modes"],
+        int(pr["peak"]),
+        {k: int(v) for k, v in pr["parts"].items()},
+        float(sum(pr["seconds"].values())) if pr["seconds"] else float("nan"),
+        pr["seconds"],
+        fits,
+        int(avail),
+        advice,
+    )
 
 
 def run_plan(args) -> int:
@@ -395,7 +500,9 @@ def run_plan(args) -> int:
     else:
         print(plan.format())
         if args.prompts > 1:
-            print(f"  {args.prompts} prompts: about {plan.seconds_per_prompt * args.prompts / 60:.1f} min")
+            print(
+                f"  {args.prompts} prompts: about {plan.seconds_per_prompt * args.prompts / 60:.1f} min"
+            )
     return 0 if plan.fits else 1
 
 
@@ -403,14 +510,26 @@ def check_fits(tracer, n_tokens: int, n_roots: int = 1, what: str = "the longest
     """Refuse early (an InputError with the figures and the fix) when tracing a
     prompt of ``n_tokens`` would not fit in the memory of the tracer's device."""
     from .cost import shape_of
+
     dev = tracer.device
-    pr = predict(shape_of(tracer.spec), n_tokens, 1, R=n_roots, base_bytes=base_bytes(tracer.model, dev),
-                 chunk_elements=tracer.engine.chunk_elements,
-                 max_proj_bytes=tracer.engine.max_proj_bytes)
+    pr = predict(
+        shape_of(tracer.spec),
+        n_tokens,
+        1,
+        R=n_roots,
+        base_bytes=base_bytes(tracer.model, dev),
+        chunk_elements=tracer.engine.chunk_elements,
+        max_proj_bytes=tracer.engine.max_proj_bytes,
+    )
     avail = available_bytes(dev)
     if pr["peak"] > avail:
-        raise InputError(f"{what} has {n_tokens} tokens: tracing it needs about "
-                         f"{pr['peak'] / GiB:.1f} GiB (unpack plan), more than the "
-                         f"{avail / GiB:.1f} GiB available on {dev}; use "
-                         + fixes(tracer.spec.W_E.element_size(), dev,
-                                 tokens="fewer tokens (shorten or drop the longest prompts)"))
+        raise InputError(
+            f"{what} has {n_tokens} tokens: tracing it needs about "
+            f"{pr['peak'] / GiB:.1f} GiB (unpack plan), more than the "
+            f"{avail / GiB:.1f} GiB available on {dev}; use "
+            + fixes(
+                tracer.spec.W_E.element_size(),
+                dev,
+                tokens="fewer tokens (shorten or drop the longest prompts)",
+            )
+        )

@@ -6,6 +6,7 @@ The tracer hands a :class:`Profile` to the sweep, which marks its phases with
 carries the figures per prompt (:func:`per_prompt`) in its ``timing``, which
 ``unpack bench`` and ``unpack trace`` print.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,6 +46,10 @@ def per_prompt(prof: Profile, B: int) -> dict[str, float]:
     ``paths_s``), ``results`` (reading the paths out) and ``total``."""
     s = prof.seconds.get
     dec, paths = s("decompose_s", 0.0), s("paths_s", 0.0)
-    return {"forward_s": s("forward", 0.0) / B, "decompose_s": dec / B,
-            "sweep_s": (s("sweep", 0.0) - dec - paths) / B,
-            "paths_s": (paths + s("results", 0.0)) / B, "total_s": s("total", 0.0) / B}
+    return {
+        "forward_s": s("forward", 0.0) / B,
+        "decompose_s": dec / B,
+        "sweep_s": (s("sweep", 0.0) - dec - paths) / B,
+        "paths_s": (paths + s("results", 0.0)) / B,
+        "total_s": s("total", 0.0) / B,
+    }

@@ -7,6 +7,7 @@ independent check of ``decompose``/``flow``/``paths``; ``unpack bench`` times it
 as the naive per-component baseline. It is slow on purpose: do not use it for
 real work.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,9 @@ class Reference:
         outs = [cap.embed[b, :n]] + ([cap.pos[b, :n]] if cap.pos is not None else [])
         for lc in cap.layers:
             outs += [lc.head_out[b, h, :n] for h in range(self.spec.n_heads)] + [lc.mlp_out[b, :n]]
-        self.writers = [o.detach().to(dtype) for o in outs]  # credited components, comps.names order
+        self.writers = [
+            o.detach().to(dtype) for o in outs
+        ]  # credited components, comps.names order
         self.chat = [self._center(w) for w in self.writers]
 
     def _center(self, v):
@@ -80,8 +83,10 @@ class Reference:
         r = 1.0
         if self.cap.logits_raw_t is not None:  # final soft-cap: capped over uncapped metric
             other = distractor_id if self.cfg.seed == "metric" else None
-            raw, capped = (self._metric(lg[self.b].to(self.dt), target_id, other)
-                           for lg in (self.cap.logits_raw_t, self.cap.logits_t))
+            raw, capped = (
+                self._metric(lg[self.b].to(self.dt), target_id, other)
+                for lg in (self.cap.logits_raw_t, self.cap.logits_t)
+            )
             r = capped / raw if raw != 0.0 else 1.0
         return [r * float(c[t] @ d) for c in self.chat]
 
@@ -123,12 +128,24 @@ class Reference:
             m = gam * self.chat[c] / sig[:, None]  # [n, D]
             for h in range(H):
                 g = h // G
-                kc = [_rope(_qk(m[s] @ lw.W_K[g], lw.k_norm, None if sk is None else sk[g, s], g),
-                            None if cos is None else cos[s], None if sin is None else sin[s], rdim)
-                      for s in range(n)]
-                qc = [_rope(_qk(m[q] @ lw.W_Q[h], lw.q_norm, None if sq is None else sq[h, q], h),
-                            None if cos is None else cos[q], None if sin is None else sin[q], rdim)
-                      for q in range(n)]
+                kc = [
+                    _rope(
+                        _qk(m[s] @ lw.W_K[g], lw.k_norm, None if sk is None else sk[g, s], g),
+                        None if cos is None else cos[s],
+                        None if sin is None else sin[s],
+                        rdim,
+                    )
+                    for s in range(n)
+                ]
+                qc = [
+                    _rope(
+                        _qk(m[q] @ lw.W_Q[h], lw.q_norm, None if sq is None else sq[h, q], h),
+                        None if cos is None else cos[q],
+                        None if sin is None else sin[q],
+                        rdim,
+                    )
+                    for q in range(n)
+                ]
                 for q in range(n):
                     seen = range(max(0, q - W + 1), q + 1)  # the sources q attends to
                     r = [self._capped(lw, float(scale * (Q[h, q] @ K[g, s]))) for s in seen]
@@ -180,9 +197,11 @@ class Reference:
         safe = lambda x: torch.where(x.abs() < EPS, torch.full_like(x, EPS), x)  # noqa: E731
         for q in range(n):
             post = 1.0 if lw.ln_mlp_post is None else float(lc.sigma_mlp_post[b, q])
-            w = {"depth0": a[q] * (self._center(Wo.T) @ d_hat) / post,
-                 "aligned": a[q] * (Wo.T @ h[q]) / max(float(h[q] @ h[q]), EPS),
-                 "weighted": a[q] / max(float(a[q].sum()), EPS)}
+            w = {
+                "depth0": a[q] * (self._center(Wo.T) @ d_hat) / post,
+                "aligned": a[q] * (Wo.T @ h[q]) / max(float(h[q] @ h[q]), EPS),
+                "weighted": a[q] / max(float(a[q].sum()), EPS),
+            }
             for c in range(C):
                 m = gam * self.chat[c][q] / sig[q]
                 if mlp.gated:
@@ -198,8 +217,9 @@ class Reference:
         return out
 
     # ------------------------------------------------------------ sweep (§6)
-    def run(self, F0_init: dict, with_paths: bool = False, path_min: float = 0.0,
-            max_nodes: int = 10 ** 6):
+    def run(
+        self, F0_init: dict, with_paths: bool = False, path_min: float = 0.0, max_nodes: int = 10**6
+    ):
         """``F0_init: {(component, position): credit}``. Returns token credit,
         flow ``{(c, q): x}``, edges ``{(parent, child, mode): w}`` and, if asked,
         the complete paths as ``[(chain_tuple, score)]`` found by recursion."""
@@ -233,7 +253,9 @@ class Reference:
                         x = F[hs][q]
                         if abs(x) < TINY:
                             continue
-                        for c, s, mode, amt in self._head_children(heads, h, q, depth, x, wK, wQ, wV):
+                        for c, s, mode, amt in self._head_children(
+                            heads, h, q, depth, x, wK, wQ, wV
+                        ):
                             Fk[c][s] += amt
                             edges[(hs, c, mode)] += amt
         credit = [sum(F0[c][s] + Fk[c][s] for c in range(comps.n_emb)) for s in range(n)]
@@ -250,7 +272,7 @@ class Reference:
     def _mlp_children(self, mlp, q, depth, x):
         chain = ["depth0", "aligned", "weighted", "l2"]
         start = "depth0" if depth == 0 else self.cfg.mlp_rule
-        for rule in chain[chain.index(start):]:
+        for rule in chain[chain.index(start) :]:
             v = [mlp[rule][c][q] for c in range(len(mlp[rule]))]
             if rule == "l2":
                 tot = sum(v)
@@ -284,9 +306,11 @@ class Reference:
             xs = x * f[s]
             if abs(xs) < TINY:
                 continue
-            for mode, w, vec, at in (("K", wK, [key[c][h][q][s] for c in range(C)], s),
-                                     ("Q", wQ, [query[c][h][q][s] for c in range(C)], q),
-                                     ("V", wV, [value[c][h][s] for c in range(C)], s)):
+            for mode, w, vec, at in (
+                ("K", wK, [key[c][h][q][s] for c in range(C)], s),
+                ("Q", wQ, [query[c][h][q][s] for c in range(C)], q),
+                ("V", wV, [value[c][h][s] for c in range(C)], s),
+            ):
                 if w == 0:
                     continue
                 den = _safe_denom(vec, beta)
@@ -313,8 +337,9 @@ class Reference:
         else:
             h = c - comps.head_slot(L)
             merged = defaultdict(float)  # one hop per (child, position, mode)
-            for cc, s, mode, amt in self._head_children(heads, h, q, depth, score,
-                                                        self.cfg.w_K, self.cfg.w_Q, self.cfg.w_V):
+            for cc, s, mode, amt in self._head_children(
+                heads, h, q, depth, score, self.cfg.w_K, self.cfg.w_Q, self.cfg.w_V
+            ):
                 merged[(cc, s, mode)] += amt
             kids = [(cc, s, mode, amt) for (cc, s, mode), amt in merged.items()]
         for cc, s, mode, amt in kids:
@@ -322,8 +347,15 @@ class Reference:
                 continue
             self._dfs(chain[:-1] + [(c, q, mode), (cc, s, None)], amt, 1, path_min, out, max_nodes)
 
-    def trace(self, target_id: int, distractor_id=None, root=None, with_paths=False,
-              path_min_frac=0.0, max_nodes=10 ** 6):
+    def trace(
+        self,
+        target_id: int,
+        distractor_id=None,
+        root=None,
+        with_paths=False,
+        path_min_frac=0.0,
+        max_nodes=10**6,
+    ):
         """Seeds or a root ``(component index, position)``, then the sweep."""
         self._d_hat = self.d_hat(target_id, distractor_id)
         if root is None:

@@ -4,6 +4,7 @@ Text is encoded with ``add_special_tokens=False``: what the text says is what is
 traced. A beginning-of-sequence prefix, when wanted, is part of the text
 (:func:`bos_text`), so character offsets and token positions always agree.
 """
+
 from __future__ import annotations
 
 
@@ -27,5 +28,7 @@ def token_at_char(offsets: list[tuple[int, int]], char: int) -> int:
     for i, (a, b) in enumerate(offsets):
         if a <= char < b:
             return i
-    raise ValueError(f"character offset {char} is not inside any token "
-                     f"(text spans characters 0..{offsets[-1][1] if offsets else 0})")
+    raise ValueError(
+        f"character offset {char} is not inside any token "
+        f"(text spans characters 0..{offsets[-1][1] if offsets else 0})"
+    )

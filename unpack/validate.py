@@ -5,6 +5,7 @@ Each check compares two independent computations and reports the worst error
 relative to the size of the reference quantity. "Bias parts" are the constants
 that are never credited: bias components, the norm's β, and q/k/v/in biases.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,8 +37,10 @@ class Check:
     def __str__(self):
         if self.info:
             return f"INFO  {self.name:<44} rel. difference {self.worst_error:.2e}"
-        return (f"{'PASS' if self.ok else 'FAIL'}  {self.name:<44} worst rel. error "
-                f"{self.worst_error:.2e}  (tolerance {self.tolerance:.0e})")
+        return (
+            f"{'PASS' if self.ok else 'FAIL'}  {self.name:<44} worst rel. error "
+            f"{self.worst_error:.2e}  (tolerance {self.tolerance:.0e})"
+        )
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -126,7 +129,9 @@ def check_2_keys(bt: Batch, lw, lc, chat: torch.Tensor, actual: torch.Tensor) ->
     """2: ``Σ_c rawK_c`` plus the bias parts = the pre-mask attention scores."""
     spec = bt.cap.spec
     rawK = dec.raw_key_scores(spec, lw, lc, chat, lc.cos, lc.sin).sum(1)
-    kconst = _rotated(lw, lc, bias_part(lw.ln_attn.bias, lw.W_K, lw.b_K), lc.K, lw.k_norm, lc.sigma_k)
+    kconst = _rotated(
+        lw, lc, bias_part(lw.ln_attn.bias, lw.W_K, lw.b_K), lc.K, lw.k_norm, lc.sigma_k
+    )
     kpart = lw.attn_scale * lc.Q @ expand_kv(kconst, spec).transpose(-1, -2)
     bt.record("2 K-side closure", rawK + _capped(lw, lc, spec, kpart), actual, bt.real_q)
 
@@ -135,7 +140,9 @@ def check_3_queries(bt: Batch, lw, lc, chat: torch.Tensor, actual: torch.Tensor)
     """3: ``Σ_c rawQ_c`` plus the bias parts = the pre-mask attention scores."""
     spec = bt.cap.spec
     rawQ = dec.raw_query_scores(spec, lw, lc, chat, lc.cos, lc.sin).sum(1)
-    qconst = _rotated(lw, lc, bias_part(lw.ln_attn.bias, lw.W_Q, lw.b_Q), lc.Q, lw.q_norm, lc.sigma_q)
+    qconst = _rotated(
+        lw, lc, bias_part(lw.ln_attn.bias, lw.W_Q, lw.b_Q), lc.Q, lw.q_norm, lc.sigma_q
+    )
     qpart = lw.attn_scale * qconst @ expand_kv(lc.K, spec).transpose(-1, -2)
     bt.record("3 Q-side closure", rawQ + _capped(lw, lc, spec, qpart), actual, bt.real_q)
 
@@ -146,7 +153,9 @@ def check_4_values(bt: Batch, lw, lc, chat: torch.Tensor) -> None:
     val = dec.value_scores(spec, lw, lc, chat).sum(1)  # [B, H, S]
     vconst = bias_part(lw.ln_attn.bias, lw.W_V, lw.b_V)
     vpart = expand_kv(torch.einsum("ge,bgse->bgs", vconst, lc.V), spec)
-    bt.record("4 V-side closure", val + vpart, expand_kv(lc.V.pow(2).sum(-1), spec), bt.real[:, None])
+    bt.record(
+        "4 V-side closure", val + vpart, expand_kv(lc.V.pow(2).sum(-1), spec), bt.real[:, None]
+    )
 
 
 def check_5_mlp(bt: Batch, lw, lc, mchat: torch.Tensor) -> None:
@@ -212,8 +221,9 @@ def check_9_forward(bt: Batch) -> None:
     if wdtype in LOW_PRECISION and dtype not in LOW_PRECISION:
         with torch.no_grad():
             own = torch.stack([model(x).logits[0, -1].to(dtype) for x in ids])
-        bt.record(OWN_FORWARD.format(str(wdtype).replace("torch.", "")), cap.logits_t, own,
-                  bt.every)
+        bt.record(
+            OWN_FORWARD.format(str(wdtype).replace("torch.", "")), cap.logits_t, own, bt.every
+        )
 
 
 def math_forward(model, ids: list, dtype) -> torch.Tensor:
@@ -234,9 +244,13 @@ def math_forward(model, ids: list, dtype) -> torch.Tensor:
             if id(t) in kept:
                 t.data = t.data.to(kept.pop(id(t))[1])
 
-    hooks = [h for m in model.modules() if any(True for _ in m.parameters(recurse=False))
-             or any(True for _ in m.buffers(recurse=False))
-             for h in (m.register_forward_pre_hook(up), m.register_forward_hook(down))]
+    hooks = [
+        h
+        for m in model.modules()
+        if any(True for _ in m.parameters(recurse=False))
+        or any(True for _ in m.buffers(recurse=False))
+        for h in (m.register_forward_pre_hook(up), m.register_forward_hook(down))
+    ]
     try:
         with torch.no_grad():
             return torch.stack([model(x).logits[0, -1].to(dtype) for x in ids])
@@ -288,8 +302,9 @@ def check_8_paths(tracer, text, dtype, path_min_frac=1e-3, max_nodes=200_000) ->
     I, d_hat = tracer.start(cap, torch.tensor([prep.target_id], device=cap.device), None, cfg.seed)
     F0 = initial_credit(I, [S - 1], [[None]], S)
     ops_for_layer = tracer.layer_ops(cap, cfg, d_hat)
-    search = PathSearch(cap.comps, F0, cfg.path_min_frac * F0.abs().sum((2, 3)), max_nodes,
-                        keep_remainder=True)
+    search = PathSearch(
+        cap.comps, F0, cfg.path_min_frac * F0.abs().sum((2, 3)), max_nodes, keep_remainder=True
+    )
     flow = sweep(cap, ops_for_layer, F0, search=search)
     R0, Rk = search.remainder
     rest = sweep(cap, ops_for_layer, R0, Fk=Rk)
@@ -304,18 +319,27 @@ def forward_tolerance(tracer, tol: float) -> float:
     return max(tol, 1e-4)
 
 
-def validate_model(model=None, tokenizer=None, texts=None, dtype=None, tracer=None,
-                   tol=None) -> list[Check]:
+def validate_model(
+    model=None, tokenizer=None, texts=None, dtype=None, tracer=None, tol=None
+) -> list[Check]:
     """Every §9 invariant on ``texts`` (a few default prompts otherwise)."""
     from .tracer import Tracer
+
     tracer = tracer or Tracer(model=model, tokenizer=tokenizer, dtype=dtype)
     dtype = tracer.dtype
     tol = tol if tol is not None else (1e-9 if dtype == torch.float64 else 1e-4)
     texts = texts or DEFAULT_TEXTS
     texts = [t for t in texts if tracer.prepare(t, " the").ids]
-    checks = [Check(name, err, tol if not name.startswith("9") else forward_tolerance(tracer, tol), None,
-                    info=name.startswith("9 info"))
-              for name, err in check_capture(tracer, texts, dtype)]
+    checks = [
+        Check(
+            name,
+            err,
+            tol if not name.startswith("9") else forward_tolerance(tracer, tol),
+            None,
+            info=name.startswith("9 info"),
+        )
+        for name, err in check_capture(tracer, texts, dtype)
+    ]
     e8 = max(check_8_paths(tracer, t, dtype) for t in texts[:2])
     checks.append(Check("8 flow = paths + pruned remainder", e8, tol, None))
     for c in checks:

@@ -4,8 +4,7 @@
 is write-side work: ``ingest.composition``. :class:`NoData` and the Markdown/CSV
 writers live in ``ingest.queries``, shared by both.
 """
+
 from __future__ import annotations
 
 from ingest.queries import NoData, markdown_table, write_outputs  # noqa: F401
-
-

@@ -3,6 +3,7 @@ in the sidebar, and the model for tracing on demand.
 
 Caches are keyed by the database file's version (``app.db.db_version``): after
 an ingest commits, the next run of a page (a refresh) reads the new rows."""
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,9 @@ def sql_limits() -> tuple[float, int]:
             return default
         return v if v > 0 and v == v and v != float("inf") else default
 
-    return num("UNPACK_SQL_TIMEOUT", DEFAULT_TIMEOUT_S), int(num("UNPACK_SQL_MAX_MB", DEFAULT_MAX_MB) * 2**20)
+    return num("UNPACK_SQL_TIMEOUT", DEFAULT_TIMEOUT_S), int(
+        num("UNPACK_SQL_MAX_MB", DEFAULT_MAX_MB) * 2**20
+    )
 
 
 _SQL_CACHE: dict = {}
@@ -60,8 +63,11 @@ def sql_cache():
 
     limit = 4 * sql_limits()[1]
     version = db_version(db_path())
-    if _SQL_CACHE.get("cache") is None or _SQL_CACHE["cache"].max_bytes != limit \
-            or _SQL_CACHE.get("version") != version:  # the store changed: results are stale
+    if (
+        _SQL_CACHE.get("cache") is None
+        or _SQL_CACHE["cache"].max_bytes != limit
+        or _SQL_CACHE.get("version") != version
+    ):  # the store changed: results are stale
         _SQL_CACHE["cache"], _SQL_CACHE["version"] = ResultCache(limit), version
     return _SQL_CACHE["cache"]
 
@@ -93,11 +99,11 @@ def query(fn: Callable[Concatenate[Any, P], R], *args: P.args, **kwargs: P.kwarg
     ``fn`` is any reader that takes the store's handle first (app.ui.data,
     app.ui.circuit_stored)."""
     path = db_path()
-    return _query(fn, f"{fn.__module__}.{fn.__qualname__}", path, db_version(path), *args,
-                  **kwargs)
+    return _query(fn, f"{fn.__module__}.{fn.__qualname__}", path, db_version(path), *args, **kwargs)
 
 
 # ------------------------------------------------------------------ the working set
+
 
 def _pick(label: str, options: list, key: str, default=None, all_option: bool = False, **kw):
     """A sidebar selectbox whose remembered value survives option changes."""
@@ -119,9 +125,13 @@ def working_set() -> D.WorkingSet:
     if "ws_models" not in st.session_state:
         st.session_state["ws_models"] = D.default_models(models)
     st.session_state["ws_models"] = [m for m in st.session_state["ws_models"] if m in models]
-    sel = st.sidebar.multiselect("Models", models, key="ws_models", format_func=D.short_model,
-                                 help="Compare uses every model picked here; Circuit and "
-                                      "Prompt one at a time")
+    sel = st.sidebar.multiselect(
+        "Models",
+        models,
+        key="ws_models",
+        format_func=D.short_model,
+        help="Compare uses every model picked here; Circuit and Prompt one at a time",
+    )
     use = tuple(sel) or tuple(models)
     if models and not sel:
         st.sidebar.caption("No model picked: the pages use every model.")
@@ -140,26 +150,53 @@ def working_set() -> D.WorkingSet:
 
 # ------------------------------------------------------------------ graphs
 
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _circuit(path, version, model, task, preset, condition, template, root, modes, agg, min_share):
     from app.graphs import circuit_graph
 
     cur = shared_db(path).cursor()  # its own connection: the temp table stays private
     try:
-        return circuit_graph(cur, model=model, task=task, preset=preset, condition=condition,
-                             template=template, root=root, modes=tuple(modes), agg=agg,
-                             min_share=min_share)
+        return circuit_graph(
+            cur,
+            model=model,
+            task=task,
+            preset=preset,
+            condition=condition,
+            template=template,
+            root=root,
+            modes=tuple(modes),
+            agg=agg,
+            min_share=min_share,
+        )
     finally:
         cur.close()
 
 
-def circuit(model: str, ws: D.WorkingSet, root: str = "target", modes=("K", "Q", "V", "MLP"),
-            agg: str = "mean", min_share: float = 0.0):
+def circuit(
+    model: str,
+    ws: D.WorkingSet,
+    root: str = "target",
+    modes=("K", "Q", "V", "MLP"),
+    agg: str = "mean",
+    min_share: float = 0.0,
+):
     """The working set's circuit for one model with every edge (app.graphs.circuit_graph);
     thresholds are applied afterwards with :func:`app.ui.views.threshold`."""
     path = db_path()
-    return _circuit(path, db_version(path), model, ws.task, ws.preset, ws.condition, ws.template,
-                    root, tuple(modes), agg, float(min_share))
+    return _circuit(
+        path,
+        db_version(path),
+        model,
+        ws.task,
+        ws.preset,
+        ws.condition,
+        ws.template,
+        root,
+        tuple(modes),
+        agg,
+        float(min_share),
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -170,17 +207,20 @@ def _suppression(path, version, models, preset):
     except ModuleNotFoundError as e:
         if e.name != "app.reports.suppression":
             raise
-        raise InputError("the suppression report (app.reports.suppression) is not installed in "
-                         "this checkout") from None
+        raise InputError(
+            "the suppression report (app.reports.suppression) is not installed in this checkout"
+        ) from None
     cur = shared_db(path).cursor()
     try:
         df = load_credits(cur, list(models), preset)
     finally:
         cur.close()
     if df.empty or not (df["condition"] == "ioi_s").any():
-        raise InputError("it needs IOI prompts with their controls (conditions ioi_s, abc_c, "
-                         "abc_b); ingest them with `unpack ingest --model MODEL --task ioi "
-                         "--controls`")
+        raise InputError(
+            "it needs IOI prompts with their controls (conditions ioi_s, abc_c, "
+            "abc_b); ingest them with `unpack ingest --model MODEL --task ioi "
+            "--controls`"
+        )
     _, by_cond, by_model = summarize(df, n_boot=1000, seed=0)
     return by_model.drop(columns=["n_params"]), by_cond
 
@@ -193,6 +233,7 @@ def suppression(models: tuple, preset: str | None):
 
 
 # ------------------------------------------------------------------ tracing on demand
+
 
 def model_availability(name: str) -> tuple[bool, str]:
     """Can this process load ``name`` to trace on demand? ``(ok, why)``
@@ -211,8 +252,9 @@ def _tracer(name: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=200)
-def trace_on_demand(model: str, text: str, target: str, distractor, config_json: str,
-                    root: str) -> dict:
+def trace_on_demand(
+    model: str, text: str, target: str, distractor, config_json: str, root: str
+) -> dict:
     """Trace one prompt from ``root`` with the run's config; plain data for caching
     (:func:`unpack.on_demand.trace_root`: in memory, nothing is stored)."""
     from unpack.on_demand import trace_root

@@ -5,6 +5,7 @@ to fit (the full text shows on hover), never the numbers and never the names
 that tell rows apart (:data:`WHOLE`). Times show as times, parameter counts
 with thousands separators, and a measure that does not apply to a row (None)
 reads "not applicable" (:func:`not_applicable`)."""
+
 from __future__ import annotations
 
 import numbers
@@ -17,12 +18,20 @@ MIN_TEXT_PX = 90  # a cut text column keeps at least this
 MAX_PX = 420
 MAIN_PX = 900  # the main area of the wide layout at 1400 pixels, less a margin
 LABELS = {  # short headers for long column names (the name itself shows on hover)
-    "mean_logit_diff": "logit diff", "mean_p_target": "p(target)",
-    "mean_suppression": "suppression", "n_layers": "layers", "n_heads": "heads",
-    "acc_repeat": "accuracy", "K_prev_to_ind": "K prev→ind", "mean_credit": "credit",
-    "mean_credit_pct": "credit %", "share_negative": "share < 0",
+    "mean_logit_diff": "logit diff",
+    "mean_p_target": "p(target)",
+    "mean_suppression": "suppression",
+    "n_layers": "layers",
+    "n_heads": "heads",
+    "acc_repeat": "accuracy",
+    "K_prev_to_ind": "K prev→ind",
+    "mean_credit": "credit",
+    "mean_credit_pct": "credit %",
+    "share_negative": "share < 0",
     "top_heads_at_target": "top heads at the target",
-    "K_share": "K share", "run_id": "run", "prompts_ok": "prompts",
+    "K_share": "K share",
+    "run_id": "run",
+    "prompts_ok": "prompts",
     "mean_trace_s": "s / prompt",
 }
 WHOLE = ("model", "family", "name")  # names that tell rows apart: never cut
@@ -60,12 +69,15 @@ def fit_widths(df: pd.DataFrame, budget: int = MAIN_PX, labels: dict | None = No
     return {c: min(w, lo) if c in text else w for c, w in want.items()}
 
 
-def column_config(df: pd.DataFrame, budget: int = MAIN_PX, labels: dict | None = None,
-                  config: dict | None = None) -> dict:
+def column_config(
+    df: pd.DataFrame, budget: int = MAIN_PX, labels: dict | None = None, config: dict | None = None
+) -> dict:
     """Streamlit ``column_config`` with :func:`fit_widths`; ``config`` entries (a
     format, a help text) keep theirs and get the width."""
-    labels = {c: labels.get(c) if labels and c in labels else LABELS.get(str(c), str(c))
-              for c in df.columns}
+    labels = {
+        c: labels.get(c) if labels and c in labels else LABELS.get(str(c), str(c))
+        for c in df.columns
+    }
     out = dict(config or {})
     for c, label in labels.items():  # a config's own label is what shows
         if isinstance(out.get(c), dict) and out[c].get("label"):
@@ -105,10 +117,16 @@ def not_applicable(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     return out
 
 
-def table(df: pd.DataFrame, budget: int = MAIN_PX, labels: dict | None = None,
-          config: dict | None = None, **kw):
+def table(
+    df: pd.DataFrame,
+    budget: int = MAIN_PX,
+    labels: dict | None = None,
+    config: dict | None = None,
+    **kw,
+):
     """``st.dataframe`` of ``df`` (no index) whose columns fit ``budget`` pixels."""
     import streamlit as st
 
-    return st.dataframe(df, hide_index=True,
-                        column_config=column_config(df, budget, labels, config), **kw)
+    return st.dataframe(
+        df, hide_index=True, column_config=column_config(df, budget, labels, config), **kw
+    )

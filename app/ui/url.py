@@ -13,6 +13,7 @@ A link is short: it carries the working set and the page's own widgets only
 opens on). A value out of its widget's range (:data:`RANGES`) is clamped, one that
 is not a finite number is dropped, and the page says so (:func:`notices`).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,42 +23,88 @@ import streamlit as st
 # widget key -> type: str, int, float, bool, list (of str) or pair ("a|b" <-> (a, b))
 KEYS: dict[str, str] = {
     # the working set (sidebar, every page)
-    "ws_models": "list", "ws_task": "str", "ws_preset": "str", "ws_condition": "str",
+    "ws_models": "list",
+    "ws_task": "str",
+    "ws_preset": "str",
+    "ws_condition": "str",
     "ws_template": "str",
     # Prompt
-    "prompt_search": "str", "prompt_id": "int", "prompt_root": "str", "prompt_excl_last": "bool",
-    "prompt_k": "int", "reroot_comp": "str", "reroot_pos": "int",
+    "prompt_search": "str",
+    "prompt_id": "int",
+    "prompt_root": "str",
+    "prompt_excl_last": "bool",
+    "prompt_k": "int",
+    "reroot_comp": "str",
+    "reroot_pos": "int",
     # Circuit
-    "circuit_model": "str", "circuit_root": "str", "circuit_agg": "str", "circuit_modes": "list",
-    "circuit_topk": "int", "circuit_minw": "float", "circuit_minshare": "float",
-    "circuit_node": "str", "stored_circuit": "int",
+    "circuit_model": "str",
+    "circuit_root": "str",
+    "circuit_agg": "str",
+    "circuit_modes": "list",
+    "circuit_topk": "int",
+    "circuit_minw": "float",
+    "circuit_minshare": "float",
+    "circuit_node": "str",
+    "stored_circuit": "int",
     # Compare
-    "compare_value": "str", "compare_topk": "int", "compare_modes": "list", "compare_pair": "pair",
+    "compare_value": "str",
+    "compare_topk": "int",
+    "compare_modes": "list",
+    "compare_pair": "pair",
     # SQL
-    "sql_text": "str", "sql_limit": "int",
+    "sql_text": "str",
+    "sql_limit": "int",
 }
 WS_KEYS = ("ws_models", "ws_task", "ws_preset", "ws_condition", "ws_template")
 PAGE_KEYS: dict[str, tuple[str, ...]] = {  # page (its url path) -> the keys its link carries
     "overview": (),
-    "prompt": ("prompt_search", "prompt_id", "prompt_root", "prompt_excl_last", "prompt_k",
-               "reroot_comp", "reroot_pos"),
-    "circuit": ("circuit_model", "circuit_root", "circuit_agg", "circuit_modes", "circuit_topk",
-                "circuit_minw", "circuit_minshare", "circuit_node", "stored_circuit"),
+    "prompt": (
+        "prompt_search",
+        "prompt_id",
+        "prompt_root",
+        "prompt_excl_last",
+        "prompt_k",
+        "reroot_comp",
+        "reroot_pos",
+    ),
+    "circuit": (
+        "circuit_model",
+        "circuit_root",
+        "circuit_agg",
+        "circuit_modes",
+        "circuit_topk",
+        "circuit_minw",
+        "circuit_minshare",
+        "circuit_node",
+        "stored_circuit",
+    ),
     "compare": ("compare_value", "compare_topk", "compare_modes", "compare_pair"),
     "sql": ("sql_text", "sql_limit"),
 }
 # numeric widget key -> (lowest, highest, step): the widget's own range
 RANGES: dict[str, tuple] = {
-    "prompt_k": (1, 50, 1), "prompt_id": (0, 2**63 - 1, 1), "reroot_pos": (0, 2**31 - 1, 1),
-    "circuit_topk": (5, 300, 5), "circuit_minw": (0.0, 50.0, 0.5),
-    "circuit_minshare": (0.0, 1.0, 0.05), "stored_circuit": (0, 2**63 - 1, 1),
-    "compare_topk": (5, 150, 5), "sql_limit": (1, 1_000_000, 1),
+    "prompt_k": (1, 50, 1),
+    "prompt_id": (0, 2**63 - 1, 1),
+    "reroot_pos": (0, 2**31 - 1, 1),
+    "circuit_topk": (5, 300, 5),
+    "circuit_minw": (0.0, 50.0, 0.5),
+    "circuit_minshare": (0.0, 1.0, 0.05),
+    "stored_circuit": (0, 2**63 - 1, 1),
+    "compare_topk": (5, 150, 5),
+    "sql_limit": (1, 1_000_000, 1),
 }
 DEFAULTS: dict = {  # widget key -> the value a page opens on (left out of links)
-    "prompt_excl_last": True, "prompt_k": 8, "prompt_search": "",
-    "circuit_agg": "mean", "circuit_modes": ["K", "Q", "V", "MLP"], "circuit_topk": 40,
-    "circuit_minw": 0.0, "circuit_minshare": 0.0,
-    "compare_value": "mean_credit", "compare_topk": 25, "compare_modes": ["K", "Q", "V"],
+    "prompt_excl_last": True,
+    "prompt_k": 8,
+    "prompt_search": "",
+    "circuit_agg": "mean",
+    "circuit_modes": ["K", "Q", "V", "MLP"],
+    "circuit_topk": 40,
+    "circuit_minw": 0.0,
+    "circuit_minshare": 0.0,
+    "compare_value": "mean_credit",
+    "compare_topk": 25,
+    "compare_modes": ["K", "Q", "V"],
     "sql_limit": 10_000,
 }
 WS_DEFAULT = "_ws_default_models"  # the working set's models on a first visit (state.py)

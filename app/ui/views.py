@@ -1,5 +1,6 @@
 """What the pages draw: the token credit strip, path chains with K/Q/V labels,
 and circuit graphs as plotly figures. Pure functions (HTML strings and figures)."""
+
 from __future__ import annotations
 
 import html
@@ -11,8 +12,12 @@ import pandas as pd
 from app.graphs import MODE_COLORS, MODES, drawn_edges, edge_geometry, layer_ticks
 from unpack.components import short_label
 
-KIND_COLORS = {"embedding": "#8c564b", "pos_embedding": "#c49c94", "head": "#9467bd",
-               "mlp": "#bcbd22"}
+KIND_COLORS = {
+    "embedding": "#8c564b",
+    "pos_embedding": "#c49c94",
+    "head": "#9467bd",
+    "mlp": "#bcbd22",
+}
 _NEG, _MID, _POS = (178, 24, 43), (247, 247, 247), (33, 102, 172)
 
 
@@ -52,12 +57,15 @@ def token_strip_html(df: pd.DataFrame, exclude_last: bool = True) -> str:
             f'padding:2px 4px;border-radius:4px;background:{diverging(credit, scale)};color:{fg};'
             f'text-align:center;font-family:monospace;white-space:pre">'
             f'{html.escape(str(row.token)) or "&nbsp;"}<br>'
-            f'<span style="font-size:0.7em;opacity:0.75">{html.escape(label)}</span></span>')
-    legend = (f'<div style="font-size:0.8em;margin-top:4px">'
-              f'<span style="background:{diverging(-1, 1)};color:#fff;padding:1px 6px">'
-              f'−{scale:.3g}</span><span style="background:{diverging(0, 1)};padding:1px 6px">0'
-              f'</span><span style="background:{diverging(1, 1)};color:#fff;padding:1px 6px">'
-              f'+{scale:.3g}</span> credit (hover a token for its value)</div>')
+            f'<span style="font-size:0.7em;opacity:0.75">{html.escape(label)}</span></span>'
+        )
+    legend = (
+        f'<div style="font-size:0.8em;margin-top:4px">'
+        f'<span style="background:{diverging(-1, 1)};color:#fff;padding:1px 6px">'
+        f'−{scale:.3g}</span><span style="background:{diverging(0, 1)};padding:1px 6px">0'
+        f'</span><span style="background:{diverging(1, 1)};color:#fff;padding:1px 6px">'
+        f'+{scale:.3g}</span> credit (hover a token for its value)</div>'
+    )
     return f'<div class="unpack-strip" style="line-height:1.2">{"".join(boxes)}</div>{legend}'
 
 
@@ -79,23 +87,29 @@ def chain_html(chain: str, tokens: list[str] | None = None) -> str:
             tok = f' <span style="opacity:0.7">{html.escape(repr(tokens[pos]))}</span>'
         badge = ""
         if mode:
-            badge = (f'<span style="background:{MODE_COLORS.get(mode, "#999")};color:#fff;'
-                     'border-radius:3px;padding:0 4px;margin-left:2px;font-size:0.85em">'
-                     f'{mode}</span>')
-        parts.append(f'<code>{html.escape(comp)}</code>{badge}'
-                     f'<span style="opacity:0.8">@{pos}</span>{tok}')
+            badge = (
+                f'<span style="background:{MODE_COLORS.get(mode, "#999")};color:#fff;'
+                'border-radius:3px;padding:0 4px;margin-left:2px;font-size:0.85em">'
+                f'{mode}</span>'
+            )
+        parts.append(
+            f'<code>{html.escape(comp)}</code>{badge}<span style="opacity:0.8">@{pos}</span>{tok}'
+        )
     return " → ".join(parts)
 
 
 def paths_html(paths: pd.DataFrame, tokens: list[str], n: int = 8) -> str:
     rows = []
     for r in paths.head(n).itertuples(index=False):
-        rows.append(f'<div class="unpack-path" style="margin:2px 0"><b>{r.score_pct:+.2f}%</b> '
-                    f'({r.score:+.4g}) {chain_html(r.chain, tokens)}</div>')
+        rows.append(
+            f'<div class="unpack-path" style="margin:2px 0"><b>{r.score_pct:+.2f}%</b> '
+            f'({r.score:+.4g}) {chain_html(r.chain, tokens)}</div>'
+        )
     return "".join(rows)
 
 
 # ------------------------------------------------------------------ graphs
+
 
 def threshold(G, min_weight: float = 0.0, top_k: int | None = None):
     """A view of a circuit graph for display: the ``top_k`` strongest edges with
@@ -132,15 +146,34 @@ def _edge_traces(geo: list, selected, name_prefix: str) -> list:
             ys += [p[1] for p in e["points"]] + [None]
             ids += [f"{e['parent']}→{e['child']} {mode}"] * len(e["points"]) + [None]
         opacity = 0.45 + 0.12 * b if selected is None else (1.0 if on else 0.15)
-        traces.append(go.Scatter(
-            x=xs, y=ys, mode="lines", hoverinfo="skip", legendgroup=mode, showlegend=False,
-            line=dict(color=MODE_COLORS.get(mode, "#999"), width=0.8 + 1.6 * b + (1.5 if on else 0)),
-            opacity=opacity, name=f"{name_prefix}{mode}", customdata=ids, meta="edges"))
+        traces.append(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                hoverinfo="skip",
+                legendgroup=mode,
+                showlegend=False,
+                line=dict(
+                    color=MODE_COLORS.get(mode, "#999"), width=0.8 + 1.6 * b + (1.5 if on else 0)
+                ),
+                opacity=opacity,
+                name=f"{name_prefix}{mode}",
+                customdata=ids,
+                meta="edges",
+            )
+        )
     return traces
 
 
-def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
-                 legend_seen: set | None = None, selected: str | None = None):
+def graph_traces(
+    G,
+    xy: dict,
+    show_legend: bool = True,
+    name_prefix: str = "",
+    legend_seen: set | None = None,
+    selected: str | None = None,
+):
     """Plotly traces: one curve per reader, writer and mode (app.graphs.edge_geometry;
     width by |weight|), the legend (one entry per mode drawn, in K, Q, V, MLP order,
     each mode's one colour), then the nodes (size by |flow|, colour by kind, hover
@@ -154,45 +187,88 @@ def graph_traces(G, xy: dict, show_legend: bool = True, name_prefix: str = "",
     seen = legend_seen if legend_seen is not None else set()
     for i, mode in enumerate(MODES):  # fixed order and width, whatever the graph
         if any(e["mode"] == mode for e in geo):
-            traces.append(go.Scatter(
-                x=[None], y=[None], mode="lines", legendgroup=mode, legendrank=i + 1,
-                line=dict(color=MODE_COLORS[mode], width=3), name=f"{name_prefix}{mode}",
-                showlegend=show_legend and mode not in seen, hoverinfo="skip"))
+            traces.append(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="lines",
+                    legendgroup=mode,
+                    legendrank=i + 1,
+                    line=dict(color=MODE_COLORS[mode], width=3),
+                    name=f"{name_prefix}{mode}",
+                    showlegend=show_legend and mode not in seen,
+                    hoverinfo="skip",
+                )
+            )
             seen.add(mode)
     if geo:  # hover targets at the middle of each curve
         mid = [e["points"][len(e["points"]) // 2] for e in geo]
-        traces.append(go.Scatter(
-            x=[p[0] for p in mid], y=[p[1] for p in mid], mode="markers",
-            marker=dict(size=6, color="rgba(0,0,0,0)"), hoverinfo="text", showlegend=False,
-            hovertext=[f"{e['parent']} reads {e['child']}<br>{e['mode']}: {e['weight']:+.4g}"
-                       for e in geo], name=f"{name_prefix}edges"))
+        traces.append(
+            go.Scatter(
+                x=[p[0] for p in mid],
+                y=[p[1] for p in mid],
+                mode="markers",
+                marker=dict(size=6, color="rgba(0,0,0,0)"),
+                hoverinfo="text",
+                showlegend=False,
+                hovertext=[
+                    f"{e['parent']} reads {e['child']}<br>{e['mode']}: {e['weight']:+.4g}"
+                    for e in geo
+                ],
+                name=f"{name_prefix}edges",
+            )
+        )
     if selected in G:  # under the nodes: the nodes stay the last trace
-        traces.append(go.Scatter(
-            x=[xy[selected][0]], y=[xy[selected][1]], mode="markers", customdata=[selected],
-            marker=dict(size=44, color="rgba(0,0,0,0)", line=dict(color="crimson", width=3)),
-            hoverinfo="skip", name=f"{name_prefix}selected", showlegend=False))
+        traces.append(
+            go.Scatter(
+                x=[xy[selected][0]],
+                y=[xy[selected][1]],
+                mode="markers",
+                customdata=[selected],
+                marker=dict(size=44, color="rgba(0,0,0,0)", line=dict(color="crimson", width=3)),
+                hoverinfo="skip",
+                name=f"{name_prefix}selected",
+                showlegend=False,
+            )
+        )
     names = list(G.nodes)
     flows = [abs(float(G.nodes[n].get("flow", 0.0) or 0.0)) for n in names]
     fmax = max(flows) if flows and max(flows) > 0 else 1.0
-    traces.append(go.Scatter(
-        x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers+text",
-        marker=dict(size=[8 + 22 * math.sqrt(f / fmax) for f in flows],
-                    color=[KIND_COLORS.get(G.nodes[n].get("kind"), "#444") for n in names],
-                    line=dict(color="#222", width=1)),
-        text=[short_label(n) for n in names],
-        textposition=[LABEL_SIDE.get(G.nodes[n].get("kind"), "top center") for n in names],
-        customdata=names, hoverinfo="text",
-        hovertext=[f"{n}<br>layer {G.nodes[n].get('layer')}<br>flow "
-                   f"{float(G.nodes[n].get('flow', 0) or 0):+.4g}" for n in names],
-        name=f"{name_prefix}components", showlegend=False))
+    traces.append(
+        go.Scatter(
+            x=[xy[n][0] for n in names],
+            y=[xy[n][1] for n in names],
+            mode="markers+text",
+            marker=dict(
+                size=[8 + 22 * math.sqrt(f / fmax) for f in flows],
+                color=[KIND_COLORS.get(G.nodes[n].get("kind"), "#444") for n in names],
+                line=dict(color="#222", width=1),
+            ),
+            text=[short_label(n) for n in names],
+            textposition=[LABEL_SIDE.get(G.nodes[n].get("kind"), "top center") for n in names],
+            customdata=names,
+            hoverinfo="text",
+            hovertext=[
+                f"{n}<br>layer {G.nodes[n].get('layer')}<br>flow "
+                f"{float(G.nodes[n].get('flow', 0) or 0):+.4g}"
+                for n in names
+            ],
+            name=f"{name_prefix}components",
+            showlegend=False,
+        )
+    )
     return traces
 
 
 # Where a node's label sits: heads above their marker; MLPs, in the bottom row, below
 # theirs, and embeddings, in the first column, to their left, so that neither runs
 # into the labels of the heads next to them.
-LABEL_SIDE = {"head": "top center", "mlp": "bottom center", "embedding": "middle left",
-              "pos_embedding": "middle left"}
+LABEL_SIDE = {
+    "head": "top center",
+    "mlp": "bottom center",
+    "embedding": "middle left",
+    "pos_embedding": "middle left",
+}
 
 
 def graph_figure(G, xy: dict, title: str = "", height: int = 520, selected: str | None = None):
@@ -203,18 +279,30 @@ def graph_figure(G, xy: dict, title: str = "", height: int = 520, selected: str 
     ticks, names = layer_ticks(G)
     xs = [x for tr in fig.data for x in (tr.x or ()) if x is not None] + ticks
     span = max(xs) - min(xs)  # room for the curves and, left, the embeddings' labels
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=30),
-                      hovermode="closest", clickmode="event+select",
-                      legend=dict(title="mode", orientation="h", y=-0.08, traceorder="normal"),
-                      xaxis=dict(title="layer", zeroline=False, tickmode="array", tickvals=ticks,
-                                 ticktext=names,
-                                 range=[min(xs) - 0.06 * span - 0.6, max(xs) + 0.02 * span + 0.2]),
-                      yaxis=dict(visible=False))
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=30),
+        hovermode="closest",
+        clickmode="event+select",
+        legend=dict(title="mode", orientation="h", y=-0.08, traceorder="normal"),
+        xaxis=dict(
+            title="layer",
+            zeroline=False,
+            tickmode="array",
+            tickvals=ticks,
+            ticktext=names,
+            range=[min(xs) - 0.06 * span - 0.6, max(xs) + 0.02 * span + 0.2],
+        ),
+        yaxis=dict(visible=False),
+    )
     return fig
 
 
 def graph_caption(G) -> str:
     """What a circuit figure draws, counted as drawn."""
     drawn = drawn_edges(G)
-    return (f"{len(drawn)} edges drawn (one curve per reader, writer and mode; "
-            f"{G.number_of_edges()} reader–writer pairs) between {G.number_of_nodes()} components")
+    return (
+        f"{len(drawn)} edges drawn (one curve per reader, writer and mode; "
+        f"{G.number_of_edges()} reader–writer pairs) between {G.number_of_nodes()} components"
+    )

@@ -9,6 +9,7 @@
   becomes the file's path in code type; a link to a file that does not exist
   stops the build, so such links cannot rot either.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ FIELDS = ("title", "command", "commit", "date", "columns", "rows")
 
 
 # ---------------------------------------------------------------- results tables
+
 
 def load_table(name: str) -> dict:
     """One results table, checked: every field there, a commit hash, rows as wide
@@ -52,24 +54,36 @@ def render_table(name: str) -> str:
     t = load_table(name)
     cmds = t["command"] if isinstance(t["command"], list) else [t["command"]]
     where = f" Conditions: {t['conditions']}." if t.get("conditions") else ""
-    out = [f"**{t['title']}**", "",
-           f"Produced at commit `{t['commit']}` ({t['date']}) by the command below.{where}",
-           "", "```bash", *cmds, "```", "",
-           "| " + " | ".join(t["columns"]) + " |", "|" + "---|" * len(t["columns"])]
+    out = [
+        f"**{t['title']}**",
+        "",
+        f"Produced at commit `{t['commit']}` ({t['date']}) by the command below.{where}",
+        "",
+        "```bash",
+        *cmds,
+        "```",
+        "",
+        "| " + " | ".join(t["columns"]) + " |",
+        "|" + "---|" * len(t["columns"]),
+    ]
     out += ["| " + " | ".join(r) + " |" for r in t["rows"]]
     return "\n".join(out) + "\n"
 
 
 def repo_links(markdown: str, page_path: Path) -> str:
     """``[text](../unpack/x.py)`` → ``text (`unpack/x.py`)`` for files outside docs/."""
+
     def one(m):
         target = (page_path.parent / m[2]).resolve()
         if target.is_relative_to(DOCS) or not target.is_relative_to(REPO):
             return m[0]  # a page or asset of the site: MkDocs checks it
         if not target.exists():
-            raise PluginError(f"{page_path.relative_to(REPO)}: link to {m[2]!r}, which does not exist")
+            raise PluginError(
+                f"{page_path.relative_to(REPO)}: link to {m[2]!r}, which does not exist"
+            )
         rel = target.relative_to(REPO).as_posix()
         return f"{m[1]} (`{rel}`)" if m[1] and m[1].strip("`") != rel else f"`{rel}`"
+
     return LINK.sub(one, markdown)
 
 
@@ -81,6 +95,7 @@ def on_page_markdown(markdown, page, config, files):
 
 # ---------------------------------------------------------------- CLI reference
 
+
 def _cell(s) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
@@ -89,15 +104,23 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
     fmt = parser._get_formatter()
     rows = ["| option | what | default |", "|---|---|---|"]
     for a in parser._actions:
-        if a.help == argparse.SUPPRESS or isinstance(a, (argparse._SubParsersAction, argparse._HelpAction)):
+        if a.help == argparse.SUPPRESS or isinstance(
+            a, (argparse._SubParsersAction, argparse._HelpAction)
+        ):
             continue
         flags = ", ".join(f"`{f}`" for f in a.option_strings) or f"`{a.dest}`"
         if a.choices and not isinstance(a.choices, dict):
             flags += " (" + ", ".join(f"`{c}`" for c in a.choices) + ")"
         if a.required and a.option_strings:
             flags += " **required**"
-        default = "" if a.default in (None, argparse.SUPPRESS, False) or not a.option_strings else f"`{a.default}`"
-        rows.append(f"| {flags} | {_cell(fmt._expand_help(a) if a.help else '')} | {_cell(default)} |")
+        default = (
+            ""
+            if a.default in (None, argparse.SUPPRESS, False) or not a.option_strings
+            else f"`{a.default}`"
+        )
+        rows.append(
+            f"| {flags} | {_cell(fmt._expand_help(a) if a.help else '')} | {_cell(default)} |"
+        )
     return rows if len(rows) > 2 else []
 
 
@@ -116,9 +139,13 @@ def _command(parser: argparse.ArgumentParser, name: str, level: int) -> list[str
 def cli_markdown() -> str:
     from unpack.cli import build_parser
 
-    head = ["# CLI reference", "",
-            "Generated from the argparse parsers of `unpack` (`unpack.cli.build_parser`) "
-            "when the site is built; `.venv/bin/unpack COMMAND --help` prints the same.", ""]
+    head = [
+        "# CLI reference",
+        "",
+        "Generated from the argparse parsers of `unpack` (`unpack.cli.build_parser`) "
+        "when the site is built; `.venv/bin/unpack COMMAND --help` prints the same.",
+        "",
+    ]
     return "\n".join(head + _command(build_parser(), "unpack", 2)) + "\n"
 
 
@@ -129,10 +156,11 @@ def on_files(files, config):
 
 # ---------------------------------------------------------------- nav
 
+
 def _listed(nav) -> set[str]:
     out = set()
     for item in nav or []:
-        for v in (item.values() if isinstance(item, dict) else [item]):
+        for v in item.values() if isinstance(item, dict) else [item]:
             out |= _listed(v) if isinstance(v, list) else {v}
     return out
 

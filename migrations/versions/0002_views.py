@@ -5,6 +5,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2025-11-24
 """
+
 from __future__ import annotations
 
 from alembic import op

@@ -11,6 +11,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -21,8 +22,14 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-COLUMNS = (("n_kv_heads", sa.Integer), ("d_head", sa.Integer), ("family", sa.String),
-           ("parallel_residual", sa.Boolean), ("revision", sa.String), ("step", sa.BigInteger))
+COLUMNS = (
+    ("n_kv_heads", sa.Integer),
+    ("d_head", sa.Integer),
+    ("family", sa.String),
+    ("parallel_residual", sa.Boolean),
+    ("revision", sa.String),
+    ("step", sa.BigInteger),
+)
 
 
 def upgrade() -> None:

@@ -4,6 +4,7 @@ From the repository root::
 
     python -m tests.scripts.fix_formulas
 """
+
 import sys
 
 from tests.formulas import fix

@@ -4,6 +4,7 @@ From the repository root::
 
     python -m tests.scripts.page_load --prompts 1000 --out artifacts/bench
 """
+
 from __future__ import annotations
 
 import os
@@ -14,14 +15,20 @@ from pathlib import Path
 from tests.app_harness import MODELS, build_store
 from tests.browser import REPO, chromium_page, open_page, running_app, settle
 
-BENCH_PAGES = [("Overview", "/", "h1:has-text('Overview')"),
-               ("Prompt", "/prompt", ".unpack-tok"),
-               ("Circuit", "/circuit", ".js-plotly-plot .scatterlayer"),
-               ("Compare", "/compare", "h3:has-text('What changes with size')"),
-               ("SQL", "/sql", "button:has-text('Run query')")]
-HARNESS_PAGES = {"Overview": None, "Prompt": "ui/pages/prompt.py",
-                 "Circuit": "ui/pages/circuit.py", "Compare": "ui/pages/compare.py",
-                 "SQL": "ui/pages/sql.py"}
+BENCH_PAGES = [
+    ("Overview", "/", "h1:has-text('Overview')"),
+    ("Prompt", "/prompt", ".unpack-tok"),
+    ("Circuit", "/circuit", ".js-plotly-plot .scatterlayer"),
+    ("Compare", "/compare", "h3:has-text('What changes with size')"),
+    ("SQL", "/sql", "button:has-text('Run query')"),
+]
+HARNESS_PAGES = {
+    "Overview": None,
+    "Prompt": "ui/pages/prompt.py",
+    "Circuit": "ui/pages/circuit.py",
+    "Compare": "ui/pages/compare.py",
+    "SQL": "ui/pages/sql.py",
+}
 
 
 def harness_times(db) -> dict[str, tuple[float, float]]:
@@ -72,8 +79,10 @@ def bench(argv=None) -> int:
     import json
     import tempfile
 
-    p = argparse.ArgumentParser(prog="python -m tests.scripts.page_load",
-                                description="Measure page loads on a store of N prompts.")
+    p = argparse.ArgumentParser(
+        prog="python -m tests.scripts.page_load",
+        description="Measure page loads on a store of N prompts.",
+    )
     p.add_argument("--prompts", type=int, default=1000, help="prompts in all (default 1000)")
     p.add_argument("--db", default=None, help="use this store instead of building one")
     p.add_argument("--out", default="artifacts/bench", help="where to write the results")
@@ -85,29 +94,42 @@ def bench(argv=None) -> int:
     else:
         per_model = max(1, args.prompts // (4 * len(MODELS)))  # IOI with 3 controls: 4 each
         t0 = time.perf_counter()
-        db, _ = build_store(Path(tempfile.mkdtemp(prefix="unpack-bench-")), n=per_model,
-                            failing=False, progress=True)
+        db, _ = build_store(
+            Path(tempfile.mkdtemp(prefix="unpack-bench-")),
+            n=per_model,
+            failing=False,
+            progress=True,
+        )
         print(f"built {db} in {time.perf_counter() - t0:.0f} s", flush=True)
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
-    sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-             for t in ("prompts", "traces", "edges", "component_flows", "paths")}
+    sizes = {
+        t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+        for t in ("prompts", "traces", "edges", "component_flows", "paths")
+    }
     con.close()
     h = harness_times(db)
     b = browser_times(db, out / "screenshots")
-    lines = [f"Store: {sizes['prompts']:,} prompts, {sizes['traces']:,} traces, "
-             f"{sizes['edges']:,} edges, {sizes['component_flows']:,} component flows, "
-             f"{sizes['paths']:,} paths; {os.cpu_count()} CPU cores.", "",
-             "| page | harness, first run (s) | harness, again (s) | browser, first visit (s) "
-             "| browser, reload (s) | browser, sidebar click (s) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Store: {sizes['prompts']:,} prompts, {sizes['traces']:,} traces, "
+        f"{sizes['edges']:,} edges, {sizes['component_flows']:,} component flows, "
+        f"{sizes['paths']:,} paths; {os.cpu_count()} CPU cores.",
+        "",
+        "| page | harness, first run (s) | harness, again (s) | browser, first visit (s) "
+        "| browser, reload (s) | browser, sidebar click (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, *_ in BENCH_PAGES:
-        lines.append(f"| {name} | {h[name][0]:.2f} | {h[name][1]:.2f} | {b[name][0]:.2f} | "
-                     f"{b[name][1]:.2f} | {b[name][2]:.2f} |")
+        lines.append(
+            f"| {name} | {h[name][0]:.2f} | {h[name][1]:.2f} | {b[name][0]:.2f} | "
+            f"{b[name][1]:.2f} | {b[name][2]:.2f} |"
+        )
     table = "\n".join(lines)
     (out / "page_load_times.md").write_text(table + "\n")
-    (out / "page_load_times.json").write_text(json.dumps({"sizes": sizes, "harness": h,
-                                                          "browser": b}, indent=1))
+    (out / "page_load_times.json").write_text(
+        json.dumps({"sizes": sizes, "harness": h, "browser": b}, indent=1)
+    )
     print(table)
     return 0
 

@@ -3,13 +3,22 @@
 
     python -m tests.scripts.screenshots --db unpack.duckdb --out docs/screenshots
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from tests.browser import (LADDER, LAST_D64, SMOL, chromium_page, link, open_page, running_app,
-                           settle)
+from tests.browser import (
+    LADDER,
+    LAST_D64,
+    SMOL,
+    chromium_page,
+    link,
+    open_page,
+    running_app,
+    settle,
+)
 
 
 def shots(argv=None) -> int:
@@ -22,8 +31,11 @@ def shots(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with running_app(Path(a.db).resolve()) as url, chromium_page() as page:
-        open_page(page, link(url, "compare", {"ws_task": "induction"}),
-                  ".js-plotly-plot .scatterlayer .trace")
+        open_page(
+            page,
+            link(url, "compare", {"ws_task": "induction"}),
+            ".js-plotly-plot .scatterlayer .trace",
+        )
         settle(page, 2.0)
         page.screenshot(path=str(out / "compare_ladder.png"))
         page.get_by_text("Circuits aligned by relative depth").scroll_into_view_if_needed()
@@ -47,19 +59,29 @@ def _page_shots(url: str, page, out: Path) -> None:
     settle(page)
     page.get_by_text("Reroot: what feeds a component").scroll_into_view_if_needed()
     page.screenshot(path=str(out / "prompt_reroot.png"))
-    open_page(page, link(url, "circuit", {"ws_task": "ioi", "ws_models": [SMOL]}),
-              ".js-plotly-plot .scatterlayer")
+    open_page(
+        page,
+        link(url, "circuit", {"ws_task": "ioi", "ws_models": [SMOL]}),
+        ".js-plotly-plot .scatterlayer",
+    )
     page.screenshot(path=str(out / "circuit.png"))
     page.get_by_text("Reads from (upstream writers)").scroll_into_view_if_needed()
     page.wait_for_timeout(500)
     page.screenshot(path=str(out / "circuit_node.png"))
-    open_page(page, link(url, "circuit", {"ws_task": "induction", "ws_models": [LADDER[0] + "@"
-                                                                                 + LAST_D64]}),
-              ".js-plotly-plot .scatterlayer")
+    open_page(
+        page,
+        link(url, "circuit", {"ws_task": "induction", "ws_models": [LADDER[0] + "@" + LAST_D64]}),
+        ".js-plotly-plot .scatterlayer",
+    )
     page.screenshot(path=str(out / "circuit_ladder.png"))
     open_page(page, url + "/sql", "button:has-text('Run query')")
-    for q, name in (("SELECT model, task, count(*) AS prompts FROM trace_info GROUP BY ALL "
-                     "ORDER BY ALL", "sql"), ("CREATE TABLE t AS SELECT 1", "sql_refused")):
+    for q, name in (
+        (
+            "SELECT model, task, count(*) AS prompts FROM trace_info GROUP BY ALL ORDER BY ALL",
+            "sql",
+        ),
+        ("CREATE TABLE t AS SELECT 1", "sql_refused"),
+    ):
         box = page.get_by_label("Query")
         box.fill(q)
         box.press("Control+Enter")

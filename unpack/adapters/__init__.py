@@ -1,5 +1,6 @@
 """Architecture adapters: one module per family, each exposing ``MODEL_TYPES`` and
 ``build_spec(model) -> ModelSpec``. Adding a family is one new module listed here."""
+
 from __future__ import annotations
 
 from ..errors import InputError
@@ -23,8 +24,17 @@ def build_spec(model) -> ModelSpec:
         f"unsupported architecture {mtype!r} ({type(model).__name__}); "
         f"supported model types: {', '.join(supported_model_types())}. "
         "See docs/ADAPTERS.md (the support matrix; adding a family is one module in "
-        "unpack/adapters/).")
+        "unpack/adapters/)."
+    )
 
 
-__all__ = ["LayerWeights", "MLPWeights", "ModelSpec", "Norm", "QKNorm", "Rotary", "build_spec",
-           "supported_model_types"]
+__all__ = [
+    "LayerWeights",
+    "MLPWeights",
+    "ModelSpec",
+    "Norm",
+    "QKNorm",
+    "Rotary",
+    "build_spec",
+    "supported_model_types",
+]

@@ -10,6 +10,7 @@ All projections act on row vectors: ``q = x @ W_Q[h] + b_Q[h]``.
 Tensors are views of the model's parameters (no copies); the capture casts one
 layer at a time to the compute dtype.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -145,8 +146,13 @@ class MLPWeights:
         return self.W_gate is not None
 
     def cast(self, dtype: torch.dtype) -> "MLPWeights":
-        return MLPWeights(self.act, *(_cast(getattr(self, n), dtype) for n in
-                                      ("W_out", "b_out", "W_in", "b_in", "W_gate", "W_up")))
+        return MLPWeights(
+            self.act,
+            *(
+                _cast(getattr(self, n), dtype)
+                for n in ("W_out", "b_out", "W_in", "b_in", "W_gate", "W_up")
+            ),
+        )
 
 
 @dataclass
@@ -186,11 +192,19 @@ class LayerWeights:
         """This layer's weights in ``dtype`` (one layer alive at a time for big models)."""
         opt = lambda m: None if m is None else m.cast(dtype)  # noqa: E731
         return replace(
-            self, ln_attn=self.ln_attn.cast(dtype), ln_mlp=self.ln_mlp.cast(dtype),
-            mlp=self.mlp.cast(dtype), ln_attn_post=opt(self.ln_attn_post),
-            ln_mlp_post=opt(self.ln_mlp_post), q_norm=opt(self.q_norm), k_norm=opt(self.k_norm),
-            **{n: _cast(getattr(self, n), dtype) for n in
-               ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")})
+            self,
+            ln_attn=self.ln_attn.cast(dtype),
+            ln_mlp=self.ln_mlp.cast(dtype),
+            mlp=self.mlp.cast(dtype),
+            ln_attn_post=opt(self.ln_attn_post),
+            ln_mlp_post=opt(self.ln_mlp_post),
+            q_norm=opt(self.q_norm),
+            k_norm=opt(self.k_norm),
+            **{
+                n: _cast(getattr(self, n), dtype)
+                for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+            },
+        )
 
 
 @dataclass(eq=False)

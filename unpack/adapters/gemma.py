@@ -5,6 +5,7 @@ sliding-window and global layers, ``query_pre_attn_scalar``; Gemma-2 soft-caps t
 attention and final logits; Gemma-3 adds qk-norm (an RMSNorm inside each head)
 and its own RoPE base for the local layers.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,8 @@ def _layer(cfg, i: int, blk, rotary) -> LayerWeights:
     return LayerWeights(
         ln_attn=_norm(blk.input_layernorm),
         ln_mlp=_norm(blk.pre_feedforward_layernorm if sandwich else blk.post_attention_layernorm),
-        mlp=gated_mlp(blk.mlp), **attention_weights(at, H, Hkv, D),
+        mlp=gated_mlp(blk.mlp),
+        **attention_weights(at, H, Hkv, D),
         ln_attn_post=_norm(blk.post_attention_layernorm) if sandwich else None,
         ln_mlp_post=_norm(blk.post_feedforward_layernorm) if sandwich else None,
         q_norm=QKNorm(offset_weight(at.q_norm.weight, 1.0), float(at.q_norm.eps)) if qk else None,
@@ -45,7 +47,9 @@ def build_spec(model) -> ModelSpec:
     if getattr(cfg, "use_bidirectional_attention", False):
         raise ValueError("bidirectional attention (use_bidirectional_attention) is not supported")
     d = int(base.layers[0].self_attn.head_dim)
-    per_type = isinstance(getattr(base.rotary_emb, "rope_type", None), dict)  # one rope per layer type
+    per_type = isinstance(
+        getattr(base.rotary_emb, "rope_type", None), dict
+    )  # one rope per layer type
     made = {}
 
     def rotary(layer_type):
@@ -59,10 +63,21 @@ def build_spec(model) -> ModelSpec:
     # √D rounded to the weights' dtype, as the model multiplies (a plain float on the meta device)
     scale = float(torch.tensor(emb.scalar_embed_scale, dtype=emb.weight.dtype))
     return ModelSpec(
-        family="gemma", n_layers=len(layers), n_heads=cfg.num_attention_heads,
-        n_kv_heads=cfg.num_key_value_heads, d_model=cfg.hidden_size, d_head=d, parallel=False,
-        W_E=emb.weight, W_pos=None, layers=layers, ln_final=_norm(base.norm),
-        W_U=model.lm_head.weight, b_U=getattr(model.lm_head, "bias", None),
-        rotary=layers[-1].rotary, max_positions=getattr(cfg, "max_position_embeddings", None),
-        embed_scale=scale, final_softcap=getattr(cfg, "final_logit_softcapping", None),
+        family="gemma",
+        n_layers=len(layers),
+        n_heads=cfg.num_attention_heads,
+        n_kv_heads=cfg.num_key_value_heads,
+        d_model=cfg.hidden_size,
+        d_head=d,
+        parallel=False,
+        W_E=emb.weight,
+        W_pos=None,
+        layers=layers,
+        ln_final=_norm(base.norm),
+        W_U=model.lm_head.weight,
+        b_U=getattr(model.lm_head, "bias", None),
+        rotary=layers[-1].rotary,
+        max_positions=getattr(cfg, "max_position_embeddings", None),
+        embed_scale=scale,
+        final_softcap=getattr(cfg, "final_logit_softcapping", None),
     )

@@ -1,4 +1,5 @@
 """GPT-2: sequential residual, learned absolute positions, Conv1D weights (``x @ W``)."""
+
 from __future__ import annotations
 
 from transformers.activations import ACT2FN
@@ -24,14 +25,23 @@ def _layer(cfg, i: int, blk) -> LayerWeights:
     bq, bk, bv = at.c_attn.bias.split(D)
     heads = lambda w: w.reshape(D, H, d).permute(1, 0, 2)  # noqa: E731  [H, D, d]
     return LayerWeights(
-        ln_attn=layer_norm(blk.ln_1), ln_mlp=layer_norm(blk.ln_2),
-        W_Q=heads(Wq), W_K=heads(Wk), W_V=heads(Wv),
+        ln_attn=layer_norm(blk.ln_1),
+        ln_mlp=layer_norm(blk.ln_2),
+        W_Q=heads(Wq),
+        W_K=heads(Wk),
+        W_V=heads(Wv),
         W_O=at.c_proj.weight.reshape(H, d, D),
-        b_Q=bq.reshape(H, d), b_K=bk.reshape(H, d), b_V=bv.reshape(H, d),
+        b_Q=bq.reshape(H, d),
+        b_K=bk.reshape(H, d),
+        b_V=bv.reshape(H, d),
         b_O=at.c_proj.bias,
-        mlp=MLPWeights(act=ACT2FN[cfg.activation_function], W_in=blk.mlp.c_fc.weight.T,
-                       b_in=blk.mlp.c_fc.bias, W_out=blk.mlp.c_proj.weight.T,
-                       b_out=blk.mlp.c_proj.bias),
+        mlp=MLPWeights(
+            act=ACT2FN[cfg.activation_function],
+            W_in=blk.mlp.c_fc.weight.T,
+            b_in=blk.mlp.c_fc.bias,
+            W_out=blk.mlp.c_proj.weight.T,
+            b_out=blk.mlp.c_proj.bias,
+        ),
         attn_scale=_scale(cfg, i),
     )
 
@@ -39,9 +49,19 @@ def _layer(cfg, i: int, blk) -> LayerWeights:
 def build_spec(model) -> ModelSpec:
     cfg, tf = model.config, model.transformer
     return ModelSpec(
-        family="gpt2", n_layers=cfg.n_layer, n_heads=cfg.n_head, n_kv_heads=cfg.n_head,
-        d_model=cfg.n_embd, d_head=cfg.n_embd // cfg.n_head, parallel=False, W_E=tf.wte.weight,
-        W_pos=tf.wpe.weight, layers=[_layer(cfg, i, blk) for i, blk in enumerate(tf.h)],
-        ln_final=layer_norm(tf.ln_f), W_U=model.get_output_embeddings().weight,
-        b_U=getattr(model.get_output_embeddings(), "bias", None), rotary=None, max_positions=cfg.n_positions,
+        family="gpt2",
+        n_layers=cfg.n_layer,
+        n_heads=cfg.n_head,
+        n_kv_heads=cfg.n_head,
+        d_model=cfg.n_embd,
+        d_head=cfg.n_embd // cfg.n_head,
+        parallel=False,
+        W_E=tf.wte.weight,
+        W_pos=tf.wpe.weight,
+        layers=[_layer(cfg, i, blk) for i, blk in enumerate(tf.h)],
+        ln_final=layer_norm(tf.ln_f),
+        W_U=model.get_output_embeddings().weight,
+        b_U=getattr(model.get_output_embeddings(), "bias", None),
+        rotary=None,
+        max_positions=cfg.n_positions,
     )

@@ -7,6 +7,7 @@ separate linear maps (biases optional), ``down(act(gate(x)) * up(x))``. Sliding
 window attention is exact as long as the prompt fits in the window, so the
 window caps ``max_positions``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,14 +18,22 @@ MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 _ATTN = {"LlamaAttention", "MistralAttention", "Qwen2Attention"}
 _MLP = {"LlamaMLP", "MistralMLP", "Qwen2MLP"}
-_NORM = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Olmo2RMSNorm",
-         "Phi3RMSNorm"}
+_NORM = {
+    "LlamaRMSNorm",
+    "MistralRMSNorm",
+    "Qwen2RMSNorm",
+    "Qwen3RMSNorm",
+    "Olmo2RMSNorm",
+    "Phi3RMSNorm",
+}
 
 
 def _rms(m) -> Norm:
     if type(m).__name__ not in _NORM:
-        raise ValueError(f"unexpected norm module {type(m).__name__}; the llama adapter "
-                         "expects an RMSNorm that multiplies by its weight")
+        raise ValueError(
+            f"unexpected norm module {type(m).__name__}; the llama adapter "
+            "expects an RMSNorm that multiplies by its weight"
+        )
     return Norm("rms", m.weight, None, float(m.variance_epsilon))
 
 
@@ -51,18 +60,30 @@ def attention_weights(at, H: int, Hkv: int, D: int) -> dict:
     d = int(at.head_dim)
     # nn.Linear stores [out, in]; out rows are laid out per head as [h, d].
     heads = lambda w, n: w.reshape(n, d, D).transpose(1, 2)  # noqa: E731  [n, D, d]
-    return dict(W_Q=heads(at.q_proj.weight, H), W_K=heads(at.k_proj.weight, Hkv),
-                W_V=heads(at.v_proj.weight, Hkv), W_O=at.o_proj.weight.T.reshape(H, d, D),
-                b_Q=_bias(at.q_proj, (H, d)), b_K=_bias(at.k_proj, (Hkv, d)),
-                b_V=_bias(at.v_proj, (Hkv, d)), b_O=at.o_proj.bias, attn_scale=float(at.scaling))
+    return dict(
+        W_Q=heads(at.q_proj.weight, H),
+        W_K=heads(at.k_proj.weight, Hkv),
+        W_V=heads(at.v_proj.weight, Hkv),
+        W_O=at.o_proj.weight.T.reshape(H, d, D),
+        b_Q=_bias(at.q_proj, (H, d)),
+        b_K=_bias(at.k_proj, (Hkv, d)),
+        b_V=_bias(at.v_proj, (Hkv, d)),
+        b_O=at.o_proj.bias,
+        attn_scale=float(at.scaling),
+    )
 
 
 def gated_mlp(mlp) -> MLPWeights:
     """``down(act(gate(x)) * up(x))`` with ``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``."""
     if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
         raise ValueError("gate/up projection biases (mlp_bias=True) are not supported")
-    return MLPWeights(act=mlp.act_fn, W_out=mlp.down_proj.weight, b_out=mlp.down_proj.bias,
-                      W_gate=mlp.gate_proj.weight, W_up=mlp.up_proj.weight)
+    return MLPWeights(
+        act=mlp.act_fn,
+        W_out=mlp.down_proj.weight,
+        b_out=mlp.down_proj.bias,
+        W_gate=mlp.gate_proj.weight,
+        W_up=mlp.up_proj.weight,
+    )
 
 
 def rotary_of(rot, dim: int, *args) -> Rotary:
@@ -86,11 +107,18 @@ def build_spec(model) -> ModelSpec:
     for blk in base.layers:
         at, mlp = blk.self_attn, blk.mlp
         if type(at).__name__ not in _ATTN or type(mlp).__name__ not in _MLP:
-            raise ValueError(f"unexpected block ({type(at).__name__}, {type(mlp).__name__}); "
-                             "the llama adapter only knows the Llama, Mistral and Qwen2 blocks")
-        layers.append(LayerWeights(
-            ln_attn=_rms(blk.input_layernorm), ln_mlp=_rms(blk.post_attention_layernorm),
-            mlp=gated_mlp(mlp), **attention_weights(at, H, Hkv, D)))
+            raise ValueError(
+                f"unexpected block ({type(at).__name__}, {type(mlp).__name__}); "
+                "the llama adapter only knows the Llama, Mistral and Qwen2 blocks"
+            )
+        layers.append(
+            LayerWeights(
+                ln_attn=_rms(blk.input_layernorm),
+                ln_mlp=_rms(blk.post_attention_layernorm),
+                mlp=gated_mlp(mlp),
+                **attention_weights(at, H, Hkv, D),
+            )
+        )
     d = int(base.layers[0].self_attn.head_dim)
 
     window = _sliding_window(cfg)
@@ -98,9 +126,20 @@ def build_spec(model) -> ModelSpec:
     if window is not None:
         max_pos = min(max_pos, window) if max_pos else window
     return ModelSpec(
-        family="llama", n_layers=len(base.layers), n_heads=H, n_kv_heads=Hkv,
-        d_model=D, d_head=d, parallel=False, W_E=base.embed_tokens.weight, W_pos=None,
-        layers=layers, ln_final=_rms(base.norm), W_U=model.lm_head.weight,
-        b_U=getattr(model.lm_head, "bias", None), rotary=rotary_of(base.rotary_emb, d),
-        max_positions=max_pos, extras={"model_type": cfg.model_type, "sliding_window": window},
+        family="llama",
+        n_layers=len(base.layers),
+        n_heads=H,
+        n_kv_heads=Hkv,
+        d_model=D,
+        d_head=d,
+        parallel=False,
+        W_E=base.embed_tokens.weight,
+        W_pos=None,
+        layers=layers,
+        ln_final=_rms(base.norm),
+        W_U=model.lm_head.weight,
+        b_U=getattr(model.lm_head, "bias", None),
+        rotary=rotary_of(base.rotary_emb, d),
+        max_positions=max_pos,
+        extras={"model_type": cfg.model_type, "sliding_window": window},
     )

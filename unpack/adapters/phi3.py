@@ -1,6 +1,7 @@
 """Phi-3: the Llama block with fused weights, ``qkv_proj`` (rows: every query head,
 then the key heads, then the value heads) and ``gate_up_proj`` (rows: gate, then
 up), and a partial rotary embedding (``partial_rotary_factor``)."""
+
 from __future__ import annotations
 
 from .base import LayerWeights, MLPWeights, ModelSpec
@@ -11,7 +12,12 @@ MODEL_TYPES = ("phi3",)
 
 def _layer(cfg, blk, window) -> LayerWeights:
     at, mlp = blk.self_attn, blk.mlp
-    H, Hkv, D, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, int(at.head_dim)
+    H, Hkv, D, d = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.hidden_size,
+        int(at.head_dim),
+    )
     if at.qkv_proj.bias is not None or at.o_proj.bias is not None:
         raise ValueError("Phi-3 attention biases are not supported")
     # nn.Linear stores [out, in]: views of the fused matrices, one per head
@@ -20,11 +26,20 @@ def _layer(cfg, blk, window) -> LayerWeights:
     F = mlp.gate_up_proj.weight.shape[0] // 2
     W_gate, W_up = mlp.gate_up_proj.weight.split(F)
     return LayerWeights(
-        ln_attn=_rms(blk.input_layernorm), ln_mlp=_rms(blk.post_attention_layernorm),
-        W_Q=heads(Wq, H), W_K=heads(Wk, Hkv), W_V=heads(Wv, Hkv),
-        W_O=at.o_proj.weight.T.reshape(H, d, D), b_Q=None, b_K=None, b_V=None, b_O=None,
+        ln_attn=_rms(blk.input_layernorm),
+        ln_mlp=_rms(blk.post_attention_layernorm),
+        W_Q=heads(Wq, H),
+        W_K=heads(Wk, Hkv),
+        W_V=heads(Wv, Hkv),
+        W_O=at.o_proj.weight.T.reshape(H, d, D),
+        b_Q=None,
+        b_K=None,
+        b_V=None,
+        b_O=None,
         mlp=MLPWeights(act=mlp.activation_fn, W_out=mlp.down_proj.weight, W_gate=W_gate, W_up=W_up),
-        attn_scale=float(at.scaling), window=window)
+        attn_scale=float(at.scaling),
+        window=window,
+    )
 
 
 def build_spec(model) -> ModelSpec:
@@ -34,10 +49,19 @@ def build_spec(model) -> ModelSpec:
     d = int(base.layers[0].self_attn.head_dim)
     rot = int(d * (getattr(cfg, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0))
     return ModelSpec(
-        family="phi3", n_layers=len(layers), n_heads=cfg.num_attention_heads,
-        n_kv_heads=cfg.num_key_value_heads, d_model=cfg.hidden_size, d_head=d, parallel=False,
-        W_E=base.embed_tokens.weight, W_pos=None, layers=layers, ln_final=_rms(base.norm),
-        W_U=model.lm_head.weight, b_U=getattr(model.lm_head, "bias", None),
+        family="phi3",
+        n_layers=len(layers),
+        n_heads=cfg.num_attention_heads,
+        n_kv_heads=cfg.num_key_value_heads,
+        d_model=cfg.hidden_size,
+        d_head=d,
+        parallel=False,
+        W_E=base.embed_tokens.weight,
+        W_pos=None,
+        layers=layers,
+        ln_final=_rms(base.norm),
+        W_U=model.lm_head.weight,
+        b_U=getattr(model.lm_head, "bias", None),
         rotary=rotary_of(base.rotary_emb, rot),
         max_positions=getattr(cfg, "max_position_embeddings", None),
     )

@@ -6,6 +6,7 @@ stored weight summed over positions. Edges are ranked by ``|score|``, the order
 in which a circuit takes them (``unpack evaluate``). Plain numpy, no Streamlit:
 the app's Circuit page and ``unpack evaluate`` both use it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,9 @@ def overlap(a: pd.Series, b: pd.Series, k: int) -> dict:
     (``jaccard`` None when both are empty)."""
     A, B = top_k(a, k), top_k(b, k)
     union = len(A | B)
-    return dict(k=k, n_a=len(A), n_b=len(B), both=len(A & B),
-                jaccard=len(A & B) / union if union else None)
+    return dict(
+        k=k, n_a=len(A), n_b=len(B), both=len(A & B), jaccard=len(A & B) / union if union else None
+    )
 
 
 def ranks(x) -> np.ndarray:
@@ -66,7 +68,7 @@ def kendall(x, y) -> float | None:
         return None
     s, tx, ty = 0.0, 0, 0
     for i in range(n - 1):  # one row of pairs (i, j > i) at a time
-        dx, dy = np.sign(x[i + 1:] - x[i]), np.sign(y[i + 1:] - y[i])
+        dx, dy = np.sign(x[i + 1 :] - x[i]), np.sign(y[i + 1 :] - y[i])
         s += float((dx * dy).sum())
         tx += int((dx == 0).sum())
         ty += int((dy == 0).sum())
@@ -84,8 +86,15 @@ def rank_agreement(a: pd.Series, b: pd.Series) -> dict:
     x, y = a[both].abs().to_numpy(), b[both].abs().to_numpy()
     union = a.index.union(b.index)
     same = np.sign(a[both].to_numpy()) == np.sign(b[both].to_numpy())
-    return dict(n_both=len(both), only_a=len(a) - len(both), only_b=len(b) - len(both),
-                spearman=spearman(x, y), kendall=kendall(x, y),
-                same_sign=float(same.mean()) if len(both) else None,
-                spearman_union=spearman(a.reindex(union, fill_value=0.0).abs().to_numpy(),
-                                        b.reindex(union, fill_value=0.0).abs().to_numpy()))
+    return dict(
+        n_both=len(both),
+        only_a=len(a) - len(both),
+        only_b=len(b) - len(both),
+        spearman=spearman(x, y),
+        kendall=kendall(x, y),
+        same_sign=float(same.mean()) if len(both) else None,
+        spearman_union=spearman(
+            a.reindex(union, fill_value=0.0).abs().to_numpy(),
+            b.reindex(union, fill_value=0.0).abs().to_numpy(),
+        ),
+    )

@@ -8,6 +8,7 @@ and the evaluation's mean ablation: ``metadata["corrupt"]``.
 - Anything else (induction): the text of the next record of the same template
   (cyclic), i.e. another random sequence of the same shape.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace

@@ -16,6 +16,7 @@ removes the edge (the writer's output is replaced by its reference value for tha
 reader only, as edge patching does), a fraction moves it part of the way
 (finite differences). Attention biases and other constants are never patched.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class Drop:
 
     ``attn[L]``: ``[H, 3, C_L]`` (modes Q, K, V; ``C_L`` = writers of layer L's
     attention); ``mlp[L]``: ``[C_mlp]``; ``logits``: ``[N]``."""
+
     attn: list
     mlp: list
     logits: Tensor
@@ -47,16 +49,18 @@ class Drop:
     def zeros(cls, spec: ModelSpec, dtype=torch.float64) -> "Drop":
         comps = Components.from_spec(spec)
         H = spec.n_heads
-        return cls([torch.zeros(H, 3, comps.n_writers_attn(L), dtype=dtype)
-                    for L in range(spec.n_layers)],
-                   [torch.zeros(comps.n_writers_mlp(L), dtype=dtype) for L in range(spec.n_layers)],
-                   torch.zeros(len(comps), dtype=dtype))
+        return cls(
+            [torch.zeros(H, 3, comps.n_writers_attn(L), dtype=dtype) for L in range(spec.n_layers)],
+            [torch.zeros(comps.n_writers_mlp(L), dtype=dtype) for L in range(spec.n_layers)],
+            torch.zeros(len(comps), dtype=dtype),
+        )
 
 
 @dataclass
 class Pass:
     """What one pass leaves: the metric per prompt, the final logits, every writer's
     output ``[B, N, S, D]`` (when kept) and the reader inputs (for gradients)."""
+
     metric: Tensor
     logits: Tensor
     writers: Optional[Tensor]
@@ -98,20 +102,37 @@ def check_supported(spec: ModelSpec, model: str = "") -> None:
     has post-sublayer norms, qk-norm, a sliding window or soft-caps
     (docs/ADAPTERS.md) is refused rather than run wrongly; the error names
     ``model`` (when given), its family and each missing feature."""
-    extra = sorted({name for lw in spec.layers for name in
-                    ("ln_attn_post", "ln_mlp_post", "q_norm", "k_norm", "window", "softcap")
-                    if getattr(lw, name) is not None}
-                   | ({"final_softcap"} if spec.final_softcap is not None else set()))
+    extra = sorted(
+        {
+            name
+            for lw in spec.layers
+            for name in ("ln_attn_post", "ln_mlp_post", "q_norm", "k_norm", "window", "softcap")
+            if getattr(lw, name) is not None
+        }
+        | ({"final_softcap"} if spec.final_softcap is not None else set())
+    )
     if extra:
-        who = f"model {model!r}, family {spec.family!r}" if model else f"model family {spec.family!r}"
-        raise InputError(f"the baselines' forward pass does not implement {', '.join(extra)} "
-                         f"({who}); run the baselines on a GPT-2, "
-                         "GPT-NeoX or Llama-family model, or use --method unpack")
+        who = (
+            f"model {model!r}, family {spec.family!r}" if model else f"model family {spec.family!r}"
+        )
+        raise InputError(
+            f"the baselines' forward pass does not implement {', '.join(extra)} "
+            f"({who}); run the baselines on a GPT-2, "
+            "GPT-NeoX or Llama-family model, or use --method unpack"
+        )
 
 
-def run(spec: ModelSpec, emb: Tensor, lengths: Tensor, tid: Tensor, did: Tensor,
-        drop: Optional[Drop] = None, ref: Optional[Tensor] = None, keep: bool = False,
-        split: bool = False) -> Pass:
+def run(
+    spec: ModelSpec,
+    emb: Tensor,
+    lengths: Tensor,
+    tid: Tensor,
+    did: Tensor,
+    drop: Optional[Drop] = None,
+    ref: Optional[Tensor] = None,
+    keep: bool = False,
+    split: bool = False,
+) -> Pass:
     """One pass from token embeddings ``emb [B, S, D]`` (differentiable in them).
 
     ``drop``/``ref [B, N, S, D]``: the patch (module docstring). ``keep``: keep every

@@ -7,6 +7,7 @@ the parent reads, the child writes, the mode is Q, K, V or MLP. The logits
 edges are ``("logits", child, "LOGITS")`` (stored as the child's flow at the
 target position).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -39,8 +40,11 @@ def _edges(n_layers, n_heads, has_pos, parallel) -> tuple[np.ndarray, np.ndarray
     parent += [LOGITS] * len(names)
     child += list(names)
     mode += ["LOGITS"] * len(names)
-    return (np.array(parent, dtype=object), np.array(child, dtype=object),
-            np.array(mode, dtype=object))
+    return (
+        np.array(parent, dtype=object),
+        np.array(child, dtype=object),
+        np.array(mode, dtype=object),
+    )
 
 
 def edges(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,10 +70,10 @@ def drop_outside(spec, keep: np.ndarray, dtype=torch.float64) -> Drop:
     i = 0
     for L in range(spec.n_layers):
         n = d.attn[L].numel()
-        d.attn[L] = gone[i:i + n].reshape(d.attn[L].shape)
+        d.attn[L] = gone[i : i + n].reshape(d.attn[L].shape)
         i += n
         n = d.mlp[L].numel()
-        d.mlp[L] = gone[i:i + n]
+        d.mlp[L] = gone[i : i + n]
         i += n
     d.logits = gone[i:]
     assert i + len(d.logits) == len(keep)

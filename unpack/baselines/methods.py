@@ -26,6 +26,7 @@ Token methods (one score per token position):
   ``Â = ½ mean_h A + ½ I``, rows renormalized, ``R = Â_{L−1} ⋯ Â_0``; the score
   of position ``s`` is ``R[t, s]`` (each row of ``R`` sums to 1).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class EdgeScores:
     """Per prompt: ``attn[L] [B, H, 3, C_L]`` (modes Q, K, V), ``mlp[L] [B, C]``,
     ``logits [B, N]`` (writer -> logits at t), ``tokens [B, S]`` (the embedding's
     part per position), ``clean``/``corrupt`` metric ``[B]``, ``logits_t [B, V]``."""
+
     attn: list
     mlp: list
     logits: Tensor
@@ -66,16 +68,18 @@ def _grads(spec, emb, lengths, tid, did):
     ins = p.inputs["attn"] + p.inputs["mlp"] + [p.inputs["final"], emb]
     g = torch.autograd.grad(p.metric.sum(), ins)
     L = spec.n_layers
-    return p, (list(g[:L]), list(g[L:2 * L]), g[2 * L], g[2 * L + 1])
+    return p, (list(g[:L]), list(g[L : 2 * L]), g[2 * L], g[2 * L + 1])
 
 
 def _edge_scores(spec, diff: Tensor, emb_diff: Tensor, grads, t: Tensor) -> tuple:
     """Edge scores ``diff · grad`` summed over positions and ``D``; ``diff [B, N, S, D]``
     the writers' change, ``t [B]`` the target positions."""
     g_attn, g_mlp, g_final, g_emb = grads
-    attn = [torch.einsum("bhmsD,bcsD->bhmc", g, diff[:, :0 + _n_attn(spec, L)])
-            for L, g in enumerate(g_attn)]
-    mlp = [torch.einsum("bsD,bcsD->bc", g, diff[:, :_n_mlp(spec, L)]) for L, g in enumerate(g_mlp)]
+    attn = [
+        torch.einsum("bhmsD,bcsD->bhmc", g, diff[:, : 0 + _n_attn(spec, L)])
+        for L, g in enumerate(g_attn)
+    ]
+    mlp = [torch.einsum("bsD,bcsD->bc", g, diff[:, : _n_mlp(spec, L)]) for L, g in enumerate(g_mlp)]
     ar = torch.arange(diff.shape[0], device=diff.device)
     logits = torch.einsum("bD,bcD->bc", g_final[ar, t], diff[ar, :, t])
     tokens = (emb_diff * g_emb).sum(-1)
@@ -90,8 +94,16 @@ def _n_mlp(spec, L: int) -> int:
     return _n_attn(spec, L) + (0 if spec.parallel else spec.n_heads)
 
 
-def eap(spec: ModelSpec, ids: Tensor, corrupt_ids: Tensor, lengths: Tensor, tid: Tensor,
-        did: Tensor, dtype=torch.float32, steps: int = 0) -> EdgeScores:
+def eap(
+    spec: ModelSpec,
+    ids: Tensor,
+    corrupt_ids: Tensor,
+    lengths: Tensor,
+    tid: Tensor,
+    did: Tensor,
+    dtype=torch.float32,
+    steps: int = 0,
+) -> EdgeScores:
     """EAP (``steps = 0``) or EAP-IG with ``steps`` points (module docstring).
     ``corrupt_ids`` are right-padded like ``ids``, each prompt as long as its clean one."""
     e_clean, e_corr = embed(spec, ids, dtype), embed(spec, corrupt_ids, dtype)
@@ -117,8 +129,9 @@ def eap(spec: ModelSpec, ids: Tensor, corrupt_ids: Tensor, lengths: Tensor, tid:
 
 
 def _add(a, b):
-    return tuple([x + y for x, y in zip(u, v)] if isinstance(u, list) else u + v
-                 for u, v in zip(a, b))
+    return tuple(
+        [x + y for x, y in zip(u, v)] if isinstance(u, list) else u + v for u, v in zip(a, b)
+    )
 
 
 def _scale(a, k: float):
@@ -142,9 +155,17 @@ def _emb_grad(spec, emb, lengths, tid, did):
     return torch.autograd.grad(p.metric.sum(), emb)[0], p
 
 
-def integrated_gradients(spec: ModelSpec, ids: Tensor, lengths: Tensor, tid: Tensor, did: Tensor,
-                         baseline: str = "zero", steps: int = 32, pad_id: int = 0,
-                         dtype=torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+def integrated_gradients(
+    spec: ModelSpec,
+    ids: Tensor,
+    lengths: Tensor,
+    tid: Tensor,
+    did: Tensor,
+    baseline: str = "zero",
+    steps: int = 32,
+    pad_id: int = 0,
+    dtype=torch.float32,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(scores [B, S], metric(e) [B], metric(e') [B])`` (module docstring)."""
     e = embed(spec, ids, dtype)
     e0 = ig_baseline(spec, e, baseline, pad_id)
@@ -157,8 +178,9 @@ def integrated_gradients(spec: ModelSpec, ids: Tensor, lengths: Tensor, tid: Ten
     return ((e - e0) * total / steps).sum(-1), m1, m0
 
 
-def grad_x_input(spec: ModelSpec, ids: Tensor, lengths: Tensor, tid: Tensor, did: Tensor,
-                 dtype=torch.float32) -> tuple[Tensor, Tensor]:
+def grad_x_input(
+    spec: ModelSpec, ids: Tensor, lengths: Tensor, tid: Tensor, did: Tensor, dtype=torch.float32
+) -> tuple[Tensor, Tensor]:
     """``(scores [B, S], metric [B])``: ``e · ∂metric/∂e`` per position."""
     e = embed(spec, ids, dtype)
     g, p = _emb_grad(spec, e, lengths, tid, did)

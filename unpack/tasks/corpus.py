@@ -25,6 +25,7 @@ still load. UTF-8 is expected; UTF-16 and UTF-32 files with a byte-order mark
 are read too. With ``bos=True`` the tokenizer's beginning-of-sequence text is put
 in front of each text (positions given by the user are shifted to match).
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,13 +38,24 @@ from ..errors import InputError
 from ..tokens import bos_text, encode, token_at_char
 from .records import PromptRecord
 
-_KNOWN = ("text", "target", "distractor", "roles", "metadata",
-          "task", "template", "group", "condition", "root")
+_KNOWN = (
+    "text",
+    "target",
+    "distractor",
+    "roles",
+    "metadata",
+    "task",
+    "template",
+    "group",
+    "condition",
+    "root",
+)
 
 
 @dataclass(frozen=True)
 class CorpusError:
     """One rejected row: where it is and why."""
+
     file: str
     line: int
     reason: str
@@ -91,30 +103,35 @@ def _roles(spec, text: str, offsets, shift_chars: int, shift_tokens: int) -> dic
     """Resolve user roles (character offsets or token positions) to token positions."""
     if spec is None or spec == "":
         return {}
-    spec = _json_object(spec, "roles",
-                        "roles must be an object of name -> character offset or {\"token\": k}")
+    spec = _json_object(
+        spec, "roles", "roles must be an object of name -> character offset or {\"token\": k}"
+    )
     out = {}
     for name, v in spec.items():
         kind = "char"
         if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in ("char", "token"):
             kind, v = next(iter(v.items()))
         if isinstance(v, bool) or not isinstance(v, int):
-            raise _Bad(f"role {name!r}: {v!r} is not an integer (use an int character "
-                       "offset, {\"char\": c} or {\"token\": k})")
+            raise _Bad(
+                f"role {name!r}: {v!r} is not an integer (use an int character "
+                "offset, {\"char\": c} or {\"token\": k})"
+            )
         if kind == "char":
             if not 0 <= v < len(text) - shift_chars:
-                raise _Bad(f"role {name!r}: character offset {v} is outside the text "
-                           f"(0..{len(text) - shift_chars - 1})")
+                raise _Bad(
+                    f"role {name!r}: character offset {v} is outside the text "
+                    f"(0..{len(text) - shift_chars - 1})"
+                )
             try:
                 out[str(name)] = token_at_char(offsets, v + shift_chars)
             except ValueError:
-                raise _Bad(f"role {name!r}: character offset {v} is not inside a token "
-                           "(whitespace?)") from None
+                raise _Bad(
+                    f"role {name!r}: character offset {v} is not inside a token (whitespace?)"
+                ) from None
         else:
             n = len(offsets) - shift_tokens
             if not 0 <= v < n:
-                raise _Bad(f"role {name!r}: token position {v} is outside the text "
-                           f"(0..{n - 1})")
+                raise _Bad(f"role {name!r}: token position {v} is outside the text (0..{n - 1})")
             out[str(name)] = v + shift_tokens
     return out
 
@@ -129,18 +146,24 @@ def _root(spec, roles: dict[str, int], n: int) -> str | None:
         raise _Bad(f"root must be a string like attn_1_head_0@END, got {type(spec).__name__}")
     comps, at, where = spec.strip().rpartition("@")
     if not at or not comps or not where or " " in spec.strip():
-        raise _Bad(f"root {spec!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
-                   "e.g. attn_1_head_0@END or mlp_0@-1")
+        raise _Bad(
+            f"root {spec!r} must look like COMPONENT@ROLE or COMPONENT@POSITION, "
+            "e.g. attn_1_head_0@END or mlp_0@-1"
+        )
     try:
         pos = int(where)
     except ValueError:
         if where not in roles:
-            raise _Bad(f"root {spec!r}: the row has no role {where!r} (its roles: "
-                       f"{', '.join(sorted(roles))})") from None
+            raise _Bad(
+                f"root {spec!r}: the row has no role {where!r} (its roles: "
+                f"{', '.join(sorted(roles))})"
+            ) from None
         return spec.strip()
     if not -n <= pos < n:
-        raise _Bad(f"root {spec!r}: position {pos} is outside the text of {n} tokens "
-                   f"(0..{n - 1}, or negative from the end)")
+        raise _Bad(
+            f"root {spec!r}: position {pos} is outside the text of {n} tokens "
+            f"(0..{n - 1}, or negative from the end)"
+        )
     return spec.strip()
 
 
@@ -169,10 +192,18 @@ def _record(tokenizer, row: dict, where: str, bos: str) -> PromptRecord:
     for k, v in fields.items():
         if v is not None and not isinstance(v, str):
             raise _Bad(f"{k} must be a string")
-    return PromptRecord(task=fields["task"] or "corpus", text=text, target=target,
-                        distractor=distractor, roles=roles, template=fields["template"] or "",
-                        group=fields["group"] or where, condition=fields["condition"] or "",
-                        metadata=meta, root=root)
+    return PromptRecord(
+        task=fields["task"] or "corpus",
+        text=text,
+        target=target,
+        distractor=distractor,
+        roles=roles,
+        template=fields["template"] or "",
+        group=fields["group"] or where,
+        condition=fields["condition"] or "",
+        metadata=meta,
+        root=root,
+    )
 
 
 def _jsonl_rows(data: bytes):
@@ -205,8 +236,10 @@ def _csv_rows(data: bytes, path: str):
         raise InputError(f"{path}: the CSV file is empty; it needs a header with text,target")
     missing = [c for c in ("text", "target") if c not in header]
     if missing:
-        raise InputError(f"{path}: the CSV header lacks column(s) {missing}; the header "
-                         "must name text,target (and optionally distractor,roles,metadata)")
+        raise InputError(
+            f"{path}: the CSV header lacks column(s) {missing}; the header "
+            "must name text,target (and optionally distractor,roles,metadata)"
+        )
     start = reader.line_num + 1
     for cells in reader:
         line, start = start, reader.line_num + 1
@@ -224,8 +257,12 @@ def _csv_rows(data: bytes, path: str):
         yield line, {k: v for k, v in zip(header, cells)}
 
 
-_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
-         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
 
 
 def _as_utf8(data: bytes, path: str) -> bytes:
@@ -237,14 +274,18 @@ def _as_utf8(data: bytes, path: str) -> bytes:
             try:
                 return data.decode(codec).encode("utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(f"{path}: starts with a {codec.upper()} byte-order mark but is "
-                                 f"not valid {codec.upper()} (byte {e.start}); save it as UTF-8 "
-                                 "and load it again") from None
+                raise InputError(
+                    f"{path}: starts with a {codec.upper()} byte-order mark but is "
+                    f"not valid {codec.upper()} (byte {e.start}); save it as UTF-8 "
+                    "and load it again"
+                ) from None
     head = data[:4096]
     if head and head.count(0) >= len(head) // 4:
-        raise InputError(f"{path}: the file looks like UTF-16 or UTF-32 without a byte-order "
-                         "mark (it has NUL bytes between its characters), not UTF-8; save it "
-                         "as UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8 FILE > NEW) and load it again")
+        raise InputError(
+            f"{path}: the file looks like UTF-16 or UTF-32 without a byte-order "
+            "mark (it has NUL bytes between its characters), not UTF-8; save it "
+            "as UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8 FILE > NEW) and load it again"
+        )
     return data
 
 
@@ -257,8 +298,9 @@ def check_corpus_path(path, fmt: str | None = None) -> str:
         ext = os.path.splitext(path)[1].lower()
         fmt = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}.get(ext)
     if fmt not in ("jsonl", "csv"):
-        raise InputError(f"{path}: unknown corpus format; use a .jsonl or .csv file "
-                         "(or pass fmt='jsonl'/'csv')")
+        raise InputError(
+            f"{path}: unknown corpus format; use a .jsonl or .csv file (or pass fmt='jsonl'/'csv')"
+        )
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such corpus file; check the path")
     if not os.access(path, os.R_OK):

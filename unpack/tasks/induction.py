@@ -18,6 +18,7 @@ default every such alphanumeric word in the tokenizer's vocabulary (for a toy
 word-level vocabulary "t0".."t99" that is all of them), or an explicit
 ``pool`` of words.
 """
+
 from __future__ import annotations
 
 import random
@@ -35,11 +36,16 @@ def token_pool(tokenizer, words=None) -> list[str]:
     that fails raises InputError."""
     if words is not None:
         words = [str(w) for w in words]
-        bad = [w for w in words if not w.strip() or w != w.strip()
-               or single_token(tokenizer, w) is None]
+        bad = [
+            w
+            for w in words
+            if not w.strip() or w != w.strip() or single_token(tokenizer, w) is None
+        ]
         if bad:
-            raise InputError(f"induction pool: {bad[:10]} do not encode to one token with a "
-                             "leading space for this tokenizer; pass words that do")
+            raise InputError(
+                f"induction pool: {bad[:10]} do not encode to one token with a "
+                "leading space for this tokenizer; pass words that do"
+            )
         if len(set(words)) != len(words):
             raise InputError("induction pool: words repeat; pass each word once")
         return words
@@ -54,8 +60,16 @@ def token_pool(tokenizer, words=None) -> list[str]:
     return out
 
 
-def induction(tokenizer, n: int, seed: int = 0, seg_len: int = 10, repeat_len: int | None = None,
-              prefix_len: int = 0, bos: bool = True, pool=None) -> list[PromptRecord]:
+def induction(
+    tokenizer,
+    n: int,
+    seed: int = 0,
+    seg_len: int = 10,
+    repeat_len: int | None = None,
+    prefix_len: int = 0,
+    bos: bool = True,
+    pool=None,
+) -> list[PromptRecord]:
     """``n`` induction prompts, deterministic in ``seed`` (see the module docstring).
 
     ``repeat_len`` defaults to ``seg_len - 1`` (the target is the segment's last
@@ -64,13 +78,17 @@ def induction(tokenizer, n: int, seed: int = 0, seg_len: int = 10, repeat_len: i
         raise InputError(f"induction: n={n!r} must be a positive integer")
     repeat_len = seg_len - 1 if repeat_len is None else repeat_len
     if seg_len < 2 or not 1 <= repeat_len < seg_len or prefix_len < 0:
-        raise InputError(f"induction: need seg_len >= 2, 1 <= repeat_len < seg_len and "
-                         f"prefix_len >= 0 (got {seg_len}, {repeat_len}, {prefix_len})")
+        raise InputError(
+            f"induction: need seg_len >= 2, 1 <= repeat_len < seg_len and "
+            f"prefix_len >= 0 (got {seg_len}, {repeat_len}, {prefix_len})"
+        )
     words = token_pool(tokenizer, pool)
     if len(words) < seg_len + prefix_len:
-        raise InputError(f"induction: only {len(words)} single-token words for this "
-                         f"tokenizer, {seg_len + prefix_len} needed; lower seg_len/"
-                         "prefix_len or pass a larger pool")
+        raise InputError(
+            f"induction: only {len(words)} single-token words for this "
+            f"tokenizer, {seg_len + prefix_len} needed; lower seg_len/"
+            "prefix_len or pass a larger pool"
+        )
     bos_str = bos_text(tokenizer) if bos else ""
     rng = random.Random(f"induction:{seed}")
     template = f"induction_p{prefix_len}_l{seg_len}_r{repeat_len}"
@@ -78,8 +96,10 @@ def induction(tokenizer, n: int, seed: int = 0, seg_len: int = 10, repeat_len: i
     while len(records) < n:
         tries += 1
         if tries > 20 * n + 100:
-            raise InputError("induction: the pool words do not stay single tokens when "
-                             "joined by spaces for this tokenizer; pass another pool")
+            raise InputError(
+                "induction: the pool words do not stay single tokens when "
+                "joined by spaces for this tokenizer; pass another pool"
+            )
         drawn = rng.sample(words, prefix_len + seg_len)
         seg = drawn[prefix_len:]
         seq = drawn[:prefix_len] + seg + seg[:repeat_len]
@@ -95,10 +115,25 @@ def induction(tokenizer, n: int, seed: int = 0, seg_len: int = 10, repeat_len: i
         if pos is None:
             continue
         pos["END"] = len(ids) - 1
-        meta = {"seed": seed, "bos": bool(bos_str), "seg_len": seg_len,
-                "repeat_len": repeat_len, "prefix_len": prefix_len, "tokens": seq}
-        records.append(PromptRecord(
-            task="induction", text=text, target=" " + seg[repeat_len], distractor=None,
-            roles=pos, template=template, group=f"induction-{seed}-{len(records):05d}",
-            condition="induction", metadata=meta))
+        meta = {
+            "seed": seed,
+            "bos": bool(bos_str),
+            "seg_len": seg_len,
+            "repeat_len": repeat_len,
+            "prefix_len": prefix_len,
+            "tokens": seq,
+        }
+        records.append(
+            PromptRecord(
+                task="induction",
+                text=text,
+                target=" " + seg[repeat_len],
+                distractor=None,
+                roles=pos,
+                template=template,
+                group=f"induction-{seed}-{len(records):05d}",
+                condition="induction",
+                metadata=meta,
+            )
+        )
     return records

@@ -22,6 +22,7 @@ condition    text    target      distractor
 ``abc_b``    ABC     B           A
 ===========  ======  ==========  ==========
 """
+
 from __future__ import annotations
 
 import random
@@ -52,29 +53,146 @@ TEMPLATES = (
 )
 
 NAMES = (
-    "Mary", "John", "Alice", "Bob", "James", "Michael", "Sarah", "David", "Emma",
-    "Daniel", "Laura", "Kevin", "Anna", "Mark", "Lisa", "Paul", "Kate", "Tom",
-    "Jessica", "Steven", "Rachel", "Eric", "Amy", "Brian", "Emily", "Jason",
-    "Linda", "Ryan", "Susan", "Adam", "Julia", "Peter", "Grace", "Frank", "Helen",
-    "George", "Rose", "Henry", "Ruth", "Jack", "Jane", "Scott", "Karen", "Andrew",
-    "Nancy", "Chris", "Sophie", "Patrick", "Claire", "Maria", "Sam", "Diana",
-    "Joseph", "Victoria", "Thomas", "Anne", "Richard", "Lucy", "Robert", "Charles",
-    "William", "Edward", "Jennifer", "Elizabeth", "Carl", "Alan", "Ben", "Jim",
-    "Max", "Luke", "Ian", "Carol", "Jeff", "Roger", "Oliver", "Harry", "Jacob",
-    "Nick", "Sean", "Bill", "Tony", "Lily", "Amanda", "Michelle",
+    "Mary",
+    "John",
+    "Alice",
+    "Bob",
+    "James",
+    "Michael",
+    "Sarah",
+    "David",
+    "Emma",
+    "Daniel",
+    "Laura",
+    "Kevin",
+    "Anna",
+    "Mark",
+    "Lisa",
+    "Paul",
+    "Kate",
+    "Tom",
+    "Jessica",
+    "Steven",
+    "Rachel",
+    "Eric",
+    "Amy",
+    "Brian",
+    "Emily",
+    "Jason",
+    "Linda",
+    "Ryan",
+    "Susan",
+    "Adam",
+    "Julia",
+    "Peter",
+    "Grace",
+    "Frank",
+    "Helen",
+    "George",
+    "Rose",
+    "Henry",
+    "Ruth",
+    "Jack",
+    "Jane",
+    "Scott",
+    "Karen",
+    "Andrew",
+    "Nancy",
+    "Chris",
+    "Sophie",
+    "Patrick",
+    "Claire",
+    "Maria",
+    "Sam",
+    "Diana",
+    "Joseph",
+    "Victoria",
+    "Thomas",
+    "Anne",
+    "Richard",
+    "Lucy",
+    "Robert",
+    "Charles",
+    "William",
+    "Edward",
+    "Jennifer",
+    "Elizabeth",
+    "Carl",
+    "Alan",
+    "Ben",
+    "Jim",
+    "Max",
+    "Luke",
+    "Ian",
+    "Carol",
+    "Jeff",
+    "Roger",
+    "Oliver",
+    "Harry",
+    "Jacob",
+    "Nick",
+    "Sean",
+    "Bill",
+    "Tony",
+    "Lily",
+    "Amanda",
+    "Michelle",
 )
 
 PLACES = (
-    "store", "park", "school", "beach", "library", "station", "market", "garden",
-    "restaurant", "museum", "office", "hospital", "lake", "zoo", "bank", "theater",
-    "farm", "gym", "bakery", "house", "mall", "airport", "church", "kitchen",
+    "store",
+    "park",
+    "school",
+    "beach",
+    "library",
+    "station",
+    "market",
+    "garden",
+    "restaurant",
+    "museum",
+    "office",
+    "hospital",
+    "lake",
+    "zoo",
+    "bank",
+    "theater",
+    "farm",
+    "gym",
+    "bakery",
+    "house",
+    "mall",
+    "airport",
+    "church",
+    "kitchen",
 )
 
 # All start with a consonant, so "a {OBJECT}" reads right.
 OBJECTS = (
-    "drink", "book", "ball", "gift", "letter", "ring", "kite", "cake", "bottle",
-    "basket", "necklace", "snack", "flower", "pen", "hat", "bag", "card",
-    "sandwich", "camera", "key", "computer", "toy", "phone", "watch", "candle",
+    "drink",
+    "book",
+    "ball",
+    "gift",
+    "letter",
+    "ring",
+    "kite",
+    "cake",
+    "bottle",
+    "basket",
+    "necklace",
+    "snack",
+    "flower",
+    "pen",
+    "hat",
+    "bag",
+    "card",
+    "sandwich",
+    "camera",
+    "key",
+    "computer",
+    "toy",
+    "phone",
+    "watch",
+    "candle",
 )
 
 _SLOT = re.compile(r"\{(N1|N2|S2|PLACE|OBJECT)\}")
@@ -90,7 +208,7 @@ def render(template: str, fill: dict[str, str]) -> tuple[str, dict[str, tuple[in
     (N1, N2, S2), found while building the text, never by searching it."""
     text, spans, last = "", {}, 0
     for m in _SLOT.finditer(template):
-        text += template[last:m.start()]
+        text += template[last : m.start()]
         word = fill[m.group(1)]
         if m.group(1) in ("N1", "N2", "S2"):
             spans[m.group(1)] = (len(text), len(text) + len(word))
@@ -105,17 +223,27 @@ def _prompt(tokenizer, prefix, k, order, io, s, c, place, obj, seed, group):
     first, second = (io, s) if order == "ABBA" else (s, io)
     slot_io, slot_s1 = ("N1", "N2") if order == "ABBA" else ("N2", "N1")
     tid = f"ioi_{k:02d}_{order}"
-    meta = {"order": order, "io": io, "s": s, "place": place, "object": obj,
-            "seed": seed, "bos": bool(prefix)}
+    meta = {
+        "order": order,
+        "io": io,
+        "s": s,
+        "place": place,
+        "object": obj,
+        "seed": seed,
+        "bos": bool(prefix),
+    }
     out = []
     for giver, kind in ((s, "ioi"), (c, "abc")):
-        body, spans = render(TEMPLATES[k], {"N1": first, "N2": second, "S2": giver,
-                                            "PLACE": place, "OBJECT": obj})
+        body, spans = render(
+            TEMPLATES[k], {"N1": first, "N2": second, "S2": giver, "PLACE": place, "OBJECT": obj}
+        )
         text = prefix + body
         shift = len(prefix)
         names = ("IO", "S1", "S2") if kind == "ioi" else ("A", "B", "C")
-        slots = {r: (spans[sl][0] + shift, spans[sl][1] + shift)
-                 for r, sl in zip(names, (slot_io, slot_s1, "S2"))}
+        slots = {
+            r: (spans[sl][0] + shift, spans[sl][1] + shift)
+            for r, sl in zip(names, (slot_io, slot_s1, "S2"))
+        }
         ids, pos = slot_positions(tokenizer, text, slots)
         if pos is None:
             return None
@@ -127,14 +255,32 @@ def _prompt(tokenizer, prefix, k, order, io, s, c, place, obj, seed, group):
             conds = (("abc_c", c, io), ("abc_b", s, io))
             m = dict(meta, c=c)
         for cond, tgt, dis in conds:
-            out.append(PromptRecord(task="ioi", text=text, target=" " + tgt,
-                                    distractor=" " + dis, roles=dict(pos), template=tid,
-                                    group=group, condition=cond, metadata=dict(m)))
+            out.append(
+                PromptRecord(
+                    task="ioi",
+                    text=text,
+                    target=" " + tgt,
+                    distractor=" " + dis,
+                    roles=dict(pos),
+                    template=tid,
+                    group=group,
+                    condition=cond,
+                    metadata=dict(m),
+                )
+            )
     return out
 
 
-def ioi(tokenizer, n: int, seed: int = 0, controls: bool = False, bos: bool = True,
-        names=None, places=PLACES, objects=OBJECTS) -> list[PromptRecord]:
+def ioi(
+    tokenizer,
+    n: int,
+    seed: int = 0,
+    controls: bool = False,
+    bos: bool = True,
+    names=None,
+    places=PLACES,
+    objects=OBJECTS,
+) -> list[PromptRecord]:
     """``n`` IOI prompts, deterministic in ``seed``.
 
     Without controls: ``n`` records, condition ``ioi_io`` (target IO, distractor S).
@@ -148,9 +294,11 @@ def ioi(tokenizer, n: int, seed: int = 0, controls: bool = False, bos: bool = Tr
         raise InputError(f"ioi: n={n!r} must be a positive integer")
     pool = usable_names(tokenizer, NAMES if names is None else names)
     if len(pool) < 3:
-        raise InputError(f"ioi: only {len(pool)} of the names encode to one token with a "
-                         "leading space for this tokenizer; at least 3 are needed; pass "
-                         "names= with single-token names")
+        raise InputError(
+            f"ioi: only {len(pool)} of the names encode to one token with a "
+            "leading space for this tokenizer; at least 3 are needed; pass "
+            "names= with single-token names"
+        )
     prefix = bos_text(tokenizer) if bos else ""
     rng = random.Random(f"ioi:{seed}")
     per = 4 if controls else 1
@@ -159,14 +307,17 @@ def ioi(tokenizer, n: int, seed: int = 0, controls: bool = False, bos: bool = Tr
         i = len(records) // per
         tries += 1
         if tries > 20 * n + 100:
-            raise InputError("ioi: could not place the names as single tokens in the "
-                             "templates for this tokenizer; check its pre-tokenizer")
+            raise InputError(
+                "ioi: could not place the names as single tokens in the "
+                "templates for this tokenizer; check its pre-tokenizer"
+            )
         k = rng.randrange(len(TEMPLATES))
         io, s, c = rng.sample(pool, 3)
         place, obj = rng.choice(places), rng.choice(objects)
         order = "ABBA" if i % 2 == 0 else "BABA"
-        recs = _prompt(tokenizer, prefix, k, order, io, s, c, place, obj, seed,
-                       f"ioi-{seed}-{i:05d}")
+        recs = _prompt(
+            tokenizer, prefix, k, order, io, s, c, place, obj, seed, f"ioi-{seed}-{i:05d}"
+        )
         if recs is not None:
             records.extend(recs if controls else recs[:1])
     return records

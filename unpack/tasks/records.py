@@ -5,6 +5,7 @@ prefix, when used, is part of it. ``roles`` maps role names (IO, S1, S2, END,
 ...) to token positions counted from 0 in ``unpack.tokens.encode(tokenizer,
 text)``, so they are the positions the tracer reports.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,24 @@ from dataclasses import asdict, dataclass, field
 from ..errors import InputError
 from ..tokens import encode, token_at_char
 
-FIELDS = ("task", "text", "target", "distractor", "roles", "template",
-          "group", "condition", "metadata", "root")
+FIELDS = (
+    "task",
+    "text",
+    "target",
+    "distractor",
+    "roles",
+    "template",
+    "group",
+    "condition",
+    "metadata",
+    "root",
+)
 
 
 @dataclass
 class PromptRecord:
     """One prompt: text, what to predict (and against what), named positions."""
+
     task: str
     text: str
     target: str
@@ -44,13 +56,16 @@ class PromptRecord:
         """The record written by :meth:`to_json` (a JSON string or an already parsed dict)."""
         d = json.loads(line) if isinstance(line, str) else dict(line)
         if not isinstance(d, dict):
-            raise InputError("prompt record: expected a JSON object; write records with "
-                             "PromptRecord.to_json()")
+            raise InputError(
+                "prompt record: expected a JSON object; write records with PromptRecord.to_json()"
+            )
         unknown = sorted(set(d) - set(FIELDS))
         missing = [k for k in ("task", "text", "target") if k not in d]
         if unknown or missing:
-            raise InputError(f"prompt record: unknown fields {unknown}, missing fields "
-                             f"{missing}; the fields are {list(FIELDS)}")
+            raise InputError(
+                f"prompt record: unknown fields {unknown}, missing fields "
+                f"{missing}; the fields are {list(FIELDS)}"
+            )
         d["roles"] = {str(k): int(v) for k, v in (d.get("roles") or {}).items()}
         d["metadata"] = dict(d.get("metadata") or {})
         return cls(**d)

@@ -16,6 +16,7 @@ marks the positions where the earlier occurrence is the only one.
 The text of a sequence is ``"<bos> t5 t17 t3 ..."``; the tokenizer splits on
 whitespace only, so each word is one token and a target ``" t17"`` is one token.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,9 @@ def make_tokenizer(n_tokens: int):
     vocab.update({f"t{i}": i + N_SPECIAL for i in range(n_tokens)})
     tk = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=BOS, eos_token=BOS,
-                                   unk_token=UNK, model_max_length=1 << 30)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token=BOS, eos_token=BOS, unk_token=UNK, model_max_length=1 << 30
+    )
 
 
 def word(i: int) -> str:
@@ -80,11 +82,22 @@ class Batch:
         return (q >= self.start1[:, None]) & (q <= (self.start1 + self.n - 2)[:, None])
 
 
-def sample_batch(gen: torch.Generator, batch: int, seq_len: int, n_tokens: int,
-                 seg_min: int, seg_max: int, distinct: bool = False) -> Batch:
+def sample_batch(
+    gen: torch.Generator,
+    batch: int,
+    seq_len: int,
+    n_tokens: int,
+    seg_min: int,
+    seg_max: int,
+    distinct: bool = False,
+) -> Batch:
     """``batch`` fresh sequences, drawn with ``gen`` (deterministic by its seed).
     ``distinct``: words drawn without replacement (needs ``n_tokens >= seq_len``)."""
-    assert 2 <= seg_min <= seg_max and 1 + 2 * seg_max <= seq_len and (not distinct or n_tokens >= seq_len)
+    assert (
+        2 <= seg_min <= seg_max
+        and 1 + 2 * seg_max <= seq_len
+        and (not distinct or n_tokens >= seq_len)
+    )
     B, S = batch, seq_len
     n = torch.randint(seg_min, seg_max + 1, (B,), generator=gen)
     free = S - 1 - 2 * n  # filler words, split into before / between / after
@@ -98,7 +111,9 @@ def sample_batch(gen: torch.Generator, batch: int, seq_len: int, n_tokens: int,
         words = torch.randint(N_SPECIAL, N_SPECIAL + n_tokens, (B, S), generator=gen)
     p = torch.arange(S)[None, :].expand(B, -1)
     second = (p >= start2[:, None]) & (p < (start2 + n)[:, None])
-    src = torch.where(second, p - (start2 - start1)[:, None], p)  # the copy reads the first occurrence
+    src = torch.where(
+        second, p - (start2 - start1)[:, None], p
+    )  # the copy reads the first occurrence
     ids = words.gather(1, src)
     ids[:, 0] = 0  # <bos>
     return Batch(ids, n, start1, start2)
@@ -106,4 +121,6 @@ def sample_batch(gen: torch.Generator, batch: int, seq_len: int, n_tokens: int,
 
 def sample(cfg, gen: torch.Generator, batch: int) -> Batch:
     """:func:`sample_batch` with the data settings of a :class:`~unpack.toy.train.ToyConfig`."""
-    return sample_batch(gen, batch, cfg.seq_len, cfg.n_tokens, cfg.seg_min, cfg.seg_max, cfg.distinct)
+    return sample_batch(
+        gen, batch, cfg.seq_len, cfg.n_tokens, cfg.seg_min, cfg.seg_max, cfg.distinct
+    )

@@ -12,6 +12,7 @@ score reaches ``threshold``. When no head does (an untrained model), the set
 holds the best-scoring head so that a report can still run and measure chance;
 ``found`` says which happened.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ def attention(model, ids: torch.Tensor) -> torch.Tensor:
     """``[L, B, H, S, S]`` attention probabilities of the model on ``ids``."""
     out = model(ids, output_attentions=True)
     if out.attentions is None or out.attentions[0] is None:
-        raise InputError("the model returned no attention probabilities; load it with "
-                         "attn_implementation='eager'")
+        raise InputError(
+            "the model returned no attention probabilities; load it with "
+            "attn_implementation='eager'"
+        )
     return torch.stack(out.attentions)
 
 
@@ -94,8 +97,12 @@ def format_ground_truth(gt: GroundTruth) -> str:
 
     def say(kind, heads, found, layer):
         names = ", ".join(f"attn_{layer}_head_{h}" for h in heads)
-        return (f"  {kind}: {names}" if found else
-                f"  {kind}: none reaches {gt.threshold:.2f} (best: {names})")
+        return (
+            f"  {kind}: {names}"
+            if found
+            else f"  {kind}: none reaches {gt.threshold:.2f} (best: {names})"
+        )
+
     lines.append(say("previous-token heads", gt.prev_heads, gt.prev_found, 0))
     lines.append(say("induction heads", gt.induction_heads, gt.induction_found, 1))
     return "\n".join(lines)

@@ -18,6 +18,7 @@ an attention-only model, so they write exactly 0) are cut to one cell
 so ``--model ladder-d64@step300`` (or ``--model DIR/ladder-d64 --revision step300``)
 loads one checkpoint. docs/METHOD.md §10 defines what is measured on them.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,21 +78,37 @@ def save_step(model, tok, cfg: ToyConfig, out: str, member: str, seed: int, step
     small.config.training_step = step
     small.half().save_pretrained(path)
     tok.save_pretrained(path)
-    meta = dict(variant=member, seed=seed, step=step, torch_threads=torch.get_num_threads(),
-                config=asdict(cfg), eval=ev, ground_truth=gt.to_dict())
+    meta = dict(
+        variant=member,
+        seed=seed,
+        step=step,
+        torch_threads=torch.get_num_threads(),
+        config=asdict(cfg),
+        eval=ev,
+        ground_truth=gt.to_dict(),
+    )
     with open(os.path.join(path, "toy.json"), "w") as f:
         json.dump(meta, f, indent=2)
-    return dict(step=step, acc_repeat=ev["acc_repeat"], loss_repeat=ev["loss_repeat"],
-                prev_found=gt.prev_found, induction_found=gt.induction_found,
-                prev_heads=gt.prev_heads, induction_heads=gt.induction_heads)
+    return dict(
+        step=step,
+        acc_repeat=ev["acc_repeat"],
+        loss_repeat=ev["loss_repeat"],
+        prev_found=gt.prev_found,
+        induction_found=gt.induction_found,
+        prev_heads=gt.prev_heads,
+        induction_heads=gt.induction_heads,
+    )
 
 
 def mark_circuit(out: str, member: str, rows: list[dict]) -> None:
     """Write the trained model's heads into every snapshot's ``toy.json`` as
     ``circuit``: the heads whose connection is measured at every step (§10)."""
     last = rows[-1]
-    circuit = dict(prev_heads=last["prev_heads"], induction_heads=last["induction_heads"],
-                   final_step=last["step"])
+    circuit = dict(
+        prev_heads=last["prev_heads"],
+        induction_heads=last["induction_heads"],
+        final_step=last["step"],
+    )
     for r in rows:
         path = os.path.join(step_dir(out, member, r["step"]), "toy.json")
         with open(path) as f:

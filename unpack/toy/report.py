@@ -18,6 +18,7 @@ The same report on a random-initialized model of the same shape is the control:
 its rates should sit near chance (``|previous-token heads| / H`` for the head,
 the mean of ``1 / (q + 1)`` for the position).
 """
+
 from __future__ import annotations
 
 import math
@@ -60,7 +61,7 @@ def probes(cfg: ToyConfig, n: int, seed: int) -> list[Probe]:
             q = int(pick[i].argmax())
             ids = b.ids[i].tolist()
             gap = int(b.start2[i] - b.start1[i])
-            out.append(Probe(to_text(ids[:q + 1]), " " + word(ids[q + 1]), q, q - gap + 1))
+            out.append(Probe(to_text(ids[: q + 1]), " " + word(ids[q + 1]), q, q - gap + 1))
     return out
 
 
@@ -79,14 +80,18 @@ class Recovery:
         r, c = self.rows, self.credit_rows
         hit = np.array([x["top_k_is_prev"] for x in r], dtype=float)
         kq = np.array([[x[f"prev_{m}"] for m in MODES] for x in r])  # [n_reroots, 3]
-        per_head = {h: float(np.mean([x["top_k_is_prev"] for x in r if x["head"] == h]))
-                    for h in self.gt.induction_heads}
+        per_head = {
+            h: float(np.mean([x["top_k_is_prev"] for x in r if x["head"] == h]))
+            for h in self.gt.induction_heads
+        }
         mean = kq.mean(0)
         total = np.abs(mean).sum()
         return dict(
             model=self.label,
-            prev_heads=self.gt.prev_heads, induction_heads=self.gt.induction_heads,
-            prev_found=self.gt.prev_found, induction_found=self.gt.induction_found,
+            prev_heads=self.gt.prev_heads,
+            induction_heads=self.gt.induction_heads,
+            prev_found=self.gt.prev_found,
+            induction_found=self.gt.induction_found,
             k_recovery=float(hit.mean()),
             k_recovery_seq=float(np.mean([x["top_k_all_is_prev"] for x in c])),
             k_recovery_min_head=min(per_head.values()),
@@ -97,7 +102,9 @@ class Recovery:
             mode_share=dict(zip(MODES, map(float, mean / total if total > 0 else mean * 0))),
             credit_peak=float(np.mean([x["peak_ok"] for x in c])),
             credit_chance=float(np.mean([1.0 / (x["q"] + 1) for x in c])),
-            n_probes=len(c), n_reroots=len(r), **{f"eval_{k}": v for k, v in self.evaluation.items()},
+            n_probes=len(c),
+            n_reroots=len(r),
+            **{f"eval_{k}": v for k, v in self.evaluation.items()},
         )
 
 
@@ -113,8 +120,15 @@ def random_like(model, cfg: ToyConfig, seed: int):
     return m
 
 
-def recover(model, tokenizer, cfg: ToyConfig, ps: list[Probe], label: str = "model",
-            batch_size: int = 16, threshold: float = 0.4) -> Recovery:
+def recover(
+    model,
+    tokenizer,
+    cfg: ToyConfig,
+    ps: list[Probe],
+    label: str = "model",
+    batch_size: int = 16,
+    threshold: float = 0.4,
+) -> Recovery:
     """Run the three checks on ``ps`` (see the module docstring)."""
     from .. import Tracer
 
@@ -125,8 +139,10 @@ def recover(model, tokenizer, cfg: ToyConfig, ps: list[Probe], label: str = "mod
     prompts = []
     for p in ps:
         prompts.append(dict(text=p.text, target=p.target, root=None))
-        prompts += [dict(text=p.text, target=p.target, root=f"attn_1_head_{h}@{p.q}")
-                    for h in gt.induction_heads]
+        prompts += [
+            dict(text=p.text, target=p.target, root=f"attn_1_head_{h}@{p.q}")
+            for h in gt.induction_heads
+        ]
     results = tr.trace_batch(prompts, batch_size=batch_size)
     layer0 = [f"attn_0_head_{g}" for g in range(H)]
     prev = {f"attn_0_head_{g}" for g in gt.prev_heads}
@@ -146,9 +162,18 @@ def recover(model, tokenizer, cfg: ToyConfig, ps: list[Probe], label: str = "mod
             rec.rows.append(row)
             k_all = k_all + w["K"]
         top = _top(k_all)
-        rec.credit_rows.append(dict(probe=i, q=p.q, expected=p.peak, argmax=peak,
-                                    peak_ok=peak == p.peak, target_prob=res.target_prob,
-                                    top_k_all_heads=top, top_k_all_is_prev=top in prev))
+        rec.credit_rows.append(
+            dict(
+                probe=i,
+                q=p.q,
+                expected=p.peak,
+                argmax=peak,
+                peak_ok=peak == p.peak,
+                target_prob=res.target_prob,
+                top_k_all_heads=top,
+                top_k_all_is_prev=top in prev,
+            )
+        )
     return rec
 
 
@@ -157,15 +182,23 @@ def _top(k) -> str | None:
     return k.idxmax() if (k != 0).any() else None
 
 
-def run(model_dir: str, n: int = 100, seed: int = 0, control: bool = True, control_seed: int = 1234,
-        log=print) -> list[Recovery]:
+def run(
+    model_dir: str,
+    n: int = 100,
+    seed: int = 0,
+    control: bool = True,
+    control_seed: int = 1234,
+    log=print,
+) -> list[Recovery]:
     """The report for one toy model directory, and for its random twin if ``control``."""
     model, tok, cfg = load(model_dir)
     ps = probes(cfg, n, seed)
     label = os.path.basename(os.path.normpath(model_dir))
     out = [recover(model, tok, cfg, ps, label)]
     if control:
-        out.append(recover(random_like(model, cfg, control_seed), tok, cfg, ps, label + " (random init)"))
+        out.append(
+            recover(random_like(model, cfg, control_seed), tok, cfg, ps, label + " (random init)")
+        )
     return out
 
 
@@ -174,14 +207,23 @@ def format_report(recs: list[Recovery]) -> str:
     lines = ["# Toy induction: does Unpack recover previous-token -> induction via K?", ""]
     for r in recs:
         s = r.summary()
-        lines += [f"## {r.label}", "",
-                  f"loss on the first occurrence {s['eval_loss_first']:.3f} (chance "
-                  f"{s['eval_chance_loss']:.3f}), on the repeated half {s['eval_loss_repeat']:.3f}; "
-                  f"in-context accuracy on the repeated half {100 * s['eval_acc_repeat']:.1f}%", "",
-                  "```", format_ground_truth(r.gt), "```", ""]
-    lines += ["| model | prev-token heads | induction heads | K recovery: sequences "
-              "| reroots (worst head) | chance | K largest | K / Q / V share | credit peak | chance |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {r.label}",
+            "",
+            f"loss on the first occurrence {s['eval_loss_first']:.3f} (chance "
+            f"{s['eval_chance_loss']:.3f}), on the repeated half {s['eval_loss_repeat']:.3f}; "
+            f"in-context accuracy on the repeated half {100 * s['eval_acc_repeat']:.1f}%",
+            "",
+            "```",
+            format_ground_truth(r.gt),
+            "```",
+            "",
+        ]
+    lines += [
+        "| model | prev-token heads | induction heads | K recovery: sequences "
+        "| reroots (worst head) | chance | K largest | K / Q / V share | credit peak | chance |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in recs:
         s = r.summary()
         found = lambda heads, ok: ",".join(map(str, heads)) + ("" if ok else " (none found)")  # noqa: E731
@@ -193,15 +235,19 @@ def format_report(recs: list[Recovery]) -> str:
             f"| {100 * s['k_recovery']:.0f}% ({100 * s['k_recovery_min_head']:.0f}%) "
             f"| {100 * s['k_chance']:.0f}% | {100 * s['k_largest_rate']:.0f}% "
             f"| {100 * sh['K']:.0f} / {100 * sh['Q']:.0f} / {100 * sh['V']:.0f}% "
-            f"| {100 * s['credit_peak']:.0f}% | {100 * s['credit_chance']:.0f}% |")
+            f"| {100 * s['credit_peak']:.0f}% | {100 * s['credit_chance']:.0f}% |"
+        )
     n = recs[0].summary()["n_probes"] if recs else 0
-    lines += ["", f"{n} sequences. K recovery: the top upstream head by K interaction is a "
-              "previous-token head — per sequence with the K strengths summed over the induction "
-              "heads, and per reroot (sequence x induction head; in brackets the worst induction "
-              "head). Chance: previous-token heads / heads in layer 0. K largest: share of reroots "
-              "where K carries more of the edge into the previous-token heads than Q and V; "
-              "K / Q / V share: of the mean weight of that edge. Credit peak: share of sequences "
-              "whose token credit peaks right after the first occurrence (chance: mean 1/(q+1))."]
+    lines += [
+        "",
+        f"{n} sequences. K recovery: the top upstream head by K interaction is a "
+        "previous-token head — per sequence with the K strengths summed over the induction "
+        "heads, and per reroot (sequence x induction head; in brackets the worst induction "
+        "head). Chance: previous-token heads / heads in layer 0. K largest: share of reroots "
+        "where K carries more of the edge into the previous-token heads than Q and V; "
+        "K / Q / V share: of the mean weight of that edge. Credit peak: share of sequences "
+        "whose token credit peaks right after the first occurrence (chance: mean 1/(q+1)).",
+    ]
     return "\n".join(lines)
 
 
@@ -210,10 +256,15 @@ def passes(rec: Recovery, min_rate: float = 0.9) -> bool:
     (per sequence and per reroot) and credit peak all >= ``min_rate``, and K the
     largest mode of the edge into the previous-token heads."""
     s = rec.summary()
-    return bool(s["prev_found"] and s["induction_found"] and s["eval_acc_repeat"] >= min_rate
-                and s["k_recovery_seq"] >= min_rate and s["k_recovery"] >= min_rate
-                and s["credit_peak"] >= min_rate
-                and s["mode_mean"]["K"] > max(s["mode_mean"]["Q"], s["mode_mean"]["V"]))
+    return bool(
+        s["prev_found"]
+        and s["induction_found"]
+        and s["eval_acc_repeat"] >= min_rate
+        and s["k_recovery_seq"] >= min_rate
+        and s["k_recovery"] >= min_rate
+        and s["credit_peak"] >= min_rate
+        and s["mode_mean"]["K"] > max(s["mode_mean"]["Q"], s["mode_mean"]["V"])
+    )
 
 
 def write(recs: list[Recovery], out: str) -> list[str]:
@@ -221,8 +272,15 @@ def write(recs: list[Recovery], out: str) -> list[str]:
     import pandas as pd
 
     os.makedirs(out, exist_ok=True)
-    paths = [os.path.join(out, f) for f in ("induction.md", "induction_summary.csv",
-                                            "induction_reroots.csv", "induction_credit.csv")]
+    paths = [
+        os.path.join(out, f)
+        for f in (
+            "induction.md",
+            "induction_summary.csv",
+            "induction_reroots.csv",
+            "induction_credit.csv",
+        )
+    ]
     with open(paths[0], "w") as f:
         f.write(format_report(recs) + "\n")
     flat = []
@@ -247,17 +305,23 @@ def write(recs: list[Recovery], out: str) -> list[str]:
 
 def _figure(recs: list[Recovery], path: str) -> str:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = ["K recovery", "K largest", "credit peak"]
     fig, ax = plt.subplots(figsize=(2.6 + 1.4 * len(recs), 3.2))
     width = 0.8 / len(names)
-    for j, (name, key) in enumerate(zip(names, ("k_recovery_seq", "k_largest_rate", "credit_peak"))):
+    for j, (name, key) in enumerate(
+        zip(names, ("k_recovery_seq", "k_largest_rate", "credit_peak"))
+    ):
         vals = [100 * r.summary()[key] for r in recs]
         ax.bar(np.arange(len(recs)) + (j - 1) * width, vals, width, label=name)
-    ax.set_xticks(np.arange(len(recs)), [r.label.replace(" (random init)", "\n(random)") for r in recs],
-                  fontsize=7)
+    ax.set_xticks(
+        np.arange(len(recs)),
+        [r.label.replace(" (random init)", "\n(random)") for r in recs],
+        fontsize=7,
+    )
     ax.set_ylabel("% of sequences")
     ax.set_ylim(0, 100)
     ax.axhline(90, color="grey", lw=0.8, ls="--")
@@ -276,8 +340,10 @@ def main(args) -> int:
     (or a random control meets it); InputError (2) for bad input."""
     models = getattr(args, "model", None)
     if not models:
-        raise InputError("--model is required: a toy model directory, e.g. unpack/toy/checkpoints/attn-only-d64 "
-                         "(train one with `unpack toy-train --variant attn-only-d64 --out DIR`)")
+        raise InputError(
+            "--model is required: a toy model directory, e.g. unpack/toy/checkpoints/attn-only-d64 "
+            "(train one with `unpack toy-train --variant attn-only-d64 --out DIR`)"
+        )
     models = [models] if isinstance(models, str) else list(models)
     n = getattr(args, "n", 100)
     if n < 1:
@@ -287,8 +353,13 @@ def main(args) -> int:
     torch.set_num_threads(getattr(args, "threads", None) or torch.get_num_threads())
     recs = []
     for m in models:
-        recs += run(m, n=n, seed=getattr(args, "seed", 0), control=not getattr(args, "no_control", False),
-                    control_seed=getattr(args, "control_seed", 1234))
+        recs += run(
+            m,
+            n=n,
+            seed=getattr(args, "seed", 0),
+            control=not getattr(args, "no_control", False),
+            control_seed=getattr(args, "control_seed", 1234),
+        )
     print(format_report(recs))
     out = getattr(args, "out", None)
     if out:

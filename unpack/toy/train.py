@@ -37,6 +37,7 @@ Recipe (found by trying on this CPU; words drawn with replacement from 128):
 
 Not every seed finds the circuit; ``unpack toy-train`` says so and exits 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,19 +61,19 @@ class ToyConfig:
     d_model: int = 64
     n_head: int = 2
     n_layer: int = 2
-    n_tokens: int = 128     # words t0 .. t127 (plus <bos>, <unk>)
-    seq_len: int = 33       # <bos> + fillers + segment + segment
+    n_tokens: int = 128  # words t0 .. t127 (plus <bos>, <unk>)
+    seq_len: int = 33  # <bos> + fillers + segment + segment
     seg_min: int = 4
     seg_max: int = 16
     distinct: bool = False  # words without replacement within a sequence
     induction_steps: int = 3000  # phase 1 at most this long
-    switch_loss: float = 0.3     # phase 1 ends when the running induction loss is below this
-    lm_steps: int = 600          # phase 2
+    switch_loss: float = 0.3  # phase 1 ends when the running induction loss is below this
+    lm_steps: int = 600  # phase 2
     batch: int = 64
     lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.01
-    head_l1: float = 0.0    # group lasso on each head's rows of W_O: few heads keep a role
+    head_l1: float = 0.0  # group lasso on each head's rows of W_O: few heads keep a role
     pos_init: float = 0.03  # amplitude of the sinusoidal start of the learned positions
 
 
@@ -89,8 +90,18 @@ VARIANTS: dict[str, ToyConfig] = {
     # is a few of 16 heads, so random circuits of its size can miss it
     "attn-only-d128-sparse": ToyConfig(attn_only=True, d_model=128, n_head=8, head_l1=0.03),
     # the test suite's setting: small and fast
-    "tiny": ToyConfig(attn_only=True, d_model=64, n_head=2, n_tokens=48, seq_len=17, seg_min=3,
-                      seg_max=8, induction_steps=800, lm_steps=150, batch=32),
+    "tiny": ToyConfig(
+        attn_only=True,
+        d_model=64,
+        n_head=2,
+        n_tokens=48,
+        seq_len=17,
+        seg_min=3,
+        seg_max=8,
+        induction_steps=800,
+        lm_steps=150,
+        batch=32,
+    ),
 }
 
 
@@ -102,11 +113,15 @@ def variant(name: str, **overrides) -> ToyConfig:
     if cfg.d_model % cfg.n_head:
         raise InputError(f"d_model={cfg.d_model} must be divisible by n_head={cfg.n_head}")
     if not (2 <= cfg.seg_min <= cfg.seg_max and 1 + 2 * cfg.seg_max <= cfg.seq_len):
-        raise InputError(f"need 2 <= seg_min <= seg_max and 1 + 2*seg_max <= seq_len "
-                         f"(got seg_min={cfg.seg_min}, seg_max={cfg.seg_max}, seq_len={cfg.seq_len})")
+        raise InputError(
+            f"need 2 <= seg_min <= seg_max and 1 + 2*seg_max <= seq_len "
+            f"(got seg_min={cfg.seg_min}, seg_max={cfg.seg_max}, seq_len={cfg.seq_len})"
+        )
     if cfg.distinct and cfg.n_tokens < cfg.seq_len:
-        raise InputError(f"n_tokens={cfg.n_tokens} is too small for {cfg.seq_len} distinct words "
-                         "per sequence; raise n_tokens or turn distinct off")
+        raise InputError(
+            f"n_tokens={cfg.n_tokens} is too small for {cfg.seq_len} distinct words "
+            "per sequence; raise n_tokens or turn distinct off"
+        )
     return cfg
 
 
@@ -132,10 +147,20 @@ def build_model(cfg: ToyConfig, seed: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    hf = GPT2Config(vocab_size=cfg.n_tokens + 2, n_positions=cfg.seq_len, n_embd=cfg.d_model,
-                    n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=4 * cfg.d_model,
-                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                    bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    hf = GPT2Config(
+        vocab_size=cfg.n_tokens + 2,
+        n_positions=cfg.seq_len,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=4 * cfg.d_model,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
     hf._attn_implementation = "eager"
     model = GPT2LMHeadModel(hf)
     with torch.no_grad():  # sinusoidal start for the (trainable) position embeddings
@@ -157,15 +182,18 @@ def head_penalty(model, cfg: ToyConfig) -> torch.Tensor:
     """``Σ_L Σ_h ‖W_O[L, h]‖_F``: the norm of each head's rows of the output projection,
     summed (a group lasso: it silences whole heads, not single weights)."""
     d = cfg.d_model // cfg.n_head
-    return sum(blk.attn.c_proj.weight.view(cfg.n_head, d, -1).pow(2).sum((1, 2)).sqrt().sum()
-               for blk in model.transformer.h)
+    return sum(
+        blk.attn.c_proj.weight.view(cfg.n_head, d, -1).pow(2).sum((1, 2)).sqrt().sum()
+        for blk in model.transformer.h
+    )
 
 
 def batch_losses(model, b: Batch) -> torch.Tensor:
     """Per-position next-token loss ``[B, S-1]``: entry q predicts token q+1."""
     logits = model(b.ids).logits[:, :-1]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.ids[:, 1:].reshape(-1),
-                           reduction="none").view(b.ids.shape[0], -1)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), b.ids[:, 1:].reshape(-1), reduction="none"
+    ).view(b.ids.shape[0], -1)
 
 
 @torch.no_grad()
@@ -178,13 +206,19 @@ def evaluate(model, cfg: ToyConfig, seed: int = 12345, n_seqs: int = 512) -> dic
     loss = F.cross_entropy(logits.transpose(1, 2), b.ids[:, 1:], reduction="none")
     right = logits.argmax(-1) == b.ids[:, 1:]
     m1, m2 = b.first_mask()[:, :-1], b.repeat_mask()[:, :-1]
-    return dict(loss_first=loss[m1].mean().item(), loss_repeat=loss[m2].mean().item(),
-                acc_first=right[m1].float().mean().item(), acc_repeat=right[m2].float().mean().item(),
-                chance_loss=math.log(cfg.n_tokens), n_seqs=n_seqs)
+    return dict(
+        loss_first=loss[m1].mean().item(),
+        loss_repeat=loss[m2].mean().item(),
+        acc_first=right[m1].float().mean().item(),
+        acc_repeat=right[m2].float().mean().item(),
+        chance_loss=math.log(cfg.n_tokens),
+        n_seqs=n_seqs,
+    )
 
 
-def train(cfg: ToyConfig, seed: int = 0, log=print, log_every: int = 200, snapshot_at=(),
-          on_snapshot=None):
+def train(
+    cfg: ToyConfig, seed: int = 0, log=print, log_every: int = 200, snapshot_at=(), on_snapshot=None
+):
     """Train one model; returns ``(model, tokenizer, info)``. Deterministic given the
     seed and the number of torch threads. ``on_snapshot(step, model)`` is called
     before each optimizer step listed in ``snapshot_at`` (0: the initialization)."""
@@ -196,8 +230,14 @@ def train(cfg: ToyConfig, seed: int = 0, log=print, log_every: int = 200, snapsh
         p.requires_grad_(False)
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay),
-                             dict(params=no_decay, weight_decay=0.0)], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [
+            dict(params=decay, weight_decay=cfg.weight_decay),
+            dict(params=no_decay, weight_decay=0.0),
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
     t0 = time.time()
     model.train()
     ema, switch, step = None, None, 0  # running phase-1 loss; step where phase 2 began
@@ -223,23 +263,34 @@ def train(cfg: ToyConfig, seed: int = 0, log=print, log_every: int = 200, snapsh
             ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if log and step % log_every == 0:
             phase = "induction" if switch is None else "lm"
-            log(f"step {step:5d}  {phase:9s} loss {loss.item():.4f}  lr {lr:.2e}  {time.time() - t0:5.1f}s")
+            log(
+                f"step {step:5d}  {phase:9s} loss {loss.item():.4f}  lr {lr:.2e}  {time.time() - t0:5.1f}s"
+            )
         step += 1
         if switch is None and (ema < cfg.switch_loss or step >= cfg.induction_steps):
             switch = step
             for p in mlp:
                 p.requires_grad_(True)
             if log:
-                log(f"step {step:5d}  phase 2 (LM loss on every position); running induction loss {ema:.3f}")
+                log(
+                    f"step {step:5d}  phase 2 (LM loss on every position); running induction loss {ema:.3f}"
+                )
     model.eval()
     if cfg.attn_only:
         assert is_attn_only(model)
-    info = dict(train_seconds=round(time.time() - t0, 1), steps=step, switch_step=switch,
-                switch_loss=round(ema, 4), eval=evaluate(model, cfg))
+    info = dict(
+        train_seconds=round(time.time() - t0, 1),
+        steps=step,
+        switch_step=switch,
+        switch_loss=round(ema, 4),
+        eval=evaluate(model, cfg),
+    )
     return model, make_tokenizer(cfg.n_tokens), info
 
 
-def save(model, tokenizer, cfg: ToyConfig, out: str, variant_name: str, seed: int, info: dict) -> None:
+def save(
+    model, tokenizer, cfg: ToyConfig, out: str, variant_name: str, seed: int, info: dict
+) -> None:
     """Write the Hugging Face directory and ``toy.json``."""
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out)
@@ -250,8 +301,13 @@ def save(model, tokenizer, cfg: ToyConfig, out: str, variant_name: str, seed: in
     tcfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     with open(tc, "w") as f:
         json.dump(tcfg, f, indent=2)
-    meta = dict(variant=variant_name, seed=seed, torch_threads=torch.get_num_threads(),
-                config=asdict(cfg), **info)
+    meta = dict(
+        variant=variant_name,
+        seed=seed,
+        torch_threads=torch.get_num_threads(),
+        config=asdict(cfg),
+        **info,
+    )
     with open(os.path.join(out, "toy.json"), "w") as f:
         json.dump(meta, f, indent=2)
 
@@ -262,11 +318,15 @@ def load(path: str):
 
     meta_path = os.path.join(path, "toy.json")
     if not os.path.isdir(path):
-        raise InputError(f"--model {path!r} is not a directory; train one with "
-                         "`unpack toy-train --variant attn-only-d64 --out DIR`")
+        raise InputError(
+            f"--model {path!r} is not a directory; train one with "
+            "`unpack toy-train --variant attn-only-d64 --out DIR`"
+        )
     if not os.path.isfile(meta_path):
-        raise InputError(f"{path!r} has no toy.json, so it is not a toy induction model; "
-                         "train one with `unpack toy-train --out DIR`")
+        raise InputError(
+            f"{path!r} has no toy.json, so it is not a toy induction model; "
+            "train one with `unpack toy-train --out DIR`"
+        )
     with open(meta_path) as f:
         cfg = ToyConfig(**json.load(f)["config"])
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()

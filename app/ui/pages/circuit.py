@@ -1,4 +1,5 @@
 """Circuit: the aggregated circuit graph of the working set, one model at a time."""
+
 import json
 
 import pandas as pd
@@ -20,27 +21,40 @@ model = c1.selectbox("Model", ws.models, key="circuit_model", format_func=D.shor
 mws = D.WorkingSet((model,), ws.task, ws.preset, ws.condition, ws.template)
 roots = state.query(D.roots, mws)
 if not roots:
-    st.info(f"No traces of {D.short_model(model)} match the working set ({mws.describe()}). "
-            "Widen it in the sidebar.")
+    st.info(
+        f"No traces of {D.short_model(model)} match the working set ({mws.describe()}). "
+        "Widen it in the sidebar."
+    )
     st.stop()
 if st.session_state.get("circuit_root") not in roots:
     st.session_state["circuit_root"] = roots[0]
-root = c2.selectbox("Root", roots, key="circuit_root",
-                    help="'target': everything that feeds the target logit; a stored reroot: "
-                         "everything that feeds that component")
-agg = c3.selectbox("Aggregate", ["mean", "sum"], key="circuit_agg",
-                   help="mean over the selected prompts (a prompt without an edge counts 0) or sum")
+root = c2.selectbox(
+    "Root",
+    roots,
+    key="circuit_root",
+    help="'target': everything that feeds the target logit; a stored reroot: "
+    "everything that feeds that component",
+)
+agg = c3.selectbox(
+    "Aggregate",
+    ["mean", "sum"],
+    key="circuit_agg",
+    help="mean over the selected prompts (a prompt without an edge counts 0) or sum",
+)
 c4, c5, c6, c7 = st.columns([3, 2, 2, 2])  # room for four mode chips
-modes = c4.multiselect("Modes", ["K", "Q", "V", "MLP"], default=["K", "Q", "V", "MLP"],
-                       key="circuit_modes")
+modes = c4.multiselect(
+    "Modes", ["K", "Q", "V", "MLP"], default=["K", "Q", "V", "MLP"], key="circuit_modes"
+)
 if not modes:
     st.warning("Pick at least one mode (K, Q, V or MLP).")
     st.stop()
 top_k = c5.slider("Top-k edges", 5, 300, 40, step=5, key="circuit_topk")
-rel = c6.slider("Min |weight| (% of the strongest edge)", 0.0, 50.0, 0.0, step=0.5,
-                key="circuit_minw")
-min_share = c7.slider("Min share of prompts with the edge", 0.0, 1.0, 0.0, step=0.05,
-                      key="circuit_minshare")
+rel = c6.slider(
+    "Min |weight| (% of the strongest edge)", 0.0, 50.0, 0.0, step=0.5, key="circuit_minw"
+)
+min_share = c7.slider(
+    "Min share of prompts with the edge", 0.0, 1.0, 0.0, step=0.05, key="circuit_minshare"
+)
 
 
 try:
@@ -53,11 +67,13 @@ wmax = max([abs(w) for *_, w in G_all.edges(data="weight")] or [0.0])
 G = views.threshold(G_all, rel / 100.0 * wmax, top_k)
 from app.graphs import layered_layout  # noqa: E402
 
-st.caption(f"{G_all.graph.get('n_prompts')} prompts · {G_all.number_of_edges()} reader–writer "
-           f"pairs in all, the {G.number_of_edges()} strongest shown · "
-           f"{views.graph_caption(G)} · edges go from a reader to the writer it reads (credit "
-           "flows right to left) · width = |interaction strength|, colour = mode · node size = "
-           "|flow| · the ringed node is the one inspected below, its edges drawn on top")
+st.caption(
+    f"{G_all.graph.get('n_prompts')} prompts · {G_all.number_of_edges()} reader–writer "
+    f"pairs in all, the {G.number_of_edges()} strongest shown · "
+    f"{views.graph_caption(G)} · edges go from a reader to the writer it reads (credit "
+    "flows right to left) · width = |interaction strength|, colour = mode · node size = "
+    "|flow| · the ringed node is the one inspected below, its edges drawn on top"
+)
 if G.number_of_nodes() == 0:
     st.info("No edges pass the thresholds: lower the minimum weight or share.")
     st.stop()
@@ -74,21 +90,35 @@ if clicked and clicked != st.session_state.get("circuit_clicked"):
     st.session_state["circuit_node"] = clicked
 if st.session_state.get("circuit_node") not in nodes:
     st.session_state["circuit_node"] = nodes[0]
-fig = views.graph_figure(G, layered_layout(G), selected=st.session_state["circuit_node"],
-                         # plotly reads tags in a title: stored text escaped as HTML
-                         title=html_text(f"{D.short_model(model)} · {ws.task} · root {root}"),
-                         height=max(560, 56 * ((G_all.graph.get("n_heads") or 1) + 3)))
+fig = views.graph_figure(
+    G,
+    layered_layout(G),
+    selected=st.session_state["circuit_node"],
+    # plotly reads tags in a title: stored text escaped as HTML
+    title=html_text(f"{D.short_model(model)} · {ws.task} · root {root}"),
+    height=max(560, 56 * ((G_all.graph.get("n_heads") or 1) + 3)),
+)
 st.plotly_chart(fig, key="circuit_chart", on_select="rerun", selection_mode="points")
 node = st.selectbox("Inspect a component (or click a node)", nodes, key="circuit_node")
 
 a = G.nodes[node]
-st.markdown(f"**{md(node)}** · kind {md(a.get('kind'))} · layer {a.get('layer')} · flow "
-            f"{float(a.get('flow', 0) or 0):+.4g}")
+st.markdown(
+    f"**{md(node)}** · kind {md(a.get('kind'))} · layer {a.get('layer')} · flow "
+    f"{float(a.get('flow', 0) or 0):+.4g}"
+)
 
 
 def edge_table(pairs):
-    rows = [dict(component=o, mode=d.get("mode"), weight=d.get("weight"), share=d.get("share"),
-                 **{f"w_{m}": w for m, w in (d.get("by_mode") or {}).items()}) for o, d in pairs]
+    rows = [
+        dict(
+            component=o,
+            mode=d.get("mode"),
+            weight=d.get("weight"),
+            share=d.get("share"),
+            **{f"w_{m}": w for m, w in (d.get("by_mode") or {}).items()},
+        )
+        for o, d in pairs
+    ]
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -104,21 +134,31 @@ def show_edges(title, rows):
         st.caption("none")
 
 
-show_edges("Reads from (upstream writers)",  # one above the other: each fits the page
-           [(v, d) for _, v, d in G_all.out_edges(node, data=True)])
-show_edges("Read by (downstream readers)",
-           [(u, d) for u, _, d in G_all.in_edges(node, data=True)])
+show_edges(
+    "Reads from (upstream writers)",  # one above the other: each fits the page
+    [(v, d) for _, v, d in G_all.out_edges(node, data=True)],
+)
+show_edges("Read by (downstream readers)", [(u, d) for u, _, d in G_all.in_edges(node, data=True)])
 st.markdown("Example prompts where it carries the most |flow|")
 table(state.query(D.example_prompts, mws, node, root, 5))
 
 with st.expander("Download the graph"):
     from app.graphs import graph_frame, to_json
 
-    st.download_button("Edges (CSV)", graph_frame(G).to_csv(index=False).encode(),
-                       file_name="circuit_edges.csv", mime="text/csv", key="circuit_csv")
-    st.download_button("Graph (JSON)", json.dumps(to_json(G)).encode(),
-                       file_name="circuit.json", mime="application/json", key="circuit_json")
-
+    st.download_button(
+        "Edges (CSV)",
+        graph_frame(G).to_csv(index=False).encode(),
+        file_name="circuit_edges.csv",
+        mime="text/csv",
+        key="circuit_csv",
+    )
+    st.download_button(
+        "Graph (JSON)",
+        json.dumps(to_json(G)).encode(),
+        file_name="circuit.json",
+        mime="application/json",
+        key="circuit_json",
+    )
 
 
 def show_beside(mws):
@@ -134,20 +174,26 @@ def show_beside(mws):
     text = dict(zip(ids, plist["text"]))
     if st.session_state.get("circuit_cmp_prompt") not in ids:
         st.session_state["circuit_cmp_prompt"] = ids[0]
-    pid = st.selectbox("Prompt", ids, key="circuit_cmp_prompt",
-                       format_func=lambda i: f"#{i} · {text[i][-70:]}")
+    pid = st.selectbox(
+        "Prompt", ids, key="circuit_cmp_prompt", format_func=lambda i: f"#{i} · {text[i][-70:]}"
+    )
     this, others = state.query(MC.edge_runs, pid)
     if others.empty:
-        st.info("No other method's run of this model stores edges for this prompt: ingest the "
-                "same prompts with `unpack ingest --method eap` (or eap_ig, or unpack).")
+        st.info(
+            "No other method's run of this model stores edges for this prompt: ingest the "
+            "same prompts with `unpack ingest --method eap` (or eap_ig, or unpack)."
+        )
         return
     c1, c2 = st.columns(2)
     pick = c1.selectbox("Other method", others["method"].tolist(), key="circuit_cmp_method")
-    k = c2.slider("k: top edges by |score| of each method", 5, 500, 50, step=5,
-                  key="circuit_cmp_k")
+    k = c2.slider("k: top edges by |score| of each method", 5, 500, 50, step=5, key="circuit_cmp_k")
     a_name = this.iloc[0]["method"]
-    res = state.query(MC.compare, int(this.iloc[0]["trace_id"]),
-                      int(others[others["method"] == pick].iloc[0]["trace_id"]), k)
+    res = state.query(
+        MC.compare,
+        int(this.iloc[0]["trace_id"]),
+        int(others[others["method"] == pick].iloc[0]["trace_id"]),
+        k,
+    )
     ov, rk = res["overlap"], res["rank"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     m = st.columns(4)
@@ -158,7 +204,9 @@ def show_beside(mws):
     st.markdown(
         f'<div class="unpack-agreement" data-both="{ov["both"]}" data-jaccard="{ov["jaccard"]}" '
         f'data-spearman="{rk["spearman"]}" data-kendall="{rk["kendall"]}" '
-        f'data-n-both="{rk["n_both"]}" data-k="{k}"></div>', unsafe_allow_html=True)
+        f'data-n-both="{rk["n_both"]}" data-k="{k}"></div>',
+        unsafe_allow_html=True,
+    )
     st.caption(
         f"A = {md(a_name)} ({res['n_a']:,} edges stored), B = {md(pick)} ({res['n_b']:,}); an "
         "edge is (reader, writer, mode), its score the stored weight summed over positions. "
@@ -168,7 +216,8 @@ def show_beside(mws):
         f"B only {rk['only_b']:,}): Unpack stores an edge only above the ingest's edge_min_frac. "
         f"Counting a missing edge as 0, Spearman is {fmt(rk['spearman_union'])}; "
         f"{fmt(rk['same_sign'])} of the shared edges have the same sign. Kendall is left out "
-        "('-') beyond 5,000 shared edges.")
+        "('-') beyond 5,000 shared edges."
+    )
     table(res["top"])
 
 
