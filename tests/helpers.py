@@ -14,6 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "unpack" / "toy" / "checkpoints" / "attn-only-d64")  # a shipped toy
 
 
+def toy_ingest(db, n: int, *flags: str) -> list[str]:
+    """``unpack ingest`` arguments: ``n`` induction prompts on the shipped toy into ``db``."""
+    return ["ingest", "--model", TOY, "--task", "induction", "--n", str(n), "--db", str(db), *flags]
+
+
 def rel(a, b) -> float:
     """The largest absolute difference of ``a`` from ``b``, relative to ``b``'s largest
     magnitude (arrays, lists or tensors): the tests' equality tolerance."""

@@ -13,7 +13,7 @@ from tests.browser import (
     shot,
     sql,
 )
-from tests.helpers import TOY
+from tests.helpers import toy_ingest
 from unpack.cli import main
 
 
@@ -21,25 +21,7 @@ def test_prompt_page_shows_a_baseline_beside_unpack(tmp_path):
     require_browser()
     db = tmp_path / "s.duckdb"
     for m in ("unpack", "grad_x_input", "eap"):
-        assert (
-            main(
-                [
-                    "ingest",
-                    "--model",
-                    TOY,
-                    "--task",
-                    "induction",
-                    "--n",
-                    "2",
-                    "--db",
-                    str(db),
-                    "--no-progress",
-                    "--method",
-                    m,
-                ]
-            )
-            == 0
-        )
+        assert main(toy_ingest(db, 2, "--no-progress", "--method", m)) == 0
     stored = sql(
         db,
         "SELECT r.method, r.preset, p.prompt_id, p.prompt_key, list(c.credit ORDER BY c.pos) "

@@ -8,7 +8,7 @@ import json
 import duckdb
 import numpy as np
 
-from tests.helpers import TOY
+from tests.helpers import TOY, toy_ingest
 from unpack.cli import main
 
 METHODS = (
@@ -24,25 +24,7 @@ METHODS = (
 def test_ingest_every_method_then_evaluate(tmp_path, capsys):
     db = str(tmp_path / "s.duckdb")
     for m in METHODS:
-        assert (
-            main(
-                [
-                    "ingest",
-                    "--model",
-                    TOY,
-                    "--task",
-                    "induction",
-                    "--n",
-                    "4",
-                    "--db",
-                    db,
-                    "--no-progress",
-                    "--method",
-                    *m,
-                ]
-            )
-            == 0
-        ), m
+        assert main(toy_ingest(db, 4, "--no-progress", "--method", *m)) == 0, m
     con = duckdb.connect(db, read_only=True)
     runs = dict(con.sql("SELECT method, method_params FROM runs").fetchall())
     n_ok = con.execute("SELECT count(*) FROM prompts WHERE status = 'ok'").fetchone()[0]
@@ -100,64 +82,9 @@ def test_ingest_every_method_then_evaluate(tmp_path, capsys):
 
 def test_bad_method_input_is_refused_before_the_store(tmp_path, capsys):
     db = tmp_path / "s.duckdb"
-    assert (
-        main(
-            [
-                "ingest",
-                "--model",
-                TOY,
-                "--task",
-                "induction",
-                "--n",
-                "2",
-                "--db",
-                str(db),
-                "--method",
-                "eap",
-                "--roots",
-                "1.0@END",
-            ]
-        )
-        == 2
-    )
-    assert (
-        main(
-            [
-                "ingest",
-                "--model",
-                TOY,
-                "--task",
-                "induction",
-                "--n",
-                "2",
-                "--db",
-                str(db),
-                "--steps",
-                "3",
-            ]
-        )
-        == 2
-    )
-    assert (
-        main(
-            [
-                "ingest",
-                "--model",
-                TOY,
-                "--task",
-                "induction",
-                "--n",
-                "2",
-                "--db",
-                str(db),
-                "--method",
-                "ig",
-                "--steps",
-                "0",
-            ]
-        )
-        == 2
-    )
+    assert main(toy_ingest(db, 2, "--method", "eap", "--roots", "1.0@END")) == 2
+    assert main(toy_ingest(db, 2, "--steps", "3")) == 2
+    assert main(toy_ingest(db, 2, "--method", "ig", "--steps", "0")) == 2
     assert "--steps 0 must be a positive integer" in capsys.readouterr().err
     assert not db.exists()
     assert main(["evaluate", "--db", str(db), "--model", TOY, "--task", "induction"]) == 2
@@ -189,24 +116,7 @@ def test_unpack_summed_edges_are_its_position_edges_summed(tmp_path):
         ("pos", ["--edge-min-frac", "0"]),
     ):
         db = str(tmp_path / f"{name}.duckdb")
-        assert (
-            main(
-                [
-                    "ingest",
-                    "--model",
-                    TOY,
-                    "--task",
-                    "induction",
-                    "--n",
-                    "1",
-                    "--db",
-                    db,
-                    "--no-progress",
-                    *flags,
-                ]
-            )
-            == 0
-        )
+        assert main(toy_ingest(db, 1, "--no-progress", *flags)) == 0
         con = duckdb.connect(db, read_only=True)
         n_pos = con.execute("SELECT count(parent_pos) FROM edges").fetchone()[0]
         assert (n_pos == 0) == (name == "summed")

@@ -9,11 +9,10 @@ made the store and the evaluation, and the commit they ran at.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+from tests.scripts.results_file import parser, write
 
 
 def _ci(r: dict, key: str) -> str:
@@ -57,33 +56,19 @@ def tables(rows: list[dict]) -> tuple[list, list, list, list]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name")
-    p.add_argument("eval_json")
-    p.add_argument("--title", required=True)
-    p.add_argument("--commit", required=True)
-    p.add_argument("--date", required=True)
-    p.add_argument("--command", action="append", required=True)
-    a = p.parse_args()
+    a = parser(__doc__, "eval_json").parse_args()
     rows = json.loads(Path(a.eval_json).read_text())
     cols, metrics, bcols, brows = tables(rows)
-    base = dict(command=a.command, commit=a.commit, date=a.date)
     full, cut = rows[0]["clean_logit_diff"], rows[0]["ablated_logit_diff"]
-    out = {
-        a.name: dict(title=a.title, columns=cols, rows=metrics, **base),
-        f"{a.name}_budgets": dict(
-            title=f"{a.title}: faithfulness at each edge budget "
-            f"(full model {full:.2f}, every edge ablated {cut:.2f})",
-            columns=bcols,
-            rows=brows,
-            **base,
-        ),
-    }
-    for name, table in out.items():
-        (RESULTS / f"{name}.json").write_text(
-            json.dumps(table, indent=1, ensure_ascii=False) + "\n"
-        )
-        print(f"wrote docs/results/{name}.json")
+    write(a.name, a, a.title, cols, metrics)
+    write(
+        f"{a.name}_budgets",
+        a,
+        f"{a.title}: faithfulness at each edge budget "
+        f"(full model {full:.2f}, every edge ablated {cut:.2f})",
+        bcols,
+        brows,
+    )
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ the columns of the results page, naming the commands and the commit.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+from tests.scripts.results_file import parser, write
+
 COLUMNS = [
     "model",
     "params",
@@ -53,21 +51,10 @@ def row(r: dict) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name")
-    p.add_argument("by_model_csv")
-    p.add_argument("--title", required=True)
-    p.add_argument("--commit", required=True)
-    p.add_argument("--date", required=True)
-    p.add_argument("--command", action="append", required=True)
-    a = p.parse_args()
+    a = parser(__doc__, "by_model_csv").parse_args()
     with open(a.by_model_csv, newline="") as f:
         rows = [row(r) for r in csv.DictReader(f)]
-    table = dict(
-        title=a.title, command=a.command, commit=a.commit, date=a.date, columns=COLUMNS, rows=rows
-    )
-    (RESULTS / f"{a.name}.json").write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote docs/results/{a.name}.json")
+    write(a.name, a, a.title, COLUMNS, rows)
 
 
 if __name__ == "__main__":
