@@ -99,6 +99,42 @@ def rotary_of(rot, dim: int, *args) -> Rotary:
     return Rotary(dim, cos_sin)
 
 
+def decoder_spec(
+    model,
+    family: str,
+    layers: list,
+    rotary_dim: int | None = None,
+    max_positions: int | None = None,
+    **extra,
+) -> ModelSpec:
+    """The spec of a Llama-shaped decoder (``model.model`` with ``embed_tokens``,
+    ``layers``, ``norm`` and ``rotary_emb``; ``model.lm_head``) around its family's
+    own ``layers``: rotary over ``rotary_dim`` (default the head dim), the config's
+    ``max_position_embeddings`` unless ``max_positions`` is given."""
+    cfg, base = model.config, model.model
+    d = int(base.layers[0].self_attn.head_dim)
+    if max_positions is None:
+        max_positions = getattr(cfg, "max_position_embeddings", None)
+    return ModelSpec(
+        family=family,
+        n_layers=len(layers),
+        n_heads=cfg.num_attention_heads,
+        n_kv_heads=cfg.num_key_value_heads,
+        d_model=cfg.hidden_size,
+        d_head=d,
+        parallel=False,
+        W_E=base.embed_tokens.weight,
+        W_pos=None,
+        layers=layers,
+        ln_final=_rms(base.norm),
+        W_U=model.lm_head.weight,
+        b_U=getattr(model.lm_head, "bias", None),
+        rotary=rotary_of(base.rotary_emb, d if rotary_dim is None else rotary_dim),
+        max_positions=max_positions,
+        **extra,
+    )
+
+
 def build_spec(model) -> ModelSpec:
     cfg = model.config
     base = model.model
@@ -119,27 +155,14 @@ def build_spec(model) -> ModelSpec:
                 **attention_weights(at, H, Hkv, D),
             )
         )
-    d = int(base.layers[0].self_attn.head_dim)
-
     window = _sliding_window(cfg)
     max_pos = getattr(cfg, "max_position_embeddings", None)
     if window is not None:
         max_pos = min(max_pos, window) if max_pos else window
-    return ModelSpec(
-        family="llama",
-        n_layers=len(base.layers),
-        n_heads=H,
-        n_kv_heads=Hkv,
-        d_model=D,
-        d_head=d,
-        parallel=False,
-        W_E=base.embed_tokens.weight,
-        W_pos=None,
-        layers=layers,
-        ln_final=_rms(base.norm),
-        W_U=model.lm_head.weight,
-        b_U=getattr(model.lm_head, "bias", None),
-        rotary=rotary_of(base.rotary_emb, d),
+    return decoder_spec(
+        model,
+        "llama",
+        layers,
         max_positions=max_pos,
         extras={"model_type": cfg.model_type, "sliding_window": window},
     )

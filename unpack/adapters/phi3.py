@@ -5,7 +5,7 @@ up), and a partial rotary embedding (``partial_rotary_factor``)."""
 from __future__ import annotations
 
 from .base import LayerWeights, MLPWeights, ModelSpec
-from .llama import _rms, rotary_of
+from .llama import _rms, decoder_spec
 
 MODEL_TYPES = ("phi3",)
 
@@ -48,20 +48,4 @@ def build_spec(model) -> ModelSpec:
     layers = [_layer(cfg, blk, int(window) if window else None) for blk in base.layers]
     d = int(base.layers[0].self_attn.head_dim)
     rot = int(d * (getattr(cfg, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0))
-    return ModelSpec(
-        family="phi3",
-        n_layers=len(layers),
-        n_heads=cfg.num_attention_heads,
-        n_kv_heads=cfg.num_key_value_heads,
-        d_model=cfg.hidden_size,
-        d_head=d,
-        parallel=False,
-        W_E=base.embed_tokens.weight,
-        W_pos=None,
-        layers=layers,
-        ln_final=_rms(base.norm),
-        W_U=model.lm_head.weight,
-        b_U=getattr(model.lm_head, "bias", None),
-        rotary=rotary_of(base.rotary_emb, rot),
-        max_positions=getattr(cfg, "max_position_embeddings", None),
-    )
+    return decoder_spec(model, "phi3", layers, rotary_dim=rot)

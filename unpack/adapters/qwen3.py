@@ -5,7 +5,7 @@ layers (``layer_types``)."""
 from __future__ import annotations
 
 from .base import LayerWeights, ModelSpec, QKNorm
-from .llama import _rms, attention_weights, gated_mlp, rotary_of
+from .llama import _rms, attention_weights, decoder_spec, gated_mlp
 
 MODEL_TYPES = ("qwen3",)
 
@@ -33,21 +33,4 @@ def build_spec(model) -> ModelSpec:
         )
         for blk, t in zip(base.layers, types)
     ]
-    d = int(base.layers[0].self_attn.head_dim)
-    return ModelSpec(
-        family="qwen3",
-        n_layers=len(layers),
-        n_heads=H,
-        n_kv_heads=Hkv,
-        d_model=D,
-        d_head=d,
-        parallel=False,
-        W_E=base.embed_tokens.weight,
-        W_pos=None,
-        layers=layers,
-        ln_final=_rms(base.norm),
-        W_U=model.lm_head.weight,
-        b_U=getattr(model.lm_head, "bias", None),
-        rotary=rotary_of(base.rotary_emb, d),
-        max_positions=getattr(cfg, "max_position_embeddings", None),
-    )
+    return decoder_spec(model, "qwen3", layers)
