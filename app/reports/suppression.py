@@ -181,6 +181,7 @@ def figure(per: pd.DataFrame, by_model: pd.DataFrame):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     models = list(by_model["model"])
     n = len(models) + 1
@@ -226,6 +227,10 @@ def figure(per: pd.DataFrame, by_model: pd.DataFrame):
     for xi, yi, m in zip(x, y, models):
         ax.annotate(m, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
+    # one labelled tick per model (its size), none between: log minor labels overlap
+    ax.set_xticks(x, by_model["params"].astype(str).tolist(), fontsize=8)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.margins(x=0.15)
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xlabel("parameters")
     ax.set_ylabel("S1 - S2 credit (ioi_s), 95% CI")
