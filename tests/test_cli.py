@@ -150,9 +150,9 @@ def test_bench_prints_the_table_and_ratio(tmp_path):
 
 
 def test_bench_against_an_earlier_commit(tmp_path):
-    """``--against``: the same cases, batches and root included, on a commit's engine
-    checked out in a temporary worktree (here the checkout's own HEAD), one ratio
-    per case with the root each engine traced, and the worktree removed afterwards."""
+    """``--against``: the same cases, batches, root and torch threads, on a commit's
+    engine checked out in a temporary worktree (here the checkout's own HEAD), one
+    ratio per case with the root each engine traced, and the worktree removed afterwards."""
     out = tmp_path / "bench.json"
     p = unpack(
         "bench",
@@ -170,6 +170,8 @@ def test_bench_against_an_earlier_commit(tmp_path):
         "HEAD",
         "--root",
         "attn_0_head_1@-1",
+        "--threads",
+        "1",
         "--json",
         str(out),
         check=0,
@@ -181,6 +183,7 @@ def test_bench_against_an_earlier_commit(tmp_path):
     ratios = json.loads(out.read_text())["against"]
     assert len(ratios) == 3 and all(r["old_s"] > 0 and r["speedup"] > 0 for r in ratios.values())
     assert all(r["root"] == "attn_0_head_1@-1" for r in ratios.values())
+    assert all(r["threads"] == 1 for r in ratios.values())  # the old engine as many as --threads
     trees = subprocess.run(
         ["git", "worktree", "list"],
         capture_output=True,

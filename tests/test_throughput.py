@@ -84,8 +84,8 @@ def run(cmd, env=None):
 def test_bench_corpus_on_tiny(tmp_path):
     """``bench --corpus 1``: the demo-like corpus (1 IOI prompt x 4 conditions, as
     ``ioi(..., controls=True)`` gives) ingested end to end by the driver that
-    ``--against`` runs in the other worktree too; every prompt stored, positive
-    time and rate."""
+    ``--against`` runs in the other worktree too, with bench's ``--threads``; every
+    prompt stored, positive time and rate."""
     from unpack.bench import ioi_tokenizer
     from unpack.tasks import ioi
 
@@ -100,6 +100,8 @@ def test_bench_corpus_on_tiny(tmp_path):
             "1",
             "--shapes",
             "tiny",
+            "--threads",
+            "1",
             "--json",
             str(out),
         ]
@@ -110,6 +112,7 @@ def test_bench_corpus_on_tiny(tmp_path):
     assert rec["records"] == n == 4
     now = rec["now"]
     assert now["n_ok"] == n and now["n_failed"] == 0
+    assert now["threads"] == 1  # the driver's subprocess takes bench --threads
     assert now["seconds"] > 0 and now["prompts_per_s"] > 0 and "| this checkout | 4 |" in p.stdout
 
 

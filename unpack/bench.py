@@ -330,7 +330,8 @@ from unpack import bench
 from unpack.tracer import Tracer
 job = json.loads(sys.argv[1])
 torch.set_grad_enabled(False)
-out = {}
+torch.set_num_threads(job["threads"])  # as many as this run's engine (bench --threads)
+out = {"_threads": torch.get_num_threads()}
 def build(shape):  # from the config (a shape this commit's catalogue may lack), seed 0
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg = dict(job["configs"][shape])
@@ -395,6 +396,7 @@ def against(args, shapes, lengths, out) -> dict:
         "root": getattr(args, "root", None),
         "configs": {s: config_for(s).to_dict() for s in old_shapes},
         "cases": bench_cases(lengths, batches, args.repeats, False),
+        "threads": torch.get_num_threads(),
     }
     with old_worktree(root, args.against) as wt:
         env = dict(os.environ, PYTHONPATH=str(wt))
@@ -433,6 +435,7 @@ def against(args, shapes, lengths, out) -> dict:
                 "new_s": new["total_s"],
                 "speedup": ratio,
                 "root": o["root"],
+                "threads": old["_threads"],
             }
             print(f"| {shape} | {key} | {o['total_s']:.3f} | {new['total_s']:.3f} | {ratio:.1f}x |")
     return res
@@ -541,6 +544,7 @@ from unpack.tasks.records import PromptRecord
 from ingest.run import ingest
 job = json.loads(open(sys.argv[1]).read())
 torch.set_grad_enabled(False)
+torch.set_num_threads(job["threads"])  # both engines with bench --threads (default: torch's)
 cfg = dict(job["config"])
 torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).eval()
@@ -553,7 +557,8 @@ with tempfile.TemporaryDirectory() as tmp:
     s = ingest(records, tracer=tracer, model_name="bench", db=tmp + "/c.duckdb", roots=job["roots"],
                batch_size=job["batch_size"], progress=True)  # as the CLI: its bar cuts pieces
     dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "n_ok": s.n_ok, "n_failed": s.n_failed}))
+print(json.dumps({"seconds": dt, "n_ok": s.n_ok, "n_failed": s.n_failed,
+                  "threads": torch.get_num_threads()}))
 """
 
 
@@ -591,7 +596,7 @@ def bench_corpus(args) -> dict:
 
             raise InputError(f"--shapes: unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
         job, tok = corpus_job(shape, args.corpus, config_for(shape).num_hidden_layers)
-        job.update(_tok=tok, batch_size=args.corpus_batch)
+        job.update(_tok=tok, batch_size=args.corpus_batch, threads=torch.get_num_threads())
         n = len(job["records"])
         print(
             f"\n## corpus on {shape} (random weights): {n} IOI records ({args.corpus} prompts x 4 "
