@@ -102,9 +102,6 @@ def test_chunked_modes_equal_reference(tok, kind, mode):
     per_row = 2 * spec.n_heads * S * max(2 * tr.comps.n_writers_attn(L), spec.d_model)
     for elements in (3 * per_row, 1):
         tr.engine.chunk_elements = elements
-        # project/virtual: the writers' projection 7 positions at a time (batch of 2), or one
-        P = (spec.n_heads + spec.n_kv_heads) * spec.d_head
-        tr.engine.proj_elements = 2 * tr.comps.n_writers_attn(L) * P * 7 if elements > 1 else 1
         rows = chunk_rows(shape_of(spec), L, 2, S, mode, elements)
         assert rows == 1 if elements == 1 else 1 < rows < S
         for preset in ("kqv_aligned", "kqv_weighted"):

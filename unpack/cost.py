@@ -12,9 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODES = ("fold", "project", "virtual")
-# Elements of the writers' projection into head space made at once (project and
-# virtual modes): a block of positions at a time, beside the [B, P, S, C] result.
-PROJ_BLOCK = 1 << 24
 # Elements of one chunk of query positions' K/Q score buffers. Larger chunks read
 # every source's projected keys fewer times (12 layers, width 768, 256 tokens: 16M
 # elements ran 13% faster than 4M in one run); the rotary fold's per-pair

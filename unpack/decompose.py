@@ -22,7 +22,7 @@ import torch
 
 from .adapters.base import LayerWeights, ModelSpec
 from .capture import Capture, LayerCapture, attention_logits, attention_probs, expand_kv, softcap
-from .cost import PROJ_BLOCK, chunk_rows, choose_mode, shape_of
+from .cost import chunk_rows, choose_mode, shape_of
 from .kernels import (
     EngineOptions,
     VirtualWeights,
@@ -30,7 +30,7 @@ from .kernels import (
     fold_per_source,
     per_position,
     project_writers,
-    rotate_head_major,
+    rotate_positions,
 )
 
 Tensor = torch.Tensor
@@ -220,7 +220,6 @@ class AttnScores:
         sin: Optional[Tensor],
         mode: str,
         virtual=None,
-        proj_elements: int = PROJ_BLOCK,
     ):
         if mode not in ("fold", "project", "virtual"):
             raise ValueError(f"unknown K/Q contraction {mode!r}; use fold, project or virtual")
@@ -243,8 +242,8 @@ class AttnScores:
             return
         if mode == "fold":
             return
-        # every writer in head space, laid out [B, Hkv + H, d, S, C] with 1/σ[s]
-        # applied: one GEMM per head then makes a whole chunk, writers last
+        # every writer in head space with 1/σ[s] applied, laid out [B, S, C, Hkv + H, d]:
+        # a head's d columns over (source, writer) rows are one matrix as it lies
         Wkq = torch.cat(
             [self.W_K.permute(1, 0, 2).reshape(D, -1), self.W_Q.permute(1, 0, 2).reshape(D, -1)], 1
         )  # Γ [W_K | W_Q]: [D, P]
@@ -252,15 +251,32 @@ class AttnScores:
         if mode == "virtual" and lc.L > 0:  # head writers through their virtual weights
             comps, Z, vws = virtual
             heads = (comps, Z, vws.get(lc.L, Wkq), lc.L)
-        allT = project_writers(chat, Wkq, 1.0 / lc.sigma_attn, proj_elements, heads)
-        allT = allT.view(B, Hkv + H, d, S, C)
+        proj = project_writers(chat, Wkq, 1.0 / lc.sigma_attn, heads)
+        proj = proj.view(B, S, C, Hkv + H, d)
         if lc.sigma_k is not None:
-            allT[:, :Hkv].div_(lc.sigma_k[:, :, None, :, None])
+            proj[:, :, :, :Hkv].div_(lc.sigma_k.transpose(1, 2)[:, :, None, :, None])
         if lc.sigma_q is not None:
-            allT[:, Hkv:].div_(lc.sigma_q[:, :, None, :, None])
+            proj[:, :, :, Hkv:].div_(lc.sigma_q.transpose(1, 2)[:, :, None, :, None])
         if self.rotary is not None:
-            rotate_head_major(allT, cos, sin, self.rotary.dim)
-        self.kcT, self.qcT = allT[:, :Hkv], allT[:, Hkv:]  # [B, Hkv, d, S, C], [B, H, d, S, C]
+            rotate_positions(proj, cos, sin, self.rotary.dim)
+        self.proj = proj
+
+    @property
+    def kcT(self) -> Tensor:
+        """The key heads' projected writers as ``[B, Hkv, d, S, C]`` (a view)."""
+        return self.proj[:, :, :, : self.spec.n_kv_heads].permute(0, 3, 4, 1, 2)
+
+    @property
+    def qcT(self) -> Tensor:
+        """The query heads' projected writers as ``[B, H, d, S, C]`` (a view)."""
+        return self.proj[:, :, :, self.spec.n_kv_heads :].permute(0, 3, 4, 1, 2)
+
+    def projected(self, g: int, s0: int, s1: int) -> Tensor:
+        """Head ``g`` of the projected writers (``g < Hkv``: a key head, else query
+        head ``g − Hkv``) at positions ``s0 .. s1-1`` → ``[(s1 − s0)·C, d]``, rows
+        ``(s, c)``: a view with leading dimension ``P``."""
+        C, d = self.proj.shape[2], self.proj.shape[-1]
+        return self.proj[:, s0:s1, :, g].reshape(-1, (s1 - s0) * C, d)
 
     @torch.no_grad()
     def raw_key(self, q0: int, q1: int, s1: int, causal: bool = False) -> Tensor:
@@ -270,9 +286,17 @@ class AttnScores:
         B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
         H, Hkv = spec.n_heads, spec.n_kv_heads
         if self.mode != "fold":
-            Qg = lc.Q[:, :, q0:q1].reshape(B, Hkv, spec.group_size * Qc, -1)
-            kT = self.kcT[:, :, :, :s1].reshape(B, Hkv, spec.d_head, s1 * C)
-            raw = (Qg @ kT).view(B, H, Qc, s1, C).mul_(self.lw.attn_scale)
+            G = spec.group_size
+            Qs = lc.Q[:, :, q0:q1] * self.lw.attn_scale  # [B, H, Qc, d]
+            raw = Qs.new_empty(B, H, Qc, s1, C)
+            for g in range(Hkv):
+                kc = self.projected(g, 0, s1)  # [B, s1·C, d]
+                for b in range(B):
+                    torch.mm(
+                        Qs[b, g * G : (g + 1) * G].reshape(G * Qc, -1),
+                        kc[b].T,
+                        out=raw[b, g * G : (g + 1) * G].view(G * Qc, s1 * C),
+                    )
         else:
             ch = self.chat[:, :, :s1]
             inv = self.lw.attn_scale * self.inv_k[:, :, None, :s1, None]
@@ -298,10 +322,13 @@ class AttnScores:
         spec = self.spec
         B, C, Qc = self.chat.shape[0], self.chat.shape[1], q1 - q0
         if self.mode != "fold":
-            qT = self.qcT[:, :, :, q0:q1].reshape(B, spec.n_heads, spec.d_head, Qc * C)
-            raw = (
-                (self.Kx[:, :, :s1] @ qT).view(B, spec.n_heads, s1, Qc, C).mul_(self.lw.attn_scale)
-            )
+            H, Hkv = spec.n_heads, spec.n_kv_heads
+            Ks = self.Kx[:, :, :s1] * self.lw.attn_scale  # [B, H, s1, d]
+            raw = Ks.new_empty(B, H, s1, Qc, C)
+            for h in range(H):
+                qc = self.projected(Hkv + h, q0, q1)  # [B, Qc·C, d]
+                for b in range(B):
+                    torch.mm(Ks[b, h], qc[b].T, out=raw[b, h].view(s1, Qc * C))
         else:
             ch = self.chat[:, :, q0:q1]
             inv = self.lw.attn_scale * self.inv_q[:, :, None, q0:q1, None]
@@ -505,6 +532,24 @@ def inverse_denom(v: Tensor, beta: float, dim: int, weight: float = 1.0) -> Tens
     return weight * valid.to(v.dtype) / den
 
 
+def weighted_sum(x: Tensor, w: Tensor, dim: int, rows: int) -> Tensor:
+    """``Σ`` over ``dim`` of ``x · w`` (``w`` broadcast to ``x``), ``rows`` slices of
+    ``dim`` at a time, so that the product is never made for the whole of ``x``: each
+    slice's product is summed while it is in cache (one slice: accumulated in place)."""
+    n = x.shape[dim]
+    out = None
+    for a in range(0, n, rows):
+        k = min(rows, n - a)
+        xs, ws = x.narrow(dim, a, k), w.narrow(dim, a, k)
+        if k == 1:
+            xs, ws = xs.squeeze(dim), ws.squeeze(dim)
+            out = xs * ws if out is None else out.addcmul_(xs, ws)
+        else:
+            part = (xs * ws).sum(dim)
+            out = part if out is None else out.add_(part)
+    return out
+
+
 @dataclass
 class HeadChunk:
     """The K and Q factors of query positions ``q0..q1-1`` (sources ``0..q1-1``):
@@ -533,13 +578,17 @@ class HeadChunk:
         """The K branch (§6) of credit ``x [B, R, H, Qc, S1]``: to each writer at the
         source, ``Σ_q x · kscale · key_c`` → ``[B, R, H, S1, C]``."""
         y = x * self.kscale[:, None]
-        return torch.stack([(self.key * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
+        return torch.stack(
+            [weighted_sum(self.key, y[:, r, ..., None], 2, 1) for r in range(y.shape[1])], 1
+        )
 
     def query_credit(self, x: Tensor) -> Tensor:
         """The Q branch (§6): to each writer at the query, ``Σ_s x · qscale · query_c``
         → ``[B, R, H, Qc, C]``."""
         y = (x * self.qscale.transpose(-1, -2)[:, None]).transpose(-1, -2)  # [B, R, H, S1, Qc]
-        return torch.stack([(self.query * y[:, r, ..., None]).sum(2) for r in range(y.shape[1])], 1)
+        return torch.stack(
+            [weighted_sum(self.query, y[:, r, ..., None], 2, 16) for r in range(y.shape[1])], 1
+        )
 
     def key_rows(self, b: Tensor, h: Tensor, qi: Tensor) -> Tensor:
         """``key_c · kscale`` of (prompt, head, query-in-chunk) triples → ``[n, S1, C]``."""
@@ -630,7 +679,7 @@ def head_ops(
             if mode == "virtual"
             else None
         )
-        scores = AttnScores(spec, lw, lc, ch, lc.cos, lc.sin, mode, virtual, opts.proj_elements)
+        scores = AttnScores(spec, lw, lc, ch, lc.cos, lc.sin, mode, virtual)
         rows = chunk_rows(shape_of(spec), L, B, S, mode, opts.chunk_elements)
     return HeadOps(f0, fk, Vn, C, scores, rows, cfg.w_K, cfg.w_Q, cfg.beta)
 

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from .adapters.base import ModelSpec
-from .cost import CHUNK_ELEMENTS, PROJ_BLOCK, Shape, virtual_bytes
+from .cost import CHUNK_ELEMENTS, Shape, virtual_bytes
 
 Tensor = torch.Tensor
 
@@ -66,36 +66,18 @@ class EngineOptions:
     chunk_elements: int = CHUNK_ELEMENTS
     max_proj_bytes: int = 1 << 30
     vws: Optional[VirtualWeights] = None
-    proj_elements: int = PROJ_BLOCK
     fused: bool = False
 
 
-def transpose_scaled(proj: Tensor, inv_sigma: Tensor, out: Tensor, block: int = 1 << 18) -> None:
-    """``out[b, p, s, c] = proj[b, c, s, p] · inv_sigma[b, s]`` into ``out [B, P, S', C]``
-    (``inv_sigma`` and ``out`` cover ``proj``'s positions).
-
-    A cache-blocked transpose (a few positions per copy): one strided copy of the
-    whole ``[C, S, P]`` buffer is three times slower on a CPU."""
-    B, C, S, P = proj.shape
-    step = max(1, block // max(C * P, 1))
-    for s0 in range(0, S, step):
-        s1 = min(S, s0 + step)
-        torch.mul(
-            proj[:, :, s0:s1].permute(0, 3, 2, 1),
-            inv_sigma[:, None, s0:s1, None],
-            out=out[:, :, s0:s1],
-        )
-
-
-def rotate_head_major(x: Tensor, cos: Tensor, sin: Tensor, r: int) -> None:
-    """Rotary embedding in place on ``x [B, G, d, S, C]`` (head dim third, positions
-    fourth), ``cos, sin: [S, r]``: the same rotate-half rotation as
-    :meth:`unpack.adapters.base.Rotary.apply`, laid out for the chunked scores."""
+def rotate_positions(x: Tensor, cos: Tensor, sin: Tensor, r: int) -> None:
+    """Rotary embedding in place on ``x [B, S, C, G, d]`` (positions second, head dim
+    last), ``cos, sin: [S, r]``: the same rotate-half rotation as
+    :meth:`unpack.adapters.base.Rotary.apply`, laid out as the projected writers lie."""
     half = r // 2
-    xr = x[:, :, :r]
-    rot = torch.cat((-xr[:, :, half:], xr[:, :, :half]), 2)
-    c, s_ = cos.T[:, :, None], sin.T[:, :, None]  # [r, S, 1]
-    x[:, :, :r] = xr * c + rot * s_
+    xr = x[..., :r]
+    rot = torch.cat((-xr[..., half:], xr[..., :half]), -1)
+    c, s_ = cos[None, :, None, None], sin[None, :, None, None]  # [1, S, 1, 1, r]
+    x[..., :r] = xr * c + rot * s_
 
 
 def fold(u: Tensor, ch: Tensor, inv: Tensor, q0: int, q_on_u: bool, blocks: int = 4) -> Tensor:
@@ -148,43 +130,31 @@ def per_position(chat: Tensor, vec: Tensor) -> Tensor:
     ).transpose(1, 2)
 
 
-def project_writers(
-    chat: Tensor, Wkq: Tensor, inv_sigma: Tensor, block: int = PROJ_BLOCK, heads=None
-) -> Tensor:
+def project_writers(chat: Tensor, Wkq: Tensor, inv_sigma: Tensor, heads=None) -> Tensor:
     """Every writer ``chat [B, C, S, D]`` through ``Wkq [D, P]`` and scaled by
-    ``inv_sigma [B, S]``, laid out ``[B, P, S, C]`` (the layout the chunks read).
+    ``inv_sigma [B, S]``, laid out ``[B, S, C, P]``: positions first, so that a head's
+    ``d`` columns of every (source, writer) pair form one matrix with rows ``(s, c)``
+    (leading dimension ``P``) that the chunks' GEMMs read where it lies.
 
-    The ``[B, C, S, P]`` projection is made a block of positions at a time (at most
-    ``block`` elements alive besides the result). ``heads=(comps, Z, vw, L)``: the
-    head writers of layers ``< L`` go through their virtual weights ``vw``
-    (:class:`VirtualWeights`) instead, from the mixed values ``Z``."""
+    One GEMM per (prompt, writer) writes its ``[S, P]`` rows straight into the result
+    (a strided output, no transposed copy); the scale goes on the ``D``-wide input.
+    ``heads=(comps, Z, vw, L)``: the head writers of layers ``< L`` go through their
+    virtual weights ``vw`` (:class:`VirtualWeights`, ``[L·H, d, P]``) from the mixed
+    values ``Z [B, L', H, S, d]`` instead: ``(z_h' / σ) (W_O[h'] P Γ W)``."""
     B, C, S, _ = chat.shape
-    P = Wkq.shape[1]
-    out = chat.new_empty(B, P, S, C)
-    step = max(1, block // max(B * C * P, 1))
-    for s0 in range(0, S, step):
-        s1 = min(S, s0 + step)
-        proj = (
-            chat[:, :, s0:s1] @ Wkq if heads is None else _project_virtual(chat, Wkq, heads, s0, s1)
-        )
-        transpose_scaled(proj, inv_sigma[:, s0:s1], out[:, :, s0:s1])
-        del proj
+    out = chat.new_empty(B, S, C, Wkq.shape[1])
+    full = list(range(C))
+    if heads is not None:
+        comps, Z, vw, L = heads
+        H = comps.n_heads
+        full = list(range(comps.n_emb)) + [comps.mlp_slot(Lw) for Lw in range(L)]
+    for b in range(B):
+        inv = inv_sigma[b, :, None]
+        for c in full:
+            torch.mm(chat[b, c] * inv, Wkq, out=out[b, :, c])
+        if heads is not None:
+            for Lw in range(L):
+                zs = Z[b, Lw] * inv  # [H, S, d]
+                for h in range(H):
+                    torch.mm(zs[h], vw[Lw * H + h], out=out[b, :, comps.head_slot(Lw, h)])
     return out
-
-
-def _project_virtual(chat: Tensor, Wkq: Tensor, heads, s0: int, s1: int) -> Tensor:
-    """Positions ``s0 .. s1-1`` of every writer through ``Wkq`` (σ not applied) →
-    ``[B, C, s1 - s0, P]``, a head writer through ``z_h' (W_O[h'] P Γ W)``, all
-    heads at once."""
-    comps, Z, vw, L = heads
-    chat = chat[:, :, s0:s1]
-    H = comps.n_heads
-    B, C, Sb, _ = chat.shape
-    proj = chat.new_empty(B, C, Sb, Wkq.shape[1])
-    full = list(range(comps.n_emb)) + [comps.mlp_slot(Lw) for Lw in range(L)]
-    proj[:, full] = chat[:, full] @ Wkq
-    hw = torch.einsum("blhsd,lhdP->blhsP", Z[:, :L, :, s0:s1], vw.view(L, H, *vw.shape[1:]))
-    for Lw in range(L):
-        slot = comps.head_slot(Lw)
-        proj[:, slot : slot + H] = hw[:, Lw]
-    return proj

@@ -21,7 +21,6 @@ import torch
 
 from .cost import (
     CHUNK_ELEMENTS,
-    PROJ_BLOCK,
     Shape,
     batch_sizes,
     chunk_rows,
@@ -381,9 +380,8 @@ def _memory(
         attn += B * H * S * D * elem + B * C * H * S * elem  # pv, value factors
         if mode == "fold":
             proj = 2 * B * H * S * D * elem
-        else:  # the [B, P, S, C] result and one block of positions (and its heads) being made
+        else:  # the [B, S, C, P] result (each writer's GEMM writes into it in place)
             proj = proj_bytes(shape, Lr, B, S, elem)
-            proj += min(proj, 2 * PROJ_BLOCK * elem)
             if mode == "virtual" and not cached:
                 proj += Lr * H * d * P * elem
         chunk = 3 * 2 * rows * B * H * S * C * elem

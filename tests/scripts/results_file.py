@@ -32,5 +32,7 @@ def write(name: str, args, title: str, columns: list, rows: list) -> None:
         columns=columns,
         rows=rows,
     )
+    if getattr(args, "conditions", None):
+        table["conditions"] = args.conditions
     (RESULTS / f"{name}.json").write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote docs/results/{name}.json")
