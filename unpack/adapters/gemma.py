@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .base import LayerWeights, ModelSpec, QKNorm, offset_weight, rms_norm
-from .llama import attention_weights, gated_mlp, rotary_of
+from .llama import attention_weights, decoder_spec, gated_mlp, rotary_of
 
 MODEL_TYPES = ("gemma", "gemma2", "gemma3_text")
 
@@ -62,22 +62,12 @@ def build_spec(model) -> ModelSpec:
     emb = base.embed_tokens
     # √D rounded to the weights' dtype, as the model multiplies (a plain float on the meta device)
     scale = float(torch.tensor(emb.scalar_embed_scale, dtype=emb.weight.dtype))
-    return ModelSpec(
-        family="gemma",
-        n_layers=len(layers),
-        n_heads=cfg.num_attention_heads,
-        n_kv_heads=cfg.num_key_value_heads,
-        d_model=cfg.hidden_size,
-        d_head=d,
-        parallel=False,
-        W_E=emb.weight,
-        W_pos=None,
-        layers=layers,
+    return decoder_spec(
+        model,
+        "gemma",
+        layers,
         ln_final=_norm(base.norm),
-        W_U=model.lm_head.weight,
-        b_U=getattr(model.lm_head, "bias", None),
         rotary=layers[-1].rotary,
-        max_positions=getattr(cfg, "max_position_embeddings", None),
         embed_scale=scale,
         final_softcap=getattr(cfg, "final_logit_softcapping", None),
     )

@@ -105,16 +105,22 @@ def decoder_spec(
     layers: list,
     rotary_dim: int | None = None,
     max_positions: int | None = None,
+    ln_final: Norm | None = None,
+    rotary: Rotary | None = None,
     **extra,
 ) -> ModelSpec:
     """The spec of a Llama-shaped decoder (``model.model`` with ``embed_tokens``,
     ``layers``, ``norm`` and ``rotary_emb``; ``model.lm_head``) around its family's
-    own ``layers``: rotary over ``rotary_dim`` (default the head dim), the config's
-    ``max_position_embeddings`` unless ``max_positions`` is given."""
+    own ``layers``: rotary over ``rotary_dim`` (default the head dim) unless the
+    family gives its ``rotary``, the final norm as RMSNorm unless it gives its
+    ``ln_final``, the config's ``max_position_embeddings`` unless ``max_positions``
+    is given."""
     cfg, base = model.config, model.model
     d = int(base.layers[0].self_attn.head_dim)
     if max_positions is None:
         max_positions = getattr(cfg, "max_position_embeddings", None)
+    if rotary is None:
+        rotary = rotary_of(base.rotary_emb, d if rotary_dim is None else rotary_dim)
     return ModelSpec(
         family=family,
         n_layers=len(layers),
@@ -126,10 +132,10 @@ def decoder_spec(
         W_E=base.embed_tokens.weight,
         W_pos=None,
         layers=layers,
-        ln_final=_rms(base.norm),
+        ln_final=_rms(base.norm) if ln_final is None else ln_final,
         W_U=model.lm_head.weight,
         b_U=getattr(model.lm_head, "bias", None),
-        rotary=rotary_of(base.rotary_emb, d if rotary_dim is None else rotary_dim),
+        rotary=rotary,
         max_positions=max_positions,
         **extra,
     )
