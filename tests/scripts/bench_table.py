@@ -20,13 +20,13 @@ def _s(x: float) -> str:
     return f"{x:.3f}" if x < 100 else f"{x:.1f}"
 
 
-def case_rows(bench: dict) -> tuple[list, list]:
-    """Columns and rows of the per-case table (every shape, every case)."""
+def case_rows(bench: dict, old: str) -> tuple[list, list]:
+    """Columns and rows of the per-case table (every shape, every case); ``old``
+    names the engine ``--against`` timed."""
     against = bench.get("against", {})
-    old = next((k for k in ("old_commit",) if k in bench), None)
     cols = ["shape", "prompt"] + PHASES + ["peak GiB", "predicted s", "predicted GiB"]
     if against:
-        cols += [f"{old or 'earlier'} total_s", "speed-up"]
+        cols += [f"{old} total_s", "speed-up"]
     rows = []
     for shape, rec in bench["shapes"].items():
         for name, t in rec.items():
@@ -42,17 +42,23 @@ def case_rows(bench: dict) -> tuple[list, list]:
     return cols, rows
 
 
-def corpus_rows(bench: dict) -> tuple[list, list]:
+def corpus_rows(bench: dict, old: str) -> tuple[list, list]:
     """Columns and rows of the ``--corpus`` table: both engines per shape."""
     cols = ["shape", "engine", "records", "seconds", "prompts/s", "speed-up"]
     rows = []
     for shape, rec in bench["corpus"].items():
-        for who in ("old", "now"):
+        for who, name in (("old", old), ("now", "this commit")):
             if who in rec:
                 r = rec[who]
                 ratio = f"{rec['speedup']:.2f}×" if who == "now" and "speedup" in rec else ""
                 rows.append(
-                    [shape, who, str(rec["records"]), _s(r["seconds"]), f"{r['prompts_per_s']:.3f}"]
+                    [
+                        shape,
+                        name,
+                        str(rec["records"]),
+                        _s(r["seconds"]),
+                        f"{r['prompts_per_s']:.3f}",
+                    ]
                     + [ratio]
                 )
     return cols, rows
@@ -60,15 +66,12 @@ def corpus_rows(bench: dict) -> tuple[list, list]:
 
 def main() -> None:
     p = parser(__doc__, "bench_json")
-    p.add_argument("--against", default=None, help="the commit --against named (column title)")
+    p.add_argument("--against", default="earlier", help="the commit --against named")
     p.add_argument("--conditions", default=None)
     args = p.parse_args()
     bench = json.loads(open(args.bench_json).read())
-    if args.against:
-        bench["old_commit"] = args.against
-    cols, rows = corpus_rows(bench) if "corpus" in bench else case_rows(bench)
-    if "corpus" in bench and args.against:
-        rows = [[r[0], args.against if r[1] == "old" else "this commit"] + r[2:] for r in rows]
+    rows_of = corpus_rows if "corpus" in bench else case_rows
+    cols, rows = rows_of(bench, args.against)
     write(args.name, args, args.title, cols, rows)
 
 
